@@ -1,0 +1,391 @@
+"""The core generator: record shape, validity, size, identity, reproducibility and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import fhirkit
+import orjson
+import pytest
+from fhir.resources.patient import Patient as PatientR5
+from fhir.resources.R4B.patient import Patient as PatientR4B
+
+import fhir_patient_generator as g
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "fhir_patient_generator.py"
+AS_OF = "2025-10-13T02:22:22Z"
+PATIENT_KEYS = [
+    "resourceType",
+    "id",
+    "meta",
+    "identifier",
+    "active",
+    "gender",
+    "birthDate",
+    "deceasedDateTime",
+    "address",
+    "communication",
+    "managingOrganization",
+]
+# Required bindings that neither fhir.resources nor fhirkit checks (both accept "gender": "bogus").
+GENDER_CODES = {"male", "female", "other", "unknown"}
+IDENTIFIER_USES = {"usual", "official", "temp", "secondary", "old"}
+BCP47 = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def check_bindings(record: dict) -> None:
+    """What FHIR's required bindings demand of the codes we emit."""
+    assert record["gender"] in GENDER_CODES
+    for ident in record["identifier"]:
+        assert ident["use"] in IDENTIFIER_USES
+        assert ident["type"]["coding"][0]["code"] == "MR"
+    lang = record["communication"][0]["language"]["coding"][0]
+    assert lang["system"] == "urn:ietf:bcp:47" and BCP47.match(lang["code"])
+
+
+# --- shape and validity ------------------------------------------------------------------------
+
+
+def test_record_has_the_seed_fields_in_fhir_element_order():
+    plan = g.make_plan(3, AS_OF, mortality_rate=1.0)
+    record = g.build_record(plan, 0)
+    assert list(record) == PATIENT_KEYS
+    assert record["meta"] == {"versionId": "1", "lastUpdated": AS_OF}
+    ident = record["identifier"][0]
+    assert list(ident) == ["use", "type", "system", "value"]
+    assert ident["type"]["text"] == "Medical Record Number"
+    assert ident["type"]["coding"][0]["system"] == "http://terminology.hl7.org/CodeSystem/v2-0203"
+    assert re.fullmatch(r"MC-\d{10}", ident["value"])
+    assert record["active"] is True
+    assert record["address"][0]["country"] == "USA"
+    assert record["communication"][0]["preferred"] is True
+    org = record["managingOrganization"]
+    assert org["reference"].startswith("Organization/org-") and org["display"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"min_age": 65},
+        {"max_age": 4},
+        {"mortality_rate": 1.0},
+        {"states": "PR,AK,DC", "lookback_years": 0.5},
+        {"min_age": 100, "mortality_rate": 1.0, "hospitals_per_million": 20},
+    ],
+)
+def test_records_are_valid_fhir_by_three_checks(options):
+    plan = g.make_plan(11, AS_OF, **options)
+    for index in range(300):
+        record = g.build_record(plan, index)
+        text = orjson.dumps(record).decode()
+        for model in (PatientR5, PatientR4B):
+            assert model.model_validate_json(text).model_dump_json() == text
+        issues = fhirkit.validate(text)
+        assert issues == [], [str(i) for i in issues]
+        check_bindings(record)
+
+
+def test_the_binding_check_and_fhirkit_catch_what_fhir_resources_lets_through():
+    record = g.build_record(g.make_plan(1, AS_OF), 0)
+    bogus = {**record, "gender": "bogus"}
+    PatientR5.model_validate(bogus)  # fhir.resources accepts it ...
+    with pytest.raises(AssertionError):
+        check_bindings(bogus)  # ... our binding check does not
+    bad_date = {**record, "birthDate": "1985-13-01"}
+    assert fhirkit.validate(bad_date)
+
+
+def test_generate_patient_returns_a_model_with_the_same_json_as_the_dict():
+    patient = g.generate_patient(seed=42, index=5, as_of=AS_OF)
+    assert isinstance(patient, PatientR5)
+    record = g.build_record(g.make_plan(42, AS_OF), 5)
+    assert g.to_json(patient) == g.to_json(record) == orjson.dumps(record).decode()
+    assert json.loads(g.to_json(patient, pretty=True)) == record
+
+
+def test_generate_patient_without_a_seed_still_gives_a_valid_patient():
+    a, b = g.generate_patient(), g.generate_patient()
+    assert isinstance(a, PatientR5) and a.id != b.id
+
+
+def test_as_of_accepts_datetimes_and_iso_text_alike():
+    text = g.to_json(g.generate_patient(seed=9, as_of="2025-10-13T02:22:22+00:00"))
+    dt = datetime(2025, 10, 13, 2, 22, 22, tzinfo=UTC)
+    assert g.to_json(g.generate_patient(seed=9, as_of=dt)) == text
+    naive = datetime(2025, 10, 13, 2, 22, 22)  # naive means UTC
+    assert g.to_json(g.generate_patient(seed=9, as_of=naive)) == text
+    micro = g.build_record(g.make_plan(9, "2025-10-13T02:22:22.245910Z"), 0)
+    assert micro["meta"]["lastUpdated"] == "2025-10-13T02:22:22.245910Z"
+
+
+# --- size ----------------------------------------------------------------------------------------
+
+
+def test_worst_case_record_is_under_1_kb():
+    """Longest city, org, language and gender, deceased, microsecond timestamp: still < 1,024 B."""
+    plan = g.make_plan(0, "2025-10-13T02:22:22.245910Z", hospitals_per_million=20)
+    ref = g.load_reference()
+    record = g.build_record(plan, g.MAX_INDEX)
+    longest_city = max((c for cities in ref.cities.values() for c, _ in cities), key=len)
+    longest_org = max(plan.organizations, key=lambda o: len(o["id"]) + len(o["name"]))
+    code, display, _ = max(ref.languages, key=lambda lang: 2 * len(lang[1]) + len(lang[0]))
+    record["gender"] = "unknown"
+    record["deceasedDateTime"] = "2025-10-13T02:22:22Z"
+    record["address"][0]["city"] = longest_city
+    record["communication"][0]["language"] = {
+        "coding": [{"system": "urn:ietf:bcp:47", "code": code, "display": display}],
+        "text": display,
+    }
+    record["managingOrganization"] = {
+        "reference": f"Organization/{longest_org['id']}",
+        "display": longest_org["name"],
+    }
+    size = len(orjson.dumps(record))
+    assert size < 1024, size
+    assert len(longest_org["id"]) <= 64  # FHIR id limit
+
+
+def test_sampled_records_are_under_1_kb():
+    plan = g.make_plan(5, "2025-10-13T02:22:22.245910Z", mortality_rate=0.5)
+    assert max(len(orjson.dumps(g.build_record(plan, i))) for i in range(20_000)) < 1024
+
+
+# --- identity ------------------------------------------------------------------------------------
+
+
+def test_ids_are_version_4_uuids_and_ids_and_mrns_never_repeat():
+    plan = g.make_plan(123, AS_OF)
+    indexes = list(range(100_000)) + list(range(g.MAX_INDEX - 50_000, g.MAX_INDEX + 1))
+    ids, mrns = set(), set()
+    for index in indexes:
+        record = g.build_record(plan, index)
+        u = uuid.UUID(record["id"])
+        assert u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == record["id"]
+        ids.add(record["id"])
+        mrns.add(record["identifier"][0]["value"])
+    assert len(ids) == len(mrns) == len(indexes)
+
+
+def test_the_mrn_map_is_a_permutation_of_ten_digit_numbers():
+    # The same cycle-walking construction on a small domain can be checked exhaustively.
+    plan = g.make_plan(8, AS_OF)
+    numbers = [g._mrn_number(i, plan.mrn_add, plan.mrn_mul) for i in range(200_000)]
+    assert len(set(numbers)) == len(numbers) and all(0 <= n < 10**10 for n in numbers)
+
+
+def test_the_uuid_mix_is_invertible_on_sampled_values():
+    # Each step (odd multiply, xorshift) has an inverse; undo them and get the input back.
+    plan = g.make_plan(8, AS_OF)
+    m1, m2, m3 = plan.uuid_mul
+
+    def unxorshift(y: int, s: int) -> int:
+        x = y
+        for _ in range(122 // s + 1):
+            x = y ^ (x >> s)
+        return x
+
+    for x in [0, 1, 2**64 - 1, 2**121 + 12345, g.M122]:
+        y = g._mix_uuid(x, plan.uuid_mul)
+        y = unxorshift(y, 63) * pow(m3, -1, 2**122) & g.M122
+        y = unxorshift(y, 59) * pow(m2, -1, 2**122) & g.M122
+        y = unxorshift(y, 61) * pow(m1, -1, 2**122) & g.M122
+        assert y == x
+
+
+# --- reproducibility ---------------------------------------------------------------------------
+
+
+def test_same_inputs_give_the_same_bytes_in_any_order():
+    plan = g.make_plan(77, AS_OF, min_age=18)
+    forward = [orjson.dumps(g.build_record(plan, i)) for i in range(500)]
+    backward = [orjson.dumps(g.build_record(plan, i)) for i in reversed(range(500))]
+    assert forward == backward[::-1]
+    streamed = [orjson.dumps(r) for r in g.generate_patients(100, seed=77, start=200, as_of=AS_OF,
+                                                             min_age=18)]
+    assert streamed == forward[200:300]
+
+
+def test_different_seeds_and_as_of_give_different_patients():
+    a = g.build_record(g.make_plan(1, AS_OF), 0)
+    b = g.build_record(g.make_plan(2, AS_OF), 0)
+    c = g.build_record(g.make_plan(1, "2026-10-13T02:22:22Z"), 0)
+    assert a["id"] != b["id"]
+    assert a["birthDate"] != c["birthDate"] and a["meta"] != c["meta"]
+
+
+def test_output_is_byte_identical_across_processes_and_hash_seeds():
+    outputs = {
+        run_cli("--seed", "5", "--as-of", AS_OF, "--count", "200",
+                env={"PYTHONHASHSEED": seed}).stdout
+        for seed in ("0", "1", "random")
+    }
+    assert len(outputs) == 1
+    lines = outputs.pop().splitlines()
+    plan = g.make_plan(5, AS_OF)
+    assert lines == [orjson.dumps(g.build_record(plan, i)).decode() for i in range(200)]
+
+
+def test_generate_patients_is_lazy():
+    stream = g.generate_patients(10**9, seed=1, as_of=AS_OF)
+    assert next(stream)["resourceType"] == "Patient"  # a list of 10**9 would never return
+
+
+# --- impossible records -------------------------------------------------------------------------
+
+
+def test_no_record_is_impossible():
+    as_of = datetime(2025, 10, 13, 2, 22, 22, tzinfo=UTC)
+    plan = g.make_plan(21, as_of, mortality_rate=0.3, lookback_years=2.5)
+    ref = g.load_reference()
+    org_by_id = {o["id"]: o for o in plan.organizations}
+    window_start = as_of.timestamp() - 2.5 * 365.2425 * 86400
+    for index in range(20_000):
+        r = g.build_record(plan, index)
+        born = date.fromisoformat(r["birthDate"])
+        age = (as_of.date() - born).days / 365.2425
+        assert 0 <= age < g.MAX_AGE + 1
+        assert born <= as_of.date()
+        state = r["address"][0]["state"]
+        assert r["address"][0]["city"] in {c for c, _ in ref.cities[state]}
+        org = org_by_id[r["managingOrganization"]["reference"].removeprefix("Organization/")]
+        assert org["state"] == state and org["name"] == r["managingOrganization"]["display"]
+        if "deceasedDateTime" in r:
+            died = datetime.fromisoformat(r["deceasedDateTime"])
+            assert died <= as_of
+            assert died.timestamp() >= window_start - 1
+            assert died.date() >= born
+
+
+# --- API helpers ---------------------------------------------------------------------------------
+
+
+def test_suggested_s3_key_for_models_and_dicts():
+    patient = g.generate_patient(seed=1, as_of=AS_OF)
+    expected = f"s3://metriccare-dev/bronze/patient/patient_{patient.id}.json"
+    assert g.suggested_s3_key(patient) == expected
+    assert g.suggested_s3_key(json.loads(g.to_json(patient))) == expected
+    assert (
+        g.suggested_s3_key(patient, bucket="lake", prefix="/raw/fhir/patient/")
+        == f"s3://lake/raw/fhir/patient/patient_{patient.id}.json"
+    )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"min_age": 70, "max_age": 60}, "greater than"),
+        ({"min_age": -1}, "min-age"),
+        ({"max_age": 111}, "max-age"),
+        ({"states": "CA,ZZ"}, "unknown state"),
+        ({"states": ","}, "no state"),
+        ({"mortality_rate": 1.5}, "mortality-rate"),
+        ({"lookback_years": 0}, "lookback-years"),
+        ({"hospitals_per_million": 21}, "hospitals-per-million"),
+    ],
+)
+def test_bad_options_raise_value_error(options, message):
+    with pytest.raises(ValueError, match=message):
+        g.make_plan(1, AS_OF, **options)
+
+
+def test_bad_seed_index_and_as_of_raise_value_error():
+    with pytest.raises(ValueError):
+        g.make_plan(-1, AS_OF)
+    with pytest.raises(ValueError):
+        g.make_plan(1, "yesterday")
+    with pytest.raises(ValueError):
+        g.build_record(g.make_plan(1, AS_OF), g.MAX_INDEX + 1)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def test_cli_without_arguments_prints_a_patient_and_its_s3_path():
+    result = run_cli()
+    assert result.returncode == 0, result.stderr
+    body, _, last = result.stdout.rstrip("\n").rpartition("\n")
+    record = json.loads(body)
+    assert last == f"Suggested S3 Path: s3://metriccare-dev/bronze/patient/patient_{record['id']}.json"
+    PatientR5.model_validate(record)
+    seed = re.search(r"--seed (\d+) --as-of (\S+)\)", result.stderr)
+    assert seed, result.stderr  # the drawn seed is reported so the run can be repeated
+    again = run_cli("--seed", seed.group(1), "--as-of", seed.group(2))
+    assert again.stdout == result.stdout and again.stderr == ""
+
+
+def test_cli_seed_and_as_of_reproduce_generate_patient():
+    result = run_cli("--seed", "42", "--as-of", AS_OF, "--bucket", "b", "--prefix", "p/q")
+    patient = g.generate_patient(seed=42, as_of=AS_OF)
+    assert result.stdout == g.to_json(patient, pretty=True) + (
+        f"\nSuggested S3 Path: s3://b/p/q/patient_{patient.id}.json\n"
+    )
+
+
+def test_cli_count_writes_only_ndjson_on_stdout():
+    result = run_cli("--count", "50", "--seed", "3", "--as-of", AS_OF, "--min-age", "65",
+                     "--states", "ca,ny")
+    assert result.returncode == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 50
+    for line in lines:
+        record = json.loads(line)
+        assert record["address"][0]["state"] in {"CA", "NY"}
+        assert date.fromisoformat(record["birthDate"]) <= date(1960, 10, 13)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--count", "0"],
+        ["--count", "-5"],
+        ["--count", "ten"],
+        ["--as-of", "not-a-date"],
+        ["--min-age", "70", "--max-age", "60"],
+        ["--states", "CA,XX"],
+        ["--min-age", "200"],
+        ["--seed", "abc"],
+        ["--mortality-rate", "2"],
+        ["--start", "-1"],
+        ["--no-such-flag"],
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(args):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr and "error:" in result.stderr
+
+
+def test_cli_version_and_help():
+    assert run_cli("--version").stdout.strip() == f"fhir_patient_generator.py {g.__version__}"
+    help_text = run_cli("--help").stdout
+    assert "examples:" in help_text and "--as-of" in help_text and "--count" in help_text
+
+
+def test_cli_survives_a_closed_pipe():
+    shell = f"{sys.executable} {SCRIPT} --count 100000 --seed 1 --as-of {AS_OF} | head -n 1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert json.loads(result.stdout)["resourceType"] == "Patient"
