@@ -405,9 +405,7 @@ def normalise_options(
     if mortality_rate is not None and not 0.0 <= float(mortality_rate) <= 1.0:
         raise ValueError(f"--mortality-rate must be between 0 and 1, not {mortality_rate}")
     if not 0 < float(hospitals_per_million) <= 20:  # the US has ~18 hospitals per million
-        raise ValueError(
-            f"--hospitals-per-million must be in (0, 20], not {hospitals_per_million}"
-        )
+        raise ValueError(f"--hospitals-per-million must be in (0, 20], not {hospitals_per_million}")
     return {
         "min_age": min_age,
         "max_age": max_age,

@@ -220,8 +220,10 @@ def test_same_inputs_give_the_same_bytes_in_any_order():
     forward = [orjson.dumps(g.build_record(plan, i)) for i in range(500)]
     backward = [orjson.dumps(g.build_record(plan, i)) for i in reversed(range(500))]
     assert forward == backward[::-1]
-    streamed = [orjson.dumps(r) for r in g.generate_patients(100, seed=77, start=200, as_of=AS_OF,
-                                                             min_age=18)]
+    streamed = [
+        orjson.dumps(r)
+        for r in g.generate_patients(100, seed=77, start=200, as_of=AS_OF, min_age=18)
+    ]
     assert streamed == forward[200:300]
 
 
@@ -235,8 +237,9 @@ def test_different_seeds_and_as_of_give_different_patients():
 
 def test_output_is_byte_identical_across_processes_and_hash_seeds():
     outputs = {
-        run_cli("--seed", "5", "--as-of", AS_OF, "--count", "200",
-                env={"PYTHONHASHSEED": seed}).stdout
+        run_cli(
+            "--seed", "5", "--as-of", AS_OF, "--count", "200", env={"PYTHONHASHSEED": seed}
+        ).stdout
         for seed in ("0", "1", "random")
     }
     assert len(outputs) == 1
@@ -325,7 +328,9 @@ def test_cli_without_arguments_prints_a_patient_and_its_s3_path():
     assert result.returncode == 0, result.stderr
     body, _, last = result.stdout.rstrip("\n").rpartition("\n")
     record = json.loads(body)
-    assert last == f"Suggested S3 Path: s3://metriccare-dev/bronze/patient/patient_{record['id']}.json"
+    assert (
+        last == f"Suggested S3 Path: s3://metriccare-dev/bronze/patient/patient_{record['id']}.json"
+    )
     PatientR5.model_validate(record)
     seed = re.search(r"--seed (\d+) --as-of (\S+)\)", result.stderr)
     assert seed, result.stderr  # the drawn seed is reported so the run can be repeated
@@ -342,8 +347,9 @@ def test_cli_seed_and_as_of_reproduce_generate_patient():
 
 
 def test_cli_count_writes_only_ndjson_on_stdout():
-    result = run_cli("--count", "50", "--seed", "3", "--as-of", AS_OF, "--min-age", "65",
-                     "--states", "ca,ny")
+    result = run_cli(
+        "--count", "50", "--seed", "3", "--as-of", AS_OF, "--min-age", "65", "--states", "ca,ny"
+    )
     assert result.returncode == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
     assert len(lines) == 50
@@ -385,7 +391,8 @@ def test_cli_version_and_help():
 
 def test_cli_survives_a_closed_pipe():
     shell = f"{sys.executable} {SCRIPT} --count 100000 --seed 1 --as-of {AS_OF} | head -n 1"
-    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert json.loads(result.stdout)["resourceType"] == "Patient"
