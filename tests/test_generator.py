@@ -38,6 +38,8 @@ PATIENT_KEYS = [
 # Required bindings that neither fhir.resources nor fhirkit checks (both accept "gender": "bogus").
 GENDER_CODES = {"male", "female", "other", "unknown"}
 IDENTIFIER_USES = {"usual", "official", "temp", "secondary", "old"}
+# sha256 of Faker 40.x's en_US last_names, newline-joined (read from the installed Faker 40.63).
+FAKER_SURNAMES_SHA256 = "939040917645553d783afc9e91d12610c5438d11e9f6eb88588d2a3a39084b7b"
 BCP47 = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
 
@@ -396,3 +398,14 @@ def test_cli_survives_a_closed_pipe():
     )
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert json.loads(result.stdout)["resourceType"] == "Patient"
+
+
+def test_faker_surname_table_is_the_one_the_outputs_were_made_with():
+    """Hospital names come from Faker's en_US surnames: a changed table would change outputs."""
+    import hashlib
+
+    from faker.providers.person.en_US import Provider
+
+    digest = hashlib.sha256("\n".join(Provider.last_names).encode()).hexdigest()
+    assert len(Provider.last_names) == 1000
+    assert digest == FAKER_SURNAMES_SHA256, "Faker's surname table changed: outputs would change"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerates every file in sample_output/ (or in the folder given as $1) from fixed inputs.
+# tests/test_samples.py runs this into a temporary folder and compares the bytes.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-$here}"
+gen=("${PYTHON:-python}" "$here/../fhir_patient_generator.py" --seed 42 --as-of 2025-10-13T02:22:22Z)
+mkdir -p "$out"
+"${gen[@]}" > "$out/patient.txt"
+"${gen[@]}" --count 20 > "$out/patients.ndjson"
+"${gen[@]}" --count 5 --min-age 65 --mortality-rate 0.5 --states CA,NY > "$out/medicare_cohort.ndjson"
