@@ -254,7 +254,7 @@ class Plan:
     gender_unknown: int
     # us-core profile only (empty for cms): race x ethnicity rows, two-race pairs, names
     profile: str = "cms"
-    race_rows: tuple[tuple[Any, ...], ...] = ()  # (races or None, text, eth code, eth display)
+    race_rows: tuple[tuple[Any, ...], ...] = ()  # (races|None, text, eth code, eth text, eth index)
     race_cum: tuple[int, ...] = ()
     race_pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...] = ()  # by ethnicity index
     race_pair_cum: tuple[tuple[int, ...], ...] = ()
@@ -593,7 +593,7 @@ def _us_core_record(plan: Plan, record: dict[str, Any], r: int, sex: str) -> dic
         "id": record["id"],
         "meta": {"versionId": "1", "lastUpdated": plan.last_updated, "profile": [US_CORE_PATIENT]},
         # Extension's element order is id, extension, url, value[x]: a complex extension's
-        # `extension` comes before its `url` (as fhir.resources and the IG publisher write it).
+        # `extension` comes before its `url`, as fhir.resources writes it (same JSON round trip).
         "extension": [
             {"extension": race, "url": US_CORE_RACE},
             {
