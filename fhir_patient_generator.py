@@ -16,10 +16,11 @@ import bisect
 import csv
 import functools
 import hashlib
+import itertools
 import secrets
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,19 @@ MAX_AGE = 110  # the life table's last row; nobody older is generated
 MAX_INDEX = 10**10 - 1  # MRNs are ten digits, one per index
 MRN_SYSTEM = "MetricCare-MRN"  # the seed README's identifier namespace
 ORG_SYSTEM = "urn:metriccare:organization"
+PROFILES = ("cms", "us-core")  # --profile: cms is the seed contract; us-core adds US Core Patient
+# US Core Patient (5.0.1 and later; docs/us-core.md cites the pages these facts come from)
+US_CORE_PATIENT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
+US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+US_CORE_BIRTHSEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
+CDC_RACE_SYSTEM = "urn:oid:2.16.840.1.113883.6.238"  # CDC Race & Ethnicity (CDCREC)
+# Identifier.system must be a URI under us-core; same namespace scheme as ORG_SYSTEM. The cms
+# profile keeps MRN_SYSTEM for backward compatibility; the MRN value is the same in both.
+US_CORE_MRN_SYSTEM = "urn:metriccare:mrn"
+OTHER_RACE_CODE = "2131-1"  # Census "Some Other Race": text only, no ombCategory (docs/us-core.md)
+OTHER_RACE_TEXT = "Other Race"
+TWO_OR_MORE_TEXT = "Two or more races"
 # Shares of FHIR gender codes beyond sex. Modelling choices, not Census statistics: the Census
 # age x sex table has only male and female. Small, so sex-based metrics stay close to the table.
 GENDER_OTHER_SHARE = 0.003
@@ -238,6 +252,16 @@ class Plan:
     language_cum: tuple[int, ...]
     gender_other: int
     gender_unknown: int
+    # us-core profile only (empty for cms): race x ethnicity rows, two-race pairs, names
+    profile: str = "cms"
+    race_rows: tuple[tuple[Any, ...], ...] = ()  # (races|None, text, eth code, eth text, eth index)
+    race_cum: tuple[int, ...] = ()
+    race_pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...] = ()  # by ethnicity index
+    race_pair_cum: tuple[tuple[int, ...], ...] = ()
+    family_names: tuple[str, ...] = ()
+    family_cum: tuple[int, ...] = ()
+    given_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # sex -> names
+    given_cum: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tuple[str, ...]:
@@ -311,6 +335,56 @@ def _death_probability(qx: tuple[float, ...], age: int, years: float) -> float:
     return 1.0 - alive
 
 
+def _faker_table(names: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Names and integer cumulative weights from a Faker name -> frequency table (9 decimals)."""
+    return tuple(names), _cumulative(round(w * 1e9) for w in names.values())
+
+
+def _us_core_tables(ref: Reference) -> dict[str, Any]:
+    """The us-core Plan fields: Census race x Hispanic-origin draws and Faker's en_US names.
+
+    Rows are race_ethnicity_joint.csv as is. "Other Race" rows get no ombCategory (text only);
+    "Two or more races" rows draw an unordered pair of distinct OMB races with weight
+    w_a * w_b, w being the single-race population in the same Hispanic-origin group.
+    """
+    from faker.providers.person.en_US import Provider as FakerPerson
+
+    eth_index: dict[str, int] = {}
+    omb: list[list[tuple[str, str, int]]] = []  # per ethnicity: (code, display, population)
+    rows, weights = [], []
+    for race, race_code, eth, eth_code, pop in ref.race_ethnicity:
+        e = eth_index.setdefault(eth_code, len(eth_index))
+        if e == len(omb):
+            omb.append([])
+        if not race_code:  # Two or more races: the pair is drawn per record
+            races, text = None, TWO_OR_MORE_TEXT
+        elif race_code == OTHER_RACE_CODE:
+            races, text = (), OTHER_RACE_TEXT
+        else:
+            races, text = ((race_code, race),), race
+            omb[e].append((race_code, race, pop))
+        rows.append((races, text, eth_code, eth, e))
+        weights.append(pop)
+    pairs, pair_cum = [], []
+    for cats in omb:
+        combos = [(a, b) for i, a in enumerate(cats) for b in cats[i + 1 :]]
+        pairs.append(tuple(((a[0], a[1]), (b[0], b[1])) for a, b in combos))
+        pair_cum.append(_cumulative(a[2] * b[2] for a, b in combos))
+    family_names, family_cum = _faker_table(FakerPerson.last_names)
+    male, male_cum = _faker_table(FakerPerson.first_names_male)
+    female, female_cum = _faker_table(FakerPerson.first_names_female)
+    return {
+        "race_rows": tuple(rows),
+        "race_cum": _cumulative(weights),
+        "race_pairs": tuple(pairs),
+        "race_pair_cum": tuple(pair_cum),
+        "family_names": family_names,
+        "family_cum": family_cum,
+        "given_names": {"male": male, "female": female},
+        "given_cum": {"male": male_cum, "female": female_cum},
+    }
+
+
 @functools.lru_cache(maxsize=32)
 def _make_plan_cached(seed: int, as_of: datetime, options: tuple[tuple[str, Any], ...]) -> Plan:
     opts = dict(options)
@@ -348,6 +422,7 @@ def _make_plan_cached(seed: int, as_of: datetime, options: tuple[tuple[str, Any]
     dates_base = min(birth_low)
     dates = tuple(date.fromordinal(o).isoformat() for o in range(dates_base, today.toordinal() + 1))
     as_of_seconds = int(as_of.timestamp())
+    us_core = _us_core_tables(ref) if opts["profile"] == "us-core" else {}
 
     return Plan(
         seed=seed,
@@ -382,6 +457,8 @@ def _make_plan_cached(seed: int, as_of: datetime, options: tuple[tuple[str, Any]
         language_cum=_cumulative(n for _, _, n in ref.languages),
         gender_other=round(GENDER_OTHER_SHARE * (1 << 32)),
         gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
+        profile=opts["profile"],
+        **us_core,
     )
 
 
@@ -392,6 +469,7 @@ def normalise_options(
     lookback_years: float = DEFAULT_LOOKBACK_YEARS,
     mortality_rate: float | None = None,
     hospitals_per_million: float = DEFAULT_HOSPITALS_PER_MILLION,
+    profile: str = "cms",
 ) -> dict[str, Any]:
     """Check generation options and return them in canonical form; ValueError says what is wrong."""
     ref = load_reference()
@@ -406,6 +484,8 @@ def normalise_options(
         raise ValueError(f"--mortality-rate must be between 0 and 1, not {mortality_rate}")
     if not 0 < float(hospitals_per_million) <= 20:  # the US has ~18 hospitals per million
         raise ValueError(f"--hospitals-per-million must be in (0, 20], not {hospitals_per_million}")
+    if profile not in PROFILES:
+        raise ValueError(f"--profile must be one of {', '.join(PROFILES)}, not {profile!r}")
     return {
         "min_age": min_age,
         "max_age": max_age,
@@ -413,6 +493,7 @@ def normalise_options(
         "lookback_years": float(lookback_years),
         "mortality_rate": None if mortality_rate is None else float(mortality_rate),
         "hospitals_per_million": float(hospitals_per_million),
+        "profile": profile,
     }
 
 
@@ -487,7 +568,52 @@ def build_record(plan: Plan, index: int) -> dict[str, Any]:
         "reference": f"Organization/{org['id']}",
         "display": org["name"],
     }
+    if plan.profile == "us-core":
+        return _us_core_record(plan, record, r, sex)
     return record
+
+
+def _us_core_record(plan: Plan, record: dict[str, Any], r: int, sex: str) -> dict[str, Any]:
+    """The cms record plus US Core's parts, in FHIR element order; only bits 320..447 of r used."""
+    races, text, eth_code, eth_display, e = plan.race_rows[_pick(plan.race_cum, (r >> 320) & M32)]
+    if races is None:  # Two or more races
+        races = plan.race_pairs[e][_pick(plan.race_pair_cum[e], (r >> 352) & M32)]
+    given = plan.given_names[sex][_pick(plan.given_cum[sex], (r >> 384) & M32)]
+    family = plan.family_names[_pick(plan.family_cum, (r >> 416) & M32)]
+    # Codings carry no display: the required text says it, and records stay nearer 1.5 KB.
+    race = [
+        {"url": "ombCategory", "valueCoding": {"system": CDC_RACE_SYSTEM, "code": c}}
+        for c, _ in races
+    ]
+    race.append({"url": "text", "valueString": text})
+    identifier = record["identifier"]
+    identifier[0]["system"] = US_CORE_MRN_SYSTEM
+    out: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": record["id"],
+        "meta": {"versionId": "1", "lastUpdated": plan.last_updated, "profile": [US_CORE_PATIENT]},
+        # Extension's element order is id, extension, url, value[x]: a complex extension's
+        # `extension` comes before its `url`, as fhir.resources writes it (same JSON round trip).
+        "extension": [
+            {"extension": race, "url": US_CORE_RACE},
+            {
+                "extension": [
+                    {
+                        "url": "ombCategory",
+                        "valueCoding": {"system": CDC_RACE_SYSTEM, "code": eth_code},
+                    },
+                    {"url": "text", "valueString": eth_display},
+                ],
+                "url": US_CORE_ETHNICITY,
+            },
+            {"url": US_CORE_BIRTHSEX, "valueCode": "F" if sex == "female" else "M"},
+        ],
+        "identifier": identifier,
+        "active": True,
+        "name": [{"use": "official", "family": family, "given": [given]}],
+    }
+    out.update(itertools.islice(record.items(), 5, None))  # gender onwards, as in cms
+    return out
 
 
 def organization_record(org: Mapping[str, str]) -> dict[str, Any]:
@@ -521,7 +647,10 @@ def organization_record(org: Mapping[str, str]) -> dict[str, Any]:
 def generate_patient(
     seed: int | None = None, index: int = 0, as_of: datetime | str | None = None, **options: Any
 ) -> Any:
-    """Patient #index as a validated fhir.resources (R5) Patient; a random seed when None."""
+    """Patient #index as a validated fhir.resources (R5) Patient; a random seed when None.
+
+    Options are those of make_plan, e.g. profile="us-core" for a US Core Patient.
+    """
     from fhir.resources.patient import Patient
 
     if seed is None:
@@ -581,6 +710,7 @@ EPILOG = """examples:
   python fhir_patient_generator.py --seed 42 --as-of 2025-10-13T02:22:22Z
   python fhir_patient_generator.py --count 1000 --seed 7 > patients.ndjson
   python fhir_patient_generator.py --count 500 --min-age 65 --states CA,NY --seed 1
+  python fhir_patient_generator.py --count 100 --profile us-core --seed 1   US Core Patients
 """
 
 
@@ -653,6 +783,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HOSPITALS_PER_MILLION,
         help="organizations per million residents of a state, at least one (default 1)",
     )
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="cms",
+        help="cms: the compact seed record (default); us-core: adds name, race, ethnicity and "
+        "birth sex as a US Core Patient",
+    )
     p.add_argument("--bucket", default=DEFAULT_BUCKET, help="bucket of the suggested key")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="prefix of the suggested key")
     return p
@@ -674,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
             lookback_years=args.lookback_years,
             mortality_rate=args.mortality_rate,
             hospitals_per_million=args.hospitals_per_million,
+            profile=args.profile,
         )
         if args.start < 0 or args.start + (args.count or 1) - 1 > MAX_INDEX:
             raise ValueError(f"--start and --count must keep indexes within 0..{MAX_INDEX}")
