@@ -169,8 +169,8 @@ def _mix_uuid(x: int, mul: tuple[int, int, int]) -> int:
 def _uuid_text(x: int) -> str:
     """Lay 122 bits out as an RFC 4122 version-4 UUID string."""
     v = (x >> 74) << 80 | 4 << 76 | ((x >> 62) & 0xFFF) << 64 | 2 << 62 | (x & ((1 << 62) - 1))
-    h = f"{v:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = "%032x" % v  # noqa: UP031 - measured faster than an f-string here
+    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 def _mrn_number(index: int, add: int, mul: int) -> int:
@@ -228,6 +228,7 @@ class Plan:
     as_of: datetime
     options: Mapping[str, Any]  # normalised options, as recorded in manifests
     key: bytes
+    hasher: Any  # blake2b keyed with `key`, never updated itself: build_record copies it
     uuid_add: int
     uuid_mul: tuple[int, int, int]
     mrn_add: int
@@ -429,6 +430,7 @@ def _make_plan_cached(seed: int, as_of: datetime, options: tuple[tuple[str, Any]
         as_of=as_of,
         options=opts,
         key=key,
+        hasher=hashlib.blake2b(key=key, digest_size=64),
         uuid_add=_hash_int(key, b"uuid-add", 16) & M122,
         uuid_mul=(
             _hash_int(key, b"uuid-mul-1", 16) & M122 | 1,
@@ -509,7 +511,9 @@ def build_record(plan: Plan, index: int) -> dict[str, Any]:
     """Patient #index of the plan as a plain dict: the canonical form every writer serialises."""
     if not 0 <= index <= MAX_INDEX:
         raise ValueError(f"patient index must be from 0 to {MAX_INDEX}, not {index}")
-    r = _hash_int(plan.key, index.to_bytes(8, "little"))
+    hasher = plan.hasher.copy()  # the keyed state, copied: cheaper than re-keying per record
+    hasher.update(index.to_bytes(8, "little"))
+    r = int.from_bytes(hasher.digest(), "little")
     s = _pick(plan.state_cum, r & M32)
     cities = plan.city_names[s]
     city = cities[_pick(plan.city_cum[s], (r >> 32) & M32)]
