@@ -33,6 +33,7 @@ GZIP_CODEC = "org.apache.hadoop.io.compress.GzipCodec"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Arguments AWS Glue passes to every job script; their presence means "ignore what Glue adds".
 GLUE_MARKERS = ("--JOB_ID", "--JOB_RUN_ID", "--JOB_NAME")
+FROM_CHECKOUT = False  # whether import_generator() fell back to the repository's module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,6 +48,9 @@ def import_generator() -> ModuleType:
     except ImportError:  # run from a checkout without --py-files: use the repository's module
         sys.path.append(str(REPO_ROOT))
         import fhir_patient_generator as g
+
+        global FROM_CHECKOUT
+        FROM_CHECKOUT = True  # main() ships the module to the executors itself
     ensure_reference_data(g)
     return g
 
@@ -164,6 +168,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _boolean(text: str) -> bool:
+    """A flag's optional value (Glue job parameters always have one): true/false, 1/0, yes/no."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", ""):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments: the CLI's generation options plus --partitions, --output and --gzip."""
     p = argparse.ArgumentParser(
@@ -177,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", help="ISO-8601 time, e.g. 2025-10-13T02:22:22Z (required)")
     p.add_argument("--start", type=int, default=0, help="index of the first patient (default 0)")
     p.add_argument("--output", help="output folder: a path, hdfs:// or s3:// URI (must not exist)")
-    p.add_argument("--gzip", action="store_true", help="gzip each part file (part-NNNNN.gz)")
-    p.add_argument("--overwrite", action="store_true", help="delete --output first")
+    flag: dict[str, Any] = {"nargs": "?", "const": True, "default": False, "type": _boolean}
+    p.add_argument("--gzip", **flag, help="gzip each part file (part-NNNNN.gz); or --gzip true")
+    p.add_argument("--overwrite", **flag, help="delete --output first; or --overwrite true")
     p.add_argument("--min-age", type=int)
     p.add_argument("--max-age", type=int)
     p.add_argument("--states", help="only these USPS codes, e.g. CA,NY")
@@ -237,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = SparkSession.builder.appName("metriccare-fhir-patients").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    g = import_generator()
+    if FROM_CHECKOUT:  # no --py-files: send the module
+        spark.sparkContext.addPyFile(g.__file__)  # executors need only it (the plan is broadcast)
     partitions = args.partitions or spark.sparkContext.defaultParallelism
     try:
         run(

@@ -104,9 +104,13 @@ def test_arguments_are_strict_except_under_glue():
         job.parse_args([*base, "--mortality_rate", "0.5"])  # a typo must not pass silently
     with pytest.raises(SystemExit):
         job.parse_args(["--count", "5", "--output", "/tmp/x"])  # seed and as-of are required
+    assert job.parse_args([*base, "--gzip"]).gzip is True
+    assert job.parse_args([*base, "--gzip", "--overwrite"]).overwrite is True
+    assert job.parse_args(base).gzip is False
     glue = [*base, "--JOB_ID", "j_1", "--JOB_RUN_ID", "jr_1", "--TempDir", "s3://b/t"]
-    args = job.parse_args(glue)
+    args = job.parse_args([*glue, "--gzip", "true", "--overwrite", "false"])
     assert (args.seed, args.as_of, args.output) == (1, AS_OF, "/tmp/x")
+    assert (args.gzip, args.overwrite) == (True, False)
     assert job.generation_options(args) == {
         "min_age": None,
         "max_age": None,
@@ -239,6 +243,8 @@ def test_spark_gzip_output_with_options_equals_the_cli(spark_submit):
     args = ["--seed", "9", "--as-of", AS_OF, "--states", "CA,NY,PR", "--min-age", "65"]
     args += ["--mortality-rate", "0.1", "--hospitals-per-million", "3"]
     out = spark_submit.work / "gzip"
+    out.mkdir()
+    (out / "part-99999.gz").write_bytes(b"stale output of an earlier run")  # --overwrite clears it
     spark_submit(
         "--count",
         "20000",
@@ -247,6 +253,7 @@ def test_spark_gzip_output_with_options_equals_the_cli(spark_submit):
         "--start",
         "500",
         "--gzip",
+        "--overwrite",
         "--output",
         str(out),
         *args,
