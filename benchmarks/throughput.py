@@ -1,0 +1,318 @@
+"""Throughput and peak RSS of the ways to make FHIR Patients, as a Markdown table (issue 4).
+
+    python benchmarks/throughput.py              # ~1 min: every mode, a Markdown table
+    python benchmarks/throughput.py --quick      # ~15 s smoke run
+    python benchmarks/throughput.py --rss-check  # stream 10,000,000 patients, report peak RSS
+
+Every mode runs in its own subprocess, so each peak RSS (ru_maxrss from wait4) is that mode's
+own. In-process modes time their generation loop; CLI modes time the whole child process
+(interpreter start included). Ratios are against the seed-style path measured in the same run.
+Figures only: nothing here asserts anything about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = ROOT / "fhir_patient_generator.py"
+SEED = 42
+AS_OF = "2025-10-13T02:22:22Z"
+BATCH = 1000  # lines per write in the bulk modes
+SLOW_SHARE = 40  # the model-based modes make count // SLOW_SHARE patients
+RSS_BUDGET_MB = 150  # issue 4: 10M patients streamed with peak RSS below this
+PACKAGES = ("orjson", "fhir.resources", "pydantic", "faker", "pyspark")
+
+IN_PROCESS = {
+    "seed-style": "seed-style: Faker fields -> fhir.resources Patient -> model_dump_json()",
+    "generate-patient": "generate_patient() -> model_dump_json() (validated R5 model)",
+    "ndjson-file": "build_record + orjson.dumps, batched writes to a file",
+    "ndjson-gzip-6": "build_record + orjson.dumps, gzip.open level 6",
+    "ndjson-gzip-1": "build_record + orjson.dumps, gzip.open level 1",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The modes (each runs in a child process: `throughput.py --child MODE`)
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_style(count: int) -> int:
+    """What the original script did per record: Faker fields into a fhir.resources Patient."""
+    import uuid
+
+    from faker import Faker
+    from fhir.resources.patient import Patient
+
+    fake = Faker("en_US")
+    fake.seed_instance(SEED)
+    languages = [("en-US", "English"), ("es", "Spanish"), ("zh", "Chinese"), ("vi", "Vietnamese")]
+    size = 0
+    for _ in range(count):
+        code, display = fake.random_element(languages)
+        fields: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "meta": {"versionId": "1", "lastUpdated": AS_OF},
+            "identifier": [
+                {
+                    "use": "usual",
+                    "type": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                "code": "MR",
+                                "display": "Medical Record Number",
+                            }
+                        ],
+                        "text": "Medical Record Number",
+                    },
+                    "system": "MetricCare-MRN",
+                    "value": fake.bothify("MC-##########"),
+                }
+            ],
+            "active": True,
+            "gender": fake.random_element(["male", "female", "other", "unknown"]),
+            "birthDate": fake.date_of_birth(minimum_age=0, maximum_age=110),
+            "address": [{"city": fake.city(), "state": fake.state_abbr(), "country": "USA"}],
+            "communication": [
+                {
+                    "language": {
+                        "coding": [{"system": "urn:ietf:bcp:47", "code": code, "display": display}],
+                        "text": display,
+                    },
+                    "preferred": True,
+                }
+            ],
+            "managingOrganization": {"reference": "Organization/org-1", "display": fake.company()},
+        }
+        if fake.random_int(0, 99) < 3:
+            fields["deceasedDateTime"] = fake.date_time_between("-3y", tzinfo=UTC).isoformat()
+        size += len(Patient(**fields).model_dump_json())
+    return size
+
+
+def generate_patient_path(count: int) -> int:
+    """The module's validated-model path, one generate_patient() call per patient."""
+    import fhir_patient_generator as g
+
+    return sum(len(g.generate_patient(SEED, i, AS_OF).model_dump_json()) for i in range(count))
+
+
+def bulk_ndjson(count: int, path: Path, level: int | None) -> int:
+    """orjson.dumps(build_record(plan, i)) in batches to a plain or gzip file."""
+    import orjson
+
+    import fhir_patient_generator as g
+
+    plan = g.make_plan(SEED, AS_OF)
+    build, dumps = g.build_record, orjson.dumps
+    opener = open if level is None else (lambda p, m: gzip.open(p, m, compresslevel=level))
+    with opener(path, "wb") as f:
+        for lo in range(0, count, BATCH):
+            f.write(
+                b"".join(dumps(build(plan, i)) + b"\n" for i in range(lo, min(lo + BATCH, count)))
+            )
+    return path.stat().st_size
+
+
+def child(mode: str, count: int, folder: Path) -> None:
+    """Run one in-process mode and print its figures as JSON."""
+    sys.path.insert(0, str(ROOT))
+    import fhir_patient_generator as g
+
+    g.make_plan(SEED, AS_OF)  # reference tables and plan: set-up, not per-patient work
+    if mode == "seed-style":  # warm up: imports, Faker providers, pydantic validators
+        seed_style(20)
+    elif mode == "generate-patient":
+        generate_patient_path(20)
+    started = time.perf_counter()
+    if mode == "seed-style":
+        size = seed_style(count)
+    elif mode == "generate-patient":
+        size = generate_patient_path(count)
+    elif mode == "ndjson-file":
+        size = bulk_ndjson(count, folder / "patients.ndjson", None)
+    elif mode.startswith("ndjson-gzip-"):
+        size = bulk_ndjson(count, folder / f"{mode}.ndjson.gz", int(mode.rsplit("-", 1)[1]))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "bytes": size}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running children and measuring them
+# ---------------------------------------------------------------------------------------------
+
+
+def run_measured(command: list[str], stdout: Any = subprocess.PIPE) -> dict[str, Any]:
+    """Run a command; wall seconds, peak RSS in MB (largest single process), exit code, output."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT)
+    out = proc.stdout.read() if proc.stdout else b""
+    err = proc.stderr.read() if proc.stderr else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "wall": time.perf_counter() - started,
+        "rss_mb": usage.ru_maxrss / 1024,  # Linux reports kilobytes
+        "code": proc.returncode,
+        "stdout": out.decode(),
+        "stderr": err.decode(),
+    }
+
+
+def cli_help() -> str:
+    return subprocess.run(
+        [sys.executable, str(CLI), "--help"], capture_output=True, text=True, cwd=ROOT
+    ).stdout
+
+
+def cli_modes(count: int, folder: Path) -> list[tuple[str, list[str], Path | None]]:
+    """(name, arguments, stdout file) of the CLI commands this version of the CLI supports."""
+    base = [sys.executable, str(CLI), "--count", str(count), "--seed", str(SEED), "--as-of", AS_OF]
+    modes: list[tuple[str, list[str], Path | None]] = [
+        ("CLI `--count N > file`", base, folder / "cli-stdout.ndjson")
+    ]
+    text = cli_help()
+    if "--output" not in text:
+        return modes
+    fmt = ["--format", "ndjson"] if "--format" in text else []
+    modes.append(("CLI `--output`", [*base, "--output", str(folder / "cli-plain"), *fmt], None))
+    if "--gzip" in text:
+        out = str(folder / "cli-gzip")
+        modes.append(("CLI `--output --gzip`", [*base, "--output", out, *fmt, "--gzip"], None))
+    if "--workers" in text:
+        out = str(folder / "cli-workers")
+        modes.append(
+            ("CLI `--output --workers 2`", [*base, "--output", out, *fmt, "--workers", "2"], None)
+        )
+    return modes
+
+
+def environment() -> list[str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for name in PACKAGES:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    return [
+        f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- CPU: {cpu} ({os.cpu_count()} logical CPUs)",
+        f"- Python: {platform.python_version()} ({platform.platform()})",
+        f"- Packages: {', '.join(versions)}",
+    ]
+
+
+def benchmark(count: int) -> None:
+    """Measure every mode and print the Markdown table."""
+    slow_count = max(100, count // SLOW_SHARE)
+    rows: list[tuple[str, int, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory(prefix="metriccare-bench-") as tmp:
+        folder = Path(tmp)
+        for mode, label in IN_PROCESS.items():
+            n = slow_count if mode in ("seed-style", "generate-patient") else count
+            cmd = [sys.executable, __file__, "--child", mode, "--count", str(n), "--dir", tmp]
+            result = run_measured(cmd)
+            if result["code"] != 0:
+                raise SystemExit(f"{mode} failed:\n{result['stderr']}")
+            result["seconds"] = json.loads(result["stdout"])["seconds"]
+            rows.append((label, n, result))
+            print(f"  measured {mode}", file=sys.stderr)
+        cli = cli_modes(count, folder)
+        for label, cmd, stdout_path in cli:
+            if stdout_path is not None:
+                with open(stdout_path, "wb") as out:
+                    result = run_measured(cmd, stdout=out)
+            else:
+                result = run_measured(cmd)
+            result["seconds"] = result["wall"]
+            rows.append((label, count, result))
+            print(f"  measured {label}", file=sys.stderr)
+
+    base_rate = rows[0][1] / rows[0][2]["seconds"]
+    print(*environment(), sep="\n")
+    print(f"- Command: `python benchmarks/throughput.py --count {count}`\n")
+    print("| Mode | Patients | Seconds | Patients/s | vs seed-style | Peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, n, r in rows:
+        if r["code"] != 0:
+            why = (r["stderr"].strip().splitlines() or ["?"])[-1][:80]
+            print(f"| {label} | {n:,} | failed (exit {r['code']}): {why} | | | |")
+            continue
+        rate = n / r["seconds"]
+        print(
+            f"| {label} | {n:,} | {r['seconds']:.2f} | {rate:,.0f} | "
+            f"{rate / base_rate:.1f}x | {r['rss_mb']:.0f} |"
+        )
+    if len(cli) == 1:
+        print(
+            "| CLI `--output` (ndjson, --gzip, --workers 2) | n/a (CLI has no --output yet) |||||"
+        )
+    print(
+        "\nIn-process rows time the generation loop (plan set-up excluded); CLI rows time the"
+        " whole process. Peak RSS is ru_maxrss of the mode's own process (with --workers, the"
+        " largest single process)."
+    )
+
+
+def rss_check(count: int, target: str) -> None:
+    """Stream `count` patients through the CLI to `target` and report wall time and peak RSS."""
+    cmd = [sys.executable, str(CLI), "--count", str(count), "--seed", str(SEED), "--as-of", AS_OF]
+    with open(target, "wb") as out:
+        r = run_measured(cmd, stdout=out)
+    if r["code"] != 0:
+        raise SystemExit(f"the CLI failed:\n{r['stderr']}")
+    print(*environment(), sep="\n")
+    print(f"- Command: `python fhir_patient_generator.py --count {count} ... > {target}`\n")
+    print("| Patients | Seconds | Patients/s | Peak RSS (MB) | Budget |")
+    print("|---:|---:|---:|---:|---|")
+    within = "within" if r["rss_mb"] < RSS_BUDGET_MB else "OVER"
+    print(
+        f"| {count:,} | {r['wall']:.1f} | {count / r['wall']:,.0f} | {r['rss_mb']:.0f} | "
+        f"{within} {RSS_BUDGET_MB} MB |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run the benchmark, the RSS check, or one child mode."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--count", type=int, help="patients per bulk mode (default 400,000)")
+    p.add_argument("--quick", action="store_true", help="a smaller count (40,000)")
+    p.add_argument("--rss-check", action="store_true", help="stream --count (default 10M) via CLI")
+    p.add_argument("--target", default=os.devnull, help="where --rss-check writes (default null)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args.child, args.count, Path(args.dir))
+    elif args.rss_check:
+        rss_check(args.count or 10_000_000, args.target)
+    else:
+        benchmark(args.count or (40_000 if args.quick else 400_000))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
