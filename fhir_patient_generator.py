@@ -264,6 +264,15 @@ class Plan:
     given_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # sex -> names
     given_cum: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the hash state (not picklable); Spark broadcasts plans."""
+        state = self.__dict__.copy()
+        del state["hasher"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, hasher=hashlib.blake2b(key=state["key"], digest_size=64))
+
 
 def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tuple[str, ...]:
     known = {code for code, _, _, _ in ref.states}

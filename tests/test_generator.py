@@ -409,3 +409,15 @@ def test_faker_surname_table_is_the_one_the_outputs_were_made_with():
     digest = hashlib.sha256("\n".join(Provider.last_names).encode()).hexdigest()
     assert len(Provider.last_names) == 1000
     assert digest == FAKER_SURNAMES_SHA256, "Faker's surname table changed: outputs would change"
+
+
+def test_a_pickled_plan_builds_the_same_records():
+    """Spark broadcasts plans to executors: the copy must build identical bytes."""
+    import pickle
+
+    plan = g.make_plan(31, AS_OF, profile="us-core", states="TX")
+    copy = pickle.loads(pickle.dumps(plan))
+    for index in (0, 1, 999, g.MAX_INDEX):
+        assert orjson.dumps(g.build_record(copy, index)) == orjson.dumps(
+            g.build_record(plan, index)
+        )
