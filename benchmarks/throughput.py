@@ -41,6 +41,7 @@ IN_PROCESS = {
     "ndjson-file": "build_record + orjson.dumps, batched writes to a file",
     "ndjson-gzip-6": "build_record + orjson.dumps, gzip.open level 6",
     "ndjson-gzip-1": "build_record + orjson.dumps, gzip.open level 1",
+    "ndjson-us-core": "build_record + orjson.dumps, --profile us-core, batched writes",
 }
 
 
@@ -110,13 +111,13 @@ def generate_patient_path(count: int) -> int:
     return sum(len(g.generate_patient(SEED, i, AS_OF).model_dump_json()) for i in range(count))
 
 
-def bulk_ndjson(count: int, path: Path, level: int | None) -> int:
+def bulk_ndjson(count: int, path: Path, level: int | None, profile: str = "cms") -> int:
     """orjson.dumps(build_record(plan, i)) in batches to a plain or gzip file."""
     import orjson
 
     import fhir_patient_generator as g
 
-    plan = g.make_plan(SEED, AS_OF)
+    plan = g.make_plan(SEED, AS_OF, profile=profile)
     build, dumps = g.build_record, orjson.dumps
     opener = open if level is None else (lambda p, m: gzip.open(p, m, compresslevel=level))
     with opener(path, "wb") as f:
@@ -133,6 +134,7 @@ def child(mode: str, count: int, folder: Path) -> None:
     import fhir_patient_generator as g
 
     g.make_plan(SEED, AS_OF)  # reference tables and plan: set-up, not per-patient work
+    g.make_plan(SEED, AS_OF, profile="us-core")
     if mode == "seed-style":  # warm up: imports, Faker providers, pydantic validators
         seed_style(20)
     elif mode == "generate-patient":
@@ -146,6 +148,8 @@ def child(mode: str, count: int, folder: Path) -> None:
         size = bulk_ndjson(count, folder / "patients.ndjson", None)
     elif mode.startswith("ndjson-gzip-"):
         size = bulk_ndjson(count, folder / f"{mode}.ndjson.gz", int(mode.rsplit("-", 1)[1]))
+    elif mode == "ndjson-us-core":
+        size = bulk_ndjson(count, folder / "us-core.ndjson", None, profile="us-core")
     else:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - started
