@@ -256,7 +256,9 @@ def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tup
             codes.append(code)
     if not codes:
         raise ValueError("--states names no state")
-    return tuple(sorted(codes))
+    # Reference-table order, as for None: the canonical form must be a fixed point, so a plan
+    # rebuilt from plan.options (worker processes, a manifest's request) is the same plan.
+    return tuple(code for code, _, _, _ in ref.states if code in codes)
 
 
 def _organizations(
