@@ -1033,7 +1033,7 @@ def generator_block(plan: Plan, spec: Bronze) -> dict[str, Any]:
 
 
 def request_line(plan: Plan, spec: Bronze) -> str:
-    """The CLI command that reproduces the run (all generation options spelled out)."""
+    """The CLI command that reproduces the run, all options spelled out; add --output ROOT."""
     words = ["fhir_patient_generator.py", "--count", str(spec.count), "--seed", str(plan.seed)]
     words += ["--as-of", plan.last_updated, "--start", str(spec.start)]
     for name, value in plan.options.items():
@@ -1042,7 +1042,7 @@ def request_line(plan: Plan, spec: Bronze) -> str:
         if isinstance(value, tuple | list):
             value = ",".join(map(str, value))
         words += [f"--{name.replace('_', '-')}", str(value)]
-    words += ["--output", spec.root, "--format", spec.format]
+    words += ["--format", spec.format]  # no --output: the same run may live anywhere
     if spec.format == "ndjson":
         words += ["--records-per-file", str(spec.records_per_file)]
     if spec.gzip:
