@@ -1205,6 +1205,8 @@ def write_bronze(
         store.prepare()
         check_existing(plan, spec, store, overwrite, sharded=shard[1] > 1)
         totals = {"records": 0, "files": 0, "bytes": 0, "failed": 0}
+        units = shard_units(spec, shard)
+        pooled = workers > 1 and len(units) > 1
         first_failure: list[str] = []
 
         def done(result: UnitResult) -> bool:
@@ -1212,7 +1214,7 @@ def write_bronze(
                 totals[name] += getattr(result, name)
             if result.first_failure and not first_failure:
                 first_failure.append(result.first_failure)
-            if progress and workers > 1:
+            if progress and pooled:  # in this process, ticks come per batch instead
                 progress(result.records)
             return not result.failed
 
@@ -1224,9 +1226,8 @@ def write_bronze(
         if failed:
             raise BronzeError(f"{failed} objects failed; first: {first}")
 
-        units = shard_units(spec, shard)
         try:
-            if workers > 1 and len(units) > 1:
+            if pooled:
                 _run_pool(plan, spec, units, min(workers, len(units)), done)
             else:
                 for u in units:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -261,3 +262,35 @@ def test_interrupted_run_leaves_no_partial_or_temp_file(tmp_path, extra):
             assert data.endswith(b"\n") and data.count(b"\n") == (1 if per_file else 20000)
             for line in data.splitlines():
                 orjson.loads(line)
+
+
+def test_progress_bar_only_on_a_terminal_and_quiet_silences_it(tmp_path):
+    def stderr_on_a_tty(*extra: str) -> str:
+        leader, follower = pty.openpty()
+        args = [*BASE, "--count", "5000", "--format", "ndjson", "--records-per-file", "2000"]
+        proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), *args, *extra], stderr=follower, stdout=subprocess.DEVNULL
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        assert proc.wait(timeout=60) == 0
+        return b"".join(chunks).decode()
+
+    shown = stderr_on_a_tty("--output", str(tmp_path / "a"))
+    assert "\r[" in shown and "patients, " in shown and "/s, ETA" in shown
+    assert (
+        shown.rstrip().splitlines()[-1].split("\r")[-1].lstrip("\x1b[K").startswith("wrote 5,000")
+    )
+    quiet = stderr_on_a_tty("--output", str(tmp_path / "b"), "--quiet")
+    assert "\r[" not in quiet and quiet.startswith("wrote 5,000 patients")
+    piped = run_cli("--count", "5000", "--format", "ndjson", "--output", str(tmp_path / "c"))
+    assert "\r" not in piped.stderr and one_line(piped).startswith("wrote 5,000")
