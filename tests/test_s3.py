@@ -76,27 +76,33 @@ def test_ndjson_gzip_on_s3_has_the_local_keys_and_bytes(s3_server: S3Server, s3_
     assert other.returncode == 1 and "already holds another run" in one_line(other)
 
 
-def test_per_file_json_on_s3_uses_suggested_s3_keys_and_overwrite_clears(s3_server, s3_bucket):
-    url = f"s3://{s3_bucket}/bronze"
-    result = s3_cli(s3_server.endpoint, "--count", "200", "--output", url)
+def test_per_file_json_on_s3_uses_suggested_s3_keys_and_overwrite_clears(
+    s3_throwaway_server: S3Server,
+):
+    """Hundreds of PUTs and deletes: on its own server, so the shared one stays quiet."""
+    server = s3_throwaway_server
+    bucket = server.create_bucket()
+    url = f"s3://{bucket}/bronze"
+    states = ("--states", "DE,RI,VT")
+    result = s3_cli(server.endpoint, "--count", "200", *states, "--output", url)
     assert result.returncode == 0, result.stderr
-    client = s3_server.client()
-    plan = g.make_plan(7, AS_OF)
-    stored = objects(client, s3_bucket, "bronze")
+    client = server.client()
+    plan = g.make_plan(7, AS_OF, states="DE,RI,VT")
+    stored = objects(client, bucket, "bronze")
     for i in range(200):
         record = g.build_record(plan, i)
-        key = g.suggested_s3_key(record, s3_bucket, "bronze/patient")
-        assert stored[key.removeprefix(f"s3://{s3_bucket}/bronze/")] == orjson.dumps(record) + b"\n"
-    assert len([k for k in stored if k.startswith("organization/")]) == len(plan.organizations)
+        key = g.suggested_s3_key(record, bucket, "bronze/patient")
+        assert stored[key.removeprefix(f"s3://{bucket}/bronze/")] == orjson.dumps(record) + b"\n"
+    orgs = {k for k in stored if k.startswith("organization/")}
+    assert orgs == {f"organization/organization_{o['id']}.json" for o in plan.organizations}
     assert len(stored) == 200 + len(plan.organizations) + 1
 
-    replaced = s3_cli(
-        s3_server.endpoint, "--count", "20", "--seed", "8", "--output", url, "--overwrite"
-    )
+    args = ("--count", "20", "--seed", "8", *states, "--output", url, "--overwrite")
+    replaced = s3_cli(server.endpoint, *args)
     assert replaced.returncode == 0, replaced.stderr
-    after = objects(client, s3_bucket, "bronze")
+    after = objects(client, bucket, "bronze")
     assert len([k for k in after if k.startswith("patient/")]) == 20
-    assert not set(k for k in stored if k.startswith("patient/")) & set(after)
+    assert not {k for k in stored if k.startswith("patient/")} & set(after)
 
 
 def test_missing_bucket_is_one_line_exit_1(s3_server, s3_missing_bucket):
