@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import csv
 import functools
 import hashlib
 import itertools
+import os
+import re
 import secrets
+import shutil
+import signal
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -290,7 +300,9 @@ def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tup
             codes.append(code)
     if not codes:
         raise ValueError("--states names no state")
-    return tuple(sorted(codes))
+    # Reference-table order, as for None: the canonical form must be a fixed point, so a plan
+    # rebuilt from plan.options (worker processes, a manifest's request) is the same plan.
+    return tuple(code for code, _, _, _ in ref.states if code in codes)
 
 
 def _organizations(
@@ -715,6 +727,675 @@ def suggested_s3_key(
 
 
 # ---------------------------------------------------------------------------------------------
+# Writers: the bronze layer. One exporter per format (json, ndjson) over one store per place
+# (local directory, S3); generation above knows nothing about either.
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~75 MB plain, ~8 MB gzip) and work unit
+DEFAULT_CONCURRENCY = 16  # concurrent S3 uploads per process
+DEFAULT_GZIP_LEVEL = 1  # measured: level 6 halves NDJSON throughput for ~15% smaller files
+BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
+S3_MAX_ATTEMPTS = 5  # botocore "standard" retries of transient errors per request
+MANIFEST = "_manifest.json"  # Athena and Glue skip names starting with "_" or "."
+FORMATS = ("json", "ndjson")
+
+
+class BronzeError(RuntimeError):
+    """A runtime failure of a bronze run, reported by the CLI as one line (exit 1)."""
+
+
+@dataclass(frozen=True)
+class Bronze:
+    """Where and how a run writes (not what: that is the Plan); picklable for worker processes."""
+
+    root: str  # a local directory or s3://bucket/prefix: the layer root
+    count: int
+    start: int = 0
+    format: str = "json"
+    gzip: bool = False
+    gzip_level: int = DEFAULT_GZIP_LEVEL
+    records_per_file: int = DEFAULT_RECORDS_PER_FILE
+    validate: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
+    endpoint_url: str | None = None
+    token: str = ""  # tags this run's temp files, so an interrupted run can remove them
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What writing one unit (an index range) produced."""
+
+    unit: int
+    records: int
+    files: int
+    bytes: int
+    failed: int = 0
+    first_failure: str | None = None
+
+
+def unit_count(spec: Bronze) -> int:
+    """How many work units (NDJSON files) the run has: ceil(count / records_per_file)."""
+    return -(-spec.count // spec.records_per_file)
+
+
+def unit_range(spec: Bronze, unit: int) -> tuple[int, int]:
+    """Indexes [lo, hi) of unit #unit (0-based); NDJSON file n = unit + 1 holds exactly these."""
+    lo = spec.start + unit * spec.records_per_file
+    return lo, min(lo + spec.records_per_file, spec.start + spec.count)
+
+
+def shard_units(spec: Bronze, shard: tuple[int, int]) -> range:
+    """Units of shard K/N: every N-th unit from K (round robin keeps shards within one unit)."""
+    k, n = shard
+    return range(k, unit_count(spec), n)
+
+
+def _suffix(spec: Bronze) -> str:
+    return ".gz" if spec.gzip else ""
+
+
+def _gzip_chunks(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
+    """Stream gzip (mtime 0, no name: the same input gives the same bytes)."""
+    z = zlib.compressobj(level, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        out = z.compress(chunk)
+        if out:
+            yield out
+    yield z.flush()
+
+
+@functools.cache
+def _patient_model() -> Any:
+    from fhir.resources.patient import Patient
+
+    return Patient
+
+
+def _validated(record: dict[str, Any], index: int) -> dict[str, Any]:
+    """The record, after fhir.resources accepted it; BronzeError naming the index if not."""
+    try:
+        _patient_model().model_validate(record)
+    except Exception as e:  # pydantic's ValidationError, or anything the model raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BronzeError(f"patient #{index} failed FHIR validation: {first}") from None
+    return record
+
+
+def ndjson_chunks(
+    plan: Plan,
+    lo: int,
+    hi: int,
+    validate: bool = False,
+    tick: Callable[[int], None] | None = None,
+) -> Iterator[bytes]:
+    """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each)."""
+    dumps, build = orjson.dumps, build_record
+    for a in range(lo, hi, BATCH):
+        b = min(a + BATCH, hi)
+        if validate:
+            lines = [dumps(_validated(build(plan, i), i)) for i in range(a, b)]
+        else:
+            lines = [dumps(build(plan, i)) for i in range(a, b)]
+        lines.append(b"")
+        yield b"\n".join(lines)
+        if tick:
+            tick(b - a)
+
+
+# -- stores: where bytes go. Both have the same few methods; keys are relative to the root.
+
+
+class LocalStore:
+    """A local directory; every file is written to a temp name, then renamed (atomic)."""
+
+    def __init__(self, root: str, token: str = "") -> None:
+        self.root = Path(root)
+        self.token = token or str(os.getpid())
+
+    def display(self) -> str:
+        return str(self.root)
+
+    def url(self, key: str) -> str:
+        return key  # manifest URLs of a local run are relative to its root
+
+    def prepare(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise BronzeError(f"--output {self.root} exists and is not a directory")
+        for folder in ("patient", "organization"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    def write(self, key: str, data: bytes | Iterable[bytes]) -> int:
+        """Write all chunks to `.name.tmp-<token>-<pid>`, then os.replace (no fsync: atomic
+        against crashes and Ctrl-C of this process, not against power loss)."""
+        path = self.root / key
+        tmp = path.with_name(f".{path.name}.tmp-{self.token}-{os.getpid()}")
+        size = 0
+        try:
+            with open(tmp, "wb") as f:
+                if isinstance(data, bytes):
+                    size = f.write(data)
+                else:
+                    for chunk in data:
+                        size += f.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return size
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def has_files(self, folder: str) -> bool:
+        try:
+            with os.scandir(self.root / folder) as entries:
+                return any(True for _ in entries)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def delete_run(self) -> None:
+        """Delete the manifest first (no manifest may describe half-deleted files), then data."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.root / MANIFEST)
+        for folder in ("patient", "organization"):
+            shutil.rmtree(self.root / folder, ignore_errors=True)
+        self.prepare()
+
+    def remove_temp_files(self) -> None:
+        """Remove temp files of this run's processes (workers killed by Ctrl-C leave them)."""
+        for folder in ("patient", "organization", ""):
+            for tmp in (self.root / folder).glob(f".*.tmp-{self.token}-*"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+    def drain(self) -> tuple[int, str | None]:
+        return 0, None
+
+    def close(self) -> None:
+        pass
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"{url!r} names no bucket (use s3://bucket/prefix)")
+    return bucket, prefix.strip("/")
+
+
+def _s3_client(endpoint_url: str | None, pool: int, attempts: int) -> Any:
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise BronzeError("s3:// output needs boto3: pip install boto3") from None
+    custom = (
+        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    config = Config(
+        retries={"max_attempts": attempts, "mode": "standard"},
+        max_pool_connections=max(10, pool),
+        connect_timeout=5,
+        read_timeout=60,
+        s3={"addressing_style": "path"} if custom else {},  # S3-compatible stores want paths
+    )
+    # endpoint_url=None lets boto3 read AWS_ENDPOINT_URL(_S3) itself.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def _s3_reason(e: BaseException) -> str:
+    """A short reason for a botocore error: 'Code: message' or the error's own text."""
+    response = getattr(e, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        err = response["Error"]
+        code = err.get("Code", "?")
+        message = err.get("Message") or {"403": "Forbidden", "404": "Not Found"}.get(code, "")
+        return f"{code}: {message}" if message else code
+    return str(e) or type(e).__name__
+
+
+class S3Store:
+    """An S3 (or S3-compatible) prefix; PUTs run on a thread pool and are atomic by nature."""
+
+    def __init__(self, root: str, endpoint_url: str | None, concurrency: int) -> None:
+        self.bucket, self.prefix = parse_s3_url(root)
+        self.endpoint_url = endpoint_url
+        self.client = _s3_client(endpoint_url, concurrency, S3_MAX_ATTEMPTS)
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3-put")
+        self.slots = threading.BoundedSemaphore(2 * concurrency)  # bounds memory in flight
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.pending = 0
+        self.failed = 0
+        self.first_failure: str | None = None
+
+    def key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.key(key)}"
+
+    def display(self) -> str:
+        return self.url("").rstrip("/")
+
+    def _fail_line(self, e: BaseException) -> str:
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        name = type(e).__name__
+        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+        where = f"s3://{self.bucket}"
+        if code in ("NoSuchBucket", "404"):
+            return f"bucket {where} does not exist (endpoint {endpoint})"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+            return f"S3 refused the credentials for {where} ({_s3_reason(e)})"
+        if name == "NoCredentialsError":
+            return "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
+            return f"cannot reach the S3 endpoint {endpoint} ({e})"
+        return f"S3 error on {where}: {_s3_reason(e)}"
+
+    def prepare(self) -> None:
+        """Fail fast, with one line, on a missing bucket, bad credentials or a dead endpoint."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        probe = _s3_client(self.endpoint_url, 1, 2)
+        try:
+            probe.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1)
+        except (BotoCoreError, ClientError) as e:
+            raise BronzeError(self._fail_line(e)) from None
+
+    def _put(self, key: str, body: Any) -> None:
+        try:
+            if self.first_failure is None:  # after a failure, skip what is queued: fail fast
+                content = "application/gzip" if key.endswith(".gz") else "application/fhir+json"
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self.key(key), Body=body, ContentType=content
+                )
+        except Exception as e:
+            with self.lock:
+                self.failed += 1
+                if self.first_failure is None:
+                    self.first_failure = f"{self.url(key)} ({_s3_reason(e)})"
+        finally:
+            if not isinstance(body, bytes):
+                body.close()
+            self.slots.release()
+            with self.lock:
+                self.pending -= 1
+                self.idle.notify_all()
+
+    def write(self, key: str, data: bytes | Iterable[bytes]) -> int:
+        """Queue one PUT; a streamed body is spooled (to disk beyond 16 MB) first."""
+        if self.first_failure is not None:
+            raise BronzeError(self.first_failure)  # stops the unit; drain() reports it
+        if isinstance(data, bytes):
+            body: Any = data
+            size = len(data)
+        else:
+            body = tempfile.SpooledTemporaryFile(max_size=16 << 20)
+            size = sum(body.write(chunk) for chunk in data)
+            body.seek(0)
+        self.slots.acquire()
+        with self.lock:
+            self.pending += 1
+        self.pool.submit(self._put, key, body)
+        return size
+
+    def drain(self) -> tuple[int, str | None]:
+        """Wait for queued PUTs; (failures, first failure) since the last drain."""
+        with self.lock:
+            self.idle.wait_for(lambda: self.pending == 0)
+            out = (self.failed, self.first_failure)
+            self.failed, self.first_failure = 0, None
+        return out
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def _keys(self, folder: str, limit: int | None = None) -> Iterator[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket,
+            Prefix=self.key(folder + "/"),
+            PaginationConfig={"MaxItems": limit} if limit else {},
+        )
+        for page in pages:
+            for item in page.get("Contents", ()):
+                yield item["Key"]
+
+    def has_files(self, folder: str) -> bool:
+        return any(True for _ in self._keys(folder, 1))
+
+    def delete_run(self) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key(MANIFEST))
+        for folder in ("patient", "organization"):
+            batch: list[str] = []
+            for key in self._keys(folder):
+                batch.append(key)
+                if len(batch) == 1000:
+                    self._delete(batch)
+                    batch = []
+            if batch:
+                self._delete(batch)
+
+    def _delete(self, keys: list[str]) -> None:
+        objects = [{"Key": k} for k in keys]
+        self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+
+    def remove_temp_files(self) -> None:
+        pass  # a PUT is all or nothing
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+Store = LocalStore | S3Store
+
+
+def open_store(spec: Bronze) -> Store:
+    """The store for spec.root: S3 for s3:// URLs (boto3 imported only then), else local."""
+    if spec.root.startswith("s3://"):
+        return S3Store(spec.root, spec.endpoint_url, spec.concurrency)
+    return LocalStore(spec.root, spec.token)
+
+
+# -- formats: how records become files. One exporter per format; units are index ranges.
+
+
+def _patient_ndjson(
+    plan: Plan, spec: Bronze, store: Store, unit: int, tick: Any
+) -> tuple[int, int]:
+    """Unit u is the FHIR Bulk Data file patient/Patient.<u+1>.ndjson, one resource per line."""
+    lo, hi = unit_range(spec, unit)
+    chunks: Iterable[bytes] = ndjson_chunks(plan, lo, hi, spec.validate, tick)
+    if spec.gzip:
+        chunks = _gzip_chunks(chunks, spec.gzip_level)
+    return 1, store.write(f"patient/Patient.{unit + 1:06d}.ndjson{_suffix(spec)}", chunks)
+
+
+def _patient_json(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Any) -> tuple[int, int]:
+    """One compact single-line file per patient, named exactly as suggested_s3_key() names it."""
+    lo, hi = unit_range(spec, unit)
+    suffix, total = _suffix(spec), 0
+    for i in range(lo, hi):
+        record = build_record(plan, i)
+        if spec.validate:
+            _validated(record, i)
+        data = orjson.dumps(record) + b"\n"
+        if spec.gzip:
+            data = zlib.compress(data, spec.gzip_level, wbits=31)
+        name = suggested_s3_key(record, "_", "patient").removeprefix("s3://_/")
+        total += store.write(name + suffix, data)
+        if tick and (i - lo) % BATCH == BATCH - 1:
+            tick(BATCH)
+    if tick:
+        tick((hi - lo) % BATCH)
+    return hi - lo, total
+
+
+PATIENT_WRITERS = {"json": _patient_json, "ndjson": _patient_ndjson}
+
+
+def organization_files(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
+    """(key, bytes) of every organization of the plan, in the run's format: the same for all
+    shards and workers, so every managingOrganization.reference resolves."""
+    records = [orjson.dumps(organization_record(org)) + b"\n" for org in plan.organizations]
+    if spec.format == "ndjson":
+        files = [(f"organization/Organization.000001.ndjson{_suffix(spec)}", b"".join(records))]
+    else:
+        files = [
+            (f"organization/organization_{org['id']}.json{_suffix(spec)}", data)
+            for org, data in zip(plan.organizations, records, strict=True)
+        ]
+    if spec.gzip:
+        files = [(key, zlib.compress(data, spec.gzip_level, wbits=31)) for key, data in files]
+    return files
+
+
+def generator_block(plan: Plan, spec: Bronze) -> dict[str, Any]:
+    """Everything the bytes depend on: equal blocks mean the same run (re-runs are allowed)."""
+    return {
+        "name": "fhir_patient_generator",
+        "version": __version__,
+        "seed": plan.seed,
+        "as_of": plan.last_updated,
+        "options": dict(plan.options),
+        "format": spec.format,
+        "gzip": spec.gzip,
+        "gzip_level": spec.gzip_level if spec.gzip else None,
+        "records_per_file": spec.records_per_file if spec.format == "ndjson" else None,
+        "count": spec.count,
+        "start": spec.start,
+    }
+
+
+def request_line(plan: Plan, spec: Bronze) -> str:
+    """The CLI command that reproduces the run, all options spelled out; add --output ROOT."""
+    words = ["fhir_patient_generator.py", "--count", str(spec.count), "--seed", str(plan.seed)]
+    words += ["--as-of", plan.last_updated, "--start", str(spec.start)]
+    for name, value in plan.options.items():
+        if value is None:
+            continue
+        if isinstance(value, tuple | list):
+            value = ",".join(map(str, value))
+        words += [f"--{name.replace('_', '-')}", str(value)]
+    words += ["--format", spec.format]  # no --output: the same run may live anywhere
+    if spec.format == "ndjson":
+        words += ["--records-per-file", str(spec.records_per_file)]
+    if spec.gzip:
+        words += ["--gzip", "--gzip-level", str(spec.gzip_level)]
+    return " ".join(words)
+
+
+def manifest_bytes(plan: Plan, spec: Bronze, store: Store) -> bytes:
+    """A Bulk Data style manifest: the same bytes from every shard and every re-run.
+
+    Deviation: per-file JSON lists one entry per type whose url is the folder."""
+    n_orgs = len(plan.organizations)
+    if spec.format == "ndjson":
+        output = [
+            {
+                "type": "Patient",
+                "url": store.url(f"patient/Patient.{u + 1:06d}.ndjson{_suffix(spec)}"),
+                "count": (lambda r: r[1] - r[0])(unit_range(spec, u)),
+            }
+            for u in range(unit_count(spec))
+        ]
+        output.append(
+            {
+                "type": "Organization",
+                "url": store.url(f"organization/Organization.000001.ndjson{_suffix(spec)}"),
+                "count": n_orgs,
+            }
+        )
+    else:
+        output = [
+            {"type": "Patient", "url": store.url("patient/"), "count": spec.count},
+            {"type": "Organization", "url": store.url("organization/"), "count": n_orgs},
+        ]
+    manifest = {
+        "transactionTime": plan.last_updated,
+        "request": request_line(plan, spec),
+        "requiresAccessToken": False,
+        "output": output,
+        "error": [],
+        "extension": {"generator": generator_block(plan, spec)},
+    }
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool, sharded: bool) -> None:
+    """The overwrite policy: the same run may be re-written; another run is refused unless
+    --overwrite, which deletes its manifest, patient/ and organization/ first."""
+    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
+    old = store.read(MANIFEST)
+    if old is not None:
+        try:
+            theirs = orjson.loads(old)["extension"]["generator"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            theirs = None
+        if theirs == ours:
+            return
+        what = "an unreadable manifest" if theirs is None else _describe(theirs)
+        if not overwrite:
+            raise BronzeError(
+                f"{store.display()} already holds another run ({what}); "
+                "use --overwrite to replace it, or another --output"
+            )
+    elif not any(store.has_files(f) for f in ("patient", "organization")):
+        return
+    elif sharded:
+        return  # sibling shards of this run may be writing; they finish with the same manifest
+    elif not overwrite:
+        raise BronzeError(
+            f"{store.display()} holds patient/ or organization/ files without {MANIFEST} "
+            "(an unfinished or foreign run); use --overwrite to replace them"
+        )
+    store.delete_run()
+
+
+def _describe(block: Any) -> str:
+    if not isinstance(block, dict):
+        return "unknown generator"
+    keys = ("version", "seed", "as_of", "count", "start", "format", "gzip")
+    return ", ".join(f"{k} {block.get(k)}" for k in keys)
+
+
+# -- running units: in this process, or on a pool of spawned worker processes
+
+
+def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Any = None) -> UnitResult:
+    """Write unit #unit and wait for its uploads; failures are counted, not raised."""
+    lo, hi = unit_range(spec, unit)
+    files = size = 0
+    try:
+        files, size = PATIENT_WRITERS[spec.format](plan, spec, store, unit, tick)
+    except BronzeError as e:
+        if not isinstance(store, S3Store) or str(e) != store.first_failure:
+            raise
+    failed, first = store.drain()
+    return UnitResult(unit, hi - lo, files, size, failed, first)
+
+
+@functools.cache
+def _worker_store(spec: Bronze) -> Store:
+    return open_store(spec)  # one per worker process, kept for all its units
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C for all
+
+
+def _worker_unit(seed: int, as_of: str, options: tuple, spec: Bronze, unit: int) -> UnitResult:
+    """A worker process's task: rebuild the (cached) plan, write one unit."""
+    plan = make_plan(seed, as_of, **dict(options))
+    return write_unit(plan, spec, _worker_store(spec), unit)
+
+
+def _run_pool(
+    plan: Plan, spec: Bronze, units: range, workers: int, done: Callable[[UnitResult], bool]
+) -> None:
+    """Units on `workers` spawned processes, a few queued each; done() False stops the run."""
+    import multiprocessing
+
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+    )
+    args = (plan.seed, plan.last_updated, tuple(plan.options.items()), spec)
+    todo, running = iter(units), set()
+    try:
+        while True:
+            while len(running) < 2 * workers and (u := next(todo, None)) is not None:
+                running.add(pool.submit(_worker_unit, *args, u))
+            if not running:
+                break
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                if not done(future.result()):
+                    todo = iter(())
+        pool.shutdown()
+    except BaseException:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(OSError):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+
+
+def write_bronze(
+    plan: Plan,
+    spec: Bronze,
+    *,
+    workers: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write shard K/N of the run: its patient units, all organizations, then the manifest.
+
+    Returns counts for the summary; raises BronzeError (one line) on a failure."""
+    if spec.format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {spec.format!r}")
+    started = time.perf_counter()
+    store = open_store(spec)
+    try:
+        store.prepare()
+        check_existing(plan, spec, store, overwrite, sharded=shard[1] > 1)
+        totals = {"records": 0, "files": 0, "bytes": 0, "failed": 0}
+        units = shard_units(spec, shard)
+        pooled = workers > 1 and len(units) > 1
+        first_failure: list[str] = []
+
+        def done(result: UnitResult) -> bool:
+            for name in ("records", "files", "bytes", "failed"):
+                totals[name] += getattr(result, name)
+            if result.first_failure and not first_failure:
+                first_failure.append(result.first_failure)
+            if progress and pooled:  # in this process, ticks come per batch instead
+                progress(result.records)
+            return not result.failed
+
+        orgs = organization_files(plan, spec)
+        for key, data in orgs:
+            totals["bytes"] += store.write(key, data)
+        totals["files"] += len(orgs)
+        failed, first = store.drain()
+        if failed:
+            raise BronzeError(f"{failed} objects failed; first: {first}")
+
+        try:
+            if pooled:
+                _run_pool(plan, spec, units, min(workers, len(units)), done)
+            else:
+                for u in units:
+                    if not done(write_unit(plan, spec, store, u, progress)):
+                        break
+        finally:
+            store.remove_temp_files()  # what killed workers left behind (nothing otherwise)
+        if totals["failed"]:
+            raise BronzeError(f"{totals['failed']} objects failed; first: {first_failure[0]}")
+
+        totals["bytes"] += store.write(MANIFEST, manifest_bytes(plan, spec, store))
+        totals["files"] += 1
+        failed, first = store.drain()
+        if failed:
+            raise BronzeError(f"{failed} objects failed; first: {first}")
+    finally:
+        store.close()
+    return {
+        **totals,
+        "organizations": len(plan.organizations),
+        "seconds": time.perf_counter() - started,
+        "root": store.display(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI: a thin argparse layer over the API above
 # ---------------------------------------------------------------------------------------------
 
@@ -724,6 +1405,9 @@ EPILOG = """examples:
   python fhir_patient_generator.py --count 1000 --seed 7 > patients.ndjson
   python fhir_patient_generator.py --count 500 --min-age 65 --states CA,NY --seed 1
   python fhir_patient_generator.py --count 100 --profile us-core --seed 1   US Core Patients
+  python fhir_patient_generator.py --count 100000 --seed 7 --output ./lake/bronze
+  python fhir_patient_generator.py --count 100000 --seed 7 --output s3://my-bucket/bronze \
+      --format ndjson --gzip --workers 4
 """
 
 
@@ -775,7 +1459,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: now, UTC), e.g. 2025-10-13T02:22:22Z",
     )
     p.add_argument("--count", type=_positive_int, help="N compact patients, NDJSON on stdout")
-    p.add_argument("--start", type=int, default=0, help="index of the first patient (default 0)")
+    p.add_argument(
+        "--start",
+        "--start-index",
+        dest="start",
+        type=int,
+        default=0,
+        help="index of the first patient (default 0)",
+    )
     p.add_argument("--min-age", type=_age, default=0, help="youngest age (default 0)")
     p.add_argument("--max-age", type=_age, default=MAX_AGE, help=f"oldest age (default {MAX_AGE})")
     p.add_argument("--states", help="only these USPS codes, e.g. CA,NY (default: 50 states + DC)")
@@ -805,13 +1496,182 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bucket", default=DEFAULT_BUCKET, help="bucket of the suggested key")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="prefix of the suggested key")
+    _add_bronze_arguments(p)
     return p
+
+
+def _shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not int(match[1]) < int(match[2]):
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N with 0 <= K < N, e.g. 0/4")
+    return int(match[1]), int(match[2])
+
+
+def _gzip_level(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 9, not {value}")
+    return value
+
+
+def _add_bronze_arguments(p: argparse.ArgumentParser) -> None:
+    b = p.add_argument_group("bronze layer (with --output; see docs/bronze.md)")
+    b.add_argument("--output", help="layer root: a directory or s3://bucket/prefix (needs --count)")
+    b.add_argument("--format", choices=FORMATS, help="json: a file per patient (default); ndjson")
+    b.add_argument("--gzip", action="store_true", help="gzip every file (.json.gz, .ndjson.gz)")
+    b.add_argument(
+        "--gzip-level", type=_gzip_level, help=f"zlib level 0-9 (default {DEFAULT_GZIP_LEVEL})"
+    )
+    b.add_argument(
+        "--records-per-file",
+        type=_positive_int,
+        help=f"patients per NDJSON file and per work unit (default {DEFAULT_RECORDS_PER_FILE:,})",
+    )
+    b.add_argument("--overwrite", action="store_true", help="replace another run found at --output")
+    b.add_argument("--workers", type=_positive_int, help="worker processes (default 1)")
+    b.add_argument("--shard", type=_shard, help="write only shard K of N, e.g. 0/4 (of units)")
+    b.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        help=f"concurrent S3 uploads per process (default {DEFAULT_CONCURRENCY})",
+    )
+    b.add_argument("--endpoint-url", help="S3-compatible endpoint (else $AWS_ENDPOINT_URL)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar (the summary stays)")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="re-validate every Patient with fhir.resources (slow); exit 1 naming the bad one",
+    )
+
+
+def _check_bronze_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Bad combinations of the bronze options are bad input: one line, exit 2."""
+    flags = ("format", "gzip", "gzip_level", "records_per_file", "overwrite", "workers", "shard")
+    flags += ("concurrency", "endpoint_url", "quiet")
+    if args.output is None:
+        for name in flags:
+            if getattr(args, name) not in (None, False):
+                parser.error(f"--{name.replace('_', '-')} needs --output")
+        return
+    if args.count is None:
+        parser.error("--output needs --count")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", args.output) and not args.output.startswith("s3://"):
+        parser.error(f"--output must be a directory or s3://bucket/prefix, not {args.output!r}")
+    if args.output.startswith("s3://"):
+        try:
+            parse_s3_url(args.output)
+        except ValueError as e:
+            parser.error(str(e))
+    elif not args.output.strip():
+        parser.error("--output is empty")
+    if args.overwrite and args.shard and args.shard[1] > 1:
+        parser.error("--overwrite cannot be combined with --shard (clear the output once first)")
+    if args.gzip_level is not None and not args.gzip:
+        parser.error("--gzip-level needs --gzip")
+
+
+def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """A one-line progress bar on stderr, redrawn at most 4 times a second."""
+    state = {"done": 0, "drawn": 0.0}
+    started = time.perf_counter()
+
+    def tick(n: int) -> None:
+        state["done"] += n
+        now = time.perf_counter()
+        if now - state["drawn"] < 0.25:
+            return
+        state["drawn"] = now
+        done = min(state["done"], total)
+        rate = done / max(now - started, 1e-9)
+        bar = "#" * (30 * done // total)
+        eta = (total - done) / rate if rate else 0
+        sys.stderr.write(
+            f"\r[{bar:<30}] {100 * done // total:3d}% {done:,}/{total:,} patients, "
+            f"{rate:,.0f}/s, ETA {eta:,.0f} s\x1b[K"
+        )
+        sys.stderr.flush()
+
+    def close() -> None:
+        if state["drawn"]:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+    return tick, close
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def _run_bronze(args: argparse.Namespace, plan: Plan, prog: str) -> int:
+    """--output: write the bronze layer; one summary line, or one error line and exit 1."""
+    root = args.output if args.output.startswith("s3://") else args.output.rstrip("/") or "/"
+    if root.startswith("s3://"):
+        root = root.rstrip("/")
+    spec = Bronze(
+        root=root,
+        count=args.count,
+        start=args.start,
+        format=args.format or "json",
+        gzip=args.gzip,
+        gzip_level=DEFAULT_GZIP_LEVEL if args.gzip_level is None else args.gzip_level,
+        records_per_file=args.records_per_file or DEFAULT_RECORDS_PER_FILE,
+        validate=args.validate,
+        concurrency=args.concurrency or DEFAULT_CONCURRENCY,
+        endpoint_url=args.endpoint_url,
+        token=str(os.getpid()),
+    )
+    shard = args.shard or (0, 1)
+    tick, close = None, None
+    if not args.quiet and sys.stderr.isatty():
+        shard_records = sum(
+            (lambda r: r[1] - r[0])(unit_range(spec, u)) for u in shard_units(spec, shard)
+        )
+        tick, close = _progress_bar(max(shard_records, 1))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        summary = write_bronze(
+            plan,
+            spec,
+            workers=args.workers or 1,
+            shard=shard,
+            overwrite=args.overwrite,
+            progress=tick,
+        )
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted; no partial file was left", file=sys.stderr)
+        return 1
+    except (BronzeError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
+            raise
+        print(f"{prog}: error: S3: {e}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if close:
+            close()
+    seconds = summary["seconds"]
+    part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    print(
+        f"wrote {summary['records']:,} patients{part} + {summary['organizations']:,} "
+        f"organizations ({summary['files']:,} files, {summary['bytes'] / 1e6:,.1f} MB) to "
+        f"{summary['root']} in {seconds:.2f} s ({summary['records'] / seconds:,.0f} patients/s)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for bad input, 1 for runtime failures)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_bronze_args(parser, args)
     seed = args.seed
     try:
         as_of = parse_as_of(args.as_of)
@@ -836,6 +1696,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--as-of {plan.last_updated})",
             file=sys.stderr,
         )
+    if args.output is not None:
+        return _run_bronze(args, plan, parser.prog)
     try:
         if args.count is None:
             record = build_record(plan, args.start)
@@ -844,13 +1706,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"Suggested S3 Path: {key}\n")
         else:
             out = sys.stdout.buffer
-            for index in range(args.start, args.start + args.count):
-                out.write(orjson.dumps(build_record(plan, index)) + b"\n")
+            for chunk in ndjson_chunks(plan, args.start, args.start + args.count, args.validate):
+                out.write(chunk)
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into `head`: not an error of ours
         sys.stderr.close()
         return 0
-    except (OSError, KeyboardInterrupt) as e:
+    except (OSError, KeyboardInterrupt, BronzeError) as e:
         print(f"{parser.prog}: error: {e or 'interrupted'}", file=sys.stderr)
         return 1
     return 0

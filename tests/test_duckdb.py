@@ -1,0 +1,75 @@
+"""The analytics proof: DuckDB runs docs/analytics.sql (the README's query) over written layers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pytest
+from bronze_util import AS_OF, ROOT
+
+import fhir_patient_generator as g
+
+SQL = (ROOT / "docs" / "analytics.sql").read_text()
+PLAN = g.make_plan(7, AS_OF, mortality_rate=0.05)
+
+
+def statements(root: Path) -> dict[str, list[str]]:
+    """docs/analytics.sql by '-- name:' section, pointed at root instead of ./lake/bronze."""
+    sql = SQL.replace("./lake/bronze/", root.as_posix() + "/")
+    out = {}
+    for part in sql.split("-- name: ")[1:]:
+        name, _, body = part.partition("\n")
+        out[name.strip()] = [s for s in body.split(";") if s.strip()]
+    return out
+
+
+@pytest.mark.parametrize(
+    "fmt, gz, count",
+    [
+        ("json", False, 1500),
+        ("json", True, 1500),
+        ("ndjson", False, 20000),
+        ("ndjson", True, 20000),
+    ],
+)
+def test_mortality_by_state_patients_per_organization_and_no_dangling_reference(
+    tmp_path, fmt, gz, count
+):
+    spec = g.Bronze(root=str(tmp_path), count=count, format=fmt, gzip=gz, records_per_file=7000)
+    g.write_bronze(PLAN, spec)
+    expected_state, expected_dead, expected_org = Counter(), Counter(), Counter()
+    for i in range(count):
+        r = g.build_record(PLAN, i)
+        state = r["address"][0]["state"]
+        expected_state[state] += 1
+        expected_dead[state] += "deceasedDateTime" in r
+        expected_org[r["managingOrganization"]["reference"].removeprefix("Organization/")] += 1
+
+    sql = statements(tmp_path)
+    con = duckdb.connect()
+    for statement in sql["views"]:
+        con.execute(statement)
+    (mortality,) = sql["mortality_by_state"]
+    rows = con.execute(mortality).fetchall()
+    assert {s: (n, d) for s, n, d, _ in rows} == {
+        s: (n, expected_dead[s]) for s, n in expected_state.items()
+    }
+    assert sum(d for _, _, d, _ in rows) > 0  # deaths exist, so the column was read
+    for state, n, d, pct in rows:
+        assert pct == round(100.0 * d / n, 2), state
+
+    (per_org,) = sql["patients_per_organization"]
+    rows = con.execute(per_org).fetchall()
+    assert len(rows) == len(PLAN.organizations)  # every organization, with or without patients
+    assert {org: n for org, _, _, n in rows if n} == dict(expected_org)
+    assert sum(n for *_, n in rows) == count
+
+    (dangling,) = sql["dangling_references"]
+    assert con.execute(dangling).fetchall() == [(0,)]
+    if fmt == "json":  # the check can fail: drop one referenced organization, count again
+        referenced = expected_org.most_common(1)[0][0]
+        victim = next((tmp_path / "organization").glob(f"organization_{referenced}.json*"))
+        victim.unlink()
+        assert con.execute(dangling).fetchall() == [(expected_org[referenced],)]

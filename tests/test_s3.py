@@ -1,0 +1,172 @@
+"""The bronze layer on a real S3-compatible server (rclone serve s3, see conftest.py)."""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from types import SimpleNamespace
+
+import orjson
+import pytest
+from bronze_util import AS_OF, one_line, run_cli, tree
+from s3server import S3Endpoint, S3Server
+
+import fhir_patient_generator as g
+
+NDJSON = ("--count", "5000", "--format", "ndjson", "--gzip", "--records-per-file", "2000")
+
+
+def objects(client, bucket: str, prefix: str) -> dict[str, bytes]:
+    """{key relative to prefix: body} of every object under prefix/."""
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "/"
+    ):
+        for item in page.get("Contents", ()):
+            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            out[item["Key"].removeprefix(prefix + "/")] = body
+    return out
+
+
+def s3_cli(endpoint: S3Endpoint, *args: str, flag: bool = True):
+    extra = ("--endpoint-url", endpoint.endpoint_url) if flag else ()
+    return run_cli(*args, *extra, "--quiet", env=endpoint.env())
+
+
+def test_ndjson_gzip_on_s3_has_the_local_keys_and_bytes(s3_server: S3Server, s3_bucket, tmp_path):
+    local = tmp_path / "local"
+    assert run_cli(*NDJSON, "--output", str(local)).returncode == 0
+    url = f"s3://{s3_bucket}/lake/bronze"
+    result = s3_cli(s3_server.endpoint, *NDJSON, "--output", url)
+    assert result.returncode == 0, result.stderr
+    assert one_line(result).endswith("patients/s)") and url in result.stderr
+    stored = objects(s3_server.client(), s3_bucket, "lake/bronze")
+    local_files = {k: (local / k).read_bytes() for k in tree(local)}
+    assert (
+        sorted(stored)
+        == sorted(local_files)
+        == [
+            "_manifest.json",
+            "organization/Organization.000001.ndjson.gz",
+            "patient/Patient.000001.ndjson.gz",
+            "patient/Patient.000002.ndjson.gz",
+            "patient/Patient.000003.ndjson.gz",
+        ]
+    )
+    for key, body in stored.items():
+        if key != "_manifest.json":
+            assert body == local_files[key], key
+    lines = b"".join(
+        gzip.decompress(stored[f"patient/Patient.00000{n}.ndjson.gz"]) for n in (1, 2, 3)
+    )
+    plan = g.make_plan(7, AS_OF)
+    assert lines.splitlines() == [orjson.dumps(g.build_record(plan, i)) for i in range(5000)]
+
+    manifest = orjson.loads(stored["_manifest.json"])
+    local_manifest = orjson.loads(local_files["_manifest.json"])
+    assert [e["url"] for e in manifest["output"]] == [
+        f"{url}/{e['url']}" for e in local_manifest["output"]
+    ]
+    assert {**manifest, "output": None} == {**local_manifest, "output": None}
+
+    again = s3_cli(s3_server.endpoint, *NDJSON, "--output", url, flag=False)  # AWS_ENDPOINT_URL
+    assert again.returncode == 0, again.stderr
+    assert objects(s3_server.client(), s3_bucket, "lake/bronze") == stored  # same keys, bytes
+    other = s3_cli(s3_server.endpoint, "--count", "10", "--output", url)
+    assert other.returncode == 1 and "already holds another run" in one_line(other)
+
+
+def test_per_file_json_on_s3_uses_suggested_s3_keys_and_overwrite_clears(
+    s3_throwaway_server: S3Server,
+):
+    """Hundreds of PUTs and deletes: on its own server, so the shared one stays quiet."""
+    server = s3_throwaway_server
+    bucket = server.create_bucket()
+    url = f"s3://{bucket}/bronze"
+    states = ("--states", "DE,RI,VT")
+    result = s3_cli(server.endpoint, "--count", "200", *states, "--output", url)
+    assert result.returncode == 0, result.stderr
+    client = server.client()
+    plan = g.make_plan(7, AS_OF, states="DE,RI,VT")
+    stored = objects(client, bucket, "bronze")
+    for i in range(200):
+        record = g.build_record(plan, i)
+        key = g.suggested_s3_key(record, bucket, "bronze/patient")
+        assert stored[key.removeprefix(f"s3://{bucket}/bronze/")] == orjson.dumps(record) + b"\n"
+    orgs = {k for k in stored if k.startswith("organization/")}
+    assert orgs == {f"organization/organization_{o['id']}.json" for o in plan.organizations}
+    assert len(stored) == 200 + len(plan.organizations) + 1
+
+    args = ("--count", "20", "--seed", "8", *states, "--output", url, "--overwrite")
+    replaced = s3_cli(server.endpoint, *args)
+    assert replaced.returncode == 0, replaced.stderr
+    after = objects(client, bucket, "bronze")
+    assert len([k for k in after if k.startswith("patient/")]) == 20
+    assert not {k for k in stored if k.startswith("patient/")} & set(after)
+
+
+def test_missing_bucket_is_one_line_exit_1(s3_server, s3_missing_bucket):
+    result = s3_cli(s3_server.endpoint, "--count", "5", "--output", f"s3://{s3_missing_bucket}/x")
+    assert result.returncode == 1
+    assert "does not exist" in one_line(result) and s3_missing_bucket in result.stderr
+
+
+@pytest.mark.parametrize("code", ["SignatureDoesNotMatch", "InvalidAccessKeyId"])
+def test_wrong_credentials_are_one_line_exit_1(
+    s3_bad_credentials, s3_unknown_key_credentials, s3_server, s3_bucket, code
+):
+    endpoint = s3_bad_credentials if code == "SignatureDoesNotMatch" else s3_unknown_key_credentials
+    result = s3_cli(endpoint, "--count", "5", "--output", f"s3://{s3_bucket}/x")
+    assert result.returncode == 1
+    assert "refused the credentials" in one_line(result) and code in result.stderr
+    assert objects(s3_server.client(), s3_bucket, "x") == {}
+
+
+def test_stopped_server_is_one_line_exit_1(s3_throwaway_server: S3Server):
+    endpoint = s3_throwaway_server.endpoint
+    bucket = s3_throwaway_server.create_bucket()
+    s3_throwaway_server.stop()
+    result = s3_cli(endpoint, "--count", "5", "--output", f"s3://{bucket}/x")
+    assert result.returncode == 1
+    assert "cannot reach the S3 endpoint" in one_line(result)
+
+
+def test_failed_uploads_end_with_the_count_and_the_first_failing_key(
+    s3_server, s3_bucket, monkeypatch
+):
+    """A PUT that fails mid-run (injected by a botocore hook): one line, no manifest."""
+    for name, value in s3_server.endpoint.env().items():
+        monkeypatch.setenv(name, value)
+    real = g._s3_client
+
+    def failing_client(*args, **kwargs):
+        client = real(*args, **kwargs)
+
+        def fail(params, **_):
+            if "Patient.000002" in params["url_path"]:  # the serialised request
+                error = {"Code": "InternalError", "Message": "injected"}
+                return SimpleNamespace(status_code=500), {"Error": error}
+            return None
+
+        client.meta.events.register("before-call.s3.PutObject", fail)
+        return client
+
+    monkeypatch.setattr(g, "_s3_client", failing_client)
+    url = f"s3://{s3_bucket}/b"
+    spec = g.Bronze(root=url, count=3000, format="ndjson", records_per_file=1000)
+    with pytest.raises(g.BronzeError) as raised:
+        g.write_bronze(g.make_plan(7, AS_OF), spec)
+    message = str(raised.value)
+    assert (
+        message
+        == f"1 objects failed; first: {url}/patient/Patient.000002.ndjson (InternalError: injected)"
+    )
+    stored = objects(s3_server.client(), s3_bucket, "b")
+    assert "_manifest.json" not in stored and "patient/Patient.000001.ndjson" in stored
+
+
+def test_s3_output_without_boto3_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 now raises ImportError
+    spec = g.Bronze(root="s3://bucket/x", count=1)
+    with pytest.raises(g.BronzeError, match="pip install boto3"):
+        g.write_bronze(g.make_plan(7, AS_OF), spec)
