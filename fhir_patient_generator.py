@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import threading
@@ -147,6 +148,7 @@ def _expand_open_age(
 M32 = (1 << 32) - 1
 M122 = (1 << 122) - 1
 M34 = (1 << 34) - 1
+_U32X16 = struct.Struct("<16I").unpack  # a 64-byte digest as sixteen little-endian 32-bit draws
 
 
 def _cumulative(weights: Iterable[int]) -> tuple[int, ...]:
@@ -534,19 +536,22 @@ def build_record(plan: Plan, index: int) -> dict[str, Any]:
         raise ValueError(f"patient index must be from 0 to {MAX_INDEX}, not {index}")
     hasher = plan.hasher.copy()  # the keyed state, copied: cheaper than re-keying per record
     hasher.update(index.to_bytes(8, "little"))
-    r = int.from_bytes(hasher.digest(), "little")
-    s = _pick(plan.state_cum, r & M32)
-    cities = plan.city_names[s]
-    city = cities[_pick(plan.city_cum[s], (r >> 32) & M32)]
-    cell = _pick(plan.cell_cum, (r >> 64) & M32)
+    u = _U32X16(hasher.digest())  # sixteen 32-bit draws: u[k] is bits 32k..32k+31 of the hash
+    bisect_right = bisect.bisect_right
+    cum = plan.state_cum  # _pick, inlined: this is the hot loop
+    s = bisect_right(cum, u[0] * cum[-1] >> 32)
+    cum = plan.city_cum[s]
+    city = plan.city_names[s][bisect_right(cum, u[1] * cum[-1] >> 32)]
+    cum = plan.cell_cum
+    cell = bisect_right(cum, u[2] * cum[-1] >> 32)
     sex = plan.cells[cell][1]
-    birth = plan.birth_low[cell] + (((r >> 96) & M32) * plan.birth_span[cell] >> 32)
-    g = (r >> 128) & M32
+    birth = plan.birth_low[cell] + (u[3] * plan.birth_span[cell] >> 32)
+    g = u[4]
     gender = "other" if g < plan.gender_other else "unknown" if g < plan.gender_unknown else sex
-    code, display = plan.languages[_pick(plan.language_cum, (r >> 160) & M32)]
+    cum = plan.language_cum
+    code, display = plan.languages[bisect_right(cum, u[5] * cum[-1] >> 32)]
     orgs = plan.state_orgs[s]
-    org = orgs[((r >> 192) & M32) * len(orgs) >> 32]
-    mrn = _mrn_number(index, plan.mrn_add, plan.mrn_mul)
+    org = orgs[u[6] * len(orgs) >> 32]
     record: dict[str, Any] = {
         "resourceType": "Patient",
         "id": _uuid_text(_mix_uuid((index + plan.uuid_add) & M122, plan.uuid_mul)),
@@ -565,17 +570,17 @@ def build_record(plan: Plan, index: int) -> dict[str, Any]:
                     "text": "Medical Record Number",
                 },
                 "system": MRN_SYSTEM,
-                "value": f"MC-{mrn:010d}",
+                "value": "MC-%010d" % _mrn_number(index, plan.mrn_add, plan.mrn_mul),  # noqa: UP031
             }
         ],
         "active": True,
         "gender": gender,
         "birthDate": plan.dates[birth - plan.dates_base],
     }
-    if (r >> 224) & M32 < plan.death_threshold[cell]:
+    if u[7] < plan.death_threshold[cell]:
         born = (birth - 719163) * 86400  # 719163 = date(1970, 1, 1).toordinal()
         low = max(plan.window_start, born)
-        died = low + (((r >> 256) & ((1 << 64) - 1)) * (plan.as_of_seconds - low + 1) >> 64)
+        died = low + ((u[8] | u[9] << 32) * (plan.as_of_seconds - low + 1) >> 64)
         record["deceasedDateTime"] = datetime.fromtimestamp(died, UTC).strftime(
             "%Y-%m-%dT%H:%M:%SZ"
         )
@@ -590,21 +595,23 @@ def build_record(plan: Plan, index: int) -> dict[str, Any]:
         }
     ]
     record["managingOrganization"] = {
-        "reference": f"Organization/{org['id']}",
+        "reference": "Organization/" + org["id"],
         "display": org["name"],
     }
     if plan.profile == "us-core":
-        return _us_core_record(plan, record, r, sex)
+        return _us_core_record(plan, record, u, sex)
     return record
 
 
-def _us_core_record(plan: Plan, record: dict[str, Any], r: int, sex: str) -> dict[str, Any]:
-    """The cms record plus US Core's parts, in FHIR element order; only bits 320..447 of r used."""
-    races, text, eth_code, eth_display, e = plan.race_rows[_pick(plan.race_cum, (r >> 320) & M32)]
+def _us_core_record(
+    plan: Plan, record: dict[str, Any], u: tuple[int, ...], sex: str
+) -> dict[str, Any]:
+    """The cms record plus US Core's parts, in FHIR element order; only draws u[10..13] used."""
+    races, text, eth_code, eth_display, e = plan.race_rows[_pick(plan.race_cum, u[10])]
     if races is None:  # Two or more races
-        races = plan.race_pairs[e][_pick(plan.race_pair_cum[e], (r >> 352) & M32)]
-    given = plan.given_names[sex][_pick(plan.given_cum[sex], (r >> 384) & M32)]
-    family = plan.family_names[_pick(plan.family_cum, (r >> 416) & M32)]
+        races = plan.race_pairs[e][_pick(plan.race_pair_cum[e], u[11])]
+    given = plan.given_names[sex][_pick(plan.given_cum[sex], u[12])]
+    family = plan.family_names[_pick(plan.family_cum, u[13])]
     # Codings carry no display: the required text says it, and records stay nearer 1.5 KB.
     race = [
         {"url": "ombCategory", "valueCoding": {"system": CDC_RACE_SYSTEM, "code": c}}
