@@ -73,3 +73,11 @@ def test_mortality_by_state_patients_per_organization_and_no_dangling_reference(
         victim = next((tmp_path / "organization").glob(f"organization_{referenced}.json*"))
         victim.unlink()
         assert con.execute(dangling).fetchall() == [(expected_org[referenced],)]
+
+
+def test_the_readme_shows_the_tested_query():
+    """The README's analytics query is docs/analytics.sql, the one these tests run."""
+    root = Path(__file__).resolve().parents[1]
+    sql = (root / "docs" / "analytics.sql").read_text(encoding="utf-8")
+    body = sql[sql.index("CREATE OR REPLACE VIEW patient") :].strip()
+    assert body in (root / "README.md").read_text(encoding="utf-8")
