@@ -21,6 +21,7 @@ from faker.providers.person.en_US import Provider as FakerPerson
 from fhir.resources.patient import Patient as PatientR5
 from fhir.resources.R4B.patient import Patient as PatientR4B
 from test_generator import AS_OF, GENDER_CODES, ROOT, check_bindings, run_cli
+from worst_case import maximise_cms_fields
 
 import fhir_patient_generator as g
 
@@ -334,27 +335,12 @@ WORST_CASE_LIMIT = 1792
 def test_worst_case_us_core_record_is_under_1_75_kib():
     """Longest names, two longest races, the cms worst case (city, org, language, deceased)."""
     plan = us_core_plan(0, "2025-10-13T02:22:22.245910Z", hospitals_per_million=20)
-    ref = g.load_reference()
-    record = g.build_record(plan, g.MAX_INDEX)
-    longest_city = max((c for cities in ref.cities.values() for c, _ in cities), key=len)
-    longest_org = max(plan.organizations, key=lambda o: len(o["id"]) + len(o["name"]))
-    code, display, _ = max(ref.languages, key=lambda lang: 2 * len(lang[1]) + len(lang[0]))
+    record = maximise_cms_fields(g.build_record(plan, g.MAX_INDEX), plan)
     pair = max(
         (p for pairs in plan.race_pairs for p in pairs),
         key=lambda p: sum(len(c) + len(d) for c, d in p),
     )
     given = max((n for names in plan.given_names.values() for n in names), key=len)
-    record["gender"] = "unknown"
-    record["deceasedDateTime"] = "2025-10-13T02:22:22Z"
-    record["address"][0]["city"] = longest_city
-    record["communication"][0]["language"] = {
-        "coding": [{"system": "urn:ietf:bcp:47", "code": code, "display": display}],
-        "text": display,
-    }
-    record["managingOrganization"] = {
-        "reference": f"Organization/{longest_org['id']}",
-        "display": longest_org["name"],
-    }
     record["extension"][0]["extension"] = [
         {"url": "ombCategory", "valueCoding": {"system": CDC, "code": c}} for c, _ in pair
     ] + [{"url": "text", "valueString": g.TWO_OR_MORE_TEXT}]
