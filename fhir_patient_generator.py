@@ -1413,7 +1413,7 @@ EPILOG = """examples:
   python fhir_patient_generator.py --count 500 --min-age 65 --states CA,NY --seed 1
   python fhir_patient_generator.py --count 100 --profile us-core --seed 1   US Core Patients
   python fhir_patient_generator.py --count 100000 --seed 7 --output ./lake/bronze
-  python fhir_patient_generator.py --count 100000 --seed 7 --output s3://my-bucket/bronze \
+  python fhir_patient_generator.py --count 100000 --seed 7 --output s3://my-bucket/bronze \\
       --format ndjson --gzip --workers 4
 """
 
@@ -1459,38 +1459,53 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--seed", type=_seed_int, help="seed (default: random, reported on stderr)")
+    p.add_argument(
+        "--seed", type=_seed_int, metavar="INT", help="seed (default: random, reported on stderr)"
+    )
     p.add_argument(
         "--as-of",
+        metavar="ISO",
         help="ISO-8601 time that ages, dates and meta.lastUpdated refer to "
         "(default: now, UTC), e.g. 2025-10-13T02:22:22Z",
     )
-    p.add_argument("--count", type=_positive_int, help="N compact patients, NDJSON on stdout")
+    p.add_argument(
+        "--count", type=_positive_int, metavar="N", help="N compact patients, NDJSON on stdout"
+    )
     p.add_argument(
         "--start",
         "--start-index",
         dest="start",
+        metavar="I",
         type=int,
         default=0,
         help="index of the first patient (default 0)",
     )
-    p.add_argument("--min-age", type=_age, default=0, help="youngest age (default 0)")
-    p.add_argument("--max-age", type=_age, default=MAX_AGE, help=f"oldest age (default {MAX_AGE})")
-    p.add_argument("--states", help="only these USPS codes, e.g. CA,NY (default: 50 states + DC)")
+    p.add_argument("--min-age", type=_age, default=0, metavar="A", help="youngest age (default 0)")
+    p.add_argument(
+        "--max-age", type=_age, default=MAX_AGE, metavar="A", help=f"oldest age (default {MAX_AGE})"
+    )
+    p.add_argument(
+        "--states",
+        metavar="CA,NY,...",
+        help="only these USPS codes, e.g. CA,NY (default: 50 states + DC)",
+    )
     p.add_argument(
         "--lookback-years",
         type=float,
+        metavar="Y",
         default=DEFAULT_LOOKBACK_YEARS,
         help="deaths fall within this many years before as-of (default 3)",
     )
     p.add_argument(
         "--mortality-rate",
         type=float,
+        metavar="P",
         help="fixed probability of death in the window, overriding the life table",
     )
     p.add_argument(
         "--hospitals-per-million",
         type=float,
+        metavar="H",
         default=DEFAULT_HOSPITALS_PER_MILLION,
         help="organizations per million residents of a state, at least one (default 1)",
     )
@@ -1526,7 +1541,11 @@ def _gzip_level(text: str) -> int:
 
 def _add_bronze_arguments(p: argparse.ArgumentParser) -> None:
     b = p.add_argument_group("bronze layer (with --output; see docs/bronze.md)")
-    b.add_argument("--output", help="layer root: a directory or s3://bucket/prefix (needs --count)")
+    b.add_argument(
+        "--output",
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="layer root: a directory or s3://bucket/prefix (needs --count)",
+    )
     b.add_argument("--format", choices=FORMATS, help="json: a file per patient (default); ndjson")
     b.add_argument("--gzip", action="store_true", help="gzip every file (.json.gz, .ndjson.gz)")
     b.add_argument(
@@ -1538,14 +1557,20 @@ def _add_bronze_arguments(p: argparse.ArgumentParser) -> None:
         help=f"patients per NDJSON file and per work unit (default {DEFAULT_RECORDS_PER_FILE:,})",
     )
     b.add_argument("--overwrite", action="store_true", help="replace another run found at --output")
-    b.add_argument("--workers", type=_positive_int, help="worker processes (default 1)")
-    b.add_argument("--shard", type=_shard, help="write only shard K of N, e.g. 0/4 (of units)")
+    b.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="worker processes (default 1)"
+    )
+    b.add_argument(
+        "--shard", type=_shard, metavar="K/N", help="write only shard K of N, e.g. 0/4 (of units)"
+    )
     b.add_argument(
         "--concurrency",
         type=_positive_int,
         help=f"concurrent S3 uploads per process (default {DEFAULT_CONCURRENCY})",
     )
-    b.add_argument("--endpoint-url", help="S3-compatible endpoint (else $AWS_ENDPOINT_URL)")
+    b.add_argument(
+        "--endpoint-url", metavar="URL", help="S3-compatible endpoint (else $AWS_ENDPOINT_URL)"
+    )
     b.add_argument("--quiet", action="store_true", help="no progress bar (the summary stays)")
     p.add_argument(
         "--validate",
