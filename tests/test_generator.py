@@ -16,26 +16,13 @@ import orjson
 import pytest
 from fhir.resources.patient import Patient as PatientR5
 from fhir.resources.R4B.patient import Patient as PatientR4B
-from worst_case import maximise_cms_fields
+from record_shapes import PATIENT_KEYS, maximise_cms_fields
 
 import fhir_patient_generator as g
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "fhir_patient_generator.py"
 AS_OF = "2025-10-13T02:22:22Z"
-PATIENT_KEYS = [
-    "resourceType",
-    "id",
-    "meta",
-    "identifier",
-    "active",
-    "gender",
-    "birthDate",
-    "deceasedDateTime",
-    "address",
-    "communication",
-    "managingOrganization",
-]
 # Required bindings that neither fhir.resources nor fhirkit checks (both accept "gender": "bogus").
 GENDER_CODES = {"male", "female", "other", "unknown"}
 IDENTIFIER_USES = {"usual", "official", "temp", "secondary", "old"}

@@ -20,26 +20,11 @@ import pytest
 from faker.providers.person.en_US import Provider as FakerPerson
 from fhir.resources.patient import Patient as PatientR5
 from fhir.resources.R4B.patient import Patient as PatientR4B
+from record_shapes import US_CORE_KEYS, maximise_cms_fields
 from test_generator import AS_OF, GENDER_CODES, ROOT, check_bindings, run_cli
-from worst_case import maximise_cms_fields
 
 import fhir_patient_generator as g
 
-US_CORE_KEYS = [
-    "resourceType",
-    "id",
-    "meta",
-    "extension",
-    "identifier",
-    "active",
-    "name",
-    "gender",
-    "birthDate",
-    "deceasedDateTime",
-    "address",
-    "communication",
-    "managingOrganization",
-]
 CDC = "urn:oid:2.16.840.1.113883.6.238"
 NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
 # What we emit in ombCategory: the five OMB races (a strict subset of US Core's OMB Race

@@ -1,10 +1,27 @@
-"""The longest values every cms field can take, for the record-size tests of both profiles."""
+"""Shared facts about records for the tests of both profiles: key order and the worst case."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import fhir_patient_generator as g
+
+# Top-level keys in FHIR element order (deceasedDateTime only when deceased).
+PATIENT_KEYS = [
+    "resourceType",
+    "id",
+    "meta",
+    "identifier",
+    "active",
+    "gender",
+    "birthDate",
+    "deceasedDateTime",
+    "address",
+    "communication",
+    "managingOrganization",
+]
+# us-core adds extension (after meta) and name (after active), in element order.
+US_CORE_KEYS = PATIENT_KEYS[:3] + ["extension"] + PATIENT_KEYS[3:5] + ["name"] + PATIENT_KEYS[5:]
 
 
 def maximise_cms_fields(record: dict[str, Any], plan: g.Plan) -> dict[str, Any]:
