@@ -791,6 +791,12 @@ def unit_range(spec: Bronze, unit: int) -> tuple[int, int]:
     return lo, min(lo + spec.records_per_file, spec.start + spec.count)
 
 
+def unit_size(spec: Bronze, unit: int) -> int:
+    """How many patients unit #unit holds (the last one may be short)."""
+    lo, hi = unit_range(spec, unit)
+    return hi - lo
+
+
 def shard_units(spec: Bronze, shard: tuple[int, int]) -> range:
     """Units of shard K/N: every N-th unit from K (round robin keeps shards within one unit)."""
     k, n = shard
@@ -1209,7 +1215,7 @@ def manifest_bytes(plan: Plan, spec: Bronze, store: Store) -> bytes:
             {
                 "type": "Patient",
                 "url": store.url(f"patient/Patient.{u + 1:06d}.ndjson{_suffix(spec)}"),
-                "count": (lambda r: r[1] - r[0])(unit_range(spec, u)),
+                "count": unit_size(spec, u),
             }
             for u in range(unit_count(spec))
         ]
@@ -1334,6 +1340,13 @@ def _run_pool(
         raise
 
 
+def _drain_or_raise(store: Store) -> None:
+    """Wait for queued uploads; any failure ends the run with the count and the first key."""
+    failed, first = store.drain()
+    if failed:
+        raise BronzeError(f"{failed} objects failed; first: {first}")
+
+
 def write_bronze(
     plan: Plan,
     spec: Bronze,
@@ -1371,9 +1384,7 @@ def write_bronze(
         for key, data in orgs:
             totals["bytes"] += store.write(key, data)
         totals["files"] += len(orgs)
-        failed, first = store.drain()
-        if failed:
-            raise BronzeError(f"{failed} objects failed; first: {first}")
+        _drain_or_raise(store)
 
         try:
             if pooled:
@@ -1389,9 +1400,7 @@ def write_bronze(
 
         totals["bytes"] += store.write(MANIFEST, manifest_bytes(plan, spec, store))
         totals["files"] += 1
-        failed, first = store.drain()
-        if failed:
-            raise BronzeError(f"{failed} objects failed; first: {first}")
+        _drain_or_raise(store)
     finally:
         store.close()
     return {
@@ -1640,11 +1649,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def _run_bronze(args: argparse.Namespace, plan: Plan, prog: str) -> int:
     """--output: write the bronze layer; one summary line, or one error line and exit 1."""
-    root = args.output if args.output.startswith("s3://") else args.output.rstrip("/") or "/"
-    if root.startswith("s3://"):
-        root = root.rstrip("/")
     spec = Bronze(
-        root=root,
+        root=args.output.rstrip("/") or "/",
         count=args.count,
         start=args.start,
         format=args.format or "json",
@@ -1659,9 +1665,7 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, prog: str) -> int:
     shard = args.shard or (0, 1)
     tick, close = None, None
     if not args.quiet and sys.stderr.isatty():
-        shard_records = sum(
-            (lambda r: r[1] - r[0])(unit_range(spec, u)) for u in shard_units(spec, shard)
-        )
+        shard_records = sum(unit_size(spec, u) for u in shard_units(spec, shard))
         tick, close = _progress_bar(max(shard_records, 1))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
