@@ -415,3 +415,47 @@ def test_the_bulk_path_writes_exactly_what_generate_patient_validates(options):
             for i in range(start, start + 250)
         ]
         assert bulk == models
+
+
+@pytest.mark.parametrize(
+    "options, as_of",
+    [
+        ({}, AS_OF),
+        ({"mortality_rate": 1.0, "min_age": 0, "max_age": 0}, AS_OF),  # all dead, born in window
+        ({"mortality_rate": 1.0, "lookback_years": 100}, "2025-10-13T02:22:22.245910Z"),
+        ({"profile": "us-core"}, AS_OF),
+    ],
+)
+def test_the_json_renderer_writes_the_bytes_orjson_writes_for_the_dict(options, as_of):
+    """json_renderer pre-serialises the fixed parts; it must still be orjson.dumps(build_record)."""
+    for seed in (0, 2**64 - 1):
+        plan = g.make_plan(seed, as_of, **options)
+        render = g.json_renderer(plan)
+        for i in [*range(3000), g.MAX_INDEX - 1, g.MAX_INDEX]:
+            assert render(i) == orjson.dumps(g.build_record(plan, i)), (seed, i)
+
+
+def test_the_json_renderer_matches_across_every_state_city_and_hospital():
+    """Each state alone, 3,000 patients each: every city expected 20+ times, and every hospital
+    (a miss then has probability below e**-20), is rendered and compared at least once."""
+    cities, hospitals, genders = set(), set(), set()
+    expected_cities, expected_hospitals = set(), set()
+    for state in g.make_plan(1, AS_OF).state_codes:
+        plan = g.make_plan(1, AS_OF, states=state)
+        render = g.json_renderer(plan)
+        for i in range(3000):
+            record = g.build_record(plan, i)
+            assert render(i) == orjson.dumps(record), (state, i)
+            cities.add((state, record["address"][0]["city"]))
+            hospitals.add(record["managingOrganization"]["reference"])
+            genders.add(record["gender"])
+        cum = plan.city_cum[0]
+        shares = [(b - a) / cum[-1] for a, b in zip((0, *cum), cum, strict=False)]
+        expected_cities |= {
+            (state, c) for c, p in zip(plan.city_names[0], shares, strict=True) if p * 3000 >= 20
+        }
+        if 3000 / len(plan.organizations) >= 20:
+            expected_hospitals |= {"Organization/" + o["id"] for o in plan.organizations}
+    assert cities >= expected_cities and len(expected_cities) > 500
+    assert hospitals >= expected_hospitals and len(expected_hospitals) > 300
+    assert genders == GENDER_CODES
