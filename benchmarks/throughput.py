@@ -1,12 +1,13 @@
 """Throughput and peak RSS of the ways to make FHIR Patients, as a Markdown table (issue 4).
 
-    python benchmarks/throughput.py              # ~1 min: every mode, a Markdown table
+    python benchmarks/throughput.py              # ~1.5 min: every mode, then --workers scaling
     python benchmarks/throughput.py --quick      # ~15 s smoke run
     python benchmarks/throughput.py --rss-check  # stream 10,000,000 patients, report peak RSS
 
 Every mode runs in its own subprocess, so each peak RSS (ru_maxrss from wait4) is that mode's
 own. In-process modes time their generation loop; CLI modes time the whole child process
 (interpreter start included). Ratios are against the seed-style path measured in the same run.
+The --workers table runs five times the count, so process start-up does not hide the scaling.
 Figures only: nothing here asserts anything about time.
 """
 
@@ -32,16 +33,18 @@ SEED = 42
 AS_OF = "2025-10-13T02:22:22Z"
 BATCH = 1000  # lines per write in the bulk modes
 SLOW_SHARE = 40  # the model-based modes make count // SLOW_SHARE patients
+SCALING_SHARE = 5  # the --workers scaling table makes count * SCALING_SHARE patients
 RSS_BUDGET_MB = 150  # issue 4: 10M patients streamed with peak RSS below this
 PACKAGES = ("orjson", "fhir.resources", "pydantic", "faker", "pyspark")
 
 IN_PROCESS = {
     "seed-style": "seed-style: Faker fields -> fhir.resources Patient -> model_dump_json()",
     "generate-patient": "generate_patient() -> model_dump_json() (validated R5 model)",
-    "ndjson-file": "build_record + orjson.dumps, batched writes to a file",
-    "ndjson-gzip-6": "build_record + orjson.dumps, gzip.open level 6",
-    "ndjson-gzip-1": "build_record + orjson.dumps, gzip.open level 1",
-    "ndjson-us-core": "build_record + orjson.dumps, --profile us-core, batched writes",
+    "ndjson-dict": "orjson.dumps(build_record) per line, batched writes to a file",
+    "ndjson-file": "ndjson_chunks (json_renderer), batched writes to a file",
+    "ndjson-gzip-6": "ndjson_chunks, gzip.open level 6",
+    "ndjson-gzip-1": "ndjson_chunks, gzip.open level 1",
+    "ndjson-us-core": "ndjson_chunks, --profile us-core, batched writes",
 }
 
 
@@ -112,19 +115,30 @@ def generate_patient_path(count: int) -> int:
 
 
 def bulk_ndjson(count: int, path: Path, level: int | None, profile: str = "cms") -> int:
-    """orjson.dumps(build_record(plan, i)) in batches to a plain or gzip file."""
+    """The writers' own NDJSON stream (ndjson_chunks: 1,000 lines per chunk) to a plain or gzip
+    file, as `--format ndjson` writes it but without the store's temp-file-and-rename."""
+    import fhir_patient_generator as g
+
+    plan = g.make_plan(SEED, AS_OF, profile=profile)
+    opener = open if level is None else (lambda p, m: gzip.open(p, m, compresslevel=level))
+    with opener(path, "wb") as f:
+        for chunk in g.ndjson_chunks(plan, 0, count):
+            f.write(chunk)
+    return path.stat().st_size
+
+
+def bulk_dict(count: int, path: Path) -> int:
+    """The plain-dict path the renderer replaced: orjson.dumps(build_record(plan, i)) per line."""
     import orjson
 
     import fhir_patient_generator as g
 
-    plan = g.make_plan(SEED, AS_OF, profile=profile)
+    plan = g.make_plan(SEED, AS_OF)
     build, dumps = g.build_record, orjson.dumps
-    opener = open if level is None else (lambda p, m: gzip.open(p, m, compresslevel=level))
-    with opener(path, "wb") as f:
+    with open(path, "wb") as f:
         for lo in range(0, count, BATCH):
-            f.write(
-                b"".join(dumps(build(plan, i)) + b"\n" for i in range(lo, min(lo + BATCH, count)))
-            )
+            hi = min(lo + BATCH, count)
+            f.write(b"".join(dumps(build(plan, i)) + b"\n" for i in range(lo, hi)))
     return path.stat().st_size
 
 
@@ -133,7 +147,7 @@ def child(mode: str, count: int, folder: Path) -> None:
     sys.path.insert(0, str(ROOT))
     import fhir_patient_generator as g
 
-    g.make_plan(SEED, AS_OF)  # reference tables and plan: set-up, not per-patient work
+    g.json_renderer(g.make_plan(SEED, AS_OF))  # tables, plan, fragments: set-up, not per patient
     g.make_plan(SEED, AS_OF, profile="us-core")
     if mode == "seed-style":  # warm up: imports, Faker providers, pydantic validators
         seed_style(20)
@@ -144,6 +158,8 @@ def child(mode: str, count: int, folder: Path) -> None:
         size = seed_style(count)
     elif mode == "generate-patient":
         size = generate_patient_path(count)
+    elif mode == "ndjson-dict":
+        size = bulk_dict(count, folder / "dict.ndjson")
     elif mode == "ndjson-file":
         size = bulk_ndjson(count, folder / "patients.ndjson", None)
     elif mode.startswith("ndjson-gzip-"):
@@ -279,6 +295,31 @@ def benchmark(count: int) -> None:
         " whole process. Peak RSS is ru_maxrss of the mode's own process (with --workers, the"
         " largest single process)."
     )
+    if "--workers" in cli_help():
+        scaling(count * SCALING_SHARE)
+
+
+def scaling(count: int) -> None:
+    """`--output --workers N` against one process, for N up to the core count, on a count large
+    enough (default 2,000,000) that interpreter and pool start-up do not hide the scaling."""
+    cores = os.cpu_count() or 1
+    base = [sys.executable, str(CLI), "--count", str(count), "--seed", str(SEED), "--as-of", AS_OF]
+    base += ["--format", "ndjson", "--quiet"]
+    print(f"\n`--output --format ndjson --workers N`, {count:,} patients:\n")
+    print("| Workers | Seconds | Patients/s | Speed-up | Target (0.9 N) | Peak RSS (MB) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    single = None
+    for n in range(1, cores + 1):
+        with tempfile.TemporaryDirectory(prefix="metriccare-scale-") as tmp:
+            r = run_measured([*base, "--output", tmp, "--workers", str(n)])
+        if r["code"] != 0:
+            raise SystemExit(f"--workers {n} failed:\n{r['stderr']}")
+        single = single or r["wall"]
+        print(
+            f"| {n} | {r['wall']:.2f} | {count / r['wall']:,.0f} | {single / r['wall']:.2f}x | "
+            f"{0.9 * n:.1f}x | {r['rss_mb']:.0f} |"
+        )
+        print(f"  measured --workers {n}", file=sys.stderr)
 
 
 def rss_check(count: int, target: str) -> None:
