@@ -910,11 +910,8 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
     if len(alive) != 8 or dead[:4] + dead[5:] != alive or b"\\u0000" in b"".join(dead):
         raise AssertionError("the record template does not split into its value slots")
     head, after_id, after_mrn, after_gender, to_address, after_address, after_language, tail = alive
-    head, after_id, after_mrn = (
-        head + b'"',
-        b'"' + after_id + b'"',
-        b'"' + after_mrn,
-    )  # ids: [-0-9a-zA-Z]
+    # The id and MRN are [-0-9a-zA-Z] text that needs no escaping: their quotes go in the template.
+    head, after_id, after_mrn = head + b'"', b'"' + after_id + b'"', b'"' + after_mrn
     to_deceased = dead[4]
     genders = {g: dumps(g) + after_gender for g in ("male", "female", "other", "unknown")}
     dates = [b'"%s"' % d.encode() for d in plan.dates]  # ISO dates need no escaping
