@@ -1,7 +1,7 @@
 """Throughput and peak RSS of the ways to make FHIR Patients, as a Markdown table (issue 4).
 
     python benchmarks/throughput.py              # ~3 min: every mode, then --workers scaling
-    python benchmarks/throughput.py --quick      # ~15 s smoke run
+    python benchmarks/throughput.py --quick      # ~20 s smoke run
     python benchmarks/throughput.py --rss-check  # stream 10,000,000 patients, report peak RSS
 
 Every mode runs in its own subprocess, so each peak RSS (ru_maxrss from wait4) is that mode's
