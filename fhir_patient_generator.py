@@ -571,7 +571,7 @@ def _mrn(plan: Plan, index: int) -> str:
 
 
 def _deceased(died: int) -> str:
-    return datetime.fromtimestamp(died, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso_instant(datetime.fromtimestamp(died, UTC))  # whole seconds: no fraction
 
 
 def _address(city: str, state: str) -> list[dict[str, str]]:
@@ -951,6 +951,13 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
     return render
 
 
+def _patient_line(plan: Plan, validate: bool) -> Callable[[int], bytes]:
+    """i -> patient #i's JSON as every writer writes it; through fhir.resources first if asked."""
+    if validate:
+        return lambda i: orjson.dumps(_validated(build_record(plan, i), i))
+    return json_renderer(plan)
+
+
 def ndjson_chunks(
     plan: Plan,
     lo: int,
@@ -959,13 +966,10 @@ def ndjson_chunks(
     tick: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each)."""
-    dumps, build, render = orjson.dumps, build_record, json_renderer(plan)
+    line = _patient_line(plan, validate)
     for a in range(lo, hi, BATCH):
         b = min(a + BATCH, hi)
-        if validate:
-            lines = [dumps(_validated(build(plan, i), i)) for i in range(a, b)]
-        else:
-            lines = [render(i) for i in range(a, b)]
+        lines = [line(i) for i in range(a, b)]
         lines.append(b"")
         yield b"\n".join(lines)
         if tick:
@@ -1251,11 +1255,9 @@ def _patient_ndjson(
 def _patient_json(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Any) -> tuple[int, int]:
     """One compact single-line file per patient, named exactly as suggested_s3_key() names it."""
     lo, hi = unit_range(spec, unit)
-    suffix, total, render = _suffix(spec), 0, json_renderer(plan)
+    suffix, total, line = _suffix(spec), 0, _patient_line(plan, spec.validate)
     for i in range(lo, hi):
-        if spec.validate:
-            _validated(build_record(plan, i), i)
-        data = render(i) + b"\n"
+        data = line(i) + b"\n"
         if spec.gzip:
             data = zlib.compress(data, spec.gzip_level, wbits=31)
         name = suggested_s3_key({"id": _patient_id(plan, i)}, "_", "patient").removeprefix(
