@@ -190,6 +190,16 @@ def test_output_that_is_a_file_is_one_line_exit_1(tmp_path):
     assert result.returncode == 1 and "not a directory" in one_line(result)
 
 
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_validate_writes_the_same_bytes_in_both_formats(tmp_path, fmt):
+    """--validate writes the validated dict's JSON; without it, json_renderer's: the same."""
+    for name, extra in (("plain", []), ("checked", ["--validate"])):
+        args = ["--count", "200", "--mortality-rate", "0.5", "--format", fmt, *extra]
+        assert g.main([*BASE, *args, "--quiet", "--output", str(tmp_path / name)]) == 0
+    plain, checked = tree(tmp_path / "plain" / "patient"), tree(tmp_path / "checked" / "patient")
+    assert plain == checked and len(plain) == (200 if fmt == "json" else 1)
+
+
 def test_validate_accepts_good_records_and_names_the_index_of_a_bad_one(
     tmp_path, monkeypatch, capsys
 ):
