@@ -6,7 +6,9 @@
 Patient #i is a pure function of (seed, i, as_of, options): every random bit a record needs comes
 from one keyed BLAKE2b hash of its index, so any process, in any order, writes the same bytes.
 
-Read top to bottom: reference tables -> sampling -> the record -> the FHIR model -> writers -> CLI.
+Read top to bottom (docs/architecture.md draws the map): constants -> reference data -> draws ->
+plan and profiles -> record -> rendering -> bronze layer (formats, stores, run) -> CLI. Data flows
+one way; nothing below a section is used above it, and no module state changes after import.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import itertools
 import os
 import re
 import secrets
-import shutil
 import signal
 import struct
 import sys
@@ -31,24 +32,71 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 __version__ = "1.0.0"
 
-DEFAULT_BUCKET = "metriccare-dev"
-DEFAULT_PREFIX = "bronze/patient"
-DEFAULT_LOOKBACK_YEARS = 3.0
-DEFAULT_HOSPITALS_PER_MILLION = 1.0
+# The public API: exactly the README's API table.
+__all__ = [
+    "FORMATS",
+    "PROFILES",
+    "Bronze",
+    "BronzeError",
+    "Plan",
+    "Reference",
+    "Sample",
+    "build_record",
+    "draw_seed",
+    "generate_patient",
+    "generate_patients",
+    "json_renderer",
+    "load_reference",
+    "main",
+    "make_plan",
+    "ndjson_chunks",
+    "normalise_options",
+    "organization_record",
+    "parse_as_of",
+    "patient_id",
+    "patient_mrn",
+    "sample",
+    "suggested_s3_key",
+    "to_json",
+    "write_bronze",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Constants: every default is defined here once; the API, argparse and the help text use them
+# ---------------------------------------------------------------------------------------------
+
 MAX_AGE = 110  # the life table's last row; nobody older is generated
 MAX_INDEX = 10**10 - 1  # MRNs are ten digits, one per index
+MAX_SEED = (1 << 64) - 1
+DEFAULT_BUCKET = "metriccare-dev"
+DEFAULT_PREFIX = "bronze/patient"
+# Generation options (make_plan's keyword arguments) and their defaults; None = not set.
+OPTION_DEFAULTS: Mapping[str, Any] = {
+    "min_age": 0,
+    "max_age": MAX_AGE,
+    "states": None,  # the 50 states + DC
+    "lookback_years": 3.0,
+    "mortality_rate": None,  # the life table
+    "hospitals_per_million": 1.0,
+    "profile": "cms",
+}
+DEFAULT_FORMAT = "json"
+DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~75 MB plain, ~8 MB gzip) and work unit
+DEFAULT_CONCURRENCY = 16  # concurrent S3 uploads per process
+DEFAULT_GZIP_LEVEL = 1  # measured: level 6 halves NDJSON throughput for ~15% smaller files
+DEFAULT_WORKERS = 1
+
 MRN_SYSTEM = "MetricCare-MRN"  # the seed README's identifier namespace
 ORG_SYSTEM = "urn:metriccare:organization"
-PROFILES = ("cms", "us-core")  # --profile: cms is the seed contract; us-core adds US Core Patient
 # US Core Patient (5.0.1 and later; docs/us-core.md cites the pages these facts come from)
 US_CORE_PATIENT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
@@ -66,17 +114,17 @@ TWO_OR_MORE_TEXT = "Two or more races"
 GENDER_OTHER_SHARE = 0.003
 GENDER_UNKNOWN_SHARE = 0.001
 
-DATA_DIR = Path(__file__).resolve().with_name("reference_data")
+DATA_DIR = Path(__file__).resolve().with_name("reference_data")  # load_reference's default
 SECONDS_PER_YEAR = 365.2425 * 86400
 
 # ---------------------------------------------------------------------------------------------
-# Reference tables (reference_data/*.csv; sources and licences in reference_data/SOURCES.md)
+# Reference data (reference_data/*.csv; sources and licences in reference_data/SOURCES.md)
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Reference:
-    """The US reference tables, read once from reference_data/ and never changed."""
+    """The US reference tables, read once from a data directory and never changed."""
 
     states: tuple[tuple[str, str, int, bool], ...]  # (code, name, population, territory)
     cities: Mapping[str, tuple[tuple[str, int], ...]]  # state -> ((city, population), ...)
@@ -86,40 +134,40 @@ class Reference:
     race_ethnicity: tuple[tuple[str, str, str, str, int], ...]  # race, code, eth, code, pop
 
 
-def _read_csv(name: str) -> list[dict[str, str]]:
-    with open(DATA_DIR / name, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+def load_reference(data_dir: str | Path | None = None) -> Reference:
+    """The reference tables in data_dir (default: reference_data/ next to this module)."""
+    return _load_reference(Path(data_dir or DATA_DIR).resolve())
 
 
 @functools.cache
-def load_reference() -> Reference:
-    """Read the bundled reference tables (cached: they never change at run time)."""
+def _load_reference(data_dir: Path) -> Reference:
+    def rows(name: str) -> list[dict[str, str]]:
+        with open(data_dir / name, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
     states = tuple(
         (r["code"], r["name"], int(r["population"]), r["territory"] == "true")
-        for r in _read_csv("states.csv")
+        for r in rows("states.csv")
     )
     cities: dict[str, list[tuple[str, int]]] = {}
-    for r in _read_csv("cities.csv"):
+    for r in rows("cities.csv"):
         cities.setdefault(r["state"], []).append((r["city"], int(r["population"])))
     qx: dict[str, list[float]] = {"male": [], "female": []}
-    for r in _read_csv("life_table_hmd2022_full.csv"):
+    for r in rows("life_table_hmd2022_full.csv"):
         qx["male"].append(float(r["qx_male"]))
         qx["female"].append(float(r["qx_female"]))
-    age_sex = _expand_open_age(_read_csv("age_sex.csv"), qx)
-    languages = tuple(
-        (r["bcp47"], r["display"], int(r["speakers_age5plus"])) for r in _read_csv("languages.csv")
-    )
-    race_ethnicity = tuple(
-        (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
-        for r in _read_csv("race_ethnicity_joint.csv")
-    )
     return Reference(
         states=states,
         cities={k: tuple(v) for k, v in cities.items()},
-        age_sex=age_sex,
+        age_sex=_expand_open_age(rows("age_sex.csv"), qx),
         qx={k: tuple(v) for k, v in qx.items()},
-        languages=languages,
-        race_ethnicity=race_ethnicity,
+        languages=tuple(
+            (r["bcp47"], r["display"], int(r["speakers_age5plus"])) for r in rows("languages.csv")
+        ),
+        race_ethnicity=tuple(
+            (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
+            for r in rows("race_ethnicity_joint.csv")
+        ),
     )
 
 
@@ -142,21 +190,49 @@ def _expand_open_age(
 
 
 # ---------------------------------------------------------------------------------------------
-# Sampling: keyed hashes give every random bit; integer cumulative weights make draws exact
+# Draws: one keyed hash per patient gives every random bit; integer weights make picks exact
 # ---------------------------------------------------------------------------------------------
 
 M32 = (1 << 32) - 1
 M122 = (1 << 122) - 1
 M34 = (1 << 34) - 1
-_U32X16 = struct.Struct("<16I").unpack  # a 64-byte digest as sixteen little-endian 32-bit draws
+
+
+class Draws(NamedTuple):
+    """The sixteen 32-bit uniform draws of patient #i (slot k = bits 32k..32k+31 of its hash).
+
+    The one table of which slot feeds what, and which profile reads it. A new field takes a
+    spare slot by renaming it; reusing a slot would make two fields depend on each other."""
+
+    state: int  # all profiles: the state, in proportion to its population
+    city: int  # all: the place within the state
+    cell: int  # all: the (age, sex) cell
+    birth: int  # all: the birth day within the cell's year of birth
+    gender: int  # all: other / unknown, else the cell's sex
+    language: int  # all: the preferred language
+    organization: int  # all: the managing hospital within the state
+    death: int  # all: whether the patient died in the look-back window
+    death_time_low: int  # all: the death instant (64 bits: low and high halves)
+    death_time_high: int
+    race: int  # us-core: race x ethnicity row
+    race_pair: int  # us-core: the pair of races of a "Two or more races" row
+    given_name: int  # us-core
+    family_name: int  # us-core
+    spare_14: int
+    spare_15: int
+
+
+_DRAW_BYTES = struct.Struct(f"<{len(Draws._fields)}I")
+assert _DRAW_BYTES.size == 64, "one 512-bit BLAKE2b digest holds the draws"
+
+
+def _draws(digest: bytes, _new: Any = tuple.__new__, _unpack: Any = _DRAW_BYTES.unpack) -> Draws:
+    """A 64-byte digest as named little-endian 32-bit draws."""
+    return _new(Draws, _unpack(digest))
 
 
 def _cumulative(weights: Iterable[int]) -> tuple[int, ...]:
-    total, out = 0, []
-    for w in weights:
-        total += w
-        out.append(total)
-    return tuple(out)
+    return tuple(itertools.accumulate(weights))
 
 
 def _pick(cum: tuple[int, ...], u32: int) -> int:
@@ -227,20 +303,42 @@ def parse_as_of(value: datetime | str | None) -> datetime:
     return value
 
 
+def draw_seed() -> int:
+    """A fresh random seed (report it, so the run can be repeated)."""
+    return secrets.randbits(63)
+
+
 # ---------------------------------------------------------------------------------------------
-# The record: a Plan holds everything fixed for a run; build_record(plan, i) is patient #i
+# Plan and profiles: everything fixed for a run, precomputed once so each record is cheap
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)  # compared and hashed by identity: plans are cached
+@dataclass(frozen=True)
+class Profile:
+    """A record profile as a value: its own tables and how it turns the cms record into its own.
+
+    The registry PROFILES (end of the record section) names them; a new profile is one entry
+    there plus its two functions."""
+
+    name: str
+    tables: Callable[[Reference], Any]  # built once per plan, kept as plan.tables
+    record: Callable[[Plan, dict[str, Any], Sample], dict[str, Any]]  # cms record -> this one
+    rendered: bool  # True: json_renderer writes it from pre-serialised fragments (cms shape)
+
+
+@dataclass(frozen=True, eq=False)
 class Plan:
-    """Everything fixed for one run (seed, as-of, options), precomputed so records are cheap."""
+    """Everything fixed for one run (seed, as-of, options), precomputed so records are cheap.
+
+    Plans are values: equal (seed, as-of, options, data) means an equal plan, so caches keyed by
+    a plan hit for a copy pickled to a worker process or a Spark executor."""
 
     seed: int
     as_of: datetime
     options: Mapping[str, Any]  # normalised options, as recorded in manifests
+    identity: tuple[Any, ...]  # (seed, as_of, options, data_dir): what equality compares
     key: bytes
-    hasher: Any  # blake2b keyed with `key`, never updated itself: build_record copies it
+    hasher: Any  # blake2b keyed with `key`, never updated itself: sample() copies it
     uuid_add: int
     uuid_mul: tuple[int, int, int]
     mrn_add: int
@@ -265,25 +363,41 @@ class Plan:
     language_cum: tuple[int, ...]
     gender_other: int
     gender_unknown: int
-    # us-core profile only (empty for cms): race x ethnicity rows, two-race pairs, names
-    profile: str = "cms"
-    race_rows: tuple[tuple[Any, ...], ...] = ()  # (races|None, text, eth code, eth text, eth index)
-    race_cum: tuple[int, ...] = ()
-    race_pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...] = ()  # by ethnicity index
-    race_pair_cum: tuple[tuple[int, ...], ...] = ()
-    family_names: tuple[str, ...] = ()
-    family_cum: tuple[int, ...] = ()
-    given_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # sex -> names
-    given_cum: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    profile: Profile
+    tables: Any  # the profile's own tables (None for cms)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and self.identity == other.identity
+
+    def __hash__(self) -> int:
+        return hash(self.identity)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle without the hash state (not picklable); Spark broadcasts plans."""
+        """Pickle without the hash state (not picklable): workers and Spark receive plans."""
         state = self.__dict__.copy()
         del state["hasher"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, hasher=hashlib.blake2b(key=state["key"], digest_size=64))
+
+
+def _check_age(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AGE:
+        raise ValueError(f"--{name} must be a whole number from 0 to {MAX_AGE}, not {value!r}")
+    return value
+
+
+def _check_range(name: str, value: Any, low: float, high: float, low_open: bool) -> float:
+    """value as a float in (low, high] (low_open) or [low, high]; ValueError naming --name."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name} must be a number, not {value!r}") from None
+    if not (low < number if low_open else low <= number) or not number <= high:
+        interval = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+        raise ValueError(f"--{name} must be in {interval}, not {value}")
+    return number
 
 
 def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tuple[str, ...]:
@@ -294,17 +408,61 @@ def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tup
     codes = []
     for item in items:
         code = str(item).strip().upper()
-        if not code:
-            continue
-        if code not in known:
+        if code and code not in known:
             raise ValueError(f"unknown state {item.strip()!r} (use USPS codes such as CA,NY,DC,PR)")
-        if code not in codes:
+        if code and code not in codes:
             codes.append(code)
     if not codes:
         raise ValueError("--states names no state")
     # Reference-table order, as for None: the canonical form must be a fixed point, so a plan
     # rebuilt from plan.options (worker processes, a manifest's request) is the same plan.
     return tuple(code for code, _, _, _ in ref.states if code in codes)
+
+
+def normalise_options(*, data_dir: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """Check generation options (OPTION_DEFAULTS names them) and return all of them in canonical
+    form, as manifests record them; ValueError says what is wrong."""
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} (known: {', '.join(OPTION_DEFAULTS)})")
+    o = {**OPTION_DEFAULTS, **options}
+    min_age, max_age = _check_age("min-age", o["min_age"]), _check_age("max-age", o["max_age"])
+    if min_age > max_age:
+        raise ValueError(f"--min-age {min_age} is greater than --max-age {max_age}")
+    rate = o["mortality_rate"]
+    if o["profile"] not in PROFILES:
+        raise ValueError(f"--profile must be one of {', '.join(PROFILES)}, not {o['profile']!r}")
+    return {
+        "min_age": min_age,
+        "max_age": max_age,
+        "states": _normalise_states(o["states"], load_reference(data_dir)),
+        "lookback_years": _check_range("lookback-years", o["lookback_years"], 0, 100, True),
+        "mortality_rate": None
+        if rate is None
+        else _check_range("mortality-rate", rate, 0, 1, False),
+        # the US has ~18 hospitals per million
+        "hospitals_per_million": _check_range(
+            "hospitals-per-million", o["hospitals_per_million"], 0, 20, True
+        ),
+        "profile": o["profile"],
+    }
+
+
+def make_plan(
+    seed: int,
+    as_of: datetime | str | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    **options: Any,
+) -> Plan:
+    """Check inputs and precompute everything fixed for a run; cached for repeated calls.
+
+    Options are OPTION_DEFAULTS' names; data_dir is the reference data (default: bundled)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to 2**64-1, not {seed!r}")
+    opts = normalise_options(data_dir=data_dir, **options)
+    where = None if data_dir is None else str(Path(data_dir).resolve())
+    return _make_plan_cached(seed, parse_as_of(as_of), tuple(opts.items()), where)
 
 
 def _organizations(
@@ -359,13 +517,125 @@ def _death_probability(qx: tuple[float, ...], age: int, years: float) -> float:
     return 1.0 - alive
 
 
+def _population(ref: Reference, opts: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
+    """The (age, sex) cells of the run with their weights, birth ranges and death thresholds."""
+    cells, weights = [], []
+    for age, male, female in ref.age_sex:
+        if opts["min_age"] <= age <= opts["max_age"]:
+            cells += [(age, "male"), (age, "female")]
+            weights += [male, female]
+    if not any(weights):
+        raise ValueError(f"ages {opts['min_age']}..{opts['max_age']} leave no population")
+    today = as_of.date()
+    birth_low, birth_span, thresholds = [], [], []
+    for age, sex in cells:
+        low = _add_years(today, -(age + 1)).toordinal() + 1
+        high = _add_years(today, -age).toordinal()
+        birth_low.append(low)
+        birth_span.append(high - low + 1)
+        rate = opts["mortality_rate"]
+        if rate is None:
+            rate = _death_probability(ref.qx[sex], age, opts["lookback_years"])
+        thresholds.append(round(rate * (1 << 32)))
+    dates_base = min(birth_low)
+    as_of_seconds = int(as_of.timestamp())
+    return {
+        "cells": tuple(cells),
+        "cell_cum": _cumulative(weights),
+        "death_threshold": tuple(thresholds),
+        "birth_low": tuple(birth_low),
+        "birth_span": tuple(birth_span),
+        "dates": tuple(
+            date.fromordinal(o).isoformat() for o in range(dates_base, today.toordinal() + 1)
+        ),
+        "dates_base": dates_base,
+        "window_start": as_of_seconds - round(opts["lookback_years"] * SECONDS_PER_YEAR),
+        "as_of_seconds": as_of_seconds,
+    }
+
+
+def _bijection_keys(key: bytes) -> dict[str, Any]:
+    """The keyed constants of the id and MRN bijections."""
+    return {
+        "uuid_add": _hash_int(key, b"uuid-add", 16) & M122,
+        "uuid_mul": (
+            _hash_int(key, b"uuid-mul-1", 16) & M122 | 1,
+            _hash_int(key, b"uuid-mul-2", 16) & M122 | 1,
+            _hash_int(key, b"uuid-mul-3", 16) & M122 | 1,
+        ),
+        "mrn_add": _hash_int(key, b"mrn-add", 8) & M34,
+        "mrn_mul": _hash_int(key, b"mrn-mul", 8) & M34 | 1,
+    }
+
+
+@functools.lru_cache(maxsize=32)
+def _make_plan_cached(
+    seed: int, as_of: datetime, options: tuple[tuple[str, Any], ...], data_dir: str | None
+) -> Plan:
+    opts = dict(options)
+    ref = load_reference(data_dir)
+    master = hashlib.blake2b(
+        b"metriccare-fhir-patient/1|" + seed.to_bytes(8, "little"), digest_size=64
+    ).digest()
+    key = master[:32]
+    state_codes = opts["states"]
+    pops = {code: pop for code, _, pop, _ in ref.states}
+    orgs_by_state = _organizations(ref, key, opts["hospitals_per_million"])
+    state_orgs = tuple(tuple(orgs_by_state[s]) for s in state_codes)
+    profile = PROFILES[opts["profile"]]
+    return Plan(
+        seed=seed,
+        as_of=as_of,
+        options=opts,
+        identity=(seed, as_of, options, data_dir),
+        key=key,
+        hasher=hashlib.blake2b(key=key, digest_size=64),
+        **_bijection_keys(key),
+        last_updated=_iso_instant(as_of),
+        state_codes=state_codes,
+        state_cum=_cumulative(pops[s] for s in state_codes),
+        city_names=tuple(tuple(c for c, _ in ref.cities[s]) for s in state_codes),
+        city_cum=tuple(_cumulative(p for _, p in ref.cities[s]) for s in state_codes),
+        state_orgs=state_orgs,
+        organizations=tuple(o for orgs in state_orgs for o in orgs),
+        **_population(ref, opts, as_of),
+        languages=tuple((code, display) for code, display, _ in ref.languages),
+        language_cum=_cumulative(n for _, _, n in ref.languages),
+        gender_other=round(GENDER_OTHER_SHARE * (1 << 32)),
+        gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
+        profile=profile,
+        tables=profile.tables(ref),
+    )
+
+
+# -- the profiles' tables
+
+
+def _no_tables(ref: Reference) -> None:
+    """The cms profile needs no tables beyond the plan's own."""
+    return None
+
+
+class UsCoreTables(NamedTuple):
+    """What the us-core profile draws from: race x ethnicity rows, race pairs, names."""
+
+    race_rows: tuple[tuple[Any, ...], ...]  # (races|None, text, eth code, eth text, eth index)
+    race_cum: tuple[int, ...]
+    race_pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...]  # by ethnicity index
+    race_pair_cum: tuple[tuple[int, ...], ...]
+    family_names: tuple[str, ...]
+    family_cum: tuple[int, ...]
+    given_names: Mapping[str, tuple[str, ...]]  # sex -> names
+    given_cum: Mapping[str, tuple[int, ...]]
+
+
 def _faker_table(names: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """Names and integer cumulative weights from a Faker name -> frequency table (9 decimals)."""
     return tuple(names), _cumulative(round(w * 1e9) for w in names.values())
 
 
-def _us_core_tables(ref: Reference) -> dict[str, Any]:
-    """The us-core Plan fields: Census race x Hispanic-origin draws and Faker's en_US names.
+def _us_core_tables(ref: Reference) -> UsCoreTables:
+    """Census race x Hispanic-origin draws and Faker's en_US names.
 
     Rows are race_ethnicity_joint.csv as is. "Other Race" rows get no ombCategory (text only);
     "Two or more races" rows draw an unordered pair of distinct OMB races with weight
@@ -397,177 +667,90 @@ def _us_core_tables(ref: Reference) -> dict[str, Any]:
     family_names, family_cum = _faker_table(FakerPerson.last_names)
     male, male_cum = _faker_table(FakerPerson.first_names_male)
     female, female_cum = _faker_table(FakerPerson.first_names_female)
-    return {
-        "race_rows": tuple(rows),
-        "race_cum": _cumulative(weights),
-        "race_pairs": tuple(pairs),
-        "race_pair_cum": tuple(pair_cum),
-        "family_names": family_names,
-        "family_cum": family_cum,
-        "given_names": {"male": male, "female": female},
-        "given_cum": {"male": male_cum, "female": female_cum},
-    }
-
-
-@functools.lru_cache(maxsize=32)
-def _make_plan_cached(seed: int, as_of: datetime, options: tuple[tuple[str, Any], ...]) -> Plan:
-    opts = dict(options)
-    ref = load_reference()
-    master = hashlib.blake2b(
-        b"metriccare-fhir-patient/1|" + seed.to_bytes(8, "little"), digest_size=64
-    ).digest()
-    key = master[:32]
-
-    state_codes = opts["states"]
-    pops = {code: pop for code, _, pop, _ in ref.states}
-    orgs_by_state = _organizations(ref, key, opts["hospitals_per_million"])
-    city_names = tuple(tuple(c for c, _ in ref.cities[s]) for s in state_codes)
-    city_cum = tuple(_cumulative(p for _, p in ref.cities[s]) for s in state_codes)
-    state_orgs = tuple(tuple(orgs_by_state[s]) for s in state_codes)
-
-    cells, weights = [], []
-    for age, male, female in ref.age_sex:
-        if opts["min_age"] <= age <= opts["max_age"]:
-            cells += [(age, "male"), (age, "female")]
-            weights += [male, female]
-    if not any(weights):
-        raise ValueError(f"ages {opts['min_age']}..{opts['max_age']} leave no population")
-    today = as_of.date()
-    birth_low, birth_span, thresholds = [], [], []
-    for age, sex in cells:
-        low = _add_years(today, -(age + 1)).toordinal() + 1
-        high = _add_years(today, -age).toordinal()
-        birth_low.append(low)
-        birth_span.append(high - low + 1)
-        rate = opts["mortality_rate"]
-        if rate is None:
-            rate = _death_probability(ref.qx[sex], age, opts["lookback_years"])
-        thresholds.append(round(rate * (1 << 32)))
-    dates_base = min(birth_low)
-    dates = tuple(date.fromordinal(o).isoformat() for o in range(dates_base, today.toordinal() + 1))
-    as_of_seconds = int(as_of.timestamp())
-    us_core = _us_core_tables(ref) if opts["profile"] == "us-core" else {}
-
-    return Plan(
-        seed=seed,
-        as_of=as_of,
-        options=opts,
-        key=key,
-        hasher=hashlib.blake2b(key=key, digest_size=64),
-        uuid_add=_hash_int(key, b"uuid-add", 16) & M122,
-        uuid_mul=(
-            _hash_int(key, b"uuid-mul-1", 16) & M122 | 1,
-            _hash_int(key, b"uuid-mul-2", 16) & M122 | 1,
-            _hash_int(key, b"uuid-mul-3", 16) & M122 | 1,
-        ),
-        mrn_add=_hash_int(key, b"mrn-add", 8) & M34,
-        mrn_mul=_hash_int(key, b"mrn-mul", 8) & M34 | 1,
-        last_updated=_iso_instant(as_of),
-        state_codes=state_codes,
-        state_cum=_cumulative(pops[s] for s in state_codes),
-        city_names=city_names,
-        city_cum=city_cum,
-        state_orgs=state_orgs,
-        organizations=tuple(o for orgs in state_orgs for o in orgs),
-        cells=tuple(cells),
-        cell_cum=_cumulative(weights),
-        death_threshold=tuple(thresholds),
-        birth_low=tuple(birth_low),
-        birth_span=tuple(birth_span),
-        dates=dates,
-        dates_base=dates_base,
-        window_start=as_of_seconds - round(opts["lookback_years"] * SECONDS_PER_YEAR),
-        as_of_seconds=as_of_seconds,
-        languages=tuple((code, display) for code, display, _ in ref.languages),
-        language_cum=_cumulative(n for _, _, n in ref.languages),
-        gender_other=round(GENDER_OTHER_SHARE * (1 << 32)),
-        gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
-        profile=opts["profile"],
-        **us_core,
+    return UsCoreTables(
+        race_rows=tuple(rows),
+        race_cum=_cumulative(weights),
+        race_pairs=tuple(pairs),
+        race_pair_cum=tuple(pair_cum),
+        family_names=family_names,
+        family_cum=family_cum,
+        given_names={"male": male, "female": female},
+        given_cum={"male": male_cum, "female": female_cum},
     )
 
 
-def normalise_options(
-    min_age: int = 0,
-    max_age: int = MAX_AGE,
-    states: str | Iterable[str] | None = None,
-    lookback_years: float = DEFAULT_LOOKBACK_YEARS,
-    mortality_rate: float | None = None,
-    hospitals_per_million: float = DEFAULT_HOSPITALS_PER_MILLION,
-    profile: str = "cms",
-) -> dict[str, Any]:
-    """Check generation options and return them in canonical form; ValueError says what is wrong."""
-    ref = load_reference()
-    for name, value in (("min-age", min_age), ("max-age", max_age)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AGE:
-            raise ValueError(f"--{name} must be a whole number from 0 to {MAX_AGE}, not {value!r}")
-    if min_age > max_age:
-        raise ValueError(f"--min-age {min_age} is greater than --max-age {max_age}")
-    if not 0 < float(lookback_years) <= 100:
-        raise ValueError(f"--lookback-years must be in (0, 100], not {lookback_years}")
-    if mortality_rate is not None and not 0.0 <= float(mortality_rate) <= 1.0:
-        raise ValueError(f"--mortality-rate must be between 0 and 1, not {mortality_rate}")
-    if not 0 < float(hospitals_per_million) <= 20:  # the US has ~18 hospitals per million
-        raise ValueError(f"--hospitals-per-million must be in (0, 20], not {hospitals_per_million}")
-    if profile not in PROFILES:
-        raise ValueError(f"--profile must be one of {', '.join(PROFILES)}, not {profile!r}")
-    return {
-        "min_age": min_age,
-        "max_age": max_age,
-        "states": _normalise_states(states, ref),
-        "lookback_years": float(lookback_years),
-        "mortality_rate": None if mortality_rate is None else float(mortality_rate),
-        "hospitals_per_million": float(hospitals_per_million),
-        "profile": profile,
-    }
+# ---------------------------------------------------------------------------------------------
+# The record: sample(plan, i) draws patient #i, build_record(plan, i) is it as a plain dict
+# ---------------------------------------------------------------------------------------------
 
 
-def make_plan(seed: int, as_of: datetime | str | None = None, **options: Any) -> Plan:
-    """Check inputs and precompute everything fixed for a run; cached for repeated calls."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
-        raise ValueError(f"seed must be a whole number from 0 to 2**64-1, not {seed!r}")
-    opts = normalise_options(**options)
-    return _make_plan_cached(seed, parse_as_of(as_of), tuple(opts.items()))
+class Sample(NamedTuple):
+    """What patient #i is, before any JSON: positions into the plan's tables, by name."""
+
+    state: int  # position in plan.state_codes
+    city: int  # position in plan.city_names[state]
+    cell: int  # position in plan.cells
+    sex: str  # the cell's sex (gender is what the record says)
+    birth: int  # birth date as a proleptic Gregorian ordinal
+    gender: str
+    language: int  # position in plan.languages
+    organization: int  # position in plan.state_orgs[state]
+    died: int  # death instant in epoch seconds, -1 for the living
+    draws: Draws  # the raw draws, for profiles that need more
 
 
-def _sample(plan: Plan, index: int) -> tuple[Any, ...]:
-    """The draws that make patient #index: (state, city, cell, birth ordinal, gender, language,
-    organization, death time in epoch seconds or -1, the sixteen u32s). One hash, no records."""
+def sample(plan: Plan, index: int, _new: Any = tuple.__new__) -> Sample:
+    """Patient #index's draws, mapped onto the plan's tables: one hash, no record."""
     if not 0 <= index <= MAX_INDEX:
         raise ValueError(f"patient index must be from 0 to {MAX_INDEX}, not {index}")
     hasher = plan.hasher.copy()  # the keyed state, copied: cheaper than re-keying per record
     hasher.update(index.to_bytes(8, "little"))
-    u = _U32X16(hasher.digest())  # sixteen 32-bit draws: u[k] is bits 32k..32k+31 of the hash
-    bisect_right = bisect.bisect_right
-    cum = plan.state_cum  # _pick, inlined: this is the hot loop
-    s = bisect_right(cum, u[0] * cum[-1] >> 32)
+    u = _draws(hasher.digest())
+    bisect_right = bisect.bisect_right  # _pick, inlined: this is the hot loop
+    cum = plan.state_cum
+    s = bisect_right(cum, u.state * cum[-1] >> 32)
     cum = plan.city_cum[s]
-    city = bisect_right(cum, u[1] * cum[-1] >> 32)
+    city = bisect_right(cum, u.city * cum[-1] >> 32)
     cum = plan.cell_cum
-    cell = bisect_right(cum, u[2] * cum[-1] >> 32)
+    cell = bisect_right(cum, u.cell * cum[-1] >> 32)
     sex = plan.cells[cell][1]
-    birth = plan.birth_low[cell] + (u[3] * plan.birth_span[cell] >> 32)
-    g = u[4]
+    birth = plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32)
+    g = u.gender
     gender = "other" if g < plan.gender_other else "unknown" if g < plan.gender_unknown else sex
     cum = plan.language_cum
-    language = bisect_right(cum, u[5] * cum[-1] >> 32)
-    org = u[6] * len(plan.state_orgs[s]) >> 32
+    language = bisect_right(cum, u.language * cum[-1] >> 32)
+    org = u.organization * len(plan.state_orgs[s]) >> 32
     died = -1
-    if u[7] < plan.death_threshold[cell]:
+    if u.death < plan.death_threshold[cell]:
         born = (birth - 719163) * 86400  # 719163 = date(1970, 1, 1).toordinal()
         low = max(plan.window_start, born)
-        died = low + ((u[8] | u[9] << 32) * (plan.as_of_seconds - low + 1) >> 64)
-    return s, city, cell, birth, gender, language, org, died, u
+        time_bits = u.death_time_low | u.death_time_high << 32
+        died = low + (time_bits * (plan.as_of_seconds - low + 1) >> 64)
+    # tuple.__new__ builds the named tuple without its Python-level __new__ (hot path)
+    return _new(Sample, (s, city, cell, sex, birth, gender, language, org, died, u))
 
 
-def _patient_id(plan: Plan, index: int) -> str:
+def patient_id(plan: Plan, index: int) -> str:
     """Patient #index's UUID: a keyed bijection of the index, so ids never collide."""
     return _uuid_text(_mix_uuid((index + plan.uuid_add) & M122, plan.uuid_mul))
 
 
-def _mrn(plan: Plan, index: int) -> str:
+def patient_mrn(plan: Plan, index: int) -> str:
     """Patient #index's MRN: a keyed permutation of the ten-digit numbers, so MRNs never collide."""
     return "MC-%010d" % _mrn_number(index, plan.mrn_add, plan.mrn_mul)  # noqa: UP031
+
+
+class Fields(NamedTuple):
+    """The parts of a cms record that vary between patients, JSON-ready, in record order."""
+
+    id: str
+    mrn: str
+    gender: str
+    birth_date: str
+    deceased: str | None  # None for the living: the element is left out
+    address: list[dict[str, str]]
+    communication: list[dict[str, Any]]
+    organization: dict[str, str]
 
 
 def _deceased(died: int) -> str:
@@ -595,22 +778,26 @@ def _managing_organization(org: Mapping[str, str]) -> dict[str, str]:
     return {"reference": "Organization/" + org["id"], "display": org["name"]}
 
 
-def _assemble(
-    plan: Plan,
-    patient_id: Any,
-    mrn: Any,
-    gender: Any,
-    birth_date: Any,
-    deceased: Any,
-    address: Any,
-    communication: Any,
-    organization: Any,
-) -> dict[str, Any]:
-    """The cms Patient's shape, in FHIR element order: the one place it is written down (the
-    NDJSON writer derives its byte template from it). `deceased` is None for the living."""
+def _fields(plan: Plan, index: int, s: Sample) -> Fields:
+    """Patient #index's varying parts from its sample."""
+    return Fields(
+        id=patient_id(plan, index),
+        mrn=patient_mrn(plan, index),
+        gender=s.gender,
+        birth_date=plan.dates[s.birth - plan.dates_base],
+        deceased=None if s.died < 0 else _deceased(s.died),
+        address=_address(plan.city_names[s.state][s.city], plan.state_codes[s.state]),
+        communication=_communication(*plan.languages[s.language]),
+        organization=_managing_organization(plan.state_orgs[s.state][s.organization]),
+    )
+
+
+def _assemble(plan: Plan, f: Fields) -> dict[str, Any]:
+    """The cms Patient's shape, in FHIR element order: the one place it is written down
+    (json_renderer derives its byte template from it, by field name)."""
     record: dict[str, Any] = {
         "resourceType": "Patient",
-        "id": patient_id,
+        "id": f.id,
         "meta": {"versionId": "1", "lastUpdated": plan.last_updated},
         "identifier": [
             {
@@ -626,49 +813,41 @@ def _assemble(
                     "text": "Medical Record Number",
                 },
                 "system": MRN_SYSTEM,
-                "value": mrn,
+                "value": f.mrn,
             }
         ],
         "active": True,
-        "gender": gender,
-        "birthDate": birth_date,
+        "gender": f.gender,
+        "birthDate": f.birth_date,
     }
-    if deceased is not None:
-        record["deceasedDateTime"] = deceased
-    record["address"] = address
-    record["communication"] = communication
-    record["managingOrganization"] = organization
+    if f.deceased is not None:
+        record["deceasedDateTime"] = f.deceased
+    record["address"] = f.address
+    record["communication"] = f.communication
+    record["managingOrganization"] = f.organization
     return record
 
 
 def build_record(plan: Plan, index: int) -> dict[str, Any]:
     """Patient #index of the plan as a plain dict: the canonical form every writer serialises."""
-    s, city, cell, birth, gender, language, org, died, u = _sample(plan, index)
-    record = _assemble(
-        plan,
-        _patient_id(plan, index),
-        _mrn(plan, index),
-        gender,
-        plan.dates[birth - plan.dates_base],
-        None if died < 0 else _deceased(died),
-        _address(plan.city_names[s][city], plan.state_codes[s]),
-        _communication(*plan.languages[language]),
-        _managing_organization(plan.state_orgs[s][org]),
-    )
-    if plan.profile == "us-core":
-        return _us_core_record(plan, record, u, plan.cells[cell][1])
+    s = sample(plan, index)
+    return plan.profile.record(plan, _assemble(plan, _fields(plan, index, s)), s)
+
+
+def _cms_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]:
+    """The cms profile is the seed's record as assembled."""
     return record
 
 
-def _us_core_record(
-    plan: Plan, record: dict[str, Any], u: tuple[int, ...], sex: str
-) -> dict[str, Any]:
-    """The cms record plus US Core's parts, in FHIR element order; only draws u[10..13] used."""
-    races, text, eth_code, eth_display, e = plan.race_rows[_pick(plan.race_cum, u[10])]
+def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]:
+    """The cms record plus US Core's parts, in FHIR element order (draws race..family_name)."""
+    t: UsCoreTables = plan.tables
+    u = s.draws
+    races, text, eth_code, eth_display, e = t.race_rows[_pick(t.race_cum, u.race)]
     if races is None:  # Two or more races
-        races = plan.race_pairs[e][_pick(plan.race_pair_cum[e], u[11])]
-    given = plan.given_names[sex][_pick(plan.given_cum[sex], u[12])]
-    family = plan.family_names[_pick(plan.family_cum, u[13])]
+        races = t.race_pairs[e][_pick(t.race_pair_cum[e], u.race_pair)]
+    given = t.given_names[s.sex][_pick(t.given_cum[s.sex], u.given_name)]
+    family = t.family_names[_pick(t.family_cum, u.family_name)]
     # Codings carry no display: the required text says it, and records stay nearer 1.5 KB.
     race = [
         {"url": "ombCategory", "valueCoding": {"system": CDC_RACE_SYSTEM, "code": c}}
@@ -695,7 +874,7 @@ def _us_core_record(
                 ],
                 "url": US_CORE_ETHNICITY,
             },
-            {"url": US_CORE_BIRTHSEX, "valueCode": "F" if sex == "female" else "M"},
+            {"url": US_CORE_BIRTHSEX, "valueCode": "F" if s.sex == "female" else "M"},
         ],
         "identifier": identifier,
         "active": True,
@@ -703,6 +882,13 @@ def _us_core_record(
     }
     out.update(itertools.islice(record.items(), 5, None))  # gender onwards, as in cms
     return out
+
+
+# The profile registry (--profile): name -> tables, record function, renderer support.
+PROFILES: Mapping[str, Profile] = {
+    "cms": Profile("cms", tables=_no_tables, record=_cms_record, rendered=True),
+    "us-core": Profile("us-core", tables=_us_core_tables, record=_us_core_record, rendered=False),
+}
 
 
 def organization_record(org: Mapping[str, str]) -> dict[str, Any]:
@@ -729,7 +915,7 @@ def organization_record(org: Mapping[str, str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Public API: the FHIR model, lazy streams, JSON and S3 keys
+# Rendering: the FHIR model, JSON bytes (a fast renderer for the bulk path) and S3 keys
 # ---------------------------------------------------------------------------------------------
 
 
@@ -740,11 +926,9 @@ def generate_patient(
 
     Options are those of make_plan, e.g. profile="us-core" for a US Core Patient.
     """
-    from fhir.resources.patient import Patient
-
     if seed is None:
         seed = draw_seed()
-    return Patient.model_validate(build_record(make_plan(seed, as_of, **options), index))
+    return _patient_model().model_validate(build_record(make_plan(seed, as_of, **options), index))
 
 
 def generate_patients(
@@ -755,18 +939,26 @@ def generate_patients(
     **options: Any,
 ) -> Iterator[dict[str, Any]]:
     """Patients #start .. #start+count-1 as plain dicts, lazily (constant memory)."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"count must be a whole number >= 0, not {count!r}")
-    if not 0 <= start or start + count - 1 > MAX_INDEX:
-        raise ValueError(f"indexes must lie in 0..{MAX_INDEX}")
+    _check_index_range(start, count)
     plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
     for index in range(start, start + count):
         yield build_record(plan, index)
 
 
-def draw_seed() -> int:
-    """A fresh random seed (report it, so the run can be repeated)."""
-    return secrets.randbits(63)
+def _check_index_range(start: Any, count: Any) -> None:
+    """ValueError unless patients #start .. #start+count-1 all exist (count >= 0)."""
+    for name, value in (("count", count), ("start", start)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, not {value!r}")
+    if start + count - 1 > MAX_INDEX:
+        raise ValueError(f"--start and --count must keep indexes within 0..{MAX_INDEX}")
+
+
+@functools.cache
+def _patient_model() -> Any:
+    from fhir.resources.patient import Patient
+
+    return Patient
 
 
 def _as_dict(resource: Any) -> dict[str, Any]:
@@ -781,31 +973,147 @@ def to_json(resource: Any, pretty: bool = False) -> str:
     return orjson.dumps(_as_dict(resource), option=option).decode()
 
 
+def _patient_file_name(patient_id: str) -> str:
+    """The bronze-layer name of one patient's file (per-file JSON and the suggested key)."""
+    return f"patient_{patient_id}.json"
+
+
 def suggested_s3_key(
     patient: Any, bucket: str = DEFAULT_BUCKET, prefix: str = DEFAULT_PREFIX
 ) -> str:
     """The bronze-layer object URL for a Patient model or dict: s3://bucket/prefix/patient_<id>.json."""
-    patient_id = patient["id"] if isinstance(patient, dict) else patient.id
+    pid = patient["id"] if isinstance(patient, dict) else patient.id
     prefix = prefix.strip("/")
-    return f"s3://{bucket}/{prefix + '/' if prefix else ''}patient_{patient_id}.json"
+    return f"s3://{bucket}/{prefix + '/' if prefix else ''}{_patient_file_name(pid)}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Writers: the bronze layer. One exporter per format (json, ndjson) over one store per place
-# (local directory, S3); generation above knows nothing about either.
-# ---------------------------------------------------------------------------------------------
+_MARK = "\x00"  # no record holds it: the marker "\x00<field>" stands where a field goes
+_MARK_SPLIT = re.compile(rb'"\\u0000(\w+)"')  # how orjson writes a marker
 
-DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~75 MB plain, ~8 MB gzip) and work unit
-DEFAULT_CONCURRENCY = 16  # concurrent S3 uploads per process
-DEFAULT_GZIP_LEVEL = 1  # measured: level 6 halves NDJSON throughput for ~15% smaller files
-BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
-S3_MAX_ATTEMPTS = 5  # botocore "standard" retries of transient errors per request
-MANIFEST = "_manifest.json"  # Athena and Glue skip names starting with "_" or "."
-FORMATS = ("json", "ndjson")
+
+def _template(plan: Plan, deceased: bool) -> tuple[bytes, dict[str, bytes]]:
+    """The cms record's bytes around its fields: (head, {field: the bytes after it})."""
+    marks = Fields._make(_MARK + name for name in Fields._fields)
+    if not deceased:
+        marks = marks._replace(deceased=None)
+    head, *rest = _MARK_SPLIT.split(orjson.dumps(_assemble(plan, marks)))
+    names = [name.decode() for name in rest[::2]]
+    expected = [n for n in Fields._fields if deceased or n != "deceased"]
+    if names != expected or any(b"\\u0000" in part for part in (head, *rest)):
+        raise AssertionError(f"the record template has fields {names}, not {expected}")
+    return head, dict(zip(names, rest[1::2], strict=True))
+
+
+@functools.lru_cache(maxsize=8)
+def json_renderer(plan: Plan) -> Callable[[int], bytes]:
+    """A function i -> patient #i as compact JSON bytes, equal to orjson.dumps(build_record(plan,
+    i)) but with no dict built: the record's fixed parts (from _assemble) and every address,
+    language and hospital are serialised once per plan; per patient only ids and dates vary.
+    Profiles that are not `rendered` are dumped from their dict."""
+    dumps = orjson.dumps
+    if not plan.profile.rendered:
+        return lambda index: dumps(build_record(plan, index))
+    head, after = _template(plan, deceased=True)
+    alive_head, alive_after = _template(plan, deceased=False)
+    if alive_head != head or {**after, "birth_date": after["deceased"]} != {
+        **alive_after,
+        "deceased": after["deceased"],
+    }:
+        raise AssertionError("the living and the deceased records differ beyond deceasedDateTime")
+    # The id, MRN and dates are [-0-9a-zA-Z] text that needs no escaping: quotes are fixed.
+    head, after_id, after_mrn = head + b'"', b'"' + after["id"] + b'"', b'"' + after["mrn"]
+    to_deceased, to_address = after["birth_date"] + b'"', b'"' + after["deceased"]
+    alive = alive_after["birth_date"]
+    genders = {g: dumps(g) + after["gender"] for g in ("male", "female", "other", "unknown")}
+    dates = [b'"%s"' % d.encode() for d in plan.dates]
+    addresses = [
+        [dumps(_address(c, st)) + after["address"] for c in cities]
+        for st, cities in zip(plan.state_codes, plan.city_names, strict=True)
+    ]
+    languages = [dumps(_communication(*lang)) + after["communication"] for lang in plan.languages]
+    organizations = [
+        [dumps(_managing_organization(o)) + after["organization"] for o in orgs]
+        for orgs in plan.state_orgs
+    ]
+    base = plan.dates_base
+    join = b"".join
+
+    def render(index: int) -> bytes:
+        s = sample(plan, index)
+        if s.died < 0:
+            death = alive
+        else:
+            death = join((to_deceased, _deceased(s.died).encode(), to_address))
+        return join(
+            (
+                head,
+                patient_id(plan, index).encode(),
+                after_id,
+                patient_mrn(plan, index).encode(),
+                after_mrn,
+                genders[s.gender],
+                dates[s.birth - base],
+                death,
+                addresses[s.state][s.city],
+                languages[s.language],
+                organizations[s.state][s.organization],
+            )
+        )
+
+    return render
 
 
 class BronzeError(RuntimeError):
-    """A runtime failure of a bronze run, reported by the CLI as one line (exit 1)."""
+    """A runtime failure while writing records (validation, a store), one line for the CLI."""
+
+
+def _validated(record: dict[str, Any], index: int) -> dict[str, Any]:
+    """The record, after fhir.resources accepted it; BronzeError naming the index if not."""
+    try:
+        _patient_model().model_validate(record)
+    except Exception as e:  # pydantic's ValidationError, or anything the model raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BronzeError(f"patient #{index} failed FHIR validation: {first}") from None
+    return record
+
+
+def _patient_line(plan: Plan, validate: bool) -> Callable[[int], bytes]:
+    """i -> patient #i's JSON as every writer writes it; through fhir.resources first if asked."""
+    if validate:
+        return lambda i: orjson.dumps(_validated(build_record(plan, i), i))
+    return json_renderer(plan)
+
+
+BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
+
+
+def ndjson_chunks(
+    plan: Plan,
+    lo: int,
+    hi: int,
+    validate: bool = False,
+    tick: Callable[[int], None] | None = None,
+) -> Iterator[bytes]:
+    """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each)."""
+    line = _patient_line(plan, validate)
+    for a in range(lo, hi, BATCH):
+        b = min(a + BATCH, hi)
+        lines = [line(i) for i in range(a, b)]
+        lines.append(b"")
+        yield b"\n".join(lines)
+        if tick:
+            tick(b - a)
+
+
+# ---------------------------------------------------------------------------------------------
+# The bronze layer: formats (how records become files) x stores (where bytes go), and the run
+# ---------------------------------------------------------------------------------------------
+
+MANIFEST = "_manifest.json"  # Athena and Glue skip names starting with "_" or "."
+FOLDERS = ("patient", "organization")  # the layer's data folders, one per resource type
+S3_MAX_ATTEMPTS = 5  # botocore "standard" retries of transient errors per request
+GZIP_CONTENT_TYPE = "application/gzip"
+Tick = Callable[[int], None] | None  # progress callback: n more patients done
 
 
 @dataclass(frozen=True)
@@ -815,7 +1123,7 @@ class Bronze:
     root: str  # a local directory or s3://bucket/prefix: the layer root
     count: int
     start: int = 0
-    format: str = "json"
+    format: str = DEFAULT_FORMAT
     gzip: bool = False
     gzip_level: int = DEFAULT_GZIP_LEVEL
     records_per_file: int = DEFAULT_RECORDS_PER_FILE
@@ -838,20 +1146,14 @@ class UnitResult:
 
 
 def unit_count(spec: Bronze) -> int:
-    """How many work units (NDJSON files) the run has: ceil(count / records_per_file)."""
+    """How many work units the run has: ceil(count / records_per_file)."""
     return -(-spec.count // spec.records_per_file)
 
 
-def unit_range(spec: Bronze, unit: int) -> tuple[int, int]:
-    """Indexes [lo, hi) of unit #unit (0-based); NDJSON file n = unit + 1 holds exactly these."""
+def unit_range(spec: Bronze, unit: int) -> range:
+    """The indexes of unit #unit (0-based); NDJSON file n = unit + 1 holds exactly these."""
     lo = spec.start + unit * spec.records_per_file
-    return lo, min(lo + spec.records_per_file, spec.start + spec.count)
-
-
-def unit_size(spec: Bronze, unit: int) -> int:
-    """How many patients unit #unit holds (the last one may be short)."""
-    lo, hi = unit_range(spec, unit)
-    return hi - lo
+    return range(lo, min(lo + spec.records_per_file, spec.start + spec.count))
 
 
 def shard_units(spec: Bronze, shard: tuple[int, int]) -> range:
@@ -874,117 +1176,153 @@ def _gzip_chunks(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
     yield z.flush()
 
 
-@functools.cache
-def _patient_model() -> Any:
-    from fhir.resources.patient import Patient
-
-    return Patient
+# -- formats: one entry per --format; nothing else compares format names
 
 
-def _validated(record: dict[str, Any], index: int) -> dict[str, Any]:
-    """The record, after fhir.resources accepted it; BronzeError naming the index if not."""
-    try:
-        _patient_model().model_validate(record)
-    except Exception as e:  # pydantic's ValidationError, or anything the model raises
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BronzeError(f"patient #{index} failed FHIR validation: {first}") from None
-    return record
+@dataclass(frozen=True)
+class Format:
+    """An output format: its content type, how a unit of patients and the organizations
+    become files, and what the manifest lists."""
+
+    name: str
+    content_type: str  # of an uncompressed file
+    write_unit: Callable[[Plan, Bronze, Store, int, Tick], tuple[int, int]]  # -> files, bytes
+    organization_files: Callable[[Plan, Bronze], list[tuple[str, bytes]]]
+    manifest_output: Callable[[Plan, Bronze, Store], list[dict[str, Any]]]
+    rolls_over: bool  # records_per_file splits files (it always splits work units)
 
 
-_SLOT = "\x00"  # a value no record holds: where _assemble gets it, the template has a gap
-_SLOT_JSON = orjson.dumps(_SLOT)
+def _content_type(spec: Bronze) -> str:
+    return GZIP_CONTENT_TYPE if spec.gzip else FORMATS[spec.format].content_type
 
 
-@functools.lru_cache(maxsize=8)
-def json_renderer(plan: Plan) -> Callable[[int], bytes]:
-    """A function i -> patient #i as compact JSON bytes, equal to orjson.dumps(build_record(plan,
-    i)) but with no dict built: the record's fixed parts (from _assemble) and every address,
-    language and hospital are serialised once per plan; per patient only ids and dates vary.
-    The us-core profile is dumped from its dict."""
-    dumps = orjson.dumps
-    if plan.profile != "cms":
-        return lambda index: dumps(build_record(plan, index))
-    x = _SLOT
-    alive = dumps(_assemble(plan, x, x, x, x, None, x, x, x)).split(_SLOT_JSON)
-    dead = dumps(_assemble(plan, x, x, x, x, x, x, x, x)).split(_SLOT_JSON)
-    if len(alive) != 8 or dead[:4] + dead[5:] != alive or b"\\u0000" in b"".join(dead):
-        raise AssertionError("the record template does not split into its value slots")
-    head, after_id, after_mrn, after_gender, to_address, after_address, after_language, tail = alive
-    # The id and MRN are [-0-9a-zA-Z] text that needs no escaping: their quotes go in the template.
-    head, after_id, after_mrn = head + b'"', b'"' + after_id + b'"', b'"' + after_mrn
-    to_deceased = dead[4]
-    genders = {g: dumps(g) + after_gender for g in ("male", "female", "other", "unknown")}
-    dates = [b'"%s"' % d.encode() for d in plan.dates]  # ISO dates need no escaping
-    addresses = [
-        [dumps(_address(c, st)) + after_address for c in cities]
-        for st, cities in zip(plan.state_codes, plan.city_names, strict=True)
+def _ndjson_key(spec: Bronze, resource_type: str, n: int) -> str:
+    """FHIR Bulk Data naming: <folder>/<Type>.<n>.ndjson[.gz], n from 1."""
+    return f"{resource_type.lower()}/{resource_type}.{n:06d}.ndjson{_suffix(spec)}"
+
+
+def _organization_lines(plan: Plan) -> list[bytes]:
+    return [orjson.dumps(organization_record(org)) + b"\n" for org in plan.organizations]
+
+
+def _ndjson_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
+    """Unit u is the file patient/Patient.<u+1>.ndjson, one resource per line."""
+    indexes = unit_range(spec, unit)
+    chunks: Iterable[bytes] = ndjson_chunks(plan, indexes.start, indexes.stop, spec.validate, tick)
+    if spec.gzip:
+        chunks = _gzip_chunks(chunks, spec.gzip_level)
+    return 1, store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
+
+
+def _ndjson_organizations(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
+    return [(_ndjson_key(spec, "Organization", 1), b"".join(_organization_lines(plan)))]
+
+
+def _ndjson_manifest(plan: Plan, spec: Bronze, store: Store) -> list[dict[str, Any]]:
+    """One entry per file, as the Bulk Data manifest has it."""
+    output = [
+        {
+            "type": "Patient",
+            "url": store.url(_ndjson_key(spec, "Patient", u + 1)),
+            "count": len(unit_range(spec, u)),
+        }
+        for u in range(unit_count(spec))
     ]
-    languages = [dumps(_communication(*lang)) + after_language for lang in plan.languages]
-    organizations = [
-        [dumps(_managing_organization(o)) + tail for o in os] for os in plan.state_orgs
+    output.append(
+        {
+            "type": "Organization",
+            "url": store.url(_ndjson_key(spec, "Organization", 1)),
+            "count": len(plan.organizations),
+        }
+    )
+    return output
+
+
+def _json_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
+    """One compact single-line file per patient, named exactly as suggested_s3_key() names it."""
+    indexes = unit_range(spec, unit)
+    suffix, total, line = _suffix(spec), 0, _patient_line(plan, spec.validate)
+    content_type = _content_type(spec)
+    for n, i in enumerate(indexes, 1):
+        data = line(i) + b"\n"
+        if spec.gzip:
+            data = zlib.compress(data, spec.gzip_level, wbits=31)
+        key = f"patient/{_patient_file_name(patient_id(plan, i))}{suffix}"
+        total += store.write(key, data, content_type)
+        if tick and n % BATCH == 0:
+            tick(BATCH)
+    if tick:
+        tick(len(indexes) % BATCH)
+    return len(indexes), total
+
+
+def _json_organizations(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
+    return [
+        (f"organization/organization_{org['id']}.json{_suffix(spec)}", data)
+        for org, data in zip(plan.organizations, _organization_lines(plan), strict=True)
     ]
-    base = plan.dates_base
-    join = b"".join
-
-    def render(index: int) -> bytes:
-        s, city, _, birth, gender, language, org, died, _ = _sample(plan, index)
-        if died < 0:
-            death = to_address
-        else:
-            death = b'%s"%s"%s' % (to_deceased, _deceased(died).encode(), to_address)
-        return join(
-            (
-                head,
-                _patient_id(plan, index).encode(),
-                after_id,
-                _mrn(plan, index).encode(),
-                after_mrn,
-                genders[gender],
-                dates[birth - base],
-                death,
-                addresses[s][city],
-                languages[language],
-                organizations[s][org],
-            )
-        )
-
-    return render
 
 
-def _patient_line(plan: Plan, validate: bool) -> Callable[[int], bytes]:
-    """i -> patient #i's JSON as every writer writes it; through fhir.resources first if asked."""
-    if validate:
-        return lambda i: orjson.dumps(_validated(build_record(plan, i), i))
-    return json_renderer(plan)
+def _json_manifest(plan: Plan, spec: Bronze, store: Store) -> list[dict[str, Any]]:
+    """Deviation from Bulk Data: one entry per resource type, whose url is its folder."""
+    return [
+        {"type": "Patient", "url": store.url("patient/"), "count": spec.count},
+        {
+            "type": "Organization",
+            "url": store.url("organization/"),
+            "count": len(plan.organizations),
+        },
+    ]
 
 
-def ndjson_chunks(
-    plan: Plan,
-    lo: int,
-    hi: int,
-    validate: bool = False,
-    tick: Callable[[int], None] | None = None,
-) -> Iterator[bytes]:
-    """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each)."""
-    line = _patient_line(plan, validate)
-    for a in range(lo, hi, BATCH):
-        b = min(a + BATCH, hi)
-        lines = [line(i) for i in range(a, b)]
-        lines.append(b"")
-        yield b"\n".join(lines)
-        if tick:
-            tick(b - a)
+FORMATS: Mapping[str, Format] = {
+    "json": Format(
+        "json",
+        content_type="application/fhir+json",
+        write_unit=_json_unit,
+        organization_files=_json_organizations,
+        manifest_output=_json_manifest,
+        rolls_over=False,
+    ),
+    "ndjson": Format(
+        "ndjson",
+        content_type="application/fhir+ndjson",
+        write_unit=_ndjson_unit,
+        organization_files=_ndjson_organizations,
+        manifest_output=_ndjson_manifest,
+        rolls_over=True,
+    ),
+}
 
 
-# -- stores: where bytes go. Both have the same few methods; keys are relative to the root.
+def organization_files(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
+    """(key, bytes) of every organization of the plan, in the run's format: the same for all
+    shards and workers, so every managingOrganization.reference resolves."""
+    files = FORMATS[spec.format].organization_files(plan, spec)
+    if spec.gzip:
+        files = [(key, zlib.compress(data, spec.gzip_level, wbits=31)) for key, data in files]
+    return files
+
+
+# -- stores: where bytes go. One interface (write, read, list, delete, drain, ...), keys are
+#    relative to the layer root; every failure of a store is a BronzeError.
+
+
+class UploadFailed(BronzeError):
+    """A store's earlier background write failed: stop the unit, drain() reports it."""
 
 
 class LocalStore:
     """A local directory; every file is written to a temp name, then renamed (atomic)."""
 
-    def __init__(self, root: str, token: str = "") -> None:
-        self.root = Path(root)
-        self.token = token or str(os.getpid())
+    def __init__(self, spec: Bronze) -> None:
+        self.root = Path(spec.root)
+        self.token = spec.token or str(os.getpid())
+
+    @staticmethod
+    def check_root(root: str) -> None:
+        if not root.strip():
+            raise ValueError("--output is empty")
 
     def display(self) -> str:
         return str(self.root)
@@ -995,10 +1333,10 @@ class LocalStore:
     def prepare(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise BronzeError(f"--output {self.root} exists and is not a directory")
-        for folder in ("patient", "organization"):
+        for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
-    def write(self, key: str, data: bytes | Iterable[bytes]) -> int:
+    def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
         """Write all chunks to `.name.tmp-<token>-<pid>`, then os.replace (no fsync: atomic
         against crashes and Ctrl-C of this process, not against power loss)."""
         path = self.root / key
@@ -1024,30 +1362,29 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
-    def has_files(self, folder: str) -> bool:
+    def list(self, folder: str) -> Iterator[str]:
+        """Keys of every file in folder (hidden temp files too)."""
         try:
             with os.scandir(self.root / folder) as entries:
-                return any(True for _ in entries)
+                for entry in entries:
+                    yield f"{folder}/{entry.name}"
         except (FileNotFoundError, NotADirectoryError):
-            return False
+            return
 
-    def delete_run(self) -> None:
-        """Delete the manifest first (no manifest may describe half-deleted files), then data."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.root / MANIFEST)
-        for folder in ("patient", "organization"):
-            shutil.rmtree(self.root / folder, ignore_errors=True)
-        self.prepare()
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / key)
 
     def remove_temp_files(self) -> None:
         """Remove temp files of this run's processes (workers killed by Ctrl-C leave them)."""
-        for folder in ("patient", "organization", ""):
+        for folder in (*FOLDERS, ""):
             for tmp in (self.root / folder).glob(f".*.tmp-{self.token}-*"):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
 
     def drain(self) -> tuple[int, str | None]:
-        return 0, None
+        return 0, None  # writes are synchronous
 
     def close(self) -> None:
         pass
@@ -1081,13 +1418,20 @@ def _s3_client(endpoint_url: str | None, pool: int, attempts: int) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
 
+def _s3_error_code(e: BaseException) -> str:
+    response = getattr(e, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    return str(error.get("Code", "")) if isinstance(error, dict) else ""
+
+
 def _s3_reason(e: BaseException) -> str:
     """A short reason for a botocore error: 'Code: message' or the error's own text."""
-    response = getattr(e, "response", None)
-    if isinstance(response, dict) and "Error" in response:
-        err = response["Error"]
-        code = err.get("Code", "?")
-        message = err.get("Message") or {"403": "Forbidden", "404": "Not Found"}.get(code, "")
+    code = _s3_error_code(e)
+    if code:
+        message = e.response["Error"].get("Message") or {  # type: ignore[attr-defined]
+            "403": "Forbidden",
+            "404": "Not Found",
+        }.get(code, "")
         return f"{code}: {message}" if message else code
     return str(e) or type(e).__name__
 
@@ -1095,17 +1439,21 @@ def _s3_reason(e: BaseException) -> str:
 class S3Store:
     """An S3 (or S3-compatible) prefix; PUTs run on a thread pool and are atomic by nature."""
 
-    def __init__(self, root: str, endpoint_url: str | None, concurrency: int) -> None:
-        self.bucket, self.prefix = parse_s3_url(root)
-        self.endpoint_url = endpoint_url
-        self.client = _s3_client(endpoint_url, concurrency, S3_MAX_ATTEMPTS)
-        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3-put")
-        self.slots = threading.BoundedSemaphore(2 * concurrency)  # bounds memory in flight
+    def __init__(self, spec: Bronze) -> None:
+        self.bucket, self.prefix = parse_s3_url(spec.root)
+        self.endpoint_url = spec.endpoint_url
+        self.client = _s3_client(spec.endpoint_url, spec.concurrency, S3_MAX_ATTEMPTS)
+        self.pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix="s3-put")
+        self.slots = threading.BoundedSemaphore(2 * spec.concurrency)  # bounds memory in flight
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)
         self.pending = 0
         self.failed = 0
         self.first_failure: str | None = None
+
+    @staticmethod
+    def check_root(root: str) -> None:
+        parse_s3_url(root)
 
     def key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -1117,10 +1465,9 @@ class S3Store:
         return self.url("").rstrip("/")
 
     def _fail_line(self, e: BaseException) -> str:
+        """One line for a botocore error, saying what to check."""
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-        name = type(e).__name__
-        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
-        where = f"s3://{self.bucket}"
+        name, code, where = type(e).__name__, _s3_error_code(e), f"s3://{self.bucket}"
         if code in ("NoSuchBucket", "404"):
             return f"bucket {where} does not exist (endpoint {endpoint})"
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
@@ -1131,22 +1478,27 @@ class S3Store:
             return f"cannot reach the S3 endpoint {endpoint} ({e})"
         return f"S3 error on {where}: {_s3_reason(e)}"
 
-    def prepare(self) -> None:
-        """Fail fast, with one line, on a missing bucket, bad credentials or a dead endpoint."""
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """botocore's exceptions become one-line BronzeErrors."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        probe = _s3_client(self.endpoint_url, 1, 2)
         try:
-            probe.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1)
+            yield
         except (BotoCoreError, ClientError) as e:
             raise BronzeError(self._fail_line(e)) from None
 
-    def _put(self, key: str, body: Any) -> None:
+    def prepare(self) -> None:
+        """Fail fast, with one line, on a missing bucket, bad credentials or a dead endpoint."""
+        probe = _s3_client(self.endpoint_url, 1, 2)
+        with self._errors():
+            probe.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1)
+
+    def _put(self, key: str, body: Any, content_type: str) -> None:
         try:
             if self.first_failure is None:  # after a failure, skip what is queued: fail fast
-                content = "application/gzip" if key.endswith(".gz") else "application/fhir+json"
                 self.client.put_object(
-                    Bucket=self.bucket, Key=self.key(key), Body=body, ContentType=content
+                    Bucket=self.bucket, Key=self.key(key), Body=body, ContentType=content_type
                 )
         except Exception as e:
             with self.lock:
@@ -1161,10 +1513,10 @@ class S3Store:
                 self.pending -= 1
                 self.idle.notify_all()
 
-    def write(self, key: str, data: bytes | Iterable[bytes]) -> int:
+    def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
         """Queue one PUT; a streamed body is spooled (to disk beyond 16 MB) first."""
         if self.first_failure is not None:
-            raise BronzeError(self.first_failure)  # stops the unit; drain() reports it
+            raise UploadFailed(self.first_failure)
         if isinstance(data, bytes):
             body: Any = data
             size = len(data)
@@ -1175,7 +1527,7 @@ class S3Store:
         self.slots.acquire()
         with self.lock:
             self.pending += 1
-        self.pool.submit(self._put, key, body)
+        self.pool.submit(self._put, key, body, content_type or "application/octet-stream")
         return size
 
     def drain(self) -> tuple[int, str | None]:
@@ -1187,39 +1539,32 @@ class S3Store:
         return out
 
     def read(self, key: str) -> bytes | None:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
-        except self.client.exceptions.NoSuchKey:
-            return None
+        with self._errors():
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
+            except self.client.exceptions.NoSuchKey:
+                return None
 
-    def _keys(self, folder: str, limit: int | None = None) -> Iterator[str]:
+    def list(self, folder: str) -> Iterator[str]:
+        """Keys (relative to the root) of every object under folder/."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket,
-            Prefix=self.key(folder + "/"),
-            PaginationConfig={"MaxItems": limit} if limit else {},
+            Bucket=self.bucket, Prefix=self.key(folder + "/")
         )
-        for page in pages:
-            for item in page.get("Contents", ()):
-                yield item["Key"]
+        cut = len(self.key(""))
+        with self._errors():
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    yield item["Key"][cut:]
 
-    def has_files(self, folder: str) -> bool:
-        return any(True for _ in self._keys(folder, 1))
-
-    def delete_run(self) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(MANIFEST))
-        for folder in ("patient", "organization"):
-            batch: list[str] = []
-            for key in self._keys(folder):
-                batch.append(key)
-                if len(batch) == 1000:
-                    self._delete(batch)
-                    batch = []
-            if batch:
-                self._delete(batch)
-
-    def _delete(self, keys: list[str]) -> None:
-        objects = [{"Key": k} for k in keys]
-        self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete in batches of 1,000 (the DeleteObjects limit)."""
+        keys = iter(keys)
+        while batch := list(itertools.islice(keys, 1000)):
+            objects = [{"Key": self.key(k)} for k in batch]
+            with self._errors():
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                )
 
     def remove_temp_files(self) -> None:
         pass  # a PUT is all or nothing
@@ -1230,64 +1575,30 @@ class S3Store:
 
 Store = LocalStore | S3Store
 
+# The store registry: URL scheme -> store; a root without a scheme is a local directory.
+STORES: Mapping[str, type[LocalStore] | type[S3Store]] = {"file": LocalStore, "s3": S3Store}
+
+
+def _scheme(root: str) -> str:
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", root)
+    return match[1].lower() if match else "file"
+
+
+def check_root(root: str) -> None:
+    """ValueError unless root is a directory or a URL of a known store (s3://bucket/prefix)."""
+    store = STORES.get(_scheme(root))
+    if store is None:
+        raise ValueError(f"--output must be a directory or s3://bucket/prefix, not {root!r}")
+    store.check_root(root)
+
 
 def open_store(spec: Bronze) -> Store:
-    """The store for spec.root: S3 for s3:// URLs (boto3 imported only then), else local."""
-    if spec.root.startswith("s3://"):
-        return S3Store(spec.root, spec.endpoint_url, spec.concurrency)
-    return LocalStore(spec.root, spec.token)
+    """The store for spec.root (boto3 is imported only for s3://)."""
+    check_root(spec.root)
+    return STORES[_scheme(spec.root)](spec)
 
 
-# -- formats: how records become files. One exporter per format; units are index ranges.
-
-
-def _patient_ndjson(
-    plan: Plan, spec: Bronze, store: Store, unit: int, tick: Any
-) -> tuple[int, int]:
-    """Unit u is the FHIR Bulk Data file patient/Patient.<u+1>.ndjson, one resource per line."""
-    lo, hi = unit_range(spec, unit)
-    chunks: Iterable[bytes] = ndjson_chunks(plan, lo, hi, spec.validate, tick)
-    if spec.gzip:
-        chunks = _gzip_chunks(chunks, spec.gzip_level)
-    return 1, store.write(f"patient/Patient.{unit + 1:06d}.ndjson{_suffix(spec)}", chunks)
-
-
-def _patient_json(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Any) -> tuple[int, int]:
-    """One compact single-line file per patient, named exactly as suggested_s3_key() names it."""
-    lo, hi = unit_range(spec, unit)
-    suffix, total, line = _suffix(spec), 0, _patient_line(plan, spec.validate)
-    for i in range(lo, hi):
-        data = line(i) + b"\n"
-        if spec.gzip:
-            data = zlib.compress(data, spec.gzip_level, wbits=31)
-        name = suggested_s3_key({"id": _patient_id(plan, i)}, "_", "patient").removeprefix(
-            "s3://_/"
-        )
-        total += store.write(name + suffix, data)
-        if tick and (i - lo) % BATCH == BATCH - 1:
-            tick(BATCH)
-    if tick:
-        tick((hi - lo) % BATCH)
-    return hi - lo, total
-
-
-PATIENT_WRITERS = {"json": _patient_json, "ndjson": _patient_ndjson}
-
-
-def organization_files(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
-    """(key, bytes) of every organization of the plan, in the run's format: the same for all
-    shards and workers, so every managingOrganization.reference resolves."""
-    records = [orjson.dumps(organization_record(org)) + b"\n" for org in plan.organizations]
-    if spec.format == "ndjson":
-        files = [(f"organization/Organization.000001.ndjson{_suffix(spec)}", b"".join(records))]
-    else:
-        files = [
-            (f"organization/organization_{org['id']}.json{_suffix(spec)}", data)
-            for org, data in zip(plan.organizations, records, strict=True)
-        ]
-    if spec.gzip:
-        files = [(key, zlib.compress(data, spec.gzip_level, wbits=31)) for key, data in files]
-    return files
+# -- the run: manifest, overwrite policy, units in this process or on worker processes
 
 
 def generator_block(plan: Plan, spec: Bronze) -> dict[str, Any]:
@@ -1301,7 +1612,7 @@ def generator_block(plan: Plan, spec: Bronze) -> dict[str, Any]:
         "format": spec.format,
         "gzip": spec.gzip,
         "gzip_level": spec.gzip_level if spec.gzip else None,
-        "records_per_file": spec.records_per_file if spec.format == "ndjson" else None,
+        "records_per_file": spec.records_per_file if FORMATS[spec.format].rolls_over else None,
         "count": spec.count,
         "start": spec.start,
     }
@@ -1318,7 +1629,7 @@ def request_line(plan: Plan, spec: Bronze) -> str:
             value = ",".join(map(str, value))
         words += [f"--{name.replace('_', '-')}", str(value)]
     words += ["--format", spec.format]  # no --output: the same run may live anywhere
-    if spec.format == "ndjson":
+    if FORMATS[spec.format].rolls_over:
         words += ["--records-per-file", str(spec.records_per_file)]
     if spec.gzip:
         words += ["--gzip", "--gzip-level", str(spec.gzip_level)]
@@ -1326,70 +1637,16 @@ def request_line(plan: Plan, spec: Bronze) -> str:
 
 
 def manifest_bytes(plan: Plan, spec: Bronze, store: Store) -> bytes:
-    """A Bulk Data style manifest: the same bytes from every shard and every re-run.
-
-    Deviation: per-file JSON lists one entry per type whose url is the folder."""
-    n_orgs = len(plan.organizations)
-    if spec.format == "ndjson":
-        output = [
-            {
-                "type": "Patient",
-                "url": store.url(f"patient/Patient.{u + 1:06d}.ndjson{_suffix(spec)}"),
-                "count": unit_size(spec, u),
-            }
-            for u in range(unit_count(spec))
-        ]
-        output.append(
-            {
-                "type": "Organization",
-                "url": store.url(f"organization/Organization.000001.ndjson{_suffix(spec)}"),
-                "count": n_orgs,
-            }
-        )
-    else:
-        output = [
-            {"type": "Patient", "url": store.url("patient/"), "count": spec.count},
-            {"type": "Organization", "url": store.url("organization/"), "count": n_orgs},
-        ]
+    """A Bulk Data style manifest: the same bytes from every shard and every re-run."""
     manifest = {
         "transactionTime": plan.last_updated,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
-        "output": output,
+        "output": FORMATS[spec.format].manifest_output(plan, spec, store),
         "error": [],
         "extension": {"generator": generator_block(plan, spec)},
     }
     return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
-
-
-def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool, sharded: bool) -> None:
-    """The overwrite policy: the same run may be re-written; another run is refused unless
-    --overwrite, which deletes its manifest, patient/ and organization/ first."""
-    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-    old = store.read(MANIFEST)
-    if old is not None:
-        try:
-            theirs = orjson.loads(old)["extension"]["generator"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            theirs = None
-        if theirs == ours:
-            return
-        what = "an unreadable manifest" if theirs is None else _describe(theirs)
-        if not overwrite:
-            raise BronzeError(
-                f"{store.display()} already holds another run ({what}); "
-                "use --overwrite to replace it, or another --output"
-            )
-    elif not any(store.has_files(f) for f in ("patient", "organization")):
-        return
-    elif sharded:
-        return  # sibling shards of this run may be writing; they finish with the same manifest
-    elif not overwrite:
-        raise BronzeError(
-            f"{store.display()} holds patient/ or organization/ files without {MANIFEST} "
-            "(an unfinished or foreign run); use --overwrite to replace them"
-        )
-    store.delete_run()
 
 
 def _describe(block: Any) -> str:
@@ -1399,20 +1656,60 @@ def _describe(block: Any) -> str:
     return ", ".join(f"{k} {block.get(k)}" for k in keys)
 
 
-# -- running units: in this process, or on a pool of spawned worker processes
+def _manifest_generator(store: Store) -> tuple[bool, Any]:
+    """(whether a manifest exists, its generator block or None if unreadable)."""
+    old = store.read(MANIFEST)
+    if old is None:
+        return False, None
+    try:
+        return True, orjson.loads(old)["extension"]["generator"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return True, None
 
 
-def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Any = None) -> UnitResult:
-    """Write unit #unit and wait for its uploads; failures are counted, not raised."""
-    lo, hi = unit_range(spec, unit)
+def _delete_run(store: Store) -> None:
+    """Delete the manifest first (no manifest may describe half-deleted files), then data."""
+    store.delete([MANIFEST])
+    for folder in FOLDERS:
+        store.delete(store.list(folder))
+    store.prepare()
+
+
+def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool, sharded: bool) -> None:
+    """The overwrite policy: the same run may be re-written; another run is refused unless
+    --overwrite, which deletes its manifest, patient/ and organization/ first."""
+    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
+    found, theirs = _manifest_generator(store)
+    if found and theirs == ours:
+        return
+    if found and not overwrite:
+        what = "an unreadable manifest" if theirs is None else _describe(theirs)
+        raise BronzeError(
+            f"{store.display()} already holds another run ({what}); "
+            "use --overwrite to replace it, or another --output"
+        )
+    if not found:
+        if not any(next(store.list(f), None) for f in FOLDERS):
+            return
+        if sharded:
+            return  # sibling shards of this run may be writing; they finish with the same manifest
+        if not overwrite:
+            raise BronzeError(
+                f"{store.display()} holds patient/ or organization/ files without {MANIFEST} "
+                "(an unfinished or foreign run); use --overwrite to replace them"
+            )
+    _delete_run(store)
+
+
+def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = None) -> UnitResult:
+    """Write unit #unit and wait for its uploads; failed uploads are counted, not raised."""
     files = size = 0
     try:
-        files, size = PATIENT_WRITERS[spec.format](plan, spec, store, unit, tick)
-    except BronzeError as e:
-        if not isinstance(store, S3Store) or str(e) != store.first_failure:
-            raise
+        files, size = FORMATS[spec.format].write_unit(plan, spec, store, unit, tick)
+    except UploadFailed:
+        pass  # drain() below counts it
     failed, first = store.drain()
-    return UnitResult(unit, hi - lo, files, size, failed, first)
+    return UnitResult(unit, len(unit_range(spec, unit)), files, size, failed, first)
 
 
 @functools.cache
@@ -1424,9 +1721,9 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C for all
 
 
-def _worker_unit(seed: int, as_of: str, options: tuple, spec: Bronze, unit: int) -> UnitResult:
-    """A worker process's task: rebuild the (cached) plan, write one unit."""
-    plan = make_plan(seed, as_of, **dict(options))
+def _worker_unit(plan: Plan, spec: Bronze, unit: int) -> UnitResult:
+    """A worker process's task: write one unit (the plan arrives pickled; equal plans share
+    json_renderer's cache, so fragments are built once per process)."""
     return write_unit(plan, spec, _worker_store(spec), unit)
 
 
@@ -1439,12 +1736,11 @@ def _run_pool(
     pool = ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
     )
-    args = (plan.seed, plan.last_updated, tuple(plan.options.items()), spec)
     todo, running = iter(units), set()
     try:
         while True:
             while len(running) < 2 * workers and (u := next(todo, None)) is not None:
-                running.add(pool.submit(_worker_unit, *args, u))
+                running.add(pool.submit(_worker_unit, plan, spec, u))
             if not running:
                 break
             finished, running = wait(running, return_when=FIRST_COMPLETED)
@@ -1467,16 +1763,61 @@ def _drain_or_raise(store: Store) -> None:
         raise BronzeError(f"{failed} objects failed; first: {first}")
 
 
+@dataclass
+class _Totals:
+    """The counts of a run's summary line, added up as units finish."""
+
+    records: int = 0
+    files: int = 0
+    bytes: int = 0
+    failed: int = 0
+    first_failure: str | None = None
+
+    def add(self, result: UnitResult) -> bool:
+        """Count a finished unit; False when it failed (the run stops)."""
+        self.records += result.records
+        self.files += result.files
+        self.bytes += result.bytes
+        self.failed += result.failed
+        self.first_failure = self.first_failure or result.first_failure
+        return not result.failed
+
+
+def _write_units(
+    plan: Plan, spec: Bronze, store: Store, units: range, workers: int, progress: Tick
+) -> _Totals:
+    """The patient units, here or on a pool; temp files of killed workers are removed."""
+    totals = _Totals()
+    try:
+        if workers > 1 and len(units) > 1:
+
+            def done(result: UnitResult) -> bool:
+                if progress:  # pooled: ticks come per unit, not per batch
+                    progress(result.records)
+                return totals.add(result)
+
+            _run_pool(plan, spec, units, min(workers, len(units)), done)
+        else:
+            for u in units:
+                if not totals.add(write_unit(plan, spec, store, u, progress)):
+                    break
+    finally:
+        store.remove_temp_files()
+    if totals.failed:
+        raise BronzeError(f"{totals.failed} objects failed; first: {totals.first_failure}")
+    return totals
+
+
 def write_bronze(
     plan: Plan,
     spec: Bronze,
     *,
-    workers: int = 1,
+    workers: int = DEFAULT_WORKERS,
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Tick = None,
 ) -> dict[str, Any]:
-    """Write shard K/N of the run: its patient units, all organizations, then the manifest.
+    """Write shard K/N of the run: all organizations, its patient units, then the manifest.
 
     Returns counts for the summary; raises BronzeError (one line) on a failure."""
     if spec.format not in FORMATS:
@@ -1486,45 +1827,21 @@ def write_bronze(
     try:
         store.prepare()
         check_existing(plan, spec, store, overwrite, sharded=shard[1] > 1)
-        totals = {"records": 0, "files": 0, "bytes": 0, "failed": 0}
-        units = shard_units(spec, shard)
-        pooled = workers > 1 and len(units) > 1
-        first_failure: list[str] = []
-
-        def done(result: UnitResult) -> bool:
-            for name in ("records", "files", "bytes", "failed"):
-                totals[name] += getattr(result, name)
-            if result.first_failure and not first_failure:
-                first_failure.append(result.first_failure)
-            if progress and pooled:  # in this process, ticks come per batch instead
-                progress(result.records)
-            return not result.failed
-
         orgs = organization_files(plan, spec)
-        for key, data in orgs:
-            totals["bytes"] += store.write(key, data)
-        totals["files"] += len(orgs)
+        org_bytes = sum(store.write(key, data, _content_type(spec)) for key, data in orgs)
         _drain_or_raise(store)
-
-        try:
-            if pooled:
-                _run_pool(plan, spec, units, min(workers, len(units)), done)
-            else:
-                for u in units:
-                    if not done(write_unit(plan, spec, store, u, progress)):
-                        break
-        finally:
-            store.remove_temp_files()  # what killed workers left behind (nothing otherwise)
-        if totals["failed"]:
-            raise BronzeError(f"{totals['failed']} objects failed; first: {first_failure[0]}")
-
-        totals["bytes"] += store.write(MANIFEST, manifest_bytes(plan, spec, store))
-        totals["files"] += 1
+        totals = _write_units(plan, spec, store, shard_units(spec, shard), workers, progress)
+        manifest = manifest_bytes(plan, spec, store)
+        totals.bytes += org_bytes + store.write(MANIFEST, manifest, "application/json")
+        totals.files += len(orgs) + 1
         _drain_or_raise(store)
     finally:
         store.close()
     return {
-        **totals,
+        "records": totals.records,
+        "files": totals.files,
+        "bytes": totals.bytes,
+        "failed": totals.failed,
         "organizations": len(plan.organizations),
         "seconds": time.perf_counter() - started,
         "root": store.display(),
@@ -1532,7 +1849,7 @@ def write_bronze(
 
 
 # ---------------------------------------------------------------------------------------------
-# CLI: a thin argparse layer over the API above
+# CLI: a thin argparse layer over the API above; main() only maps exceptions to exit codes
 # ---------------------------------------------------------------------------------------------
 
 EPILOG = """examples:
@@ -1545,110 +1862,35 @@ EPILOG = """examples:
   python fhir_patient_generator.py --count 100000 --seed 7 --output s3://my-bucket/bronze \\
       --format ndjson --gzip --workers 4
 """
+EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
+# The bronze options: each needs --output (a None or False value means "not given").
+BRONZE_FLAGS = ("format", "gzip", "gzip_level", "records_per_file", "overwrite", "workers")
+BRONZE_FLAGS += ("shard", "concurrency", "endpoint_url", "quiet")
+
+
+class UsageError(ValueError):
+    """Bad command-line input: one line on stderr, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line on stderr, exit 2
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+    def error(self, message: str) -> None:  # argparse's own errors are usage errors too
+        raise UsageError(message)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high] (no upper bound when high is None)."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
 
-def _seed_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 1 << 64:
-        raise argparse.ArgumentTypeError("must be from 0 to 2**64-1")
-    return value
-
-
-def _age(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
-    p = _Parser(
-        prog="fhir_patient_generator.py",
-        description="Generate realistic, reproducible FHIR Patient resources for CMS metrics.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument(
-        "--seed", type=_seed_int, metavar="INT", help="seed (default: random, reported on stderr)"
-    )
-    p.add_argument(
-        "--as-of",
-        metavar="ISO",
-        help="ISO-8601 time that ages, dates and meta.lastUpdated refer to "
-        "(default: now, UTC), e.g. 2025-10-13T02:22:22Z",
-    )
-    p.add_argument(
-        "--count", type=_positive_int, metavar="N", help="N compact patients, NDJSON on stdout"
-    )
-    p.add_argument(
-        "--start",
-        "--start-index",
-        dest="start",
-        metavar="I",
-        type=int,
-        default=0,
-        help="index of the first patient (default 0)",
-    )
-    p.add_argument("--min-age", type=_age, default=0, metavar="A", help="youngest age (default 0)")
-    p.add_argument(
-        "--max-age", type=_age, default=MAX_AGE, metavar="A", help=f"oldest age (default {MAX_AGE})"
-    )
-    p.add_argument(
-        "--states",
-        metavar="CA,NY,...",
-        help="only these USPS codes, e.g. CA,NY (default: 50 states + DC)",
-    )
-    p.add_argument(
-        "--lookback-years",
-        type=float,
-        metavar="Y",
-        default=DEFAULT_LOOKBACK_YEARS,
-        help="deaths fall within this many years before as-of (default 3)",
-    )
-    p.add_argument(
-        "--mortality-rate",
-        type=float,
-        metavar="P",
-        help="fixed probability of death in the window, overriding the life table",
-    )
-    p.add_argument(
-        "--hospitals-per-million",
-        type=float,
-        metavar="H",
-        default=DEFAULT_HOSPITALS_PER_MILLION,
-        help="organizations per million residents of a state, at least one (default 1)",
-    )
-    p.add_argument(
-        "--profile",
-        choices=PROFILES,
-        default="cms",
-        help="cms: the compact seed record (default); us-core: adds name, race, ethnicity and "
-        "birth sex as a US Core Patient",
-    )
-    p.add_argument("--bucket", default=DEFAULT_BUCKET, help="bucket of the suggested key")
-    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="prefix of the suggested key")
-    _add_bronze_arguments(p)
-    return p
+    return parse
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -1658,80 +1900,169 @@ def _shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def _gzip_level(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= 9:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 9, not {value}")
-    return value
-
-
-def _add_bronze_arguments(p: argparse.ArgumentParser) -> None:
-    b = p.add_argument_group("bronze layer (with --output; see docs/bronze.md)")
-    b.add_argument(
-        "--output",
-        metavar="DIR|s3://BUCKET/PREFIX",
-        help="layer root: a directory or s3://bucket/prefix (needs --count)",
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (defaults come from OPTION_DEFAULTS and the DEFAULT_ names)."""
+    p = _Parser(
+        prog="fhir_patient_generator.py",
+        description="Generate realistic, reproducible FHIR Patient resources for CMS metrics.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("--format", choices=FORMATS, help="json: a file per patient (default); ndjson")
-    b.add_argument("--gzip", action="store_true", help="gzip every file (.json.gz, .ndjson.gz)")
-    b.add_argument(
-        "--gzip-level", type=_gzip_level, help=f"zlib level 0-9 (default {DEFAULT_GZIP_LEVEL})"
+    d = OPTION_DEFAULTS
+    add = p.add_argument
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    add("--seed", type=_int_in(0, MAX_SEED), metavar="INT", help="seed (default: random, reported)")
+    add(
+        "--as-of",
+        metavar="ISO",
+        help="ISO-8601 time that ages, dates and meta.lastUpdated refer to "
+        "(default: now, UTC), e.g. 2025-10-13T02:22:22Z",
     )
-    b.add_argument(
-        "--records-per-file",
-        type=_positive_int,
-        help=f"patients per NDJSON file and per work unit (default {DEFAULT_RECORDS_PER_FILE:,})",
+    add("--count", type=_int_in(1), metavar="N", help="N compact patients, NDJSON on stdout")
+    add(
+        "--start",
+        "--start-index",
+        type=_int_in(0, MAX_INDEX),
+        default=0,
+        metavar="I",
+        help="index of the first patient (default %(default)s)",
     )
-    b.add_argument("--overwrite", action="store_true", help="replace another run found at --output")
-    b.add_argument(
-        "--workers", type=_positive_int, metavar="N", help="worker processes (default 1)"
+    age = _int_in(0, MAX_AGE)
+    add(
+        "--min-age",
+        type=age,
+        default=d["min_age"],
+        metavar="A",
+        help="youngest (default %(default)s)",
     )
-    b.add_argument(
-        "--shard", type=_shard, metavar="K/N", help="write only shard K of N, e.g. 0/4 (of units)"
+    add(
+        "--max-age",
+        type=age,
+        default=d["max_age"],
+        metavar="A",
+        help="oldest (default %(default)s)",
     )
-    b.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        help=f"concurrent S3 uploads per process (default {DEFAULT_CONCURRENCY})",
+    add("--states", metavar="CA,NY,...", help="only these USPS codes (default: 50 states + DC)")
+    add(
+        "--lookback-years",
+        type=float,
+        default=d["lookback_years"],
+        metavar="Y",
+        help="deaths fall within this many years before as-of (default %(default)g)",
     )
-    b.add_argument(
-        "--endpoint-url", metavar="URL", help="S3-compatible endpoint (else $AWS_ENDPOINT_URL)"
+    add(
+        "--mortality-rate",
+        type=float,
+        metavar="P",
+        help="fixed probability of death in the window, overriding the life table",
     )
-    b.add_argument("--quiet", action="store_true", help="no progress bar (the summary stays)")
-    p.add_argument(
+    add(
+        "--hospitals-per-million",
+        type=float,
+        default=d["hospitals_per_million"],
+        metavar="H",
+        help="organizations per million residents of a state, at least one (default %(default)g)",
+    )
+    add(
+        "--profile",
+        choices=PROFILES,
+        default=d["profile"],
+        help="cms: the compact seed record (default); us-core: adds name, race, ethnicity and "
+        "birth sex as a US Core Patient",
+    )
+    add("--bucket", default=DEFAULT_BUCKET, help="bucket of the suggested key (%(default)s)")
+    add("--prefix", default=DEFAULT_PREFIX, help="prefix of the suggested key (%(default)s)")
+    add(
         "--validate",
         action="store_true",
         help="re-validate every Patient with fhir.resources (slow); exit 1 naming the bad one",
     )
+    _add_bronze_arguments(p)
+    return p
 
 
-def _check_bronze_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Bad combinations of the bronze options are bad input: one line, exit 2."""
-    flags = ("format", "gzip", "gzip_level", "records_per_file", "overwrite", "workers", "shard")
-    flags += ("concurrency", "endpoint_url", "quiet")
+def _add_bronze_arguments(p: argparse.ArgumentParser) -> None:
+    b = p.add_argument_group("bronze layer (with --output; see docs/bronze.md)")
+    add = b.add_argument
+    add(
+        "--output",
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="layer root: a directory or s3://bucket/prefix (needs --count)",
+    )
+    add(
+        "--format",
+        choices=FORMATS,
+        help=f"json: a file per patient (default {DEFAULT_FORMAT}); ndjson",
+    )
+    add("--gzip", action="store_true", help="gzip every file (.json.gz, .ndjson.gz)")
+    add("--gzip-level", type=_int_in(0, 9), help=f"zlib level 0-9 (default {DEFAULT_GZIP_LEVEL})")
+    add(
+        "--records-per-file",
+        type=_int_in(1),
+        help=f"patients per NDJSON file and per work unit (default {DEFAULT_RECORDS_PER_FILE:,})",
+    )
+    add("--overwrite", action="store_true", help="replace another run found at --output")
+    add("--workers", type=_int_in(1), metavar="N", help=f"processes (default {DEFAULT_WORKERS})")
+    add("--shard", type=_shard, metavar="K/N", help="write only shard K of N, e.g. 0/4 (of units)")
+    add(
+        "--concurrency",
+        type=_int_in(1),
+        help=f"concurrent S3 uploads per process (default {DEFAULT_CONCURRENCY})",
+    )
+    add("--endpoint-url", metavar="URL", help="S3-compatible endpoint (else $AWS_ENDPOINT_URL)")
+    add("--quiet", action="store_true", help="no progress bar (the summary stays)")
+
+
+def _check_bronze_args(args: argparse.Namespace) -> None:
+    """Bad combinations of the bronze options are usage errors."""
     if args.output is None:
-        for name in flags:
-            if getattr(args, name) not in (None, False):
-                parser.error(f"--{name.replace('_', '-')} needs --output")
+        given = [n for n in BRONZE_FLAGS if getattr(args, n) not in (None, False)]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --output")
         return
     if args.count is None:
-        parser.error("--output needs --count")
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", args.output) and not args.output.startswith("s3://"):
-        parser.error(f"--output must be a directory or s3://bucket/prefix, not {args.output!r}")
-    if args.output.startswith("s3://"):
-        try:
-            parse_s3_url(args.output)
-        except ValueError as e:
-            parser.error(str(e))
-    elif not args.output.strip():
-        parser.error("--output is empty")
+        raise UsageError("--output needs --count")
+    try:
+        check_root(args.output)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.overwrite and args.shard and args.shard[1] > 1:
-        parser.error("--overwrite cannot be combined with --shard (clear the output once first)")
+        raise UsageError(
+            "--overwrite cannot be combined with --shard (clear the output once first)"
+        )
     if args.gzip_level is not None and not args.gzip:
-        parser.error("--gzip-level needs --gzip")
+        raise UsageError("--gzip-level needs --gzip")
+
+
+def _plan_from_args(args: argparse.Namespace) -> Plan:
+    """The run's plan; bad values are usage errors."""
+    options = {name: getattr(args, name) for name in OPTION_DEFAULTS}
+    try:
+        _check_index_range(args.start, args.count or 1)
+        return make_plan(
+            draw_seed() if args.seed is None else args.seed, parse_as_of(args.as_of), **options
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _bronze_from_args(args: argparse.Namespace) -> Bronze:
+    def given(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return Bronze(
+        root=args.output.rstrip("/") or "/",
+        count=args.count,
+        start=args.start,
+        format=given(args.format, DEFAULT_FORMAT),
+        gzip=args.gzip,
+        gzip_level=given(args.gzip_level, DEFAULT_GZIP_LEVEL),
+        records_per_file=given(args.records_per_file, DEFAULT_RECORDS_PER_FILE),
+        validate=args.validate,
+        concurrency=given(args.concurrency, DEFAULT_CONCURRENCY),
+        endpoint_url=args.endpoint_url,
+        token=str(os.getpid()),
+    )
 
 
 def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -1763,53 +2094,26 @@ def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]
     return tick, close
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
-
-
-def _run_bronze(args: argparse.Namespace, plan: Plan, prog: str) -> int:
-    """--output: write the bronze layer; one summary line, or one error line and exit 1."""
-    spec = Bronze(
-        root=args.output.rstrip("/") or "/",
-        count=args.count,
-        start=args.start,
-        format=args.format or "json",
-        gzip=args.gzip,
-        gzip_level=DEFAULT_GZIP_LEVEL if args.gzip_level is None else args.gzip_level,
-        records_per_file=args.records_per_file or DEFAULT_RECORDS_PER_FILE,
-        validate=args.validate,
-        concurrency=args.concurrency or DEFAULT_CONCURRENCY,
-        endpoint_url=args.endpoint_url,
-        token=str(os.getpid()),
-    )
+def _run_bronze(args: argparse.Namespace, plan: Plan) -> None:
+    """--output: write the bronze layer, then one summary line on stderr."""
+    spec = _bronze_from_args(args)
     shard = args.shard or (0, 1)
     tick, close = None, None
     if not args.quiet and sys.stderr.isatty():
-        shard_records = sum(unit_size(spec, u) for u in shard_units(spec, shard))
+        shard_records = sum(len(unit_range(spec, u)) for u in shard_units(spec, shard))
         tick, close = _progress_bar(max(shard_records, 1))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = write_bronze(
             plan,
             spec,
-            workers=args.workers or 1,
+            workers=args.workers or DEFAULT_WORKERS,
             shard=shard,
             overwrite=args.overwrite,
             progress=tick,
         )
     except KeyboardInterrupt:
-        print(f"{prog}: error: interrupted; no partial file was left", file=sys.stderr)
-        return 1
-    except (BronzeError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        if not type(e).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            raise
-        print(f"{prog}: error: S3: {e}", file=sys.stderr)
-        return 1
+        raise KeyboardInterrupt("interrupted; no partial file was left") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if close:
             close()
     seconds = summary["seconds"]
@@ -1820,57 +2124,66 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, prog: str) -> int:
         f"{summary['root']} in {seconds:.2f} s ({summary['records'] / seconds:,.0f} patients/s)",
         file=sys.stderr,
     )
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 for bad input, 1 for runtime failures)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_bronze_args(parser, args)
-    seed = args.seed
-    try:
-        as_of = parse_as_of(args.as_of)
-        plan = make_plan(
-            draw_seed() if seed is None else seed,
-            as_of,
-            min_age=args.min_age,
-            max_age=args.max_age,
-            states=args.states,
-            lookback_years=args.lookback_years,
-            mortality_rate=args.mortality_rate,
-            hospitals_per_million=args.hospitals_per_million,
-            profile=args.profile,
+def _run_stdout(args: argparse.Namespace, plan: Plan) -> None:
+    """Without --output: one pretty patient and its key, or --count patients as NDJSON."""
+    if args.count is None:
+        record = build_record(plan, args.start)
+        sys.stdout.write(to_json(record, pretty=True) + "\n")
+        sys.stdout.write(
+            f"Suggested S3 Path: {suggested_s3_key(record, args.bucket, args.prefix)}\n"
         )
-        if args.start < 0 or args.start + (args.count or 1) - 1 > MAX_INDEX:
-            raise ValueError(f"--start and --count must keep indexes within 0..{MAX_INDEX}")
-    except ValueError as e:
-        parser.error(str(e))
-    if seed is None:
+    else:
+        out = sys.stdout.buffer
+        for chunk in ndjson_chunks(plan, args.start, args.start + args.count, args.validate):
+            out.write(chunk)
+    sys.stdout.flush()
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The whole command: parse, plan, write; raises UsageError, BronzeError, OSError."""
+    args = build_parser().parse_args(argv)
+    _check_bronze_args(args)
+    plan = _plan_from_args(args)
+    if args.seed is None:
         print(
             f"seed {plan.seed}, as-of {plan.last_updated} (repeat with --seed {plan.seed} "
             f"--as-of {plan.last_updated})",
             file=sys.stderr,
         )
-    if args.output is not None:
-        return _run_bronze(args, plan, parser.prog)
+    if args.output is None:
+        _run_stdout(args, plan)
+    else:
+        _run_bronze(args, plan)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status: 0, 2 bad input, 1 runtime failure, 130 interrupt."""
+    prog = "fhir_patient_generator.py"
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
-        if args.count is None:
-            record = build_record(plan, args.start)
-            sys.stdout.write(to_json(record, pretty=True) + "\n")
-            key = suggested_s3_key(record, args.bucket, args.prefix)
-            sys.stdout.write(f"Suggested S3 Path: {key}\n")
-        else:
-            out = sys.stdout.buffer
-            for chunk in ndjson_chunks(plan, args.start, args.start + args.count, args.validate):
-                out.write(chunk)
-        sys.stdout.flush()
+        run(argv)
+    except UsageError as e:
+        print(f"{prog}: error: {e} (see --help)", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:  # e.g. piped into `head`: not an error of ours
         sys.stderr.close()
         return 0
-    except (OSError, KeyboardInterrupt, BronzeError) as e:
-        print(f"{parser.prog}: error: {e or 'interrupted'}", file=sys.stderr)
-        return 1
+    except (BronzeError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt as e:
+        print(f"{prog}: error: {e or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

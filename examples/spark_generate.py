@@ -18,6 +18,7 @@ spark-submit, EMR and AWS Glue.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import zipfile
@@ -51,15 +52,16 @@ def import_generator() -> ModuleType:
 
         global FROM_CHECKOUT
         FROM_CHECKOUT = True  # main() ships the module to the executors itself
-    ensure_reference_data(g)
     return g
 
 
-def ensure_reference_data(g: ModuleType) -> Path:
-    """Point g.DATA_DIR at a real folder: extract reference_data/ when g was imported from a zip.
+@functools.cache
+def reference_data_dir(g: ModuleType) -> Path:
+    """A real folder holding the module's reference_data/: extracted once when g came from a zip.
 
-    The module reads reference_data/*.csv next to its own file; inside a zip (--py-files,
-    Glue --extra-py-files) that path is not a folder, so the CSVs are extracted once per process.
+    The module reads reference_data/*.csv next to its own file by default; inside a zip
+    (--py-files, Glue --extra-py-files) that path is not a folder, so the CSVs are extracted
+    once per process and passed to make_plan(data_dir=...). The module is never patched.
     """
     data_dir = Path(g.DATA_DIR)
     if data_dir.is_dir():
@@ -80,8 +82,7 @@ def ensure_reference_data(g: ModuleType) -> Path:
             out = target / REFERENCE_DIR / name[len(member_prefix) :]
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(zf.read(name))
-    g.DATA_DIR = target / REFERENCE_DIR
-    return g.DATA_DIR
+    return target / REFERENCE_DIR
 
 
 def build_bundle(dest: str | Path) -> Path:
@@ -92,7 +93,7 @@ def build_bundle(dest: str | Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(f"{MODULE}.py", source.read_bytes())
-        for path in sorted(Path(g.DATA_DIR).iterdir()):
+        for path in sorted(reference_data_dir(g).iterdir()):
             if path.is_file():
                 zf.write(path, f"{REFERENCE_DIR}/{path.name}")
     return dest
@@ -127,8 +128,8 @@ def make_plan(seed: int, as_of: str, options: dict[str, Any]) -> Any:
     g = import_generator()
     given = {k: v for k, v in options.items() if v is not None}
     try:
-        return g.make_plan(seed, as_of, **given)
-    except TypeError as e:  # e.g. --profile with a module that has no profile option yet
+        return g.make_plan(seed, as_of, data_dir=reference_data_dir(g), **given)
+    except TypeError as e:  # a module older than these options
         raise ValueError(f"{MODULE} {g.__version__} does not accept these options: {e}") from None
 
 

@@ -260,7 +260,7 @@ def test_interrupted_run_leaves_no_partial_or_temp_file(tmp_path, extra):
     time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 130, err  # interrupted
     assert err.strip().splitlines()[-1].endswith("interrupted; no partial file was left")
     assert "Traceback" not in err
     files = [p for p in root.rglob("*") if p.is_file()]

@@ -163,14 +163,16 @@ def test_ids_are_version_4_uuids_and_ids_and_mrns_never_repeat():
 def test_the_mrn_map_is_a_permutation_of_ten_digit_numbers():
     # The same cycle-walking construction on a small domain can be checked exhaustively.
     plan = g.make_plan(8, AS_OF)
-    numbers = [g._mrn_number(i, plan.mrn_add, plan.mrn_mul) for i in range(200_000)]
+    numbers = [int(g.patient_mrn(plan, i).removeprefix("MC-")) for i in range(200_000)]
     assert len(set(numbers)) == len(numbers) and all(0 <= n < 10**10 for n in numbers)
 
 
-def test_the_uuid_mix_is_invertible_on_sampled_values():
-    # Each step (odd multiply, xorshift) has an inverse; undo them and get the input back.
+def test_the_uuid_is_an_invertible_mix_of_the_index():
+    # Each step (odd multiply, xorshift) has an inverse: undo them on the id's 122 random bits
+    # and get the index (plus the plan's offset) back, so ids cannot collide.
     plan = g.make_plan(8, AS_OF)
     m1, m2, m3 = plan.uuid_mul
+    mask = (1 << 122) - 1
 
     def unxorshift(y: int, s: int) -> int:
         x = y
@@ -178,12 +180,13 @@ def test_the_uuid_mix_is_invertible_on_sampled_values():
             x = y ^ (x >> s)
         return x
 
-    for x in [0, 1, 2**64 - 1, 2**121 + 12345, g.M122]:
-        y = g._mix_uuid(x, plan.uuid_mul)
-        y = unxorshift(y, 63) * pow(m3, -1, 2**122) & g.M122
-        y = unxorshift(y, 59) * pow(m2, -1, 2**122) & g.M122
-        y = unxorshift(y, 61) * pow(m1, -1, 2**122) & g.M122
-        assert y == x
+    for index in [0, 1, 2, 12345, 2**32 + 7, g.MAX_INDEX]:
+        v = uuid.UUID(g.patient_id(plan, index)).int
+        y = (v >> 80) << 74 | ((v >> 64) & 0xFFF) << 62 | (v & ((1 << 62) - 1))
+        y = unxorshift(y, 63) * pow(m3, -1, 2**122) & mask
+        y = unxorshift(y, 59) * pow(m2, -1, 2**122) & mask
+        y = unxorshift(y, 61) * pow(m1, -1, 2**122) & mask
+        assert y == (index + plan.uuid_add) & mask
 
 
 # --- reproducibility ---------------------------------------------------------------------------

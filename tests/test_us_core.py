@@ -274,14 +274,13 @@ def test_names_are_consistent_with_sex_and_follow_faker_frequencies():
 
 
 def test_every_gender_gets_the_name_and_birth_sex_of_its_underlying_sex():
-    """The sex behind the record is its Census cell (bits 64..95); gender other/unknown too."""
+    """The sex behind the record is its Census cell (sample().sex); gender other/unknown too."""
     plan = us_core_plan(3)
     names = {"male": FakerPerson.first_names_male, "female": FakerPerson.first_names_female}
     checked = Counter()
     for index in range(60_000):
         record = g.build_record(plan, index)
-        r = g._hash_int(plan.key, index.to_bytes(8, "little"))
-        sex = plan.cells[g._pick(plan.cell_cum, (r >> 64) & g.M32)][1]
+        sex = g.sample(plan, index).sex
         assert record["extension"][2]["valueCode"] == {"male": "M", "female": "F"}[sex]
         assert record["name"][0]["given"][0] in names[sex]
         checked[record["gender"] if record["gender"] in ("other", "unknown") else "binary"] += 1
@@ -322,17 +321,17 @@ def test_worst_case_us_core_record_is_under_1_75_kib():
     plan = us_core_plan(0, "2025-10-13T02:22:22.245910Z", hospitals_per_million=20)
     record = maximise_cms_fields(g.build_record(plan, g.MAX_INDEX), plan)
     pair = max(
-        (p for pairs in plan.race_pairs for p in pairs),
+        (p for pairs in plan.tables.race_pairs for p in pairs),
         key=lambda p: sum(len(c) + len(d) for c, d in p),
     )
-    given = max((n for names in plan.given_names.values() for n in names), key=len)
+    given = max((n for names in plan.tables.given_names.values() for n in names), key=len)
     record["extension"][0]["extension"] = [
         {"url": "ombCategory", "valueCoding": {"system": CDC, "code": c}} for c, _ in pair
     ] + [{"url": "text", "valueString": g.TWO_OR_MORE_TEXT}]
     eth = max(OMB_ETHNICITIES.items(), key=lambda kv: len(kv[1]))
     record["extension"][1]["extension"][0]["valueCoding"]["code"] = eth[0]
     record["extension"][1]["extension"][1]["valueString"] = eth[1]
-    record["name"][0].update(family=max(plan.family_names, key=len), given=[given])
+    record["name"][0].update(family=max(plan.tables.family_names, key=len), given=[given])
     record = {k: record[k] for k in US_CORE_KEYS}
     check_us_core(record)
     size = len(orjson.dumps(record))
