@@ -138,12 +138,13 @@ def make_plan(seed: int, as_of: str, options: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def run(
+def run(  # noqa: PLR0913 - the last three are keyword-only options
     sc: Any,
     plan: Any,
     count: int,
     partitions: int,
     output: str,
+    *,
     gzip: bool = False,
     start: int = 0,
     overwrite: bool = False,

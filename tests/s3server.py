@@ -217,7 +217,7 @@ class S3Server:
     Use as a context manager, or call ``start()`` / ``stop()``; ``stop()`` is idempotent.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - all but workdir are keyword-only options
         self,
         workdir: Path | str | None = None,
         *,

@@ -462,3 +462,18 @@ def test_the_json_renderer_matches_across_every_state_city_and_hospital():
     assert cities >= expected_cities and len(expected_cities) > 500
     assert hospitals >= expected_hospitals and len(expected_hospitals) > 300
     assert genders == GENDER_CODES
+
+
+# --- the stated public API ---------------------------------------------------------------------
+
+
+def test_all_is_exactly_the_readme_api_table():
+    """__all__ names what the README's API table documents, no more and no less."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| Name | What it is |") :].split("\n\n", 1)[0]
+    documented = set()
+    for row in table.splitlines()[2:]:
+        first_cell = row.split(" | ")[0]
+        documented |= set(re.findall(r"`([A-Za-z_]\w*)", first_cell))
+    assert documented == set(g.__all__)
+    assert all(hasattr(g, name) for name in g.__all__)
