@@ -44,6 +44,7 @@ __version__ = "1.0.0"
 # The public API: exactly the README's API table.
 __all__ = [
     "FORMATS",
+    "FHIR_VERSIONS",
     "PROFILES",
     "Bronze",
     "BronzeError",
@@ -88,6 +89,7 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
     "mortality_rate": None,  # the life table
     "hospitals_per_million": 1.0,
     "profile": "cms",
+    "fhir_version": "R4",  # what every written resource is valid in (FHIR_VERSIONS)
 }
 DEFAULT_FORMAT = "json"
 DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~75 MB plain, ~8 MB gzip) and work unit
@@ -324,6 +326,7 @@ class Profile:
     tables: Callable[[Reference], Any]  # built once per plan, kept as plan.tables
     record: Callable[[Plan, dict[str, Any], Sample], dict[str, Any]]  # cms record -> this one
     rendered: bool  # True: json_renderer writes it from pre-serialised fragments (cms shape)
+    fhir_versions: tuple[str, ...]  # the FHIR versions its guide exists for
 
 
 @dataclass(frozen=True, eq=False)
@@ -432,6 +435,16 @@ def normalise_options(*, data_dir: str | Path | None = None, **options: Any) -> 
     rate = o["mortality_rate"]
     if o["profile"] not in PROFILES:
         raise ValueError(f"--profile must be one of {', '.join(PROFILES)}, not {o['profile']!r}")
+    version = FHIR_VERSIONS.get(o["fhir_version"])
+    if version is None:
+        choices = ", ".join(FHIR_VERSIONS)
+        raise ValueError(f"--fhir-version must be one of {choices}, not {o['fhir_version']!r}")
+    versions = PROFILES[o["profile"]].fhir_versions
+    if o["fhir_version"] not in versions:
+        raise ValueError(
+            f"--profile {o['profile']} exists for FHIR {', '.join(versions)} only, "
+            f"not --fhir-version {o['fhir_version']}"
+        )
     return {
         "min_age": min_age,
         "max_age": max_age,
@@ -445,6 +458,7 @@ def normalise_options(*, data_dir: str | Path | None = None, **options: Any) -> 
             "hospitals-per-million", o["hospitals_per_million"], 0, 20, True
         ),
         "profile": o["profile"],
+        "fhir_version": o["fhir_version"],
     }
 
 
@@ -886,13 +900,22 @@ def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, 
 
 # The profile registry (--profile): name -> tables, record function, renderer support.
 PROFILES: Mapping[str, Profile] = {
-    "cms": Profile("cms", tables=_no_tables, record=_cms_record, rendered=True),
-    "us-core": Profile("us-core", tables=_us_core_tables, record=_us_core_record, rendered=False),
+    "cms": Profile(
+        "cms", tables=_no_tables, record=_cms_record, rendered=True, fhir_versions=("R4", "R5")
+    ),
+    # US Core 5.0.1 and later are R4 implementation guides
+    "us-core": Profile(
+        "us-core",
+        tables=_us_core_tables,
+        record=_us_core_record,
+        rendered=False,
+        fhir_versions=("R4",),
+    ),
 }
 
 
-def organization_record(org: Mapping[str, str]) -> dict[str, Any]:
-    """A FHIR R4/R4B Organization for one of the plan's hospitals (R5 moved address to contact)."""
+def _organization_head(org: Mapping[str, str]) -> dict[str, Any]:
+    """The Organization elements that R4 and R5 share, in element order (up to name)."""
     return {
         "resourceType": "Organization",
         "id": org["id"],
@@ -910,8 +933,41 @@ def organization_record(org: Mapping[str, str]) -> dict[str, Any]:
             }
         ],
         "name": org["name"],
-        "address": [{"city": org["city"], "state": org["state"], "country": "USA"}],
     }
+
+
+def _organization_address(org: Mapping[str, str]) -> dict[str, str]:
+    return {"city": org["city"], "state": org["state"], "country": "USA"}
+
+
+def _organization_r4(org: Mapping[str, str]) -> dict[str, Any]:
+    """R4 (and R4B): Organization.address."""
+    return {**_organization_head(org), "address": [_organization_address(org)]}
+
+
+def _organization_r5(org: Mapping[str, str]) -> dict[str, Any]:
+    """R5 moved the address into Organization.contact (ExtendedContactDetail.address)."""
+    return {**_organization_head(org), "contact": [{"address": _organization_address(org)}]}
+
+
+class FhirVersion(NamedTuple):
+    """A FHIR version a run can declare: its number, fhir.resources models, Organization form."""
+
+    number: str  # as FHIR writes it (CapabilityStatement.fhirVersion)
+    models: str  # the fhir.resources package whose models match it (R4B stands in for R4)
+    organization: Callable[[Mapping[str, str]], dict[str, Any]]
+
+
+# --fhir-version: Patient JSON is the same in R4 and R5; Organization differs.
+FHIR_VERSIONS: Mapping[str, FhirVersion] = {
+    "R4": FhirVersion("4.0.1", "fhir.resources.R4B", _organization_r4),
+    "R5": FhirVersion("5.0.0", "fhir.resources", _organization_r5),
+}
+
+
+def organization_record(org: Mapping[str, str], fhir_version: str = "R4") -> dict[str, Any]:
+    """The FHIR Organization of one of the plan's hospitals, in the given FHIR version."""
+    return FHIR_VERSIONS[fhir_version].organization(org)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -922,13 +978,13 @@ def organization_record(org: Mapping[str, str]) -> dict[str, Any]:
 def generate_patient(
     seed: int | None = None, index: int = 0, as_of: datetime | str | None = None, **options: Any
 ) -> Any:
-    """Patient #index as a validated fhir.resources (R5) Patient; a random seed when None.
+    """Patient #index as a validated fhir.resources Patient of the run's FHIR version (R4B models
+    for R4, the default; R5 models for fhir_version="R5"); a random seed when None.
 
     Options are those of make_plan, e.g. profile="us-core" for a US Core Patient.
     """
-    if seed is None:
-        seed = draw_seed()
-    return _patient_model().model_validate(build_record(make_plan(seed, as_of, **options), index))
+    plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
+    return _model(plan.options["fhir_version"], "Patient").model_validate(build_record(plan, index))
 
 
 def generate_patients(
@@ -955,10 +1011,12 @@ def _check_index_range(start: Any, count: Any) -> None:
 
 
 @functools.cache
-def _patient_model() -> Any:
-    from fhir.resources.patient import Patient
+def _model(fhir_version: str, resource_type: str) -> Any:
+    """The fhir.resources model class of a resource type in a FHIR version."""
+    import importlib
 
-    return Patient
+    package = FHIR_VERSIONS[fhir_version].models
+    return getattr(importlib.import_module(f"{package}.{resource_type.lower()}"), resource_type)
 
 
 def _as_dict(resource: Any) -> dict[str, Any]:
@@ -1067,10 +1125,10 @@ class BronzeError(RuntimeError):
     """A runtime failure while writing records (validation, a store), one line for the CLI."""
 
 
-def _validated(record: dict[str, Any], index: int) -> dict[str, Any]:
+def _validated(plan: Plan, record: dict[str, Any], index: int) -> dict[str, Any]:
     """The record, after fhir.resources accepted it; BronzeError naming the index if not."""
     try:
-        _patient_model().model_validate(record)
+        _model(plan.options["fhir_version"], "Patient").model_validate(record)
     except Exception as e:  # pydantic's ValidationError, or anything the model raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BronzeError(f"patient #{index} failed FHIR validation: {first}") from None
@@ -1080,7 +1138,7 @@ def _validated(record: dict[str, Any], index: int) -> dict[str, Any]:
 def _patient_line(plan: Plan, validate: bool) -> Callable[[int], bytes]:
     """i -> patient #i's JSON as every writer writes it; through fhir.resources first if asked."""
     if validate:
-        return lambda i: orjson.dumps(_validated(build_record(plan, i), i))
+        return lambda i: orjson.dumps(_validated(plan, build_record(plan, i), i))
     return json_renderer(plan)
 
 
@@ -1188,7 +1246,7 @@ class Format:
     content_type: str  # of an uncompressed file
     write_unit: Callable[[Plan, Bronze, Store, int, Tick], tuple[int, int]]  # -> files, bytes
     organization_files: Callable[[Plan, Bronze], list[tuple[str, bytes]]]
-    manifest_output: Callable[[Plan, Bronze, Store], list[dict[str, Any]]]
+    manifest_output: Callable[[Plan, Bronze], list[dict[str, Any]]]  # url: relative key
     rolls_over: bool  # records_per_file splits files (it always splits work units)
 
 
@@ -1202,7 +1260,8 @@ def _ndjson_key(spec: Bronze, resource_type: str, n: int) -> str:
 
 
 def _organization_lines(plan: Plan) -> list[bytes]:
-    return [orjson.dumps(organization_record(org)) + b"\n" for org in plan.organizations]
+    version = plan.options["fhir_version"]
+    return [orjson.dumps(organization_record(org, version)) + b"\n" for org in plan.organizations]
 
 
 def _ndjson_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
@@ -1218,12 +1277,12 @@ def _ndjson_organizations(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
     return [(_ndjson_key(spec, "Organization", 1), b"".join(_organization_lines(plan)))]
 
 
-def _ndjson_manifest(plan: Plan, spec: Bronze, store: Store) -> list[dict[str, Any]]:
-    """One entry per file, as the Bulk Data manifest has it."""
+def _ndjson_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
+    """One entry per file, as the Bulk Data manifest has it (url relative to the manifest)."""
     output = [
         {
             "type": "Patient",
-            "url": store.url(_ndjson_key(spec, "Patient", u + 1)),
+            "url": _ndjson_key(spec, "Patient", u + 1),
             "count": len(unit_range(spec, u)),
         }
         for u in range(unit_count(spec))
@@ -1231,7 +1290,7 @@ def _ndjson_manifest(plan: Plan, spec: Bronze, store: Store) -> list[dict[str, A
     output.append(
         {
             "type": "Organization",
-            "url": store.url(_ndjson_key(spec, "Organization", 1)),
+            "url": _ndjson_key(spec, "Organization", 1),
             "count": len(plan.organizations),
         }
     )
@@ -1263,13 +1322,13 @@ def _json_organizations(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
     ]
 
 
-def _json_manifest(plan: Plan, spec: Bronze, store: Store) -> list[dict[str, Any]]:
+def _json_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
     """Deviation from Bulk Data: one entry per resource type, whose url is its folder."""
     return [
-        {"type": "Patient", "url": store.url("patient/"), "count": spec.count},
+        {"type": "Patient", "url": "patient/", "count": spec.count},
         {
             "type": "Organization",
-            "url": store.url("organization/"),
+            "url": "organization/",
             "count": len(plan.organizations),
         },
     ]
@@ -1636,15 +1695,19 @@ def request_line(plan: Plan, spec: Bronze) -> str:
     return " ".join(words)
 
 
-def manifest_bytes(plan: Plan, spec: Bronze, store: Store) -> bytes:
-    """A Bulk Data style manifest: the same bytes from every shard and every re-run."""
+def manifest_bytes(plan: Plan, spec: Bronze) -> bytes:
+    """A Bulk Data style manifest: the same bytes from every shard, every re-run and every store
+    (output urls are relative to the manifest); extension.fhirVersion declares the version."""
     manifest = {
         "transactionTime": plan.last_updated,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
-        "output": FORMATS[spec.format].manifest_output(plan, spec, store),
+        "output": FORMATS[spec.format].manifest_output(plan, spec),
         "error": [],
-        "extension": {"generator": generator_block(plan, spec)},
+        "extension": {
+            "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
+            "generator": generator_block(plan, spec),
+        },
     }
     return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
 
@@ -1831,7 +1894,7 @@ def write_bronze(
         org_bytes = sum(store.write(key, data, _content_type(spec)) for key, data in orgs)
         _drain_or_raise(store)
         totals = _write_units(plan, spec, store, shard_units(spec, shard), workers, progress)
-        manifest = manifest_bytes(plan, spec, store)
+        manifest = manifest_bytes(plan, spec)
         totals.bytes += org_bytes + store.write(MANIFEST, manifest, "application/json")
         totals.files += len(orgs) + 1
         _drain_or_raise(store)
@@ -1969,6 +2032,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d["profile"],
         help="cms: the compact seed record (default); us-core: adds name, race, ethnicity and "
         "birth sex as a US Core Patient",
+    )
+    add(
+        "--fhir-version",
+        choices=FHIR_VERSIONS,
+        default=d["fhir_version"],
+        help="the FHIR version every written resource is valid in (default %(default)s; "
+        "the API returns the matching fhir.resources models)",
     )
     add("--bucket", default=DEFAULT_BUCKET, help="bucket of the suggested key (%(default)s)")
     add("--prefix", default=DEFAULT_PREFIX, help="prefix of the suggested key (%(default)s)")

@@ -10,4 +10,4 @@ mkdir -p "$out"
 "${gen[@]}" --count 20 > "$out/patients.ndjson"
 "${gen[@]}" --count 5 --min-age 65 --mortality-rate 0.5 --states CA,NY > "$out/medicare_cohort.ndjson"
 # A tiny bronze layer (Vermont has one hospital): per-file JSON, organizations and the manifest.
-"${gen[@]}" --count 3 --states VT --output "$out/bronze" --quiet
+"${gen[@]}" --count 3 --states VT --output "$out/bronze" --quiet --overwrite

@@ -107,7 +107,7 @@ def test_the_binding_check_and_fhirkit_catch_what_fhir_resources_lets_through():
 
 def test_generate_patient_returns_a_model_with_the_same_json_as_the_dict():
     patient = g.generate_patient(seed=42, index=5, as_of=AS_OF)
-    assert isinstance(patient, PatientR5)
+    assert isinstance(patient, PatientR4B)  # R4 is the default
     record = g.build_record(g.make_plan(42, AS_OF), 5)
     assert g.to_json(patient) == g.to_json(record) == orjson.dumps(record).decode()
     assert json.loads(g.to_json(patient, pretty=True)) == record
@@ -115,7 +115,7 @@ def test_generate_patient_returns_a_model_with_the_same_json_as_the_dict():
 
 def test_generate_patient_without_a_seed_still_gives_a_valid_patient():
     a, b = g.generate_patient(), g.generate_patient()
-    assert isinstance(a, PatientR5) and a.id != b.id
+    assert isinstance(a, PatientR4B) and a.id != b.id
 
 
 def test_as_of_accepts_datetimes_and_iso_text_alike():

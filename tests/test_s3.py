@@ -53,9 +53,8 @@ def test_ndjson_gzip_on_s3_has_the_local_keys_and_bytes(s3_server: S3Server, s3_
             "patient/Patient.000003.ndjson.gz",
         ]
     )
-    for key, body in stored.items():
-        if key != "_manifest.json":
-            assert body == local_files[key], key
+    for key, body in stored.items():  # the manifest too: its urls are relative
+        assert body == local_files[key], key
     lines = b"".join(
         gzip.decompress(stored[f"patient/Patient.00000{n}.ndjson.gz"]) for n in (1, 2, 3)
     )
@@ -63,11 +62,9 @@ def test_ndjson_gzip_on_s3_has_the_local_keys_and_bytes(s3_server: S3Server, s3_
     assert lines.splitlines() == [orjson.dumps(g.build_record(plan, i)) for i in range(5000)]
 
     manifest = orjson.loads(stored["_manifest.json"])
-    local_manifest = orjson.loads(local_files["_manifest.json"])
-    assert [e["url"] for e in manifest["output"]] == [
-        f"{url}/{e['url']}" for e in local_manifest["output"]
+    assert [e["url"] for e in manifest["output"]][:3] == [
+        f"patient/Patient.00000{n}.ndjson.gz" for n in (1, 2, 3)
     ]
-    assert {**manifest, "output": None} == {**local_manifest, "output": None}
 
     again = s3_cli(s3_server.endpoint, *NDJSON, "--output", url, flag=False)  # AWS_ENDPOINT_URL
     assert again.returncode == 0, again.stderr
