@@ -1,14 +1,27 @@
 -- The seed README's "Example Analytics Use", over a bronze layer written by
---   python fhir_patient_generator.py --count 100000 --seed 7 --output ./lake/bronze
--- Run with: duckdb < docs/analytics.sql   (tests/test_duckdb.py runs exactly this file).
--- The globs read every layout: per-file JSON or NDJSON, plain or .gz (DuckDB detects both);
--- union_by_name keeps deceasedDateTime even when the sampled files have none.
+--   python fhir_patient_generator.py --count 100000 --seed 7 --as-of 2025-10-13T02:22:22Z \
+--       --format ndjson --output ./lake/bronze
+-- Run it with the README's one-line Python command (the duckdb package), or with the DuckDB CLI:
+-- duckdb < docs/analytics.sql (tests/test_duckdb.py runs exactly this file). The globs read every layout: per-file JSON or
+-- NDJSON, plain or .gz. The columns are given, not inferred: inferring a schema samples files,
+-- and a missing deceasedDateTime (the living) is simply NULL.
 
 -- name: views
 CREATE OR REPLACE VIEW patient AS
-SELECT * FROM read_json_auto('./lake/bronze/patient/*', union_by_name = true);
+SELECT * FROM read_json('./lake/bronze/patient/*', format = 'newline_delimited', columns = {
+    id: 'VARCHAR',
+    gender: 'VARCHAR',
+    birthDate: 'DATE',
+    deceasedDateTime: 'TIMESTAMPTZ',
+    address: 'STRUCT(city VARCHAR, state VARCHAR, country VARCHAR)[]',
+    managingOrganization: 'STRUCT(reference VARCHAR, display VARCHAR)'
+});
 CREATE OR REPLACE VIEW organization AS
-SELECT * FROM read_json_auto('./lake/bronze/organization/*', union_by_name = true);
+SELECT * FROM read_json('./lake/bronze/organization/*', format = 'newline_delimited', columns = {
+    id: 'VARCHAR',
+    name: 'VARCHAR',
+    address: 'STRUCT(city VARCHAR, state VARCHAR, country VARCHAR)[]'
+});
 
 -- name: mortality_by_state
 SELECT
