@@ -285,7 +285,8 @@ def _iso_instant(dt: datetime) -> str:
 
 
 def parse_as_of(value: datetime | str | None) -> datetime:
-    """An aware UTC datetime from a datetime or ISO-8601 text (naive means UTC; None means now)."""
+    """An aware UTC datetime from a datetime or ISO-8601 text (naive means UTC; None means now);
+    ValueError outside 2010-01-01 .. 9999-12-31T23:59:59.999999 UTC (the supported range)."""
     if value is None:
         return datetime.now(UTC)
     if isinstance(value, str):
@@ -297,10 +298,16 @@ def parse_as_of(value: datetime | str | None) -> datetime:
         raise ValueError(f"as-of must be a datetime or ISO-8601 text, not {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
-    if value.year < 1900 + MAX_AGE:
-        raise ValueError(f"as-of {value.date()} is too early (the earliest is {1900 + MAX_AGE})")
-    return value
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # the offset moves it past 9999-12-31 or before 0001-01-01
+        utc = None
+    if utc is None or utc.year < 1900 + MAX_AGE:
+        raise ValueError(
+            f"as-of {value.isoformat()} is out of range: in UTC it must fall in "
+            f"{1900 + MAX_AGE}-01-01 .. 9999-12-31"
+        )
+    return utc
 
 
 def draw_seed() -> int:
@@ -2179,7 +2186,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt as e:
-        print(f"{prog}: error: {e or 'interrupted'}", file=sys.stderr)
+        # KeyboardInterrupt() is truthy but prints as "": say what happened
+        print(f"{prog}: error: {str(e) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         if in_main_thread:
