@@ -115,7 +115,16 @@ TWO_OR_MORE_TEXT = "Two or more races"
 GENDER_OTHER_SHARE = 0.003
 GENDER_UNKNOWN_SHARE = 0.001
 
-DATA_DIR = Path(__file__).resolve().with_name("reference_data")  # load_reference's default
+# load_reference's default: reference_data/ beside the module in a clone, or the folder a wheel
+# installs beside it (pyproject.toml maps reference_data/ to fhir_patient_generator_data/).
+DATA_DIR = next(
+    (
+        folder
+        for name in ("reference_data", "fhir_patient_generator_data")
+        if (folder := Path(__file__).resolve().with_name(name)).is_dir()
+    ),
+    Path(__file__).resolve().with_name("reference_data"),
+)
 SECONDS_PER_YEAR = 365.2425 * 86400
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +145,8 @@ class Reference:
 
 
 def load_reference(data_dir: str | Path | None = None) -> Reference:
-    """The reference tables in data_dir (default: reference_data/ next to this module)."""
+    """The reference tables in data_dir (default DATA_DIR: reference_data/ next to this module,
+    or its installed copy)."""
     return _load_reference(Path(data_dir or DATA_DIR).resolve())
 
 
