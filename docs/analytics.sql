@@ -1,6 +1,7 @@
 -- The seed README's "Example Analytics Use", over a bronze layer written by
 --   python fhir_patient_generator.py --count 100000 --seed 7 --output ./lake/bronze
--- Run with: duckdb < docs/analytics.sql   (tests/test_duckdb.py runs exactly this file).
+-- Run with Python's duckdb package (see README) or the separately installed duckdb CLI:
+--   duckdb < docs/analytics.sql   (tests/test_duckdb.py runs exactly this file).
 -- The globs read every layout: per-file JSON or NDJSON, plain or .gz (DuckDB detects both);
 -- union_by_name keeps deceasedDateTime even when the sampled files have none.
 
