@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -116,7 +117,16 @@ TWO_OR_MORE_TEXT = "Two or more races"
 GENDER_OTHER_SHARE = 0.003
 GENDER_UNKNOWN_SHARE = 0.001
 
-DATA_DIR = Path(__file__).resolve().with_name("reference_data")  # load_reference's default
+# load_reference's default: reference_data/ beside the module in a clone, or the folder a wheel
+# installs beside it (pyproject.toml maps reference_data/ to fhir_patient_generator_data/).
+DATA_DIR = next(
+    (
+        folder
+        for name in ("reference_data", "fhir_patient_generator_data")
+        if (folder := Path(__file__).resolve().with_name(name)).is_dir()
+    ),
+    Path(__file__).resolve().with_name("reference_data"),
+)
 SECONDS_PER_YEAR = 365.2425 * 86400
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +147,8 @@ class Reference:
 
 
 def load_reference(data_dir: str | Path | None = None) -> Reference:
-    """The reference tables in data_dir (default: reference_data/ next to this module)."""
+    """The reference tables in data_dir (default DATA_DIR: reference_data/ next to this module,
+    or its installed copy)."""
     return _load_reference(Path(data_dir or DATA_DIR).resolve())
 
 
@@ -287,7 +298,8 @@ def _iso_instant(dt: datetime) -> str:
 
 
 def parse_as_of(value: datetime | str | None) -> datetime:
-    """An aware UTC datetime from a datetime or ISO-8601 text (naive means UTC; None means now)."""
+    """An aware UTC datetime from a datetime or ISO-8601 text (naive means UTC; None means now);
+    ValueError outside 2010-01-01 .. 9999-12-31T23:59:59.999999 UTC (the supported range)."""
     if value is None:
         return datetime.now(UTC)
     if isinstance(value, str):
@@ -299,10 +311,16 @@ def parse_as_of(value: datetime | str | None) -> datetime:
         raise ValueError(f"as-of must be a datetime or ISO-8601 text, not {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
-    if value.year < 1900 + MAX_AGE:
-        raise ValueError(f"as-of {value.date()} is too early (the earliest is {1900 + MAX_AGE})")
-    return value
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # the offset moves it past 9999-12-31 or before 0001-01-01
+        utc = None
+    if utc is None or utc.year < 1900 + MAX_AGE:
+        raise ValueError(
+            f"as-of {value.isoformat()} is out of range: in UTC it must fall in "
+            f"{1900 + MAX_AGE}-01-01 .. 9999-12-31"
+        )
+    return utc
 
 
 def draw_seed() -> int:
@@ -1173,6 +1191,12 @@ def ndjson_chunks(
 MANIFEST = "_manifest.json"  # Athena and Glue skip names starting with "_" or "."
 FOLDERS = ("patient", "organization")  # the layer's data folders, one per resource type
 S3_MAX_ATTEMPTS = 5  # botocore "standard" retries of transient errors per request
+S3_PROBE_ATTEMPTS = 2  # the bucket probe before any work fails faster
+# A silent endpoint (stalled, SIGSTOPped) costs a request at most attempts x (connect + read)
+# plus the retry back-off: 5 x (5 + 15) + <1 s ~ 101 s, so a stall ends a run within ~2 min
+# (the probe: 2 x 20 + <1 s). docs/bronze.md derives it; tests lower these module constants.
+S3_CONNECT_TIMEOUT = 5  # seconds to open a connection
+S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's reply comes in ~1 s
 GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
 
@@ -1460,20 +1484,43 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def s3_endpoint(endpoint_url: str | None) -> str | None:
+    """The custom S3 endpoint: endpoint_url, else $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL
+    (None: AWS itself); ValueError unless it is http(s)://host[:port] (boto3 would trace back)."""
+    given = (
+        ("--endpoint-url", endpoint_url),
+        ("AWS_ENDPOINT_URL_S3", os.environ.get("AWS_ENDPOINT_URL_S3")),
+        ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")),
+    )
+    name, url = next(((n, u) for n, u in given if u), ("", None))
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = parts._replace(scheme="")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{name} {url!r} is not an http(s) URL, e.g. http://127.0.0.1:9000 "
+            "(a scheme and a host are required)"
+        )
+    return url
+
+
 def _s3_client(endpoint_url: str | None, pool: int, attempts: int) -> Any:
+    """A boto3 S3 client with bounded timeouts and retries (see S3_READ_TIMEOUT)."""
     try:
         import boto3
         from botocore.config import Config
     except ImportError:
         raise BronzeError("s3:// output needs boto3: pip install boto3") from None
-    custom = (
-        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    )
+    custom = s3_endpoint(endpoint_url)
     config = Config(
-        retries={"max_attempts": attempts, "mode": "standard"},
+        retries={"total_max_attempts": attempts, "mode": "standard"},
         max_pool_connections=max(10, pool),
-        connect_timeout=5,
-        read_timeout=60,
+        connect_timeout=S3_CONNECT_TIMEOUT,
+        read_timeout=S3_READ_TIMEOUT,
         s3={"addressing_style": "path"} if custom else {},  # S3-compatible stores want paths
     )
     # endpoint_url=None lets boto3 read AWS_ENDPOINT_URL(_S3) itself.
@@ -1504,6 +1551,7 @@ class S3Store:
     def __init__(self, spec: Bronze) -> None:
         self.bucket, self.prefix = parse_s3_url(spec.root)
         self.endpoint_url = spec.endpoint_url
+        self.endpoint = s3_endpoint(spec.endpoint_url) or "AWS S3"  # ValueError if malformed
         self.client = _s3_client(spec.endpoint_url, spec.concurrency, S3_MAX_ATTEMPTS)
         self.pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix="s3-put")
         self.slots = threading.BoundedSemaphore(2 * spec.concurrency)  # bounds memory in flight
@@ -1528,7 +1576,7 @@ class S3Store:
 
     def _fail_line(self, e: BaseException) -> str:
         """One line for a botocore error, saying what to check."""
-        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        endpoint = self.endpoint
         name, code, where = type(e).__name__, _s3_error_code(e), f"s3://{self.bucket}"
         if code in ("NoSuchBucket", "404"):
             return f"bucket {where} does not exist (endpoint {endpoint})"
@@ -1538,6 +1586,8 @@ class S3Store:
             return "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
         if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
             return f"cannot reach the S3 endpoint {endpoint} ({e})"
+        if name == "ReadTimeoutError":
+            return f"the S3 endpoint {endpoint} stopped answering ({e})"
         return f"S3 error on {where}: {_s3_reason(e)}"
 
     @contextlib.contextmanager
@@ -1552,7 +1602,7 @@ class S3Store:
 
     def prepare(self) -> None:
         """Fail fast, with one line, on a missing bucket, bad credentials or a dead endpoint."""
-        probe = _s3_client(self.endpoint_url, 1, 2)
+        probe = _s3_client(self.endpoint_url, 1, S3_PROBE_ATTEMPTS)
         with self._errors():
             probe.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1)
 
@@ -2097,6 +2147,8 @@ def _check_bronze_args(args: argparse.Namespace) -> None:
         raise UsageError("--output needs --count")
     try:
         check_root(args.output)
+        if _scheme(args.output) == "s3":
+            s3_endpoint(args.endpoint_url)  # a URL without a scheme: before any work
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.overwrite and args.shard and args.shard[1] > 1:
@@ -2252,7 +2304,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt as e:
-        print(f"{prog}: error: {e or 'interrupted'}", file=sys.stderr)
+        # KeyboardInterrupt() is truthy but prints as "": say what happened
+        print(f"{prog}: error: {str(e) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         if in_main_thread:

@@ -1,10 +1,10 @@
 -- The seed README's "Example Analytics Use", over a bronze layer written by
 --   python fhir_patient_generator.py --count 100000 --seed 7 --as-of 2025-10-13T02:22:22Z \
 --       --format ndjson --output ./lake/bronze
--- Run it with the README's one-line Python command (the duckdb package), or with the DuckDB CLI:
--- duckdb < docs/analytics.sql (tests/test_duckdb.py runs exactly this file). The globs read every layout: per-file JSON or
--- NDJSON, plain or .gz. The columns are given, not inferred: inferring a schema samples files,
--- and a missing deceasedDateTime (the living) is simply NULL.
+-- Run it with the README's one-line Python command (the duckdb package), or with the separately
+-- installed DuckDB CLI: duckdb < docs/analytics.sql (tests/test_duckdb.py runs exactly this file).
+-- The globs read every layout: per-file JSON or NDJSON, plain or .gz. The columns are given, not
+-- inferred (inferring a schema samples files); a missing deceasedDateTime (the living) is NULL.
 
 -- name: views
 CREATE OR REPLACE VIEW patient AS

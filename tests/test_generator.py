@@ -297,6 +297,36 @@ def test_bad_seed_index_and_as_of_raise_value_error():
         g.build_record(g.make_plan(1, AS_OF), g.MAX_INDEX + 1)
 
 
+@pytest.mark.parametrize(
+    "as_of",
+    ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+01:00", "2009-12-31T23:59:59Z"],
+)
+def test_as_of_outside_the_supported_range_is_a_value_error(as_of):
+    """Offsets that overflow datetime in UTC raise ValueError (not OverflowError), API and CLI."""
+    with pytest.raises(ValueError, match="out of range"):
+        g.parse_as_of(as_of)
+    with pytest.raises(ValueError, match="out of range"):
+        g.make_plan(1, datetime.fromisoformat(as_of))
+    result = run_cli("--as-of", as_of, "--seed", "1")
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "out of range" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_the_last_supported_as_of_builds_patients():
+    """As-of 9999-12-31T23:59:59.999999Z: birth and death tables and the window still work."""
+    as_of = "9999-12-31T23:59:59.999999Z"
+    for profile in g.PROFILES:
+        plan = g.make_plan(5, as_of, profile=profile, mortality_rate=0.5)
+        records = [g.build_record(plan, i) for i in range(500)]
+        assert b"".join(g.ndjson_chunks(plan, 0, 500)) == b"".join(
+            orjson.dumps(r) + b"\n" for r in records
+        )
+        assert any("deceasedDateTime" in r for r in records)
+        assert all("9889-" <= r["birthDate"] <= "9999-12-31" for r in records)
+    PatientR5.model_validate(g.generate_patient(seed=5, as_of=as_of).model_dump())
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 
@@ -373,6 +403,37 @@ def test_cli_survives_a_closed_pipe():
     )
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert json.loads(result.stdout)["resourceType"] == "Patient"
+
+
+def test_cli_ctrl_c_while_streaming_ndjson_says_interrupted_and_exits_130():
+    """SIGINT during --count N to a pipe: one line 'error: interrupted', exit 130."""
+    import signal
+    import threading
+
+    args = [sys.executable, str(SCRIPT), "--count", "50000000", "--seed", "1", "--as-of", AS_OF]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = threading.Event()
+
+    def drain() -> None:
+        while chunk := proc.stdout.read(1 << 16):
+            started.set()
+            del chunk
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(60), "no output within 60 s"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    proc.stdout.close()
+    assert err.strip().splitlines() == ["fhir_patient_generator.py: error: interrupted"], err
 
 
 def test_faker_surname_table_is_the_one_the_outputs_were_made_with():

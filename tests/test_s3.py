@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import orjson
 import pytest
-from bronze_util import AS_OF, one_line, run_cli, tree
+from bronze_util import AS_OF, BASE, ROOT, one_line, run_cli, tree
 from s3server import S3Endpoint, S3Server
 
 import fhir_patient_generator as g
@@ -167,3 +175,136 @@ def test_s3_output_without_boto3_says_how_to_install_it(monkeypatch):
     spec = g.Bronze(root="s3://bucket/x", count=1)
     with pytest.raises(g.BronzeError, match="pip install boto3"):
         g.write_bronze(g.make_plan(7, AS_OF), spec)
+
+
+# --- endpoints that stall, drop connections, or are not URLs --------------------------------
+
+# Timeouts for CLI runs in these tests (the defaults, 5 s / 15 s x 5 attempts, would take ~75 s).
+FAST = {"S3_CONNECT_TIMEOUT": 1, "S3_READ_TIMEOUT": 2, "S3_MAX_ATTEMPTS": 2}
+FAST_BOUND = FAST["S3_MAX_ATTEMPTS"] * (FAST["S3_CONNECT_TIMEOUT"] + FAST["S3_READ_TIMEOUT"]) + 1
+
+
+def fast_cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """The CLI (BASE seed and as-of, --quiet) with FAST's timeouts set on the module."""
+    settings = "; ".join(f"g.{name} = {value}" for name, value in FAST.items())
+    code = f"import sys, fhir_patient_generator as g; {settings}; sys.exit(g.main(sys.argv[1:]))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *BASE, *args, "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "NO_PROXY": "127.0.0.1,localhost", **env},
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Wait (bounded) for proc; kill it and fail if it overruns."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout} s: {err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def bad_listener(mode: str) -> Iterator[str]:
+    """http://127.0.0.1:PORT of a TCP listener that closes each connection at once ("close")
+    or keeps it open without a byte ("stall"); stopped (and its sockets closed) on exit."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop, held = threading.Event(), []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            if mode == "close":
+                conn.close()
+            else:
+                held.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_default_s3_timeouts_bound_a_stall_to_about_two_minutes():
+    """The documented bound (docs/bronze.md): attempts x (connect + read) + back-off < 2 min."""
+    config = g._s3_client("http://127.0.0.1:9", 1, g.S3_MAX_ATTEMPTS).meta.config
+    assert (config.connect_timeout, config.read_timeout) == (5, 15)
+    assert config.retries["total_max_attempts"] == g.S3_MAX_ATTEMPTS == 5
+    assert g.S3_MAX_ATTEMPTS * (g.S3_CONNECT_TIMEOUT + g.S3_READ_TIMEOUT) + 1 <= 120
+    assert "101 s" in (ROOT / "docs" / "bronze.md").read_text()
+
+
+@pytest.mark.parametrize("mode", ["close", "stall"])
+def test_an_endpoint_that_drops_or_stalls_is_one_line_exit_1_in_bounded_time(mode):
+    with bad_listener(mode) as url:
+        env = S3Endpoint(url, "test-key", "test-secret").env()
+        started = time.monotonic()
+        result = finish(fast_cli(env, "--count", "5", "--output", "s3://b/x"), 60)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    line = one_line(result)
+    want = "cannot reach the S3 endpoint" if mode == "close" else "stopped answering"
+    assert want in line and url in line
+    assert elapsed < FAST_BOUND + 10  # interpreter start-up and boto3 import included
+
+
+def test_a_server_stopped_mid_run_ends_in_one_line_and_no_manifest(s3_throwaway_server):
+    """SIGSTOP rclone while patient files are uploading: the PUTs time out, the run ends with
+    the failure summary (no traceback) within the bound, and no manifest is written."""
+    server = s3_throwaway_server
+    bucket = server.create_bucket()
+    patients = server.root / bucket / "x" / "patient"
+    args = ("--count", "2000000", "--format", "ndjson", "--records-per-file", "10000")
+    proc = fast_cli(server.endpoint.env(), *args, "--output", f"s3://{bucket}/x")
+    try:
+        deadline = time.monotonic() + 60
+        while not (patients.is_dir() and any(patients.iterdir())):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        os.kill(server.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        result = finish(proc, 60)
+        elapsed = time.monotonic() - stopped
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert result.returncode == 1
+    line = one_line(result)
+    # a PUT stuck sending its body reports a closed connection, one waiting for the reply a timeout
+    assert f"objects failed; first: s3://{bucket}/x/patient/Patient." in line
+    assert elapsed < FAST_BOUND + 10
+    assert not (server.root / bucket / "x" / "_manifest.json").exists()
+    assert "_manifest.json" not in objects(server.client(), bucket, "x")
+
+
+@pytest.mark.parametrize("where", ["--endpoint-url", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+def test_an_endpoint_without_a_scheme_is_a_usage_error(where, tmp_path):
+    bad = "127.0.0.1:9000"
+    env = {"AWS_ENDPOINT_URL": "", "AWS_ENDPOINT_URL_S3": ""}
+    args = ["--count", "5", "--output", "s3://b/x"]
+    if where == "--endpoint-url":
+        args += ["--endpoint-url", bad]
+    else:
+        env[where] = bad
+    result = run_cli(*args, env=env, timeout=60)
+    assert result.returncode == 2
+    assert f"{where} '{bad}' is not an http(s) URL" in one_line(result)
+    with pytest.raises(ValueError, match="not an http"):
+        g.write_bronze(g.make_plan(7, AS_OF), g.Bronze(root="s3://b/x", count=1, endpoint_url=bad))
