@@ -116,6 +116,8 @@ GENDER_UNKNOWN_SHARE = 0.001
 
 DATA_DIR = Path(__file__).resolve().with_name("reference_data")  # load_reference's default
 SECONDS_PER_YEAR = 365.2425 * 86400
+SEXES = ("male", "female")  # the Census and life-table sexes, in cell order
+LIFE_TABLE = ("qx", "mx", "ax")  # the life-table columns read, per sex
 
 # ---------------------------------------------------------------------------------------------
 # Reference data (reference_data/*.csv; sources and licences in reference_data/SOURCES.md)
@@ -130,6 +132,8 @@ class Reference:
     cities: Mapping[str, tuple[tuple[str, int], ...]]  # state -> ((city, population), ...)
     age_sex: tuple[tuple[int, int, int], ...]  # (age, male, female) for ages 0..MAX_AGE
     qx: Mapping[str, tuple[float, ...]]  # sex -> probability of dying within a year, by age
+    mx: Mapping[str, tuple[float, ...]]  # sex -> central death rate (deaths per person-year)
+    ax: Mapping[str, tuple[float, ...]]  # sex -> mean years lived in the year of age at death
     languages: tuple[tuple[str, str, int], ...]  # (bcp47, display, speakers)
     race_ethnicity: tuple[tuple[str, str, str, str, int], ...]  # race, code, eth, code, pop
 
@@ -152,15 +156,14 @@ def _load_reference(data_dir: Path) -> Reference:
     cities: dict[str, list[tuple[str, int]]] = {}
     for r in rows("cities.csv"):
         cities.setdefault(r["state"], []).append((r["city"], int(r["population"])))
-    qx: dict[str, list[float]] = {"male": [], "female": []}
-    for r in rows("life_table_hmd2022_full.csv"):
-        qx["male"].append(float(r["qx_male"]))
-        qx["female"].append(float(r["qx_female"]))
+    life = rows("life_table_hmd2022_full.csv")
+    column = {c: {s: tuple(float(r[f"{c}_{s}"]) for r in life) for s in SEXES} for c in LIFE_TABLE}
+    qx = column["qx"]
     return Reference(
         states=states,
         cities={k: tuple(v) for k, v in cities.items()},
         age_sex=_expand_open_age(rows("age_sex.csv"), qx),
-        qx={k: tuple(v) for k, v in qx.items()},
+        **column,
         languages=tuple(
             (r["bcp47"], r["display"], int(r["speakers_age5plus"])) for r in rows("languages.csv")
         ),
@@ -172,13 +175,13 @@ def _load_reference(data_dir: Path) -> Reference:
 
 
 def _expand_open_age(
-    rows: list[dict[str, str]], qx: Mapping[str, list[float]]
+    rows: list[dict[str, str]], qx: Mapping[str, tuple[float, ...]]
 ) -> tuple[tuple[int, int, int], ...]:
     """Spread the Census '100+' count over ages 100..110 in proportion to life-table survivors."""
     out = [(int(r["age"]), int(r["male"]), int(r["female"])) for r in rows if r["age"] != "100+"]
     top = next(r for r in rows if r["age"] == "100+")
     split: dict[str, list[int]] = {}
-    for sex in ("male", "female"):
+    for sex in SEXES:
         alive, survivors = 1.0, []
         for age in range(100, MAX_AGE + 1):
             survivors.append(alive)
