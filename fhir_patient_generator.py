@@ -128,6 +128,8 @@ DATA_DIR = next(
     Path(__file__).resolve().with_name("reference_data"),
 )
 SECONDS_PER_YEAR = 365.2425 * 86400
+SEXES = ("male", "female")  # the Census and life-table sexes, in cell order
+LIFE_TABLE = ("qx", "mx", "ax")  # the life-table columns read, per sex
 
 # ---------------------------------------------------------------------------------------------
 # Reference data (reference_data/*.csv; sources and licences in reference_data/SOURCES.md)
@@ -142,6 +144,8 @@ class Reference:
     cities: Mapping[str, tuple[tuple[str, int], ...]]  # state -> ((city, population), ...)
     age_sex: tuple[tuple[int, int, int], ...]  # (age, male, female) for ages 0..MAX_AGE
     qx: Mapping[str, tuple[float, ...]]  # sex -> probability of dying within a year, by age
+    mx: Mapping[str, tuple[float, ...]]  # sex -> central death rate (deaths per person-year)
+    ax: Mapping[str, tuple[float, ...]]  # sex -> mean years lived in the year of age at death
     languages: tuple[tuple[str, str, int], ...]  # (bcp47, display, speakers)
     race_ethnicity: tuple[tuple[str, str, str, str, int], ...]  # race, code, eth, code, pop
 
@@ -165,15 +169,14 @@ def _load_reference(data_dir: Path) -> Reference:
     cities: dict[str, list[tuple[str, int]]] = {}
     for r in rows("cities.csv"):
         cities.setdefault(r["state"], []).append((r["city"], int(r["population"])))
-    qx: dict[str, list[float]] = {"male": [], "female": []}
-    for r in rows("life_table_hmd2022_full.csv"):
-        qx["male"].append(float(r["qx_male"]))
-        qx["female"].append(float(r["qx_female"]))
+    life = rows("life_table_hmd2022_full.csv")
+    column = {c: {s: tuple(float(r[f"{c}_{s}"]) for r in life) for s in SEXES} for c in LIFE_TABLE}
+    qx = column["qx"]
     return Reference(
         states=states,
         cities={k: tuple(v) for k, v in cities.items()},
         age_sex=_expand_open_age(rows("age_sex.csv"), qx),
-        qx={k: tuple(v) for k, v in qx.items()},
+        **column,
         languages=tuple(
             (r["bcp47"], r["display"], int(r["speakers_age5plus"])) for r in rows("languages.csv")
         ),
@@ -185,13 +188,13 @@ def _load_reference(data_dir: Path) -> Reference:
 
 
 def _expand_open_age(
-    rows: list[dict[str, str]], qx: Mapping[str, list[float]]
+    rows: list[dict[str, str]], qx: Mapping[str, tuple[float, ...]]
 ) -> tuple[tuple[int, int, int], ...]:
     """Spread the Census '100+' count over ages 100..110 in proportion to life-table survivors."""
     out = [(int(r["age"]), int(r["male"]), int(r["female"])) for r in rows if r["age"] != "100+"]
     top = next(r for r in rows if r["age"] == "100+")
     split: dict[str, list[int]] = {}
-    for sex in ("male", "female"):
+    for sex in SEXES:
         alive, survivors = 1.0, []
         for age in range(100, MAX_AGE + 1):
             survivors.append(alive)
@@ -219,14 +222,14 @@ class Draws(NamedTuple):
 
     state: int  # all profiles: the state, in proportion to its population
     city: int  # all: the place within the state
-    cell: int  # all: the (age, sex) cell
-    birth: int  # all: the birth day within the cell's year of birth
+    cell: int  # all: the (age, sex, living or dead) cell of the registry
+    birth: int  # all, living cells: the birth day within the cell's year of birth
     gender: int  # all: other / unknown, else the cell's sex
     language: int  # all: the preferred language
     organization: int  # all: the managing hospital within the state
-    death: int  # all: whether the patient died in the look-back window
-    death_time_low: int  # all: the death instant (64 bits: low and high halves)
-    death_time_high: int
+    death_age: int  # all, dead cells: the fraction of the year of age lived at death (f)
+    death_time_low: int  # all, dead cells: the death instant in the window (64 bits: low and
+    death_time_high: int  # high halves)
     race: int  # us-core: race x ethnicity row
     race_pair: int  # us-core: the pair of races of a "Two or more races" row
     given_name: int  # us-core
@@ -371,15 +374,15 @@ class Plan:
     city_cum: tuple[tuple[int, ...], ...]
     state_orgs: tuple[tuple[Mapping[str, str], ...], ...]  # organizations per selected state
     organizations: tuple[Mapping[str, str], ...]  # every organization a patient can reference
-    cells: tuple[tuple[int, str], ...]  # (age, sex) cells of the population
+    cells: tuple[tuple[int, str, bool], ...]  # (age on the record, sex, dead?) registry cells
     cell_cum: tuple[int, ...]
-    death_threshold: tuple[int, ...]  # P(died in the window) per cell, scaled to 2**32
     birth_low: tuple[int, ...]  # first possible birth ordinal per cell
-    birth_span: tuple[int, ...]
+    birth_span: tuple[int, ...]  # living cells: their possible birth days (0 for dead cells)
+    death_power: tuple[float, ...]  # dead cells: k in f = u**k (0.0 marks a living cell)
     dates: tuple[str, ...]  # ISO dates by ordinal - dates_base
     dates_base: int
     window_start: int  # epoch seconds
-    as_of_seconds: int
+    window_span: int  # seconds in the window, as-of included
     languages: tuple[tuple[str, str], ...]
     language_cum: tuple[int, ...]
     gender_other: int
@@ -539,50 +542,131 @@ def _organizations(
     return out
 
 
-def _death_probability(qx: tuple[float, ...], age: int, years: float) -> float:
-    """P(died within `years` before as-of) for someone who would be `age` now (life table)."""
-    alive, k = 1.0, 0
-    while k < years and age - k >= 0:
-        fraction = min(1.0, years - k)
-        alive *= 1.0 - qx[max(age - k - 1, 0)] * fraction
-        k += 1
-    return 1.0 - alive
+# -- the registry: the people alive at as-of (Census) plus those who died in the look-back window
+#
+# A dead cell (x, sex) holds the people who died in the window at whole age x: its weight D(x)
+# makes deaths per person-year measured on the registry itself equal the life table's m(x) at
+# every age, whatever the Census age structure and the window length L. Person-years at age x
+# come from the living (K_live) and from the dead before they died (K_dead), so
+#   D(x) = m(x) * (PYlive(x) + sum_{x' > x} D(x') K_dead(x' - x)) / (1 - m(x) K_dead(0)),
+# solved from the oldest age down. The death instant is uniform in the window; the exact age at
+# death is x + f, f uniform for x >= 1 (HMD's a(x) = 0.5) and F(f) = f**b, b = a0 / (1 - a0), at
+# x = 0 (mean HMD's a(0); deaths cluster after birth).
+
+
+def _infant_power(a0: float) -> float:
+    """k in f = u**k, the inverse of F(f) = f**b with b = a0 / (1 - a0): mean a(0), as HMD's."""
+    if not 0.0 < a0 < 1.0:
+        raise ValueError(f"the life table's a(0) must be in (0, 1), not {a0}")
+    return (1.0 - a0) / a0
+
+
+def _clamp_area(z: float, top: float) -> float:
+    """The integral from 0 to z of clamp(t, 0, top) dt."""
+    if z <= 0.0:
+        return 0.0
+    if z <= top:
+        return z * z / 2.0
+    return top * top / 2.0 + top * (z - top)
+
+
+def _live_kernel(j: int, lookback: float) -> float:
+    """Expected window years a living person aged a + u at as-of (u ~ U[0, 1)) spent at whole
+    age a - j: the mean over u of |[j + u - 1, j + u] & [0, L]| (years before as-of)."""
+    if j < 0:
+        return 0.0
+    c0, c1, c2 = (_clamp_area(z, lookback) for z in (j - 1, j, j + 1))
+    return (c2 - c1) - (c1 - c0)
+
+
+def _min_area(c: float, lookback: float) -> float:
+    """The integral over S in [0, L] of min(S, c), for c >= 0."""
+    return c * lookback - c * c / 2.0 if c <= lookback else lookback * lookback / 2.0
+
+
+def _dead_kernel(d: int, lookback: float, power: float = 1.0) -> float:
+    """K_dead(d): expected window years at age x - d of one death at whole age x (death instant
+    uniform in the window, f = u**power), by the midpoint rule over u."""
+    nodes = 64 if power == 1.0 else 4096  # the uniform integrand is piecewise quadratic
+    total = 0.0
+    for i in range(nodes):
+        hi = d + ((i + 0.5) / nodes) ** power
+        lo = max(0.0, hi - 1.0)
+        total += (_min_area(hi, lookback) - _min_area(lo, lookback)) / lookback
+    return total / nodes
+
+
+def _death_weights(
+    living: tuple[int, ...], mx: tuple[float, ...], a0: float, lookback: float
+) -> list[float]:
+    """D(x): expected deaths in the window by whole age at death x (one sex), in the units of
+    `living` (Census people at as-of by age), from the recursion above."""
+    reach = int(lookback) + 2
+    live = [_live_kernel(j, lookback) for j in range(reach + 1)]
+    dead = [_dead_kernel(d, lookback) for d in range(reach + 1)]
+    infant = _dead_kernel(0, lookback, _infant_power(a0))
+    deaths = [0.0] * (MAX_AGE + 1)
+    for x in range(MAX_AGE, -1, -1):
+        top = min(MAX_AGE, x + reach)
+        exposure = sum(living[a] * live[a - x] for a in range(x, top + 1))
+        exposure += sum(deaths[x + d] * dead[d] for d in range(1, top - x + 1))
+        deaths[x] = mx[x] * exposure / (1.0 - mx[x] * (infant if x == 0 else dead[0]))
+    return deaths
+
+
+def _registry_cells(ref: Reference, opts: Mapping[str, Any]) -> list[tuple[int, str, bool, int]]:
+    """(age on the record, sex, dead?, integer weight) for ages min..max; D is computed on the
+    whole population first. Life table: living P << 32 and dead round(D * 2**32), so the living
+    keep the Census ratios exactly. --mortality-rate p: within the selected ages the dead take
+    share p spread by D and the living 1 - p spread by Census (exact to 2**-32), so p is the
+    probability that a patient of the run is deceased, whatever the age filter."""
+    living = {sex: tuple(row[1 + k] for row in ref.age_sex) for k, sex in enumerate(SEXES)}
+    lookback, rate = opts["lookback_years"], opts["mortality_rate"]
+    deaths = {s: _death_weights(living[s], ref.mx[s], ref.ax[s][0], lookback) for s in SEXES}
+    ages = range(opts["min_age"], opts["max_age"] + 1)
+    one = 1 << 32
+    live_scale, dead_share, dead_total = one, float(one), 1.0  # dead: D * dead_share / dead_total
+    if rate is not None:
+        live_scale = round((1.0 - rate) * one)
+        dead_share = rate * sum(living[s][x] for s in SEXES for x in ages) * one
+        dead_total = sum(deaths[s][x] for s in SEXES for x in ages)
+    cells = []
+    for age in ages:
+        for sex in SEXES:
+            cells.append((age, sex, False, living[sex][age] * live_scale))
+            cells.append((age, sex, True, round(dead_share * deaths[sex][age] / dead_total)))
+    if not any(weight for *_, weight in cells):
+        raise ValueError(f"ages {opts['min_age']}..{opts['max_age']} leave no population")
+    return cells
 
 
 def _population(ref: Reference, opts: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
-    """The (age, sex) cells of the run with their weights, birth ranges and death thresholds."""
-    cells, weights = [], []
-    for age, male, female in ref.age_sex:
-        if opts["min_age"] <= age <= opts["max_age"]:
-            cells += [(age, "male"), (age, "female")]
-            weights += [male, female]
-    if not any(weights):
-        raise ValueError(f"ages {opts['min_age']}..{opts['max_age']} leave no population")
+    """The registry's cells with their weights and what sample() needs per cell: the birth range
+    of the living, the age-at-death exponent of the dead; the window; the dates table."""
+    cells = _registry_cells(ref, opts)
     today = as_of.date()
-    birth_low, birth_span, thresholds = [], [], []
-    for age, sex in cells:
-        low = _add_years(today, -(age + 1)).toordinal() + 1
-        high = _add_years(today, -age).toordinal()
-        birth_low.append(low)
-        birth_span.append(high - low + 1)
-        rate = opts["mortality_rate"]
-        if rate is None:
-            rate = _death_probability(ref.qx[sex], age, opts["lookback_years"])
-        thresholds.append(round(rate * (1 << 32)))
-    dates_base = min(birth_low)
     as_of_seconds = int(as_of.timestamp())
+    window_start = as_of_seconds - round(opts["lookback_years"] * SECONDS_PER_YEAR)
+    first_death_day = date.fromordinal(window_start // 86400 + 719163)  # 1970-01-01's ordinal
+    birth_low, birth_span, death_power = [], [], []
+    for age, sex, dead, _ in cells:
+        born_by = first_death_day if dead else today  # the earliest birth is age + 1 years before
+        birth_low.append(_add_years(born_by, -(age + 1)).toordinal() + 1)
+        birth_span.append(0 if dead else _add_years(today, -age).toordinal() - birth_low[-1] + 1)
+        death_power.append(0.0 if not dead else _infant_power(ref.ax[sex][0]) if age == 0 else 1.0)
+    dates_base = min(birth_low)
     return {
-        "cells": tuple(cells),
-        "cell_cum": _cumulative(weights),
-        "death_threshold": tuple(thresholds),
+        "cells": tuple(cell[:3] for cell in cells),
+        "cell_cum": _cumulative(weight for *_, weight in cells),
         "birth_low": tuple(birth_low),
         "birth_span": tuple(birth_span),
+        "death_power": tuple(death_power),
         "dates": tuple(
             date.fromordinal(o).isoformat() for o in range(dates_base, today.toordinal() + 1)
         ),
         "dates_base": dates_base,
-        "window_start": as_of_seconds - round(opts["lookback_years"] * SECONDS_PER_YEAR),
-        "as_of_seconds": as_of_seconds,
+        "window_start": window_start,
+        "window_span": as_of_seconds - window_start + 1,
     }
 
 
@@ -731,6 +815,24 @@ class Sample(NamedTuple):
     draws: Draws  # the raw draws, for profiles that need more
 
 
+def _death(plan: Plan, cell: int, power: float, u: Draws) -> tuple[int, int]:
+    """A dead cell's (birth ordinal, death instant): the instant uniform in the window, then the
+    birth date that makes the calendar age at death exactly the cell's age x and floor(f * span)
+    days, f = (u / 2**32)**power the part of year x lived, span = the days of that year of age."""
+    died = plan.window_start + (
+        (u.death_time_low | u.death_time_high << 32) * plan.window_span >> 64
+    )
+    day = date.fromordinal(died // 86400 + 719163)  # the UTC death date; 719163 = 1970-01-01
+    age = plan.cells[cell][0]
+    last = _add_years(day, -age).toordinal()  # born that day: exactly `age` years old at death
+    span = last - _add_years(day, -age - 1).toordinal()
+    if power == 1.0:
+        days = u.death_age * span >> 32
+    else:
+        days = min(int((u.death_age / 4294967296.0) ** power * span), span - 1)
+    return last - days, died
+
+
 def sample(plan: Plan, index: int, _new: Any = tuple.__new__) -> Sample:
     """Patient #index's draws, mapped onto the plan's tables: one hash, no record."""
     if not 0 <= index <= MAX_INDEX:
@@ -746,18 +848,16 @@ def sample(plan: Plan, index: int, _new: Any = tuple.__new__) -> Sample:
     cum = plan.cell_cum
     cell = bisect_right(cum, u.cell * cum[-1] >> 32)
     sex = plan.cells[cell][1]
-    birth = plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32)
+    power = plan.death_power[cell]
+    if power:
+        birth, died = _death(plan, cell, power, u)
+    else:
+        birth, died = plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32), -1
     g = u.gender
     gender = "other" if g < plan.gender_other else "unknown" if g < plan.gender_unknown else sex
     cum = plan.language_cum
     language = bisect_right(cum, u.language * cum[-1] >> 32)
     org = u.organization * len(plan.state_orgs[s]) >> 32
-    died = -1
-    if u.death < plan.death_threshold[cell]:
-        born = (birth - 719163) * 86400  # 719163 = date(1970, 1, 1).toordinal()
-        low = max(plan.window_start, born)
-        time_bits = u.death_time_low | u.death_time_high << 32
-        died = low + (time_bits * (plan.as_of_seconds - low + 1) >> 64)
     # tuple.__new__ builds the named tuple without its Python-level __new__ (hot path)
     return _new(Sample, (s, city, cell, sex, birth, gender, language, org, died, u))
 
@@ -2049,7 +2149,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=age,
         default=d["min_age"],
         metavar="A",
-        help="youngest (default %(default)s)",
+        help="youngest age on the record: at as-of, or at death (default %(default)s)",
     )
     add(
         "--max-age",
@@ -2070,7 +2170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mortality-rate",
         type=float,
         metavar="P",
-        help="fixed probability of death in the window, overriding the life table",
+        help="fixed probability that a patient died in the window, instead of the life table",
     )
     add(
         "--hospitals-per-million",

@@ -242,9 +242,10 @@ def test_no_record_is_impossible():
     for index in range(20_000):
         r = g.build_record(plan, index)
         born = date.fromisoformat(r["birthDate"])
-        age = (as_of.date() - born).days / 365.2425
+        died = datetime.fromisoformat(r.get("deceasedDateTime", as_of.isoformat()))
+        age = (died.date() - born).days / 365.2425  # at as-of, or at death for the deceased
         assert 0 <= age < g.MAX_AGE + 1
-        assert born <= as_of.date()
+        assert born <= died.date() <= as_of.date()
         state = r["address"][0]["state"]
         assert r["address"][0]["city"] in {c for c, _ in ref.cities[state]}
         org = org_by_id[r["managingOrganization"]["reference"].removeprefix("Organization/")]

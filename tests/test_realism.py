@@ -4,6 +4,11 @@ Each expected share p is computed here from the CSVs, independently of the gener
 a count is accepted within Z standard deviations of N*p (binomial). With fixed seeds nothing can
 flake, and Z = 4.5 keeps the family of ~100 comparisons honest (a real bias of a few tenths of a
 percentage point on a 200k sample fails).
+
+Mortality: the registry is the people alive at as-of (the Census table) plus those who died in
+the look-back window. It is audited as a demographer would: deaths per person-year by age band
+against the life table's central death rate m(x) (indirect standardisation on the registry's own
+person-years), the living against the Census table, and the infant deaths against HMD's a(0).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -71,15 +76,16 @@ def test_sex_and_gender_shares(sample):
     rows = table("age_sex.csv")
     male = sum(int(r["male"]) for r in rows)
     female = sum(int(r["female"]) for r in rows)
-    counts = Counter(r["gender"] for r in sample)
+    counts = Counter(r["gender"] for r in sample if "deceasedDateTime" not in r)
+    n = counts.total()  # the living (the Census table); the dead are more often men
     binary = 1 - g.GENDER_OTHER_SHARE - g.GENDER_UNKNOWN_SHARE
-    assert_share(counts["male"], N, binary * male / (male + female), "male")
-    assert_share(counts["female"], N, binary * female / (male + female), "female")
-    assert_share(counts["other"], N, g.GENDER_OTHER_SHARE, "other")
-    assert_share(counts["unknown"], N, g.GENDER_UNKNOWN_SHARE, "unknown")
+    assert_share(counts["male"], n, binary * male / (male + female), "male")
+    assert_share(counts["female"], n, binary * female / (male + female), "female")
+    assert_share(counts["other"], n, g.GENDER_OTHER_SHARE, "other")
+    assert_share(counts["unknown"], n, g.GENDER_UNKNOWN_SHARE, "unknown")
 
 
-def test_ages_follow_the_census_age_table(sample):
+def test_ages_of_the_living_follow_the_census_age_table(sample):
     rows = table("age_sex.csv")
     bands = [(0, 17), (18, 44), (45, 64), (65, 84), (85, 200)]
 
@@ -92,17 +98,10 @@ def test_ages_follow_the_census_age_table(sample):
         expected[band(age)] += int(r["total"])
     total = sum(expected.values())
     today = date(2025, 10, 13)
-    alive = [r for r in sample if "deceasedDateTime" not in r]  # ages refer to the living
+    alive = [r for r in sample if "deceasedDateTime" not in r]  # exactly the Census table
     counts = Counter(band(age_on(date.fromisoformat(r["birthDate"]), today)) for r in alive)
-    # The deceased (about 3%, mostly old) are excluded above, which shifts shares slightly: allow
-    # for it with the observed number of deaths per band.
-    deaths = Counter(
-        band(age_on(date.fromisoformat(r["birthDate"]), today))
-        for r in sample
-        if "deceasedDateTime" in r
-    )
     for i, (lo, hi) in enumerate(bands):
-        assert_share(counts[i] + deaths[i], N, expected[i] / total, f"ages {lo}-{hi}")
+        assert_share(counts[i], len(alive), expected[i] / total, f"ages {lo}-{hi}")
 
 
 def test_languages_follow_acs_shares(sample):
@@ -115,58 +114,147 @@ def test_languages_follow_acs_shares(sample):
     assert {"English", "Spanish", "Chinese"} <= texts
 
 
-def qx(sex: str) -> list[float]:
-    return [float(r[f"qx_{sex}"]) for r in table("life_table_hmd2022_full.csv")]
+# --- mortality: the registry of the living and the dead of the window ----------------------------
+
+SEXES = ("male", "female")
+BANDS = [(lo, lo + 9) for lo in range(0, 100, 10)] + [(100, g.MAX_AGE)]
+YEAR = 365.2425 * 86400  # seconds; the auditor's year
+REGISTRY_N = 1_000_000  # sample() is ~3 us: a few seconds
+LOOKBACK = 3.0
+# The model's expected deceased share at a 3-year window: sum D / (sum D + sum P), computed by the
+# design's own stdlib model (scratch/mortality/RESULTS.md, section 2), not by the generator.
+DECEASED_SHARE_3Y = 0.02857
 
 
-def test_mortality_of_an_80_year_old_cohort_matches_the_life_table():
-    """Three years back from 80: ages 79, 78 and 77 were lived in the window."""
-    plan = g.make_plan(80, AS_OF, min_age=80, max_age=80)
-    records = [g.build_record(plan, i) for i in range(N)]
-    row = next(r for r in table("age_sex.csv") if r["age"] == "80")
-    for sex in ("male", "female"):
-        q = qx(sex)
-        p = 1 - (1 - q[79]) * (1 - q[78]) * (1 - q[77])
-        cohort = [r for r in records if r["gender"] == sex]
-        died = sum("deceasedDateTime" in r for r in cohort)
-        assert_share(died, len(cohort), p, f"80-year-old {sex}s")
-        assert 0.05 < p < 0.2 and int(row[sex]) > 0  # the table says what a real cohort does
+def life_table(column: str, sex: str) -> list[float]:
+    return [float(r[f"{column}_{sex}"]) for r in table("life_table_hmd2022_full.csv")]
 
 
-def test_overall_mortality_matches_the_population_expectation(sample):
-    rows = [r for r in table("age_sex.csv") if r["age"] != "100+"]
-    qm, qf = qx("male"), qx("female")
+def census_by_band() -> dict[tuple[str, int], int]:
+    """Census people by (sex, band); the '100+' row is the last band."""
+    out: Counter = Counter()
+    for r in table("age_sex.csv"):
+        age = 100 if r["age"] == "100+" else int(r["age"])
+        b = next(i for i, (lo, hi) in enumerate(BANDS) if lo <= age <= hi)
+        for sex in SEXES:
+            out[sex, b] += int(r[sex])
+    return out
 
-    def p_die(q: list[float], age: int) -> float:
-        alive = 1.0
-        for k in range(1, 4):
-            if age - k + 1 >= 0:
-                alive *= 1 - q[max(age - k, 0)]
-        return 1 - alive
 
-    # Ages 0-99 only (the open 100+ row is spread over 100-110 by the generator).
-    total = sum(int(r["male"]) + int(r["female"]) for r in rows)
-    expected = (
-        sum(
-            int(r["male"]) * p_die(qm, int(r["age"])) + int(r["female"]) * p_die(qf, int(r["age"]))
-            for r in rows
-        )
-        / total
+def add_exposure(py: list[float], birth: float, start: float, end: float) -> None:
+    """Add the years between instants start and end to py[whole age], ages from birth."""
+    lo, hi = (start - birth) / YEAR, (end - birth) / YEAR
+    age = int(lo)
+    while age < hi:
+        top = hi if age >= g.MAX_AGE else min(hi, age + 1.0)
+        py[min(age, g.MAX_AGE)] += top - max(lo, float(age))
+        age += 1
+
+
+@pytest.fixture(scope="module")
+def registry() -> dict:
+    """Deaths by age at death, window person-years by age, the living by age, per sex: what an
+    auditor measures on 1M registry members (birth at 00:00 UTC of the birth date)."""
+    plan = g.make_plan(2026, AS_OF)
+    as_of = plan.window_start + plan.window_span - 1
+    deaths = {s: [0] * (g.MAX_AGE + 1) for s in SEXES}
+    living = {s: [0] * (g.MAX_AGE + 1) for s in SEXES}
+    py = {s: [0.0] * (g.MAX_AGE + 1) for s in SEXES}
+    for i in range(REGISTRY_N):
+        s = g.sample(plan, i)
+        age, sex, dead = plan.cells[s.cell]
+        birth = (s.birth - 719163) * 86400
+        end = s.died if dead else as_of
+        add_exposure(py[sex], birth, max(birth, plan.window_start), end)
+        (deaths if dead else living)[sex][age] += 1
+    assert plan.window_span - 1 == round(LOOKBACK * YEAR)
+    return {"deaths": deaths, "living": living, "py": py}
+
+
+def band_z(registry: dict, sexes: tuple[str, ...], lo: int, hi: int) -> float:
+    """(O - E) / sqrt(E): observed deaths in ages lo..hi against E = sum m(x) PY(x)."""
+    observed = sum(registry["deaths"][s][x] for s in sexes for x in range(lo, hi + 1))
+    expected = sum(
+        life_table("mx", s)[x] * registry["py"][s][x] for s in sexes for x in range(lo, hi + 1)
     )
-    under_100 = [
-        r for r in sample if age_on(date.fromisoformat(r["birthDate"]), date(2025, 10, 13)) < 100
-    ]
-    died = sum("deceasedDateTime" in r for r in under_100)
-    assert 0.02 < expected < 0.04  # ~0.9% a year over a three-year window
-    assert_share(died, len(under_100), expected, "deaths under 100")
+    assert expected > 30, (sexes, lo, hi)  # Poisson sd is then a fair yardstick
+    return (observed - expected) / math.sqrt(expected)
 
 
-def test_mortality_rate_option_overrides_the_life_table():
-    plan = g.make_plan(4, AS_OF, mortality_rate=0.25)
-    died = sum("deceasedDateTime" in g.build_record(plan, i) for i in range(40_000))
-    assert_share(died, 40_000, 0.25, "fixed rate")
+def test_deaths_per_person_year_match_the_life_table_by_age_band(registry):
+    """Indirect standardisation on the registry's own person-years: |z| < 4 in every 10-year band,
+    both sexes pooled and each sex, and sum z**2 under chi2(11) at p = 0.001 (31.3)."""
+    pooled = [band_z(registry, SEXES, lo, hi) for lo, hi in BANDS]
+    assert max(map(abs, pooled)) < 4, pooled
+    assert sum(z * z for z in pooled) < 31.3, pooled
+    for sex in SEXES:
+        by_sex = [band_z(registry, (sex,), lo, hi) for lo, hi in BANDS]
+        assert max(map(abs, by_sex)) < 4, (sex, by_sex)
+
+
+def test_the_living_are_the_census_age_sex_table(registry):
+    """10-year band x sex: chi2 on 21 df under 46.8 (p = 0.001); the 65+ share within 4 sd."""
+    census = census_by_band()
+    total = sum(census.values())
+    counts = {
+        (s, b): sum(registry["living"][s][lo : hi + 1])
+        for s in SEXES
+        for b, (lo, hi) in enumerate(BANDS)
+    }
+    n = sum(counts.values())
+    chi2 = sum((counts[k] - n * census[k] / total) ** 2 / (n * census[k] / total) for k in census)
+    assert chi2 < 46.8, chi2
+    rows = table("age_sex.csv")
+    old = sum(int(r["total"]) for r in rows if r["age"] == "100+" or int(r["age"]) >= 65)
+    older = sum(registry["living"][s][x] for s in SEXES for x in range(65, g.MAX_AGE + 1))
+    p = old / sum(int(r["total"]) for r in rows)
+    assert abs(older / n - p) < 4 * math.sqrt(p * (1 - p) / n), (older / n, p)
+
+
+def test_the_deceased_share_is_the_models_outcome(registry):
+    dead = sum(sum(registry["deaths"][s]) for s in SEXES)
+    p = DECEASED_SHARE_3Y
+    assert abs(dead / REGISTRY_N - p) < 4 * math.sqrt(p * (1 - p) / REGISTRY_N) + 1e-5
+
+
+def test_infant_deaths_cluster_after_birth_as_hmd_a0_says():
+    """Every record an infant death (100k): the share dying before 28 days is (28 / 365.2425)**b,
+    b = a0 / (1 - a0) (F(f) = f**b has mean a(0)); the mean age at death is a(0). Dates agree."""
+    plan = g.make_plan(28, AS_OF, mortality_rate=1.0, max_age=0)
+    as_of = datetime.fromisoformat(AS_OF)
+    start = as_of.timestamp() - LOOKBACK * YEAR
+    n, neonatal, years = 100_000, 0, 0.0
+    for i in range(n):
+        r = g.build_record(plan, i)
+        born = date.fromisoformat(r["birthDate"])
+        died = datetime.fromisoformat(r["deceasedDateTime"])
+        assert start - 1 <= died.timestamp() <= as_of.timestamp()
+        days = (died.date() - born).days
+        assert 0 <= days and age_on(born, died.date()) == 0
+        neonatal += days < 28
+        years += (days + 0.5) / 365.2425  # mid-day: the dates keep whole days
+    a0 = life_table("ax", "male")[0]
+    assert a0 == life_table("ax", "female")[0]
+    b = a0 / (1 - a0)
+    share = (28 / 365.2425) ** b
+    assert 0.6 < share < 0.7  # NCHS 2022: 3.59 neonatal of 5.61 infant deaths per 1,000 = 0.640
+    assert abs(neonatal / n - share) < 4 * math.sqrt(share * (1 - share) / n), neonatal / n
+    sd = math.sqrt(b / ((b + 1) ** 2 * (b + 2)))  # of Beta(b, 1)
+    assert abs(years / n - a0) < 4 * sd / math.sqrt(n) + 0.002, years / n
+
+
+def test_mortality_rate_option_is_the_deceased_share():
+    for p, n in ((0.25, 40_000), (0.03, 40_000)):
+        plan = g.make_plan(4, AS_OF, mortality_rate=p)
+        died = sum("deceasedDateTime" in g.build_record(plan, i) for i in range(n))
+        assert_share(died, n, p, f"fixed rate {p}")
+    plan = g.make_plan(4, AS_OF, mortality_rate=0.25, min_age=65)  # p whatever the age filter
+    died = sum("deceasedDateTime" in g.build_record(plan, i) for i in range(20_000))
+    assert_share(died, 20_000, 0.25, "fixed rate 0.25 at 65+")
     plan = g.make_plan(4, AS_OF, mortality_rate=0.0)
     assert not any("deceasedDateTime" in g.build_record(plan, i) for i in range(5_000))
+    plan = g.make_plan(4, AS_OF, mortality_rate=1.0)
+    assert all("deceasedDateTime" in g.build_record(plan, i) for i in range(5_000))
 
 
 def test_death_dates_spread_over_the_lookback_window():
@@ -180,14 +268,19 @@ def test_death_dates_spread_over_the_lookback_window():
         assert_share(years[month], 24_000, 1 / 24, month)
 
 
-def test_min_and_max_age_restrict_the_cohort():
+def record_age(r: dict) -> int:
+    """The age a record shows: at as-of for the living, at death for the deceased."""
+    died = r.get("deceasedDateTime")
+    on = datetime.fromisoformat(died).astimezone(UTC).date() if died else date(2025, 10, 13)
+    return age_on(date.fromisoformat(r["birthDate"]), on)
+
+
+def test_min_and_max_age_restrict_the_age_on_the_record():
     plan = g.make_plan(65, AS_OF, min_age=65, max_age=74)
-    today = date(2025, 10, 13)
-    ages = Counter(
-        age_on(date.fromisoformat(g.build_record(plan, i)["birthDate"]), today)
-        for i in range(20_000)
-    )
-    assert set(ages) == set(range(65, 75))
+    records = [g.build_record(plan, i) for i in range(20_000)]
+    assert set(map(record_age, records)) == set(range(65, 75))
+    dead = [record_age(r) for r in records if "deceasedDateTime" in r]
+    assert len(dead) > 200 and set(dead) == set(range(65, 75))
 
 
 def test_each_patient_is_managed_by_a_hospital_in_their_state(sample):
