@@ -29,8 +29,10 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.parse
 import zlib
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -88,7 +90,6 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
     "states": None,  # the 50 states + DC
     "lookback_years": 3.0,
     "mortality_rate": None,  # the life table
-    "hospitals_per_million": 1.0,
     "profile": "cms",
     "fhir_version": "R4",  # what every written resource is valid in (FHIR_VERSIONS)
 }
@@ -100,6 +101,17 @@ DEFAULT_WORKERS = 1
 
 MRN_SYSTEM = "MetricCare-MRN"  # the seed README's identifier namespace
 ORG_SYSTEM = "urn:metriccare:organization"
+# CMS Certification Number: the preferred URI of HL7 Terminology's NamingSystem "CCN" (active
+# since 2021-11-01; OID 2.16.840.1.113883.4.336), the system Da Vinci HRex pins for CCNs.
+CCN_SYSTEM = "http://terminology.hl7.org/NamingSystem/CMSCertificationNumber"
+# The CMS hospital types patients are managed by (README "Places and hospitals" says why):
+# general hospitals for everyone, children's hospitals as one more candidate under CHILD_AGE.
+# Psychiatric, VA, DoD, long-term and rural emergency hospitals are never used.
+GENERAL_HOSPITAL_TYPES = ("Acute Care Hospitals", "Critical Access Hospitals")
+CHILDREN_HOSPITAL_TYPE = "Childrens"
+CHILD_AGE = 18  # younger patients may go to a children's hospital
+CANDIDATES = 6  # hospital_candidates.csv slots per ZIP: 5 general hospitals, then the children's
+MAX_ID = 64  # FHIR id length
 # US Core Patient (5.0.1 and later; docs/us-core.md cites the pages these facts come from)
 US_CORE_PATIENT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
@@ -136,18 +148,26 @@ LIFE_TABLE = ("qx", "mx", "ax")  # the life-table columns read, per sex
 # ---------------------------------------------------------------------------------------------
 
 
+ZipRow = tuple[str, str, str, str]  # (ZIP, city, county, state)
+
+
 @dataclass(frozen=True)
 class Reference:
     """The US reference tables, read once from a data directory and never changed."""
 
     states: tuple[tuple[str, str, int, bool], ...]  # (code, name, population, territory)
-    cities: Mapping[str, tuple[tuple[str, int], ...]]  # state -> ((city, population), ...)
+    zips: tuple[ZipRow, ...]  # in ZIP order
+    state_zips: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]  # positions, cum. pop.
+    hospitals: tuple[Mapping[str, str], ...]  # every CMS hospital with its "id", CMS order
+    hospital_cand: array  # ZIP z's candidates: slots CANDIDATES*z.. (positions in hospitals)
+    hospital_cum: array  # their cumulative integer weights, restarting at each ZIP
     age_sex: tuple[tuple[int, int, int], ...]  # (age, male, female) for ages 0..MAX_AGE
     qx: Mapping[str, tuple[float, ...]]  # sex -> probability of dying within a year, by age
     mx: Mapping[str, tuple[float, ...]]  # sex -> central death rate (deaths per person-year)
     ax: Mapping[str, tuple[float, ...]]  # sex -> mean years lived in the year of age at death
-    languages: tuple[tuple[str, str, int], ...]  # (bcp47, display, speakers)
-    race_ethnicity: tuple[tuple[str, str, str, str, int], ...]  # race, code, eth, code, pop
+    languages: tuple[tuple[str, str, int], ...]  # (bcp47, display, national speakers)
+    language_cum: Mapping[str, tuple[int, ...]]  # state -> cumulative weights over languages
+    race_ethnicity: Mapping[str, tuple[tuple[str, str, str, str, int], ...]]  # state -> rows
 
 
 def load_reference(data_dir: str | Path | None = None) -> Reference:
@@ -156,35 +176,224 @@ def load_reference(data_dir: str | Path | None = None) -> Reference:
     return _load_reference(Path(data_dir or DATA_DIR).resolve())
 
 
+def _csv_rows(data_dir: Path, name: str) -> list[dict[str, str]]:
+    with open(data_dir / name, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 @functools.cache
 def _load_reference(data_dir: Path) -> Reference:
     def rows(name: str) -> list[dict[str, str]]:
-        with open(data_dir / name, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        return _csv_rows(data_dir, name)
 
     states = tuple(
         (r["code"], r["name"], int(r["population"]), r["territory"] == "true")
         for r in rows("states.csv")
     )
-    cities: dict[str, list[tuple[str, int]]] = {}
-    for r in rows("cities.csv"):
-        cities.setdefault(r["state"], []).append((r["city"], int(r["population"])))
+    zips, state_zips = _zips(data_dir)
+    hospitals = _hospitals(rows("hospitals.csv"))
     life = rows("life_table_hmd2022_full.csv")
     column = {c: {s: tuple(float(r[f"{c}_{s}"]) for r in life) for s in SEXES} for c in LIFE_TABLE}
-    qx = column["qx"]
+    national = rows("languages.csv")
+    race: dict[str, list[tuple[str, str, str, str, int]]] = {}
+    for r in rows("race_ethnicity_by_state.csv"):
+        race.setdefault(r["state"], []).append(
+            (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
+        )
     return Reference(
         states=states,
-        cities={k: tuple(v) for k, v in cities.items()},
-        age_sex=_expand_open_age(rows("age_sex.csv"), qx),
+        zips=zips,
+        state_zips=state_zips,
+        hospitals=hospitals,
+        **_hospital_candidates(data_dir, zips, hospitals),
+        age_sex=_expand_open_age(rows("age_sex.csv"), column["qx"]),
         **column,
-        languages=tuple(
-            (r["bcp47"], r["display"], int(r["speakers_age5plus"])) for r in rows("languages.csv")
+        languages=tuple((r["bcp47"], r["display"], int(r["speakers_age5plus"])) for r in national),
+        language_cum=_language_cum(
+            rows("languages_by_state.csv"),
+            rows("languages_by_state_detail_acs2018.csv"),
+            national,
+            [code for code, *_ in states],
         ),
-        race_ethnicity=tuple(
-            (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
-            for r in rows("race_ethnicity_joint.csv")
-        ),
+        race_ethnicity={k: tuple(v) for k, v in race.items()},
     )
+
+
+def _zips(data_dir: Path) -> tuple[tuple[ZipRow, ...], dict[str, tuple[tuple[int, ...], ...]]]:
+    """zips.csv with county names (counties.csv), and per state its ZIPs' positions and
+    cumulative populations (a ZIP is drawn in proportion to its population within the state)."""
+    county = {r["county_fips"]: r["county_name"] for r in _csv_rows(data_dir, "counties.csv")}
+    zips, positions, populations = [], {}, {}
+    with open(data_dir / "zips.csv", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        at = {name: header.index(name) for name in ("zip", "city", "state", "county_fips")}
+        pop = header.index("population")
+        for row in reader:
+            state = row[at["state"]]
+            positions.setdefault(state, []).append(len(zips))
+            populations.setdefault(state, []).append(int(row[pop]))
+            zips.append((row[at["zip"]], row[at["city"]], county[row[at["county_fips"]]], state))
+    state_zips = {
+        st: (tuple(positions[st]), tuple(itertools.accumulate(populations[st]))) for st in positions
+    }
+    return tuple(zips), state_zips
+
+
+def _slug(text: str) -> str:
+    """Lower-case ASCII words joined by '-' ("ST. JOSEPH'S & CO" -> 'st-josephs-and-co')."""
+    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    t = t.replace("'", "").replace("&", " and ")
+    return "-".join(p for p in re.split(r"[^a-z0-9]+", t) if p)
+
+
+def _org_id(state: str, name: str, *suffix: str) -> str:
+    """org-<state>-<name slug>[-<suffix>...], the name cut at a word boundary to fit MAX_ID."""
+    head, tail = f"org-{state.lower()}-", "".join("-" + _slug(p) for p in suffix)
+    room, name = MAX_ID - len(head) - len(tail), _slug(name)
+    if len(name) > room:
+        cut = name[:room]
+        name = (cut[: cut.rindex("-")] if name[room] != "-" and "-" in cut else cut).rstrip("-")
+    return head + name + tail
+
+
+def _hospitals(rows: list[dict[str, str]]) -> tuple[Mapping[str, str], ...]:
+    """The CMS rows with a readable, unique id each: org-<state>-<name>; names shared within a
+    state add -<city>, then -<ccn>. Ids come from the whole file, so no option changes them."""
+    ids = [_org_id(r["state"], r["name"]) for r in rows]
+    for suffix in (("city",), ("city", "ccn")):
+        seen: dict[str, int] = {}
+        for i in ids:
+            seen[i] = seen.get(i, 0) + 1
+        ids = [
+            i if seen[i] == 1 else _org_id(r["state"], r["name"], *(r[k] for k in suffix))
+            for i, r in zip(ids, rows, strict=True)
+        ]
+    if len(set(ids)) != len(ids):
+        raise ValueError("hospitals.csv: organization ids are not unique")
+    return tuple({"id": i, **r} for i, r in zip(ids, rows, strict=True))
+
+
+def _hospital_candidates(
+    data_dir: Path, zips: tuple[ZipRow, ...], hospitals: tuple[Mapping[str, str], ...]
+) -> dict[str, array]:
+    """hospital_candidates.csv (tools/build_reference.py) as two flat arrays, CANDIDATES slots
+    per ZIP in zips.csv order: the 5 nearest general hospitals of the state, then the children's
+    hospital (weight 0, so never drawn, where there is none). Column-wise: 0.1 s, not 0.3."""
+    with open(data_dir / "hospital_candidates.csv", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
+        codes, general, weights, kids, kid_weights = zip(*reader, strict=True)
+    if list(codes) != [z[0] for z in zips]:
+        raise ValueError("hospital_candidates.csv does not list zips.csv's ZIPs: rebuild it")
+    by_ccn = {h["ccn"]: i for i, h in enumerate(hospitals)}
+    width = CANDIDATES - 1
+    general_slots = [by_ccn[c] for c in " ".join(general).split()]
+    general_weights = [int(w) for w in " ".join(weights).split()]
+    if len(general_slots) != width * len(codes) or len(general_weights) != len(general_slots):
+        raise ValueError(f"hospital_candidates.csv must list {width} hospitals per ZIP")
+    cand, cum = array("H"), array("I")
+    for z, (kid, kid_weight) in enumerate(zip(kids, kid_weights, strict=True)):
+        slots = general_slots[z * width : z * width + width]
+        slots.append(by_ccn[kid] if kid else slots[-1])
+        cand.extend(slots)
+        cum.extend(
+            itertools.accumulate(
+                general_weights[z * width : z * width + width] + [int(kid_weight or 0)]
+            )
+        )
+    return {"hospital_cand": cand, "hospital_cum": cum}
+
+
+# ACS C16001 language group -> the B16001 variables (languages.csv rows) it is made of; "und"
+# (languages.csv's residual of grouped categories) has a part in five of the groups.
+C16001_GROUPS: Mapping[str, tuple[str, ...]] = {
+    "C16001_002E": ("B16001_002E",),  # English only
+    "C16001_003E": ("B16001_003E",),  # Spanish
+    "C16001_006E": ("B16001_006E", "B16001_009E"),  # French (incl. Cajun), Haitian
+    "C16001_009E": ("B16001_018E", "und"),  # German + other West Germanic
+    "C16001_012E": ("B16001_027E", "B16001_030E", "B16001_033E", "und"),  # Slavic
+    "C16001_015E": (  # other Indo-European
+        "B16001_012E", "B16001_015E", "B16001_024E", "B16001_039E", "B16001_042E",
+        "B16001_045E", "B16001_048E", "B16001_051E", "B16001_054E", "B16001_057E", "und",
+    ),
+    "C16001_018E": ("B16001_081E",),  # Korean
+    "C16001_021E": ("B16001_075E",),  # Chinese
+    "C16001_024E": ("B16001_087E",),  # Vietnamese
+    "C16001_027E": ("B16001_099E",),  # Tagalog
+    "C16001_030E": (  # other Asian and Pacific Island
+        "B16001_066E", "B16001_069E", "B16001_078E", "B16001_084E", "B16001_090E", "und",
+    ),
+    "C16001_033E": ("B16001_105E",),  # Arabic
+    "C16001_036E": ("B16001_108E", "B16001_120E", "und"),  # other and unspecified
+}  # fmt: skip
+
+
+def _language_key(row: Mapping[str, str]) -> str:
+    """A language row's B16001 variable, or 'und' for the residual."""
+    return "und" if row["bcp47"] == "und" else row["acs_variable"]
+
+
+def _within_group_shares(
+    groups: Mapping[str, float], detail: Mapping[str, float]
+) -> dict[str, dict[str, float]]:
+    """group -> {language key: share within the group} from one B16001 detail table. The
+    residual 'und' is shared over its five groups by each group's gap (the group total, rescaled
+    to the detail's total, minus its named languages, at least 0)."""
+    scale = sum(detail.values()) / sum(groups.values())
+    gaps = {
+        g: max(0.0, groups[g] * scale - sum(detail.get(v, 0.0) for v in m if v != "und"))
+        for g, m in C16001_GROUPS.items()
+        if "und" in m
+    }
+    if not any(gaps.values()):
+        gaps = dict.fromkeys(gaps, 1.0)
+    gap_total = sum(gaps.values())
+    out = {}
+    for g, members in C16001_GROUPS.items():
+        counts = {
+            v: detail.get("und", 0.0) * gaps[g] / gap_total if v == "und" else detail.get(v, 0.0)
+            for v in members
+        }
+        total = sum(counts.values())
+        out[g] = {v: c / total if total > 0 else 1.0 / len(members) for v, c in counts.items()}
+    return out
+
+
+def _language_cum(
+    by_state: list[dict[str, str]],
+    detail: list[dict[str, str]],
+    national: list[dict[str, str]],
+    states: list[str],
+) -> dict[str, tuple[int, ...]]:
+    """state -> cumulative weights over languages.csv's rows: P(language | state) = sum over the
+    13 ACS 2017 C16001 groups g of P(g | state) x P(language | g), the latter from the state's
+    own ACS 2018 B16001 where published (38 states + DC), else national (languages.csv). States
+    without C16001 (PR) get the national table. Ages under 5, outside the ACS universe, use the
+    same table: the language of the state's households."""
+    keys = [_language_key(r) for r in national]
+    nat_detail = {_language_key(r): float(r["speakers_age5plus"]) for r in national}
+    groups: dict[str, dict[str, float]] = {}
+    for r in by_state:
+        groups.setdefault(r["state"], {})[r["acs_variable"]] = float(r["speakers"])
+    state_detail: dict[str, dict[str, float]] = {}
+    for r in detail:
+        state_detail.setdefault(r["state"], {})[_language_key(r)] = float(r["speakers"])
+    nat_groups = {g: sum(gs[g] for gs in groups.values()) for g in C16001_GROUPS}
+    nat_shares = _within_group_shares(nat_groups, nat_detail)
+    out = {}
+    for st in states:
+        if st not in groups:
+            out[st] = tuple(itertools.accumulate(round(nat_detail[k]) for k in keys))
+            continue
+        gt, total = groups[st], sum(groups[st].values())
+        shares = _within_group_shares(gt, state_detail[st]) if st in state_detail else nat_shares
+        p = dict.fromkeys(keys, 0.0)
+        for g, members in C16001_GROUPS.items():
+            for v in members:
+                p[v] += gt[g] / total * shares[g][v]
+        out[st] = tuple(itertools.accumulate(round(p[k] * 1e9) for k in keys))
+    return out
 
 
 def _expand_open_age(
@@ -221,12 +430,12 @@ class Draws(NamedTuple):
     spare slot by renaming it; reusing a slot would make two fields depend on each other."""
 
     state: int  # all profiles: the state, in proportion to its population
-    city: int  # all: the place within the state
+    zip: int  # all: the ZIP within the state, in proportion to its population
     cell: int  # all: the (age, sex, living or dead) cell of the registry
     birth: int  # all, living cells: the birth day within the cell's year of birth
     gender: int  # all: other / unknown, else the cell's sex
     language: int  # all: the preferred language
-    organization: int  # all: the managing hospital within the state
+    organization: int  # all: the managing hospital among the ZIP's nearest (gravity weights)
     death_age: int  # all, dead cells: the fraction of the year of age lived at death (f)
     death_time_low: int  # all, dead cells: the death instant in the window (64 bits: low and
     death_time_high: int  # high halves)
@@ -370,9 +579,13 @@ class Plan:
     last_updated: str
     state_codes: tuple[str, ...]
     state_cum: tuple[int, ...]
-    city_names: tuple[tuple[str, ...], ...]  # by position in state_codes
-    city_cum: tuple[tuple[int, ...], ...]
-    state_orgs: tuple[tuple[Mapping[str, str], ...], ...]  # organizations per selected state
+    zips: tuple[ZipRow, ...]  # Reference.zips: (ZIP, city, county, state)
+    zip_index: tuple[tuple[int, ...], ...]  # by position in state_codes: positions in zips
+    zip_cum: tuple[tuple[int, ...], ...]  # their cumulative populations
+    hospitals: tuple[Mapping[str, str], ...]  # Reference.hospitals (all CMS rows)
+    hospital_cand: array  # Reference.hospital_cand: CANDIDATES slots per ZIP
+    hospital_cum: array
+    organization_index: tuple[int, ...]  # positions in hospitals of the run's organizations
     organizations: tuple[Mapping[str, str], ...]  # every organization a patient can reference
     cells: tuple[tuple[int, str, bool], ...]  # (age on the record, sex, dead?) registry cells
     cell_cum: tuple[int, ...]
@@ -383,8 +596,9 @@ class Plan:
     dates_base: int
     window_start: int  # epoch seconds
     window_span: int  # seconds in the window, as-of included
+    hospital_slots: tuple[int, ...]  # per cell: 5 general candidates, 6 under CHILD_AGE
     languages: tuple[tuple[str, str], ...]
-    language_cum: tuple[int, ...]
+    language_cum: tuple[tuple[int, ...], ...]  # by position in state_codes
     gender_other: int
     gender_unknown: int
     profile: Profile
@@ -474,10 +688,6 @@ def normalise_options(*, data_dir: str | Path | None = None, **options: Any) -> 
         "mortality_rate": None
         if rate is None
         else _check_range("mortality-rate", rate, 0, 1, False),
-        # the US has ~18 hospitals per million
-        "hospitals_per_million": _check_range(
-            "hospitals-per-million", o["hospitals_per_million"], 0, 20, True
-        ),
         "profile": o["profile"],
         "fhir_version": o["fhir_version"],
     }
@@ -498,48 +708,6 @@ def make_plan(
     opts = normalise_options(data_dir=data_dir, **options)
     where = None if data_dir is None else str(Path(data_dir).resolve())
     return _make_plan_cached(seed, parse_as_of(as_of), tuple(opts.items()), where)
-
-
-def _organizations(
-    ref: Reference, key: bytes, per_million: float
-) -> dict[str, list[dict[str, str]]]:
-    """A deterministic set of hospitals per state, each in one of the state's real places."""
-    from faker.providers.person.en_US import Provider as FakerPerson
-
-    surnames = list(FakerPerson.last_names)
-    patterns = (
-        "{city} General Hospital",
-        "{city} Medical Center",
-        "{city} Regional Medical Center",
-        "{city} Community Hospital",
-        "{surname} Memorial Hospital",
-        "{surname} Health",
-    )
-    out: dict[str, list[dict[str, str]]] = {}
-    for code, _, population, _ in ref.states:
-        places = ref.cities[code]
-        cum = _cumulative(p for _, p in places)
-        count = max(1, round(population / 1e6 * per_million))
-        orgs, taken = [], set()
-        attempt = 0
-        while len(orgs) < count:
-            if attempt > 100 * count:  # a guard: names run out only far beyond the allowed density
-                raise ValueError(f"cannot name {count} distinct hospitals in {code}")
-            r = _hash_int(key, f"organization|{code}|{attempt}".encode())
-            attempt += 1
-            city = places[_pick(cum, r & M32)][0]
-            pattern = patterns[((r >> 32) & M32) * len(patterns) >> 32]
-            surname = surnames[((r >> 64) & M32) * len(surnames) >> 32]
-            name = pattern.format(city=city, surname=surname)
-            slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
-            slug = "-".join(part for part in slug.split("-") if part)
-            org_id = f"org-{code.lower()}-{slug}"
-            if org_id in taken or len(org_id) > 64:
-                continue
-            taken.add(org_id)
-            orgs.append({"id": org_id, "name": name, "city": city, "state": code})
-        out[code] = orgs
-    return out
 
 
 # -- the registry: the people alive at as-of (Census) plus those who died in the look-back window
@@ -696,9 +864,8 @@ def _make_plan_cached(
     key = master[:32]
     state_codes = opts["states"]
     pops = {code: pop for code, _, pop, _ in ref.states}
-    orgs_by_state = _organizations(ref, key, opts["hospitals_per_million"])
-    state_orgs = tuple(tuple(orgs_by_state[s]) for s in state_codes)
     profile = PROFILES[opts["profile"]]
+    population = _population(ref, opts, as_of)
     return Plan(
         seed=seed,
         as_of=as_of,
@@ -710,18 +877,36 @@ def _make_plan_cached(
         last_updated=_iso_instant(as_of),
         state_codes=state_codes,
         state_cum=_cumulative(pops[s] for s in state_codes),
-        city_names=tuple(tuple(c for c, _ in ref.cities[s]) for s in state_codes),
-        city_cum=tuple(_cumulative(p for _, p in ref.cities[s]) for s in state_codes),
-        state_orgs=state_orgs,
-        organizations=tuple(o for orgs in state_orgs for o in orgs),
-        **_population(ref, opts, as_of),
+        zips=ref.zips,
+        zip_index=tuple(ref.state_zips[s][0] for s in state_codes),
+        zip_cum=tuple(ref.state_zips[s][1] for s in state_codes),
+        hospitals=ref.hospitals,
+        hospital_cand=ref.hospital_cand,
+        hospital_cum=ref.hospital_cum,
+        **_organizations(ref, state_codes),
+        **population,
+        hospital_slots=tuple(
+            CANDIDATES if age < CHILD_AGE else CANDIDATES - 1 for age, _, _ in population["cells"]
+        ),
         languages=tuple((code, display) for code, display, _ in ref.languages),
-        language_cum=_cumulative(n for _, _, n in ref.languages),
+        language_cum=tuple(ref.language_cum[s] for s in state_codes),
         gender_other=round(GENDER_OTHER_SHARE * (1 << 32)),
         gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
         profile=profile,
         tables=profile.tables(ref),
     )
+
+
+def _organizations(ref: Reference, state_codes: tuple[str, ...]) -> dict[str, tuple[Any, ...]]:
+    """The run's organizations: every general and children's hospital of its states, in CMS
+    order (a patient's candidates are in their own state, so every reference resolves)."""
+    kinds, chosen = (*GENERAL_HOSPITAL_TYPES, CHILDREN_HOSPITAL_TYPE), set(state_codes)
+    index = tuple(
+        i
+        for i, h in enumerate(ref.hospitals)
+        if h["hospital_type"] in kinds and h["state"] in chosen
+    )
+    return {"organization_index": index, "organizations": tuple(ref.hospitals[i] for i in index)}
 
 
 # -- the profiles' tables
@@ -732,13 +917,19 @@ def _no_tables(ref: Reference) -> None:
     return None
 
 
-class UsCoreTables(NamedTuple):
-    """What the us-core profile draws from: race x ethnicity rows, race pairs, names."""
+class RaceTable(NamedTuple):
+    """One state's race x ethnicity draws (2020 Census P2 by state)."""
 
-    race_rows: tuple[tuple[Any, ...], ...]  # (races|None, text, eth code, eth text, eth index)
-    race_cum: tuple[int, ...]
-    race_pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...]  # by ethnicity index
-    race_pair_cum: tuple[tuple[int, ...], ...]
+    rows: tuple[tuple[Any, ...], ...]  # (races|None, text, eth code, eth text, eth index)
+    cum: tuple[int, ...]
+    pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...]  # by ethnicity index
+    pair_cum: tuple[tuple[int, ...], ...]
+
+
+class UsCoreTables(NamedTuple):
+    """What the us-core profile draws from: race x ethnicity by state, names."""
+
+    race: Mapping[str, RaceTable]  # state code -> its table
     family_names: tuple[str, ...]
     family_cum: tuple[int, ...]
     given_names: Mapping[str, tuple[str, ...]]  # sex -> names
@@ -750,19 +941,17 @@ def _faker_table(names: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int
     return tuple(names), _cumulative(round(w * 1e9) for w in names.values())
 
 
-def _us_core_tables(ref: Reference) -> UsCoreTables:
-    """Census race x Hispanic-origin draws and Faker's en_US names.
+def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTable:
+    """One state's race x Hispanic-origin rows as draws.
 
-    Rows are race_ethnicity_joint.csv as is. "Other Race" rows get no ombCategory (text only);
-    "Two or more races" rows draw an unordered pair of distinct OMB races with weight
-    w_a * w_b, w being the single-race population in the same Hispanic-origin group.
+    "Other Race" rows get no ombCategory (text only); "Two or more races" rows draw an unordered
+    pair of distinct OMB races with weight w_a * w_b, w being the state's single-race population
+    in the same Hispanic-origin group.
     """
-    from faker.providers.person.en_US import Provider as FakerPerson
-
     eth_index: dict[str, int] = {}
     omb: list[list[tuple[str, str, int]]] = []  # per ethnicity: (code, display, population)
     rows, weights = [], []
-    for race, race_code, eth, eth_code, pop in ref.race_ethnicity:
+    for race, race_code, eth, eth_code, pop in race_rows:
         e = eth_index.setdefault(eth_code, len(eth_index))
         if e == len(omb):
             omb.append([])
@@ -780,14 +969,19 @@ def _us_core_tables(ref: Reference) -> UsCoreTables:
         combos = [(a, b) for i, a in enumerate(cats) for b in cats[i + 1 :]]
         pairs.append(tuple(((a[0], a[1]), (b[0], b[1])) for a, b in combos))
         pair_cum.append(_cumulative(a[2] * b[2] for a, b in combos))
+    return RaceTable(tuple(rows), _cumulative(weights), tuple(pairs), tuple(pair_cum))
+
+
+def _us_core_tables(ref: Reference) -> UsCoreTables:
+    """Census race x Hispanic origin by state (race_ethnicity_by_state.csv) and Faker's en_US
+    names."""
+    from faker.providers.person.en_US import Provider as FakerPerson
+
     family_names, family_cum = _faker_table(FakerPerson.last_names)
     male, male_cum = _faker_table(FakerPerson.first_names_male)
     female, female_cum = _faker_table(FakerPerson.first_names_female)
     return UsCoreTables(
-        race_rows=tuple(rows),
-        race_cum=_cumulative(weights),
-        race_pairs=tuple(pairs),
-        race_pair_cum=tuple(pair_cum),
+        race={state: _race_table(rows) for state, rows in ref.race_ethnicity.items()},
         family_names=family_names,
         family_cum=family_cum,
         given_names={"male": male, "female": female},
@@ -804,13 +998,13 @@ class Sample(NamedTuple):
     """What patient #i is, before any JSON: positions into the plan's tables, by name."""
 
     state: int  # position in plan.state_codes
-    city: int  # position in plan.city_names[state]
+    zip: int  # position in plan.zips
     cell: int  # position in plan.cells
     sex: str  # the cell's sex (gender is what the record says)
     birth: int  # birth date as a proleptic Gregorian ordinal
     gender: str
     language: int  # position in plan.languages
-    organization: int  # position in plan.state_orgs[state]
+    organization: int  # position in plan.hospitals
     died: int  # death instant in epoch seconds, -1 for the living
     draws: Draws  # the raw draws, for profiles that need more
 
@@ -843,8 +1037,8 @@ def sample(plan: Plan, index: int, _new: Any = tuple.__new__) -> Sample:
     bisect_right = bisect.bisect_right  # _pick, inlined: this is the hot loop
     cum = plan.state_cum
     s = bisect_right(cum, u.state * cum[-1] >> 32)
-    cum = plan.city_cum[s]
-    city = bisect_right(cum, u.city * cum[-1] >> 32)
+    cum = plan.zip_cum[s]
+    z = plan.zip_index[s][bisect_right(cum, u.zip * cum[-1] >> 32)]
     cum = plan.cell_cum
     cell = bisect_right(cum, u.cell * cum[-1] >> 32)
     sex = plan.cells[cell][1]
@@ -855,11 +1049,14 @@ def sample(plan: Plan, index: int, _new: Any = tuple.__new__) -> Sample:
         birth, died = plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32), -1
     g = u.gender
     gender = "other" if g < plan.gender_other else "unknown" if g < plan.gender_unknown else sex
-    cum = plan.language_cum
+    cum = plan.language_cum[s]
     language = bisect_right(cum, u.language * cum[-1] >> 32)
-    org = u.organization * len(plan.state_orgs[s]) >> 32
+    # the ZIP's candidates: slots lo..lo+4 for everyone, lo+5 (children's) under CHILD_AGE
+    cum, lo = plan.hospital_cum, z * CANDIDATES
+    hi = lo + plan.hospital_slots[cell]
+    org = plan.hospital_cand[bisect_right(cum, u.organization * cum[hi - 1] >> 32, lo, hi)]
     # tuple.__new__ builds the named tuple without its Python-level __new__ (hot path)
-    return _new(Sample, (s, city, cell, sex, birth, gender, language, org, died, u))
+    return _new(Sample, (s, z, cell, sex, birth, gender, language, org, died, u))
 
 
 def patient_id(plan: Plan, index: int) -> str:
@@ -889,8 +1086,12 @@ def _deceased(died: int) -> str:
     return _iso_instant(datetime.fromtimestamp(died, UTC))  # whole seconds: no fraction
 
 
-def _address(city: str, state: str) -> list[dict[str, str]]:
-    return [{"city": city, "state": state, "country": "USA"}]
+def _address(zip_row: ZipRow) -> list[dict[str, str]]:
+    """A real ZIP's address: GeoNames place name, Census county, state, ZIP (no street line)."""
+    code, city, county, state = zip_row
+    return [
+        {"city": city, "district": county, "state": state, "postalCode": code, "country": "USA"}
+    ]
 
 
 def _communication(code: str, display: str) -> list[dict[str, Any]]:
@@ -918,9 +1119,9 @@ def _fields(plan: Plan, index: int, s: Sample) -> Fields:
         gender=s.gender,
         birth_date=plan.dates[s.birth - plan.dates_base],
         deceased=None if s.died < 0 else _deceased(s.died),
-        address=_address(plan.city_names[s.state][s.city], plan.state_codes[s.state]),
+        address=_address(plan.zips[s.zip]),
         communication=_communication(*plan.languages[s.language]),
-        organization=_managing_organization(plan.state_orgs[s.state][s.organization]),
+        organization=_managing_organization(plan.hospitals[s.organization]),
     )
 
 
@@ -974,10 +1175,10 @@ def _cms_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]
 def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]:
     """The cms record plus US Core's parts, in FHIR element order (draws race..family_name)."""
     t: UsCoreTables = plan.tables
-    u = s.draws
-    races, text, eth_code, eth_display, e = t.race_rows[_pick(t.race_cum, u.race)]
+    u, race_table = s.draws, t.race[plan.state_codes[s.state]]
+    races, text, eth_code, eth_display, e = race_table.rows[_pick(race_table.cum, u.race)]
     if races is None:  # Two or more races
-        races = t.race_pairs[e][_pick(t.race_pair_cum[e], u.race_pair)]
+        races = race_table.pairs[e][_pick(race_table.pair_cum[e], u.race_pair)]
     given = t.given_names[s.sex][_pick(t.given_cum[s.sex], u.given_name)]
     family = t.family_names[_pick(t.family_cum, u.family_name)]
     # Codings carry no display: the required text says it, and records stay nearer 1.5 KB.
@@ -1033,11 +1234,15 @@ PROFILES: Mapping[str, Profile] = {
 
 
 def _organization_head(org: Mapping[str, str]) -> dict[str, Any]:
-    """The Organization elements that R4 and R5 share, in element order (up to name)."""
+    """The Organization elements that R4 and R5 share, in element order (up to name): the
+    readable id, the CMS Certification Number, and the CMS hospital type as the type's text."""
     return {
         "resourceType": "Organization",
         "id": org["id"],
-        "identifier": [{"system": ORG_SYSTEM, "value": org["id"]}],
+        "identifier": [
+            {"system": ORG_SYSTEM, "value": org["id"]},
+            {"system": CCN_SYSTEM, "value": org["ccn"]},
+        ],
         "active": True,
         "type": [
             {
@@ -1047,15 +1252,24 @@ def _organization_head(org: Mapping[str, str]) -> dict[str, Any]:
                         "code": "prov",
                         "display": "Healthcare Provider",
                     }
-                ]
+                ],
+                "text": org["hospital_type"],
             }
         ],
         "name": org["name"],
     }
 
 
-def _organization_address(org: Mapping[str, str]) -> dict[str, str]:
-    return {"city": org["city"], "state": org["state"], "country": "USA"}
+def _organization_address(org: Mapping[str, str]) -> dict[str, Any]:
+    """The hospital's CMS address, verbatim (CMS writes it in capitals; county without suffix)."""
+    return {
+        "line": [org["address"]],
+        "city": org["city"],
+        "district": org["county"],
+        "state": org["state"],
+        "postalCode": org["zip"],
+        "country": "USA",
+    }
 
 
 def _organization_r4(org: Mapping[str, str]) -> dict[str, Any]:
@@ -1084,7 +1298,8 @@ FHIR_VERSIONS: Mapping[str, FhirVersion] = {
 
 
 def organization_record(org: Mapping[str, str], fhir_version: str = "R4") -> dict[str, Any]:
-    """The FHIR Organization of one of the plan's hospitals, in the given FHIR version."""
+    """The FHIR Organization of one of the plan's hospitals (plan.organizations), in the given
+    FHIR version."""
     return FHIR_VERSIONS[fhir_version].organization(org)
 
 
@@ -1183,7 +1398,7 @@ def _template(plan: Plan, deceased: bool) -> tuple[bytes, dict[str, bytes]]:
 @functools.lru_cache(maxsize=8)
 def json_renderer(plan: Plan) -> Callable[[int], bytes]:
     """A function i -> patient #i as compact JSON bytes, equal to orjson.dumps(build_record(plan,
-    i)) but with no dict built: the record's fixed parts (from _assemble) and every address,
+    i)) but with no dict built: the record's fixed parts (from _assemble) and every ZIP's address,
     language and hospital are serialised once per plan; per patient only ids and dates vary.
     Profiles that are not `rendered` are dumped from their dict."""
     dumps = orjson.dumps
@@ -1202,15 +1417,13 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
     alive = alive_after["birth_date"]
     genders = {g: dumps(g) + after["gender"] for g in ("male", "female", "other", "unknown")}
     dates = [b'"%s"' % d.encode() for d in plan.dates]
-    addresses = [
-        [dumps(_address(c, st)) + after["address"] for c in cities]
-        for st, cities in zip(plan.state_codes, plan.city_names, strict=True)
-    ]
+    addresses = [b""] * len(plan.zips)  # the run's ZIPs only (a few MB for all of them)
+    for z in itertools.chain.from_iterable(plan.zip_index):
+        addresses[z] = dumps(_address(plan.zips[z])) + after["address"]
     languages = [dumps(_communication(*lang)) + after["communication"] for lang in plan.languages]
-    organizations = [
-        [dumps(_managing_organization(o)) + after["organization"] for o in orgs]
-        for orgs in plan.state_orgs
-    ]
+    organizations = [b""] * len(plan.hospitals)
+    for h in plan.organization_index:
+        organizations[h] = dumps(_managing_organization(plan.hospitals[h])) + after["organization"]
     base = plan.dates_base
     join = b"".join
 
@@ -1230,9 +1443,9 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
                 genders[s.gender],
                 dates[s.birth - base],
                 death,
-                addresses[s.state][s.city],
+                addresses[s.zip],
                 languages[s.language],
-                organizations[s.state][s.organization],
+                organizations[s.organization],
             )
         )
 
@@ -2171,13 +2384,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="P",
         help="fixed probability that a patient died in the window, instead of the life table",
-    )
-    add(
-        "--hospitals-per-million",
-        type=float,
-        default=d["hospitals_per_million"],
-        metavar="H",
-        help="organizations per million residents of a state, at least one (default %(default)g)",
     )
     add(
         "--profile",

@@ -13,14 +13,17 @@ SELECT * FROM read_json('./lake/bronze/patient/*', format = 'newline_delimited',
     gender: 'VARCHAR',
     birthDate: 'DATE',
     deceasedDateTime: 'TIMESTAMPTZ',
-    address: 'STRUCT(city VARCHAR, state VARCHAR, country VARCHAR)[]',
+    address: 'STRUCT(city VARCHAR, district VARCHAR, state VARCHAR, postalCode VARCHAR,
+        country VARCHAR)[]',
     managingOrganization: 'STRUCT(reference VARCHAR, display VARCHAR)'
 });
 CREATE OR REPLACE VIEW organization AS
 SELECT * FROM read_json('./lake/bronze/organization/*', format = 'newline_delimited', columns = {
     id: 'VARCHAR',
+    identifier: 'STRUCT(system VARCHAR, value VARCHAR)[]',
     name: 'VARCHAR',
-    address: 'STRUCT(city VARCHAR, state VARCHAR, country VARCHAR)[]'
+    address: 'STRUCT(line VARCHAR[], city VARCHAR, district VARCHAR, state VARCHAR,
+        postalCode VARCHAR, country VARCHAR)[]'
 });
 
 -- name: mortality_by_state
@@ -33,16 +36,27 @@ FROM patient
 GROUP BY state
 ORDER BY state;
 
--- name: patients_per_organization
+-- name: mortality_by_county
 SELECT
-    o.id AS organization,
+    address[1].state AS state,
+    address[1].district AS county,
+    count(*) AS patients,
+    count(deceasedDateTime) AS deceased,
+    round(100.0 * count(deceasedDateTime) / count(*), 2) AS mortality_pct
+FROM patient
+GROUP BY ALL
+ORDER BY state, county;
+
+-- name: patients_per_hospital
+SELECT
+    list_filter(o.identifier, lambda i: i.system LIKE '%/CMSCertificationNumber')[1].value AS ccn,
     o.name,
     o.address[1].state AS state,
     count(p.id) AS patients
 FROM organization AS o
 LEFT JOIN patient AS p ON p.managingOrganization.reference = 'Organization/' || o.id
 GROUP BY ALL
-ORDER BY patients DESC, organization;
+ORDER BY patients DESC, ccn;
 
 -- name: dangling_references
 SELECT count(*) AS dangling

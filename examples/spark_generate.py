@@ -201,7 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--states", help="only these USPS codes, e.g. CA,NY")
     p.add_argument("--lookback-years", type=float)
     p.add_argument("--mortality-rate", type=float)
-    p.add_argument("--hospitals-per-million", type=float)
     p.add_argument("--profile", help="passed to make_plan when given (newer module versions)")
     p.add_argument("--bundle", metavar="ZIP", help="only write the --py-files zip and exit")
     return p
@@ -231,7 +230,6 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
         "states": args.states,
         "lookback_years": args.lookback_years,
         "mortality_rate": args.mortality_rate,
-        "hospitals_per_million": args.hospitals_per_million,
         "profile": args.profile,
     }
 

@@ -9,5 +9,5 @@ mkdir -p "$out"
 "${gen[@]}" > "$out/patient.txt"
 "${gen[@]}" --count 20 > "$out/patients.ndjson"
 "${gen[@]}" --count 5 --min-age 65 --mortality-rate 0.5 --states CA,NY > "$out/medicare_cohort.ndjson"
-# A tiny bronze layer (Vermont has one hospital): per-file JSON, organizations and the manifest.
+# A tiny bronze layer (Vermont: 3 patients, its 14 hospitals): per-file JSON, organizations, manifest.
 "${gen[@]}" --count 3 --states VT --output "$out/bronze" --quiet --overwrite

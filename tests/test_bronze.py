@@ -64,7 +64,7 @@ def test_per_file_json_is_one_compact_line_per_patient_named_like_suggested_s3_k
     result = run_cli("--count", "1500", "--output", str(root), *(["--gzip"] if gz else []))
     assert result.returncode == 0, result.stderr
     summary = one_line(result)
-    assert summary.startswith("wrote 1,500 patients + 334 organizations (")
+    assert summary.startswith("wrote 1,500 patients + 4,526 organizations (")
     assert "patients/s)" in summary and str(root) in summary
     suffix = ".gz" if gz else ""
     expected = {}
@@ -114,7 +114,7 @@ def test_ndjson_rolls_over_at_records_per_file(tmp_path, gz):
         {
             "type": "Organization",
             "url": f"organization/Organization.000001.ndjson{suffix}",
-            "count": 334,
+            "count": 4526,
         },
     ]
     assert manifest["extension"]["generator"]["records_per_file"] == 700

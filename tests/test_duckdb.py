@@ -34,18 +34,22 @@ def statements(root: Path) -> dict[str, list[str]]:
         ("ndjson", True, 20000),
     ],
 )
-def test_mortality_by_state_patients_per_organization_and_no_dangling_reference(
+def test_mortality_by_state_and_county_patients_per_hospital_and_no_dangling_reference(
     tmp_path, fmt, gz, count
 ):
     spec = g.Bronze(root=str(tmp_path), count=count, format=fmt, gzip=gz, records_per_file=7000)
     g.write_bronze(PLAN, spec)
     expected_state, expected_dead, expected_org = Counter(), Counter(), Counter()
+    expected_county = Counter()
     for i in range(count):
         r = g.build_record(PLAN, i)
         state = r["address"][0]["state"]
         expected_state[state] += 1
         expected_dead[state] += "deceasedDateTime" in r
+        county = (state, r["address"][0]["district"])
+        expected_county[county] += 1 + 1_000_000 * ("deceasedDateTime" in r)
         expected_org[r["managingOrganization"]["reference"].removeprefix("Organization/")] += 1
+    ccn = {o["id"]: o["ccn"] for o in PLAN.organizations}
 
     sql = statements(tmp_path)
     con = duckdb.connect()
@@ -60,10 +64,15 @@ def test_mortality_by_state_patients_per_organization_and_no_dangling_reference(
     for state, n, d, pct in rows:
         assert pct == round(100.0 * d / n, 2), state
 
-    (per_org,) = sql["patients_per_organization"]
-    rows = con.execute(per_org).fetchall()
-    assert len(rows) == len(PLAN.organizations)  # every organization, with or without patients
-    assert {org: n for org, _, _, n in rows if n} == dict(expected_org)
+    (by_county,) = sql["mortality_by_county"]
+    rows = con.execute(by_county).fetchall()
+    assert {(s, c): n + 1_000_000 * d for s, c, n, d, _ in rows} == dict(expected_county)
+    assert len(rows) > 100  # counties, not states
+
+    (per_hospital,) = sql["patients_per_hospital"]
+    rows = con.execute(per_hospital).fetchall()
+    assert len(rows) == len(PLAN.organizations)  # every hospital, with or without patients
+    assert {c: n for c, _, _, n in rows if n} == {ccn[o]: n for o, n in expected_org.items()}
     assert sum(n for *_, n in rows) == count
 
     (dangling,) = sql["dangling_references"]

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from fhir.resources.patient import Patient as PatientR5
 from fhir.resources.R4B.patient import Patient as PatientR4B
-from record_shapes import PATIENT_KEYS, maximise_cms_fields
+from record_shapes import PATIENT_KEYS, hospital_shares, maximise_cms_fields
 
 import fhir_patient_generator as g
 
@@ -80,7 +80,7 @@ def test_record_has_the_seed_fields_in_fhir_element_order():
         {"max_age": 4},
         {"mortality_rate": 1.0},
         {"states": "PR,AK,DC", "lookback_years": 0.5},
-        {"min_age": 100, "mortality_rate": 1.0, "hospitals_per_million": 20},
+        {"min_age": 100, "mortality_rate": 1.0, "states": "NY"},
     ],
 )
 def test_records_are_valid_fhir_by_three_checks(options):
@@ -132,8 +132,9 @@ def test_as_of_accepts_datetimes_and_iso_text_alike():
 
 
 def test_worst_case_record_is_under_1_kb():
-    """Longest city, org, language and gender, deceased, microsecond timestamp: still < 1,024 B."""
-    plan = g.make_plan(0, "2025-10-13T02:22:22.245910Z", hospitals_per_million=20)
+    """Longest city, county, hospital, language and gender, deceased, microsecond timestamp:
+    still < 1,024 B (976 B)."""
+    plan = g.make_plan(0, "2025-10-13T02:22:22.245910Z")
     record = maximise_cms_fields(g.build_record(plan, g.MAX_INDEX), plan)
     size = len(orjson.dumps(record))
     assert size < 1024, size
@@ -236,7 +237,7 @@ def test_generate_patients_is_lazy():
 def test_no_record_is_impossible():
     as_of = datetime(2025, 10, 13, 2, 22, 22, tzinfo=UTC)
     plan = g.make_plan(21, as_of, mortality_rate=0.3, lookback_years=2.5)
-    ref = g.load_reference()
+    zips = set(g.load_reference().zips)
     org_by_id = {o["id"]: o for o in plan.organizations}
     window_start = as_of.timestamp() - 2.5 * 365.2425 * 86400
     for index in range(20_000):
@@ -246,8 +247,8 @@ def test_no_record_is_impossible():
         age = (died.date() - born).days / 365.2425  # at as-of, or at death for the deceased
         assert 0 <= age < g.MAX_AGE + 1
         assert born <= died.date() <= as_of.date()
-        state = r["address"][0]["state"]
-        assert r["address"][0]["city"] in {c for c, _ in ref.cities[state]}
+        state, a = r["address"][0]["state"], r["address"][0]
+        assert (a["postalCode"], a["city"], a["district"], state) in zips
         org = org_by_id[r["managingOrganization"]["reference"].removeprefix("Organization/")]
         assert org["state"] == state and org["name"] == r["managingOrganization"]["display"]
         if "deceasedDateTime" in r:
@@ -281,7 +282,7 @@ def test_suggested_s3_key_for_models_and_dicts():
         ({"states": ","}, "no state"),
         ({"mortality_rate": 1.5}, "mortality-rate"),
         ({"lookback_years": 0}, "lookback-years"),
-        ({"hospitals_per_million": 21}, "hospitals-per-million"),
+        ({"hospitals_per_million": 1}, "unknown option"),  # gone: hospitals are real
     ],
 )
 def test_bad_options_raise_value_error(options, message):
@@ -500,28 +501,33 @@ def test_the_json_renderer_writes_the_bytes_orjson_writes_for_the_dict(options, 
             assert render(i) == orjson.dumps(g.build_record(plan, i)), (seed, i)
 
 
-def test_the_json_renderer_matches_across_every_state_city_and_hospital():
-    """Each state alone, 3,000 patients each: every city expected 20+ times, and every hospital
-    (a miss then has probability below e**-20), is rendered and compared at least once."""
-    cities, hospitals, genders = set(), set(), set()
-    expected_cities, expected_hospitals = set(), set()
+def test_the_json_renderer_matches_across_every_state_zip_and_hospital():
+    """Each state alone, 3,000 patients each: every ZIP expected 20+ times, and every hospital
+    so expected, is rendered and compared at least once (a miss has probability below e**-20)."""
+    zips, hospitals, genders = set(), set(), set()
+    expected_zips, expected_hospitals = set(), set()
     for state in g.make_plan(1, AS_OF).state_codes:
         plan = g.make_plan(1, AS_OF, states=state)
         render = g.json_renderer(plan)
         for i in range(3000):
             record = g.build_record(plan, i)
             assert render(i) == orjson.dumps(record), (state, i)
-            cities.add((state, record["address"][0]["city"]))
+            zips.add(record["address"][0]["postalCode"])
             hospitals.add(record["managingOrganization"]["reference"])
             genders.add(record["gender"])
-        cum = plan.city_cum[0]
+        cum = plan.zip_cum[0]
         shares = [(b - a) / cum[-1] for a, b in zip((0, *cum), cum, strict=False)]
-        expected_cities |= {
-            (state, c) for c, p in zip(plan.city_names[0], shares, strict=True) if p * 3000 >= 20
+        expected_zips |= {
+            plan.zips[z][0]
+            for z, p in zip(plan.zip_index[0], shares, strict=True)
+            if p * 3000 >= 20
         }
-        if 3000 / len(plan.organizations) >= 20:
-            expected_hospitals |= {"Organization/" + o["id"] for o in plan.organizations}
-    assert cities >= expected_cities and len(expected_cities) > 500
+        expected_hospitals |= {
+            "Organization/" + plan.hospitals[h]["id"]
+            for h, p in hospital_shares(plan).items()
+            if p * 3000 >= 20
+        }
+    assert zips >= expected_zips and len(expected_zips) > 500
     assert hospitals >= expected_hospitals and len(expected_hospitals) > 300
     assert genders == GENDER_CODES
 

@@ -62,16 +62,6 @@ def test_states_follow_2020_census_population(sample):
         assert_share(counts[code], N, pop / total, code)
 
 
-def test_cities_follow_place_population_within_a_state(sample):
-    places = [(r["city"], int(r["population"])) for r in table("cities.csv") if r["state"] == "TX"]
-    total = sum(p for _, p in places)
-    texans = [r["address"][0]["city"] for r in sample if r["address"][0]["state"] == "TX"]
-    counts = Counter(texans)
-    assert set(counts) <= {c for c, _ in places}
-    for city, pop in places:
-        assert_share(counts[city], len(texans), pop / total, f"TX/{city}")
-
-
 def test_sex_and_gender_shares(sample):
     rows = table("age_sex.csv")
     male = sum(int(r["male"]) for r in rows)
@@ -104,7 +94,8 @@ def test_ages_of_the_living_follow_the_census_age_table(sample):
         assert_share(counts[i], len(alive), expected[i] / total, f"ages {lo}-{hi}")
 
 
-def test_languages_follow_acs_shares(sample):
+def test_languages_stay_near_the_national_acs_shares(sample):
+    """By state in tests/test_places.py; in sum they stay within sampling error of the nation."""
     rows = table("languages.csv")
     total = sum(int(r["speakers_age5plus"]) for r in rows)
     counts = Counter(r["communication"][0]["language"]["coding"][0]["code"] for r in sample)
@@ -284,14 +275,12 @@ def test_min_and_max_age_restrict_the_age_on_the_record():
 
 
 def test_each_patient_is_managed_by_a_hospital_in_their_state(sample):
+    """Where (ZIP, distance) and which hospital types: tests/test_places.py."""
     plan = g.make_plan(2025, AS_OF)
     by_state = Counter(o["state"] for o in plan.organizations)
-    assert set(by_state) == set(plan.state_codes)  # every state has at least one hospital
-    assert by_state["CA"] > by_state["WY"]  # hospitals scale with population
+    assert set(by_state) == set(plan.state_codes)  # every state has hospitals
+    assert by_state["CA"] > by_state["WY"]
     states = {o["id"]: o["state"] for o in plan.organizations}
-    used = Counter()
     for r in sample:
         org_id = r["managingOrganization"]["reference"].split("/", 1)[1]
         assert states[org_id] == r["address"][0]["state"]
-        used[org_id] += 1
-    assert len(used) == len(states)  # 200k patients reach every hospital

@@ -117,7 +117,6 @@ def test_arguments_are_strict_except_under_glue():
         "states": None,
         "lookback_years": None,
         "mortality_rate": None,
-        "hospitals_per_million": None,
         "profile": None,
     }
 
@@ -241,7 +240,7 @@ def test_spark_output_equals_the_cli(spark_submit):
 @pytest.mark.slow
 def test_spark_gzip_output_with_options_equals_the_cli(spark_submit):
     args = ["--seed", "9", "--as-of", AS_OF, "--states", "CA,NY,PR", "--min-age", "65"]
-    args += ["--mortality-rate", "0.1", "--hospitals-per-million", "3"]
+    args += ["--mortality-rate", "0.1", "--max-age", "90"]
     out = spark_submit.work / "gzip"
     out.mkdir()
     (out / "part-99999.gz").write_bytes(b"stale output of an earlier run")  # --overwrite clears it

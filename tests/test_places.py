@@ -1,0 +1,237 @@
+"""Real places and hospitals: ZIPs, counties, hospitals by distance, language by state.
+
+Expected shares are computed here from the CSVs, not from the generator's tables; counts are
+accepted within Z = 4.5 binomial standard deviations on fixed-seed samples (test_realism's rule).
+The distance bound is checked by brute force over hospital coordinates rebuilt with
+tools/build_reference.py (a hospital sits at its ZIP's internal point).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import statistics
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import orjson
+from record_shapes import hospital_shares
+from test_realism import AS_OF, assert_share, table
+
+import fhir_patient_generator as g
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERAL = ("Acute Care Hospitals", "Critical Access Hospitals")
+
+
+@functools.cache
+def tool():
+    """tools/build_reference.py as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "build_reference", ROOT / "tools" / "build_reference.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_reference"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def zip_rows() -> dict[str, dict[str, str]]:
+    """ZIP -> zips.csv row plus its county name."""
+    county = {r["county_fips"]: r["county_name"] for r in table("counties.csv")}
+    return {r["zip"]: {**r, "county": county[r["county_fips"]]} for r in table("zips.csv")}
+
+
+def records(plan: g.Plan, n: int) -> list[dict]:
+    return [g.build_record(plan, i) for i in range(n)]
+
+
+# --- where patients live ------------------------------------------------------------------------
+
+
+def test_zip_and_county_shares_within_a_state_follow_zcta_populations():
+    states = ("VT", "DE", "WY", "RI")
+    n = 200_000
+    sample = records(g.make_plan(31, AS_OF, states=",".join(states)), n)
+    by_state = defaultdict(list)
+    for r in sample:
+        by_state[r["address"][0]["state"]].append(r["address"][0])
+    for st in states:
+        rows = [r for r in zip_rows().values() if r["state"] == st]
+        total = sum(int(r["population"]) for r in rows)
+        got = by_state[st]
+        zips = Counter(a["postalCode"] for a in got)
+        assert set(zips) <= {r["zip"] for r in rows}
+        for r in rows:
+            assert_share(zips[r["zip"]], len(got), int(r["population"]) / total, f"{st}/{r['zip']}")
+        county_pop = Counter()
+        for r in rows:
+            county_pop[r["county"]] += int(r["population"])
+        counties = Counter(a["district"] for a in got)
+        for county, pop in county_pop.items():
+            assert_share(counties[county], len(got), pop / total, f"{st}/{county}")
+
+
+def test_every_address_is_a_real_zip_city_county_state_row():
+    real = {(z, r["city"], r["county"], r["state"]) for z, r in zip_rows().items()}
+    for plan in (g.make_plan(5, AS_OF), g.make_plan(6, AS_OF, states="PR,AK,HI", min_age=80)):
+        for r in records(plan, 20_000):
+            a = r["address"][0]
+            assert (a["postalCode"], a["city"], a["district"], a["state"]) in real, a
+            assert list(a) == ["city", "district", "state", "postalCode", "country"]
+
+
+# --- hospitals ----------------------------------------------------------------------------------
+
+
+def test_the_candidate_table_is_what_the_committed_tool_builds():
+    """hospital_candidates.csv equals a fresh run of tools/build_reference.py (all 33,187 ZIPs)."""
+    t = tool()
+    rebuilt = t.render(t.candidates(t.load_zips(), t.rows(t.DATA, "hospitals.csv")))
+    assert rebuilt == (ROOT / "reference_data" / "hospital_candidates.csv").read_text()
+
+
+def test_each_hospital_is_among_the_five_nearest_of_the_patients_state():
+    """The bound: the managing hospital is a general hospital of the patient's state no farther
+    from the ZIP's internal point than the 5th nearest one (great-circle, brute force), or, under
+    18, the state's nearest children's hospital, within 100 km."""
+    t = tool()
+    zips = t.load_zips()
+    hospitals = t.rows(t.DATA, "hospitals.csv")
+    where = t.hospital_locations(hospitals, zips)
+    point = {h["ccn"]: (zips[i].lat, zips[i].lng) for h, i in zip(hospitals, where, strict=True)}
+    kind = {h["ccn"]: h for h in hospitals}
+    ccn_of = {h["id"]: h["ccn"] for h in g.load_reference().hospitals}
+    zip_point = {z.zip: (z.lat, z.lng) for z in zips}
+    by_state = defaultdict(lambda: defaultdict(list))
+    for h in hospitals:
+        by_state[h["state"]][h["hospital_type"]].append(h["ccn"])
+    plan = g.make_plan(17, AS_OF, states="NY,TX,AK,VT,MT,DC,PR")
+    children = 0
+    for i in range(30_000):
+        s, r = g.sample(plan, i), g.build_record(plan, i)
+        a = r["address"][0]
+        ccn = ccn_of[r["managingOrganization"]["reference"].removeprefix("Organization/")]
+        here = zip_point[a["postalCode"]]
+        dist = functools.partial(lambda p, c: t.haversine_km(*p, *point[c]), here)
+        h = kind[ccn]
+        assert h["state"] == a["state"]
+        if h["hospital_type"] == "Childrens":
+            children += 1
+            assert plan.cells[s.cell][0] < 18
+            nearest = min(by_state[a["state"]]["Childrens"], key=dist)
+            assert dist(ccn) == dist(nearest) and dist(ccn) <= 100
+        else:
+            assert h["hospital_type"] in GENERAL
+            ranked = sorted(dist(c) for k in GENERAL for c in by_state[a["state"]][k])
+            assert dist(ccn) <= ranked[min(5, len(ranked)) - 1] + 1e-9, (a, ccn)
+    assert children > 200
+
+
+def test_every_reference_resolves_in_the_runs_organization_output(tmp_path):
+    plan = g.make_plan(3, AS_OF, states="CT,NH")
+    g.write_bronze(plan, g.Bronze(root=str(tmp_path), count=5000, format="ndjson"))
+    lines = (tmp_path / "organization" / "Organization.000001.ndjson").read_bytes().splitlines()
+    orgs = {o["id"]: o for o in map(orjson.loads, lines)}
+    assert len(orgs) == len(plan.organizations)
+    for r in map(
+        orjson.loads, (tmp_path / "patient" / "Patient.000001.ndjson").read_bytes().splitlines()
+    ):
+        org = orgs[r["managingOrganization"]["reference"].removeprefix("Organization/")]
+        assert org["name"] == r["managingOrganization"]["display"]
+        assert org["address"][0]["state"] == r["address"][0]["state"]
+        ccn = [i["value"] for i in org["identifier"] if i["system"] == g.CCN_SYSTEM]
+        assert len(ccn) == 1 and len(ccn[0]) == 6
+
+
+def test_organizations_are_the_general_and_childrens_hospitals_with_stable_readable_ids():
+    plan = g.make_plan(1, AS_OF)
+    kinds = Counter(o["hospital_type"] for o in plan.organizations)
+    assert set(kinds) == {*GENERAL, "Childrens"} and sum(kinds.values()) == 4526
+    ids = [h["id"] for h in g.load_reference().hospitals]
+    assert len(set(ids)) == len(ids) == 5426
+    assert all(len(i) <= 64 and i.startswith("org-") for i in ids)
+    assert all(c.isascii() and (c.islower() or c.isdigit() or c == "-") for i in ids for c in i)
+    # pinned: ids are a function of the CMS file, not of the seed or options
+    by_ccn = {h["ccn"]: h["id"] for h in g.load_reference().hospitals}
+    assert by_ccn["330194"] == "org-ny-maimonides-medical-center"
+    assert g.make_plan(99, AS_OF, states="NY").organizations[0]["id"] == next(
+        o["id"] for o in plan.organizations if o["state"] == "NY"
+    )
+
+
+def test_hospital_volumes_are_far_from_uniform():
+    """200,000 patients over ~4,500 hospitals: the coefficient of variation of patients per
+    hospital is several times what equal volumes would show by sampling noise alone."""
+    plan = g.make_plan(8, AS_OF)
+    n = 200_000
+    counts = Counter(g.sample(plan, i).organization for i in range(n))
+    volumes = [counts.get(i, 0) for i in plan.organization_index]
+    mean = statistics.fmean(volumes)
+    cv = statistics.pstdev(volumes) / mean
+    noise = 1 / math.sqrt(mean)  # Poisson CV of equal volumes
+    assert cv > 0.6 and cv > 3 * noise, (cv, noise)
+    expected = hospital_shares(plan)  # and the counts follow the model's exact shares
+    for h, c in counts.most_common(20):
+        assert_share(c, n, expected[h], plan.hospitals[h]["name"])
+
+
+# --- language by state --------------------------------------------------------------------------
+
+# C16001 groups with one language each, and the French group's two (checked within the group)
+SINGLE = {"C16001_002E": "en", "C16001_003E": "es", "C16001_018E": "ko", "C16001_021E": "zh",
+          "C16001_024E": "vi", "C16001_027E": "tl", "C16001_033E": "ar"}  # fmt: skip
+
+
+def test_language_by_state_follows_the_acs_groups_and_the_states_detail():
+    """en, es, ko, zh, vi, tl, ar are C16001 groups of one language: their shares are the
+    state's group shares. The French group (fr + ht) splits by the state's B16001 where it is
+    published (FL, CA) and by the national split where not (VT, HI)."""
+    states = ("CA", "FL", "VT", "HI", "TX")
+    n = 300_000
+    sample = records(g.make_plan(41, AS_OF, states=",".join(states)), n)
+    by_state = defaultdict(Counter)
+    for r in sample:
+        by_state[r["address"][0]["state"]][
+            r["communication"][0]["language"]["coding"][0]["code"]
+        ] += 1
+    groups = table("languages_by_state.csv")
+    detail = table("languages_by_state_detail_acs2018.csv")
+    national = {r["bcp47"]: int(r["speakers_age5plus"]) for r in table("languages.csv")}
+    for st in states:
+        got, m = by_state[st], sum(by_state[st].values())
+        rows = {r["acs_variable"]: int(r["speakers"]) for r in groups if r["state"] == st}
+        total = sum(rows.values())
+        for var, code in SINGLE.items():
+            assert_share(got[code], m, rows[var] / total, f"{st}/{code}")
+        french = got["fr"] + got["ht"]
+        assert_share(french, m, rows["C16001_006E"] / total, f"{st}/fr+ht")
+        own = {r["bcp47"]: int(r["speakers"]) for r in detail if r["state"] == st}
+        split = own if own else national
+        assert bool(own) == (st in ("CA", "FL", "TX"))
+        assert_share(got["ht"], french, split["ht"] / (split["fr"] + split["ht"]), f"{st}/ht")
+
+
+def test_children_under_5_get_their_states_household_languages():
+    """Under 5 (outside ACS) draws from the same state table as everyone else."""
+    young = records(g.make_plan(4, AS_OF, states="TX", max_age=4), 40_000)
+    rows = {
+        r["acs_variable"]: int(r["speakers"])
+        for r in table("languages_by_state.csv")
+        if r["state"] == "TX"
+    }
+    es = sum(r["communication"][0]["language"]["coding"][0]["code"] == "es" for r in young)
+    assert_share(es, len(young), rows["C16001_003E"] / sum(rows.values()), "TX under 5 / es")
+
+
+def test_race_by_state_sums_to_the_national_table():
+    """The 50 states + DC of race_ethnicity_by_state.csv add up to race_ethnicity_joint.csv."""
+    total = Counter()
+    for r in table("race_ethnicity_by_state.csv"):
+        if r["state"] != "PR":
+            total[(r["race_code"], r["ethnicity_code"])] += int(r["population"])
+    national = table("race_ethnicity_joint.csv")
+    assert total == {(r["race_code"], r["ethnicity_code"]): int(r["population"]) for r in national}
