@@ -451,9 +451,7 @@ _DRAW_BYTES = struct.Struct(f"<{len(Draws._fields)}I")
 assert _DRAW_BYTES.size == 64, "one 512-bit BLAKE2b digest holds the draws"
 
 
-def _draws(digest: bytes, _new: Any = tuple.__new__, _unpack: Any = _DRAW_BYTES.unpack) -> Draws:
-    """A 64-byte digest as named little-endian 32-bit draws."""
-    return _new(Draws, _unpack(digest))
+_raw_draws = _DRAW_BYTES.unpack  # a 64-byte digest as sixteen 32-bit draws, in Draws order
 
 
 def _cumulative(weights: Iterable[int]) -> tuple[int, ...]:
@@ -479,11 +477,11 @@ def _mix_uuid(x: int, mul: tuple[int, int, int]) -> int:
     return x ^ (x >> 63)
 
 
-def _uuid_text(x: int) -> str:
-    """Lay 122 bits out as an RFC 4122 version-4 UUID string."""
+def _uuid_bytes(x: int) -> bytes:
+    """Lay 122 bits out as an RFC 4122 version-4 UUID, as ASCII bytes (what the writers need)."""
     v = (x >> 74) << 80 | 4 << 76 | ((x >> 62) & 0xFFF) << 64 | 2 << 62 | (x & ((1 << 62) - 1))
-    h = "%032x" % v  # noqa: UP031 - measured faster than an f-string here
-    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+    h = b"%032x" % v
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 def _mrn_number(index: int, add: int, mul: int) -> int:
@@ -1006,13 +1004,14 @@ class Sample(NamedTuple):
     language: int  # position in plan.languages
     organization: int  # position in plan.hospitals
     died: int  # death instant in epoch seconds, -1 for the living
-    draws: Draws  # the raw draws, for profiles that need more
+    draws: tuple[int, ...]  # the sixteen raw draws in Draws order: Draws._make(s.draws) names them
 
 
-def _death(plan: Plan, cell: int, power: float, u: Draws) -> tuple[int, int]:
+def _death(plan: Plan, cell: int, power: float, raw: tuple[int, ...]) -> tuple[int, int]:
     """A dead cell's (birth ordinal, death instant): the instant uniform in the window, then the
     birth date that makes the calendar age at death exactly the cell's age x and floor(f * span)
     days, f = (u / 2**32)**power the part of year x lived, span = the days of that year of age."""
+    u = Draws._make(raw)
     died = plan.window_start + (
         (u.death_time_low | u.death_time_high << 32) * plan.window_span >> 64
     )
@@ -1027,41 +1026,59 @@ def _death(plan: Plan, cell: int, power: float, u: Draws) -> tuple[int, int]:
     return last - days, died
 
 
-def sample(plan: Plan, index: int, _new: Any = tuple.__new__) -> Sample:
-    """Patient #index's draws, mapped onto the plan's tables: one hash, no record."""
+def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
+    """sample()'s values as a plain tuple in Sample's field order (the renderer's hot path)."""
     if not 0 <= index <= MAX_INDEX:
         raise ValueError(f"patient index must be from 0 to {MAX_INDEX}, not {index}")
     hasher = plan.hasher.copy()  # the keyed state, copied: cheaper than re-keying per record
     hasher.update(index.to_bytes(8, "little"))
-    u = _draws(hasher.digest())
+    raw = _raw_draws(hasher.digest())
+    # The slots this function reads, named as in Draws (a test keeps the two in step); the
+    # death slots are read by _death, the us-core ones by its record function.
+    u_state, u_zip, u_cell, u_birth, u_gender, u_language, u_organization = raw[:7]
     bisect_right = bisect.bisect_right  # _pick, inlined: this is the hot loop
     cum = plan.state_cum
-    s = bisect_right(cum, u.state * cum[-1] >> 32)
+    s = bisect_right(cum, u_state * cum[-1] >> 32)
     cum = plan.zip_cum[s]
-    z = plan.zip_index[s][bisect_right(cum, u.zip * cum[-1] >> 32)]
+    z = plan.zip_index[s][bisect_right(cum, u_zip * cum[-1] >> 32)]
     cum = plan.cell_cum
-    cell = bisect_right(cum, u.cell * cum[-1] >> 32)
+    cell = bisect_right(cum, u_cell * cum[-1] >> 32)
     sex = plan.cells[cell][1]
     power = plan.death_power[cell]
     if power:
-        birth, died = _death(plan, cell, power, u)
+        birth, died = _death(plan, cell, power, raw)
     else:
-        birth, died = plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32), -1
-    g = u.gender
-    gender = "other" if g < plan.gender_other else "unknown" if g < plan.gender_unknown else sex
+        birth, died = plan.birth_low[cell] + (u_birth * plan.birth_span[cell] >> 32), -1
+    gender = (
+        "other"
+        if u_gender < plan.gender_other
+        else "unknown"
+        if u_gender < plan.gender_unknown
+        else sex
+    )
     cum = plan.language_cum[s]
-    language = bisect_right(cum, u.language * cum[-1] >> 32)
+    language = bisect_right(cum, u_language * cum[-1] >> 32)
     # the ZIP's candidates: slots lo..lo+4 for everyone, lo+5 (children's) under CHILD_AGE
     cum, lo = plan.hospital_cum, z * CANDIDATES
     hi = lo + plan.hospital_slots[cell]
-    org = plan.hospital_cand[bisect_right(cum, u.organization * cum[hi - 1] >> 32, lo, hi)]
-    # tuple.__new__ builds the named tuple without its Python-level __new__ (hot path)
-    return _new(Sample, (s, z, cell, sex, birth, gender, language, org, died, u))
+    org = plan.hospital_cand[bisect_right(cum, u_organization * cum[hi - 1] >> 32, lo, hi)]
+    return s, z, cell, sex, birth, gender, language, org, died, raw
+
+
+# _sample_tuple reads its slots by their Draws names (u_<name>): keep the two in step.
+assert [n for n in _sample_tuple.__code__.co_varnames if n.startswith("u_")] == [
+    "u_" + name for name in Draws._fields[:7]
+], "_sample_tuple's u_ names must follow the Draws table"
+
+
+def sample(plan: Plan, index: int) -> Sample:
+    """Patient #index's draws, mapped onto the plan's tables: one hash, no record."""
+    return Sample._make(_sample_tuple(plan, index))
 
 
 def patient_id(plan: Plan, index: int) -> str:
     """Patient #index's UUID: a keyed bijection of the index, so ids never collide."""
-    return _uuid_text(_mix_uuid((index + plan.uuid_add) & M122, plan.uuid_mul))
+    return _uuid_bytes(_mix_uuid((index + plan.uuid_add) & M122, plan.uuid_mul)).decode()
 
 
 def patient_mrn(plan: Plan, index: int) -> str:
@@ -1175,7 +1192,7 @@ def _cms_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]
 def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]:
     """The cms record plus US Core's parts, in FHIR element order (draws race..family_name)."""
     t: UsCoreTables = plan.tables
-    u, race_table = s.draws, t.race[plan.state_codes[s.state]]
+    u, race_table = Draws._make(s.draws), t.race[plan.state_codes[s.state]]
     races, text, eth_code, eth_display, e = race_table.rows[_pick(race_table.cum, u.race)]
     if races is None:  # Two or more races
         races = race_table.pairs[e][_pick(race_table.pair_cum[e], u.race_pair)]
@@ -1426,26 +1443,29 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
         organizations[h] = dumps(_managing_organization(plan.hospitals[h])) + after["organization"]
     base = plan.dates_base
     join = b"".join
+    uuid_add, uuid_mul, mrn_add, mrn_mul = plan.uuid_add, plan.uuid_mul, plan.mrn_add, plan.mrn_mul
 
     def render(index: int) -> bytes:
-        s = sample(plan, index)
-        if s.died < 0:
+        _, zip_, _, _, birth, gender, language, organization, died, _ = _sample_tuple(
+            plan, index
+        )  # Sample's fields, unpacked by position: the hot path skips the named tuple
+        if died < 0:
             death = alive
         else:
-            death = join((to_deceased, _deceased(s.died).encode(), to_address))
+            death = join((to_deceased, _deceased(died).encode(), to_address))
         return join(
             (
                 head,
-                patient_id(plan, index).encode(),
+                _uuid_bytes(_mix_uuid((index + uuid_add) & M122, uuid_mul)),  # patient_id
                 after_id,
-                patient_mrn(plan, index).encode(),
+                b"MC-%010d" % _mrn_number(index, mrn_add, mrn_mul),  # patient_mrn
                 after_mrn,
-                genders[s.gender],
-                dates[s.birth - base],
+                genders[gender],
+                dates[birth - base],
                 death,
-                addresses[s.zip],
-                languages[s.language],
-                organizations[s.organization],
+                addresses[zip_],
+                languages[language],
+                organizations[organization],
             )
         )
 
