@@ -1369,8 +1369,11 @@ class LocalStore:
                 else:
                     for chunk in data:
                         size += f.write(chunk)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:  # _run/done/ on a unit's first marker
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
