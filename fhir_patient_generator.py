@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -33,7 +34,7 @@ import unicodedata
 import urllib.parse
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -1523,6 +1524,12 @@ def ndjson_chunks(
 
 MANIFEST = "_manifest.json"  # Athena and Glue skip names starting with "_" or "."
 FOLDERS = ("patient", "organization")  # the layer's data folders, one per resource type
+# An unfinished run's bookkeeping (identity, done markers, local temp files); readers skip "_"
+# names, and the run that completes the layer removes it.
+RUN_DIR = "_run"
+RUN_IDENTITY = f"{RUN_DIR}/identity.json"  # the run's generator block, written before any data
+RUN_DONE = f"{RUN_DIR}/done"  # one marker per finished unit: _run/done/<unit:06d>
+RUN_TMP = f"{RUN_DIR}/tmp"  # local temp files: never inside a folder that readers glob
 S3_MAX_ATTEMPTS = 5  # botocore "standard" retries of transient errors per request
 S3_PROBE_ATTEMPTS = 2  # the bucket probe before any work fails faster
 # A silent endpoint (stalled, SIGSTOPped) costs a request at most attempts x (connect + read)
@@ -1732,11 +1739,13 @@ class UploadFailed(BronzeError):
 
 
 class LocalStore:
-    """A local directory; every file is written to a temp name, then renamed (atomic)."""
+    """A local directory; every file is written to a temp file in _run/tmp/, then renamed into
+    place (atomic: the same file system). Readers' globs (patient/*) never see a temp file."""
 
     def __init__(self, spec: Bronze) -> None:
         self.root = Path(spec.root)
         self.token = spec.token or str(os.getpid())
+        self.host = socket.gethostname()
 
     @staticmethod
     def check_root(root: str) -> None:
@@ -1750,25 +1759,40 @@ class LocalStore:
         return key  # manifest URLs of a local run are relative to its root
 
     def prepare(self) -> None:
+        """Create the folders and remove stale temp files (those of dead writers)."""
         if self.root.exists() and not self.root.is_dir():
             raise BronzeError(f"--output {self.root} exists and is not a directory")
-        for folder in FOLDERS:
+        for folder in (*FOLDERS, RUN_TMP):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+        self._remove_temp_files(self._is_stale)
+
+    def _temp_path(self, key: str) -> Path:
+        """_run/tmp/<key with / as .>.tmp-<token>-<pid>@<host>: whose it is, for the sweeps."""
+        name = f"{key.replace('/', '.')}.tmp-{self.token}-{os.getpid()}@{self.host}"
+        return self.root / RUN_TMP / name
 
     def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
-        """Write all chunks to `.name.tmp-<token>-<pid>`, then os.replace (no fsync: atomic
-        against crashes and Ctrl-C of this process, not against power loss)."""
-        path = self.root / key
-        tmp = path.with_name(f".{path.name}.tmp-{self.token}-{os.getpid()}")
+        """Write all chunks to a temp file, then os.replace (no fsync: atomic against crashes
+        and Ctrl-C of this process, not against power loss)."""
+        path, tmp = self.root / key, self._temp_path(key)
         size = 0
         try:
-            with open(tmp, "wb") as f:
+            try:
+                f = open(tmp, "wb")
+            except FileNotFoundError:  # a sibling shard that finished the run removed _run/
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                f = open(tmp, "wb")
+            with f:
                 if isinstance(data, bytes):
                     size = f.write(data)
                 else:
                     for chunk in data:
                         size += f.write(chunk)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:  # _run/done/ on a unit's first marker
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -1782,7 +1806,7 @@ class LocalStore:
             return None
 
     def list(self, folder: str) -> Iterator[str]:
-        """Keys of every file in folder (hidden temp files too)."""
+        """Keys of every file in folder, streamed (a folder may hold millions)."""
         try:
             with os.scandir(self.root / folder) as entries:
                 for entry in entries:
@@ -1795,12 +1819,35 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / key)
 
+    def _is_stale(self, token: str, pid: int, host: str) -> bool:
+        """A temp file of a dead process on this host (a sibling shard's live one is kept; so
+        are other hosts', which cannot be checked: they stay in _run/, unseen by readers)."""
+        if host != self.host or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
+
+    def _remove_temp_files(self, which: Callable[[str, int, str], bool]) -> None:
+        """Remove the temp files in _run/tmp/ for which which(token, pid, host) holds."""
+        for key in list(self.list(RUN_TMP)):
+            match = re.search(r"\.tmp-(.+)-(\d+)@([^@/]+)$", key)
+            if match and which(match[1], int(match[2]), match[3]):
+                self.delete([key])
+
     def remove_temp_files(self) -> None:
         """Remove temp files of this run's processes (workers killed by Ctrl-C leave them)."""
-        for folder in (*FOLDERS, ""):
-            for tmp in (self.root / folder).glob(f".*.tmp-{self.token}-*"):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+        self._remove_temp_files(lambda token, pid, host: token == self.token and host == self.host)
+
+    def remove_run_folder(self) -> None:
+        """Remove _run/ if it is empty (a sibling's temp file keeps it; it removes it later)."""
+        for folder in (RUN_TMP, RUN_DONE, RUN_DIR):
+            with contextlib.suppress(OSError):
+                (self.root / folder).rmdir()
 
     def drain(self) -> tuple[int, str | None]:
         return 0, None  # writes are synchronous
@@ -2014,6 +2061,9 @@ class S3Store:
     def remove_temp_files(self) -> None:
         pass  # a PUT is all or nothing
 
+    def remove_run_folder(self) -> None:
+        pass  # S3 has no folders
+
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
@@ -2105,60 +2155,115 @@ def _describe(block: Any) -> str:
     return ", ".join(f"{k} {block.get(k)}" for k in keys)
 
 
-def _manifest_generator(store: Store) -> tuple[bool, Any]:
-    """(whether a manifest exists, its generator block or None if unreadable)."""
-    old = store.read(MANIFEST)
-    if old is None:
+def _read_json(store: Store, key: str) -> tuple[bool, Any]:
+    """(whether key exists, its parsed JSON or None if unreadable)."""
+    data = store.read(key)
+    if data is None:
         return False, None
     try:
-        return True, orjson.loads(old)["extension"]["generator"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return True, orjson.loads(data)
+    except orjson.JSONDecodeError:
         return True, None
 
 
+def _manifest_generator(store: Store) -> tuple[bool, Any]:
+    """(whether a manifest exists, its generator block or None if unreadable)."""
+    found, manifest = _read_json(store, MANIFEST)
+    try:
+        return found, manifest["extension"]["generator"] if found else None
+    except (KeyError, TypeError):
+        return True, None
+
+
+def identity_bytes(plan: Plan, spec: Bronze) -> bytes:
+    """_run/identity.json: the generator block, so a re-run recognises its own unfinished run."""
+    return orjson.dumps(generator_block(plan, spec), option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _done_key(unit: int) -> str:
+    return f"{RUN_DONE}/{unit:06d}"
+
+
+def done_units(store: Store) -> frozenset[int]:
+    """Units with a done marker (at most count / records_per_file keys to list)."""
+    names = (key.rsplit("/", 1)[-1] for key in store.list(RUN_DONE))
+    return frozenset(int(name) for name in names if name.isdigit())
+
+
 def _delete_run(store: Store) -> None:
-    """Delete the manifest first (no manifest may describe half-deleted files), then data."""
-    store.delete([MANIFEST])
+    """Delete the manifest first (no manifest may describe half-deleted files), then the run's
+    identity (nothing may resume into half-deleted files), its markers, then the data."""
+    store.delete([MANIFEST, RUN_IDENTITY])
+    store.delete(list(store.list(RUN_DONE)))
     for folder in FOLDERS:
         store.delete(store.list(folder))
     store.prepare()
 
 
-def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool, sharded: bool) -> None:
-    """The overwrite policy: the same run may be re-written; another run is refused unless
-    --overwrite, which deletes its manifest, patient/ and organization/ first."""
+def _refusal(store: Store, what: str) -> BronzeError:
+    return BronzeError(
+        f"{store.display()} {what}; use --overwrite to replace it, or another --output"
+    )
+
+
+def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
+    """The overwrite policy. Our own run (same generator block in the manifest or in
+    _run/identity.json) is resumed: returns the units its done markers say are finished. Another
+    run, or data with neither, is refused unless --overwrite, which deletes it first."""
     ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
     found, theirs = _manifest_generator(store)
-    if found and theirs == ours:
-        return
-    if found and not overwrite:
-        what = "an unreadable manifest" if theirs is None else _describe(theirs)
-        raise BronzeError(
-            f"{store.display()} already holds another run ({what}); "
-            "use --overwrite to replace it, or another --output"
-        )
-    if not found:
-        if not any(next(store.list(f), None) for f in FOLDERS):
-            return
-        if sharded:
-            return  # sibling shards of this run may be writing; they finish with the same manifest
+    started, identity = _read_json(store, RUN_IDENTITY)
+    foreign = None
+    if found and theirs != ours:
+        foreign = ("another run", theirs)
+    elif started and identity != ours:
+        foreign = ("another run's unfinished data", identity)
+    if foreign:
         if not overwrite:
-            raise BronzeError(
-                f"{store.display()} holds patient/ or organization/ files without {MANIFEST} "
-                "(an unfinished or foreign run); use --overwrite to replace them"
-            )
+            what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
+            raise _refusal(store, f"already holds {foreign[0]} ({what})")
+    elif found or started:
+        return done_units(store) if started else frozenset()
+    elif not any(next(store.list(f), None) for f in FOLDERS):
+        return frozenset()
+    elif not overwrite:
+        raise _refusal(
+            store,
+            f"holds patient/ or organization/ files without {MANIFEST} or {RUN_IDENTITY} "
+            "(a foreign run, or one of an older version)",
+        )
     _delete_run(store)
+    return frozenset()
+
+
+def _finish_run(spec: Bronze, store: Store) -> None:
+    """After the manifest: remove this process's temp files; if every unit is done (or a
+    sibling shard already began this), remove _run/ — identity first, so a crash midway leaves
+    only markers, which the next run removes too."""
+    store.remove_temp_files()
+    if store.read(RUN_IDENTITY) is not None and not done_units(store).issuperset(
+        range(unit_count(spec))
+    ):
+        return  # sibling shards are still writing units: the last one to finish removes _run/
+    store.delete([RUN_IDENTITY])
+    store.delete(list(store.list(RUN_DONE)))
+    store.remove_run_folder()
 
 
 def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = None) -> UnitResult:
-    """Write unit #unit and wait for its uploads; failed uploads are counted, not raised."""
+    """Write unit #unit, wait for its uploads, then its done marker; failed uploads are
+    counted, not raised."""
     files = size = 0
     try:
         files, size = FORMATS[spec.format].write_unit(plan, spec, store, unit, tick)
     except UploadFailed:
         pass  # drain() below counts it
     failed, first = store.drain()
-    return UnitResult(unit, len(unit_range(spec, unit)), files, size, failed, first)
+    records = len(unit_range(spec, unit))
+    if not failed:  # only a fully written, drained unit may be skipped by a resumed run
+        store.write(_done_key(unit), f"{records}\n".encode(), "text/plain")
+        failed, first = store.drain()
+    return UnitResult(unit, records, files, size, failed, first)
 
 
 @functools.cache
@@ -2177,7 +2282,7 @@ def _worker_unit(plan: Plan, spec: Bronze, unit: int) -> UnitResult:
 
 
 def _run_pool(
-    plan: Plan, spec: Bronze, units: range, workers: int, done: Callable[[UnitResult], bool]
+    plan: Plan, spec: Bronze, units: Sequence[int], workers: int, done: Callable[[UnitResult], bool]
 ) -> None:
     """Units on `workers` spawned processes, a few queued each; done() False stops the run."""
     import multiprocessing
@@ -2233,7 +2338,7 @@ class _Totals:
 
 
 def _write_units(
-    plan: Plan, spec: Bronze, store: Store, units: range, workers: int, progress: Tick
+    plan: Plan, spec: Bronze, store: Store, units: Sequence[int], workers: int, progress: Tick
 ) -> _Totals:
     """The patient units, here or on a pool; temp files of killed workers are removed."""
     totals = _Totals()
@@ -2266,7 +2371,8 @@ def write_bronze(
     overwrite: bool = False,
     progress: Tick = None,
 ) -> dict[str, Any]:
-    """Write shard K/N of the run: all organizations, its patient units, then the manifest.
+    """Write shard K/N of the run: its identity, all organizations, its patient units (those
+    an interrupted run of ours did not finish), then the manifest; then remove _run/.
 
     Returns counts for the summary; raises BronzeError (one line) on a failure."""
     if spec.format not in FORMATS:
@@ -2275,19 +2381,27 @@ def write_bronze(
     store = open_store(spec)
     try:
         store.prepare()
-        check_existing(plan, spec, store, overwrite, sharded=shard[1] > 1)
+        done = check_existing(plan, spec, store, overwrite)
+        if store.read(MANIFEST) is None:  # claim the root before any data: re-runs resume
+            store.write(RUN_IDENTITY, identity_bytes(plan, spec), "application/json")
         orgs = organization_files(plan, spec)
         org_bytes = sum(store.write(key, data, _content_type(spec)) for key, data in orgs)
         _drain_or_raise(store)
-        totals = _write_units(plan, spec, store, shard_units(spec, shard), workers, progress)
+        units = [u for u in shard_units(spec, shard) if u not in done]
+        kept = sum(len(unit_range(spec, u)) for u in shard_units(spec, shard) if u in done)
+        if progress and kept:
+            progress(kept)
+        totals = _write_units(plan, spec, store, units, workers, progress)
         manifest = manifest_bytes(plan, spec)
         totals.bytes += org_bytes + store.write(MANIFEST, manifest, "application/json")
         totals.files += len(orgs) + 1
         _drain_or_raise(store)
+        _finish_run(spec, store)
     finally:
         store.close()
     return {
         "records": totals.records,
+        "kept": kept,
         "files": totals.files,
         "bytes": totals.bytes,
         "failed": totals.failed,
@@ -2563,12 +2677,16 @@ def _run_bronze(args: argparse.Namespace, plan: Plan) -> None:
             progress=tick,
         )
     except KeyboardInterrupt:
-        raise KeyboardInterrupt("interrupted; no partial file was left") from None
+        raise KeyboardInterrupt(
+            "interrupted; no partial file was left (run the same command again to resume)"
+        ) from None
     finally:
         if close:
             close()
     seconds = summary["seconds"]
     part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    if summary["kept"]:
+        part += f" (resumed: {summary['kept']:,} kept from the interrupted run)"
     print(
         f"wrote {summary['records']:,} patients{part} + {summary['organizations']:,} "
         f"organizations ({summary['files']:,} files, {summary['bytes'] / 1e6:,.1f} MB) to "

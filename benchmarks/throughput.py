@@ -3,6 +3,7 @@
     python benchmarks/throughput.py              # ~3 min: every mode, then --workers scaling
     python benchmarks/throughput.py --quick      # ~20 s smoke run
     python benchmarks/throughput.py --rss-check  # stream 10,000,000 patients, report peak RSS
+    python benchmarks/throughput.py --rss-check --per-file --count 2000000  # per-file bronze
 
 Every mode runs in its own subprocess, so each peak RSS (ru_maxrss from wait4) is that mode's
 own. In-process modes time their generation loop; CLI modes time the whole child process
@@ -359,15 +360,25 @@ def scaling(count: int) -> None:
         print(f"  measured --workers {n}", file=sys.stderr)
 
 
-def rss_check(count: int, target: str) -> None:
-    """Stream `count` patients through the CLI to `target` and report wall time and peak RSS."""
+def rss_check(count: int, target: str, per_file: bool = False) -> None:
+    """Stream `count` patients through the CLI to `target` and report wall time and peak RSS;
+    with per_file, write a per-file JSON bronze layer (one file per patient) into a fresh
+    folder instead (`target`, or a temp folder removed afterwards)."""
     cmd = [sys.executable, str(CLI), "--count", str(count), "--seed", str(SEED), "--as-of", AS_OF]
-    with open(target, "wb") as out:
-        r = run_measured(cmd, stdout=out)
+    if per_file:
+        with tempfile.TemporaryDirectory(prefix="rss-per-file-") as scratch:
+            folder = scratch if target == os.devnull else target
+            cmd += ["--output", folder, "--format", "json", "--quiet"]
+            r = run_measured(cmd, stdout=subprocess.DEVNULL)
+        shown = f"--output {folder} --format json --quiet"
+    else:
+        with open(target, "wb") as out:
+            r = run_measured(cmd, stdout=out)
+        shown = f"> {target}"
     if r["code"] != 0:
         raise SystemExit(f"the CLI failed:\n{r['stderr']}")
     print(*environment(), sep="\n")
-    print(f"- Command: `python fhir_patient_generator.py --count {count} ... > {target}`\n")
+    print(f"- Command: `python fhir_patient_generator.py --count {count} ... {shown}`\n")
     print("| Patients | Seconds | Patients/s | Peak RSS (MB) | Budget |")
     print("|---:|---:|---:|---:|---|")
     within = "within" if r["rss_mb"] < RSS_BUDGET_MB else "OVER"
@@ -384,13 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a smaller count (40,000)")
     p.add_argument("--rss-check", action="store_true", help="stream --count (default 10M) via CLI")
     p.add_argument("--target", default=os.devnull, help="where --rss-check writes (default null)")
+    p.add_argument("--per-file", action="store_true", help="--rss-check: per-file JSON bronze")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child(args.child, args.count, Path(args.dir))
     elif args.rss_check:
-        rss_check(args.count or 10_000_000, args.target)
+        rss_check(args.count or 10_000_000, args.target, args.per_file)
     else:
         benchmark(args.count or (40_000 if args.quick else 400_000))
     return 0

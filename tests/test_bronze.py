@@ -141,20 +141,22 @@ def test_rerun_rewrites_the_same_bytes_another_run_is_refused_and_overwrite_repl
     assert tree(root) == tree(fresh)  # nothing of the old run is left
 
 
-def test_files_without_a_manifest_are_refused_unless_overwrite_or_shard(tmp_path):
+def test_files_without_a_manifest_or_identity_are_refused_unless_overwrite(tmp_path):
+    """Every run (each shard too) writes _run/identity.json before any data, so data with
+    neither that nor a manifest is foreign: refused, also for a shard."""
     root = tmp_path / "bronze"
     (root / "patient").mkdir(parents=True)
     (root / "patient" / "patient_stray.json").write_text("{}\n")
     refused = run_cli("--count", "50", "--output", str(root))
     assert refused.returncode == 1 and "without _manifest.json" in one_line(refused)
-    shard = run_cli("--count", "50", "--output", str(root), "--shard", "0/2")  # siblings may write
-    assert shard.returncode == 0, shard.stderr
+    shard = run_cli("--count", "50", "--output", str(root), "--shard", "0/2")
+    assert shard.returncode == 1 and "without _manifest.json" in one_line(shard)
     assert (root / "patient" / "patient_stray.json").exists()
-    (root / "_manifest.json").unlink()
     replaced = run_cli("--count", "50", "--output", str(root), "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert not (root / "patient" / "patient_stray.json").exists()
     assert len(list((root / "patient").iterdir())) == 50
+    assert not (root / "_run").exists()
 
 
 @pytest.mark.parametrize(
@@ -261,11 +263,12 @@ def test_interrupted_run_leaves_no_partial_or_temp_file(tmp_path, extra):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err  # interrupted
-    assert err.strip().splitlines()[-1].endswith("interrupted; no partial file was left")
+    assert "interrupted; no partial file was left" in err.strip().splitlines()[-1]
     assert "Traceback" not in err
     files = [p for p in root.rglob("*") if p.is_file()]
     assert not [p for p in files if ".tmp-" in p.name]
     assert not (root / "_manifest.json").exists()  # the run did not finish
+    assert (root / "_run" / "identity.json").exists()  # ... and a re-run resumes it
     for path in files:
         if path.parent.name == "patient":
             data = raw(path.read_bytes(), path.name)  # a truncated gzip stream would raise

@@ -41,7 +41,10 @@ def s3_cli(endpoint: S3Endpoint, *args: str, flag: bool = True):
     return run_cli(*args, *extra, "--quiet", env=endpoint.env())
 
 
-def test_ndjson_gzip_on_s3_has_the_local_keys_and_bytes(s3_server: S3Server, s3_bucket, tmp_path):
+def test_ndjson_gzip_on_s3_has_the_local_keys_and_bytes(s3_throwaway_server: S3Server, tmp_path):
+    """On its own server: a finished run deletes its _run/ objects, and rclone's VFS then
+    misses buckets made on disk (test_s3server_smoke) on the shared one."""
+    s3_server, s3_bucket = s3_throwaway_server, s3_throwaway_server.create_bucket()
     local = tmp_path / "local"
     assert run_cli(*NDJSON, "--output", str(local)).returncode == 0
     url = f"s3://{s3_bucket}/lake/bronze"
