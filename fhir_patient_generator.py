@@ -2421,7 +2421,7 @@ EPILOG = """examples:
   python fhir_patient_generator.py --count 1000 --seed 7 > patients.ndjson
   python fhir_patient_generator.py --count 500 --min-age 65 --states CA,NY --seed 1
   python fhir_patient_generator.py --count 100 --profile us-core --seed 1   US Core Patients
-  python fhir_patient_generator.py --count 100000 --seed 7 --output ./lake/bronze
+  python fhir_patient_generator.py --count 100000 --seed 7 --format ndjson --output ./lake/bronze
   python fhir_patient_generator.py --count 100000 --seed 7 --output s3://my-bucket/bronze \\
       --format ndjson --gzip --workers 4
 """
