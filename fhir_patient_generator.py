@@ -2190,11 +2190,18 @@ def done_units(store: Store) -> frozenset[int]:
     return frozenset(int(name) for name in names if name.isdigit())
 
 
+def _delete_run_markers(store: Store) -> None:
+    """Delete _run/identity.json, then the done markers: a crash midway leaves only markers,
+    which nothing resumes into and the next run removes too."""
+    store.delete([RUN_IDENTITY])
+    store.delete(list(store.list(RUN_DONE)))
+
+
 def _delete_run(store: Store) -> None:
     """Delete the manifest first (no manifest may describe half-deleted files), then the run's
-    identity (nothing may resume into half-deleted files), its markers, then the data."""
-    store.delete([MANIFEST, RUN_IDENTITY])
-    store.delete(list(store.list(RUN_DONE)))
+    identity and markers (nothing may resume into half-deleted files), then the data."""
+    store.delete([MANIFEST])
+    _delete_run_markers(store)
     for folder in FOLDERS:
         store.delete(store.list(folder))
     store.prepare()
@@ -2245,8 +2252,7 @@ def _finish_run(spec: Bronze, store: Store) -> None:
         range(unit_count(spec))
     ):
         return  # sibling shards are still writing units: the last one to finish removes _run/
-    store.delete([RUN_IDENTITY])
-    store.delete(list(store.list(RUN_DONE)))
+    _delete_run_markers(store)
     store.remove_run_folder()
 
 
