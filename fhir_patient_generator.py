@@ -1091,6 +1091,7 @@ class Fields(NamedTuple):
     """The parts of a cms record that vary between patients, JSON-ready, in record order."""
 
     id: str
+    meta: dict[str, str]  # versionId and lastUpdated: version 1 at as-of, unless it changed since
     mrn: str
     gender: str
     birth_date: str
@@ -1129,13 +1130,24 @@ def _managing_organization(org: Mapping[str, str]) -> dict[str, str]:
     return {"reference": "Organization/" + org["id"], "display": org["name"]}
 
 
-def _fields(plan: Plan, index: int, s: Sample) -> Fields:
-    """Patient #index's varying parts from its sample."""
+def _date_text(plan: Plan, ordinal: int) -> str:
+    """ISO date of a proleptic ordinal: from the plan's table, else (born after as-of) computed."""
+    k = ordinal - plan.dates_base
+    return plan.dates[k] if 0 <= k < len(plan.dates) else date.fromordinal(ordinal).isoformat()
+
+
+def _meta(version: int, last_updated: str) -> dict[str, str]:
+    return {"versionId": str(version), "lastUpdated": last_updated}
+
+
+def _fields(plan: Plan, index: int, s: Sample, meta: dict[str, str] | None = None) -> Fields:
+    """Patient #index's varying parts from its sample (version 1 at as-of unless `meta`)."""
     return Fields(
         id=patient_id(plan, index),
+        meta=meta or _meta(1, plan.last_updated),
         mrn=patient_mrn(plan, index),
         gender=s.gender,
-        birth_date=plan.dates[s.birth - plan.dates_base],
+        birth_date=_date_text(plan, s.birth),
         deceased=None if s.died < 0 else _deceased(s.died),
         address=_address(plan.zips[s.zip]),
         communication=_communication(*plan.languages[s.language]),
@@ -1149,7 +1161,7 @@ def _assemble(plan: Plan, f: Fields) -> dict[str, Any]:
     record: dict[str, Any] = {
         "resourceType": "Patient",
         "id": f.id,
-        "meta": {"versionId": "1", "lastUpdated": plan.last_updated},
+        "meta": f.meta,
         "identifier": [
             {
                 "use": "usual",
@@ -1210,7 +1222,7 @@ def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, 
     out: dict[str, Any] = {
         "resourceType": "Patient",
         "id": record["id"],
-        "meta": {"versionId": "1", "lastUpdated": plan.last_updated, "profile": [US_CORE_PATIENT]},
+        "meta": {**record["meta"], "profile": [US_CORE_PATIENT]},
         # Extension's element order is id, extension, url, value[x]: a complex extension's
         # `extension` comes before its `url`, as fhir.resources writes it (same JSON round trip).
         "extension": [
@@ -1413,15 +1425,29 @@ def _template(plan: Plan, deceased: bool) -> tuple[bytes, dict[str, bytes]]:
     return head, dict(zip(names, rest[1::2], strict=True))
 
 
+class _Fragments(NamedTuple):
+    """The cms record's bytes, pre-serialised once per plan: everything but ids and dates."""
+
+    head: bytes  # up to the id's opening quote
+    after_id: bytes  # the id's closing quote up to the meta element's value
+    after_meta: bytes  # after meta, up to the MRN's opening quote
+    meta_v1: bytes  # version 1's meta at as-of
+    after_mrn: bytes
+    genders: Mapping[str, bytes]
+    dates: list[bytes]  # quoted ISO dates by ordinal - plan.dates_base
+    alive: bytes  # what follows birthDate for the living
+    to_deceased: bytes  # birthDate's closing quote up to the deceasedDateTime's opening quote
+    to_address: bytes
+    addresses: list[bytes]  # by ZIP position (the run's ZIPs only)
+    languages: list[bytes]
+    organizations: list[bytes]  # by hospital position (the run's organizations only)
+
+
 @functools.lru_cache(maxsize=8)
-def json_renderer(plan: Plan) -> Callable[[int], bytes]:
-    """A function i -> patient #i as compact JSON bytes, equal to orjson.dumps(build_record(plan,
-    i)) but with no dict built: the record's fixed parts (from _assemble) and every ZIP's address,
-    language and hospital are serialised once per plan; per patient only ids and dates vary.
-    Profiles that are not `rendered` are dumped from their dict."""
+def _fragments(plan: Plan) -> _Fragments:
+    """The record's fixed parts (from _assemble) and every ZIP's address, language and hospital,
+    serialised once per plan."""
     dumps = orjson.dumps
-    if not plan.profile.rendered:
-        return lambda index: dumps(build_record(plan, index))
     head, after = _template(plan, deceased=True)
     alive_head, alive_after = _template(plan, deceased=False)
     if alive_head != head or {**after, "birth_date": after["deceased"]} != {
@@ -1429,19 +1455,45 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
         "deceased": after["deceased"],
     }:
         raise AssertionError("the living and the deceased records differ beyond deceasedDateTime")
-    # The id, MRN and dates are [-0-9a-zA-Z] text that needs no escaping: quotes are fixed.
-    head, after_id, after_mrn = head + b'"', b'"' + after["id"] + b'"', b'"' + after["mrn"]
-    to_deceased, to_address = after["birth_date"] + b'"', b'"' + after["deceased"]
-    alive = alive_after["birth_date"]
-    genders = {g: dumps(g) + after["gender"] for g in ("male", "female", "other", "unknown")}
-    dates = [b'"%s"' % d.encode() for d in plan.dates]
     addresses = [b""] * len(plan.zips)  # the run's ZIPs only (a few MB for all of them)
     for z in itertools.chain.from_iterable(plan.zip_index):
         addresses[z] = dumps(_address(plan.zips[z])) + after["address"]
-    languages = [dumps(_communication(*lang)) + after["communication"] for lang in plan.languages]
     organizations = [b""] * len(plan.hospitals)
     for h in plan.organization_index:
         organizations[h] = dumps(_managing_organization(plan.hospitals[h])) + after["organization"]
+    # The id, MRN and dates are [-0-9a-zA-Z] text that needs no escaping: quotes are fixed.
+    return _Fragments(
+        head=head + b'"',
+        after_id=b'"' + after["id"],
+        after_meta=after["meta"] + b'"',
+        meta_v1=dumps(_meta(1, plan.last_updated)),
+        after_mrn=b'"' + after["mrn"],
+        genders={g: dumps(g) + after["gender"] for g in ("male", "female", "other", "unknown")},
+        dates=[b'"%s"' % d.encode() for d in plan.dates],
+        alive=alive_after["birth_date"],
+        to_deceased=after["birth_date"] + b'"',
+        to_address=b'"' + after["deceased"],
+        addresses=addresses,
+        languages=[
+            dumps(_communication(*lang)) + after["communication"] for lang in plan.languages
+        ],
+        organizations=organizations,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def json_renderer(plan: Plan) -> Callable[[int], bytes]:
+    """A function i -> patient #i as compact JSON bytes, equal to orjson.dumps(build_record(plan,
+    i)) but with no dict built: the fixed parts come from _fragments; per patient only ids and
+    dates vary. Profiles that are not `rendered` are dumped from their dict."""
+    dumps = orjson.dumps
+    if not plan.profile.rendered:
+        return lambda index: dumps(build_record(plan, index))
+    f = _fragments(plan)
+    head, after_mrn, genders, dates, alive = f.head, f.after_mrn, f.genders, f.dates, f.alive
+    after_id = f.after_id + f.meta_v1 + f.after_meta
+    to_deceased, to_address = f.to_deceased, f.to_address
+    addresses, languages, organizations = f.addresses, f.languages, f.organizations
     base = plan.dates_base
     join = b"".join
     uuid_add, uuid_mul, mrn_add, mrn_mul = plan.uuid_add, plan.uuid_mul, plan.mrn_add, plan.mrn_mul
@@ -1473,6 +1525,57 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
     for index in range(8):  # a field or profile the fragments miss fails here, not in the data
         if render(index) != dumps(build_record(plan, index)):
             raise AssertionError(f"json_renderer's bytes differ from build_record's (#{index})")
+    return render
+
+
+@functools.lru_cache(maxsize=8)
+def sample_renderer(plan: Plan) -> Callable[[int, Sample, int, str], bytes]:
+    """A function (i, sample, version, lastUpdated) -> that version of patient #i as compact JSON
+    bytes: what a changed patient is written as (its sample after the change, its new meta)."""
+    dumps = orjson.dumps
+    if not plan.profile.rendered:
+
+        def from_dict(index: int, s: Sample, version: int, last_updated: str) -> bytes:
+            fields = _fields(plan, index, s, _meta(version, last_updated))
+            return dumps(plan.profile.record(plan, _assemble(plan, fields), s))
+
+        return from_dict
+    f = _fragments(plan)
+    n_dates, base, join = len(f.dates), plan.dates_base, b"".join
+
+    def render(index: int, s: Sample, version: int, last_updated: str) -> bytes:
+        k = s.birth - base
+        birth = f.dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, s.birth).encode()
+        if s.died < 0:
+            death = f.alive
+        else:
+            death = join((f.to_deceased, _deceased(s.died).encode(), f.to_address))
+        return join(
+            (
+                f.head,
+                patient_id(plan, index).encode(),
+                f.after_id,
+                f.meta_v1 if version == 1 else dumps(_meta(version, last_updated)),
+                f.after_meta,
+                patient_mrn(plan, index).encode(),
+                f.after_mrn,
+                f.genders[s.gender],
+                birth,
+                death,
+                f.addresses[s.zip],
+                f.languages[s.language],
+                f.organizations[s.organization],
+            )
+        )
+
+    for index in range(8):  # as json_renderer: checked against the dict path when built
+        s = sample(plan, index)
+        if render(index, s, 1, plan.last_updated) != json_renderer(plan)(index) or render(
+            index, s, 2, "2099-01-01T00:00:00Z"
+        ) != dumps(build_record(plan, index)).replace(
+            dumps(_meta(1, plan.last_updated)), dumps(_meta(2, "2099-01-01T00:00:00Z"))
+        ):
+            raise AssertionError(f"sample_renderer's bytes differ from build_record's (#{index})")
     return render
 
 
