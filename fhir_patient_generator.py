@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import calendar
 import contextlib
 import csv
 import functools
 import hashlib
 import itertools
+import math
 import os
 import re
 import secrets
@@ -38,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -1334,6 +1337,520 @@ def organization_record(org: Mapping[str, str], fhir_version: str = "R4") -> dic
 
 
 # ---------------------------------------------------------------------------------------------
+# The living population: from the epoch E on, each patient lives on (deaths, moves, hospital
+# changes), new patients join and records entered in error are deleted. Every change is the
+# patient's next version. Patient #i's history is a pure function of (seed, i, E, options); a
+# joiner's also of the epoch count N, whose size sets the joining rate (docs/living-population.md)
+# ---------------------------------------------------------------------------------------------
+
+BLOCK = 64  # indexes per event tile: tile (block, year) holds the candidate events of 64 patients
+# Thinning bounds, per person-year: candidates come at these rates and each is accepted with
+# probability rate / bound (Lewis-Shedler), so every rate up to its bound is exact and a rate can
+# change without moving any other event. The life table's highest m(x) is 0.73 (men, 110).
+DEATH_BOUND, MOVE_BOUND, HOSPITAL_BOUND = 0.75, 0.30, 0.05
+# Share of people 1+ who moved in a year, CPS ASEC 2021: within the county, to another county of
+# the state, to another state (docs/living-population.md); hazards -ln(1 - p), split pro rata.
+MOVE_SHARES = (0.049, 0.019, 0.014)
+MOVE_KINDS = ("move-zip", "move-county", "move-state")
+HOSPITAL_CHANGE_RATE = 0.03  # per person-year without a move: an assumption (no published rate)
+BIRTH_RATE = 3_596_017 / 334_914_895  # NCHS final births 2023 / Census population 1 July 2023
+NEWCOMER_RATE = 2_800_000 / 340_110_988  # Census net international migration 2023-24 / 2024 pop.
+MALE_AT_BIRTH = 105 / 205  # the sex ratio at birth, about 105 boys per 100 girls
+ERROR_SHARE = 0.01  # new registrations entered in error (an assumption), deleted later:
+ERROR_DAYS = 28  # 1..28 days after they were entered (an assumption)
+LATE_DAYS = 7  # delivery faults: a late version arrives 1..7 whole days after its instant,
+DUPLICATE_DAYS = 3  # a duplicate 0..3 days after the first delivery
+MAX_DELAY = 86400 * (LATE_DAYS + DUPLICATE_DAYS)  # how far back a batch looks for deliveries
+_EPOCH_DAY = 719163  # date(1970, 1, 1).toordinal()
+
+
+class Faults(NamedTuple):
+    """Delivery faults for pipeline tests, each a rate per version (0 = off): late arrival (in
+    a later batch than its instant), duplicate delivery, out of order within a batch."""
+
+    late: float = 0.0
+    duplicate: float = 0.0
+    out_of_order: float = 0.0
+
+
+NO_FAULTS = Faults()
+
+
+class Version(NamedTuple):
+    """One version of patient #index: what it is after `change`, at `instant`."""
+
+    index: int
+    number: int  # meta.versionId
+    instant: int  # epoch seconds of the change; version 1 of an epoch patient: E (as-of)
+    change: str  # epoch, birth, arrival, death, move-zip, move-county, move-state, hospital, delete
+    sample: Sample  # the patient as of this version (after a delete: as it last was)
+
+
+class _Dynamics(NamedTuple):
+    """What the events of a plan need, precomputed once (tables; no state)."""
+
+    tile_hash: Any  # SHAKE-256 that has absorbed the plan key: tiles copy it
+    poisson: Mapping[int, tuple[int, ...]]  # year length in days -> inverse CDF of candidates
+    kind_cut: tuple[int, int]  # w0 >> 6 below [0]: death, below [1]: move, else hospital
+    death_accept: Mapping[str, tuple[int, ...]]  # sex -> by age: accept a death if w2 < this
+    move_accept: tuple[int, int, int]  # cumulative w2 cuts: same county, other county, state
+    hospital_accept: int
+    zip_order: tuple[int, ...]  # the run's ZIP positions sorted by (state, county)
+    zip_rank: Mapping[int, int]  # ZIP position -> rank in zip_order
+    rank_cum: tuple[int, ...]  # rank_cum[r] = population of ranks < r (len + 1 entries)
+    county_span: tuple[tuple[int, int], ...]  # by rank: ranks of its county [lo, hi)
+    state_span: tuple[tuple[int, int], ...]  # by rank: ranks of its state
+    living_cum: tuple[int, ...]  # plan.cells' weights with the dead at 0 (newcomers' cells)
+    newborn_cell: Mapping[str, int]  # sex -> the living age-0 cell (births), if in the ages
+    join_rate: float  # joiners per epoch patient per year
+    birth_cut: int  # a joiner is a birth if spare_14 < this
+    error_cut: int  # a joiner was entered in error if spare_15 < this
+    male_cut: int
+    start: int  # E in whole seconds: changes happen after it
+
+
+def _seconds(dt: datetime) -> int:
+    """Whole epoch seconds (floor) of an aware datetime."""
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // _SECOND
+
+
+_SECOND = datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _poisson_cdf(mean: Decimal) -> tuple[int, ...]:
+    """floor(P(K <= k) * 2**32) for K ~ Poisson(mean), in exact decimal arithmetic (the same on
+    every machine), until it reaches 2**32 - 1."""
+    cdf, p, total, k = [], (-mean).exp(), Decimal(0), 0
+    while True:
+        total += p
+        cdf.append(min(int(total * (1 << 32)), (1 << 32) - 1))
+        if cdf[-1] == (1 << 32) - 1:
+            return tuple(cdf)
+        k += 1
+        p = p * mean / k
+
+
+def _cut(p: float) -> int:
+    """A 32-bit threshold: u32 < _cut(p) has probability p."""
+    return min(round(p * (1 << 32)), 1 << 32)
+
+
+def _living_cum(plan: Plan) -> tuple[int, ...]:
+    """The registry's cell weights with the dead cells at 0: newcomers are alive."""
+    weights = (c - b for c, b in zip(plan.cell_cum, (0, *plan.cell_cum), strict=False))
+    return _cumulative(
+        0 if dead else w for (_, _, dead), w in zip(plan.cells, weights, strict=True)
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _dynamics(plan: Plan) -> _Dynamics:
+    ref = load_reference(plan.identity[3])
+    bound = DEATH_BOUND + MOVE_BOUND + HOSPITAL_BOUND
+    with localcontext() as ctx:
+        ctx.prec = 40
+        poisson = {
+            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
+            for days in (365, 366)
+        }
+    top = max(max(ref.mx[s]) for s in SEXES)
+    if top >= DEATH_BOUND:
+        raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
+    moved = -math.log(1.0 - sum(MOVE_SHARES))
+    move_rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
+    # ZIPs by (state, county): a county and a state are contiguous rank ranges
+    weights: dict[int, int] = {}
+    for positions, cum in zip(plan.zip_index, plan.zip_cum, strict=True):
+        for z, c, before in zip(positions, cum, (0, *cum), strict=False):
+            weights[z] = c - before
+    state_rank = {code: k for k, code in enumerate(plan.state_codes)}
+    order = sorted(weights, key=lambda z: (state_rank[plan.zips[z][3]], plan.zips[z][2], z))
+    county_span, state_span = [], []
+    for key, span in ((2, county_span), (3, state_span)):
+        lo = 0
+        for r in range(1, len(order) + 1):
+            if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
+                span.extend([(lo, r)] * (r - lo))
+                lo = r
+    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
+    newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
+    return _Dynamics(
+        tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
+        poisson=poisson,
+        kind_cut=(
+            round(DEATH_BOUND / bound * (1 << 26)),
+            round((DEATH_BOUND + MOVE_BOUND) / bound * (1 << 26)),
+        ),
+        death_accept={s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES},
+        move_accept=tuple(_cut(sum(move_rates[: k + 1]) / MOVE_BOUND) for k in range(3)),
+        hospital_accept=_cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND),
+        zip_order=tuple(order),
+        zip_rank={z: r for r, z in enumerate(order)},
+        rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
+        county_span=tuple(county_span),
+        state_span=tuple(state_span),
+        living_cum=_living_cum(plan),
+        newborn_cell=newborn,
+        join_rate=joins,
+        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
+        error_cut=_cut(ERROR_SHARE),
+        male_cut=_cut(MALE_AT_BIRTH),
+        start=_seconds(plan.as_of),
+    )
+
+
+def _age(birth: int, instant: int) -> int:
+    """Whole years of age at an instant, for a birth date given as an ordinal."""
+    day, born = date.fromordinal(instant // 86400 + _EPOCH_DAY), date.fromordinal(birth)
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def _hospital_at(plan: Plan, z: int, age: int, u32: int, exclude: int = -1) -> int | None:
+    """A hospital for someone aged `age` in ZIP position z, as sample() draws it (the ZIP's
+    nearest, gravity weights; the children's hospital under CHILD_AGE), without `exclude`;
+    None if nothing is left."""
+    lo, cum, cand = z * CANDIDATES, plan.hospital_cum, plan.hospital_cand
+    slots = range(lo, lo + (CANDIDATES if age < CHILD_AGE else CANDIDATES - 1))
+    weights = [0 if cand[k] == exclude else cum[k] - (cum[k - 1] if k > lo else 0) for k in slots]
+    total = sum(weights)
+    if not total:
+        return None
+    v = u32 * total >> 32
+    for k, w in zip(slots, weights, strict=True):
+        if v < w:
+            return cand[k]
+        v -= w
+    raise AssertionError("unreachable: v < total")
+
+
+def _move_zip(dyn: _Dynamics, z: int, kind: int, u32: int) -> int | None:
+    """The new ZIP of a move of `kind` (0 same county, 1 other county, 2 other state) from ZIP
+    position z, in proportion to population; None if there is nowhere to go."""
+    r = dyn.zip_rank[z]
+    lo, hi = (dyn.county_span[r], dyn.state_span[r], (0, len(dyn.zip_order)))[kind]
+    a, b = ((r, r + 1), dyn.county_span[r], dyn.state_span[r])[kind]
+    cum = dyn.rank_cum
+    weight = (cum[hi] - cum[lo]) - (cum[b] - cum[a])
+    if weight <= 0:
+        return None
+    target = cum[lo] + (u32 * weight >> 32)
+    if target >= cum[a]:
+        target += cum[b] - cum[a]
+    return dyn.zip_order[bisect.bisect_right(cum, target) - 1]
+
+
+_TILE_WORDS = 5  # per candidate: offset and kind, instant, accept, place, hospital
+
+
+def _tile(dyn: _Dynamics, block: int, year: int) -> tuple[int, ...]:
+    """The candidate events of indexes block*BLOCK .. +BLOCK-1 in a UTC calendar year: five
+    32-bit words each (w0: offset = w0 % BLOCK and kind = w0 >> 6; w1: instant in the year; w2:
+    accept; w3: place; w4: hospital). A function of (seed, block, year) only."""
+    h = dyn.tile_hash.copy()
+    h.update(block.to_bytes(8, "little") + year.to_bytes(2, "little"))
+    days = 366 if calendar.isleap(year) else 365
+    k = bisect.bisect_right(dyn.poisson[days], int.from_bytes(h.digest(4), "little"))
+    return struct.unpack(f"<{_TILE_WORDS * k}I", h.digest(4 + 4 * _TILE_WORDS * k)[4:])
+
+
+def _year_start(year: int) -> int:
+    return (date(year, 1, 1).toordinal() - _EPOCH_DAY) * 86400
+
+
+def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[tuple[int, ...]]]:
+    """Offset in the block -> its candidates (instant, w0, w2, w3, w4) with lo < instant <= hi,
+    in time order (ties: tile order)."""
+    out: dict[int, list[tuple[int, ...]]] = {}
+    if hi <= lo:
+        return out
+    first = date.fromordinal((lo + 1) // 86400 + _EPOCH_DAY).year
+    last = date.fromordinal(hi // 86400 + _EPOCH_DAY).year
+    for year in range(first, last + 1):
+        start = _year_start(year)
+        length = _year_start(year + 1) - start
+        w = _tile(dyn, block, year)
+        for k in range(0, len(w), _TILE_WORDS):
+            instant = start + (w[k + 1] * length >> 32)
+            if lo < instant <= hi:
+                out.setdefault(w[k] % BLOCK, []).append(
+                    (instant, k, w[k], w[k + 2], w[k + 3], w[k + 4])
+                )
+    for events in out.values():
+        events.sort()
+    return out
+
+
+def _gap(dyn: _Dynamics, count: int) -> float:
+    """Seconds between joiners: the epoch population times the joining rate, per second."""
+    return SECONDS_PER_YEAR / (count * dyn.join_rate)
+
+
+def _join_instant(plan: Plan, dyn: _Dynamics, count: int, index: int) -> int:
+    """When joiner #index (index >= count) joins: the k-th of a steady stream, k = index - count,
+    jittered within its slot by the joiner's own draw, so instants never decrease with k."""
+    u = _raw_draws(_digest(plan, index))[9]  # Draws.death_time_high: unused by the living
+    return dyn.start + 1 + int((index - count + u / 4294967296.0) * _gap(dyn, count))
+
+
+def _digest(plan: Plan, index: int) -> bytes:
+    hasher = plan.hasher.copy()
+    hasher.update(index.to_bytes(8, "little"))
+    return hasher.digest()
+
+
+def population_size(plan: Plan, count: int, until: datetime | str) -> int:
+    """How many indexes exist by `until` (>= the epoch, plan.as_of): the epoch's count plus the
+    joiners so far (deleted ones included: indexes are never reused)."""
+    dyn, until_s = _dynamics(plan), _seconds(parse_as_of(until))
+    return count + _joiners_by(plan, dyn, count, until_s)
+
+
+def _joiners_by(plan: Plan, dyn: _Dynamics, count: int, until: int) -> int:
+    """The number of joiners k with join instant <= until (instants never decrease with k)."""
+    if count <= 0 or until <= dyn.start:
+        return 0
+    k = max(0, int((until - dyn.start) / _gap(dyn, count)) - 1)
+    while k > 0 and _join_instant(plan, dyn, count, count + k - 1) > until:
+        k -= 1
+    while _join_instant(plan, dyn, count, count + k) <= until:
+        k += 1
+    if count + k - 1 > MAX_INDEX:
+        raise ValueError(f"by {until} the population outgrows the index range 0..{MAX_INDEX}")
+    return k
+
+
+def _joiners_between(plan: Plan, dyn: _Dynamics, count: int, lo: int, hi: int) -> range:
+    """Indexes of the joiners whose join instant is in (lo, hi]."""
+    return range(
+        count + _joiners_by(plan, dyn, count, lo), count + _joiners_by(plan, dyn, count, hi)
+    )
+
+
+class _Start(NamedTuple):
+    """How patient #index begins: version 1's sample, change and instant, and its deletion."""
+
+    sample: Sample
+    change: str  # epoch, birth or arrival
+    instant: int
+    deleted: int | None  # the instant a record entered in error is deleted
+
+
+def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
+    """Version 1 of patient #index: an epoch patient as sample() has it; a joiner (index >=
+    count) drawn from its own hash: a birth (age 0 on its join day) or an arrival (a living
+    registry cell), living in the ZIP its draws give, at the hospital its age there allows."""
+    s = sample(plan, index)
+    if index < count:
+        return _Start(s, "epoch", dyn.start, None)
+    u = Draws._make(s.draws)
+    instant = _join_instant(plan, dyn, count, index)
+    if u.spare_14 < dyn.birth_cut:
+        change, sex = "birth", "male" if u.cell < dyn.male_cut else "female"
+        cell, birth = dyn.newborn_cell[sex], instant // 86400 + _EPOCH_DAY
+    else:
+        change = "arrival"
+        cell = _pick(dyn.living_cum, u.cell)
+        sex, birth = (
+            plan.cells[cell][1],
+            plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32),
+        )
+    gender = (
+        "other"
+        if u.gender < plan.gender_other
+        else "unknown"
+        if u.gender < plan.gender_unknown
+        else sex
+    )
+    org = _hospital_at(plan, s.zip, _age(birth, instant), u.organization)
+    deleted = None
+    if u.spare_15 < dyn.error_cut:
+        deleted = instant + 86400 + (u.death_age * (ERROR_DAYS - 1) * 86400 >> 32)
+    s = s._replace(cell=cell, sex=sex, birth=birth, gender=gender, organization=org, died=-1)
+    return _Start(s, change, instant, deleted)
+
+
+def _apply(
+    plan: Plan, dyn: _Dynamics, s: Sample, instant: int, event: tuple[int, ...]
+) -> tuple[Sample, str] | None:
+    """A candidate event (instant, tile position, w0, w2, w3, w4) applied to the patient as it
+    is: (the new sample, the change) if thinning accepts it and it changes something, else None."""
+    _, _, w0, w2, w3, w4 = event
+    kind = w0 >> 6
+    if kind < dyn.kind_cut[0]:
+        if w2 >= dyn.death_accept[s.sex][min(_age(s.birth, instant), MAX_AGE)]:
+            return None
+        return s._replace(died=instant), "death"
+    if kind < dyn.kind_cut[1]:
+        if w2 >= dyn.move_accept[2]:
+            return None
+        move = 0 if w2 < dyn.move_accept[0] else 1 if w2 < dyn.move_accept[1] else 2
+        z = _move_zip(dyn, s.zip, move, w3)
+        if z is None:
+            return None
+        org = _hospital_at(plan, z, _age(s.birth, instant), w4)
+        return s._replace(zip=z, organization=org), MOVE_KINDS[move]
+    if w2 >= dyn.hospital_accept:
+        return None
+    org = _hospital_at(plan, s.zip, _age(s.birth, instant), w4, s.organization)
+    return None if org is None else (s._replace(organization=org), "hospital")
+
+
+def _evolve(
+    plan: Plan, dyn: _Dynamics, index: int, start: _Start, events: list[tuple[int, ...]], until: int
+) -> list[Version]:
+    """Patient #index's versions up to `until`: its start, then each accepted candidate event
+    (thinning by age and sex at the instant), then its deletion if it was entered in error.
+    Nothing happens to the dead, or within the second of the previous change."""
+    s, last = start.sample, start.instant
+    if last > until:
+        return []
+    versions = [Version(index, 1, last, start.change, s)]
+    end = until if start.deleted is None else min(until, start.deleted - 1)
+    for event in events if s.died < 0 else ():
+        instant = event[0]
+        if instant > end:
+            break
+        changed = _apply(plan, dyn, s, instant, event) if instant > last else None
+        if changed:
+            s, change = changed
+            last = instant
+            versions.append(Version(index, len(versions) + 1, instant, change, s))
+            if change == "death":
+                break
+    if start.deleted is not None and start.deleted <= until:
+        versions.append(Version(index, len(versions) + 1, start.deleted, "delete", s))
+    return versions
+
+
+def history(plan: Plan, count: int, index: int, until: datetime | str) -> list[Version]:
+    """Every version of patient #index up to `until` (>= the epoch, plan.as_of), oldest first;
+    empty for a joiner that has not joined yet. `count` is the epoch population."""
+    dyn, until_s = _dynamics(plan), _seconds(parse_as_of(until))
+    start = _start(plan, dyn, count, index)
+    events = _candidates(dyn, index // BLOCK, start.instant, until_s).get(index % BLOCK, [])
+    return _evolve(plan, dyn, index, start, events, until_s)
+
+
+def _window_events(
+    dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]], age_at: Callable[[int], int]
+) -> bool:
+    """Whether any candidate could be accepted (a necessary condition, checked before the
+    patient's history is replayed): deaths by age and sex, the others by their fixed rates."""
+    accept = dyn.death_accept[start.sample.sex]
+    for instant, _, w0, w2, _, _ in events:
+        kind = w0 >> 6
+        if kind < dyn.kind_cut[0]:
+            if w2 < accept[min(age_at(instant), MAX_AGE)]:
+                return True
+        elif w2 < (dyn.move_accept[2] if kind < dyn.kind_cut[1] else dyn.hospital_accept):
+            return True
+    return False
+
+
+def snapshot(
+    plan: Plan, count: int, until: datetime | str, lo: int = 0, hi: int | None = None
+) -> Iterator[Version]:
+    """The population at `until` (>= the epoch, plan.as_of): the latest version of every patient
+    with an index in [lo, hi) that exists then and is not deleted, in index order. With until at
+    the epoch it is exactly the epoch's patients #0..#count-1, version 1."""
+    dyn, until_s = _dynamics(plan), _seconds(parse_as_of(until))
+    _check_window(dyn, dyn.start, until_s)
+    n = count + _joiners_by(plan, dyn, count, until_s)
+    hi = n if hi is None else min(hi, n)
+    for block in range(lo // BLOCK, -(-hi // BLOCK)):
+        events = _candidates(dyn, block, dyn.start, until_s)
+        for i in range(max(lo, block * BLOCK), min(hi, block * BLOCK + BLOCK)):
+            start = _start(plan, dyn, count, i)
+            versions = _evolve(plan, dyn, i, start, events.get(i % BLOCK, []), until_s)
+            if versions and versions[-1].change != "delete":
+                yield versions[-1]
+
+
+def _check_window(dyn: _Dynamics, since: int, until: int) -> None:
+    if since < dyn.start:
+        raise ValueError("--since must not be before --epoch (the population begins there)")
+    if until < since:
+        raise ValueError("--as-of must not be before --since (or --epoch)")
+
+
+def _deliveries(plan: Plan, faults: Faults, v: Version) -> tuple[int, ...]:
+    """When version v is delivered: at its instant, or (late) 1..LATE_DAYS days later, and
+    (duplicate) once more 0..DUPLICATE_DAYS days after that; drawn from (seed, index, version)."""
+    if not (faults.late or faults.duplicate):
+        return (v.instant,)
+    h = plan.hasher.copy()
+    h.update(b"delivery|%d|%d" % (v.index, v.number))
+    late, delay, dup, again = _raw_draws(h.digest())[:4]
+    d = v.instant
+    if late < _cut(faults.late):
+        d += 86400 * (1 + (delay * LATE_DAYS >> 32))
+    if dup < _cut(faults.duplicate):
+        return (d, d + (again * (DUPLICATE_DAYS * 86400 + 1) >> 32))
+    return (d,)
+
+
+def _out_of_order(plan: Plan, rate: float, versions: list[Version]) -> list[Version]:
+    """A share `rate` of the lines moved to a random place in the batch (drawn per version)."""
+    cut, keys = _cut(rate), []
+    for n, v in enumerate(versions):
+        h = plan.hasher.copy()
+        h.update(b"order|%d|%d|%d" % (v.index, v.number, n))
+        u, place = _raw_draws(h.digest())[:2]
+        keys.append((place * len(versions) >> 32, 0, n) if u < cut else (n, 1, n))
+    return [versions[k[2]] for k in sorted(keys)]
+
+
+def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
+    plan: Plan,
+    count: int,
+    since: datetime | str,
+    until: datetime | str,
+    *,
+    lo: int = 0,
+    hi: int | None = None,
+    latest: bool = False,
+    faults: Faults = NO_FAULTS,
+) -> list[Version]:
+    """The change batch (since, until] for indexes in [lo, hi): every version delivered in it
+    (with no faults: whose instant is in it), in index then version order, or with latest=True
+    only each patient's last one. Deletions are versions whose change is "delete"."""
+    dyn = _dynamics(plan)
+    since_s, until_s = _seconds(parse_as_of(since)), _seconds(parse_as_of(until))
+    _check_window(dyn, since_s, until_s)
+    scan = since_s - (MAX_DELAY if faults.late or faults.duplicate else 0)
+    n = count + _joiners_by(plan, dyn, count, until_s)
+    hi = n if hi is None else min(hi, n)
+    joiners = _joiners_between(plan, dyn, count, scan - ERROR_DAYS * 86400, until_s)
+    out: list[Version] = []
+    for block in range(lo // BLOCK, -(-hi // BLOCK)):
+        a, b = max(lo, block * BLOCK), min(hi, block * BLOCK + BLOCK)
+        window = _candidates(dyn, block, max(scan, dyn.start), until_s)
+        starts = {}
+        for offset, events in sorted(window.items()):
+            i = block * BLOCK + offset
+            if a <= i < b:
+                start = _start(plan, dyn, count, i)
+                if _window_events(dyn, start, events, functools.partial(_age, start.sample.birth)):
+                    starts[i] = start
+        for i in range(max(a, joiners.start), min(b, joiners.stop)):
+            starts.setdefault(i, _start(plan, dyn, count, i))
+        for i in sorted(starts):
+            start = starts[i]
+            events = _candidates(dyn, block, start.instant, until_s).get(i % BLOCK, [])
+            mine = [
+                v
+                for v in _evolve(plan, dyn, i, start, events, until_s)
+                if v.change != "epoch" and v.instant > scan
+                for d in _deliveries(plan, faults, v)
+                if since_s < d <= until_s
+            ]
+            out.extend(mine[-1:] if latest else mine)
+    if faults.out_of_order:
+        out = _out_of_order(plan, faults.out_of_order, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering: the FHIR model, JSON bytes (a fast renderer for the bulk path) and S3 keys
 # ---------------------------------------------------------------------------------------------
 
@@ -1555,7 +2072,9 @@ def sample_renderer(plan: Plan) -> Callable[[int, Sample, int, str], bytes]:
                 f.head,
                 patient_id(plan, index).encode(),
                 f.after_id,
-                f.meta_v1 if version == 1 else dumps(_meta(version, last_updated)),
+                f.meta_v1
+                if version == 1 and last_updated == plan.last_updated
+                else dumps(_meta(version, last_updated)),
                 f.after_meta,
                 patient_mrn(plan, index).encode(),
                 f.after_mrn,
@@ -1577,6 +2096,50 @@ def sample_renderer(plan: Plan) -> Callable[[int, Sample, int, str], bytes]:
         ):
             raise AssertionError(f"sample_renderer's bytes differ from build_record's (#{index})")
     return render
+
+
+def _version_updated(plan: Plan, v: Version) -> str:
+    """meta.lastUpdated of a version: the as-of of the epoch's own, else the change instant."""
+    return (
+        plan.last_updated
+        if v.change == "epoch"
+        else _iso_instant(datetime.fromtimestamp(v.instant, UTC))
+    )
+
+
+def _delete_bundle(plan: Plan, v: Version) -> dict[str, Any]:
+    """A deletion as FHIR Bulk Data writes it for _since exports: a transaction Bundle with one
+    DELETE entry; meta.lastUpdated is the instant, ifMatch the last live version (so the delete
+    sorts as version v.number)."""
+    return {
+        "resourceType": "Bundle",
+        "meta": {"lastUpdated": _version_updated(plan, v)},
+        "type": "transaction",
+        "entry": [
+            {
+                "request": {
+                    "method": "DELETE",
+                    "url": "Patient/" + patient_id(plan, v.index),
+                    "ifMatch": f'W/"{v.number - 1}"',
+                }
+            }
+        ],
+    }
+
+
+def version_record(plan: Plan, v: Version) -> dict[str, Any]:
+    """A version as a plain dict: the Patient as it then was, or a deletion's Bundle."""
+    if v.change == "delete":
+        return _delete_bundle(plan, v)
+    fields = _fields(plan, v.index, v.sample, _meta(v.number, _version_updated(plan, v)))
+    return plan.profile.record(plan, _assemble(plan, fields), v.sample)
+
+
+def version_json(plan: Plan, v: Version) -> bytes:
+    """A version as compact JSON bytes, equal to orjson.dumps(version_record(plan, v))."""
+    if v.change == "delete":
+        return orjson.dumps(_delete_bundle(plan, v))
+    return sample_renderer(plan)(v.index, v.sample, v.number, _version_updated(plan, v))
 
 
 class BronzeError(RuntimeError):
