@@ -50,18 +50,22 @@ __version__ = "1.0.0"
 
 # The public API: exactly the README's API table.
 __all__ = [
-    "FORMATS",
     "FHIR_VERSIONS",
+    "FORMATS",
     "PROFILES",
     "Bronze",
     "BronzeError",
+    "Faults",
     "Plan",
     "Reference",
     "Sample",
+    "Version",
     "build_record",
+    "changes",
     "draw_seed",
     "generate_patient",
     "generate_patients",
+    "history",
     "json_renderer",
     "load_reference",
     "main",
@@ -72,9 +76,13 @@ __all__ = [
     "parse_as_of",
     "patient_id",
     "patient_mrn",
+    "population_size",
     "sample",
+    "snapshot",
     "suggested_s3_key",
     "to_json",
+    "version_json",
+    "version_record",
     "write_bronze",
 ]
 
@@ -1815,6 +1823,8 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
     (with no faults: whose instant is in it), in index then version order, or with latest=True
     only each patient's last one. Deletions are versions whose change is "delete"."""
     dyn = _dynamics(plan)
+    for name, rate in faults._asdict().items():
+        _check_range(name.replace("_", "-"), rate, 0, 1, False)
     since_s, until_s = _seconds(parse_as_of(since)), _seconds(parse_as_of(until))
     _check_window(dyn, since_s, until_s)
     scan = since_s - (MAX_DELAY if faults.late or faults.duplicate else 0)
@@ -1867,18 +1877,41 @@ def generate_patient(
     return _model(plan.options["fhir_version"], "Patient").model_validate(build_record(plan, index))
 
 
-def generate_patients(
+def generate_patients(  # noqa: PLR0913 (the living population's arguments are keyword-only)
     count: int,
     seed: int | None = None,
     start: int = 0,
     as_of: datetime | str | None = None,
+    *,
+    epoch: datetime | str | None = None,
+    since: datetime | str | None = None,
+    latest: bool = False,
+    faults: Faults = NO_FAULTS,
     **options: Any,
 ) -> Iterator[dict[str, Any]]:
-    """Patients #start .. #start+count-1 as plain dicts, lazily (constant memory)."""
+    """Patients #start .. #start+count-1 as plain dicts, lazily (constant memory).
+
+    With epoch=E the population of `count` patients is defined at E and lives on: the result is
+    the snapshot at as_of (every patient's latest version), or with since=S the change batch
+    (S, as_of]: new versions, and deletions as Bundle dicts (see changes())."""
     _check_index_range(start, count)
-    plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
-    for index in range(start, start + count):
-        yield build_record(plan, index)
+    if epoch is None and since is None:
+        plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
+        for index in range(start, start + count):
+            yield build_record(plan, index)
+        return
+    if epoch is None:
+        raise ValueError("since needs epoch (the time the population is defined at)")
+    if start:
+        raise ValueError("a living population begins at #0: start must be 0 with epoch")
+    plan = make_plan(draw_seed() if seed is None else seed, epoch, **options)
+    until = parse_as_of(as_of)
+    if since is None:
+        versions: Iterable[Version] = snapshot(plan, count, until)
+    else:
+        versions = changes(plan, count, since, until, latest=latest, faults=faults)
+    for v in versions:
+        yield version_record(plan, v)
 
 
 def _check_index_range(start: Any, count: Any) -> None:
@@ -2046,7 +2079,7 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
 
 
 @functools.lru_cache(maxsize=8)
-def sample_renderer(plan: Plan) -> Callable[[int, Sample, int, str], bytes]:
+def _sample_renderer(plan: Plan) -> Callable[[int, Sample, int, str], bytes]:
     """A function (i, sample, version, lastUpdated) -> that version of patient #i as compact JSON
     bytes: what a changed patient is written as (its sample after the change, its new meta)."""
     dumps = orjson.dumps
@@ -2094,7 +2127,7 @@ def sample_renderer(plan: Plan) -> Callable[[int, Sample, int, str], bytes]:
         ) != dumps(build_record(plan, index)).replace(
             dumps(_meta(1, plan.last_updated)), dumps(_meta(2, "2099-01-01T00:00:00Z"))
         ):
-            raise AssertionError(f"sample_renderer's bytes differ from build_record's (#{index})")
+            raise AssertionError(f"_sample_renderer's bytes differ from build_record's (#{index})")
     return render
 
 
@@ -2139,7 +2172,7 @@ def version_json(plan: Plan, v: Version) -> bytes:
     """A version as compact JSON bytes, equal to orjson.dumps(version_record(plan, v))."""
     if v.change == "delete":
         return orjson.dumps(_delete_bundle(plan, v))
-    return sample_renderer(plan)(v.index, v.sample, v.number, _version_updated(plan, v))
+    return _sample_renderer(plan)(v.index, v.sample, v.number, _version_updated(plan, v))
 
 
 class BronzeError(RuntimeError):
