@@ -38,7 +38,7 @@ import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, localcontext
 from pathlib import Path
@@ -2182,7 +2182,7 @@ class BronzeError(RuntimeError):
 def _validated(plan: Plan, record: dict[str, Any], index: int) -> dict[str, Any]:
     """The record, after fhir.resources accepted it; BronzeError naming the index if not."""
     try:
-        _model(plan.options["fhir_version"], "Patient").model_validate(record)
+        _model(plan.options["fhir_version"], record["resourceType"]).model_validate(record)
     except Exception as e:  # pydantic's ValidationError, or anything the model raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BronzeError(f"patient #{index} failed FHIR validation: {first}") from None
@@ -2194,6 +2194,13 @@ def _patient_line(plan: Plan, validate: bool) -> Callable[[int], bytes]:
     if validate:
         return lambda i: orjson.dumps(_validated(plan, build_record(plan, i), i))
     return json_renderer(plan)
+
+
+def _version_line(plan: Plan, v: Version, validate: bool) -> bytes:
+    """A version's JSON as every writer writes it; through fhir.resources first if asked."""
+    if validate:
+        return orjson.dumps(_validated(plan, version_record(plan, v), v.index))
+    return version_json(plan, v)
 
 
 BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
@@ -2240,6 +2247,17 @@ GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
 
 
+class Window(NamedTuple):
+    """What a run of the living population writes: the plan's as-of is its epoch E, and
+    Bronze.count covers the indexes that exist at `until` (population_size)."""
+
+    epoch_count: int  # N: the population at the epoch
+    until: str  # T: the snapshot at T, or the end of the batch (since, until]
+    since: str | None = None  # S: write the change batch (S, T] instead of the snapshot
+    latest: bool = False  # a batch holds each patient's last version only
+    faults: Faults = NO_FAULTS
+
+
 @dataclass(frozen=True)
 class Bronze:
     """Where and how a run writes (not what: that is the Plan); picklable for worker processes."""
@@ -2255,6 +2273,7 @@ class Bronze:
     concurrency: int = DEFAULT_CONCURRENCY
     endpoint_url: str | None = None
     token: str = ""  # tags this run's temp files, so an interrupted run can remove them
+    window: Window | None = None  # a living population's snapshot or change batch
 
 
 @dataclass(frozen=True)
@@ -2267,6 +2286,7 @@ class UnitResult:
     bytes: int
     failed: int = 0
     first_failure: str | None = None
+    deleted: int = 0  # a change batch's deletions
 
 
 def unit_count(spec: Bronze) -> int:
@@ -2314,6 +2334,8 @@ class Format:
     organization_files: Callable[[Plan, Bronze], list[tuple[str, bytes]]]
     manifest_output: Callable[[Plan, Bronze], list[dict[str, Any]]]  # url: relative key
     rolls_over: bool  # records_per_file splits files (it always splits work units)
+    batch_files: Callable[[Plan, Bronze, int, list[Version]], list[tuple[str, bytes]]]
+    batch_output: Callable[[Bronze, Mapping[int, tuple[int, int]]], dict[str, list[Any]]]
 
 
 def _content_type(spec: Bronze) -> str:
@@ -2330,10 +2352,46 @@ def _organization_lines(plan: Plan) -> list[bytes]:
     return [orjson.dumps(organization_record(org, version)) + b"\n" for org in plan.organizations]
 
 
+def _unit_patients(plan: Plan, spec: Bronze, indexes: range) -> Iterator[tuple[int, bytes]]:
+    """(index, JSON) of a unit's patients: the plan's records, or with a window each patient's
+    latest version at its until (the deleted left out)."""
+    w = spec.window
+    if w is None:
+        line = _patient_line(plan, spec.validate)
+        return ((i, line(i)) for i in indexes)
+    versions = snapshot(plan, w.epoch_count, w.until, indexes.start, indexes.stop)
+    return ((v.index, _version_line(plan, v, spec.validate)) for v in versions)
+
+
+def _unit_chunks(plan: Plan, spec: Bronze, indexes: range, tick: Tick) -> Iterator[bytes]:
+    """A unit's patients as NDJSON chunks of BATCH lines."""
+    if spec.window is None:  # the hot path
+        yield from ndjson_chunks(plan, indexes.start, indexes.stop, spec.validate, tick)
+        return
+    patients = _unit_patients(plan, spec, indexes)
+    while lines := [line for _, line in itertools.islice(patients, BATCH)]:
+        lines.append(b"")
+        yield b"\n".join(lines)
+    if tick:
+        tick(len(indexes))
+
+
+def _unit_records(plan: Plan, spec: Bronze, unit: int) -> int:
+    """How many patients unit #unit writes: its indexes, less a window's deleted joiners."""
+    indexes, w = unit_range(spec, unit), spec.window
+    if w is None:
+        return len(indexes)
+    dyn, until = _dynamics(plan), _seconds(parse_as_of(w.until))
+    gone = 0
+    for i in range(max(indexes.start, w.epoch_count), indexes.stop):
+        deleted = _start(plan, dyn, w.epoch_count, i).deleted
+        gone += deleted is not None and deleted <= until
+    return len(indexes) - gone
+
+
 def _ndjson_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
     """Unit u is the file patient/Patient.<u+1>.ndjson, one resource per line."""
-    indexes = unit_range(spec, unit)
-    chunks: Iterable[bytes] = ndjson_chunks(plan, indexes.start, indexes.stop, spec.validate, tick)
+    chunks: Iterable[bytes] = _unit_chunks(plan, spec, unit_range(spec, unit), tick)
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
     return 1, store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
@@ -2349,7 +2407,7 @@ def _ndjson_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
         {
             "type": "Patient",
             "url": _ndjson_key(spec, "Patient", u + 1),
-            "count": len(unit_range(spec, u)),
+            "count": _unit_records(plan, spec, u),
         }
         for u in range(unit_count(spec))
     ]
@@ -2366,19 +2424,19 @@ def _ndjson_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
 def _json_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
     """One compact single-line file per patient, named exactly as suggested_s3_key() names it."""
     indexes = unit_range(spec, unit)
-    suffix, total, line = _suffix(spec), 0, _patient_line(plan, spec.validate)
+    suffix, total, files = _suffix(spec), 0, 0
     content_type = _content_type(spec)
-    for n, i in enumerate(indexes, 1):
-        data = line(i) + b"\n"
+    for files, (i, line) in enumerate(_unit_patients(plan, spec, indexes), 1):  # noqa: B007
+        data = line + b"\n"
         if spec.gzip:
             data = zlib.compress(data, spec.gzip_level, wbits=31)
         key = f"patient/{_patient_file_name(patient_id(plan, i))}{suffix}"
         total += store.write(key, data, content_type)
-        if tick and n % BATCH == 0:
+        if tick and files % BATCH == 0:
             tick(BATCH)
     if tick:
-        tick(len(indexes) % BATCH)
-    return len(indexes), total
+        tick(len(indexes) - files + files % BATCH)
+    return files, total
 
 
 def _json_organizations(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
@@ -2391,13 +2449,113 @@ def _json_organizations(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
 def _json_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
     """Deviation from Bulk Data: one entry per resource type, whose url is its folder."""
     return [
-        {"type": "Patient", "url": "patient/", "count": spec.count},
+        {
+            "type": "Patient",
+            "url": "patient/",
+            "count": sum(_unit_records(plan, spec, u) for u in range(unit_count(spec)))
+            if spec.window
+            else spec.count,
+        },
         {
             "type": "Organization",
             "url": "organization/",
             "count": len(plan.organizations),
         },
     ]
+
+
+# -- change batches (a window with since): appended under cdc/, never over an earlier object
+
+CDC_MANIFESTS = "cdc/_manifests"  # one manifest per batch: <since>_<until>.json, written last
+CDC_RUN = "cdc/_run"  # a batch's identity while it is being written
+
+
+def _stamp(iso: str) -> str:
+    """A compact UTC time for keys: 20260301T000000Z (with .ffffff when it has a fraction)."""
+    dt = parse_as_of(iso)
+    fraction = f".{dt.microsecond:06d}" if dt.microsecond else ""
+    return dt.strftime("%Y%m%dT%H%M%S") + fraction + "Z"
+
+
+def batch_name(spec: Bronze) -> str:
+    """The batch's name, <since>_<until>: every key of the batch starts with it in its folder."""
+    w = spec.window
+    assert w is not None and w.since is not None
+    return f"{_stamp(w.since)}_{_stamp(w.until)}"
+
+
+def _batch_folder(spec: Bronze, deleted: bool) -> str:
+    """cdc/patient/ or cdc/patient_deleted/, Hive-partitioned by the delivery (until) date."""
+    assert spec.window is not None
+    day = parse_as_of(spec.window.until).date().isoformat()
+    return f"cdc/patient{'_deleted' if deleted else ''}/ingest_date={day}"
+
+
+def _batch_key(spec: Bronze, deleted: bool, name: str) -> str:
+    return f"{_batch_folder(spec, deleted)}/{batch_name(spec)}.{name}{_suffix(spec)}"
+
+
+def _ndjson_batch_files(
+    plan: Plan, spec: Bronze, unit: int, versions: list[Version]
+) -> list[tuple[str, bytes]]:
+    """A unit's new versions as <name>.Patient.<u+1>.ndjson, its deletions (Bulk Data: one
+    transaction Bundle per line) as <name>.Bundle.<u+1>.ndjson; no file for none."""
+    files = []
+    for deleted, kind in ((False, "Patient"), (True, "Bundle")):
+        lines = [
+            _version_line(plan, v, spec.validate)
+            for v in versions
+            if (v.change == "delete") == deleted
+        ]
+        if lines:
+            lines.append(b"")
+            files.append(
+                (_batch_key(spec, deleted, f"{kind}.{unit + 1:06d}.ndjson"), b"\n".join(lines))
+            )
+    return files
+
+
+def _json_batch_files(
+    plan: Plan, spec: Bronze, unit: int, versions: list[Version]
+) -> list[tuple[str, bytes]]:
+    """A file per version: <name>.patient_<id>_v<k>.json, deletions <name>.delete_<id>_v<k>.json
+    (a duplicate delivery within one batch is the same object)."""
+    files = {}
+    for v in versions:
+        deleted = v.change == "delete"
+        name = f"{'delete' if deleted else 'patient'}_{patient_id(plan, v.index)}_v{v.number}.json"
+        files[_batch_key(spec, deleted, name)] = _version_line(plan, v, spec.validate) + b"\n"
+    return list(files.items())
+
+
+def _ndjson_batch_output(
+    spec: Bronze, counts: Mapping[int, tuple[int, int]]
+) -> dict[str, list[Any]]:
+    """The manifest's output and deleted: one entry per file, url relative to the layer root."""
+    out: dict[str, list[Any]] = {"output": [], "deleted": []}
+    for unit in sorted(counts):
+        for n, deleted, kind in (
+            (counts[unit][0], False, "Patient"),
+            (counts[unit][1], True, "Bundle"),
+        ):
+            if n:
+                key = _batch_key(spec, deleted, f"{kind}.{unit + 1:06d}.ndjson")
+                out["deleted" if deleted else "output"].append(
+                    {"type": kind, "url": key, "count": n}
+                )
+    return out
+
+
+def _json_batch_output(spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> dict[str, list[Any]]:
+    """Per-file JSON: one entry per resource type, whose url is the key prefix of its files."""
+    name = batch_name(spec)
+    out: dict[str, list[Any]] = {"output": [], "deleted": []}
+    for k, deleted, kind in ((0, False, "Patient"), (1, True, "Bundle")):
+        n = sum(c[k] for c in counts.values())
+        if n:
+            url = f"{_batch_folder(spec, deleted)}/{name}."
+            out["deleted" if deleted else "output"].append({"type": kind, "url": url, "count": n})
+    return out
 
 
 FORMATS: Mapping[str, Format] = {
@@ -2408,6 +2566,8 @@ FORMATS: Mapping[str, Format] = {
         organization_files=_json_organizations,
         manifest_output=_json_manifest,
         rolls_over=False,
+        batch_files=_json_batch_files,
+        batch_output=_json_batch_output,
     ),
     "ndjson": Format(
         "ndjson",
@@ -2416,6 +2576,8 @@ FORMATS: Mapping[str, Format] = {
         organization_files=_ndjson_organizations,
         manifest_output=_ndjson_manifest,
         rolls_over=True,
+        batch_files=_ndjson_batch_files,
+        batch_output=_ndjson_batch_output,
     ),
 }
 
@@ -2809,13 +2971,44 @@ def generator_block(plan: Plan, spec: Bronze) -> dict[str, Any]:
         "records_per_file": spec.records_per_file if FORMATS[spec.format].rolls_over else None,
         "count": spec.count,
         "start": spec.start,
+        **_window_block(plan, spec.count, spec.window),
     }
+
+
+def _window_block(plan: Plan, indexes: int, w: Window | None) -> dict[str, Any]:
+    """A living population's part of the generator block: its epoch (the plan's as-of), the
+    snapshot's or batch's as-of, the epoch count, the indexes covered, the batch's window."""
+    if w is None:
+        return {}
+    return {
+        "as_of": w.until,
+        "count": w.epoch_count,
+        "epoch": plan.last_updated,
+        "indexes": indexes,
+        "since": w.since,
+        "versions": "latest" if w.latest else "all",
+        "faults": w.faults._asdict(),
+    }
+
+
+def _window_words(plan: Plan, w: Window) -> list[str]:
+    words = ["--epoch", plan.last_updated, "--as-of", w.until]
+    if w.since is not None:
+        words += ["--since", w.since, "--versions", "latest" if w.latest else "all"]
+        for name, rate in w.faults._asdict().items():
+            words += [f"--{name.replace('_', '-')}", f"{rate:g}"] if rate else []
+    return words
 
 
 def request_line(plan: Plan, spec: Bronze) -> str:
     """The CLI command that reproduces the run, all options spelled out; add --output ROOT."""
-    words = ["fhir_patient_generator.py", "--count", str(spec.count), "--seed", str(plan.seed)]
-    words += ["--as-of", plan.last_updated, "--start", str(spec.start)]
+    w = spec.window
+    count = spec.count if w is None else w.epoch_count
+    words = ["fhir_patient_generator.py", "--count", str(count), "--seed", str(plan.seed)]
+    if w is None:
+        words += ["--as-of", plan.last_updated, "--start", str(spec.start)]
+    else:
+        words += _window_words(plan, w)
     for name, value in plan.options.items():
         if value is None:
             continue
@@ -2834,7 +3027,7 @@ def manifest_bytes(plan: Plan, spec: Bronze) -> bytes:
     """A Bulk Data style manifest: the same bytes from every shard, every re-run and every store
     (output urls are relative to the manifest); extension.fhirVersion declares the version."""
     manifest = {
-        "transactionTime": plan.last_updated,
+        "transactionTime": plan.last_updated if spec.window is None else spec.window.until,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
         "output": FORMATS[spec.format].manifest_output(plan, spec),
@@ -2842,6 +3035,35 @@ def manifest_bytes(plan: Plan, spec: Bronze) -> bytes:
         "extension": {
             "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
             "generator": generator_block(plan, spec),
+        },
+    }
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> bytes:
+    """A change batch's manifest, Bulk Data style (as for a _since export): transactionTime the
+    batch's until, output its new versions, deleted its DELETE Bundles; urls relative to the
+    layer root; `counts` is (versions, deletions) for every unit."""
+    assert spec.window is not None
+    files = FORMATS[spec.format].batch_output(spec, counts)
+    manifest = {
+        "transactionTime": spec.window.until,
+        "request": request_line(plan, spec),
+        "requiresAccessToken": False,
+        "output": files["output"],
+        "deleted": files["deleted"],
+        "error": [],
+        "extension": {
+            "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
+            "generator": generator_block(plan, spec),
+            "batch": {
+                "since": spec.window.since,
+                "until": spec.window.until,
+                "ingestDate": parse_as_of(spec.window.until).date().isoformat(),
+                "versions": sum(c[0] for c in counts.values()),
+                "deletions": sum(c[1] for c in counts.values()),
+                "urlsRelativeTo": "the layer root",
+            },
         },
     }
     return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
@@ -2958,6 +3180,8 @@ def _finish_run(spec: Bronze, store: Store) -> None:
 def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = None) -> UnitResult:
     """Write unit #unit, wait for its uploads, then its done marker; failed uploads are
     counted, not raised."""
+    if spec.window is not None and spec.window.since is not None:
+        return _write_batch_unit(plan, spec, store, unit, tick)
     files = size = 0
     try:
         files, size = FORMATS[spec.format].write_unit(plan, spec, store, unit, tick)
@@ -2969,6 +3193,37 @@ def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = N
         store.write(_done_key(unit), f"{records}\n".encode(), "text/plain")
         failed, first = store.drain()
     return UnitResult(unit, records, files, size, failed, first)
+
+
+def _write_batch_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> UnitResult:
+    """A change batch's unit: its indexes' versions delivered in the window, as the format's
+    files (none if there are none); a re-run writes the same bytes, so it needs no marker."""
+    w, indexes = spec.window, unit_range(spec, unit)
+    assert w is not None and w.since is not None
+    versions = changes(
+        plan,
+        w.epoch_count,
+        w.since,
+        w.until,
+        lo=indexes.start,
+        hi=indexes.stop,
+        latest=w.latest,
+        faults=w.faults,
+    )
+    files = FORMATS[spec.format].batch_files(plan, spec, unit, versions)
+    size = 0
+    try:
+        for key, data in files:
+            if spec.gzip:
+                data = zlib.compress(data, spec.gzip_level, wbits=31)
+            size += store.write(key, data, _content_type(spec))
+    except UploadFailed:
+        pass  # drain() below counts it
+    failed, first = store.drain()
+    if tick:
+        tick(len(indexes))
+    deleted = sum(v.change == "delete" for v in versions)
+    return UnitResult(unit, len(versions) - deleted, len(files), size, failed, first, deleted)
 
 
 @functools.cache
@@ -3031,9 +3286,11 @@ class _Totals:
     bytes: int = 0
     failed: int = 0
     first_failure: str | None = None
+    units: dict[int, tuple[int, int]] = field(default_factory=dict)  # (records, deleted)
 
     def add(self, result: UnitResult) -> bool:
         """Count a finished unit; False when it failed (the run stops)."""
+        self.units[result.unit] = (result.records, result.deleted)
         self.records += result.records
         self.files += result.files
         self.bytes += result.bytes
@@ -3079,9 +3336,14 @@ def write_bronze(
     """Write shard K/N of the run: its identity, all organizations, its patient units (those
     an interrupted run of ours did not finish), then the manifest; then remove _run/.
 
-    Returns counts for the summary; raises BronzeError (one line) on a failure."""
+    Returns counts for the summary; raises BronzeError (one line) on a failure. A spec whose
+    window has a since writes that change batch instead (write_batch)."""
     if spec.format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {spec.format!r}")
+    if spec.window is not None and spec.window.since is not None:
+        return write_batch(
+            plan, spec, workers=workers, shard=shard, overwrite=overwrite, progress=progress
+        )
     started = time.perf_counter()
     store = open_store(spec)
     try:
@@ -3116,6 +3378,107 @@ def write_bronze(
     }
 
 
+def _same_population(block: Any, plan: Plan, epoch_count: int) -> bool:
+    """Whether a layer's generator block describes this living population (seed, options,
+    epoch and epoch count), whatever its as-of or format."""
+    if not isinstance(block, dict):
+        return False
+    ours = orjson.loads(orjson.dumps({"seed": plan.seed, "options": dict(plan.options)}))
+    return (
+        {"seed": block.get("seed"), "options": block.get("options")} == ours
+        and block.get("epoch", block.get("as_of")) == plan.last_updated
+        and block.get("count") == epoch_count
+        and not block.get("start")
+    )
+
+
+def _delete_batch(store: Store, spec: Bronze) -> None:
+    """Delete one batch: its manifest first, then its identity and files (by their name)."""
+    name = batch_name(spec)
+    store.delete([f"{CDC_MANIFESTS}/{name}.json"])
+    store.delete([f"{CDC_RUN}/{name}.json"])
+    for deleted in (False, True):
+        folder = _batch_folder(spec, deleted)
+        store.delete([k for k in store.list(folder) if k.rsplit("/", 1)[-1].startswith(name + ".")])
+
+
+def write_batch(
+    plan: Plan,
+    spec: Bronze,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    shard: tuple[int, int] = (0, 1),
+    overwrite: bool = False,
+    progress: Tick = None,
+) -> dict[str, Any]:
+    """Append the change batch (since, until] of spec.window to the layer: its identity, its
+    units' files, then its manifest. Refused if the layer holds another population, or (unless
+    overwrite) the same batch name from another run; our own batch is rewritten, same bytes."""
+    w = spec.window
+    assert w is not None and w.since is not None
+    started = time.perf_counter()
+    name = batch_name(spec)
+    manifest_key, identity_key = f"{CDC_MANIFESTS}/{name}.json", f"{CDC_RUN}/{name}.json"
+    store = open_store(spec)
+    try:
+        store.prepare()
+        found, layer = _manifest_generator(store)
+        if found and not _same_population(layer, plan, w.epoch_count):
+            raise BronzeError(
+                f"{store.display()} holds another population ({_describe(layer)}): a change "
+                "batch belongs with the layer of its seed, count, epoch and options"
+            )
+        ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
+        found, theirs = _read_json(store, manifest_key)
+        started_run, identity = _read_json(store, identity_key)
+        theirs = theirs.get("extension", {}).get("generator") if isinstance(theirs, dict) else None
+        if (found and theirs != ours) or (started_run and identity != ours):
+            if not overwrite:
+                raise _refusal(store, f"already holds batch {name} of another run")
+            _delete_batch(store, spec)
+            found = False
+        if not found:
+            store.write(identity_key, identity_bytes(plan, spec), "application/json")
+        totals = _write_units(plan, spec, store, list(shard_units(spec, shard)), workers, progress)
+        counts = dict(totals.units)
+        for u in range(unit_count(spec)):  # other shards' units: counted, not written
+            if u not in counts:
+                r = unit_range(spec, u)
+                vs = changes(
+                    plan,
+                    w.epoch_count,
+                    w.since,
+                    w.until,
+                    lo=r.start,
+                    hi=r.stop,
+                    latest=w.latest,
+                    faults=w.faults,
+                )
+                deleted = sum(v.change == "delete" for v in vs)
+                counts[u] = (len(vs) - deleted, deleted)
+        manifest = batch_manifest_bytes(plan, spec, counts)
+        totals.bytes += store.write(manifest_key, manifest, "application/json")
+        totals.files += 1
+        _drain_or_raise(store)
+        store.delete([identity_key])
+        store.remove_temp_files()
+        store.remove_run_folder()
+    finally:
+        store.close()
+    return {
+        "records": totals.records,
+        "deleted": sum(c[1] for c in totals.units.values()),
+        "kept": 0,
+        "files": totals.files,
+        "bytes": totals.bytes,
+        "failed": totals.failed,
+        "organizations": 0,
+        "seconds": time.perf_counter() - started,
+        "root": store.display(),
+        "batch": name,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI: a thin argparse layer over the API above; main() only maps exceptions to exit codes
 # ---------------------------------------------------------------------------------------------
@@ -3129,6 +3492,13 @@ EPILOG = """examples:
   python fhir_patient_generator.py --count 100000 --seed 7 --format ndjson --output ./lake/bronze
   python fhir_patient_generator.py --count 100000 --seed 7 --output s3://my-bucket/bronze \\
       --format ndjson --gzip --workers 4
+  a living population (docs/living-population.md):
+  python fhir_patient_generator.py --count 1000 --seed 7 --epoch 2026-01-01T00:00:00Z \\
+      --as-of 2026-03-01T00:00:00Z                          the snapshot at as-of, NDJSON
+  python fhir_patient_generator.py --count 1000 --seed 7 --epoch 2026-01-01T00:00:00Z \\
+      --since 2026-02-28T00:00:00Z --as-of 2026-03-01T00:00:00Z     one day's change batch
+  python fhir_patient_generator.py --output ./lake/bronze --continue \\
+      --as-of 2026-03-02T00:00:00Z                 the next batch of the layer (a daily job)
 """
 EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
 # The bronze options: each needs --output (a None or False value means "not given").
@@ -3245,8 +3615,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-validate every Patient with fhir.resources (slow); exit 1 naming the bad one",
     )
+    _add_living_arguments(p)
     _add_bronze_arguments(p)
     return p
+
+
+def _add_living_arguments(p: argparse.ArgumentParser) -> None:
+    b = p.add_argument_group("a living population (see docs/living-population.md)")
+    add = b.add_argument
+    add(
+        "--epoch",
+        metavar="ISO",
+        help="the population of --count patients is defined at this time and lives on: "
+        "write it as of --as-of (default: the epoch is --as-of)",
+    )
+    add("--since", metavar="ISO", help="write the change batch (since, as-of] instead")
+    add(
+        "--versions",
+        choices=("all", "latest"),
+        help="a batch holds every version (all, default, like _history) or each patient's "
+        "last one (latest, like a Bulk Data _since export)",
+    )
+    for name, what in (
+        ("late", "delivered 1..7 days after its instant"),
+        ("duplicate", "delivered twice"),
+        ("out-of-order", "moved to a random place in its file"),
+    ):
+        add(f"--{name}", type=float, metavar="P", help=f"delivery fault: share of versions {what}")
+    add(
+        "--continue",
+        dest="continue_",
+        action="store_true",
+        help="with --output: the layer's next batch, from its manifests (seed, count, epoch, "
+        "options, format, and --since = the newest batch's as-of); give --as-of",
+    )
 
 
 def _add_bronze_arguments(p: argparse.ArgumentParser) -> None:
@@ -3304,25 +3706,109 @@ def _check_bronze_args(args: argparse.Namespace) -> None:
         raise UsageError("--gzip-level needs --gzip")
 
 
+FAULT_FLAGS = ("late", "duplicate", "out_of_order")
+
+
+def _check_living_args(args: argparse.Namespace) -> None:
+    """Bad combinations of the living population's options are usage errors."""
+    batch = [n for n in ("versions", *FAULT_FLAGS) if getattr(args, n) is not None]
+    if args.since is not None and args.epoch is None:
+        raise UsageError("--since needs --epoch (the time the population is defined at)")
+    if batch and args.since is None:
+        raise UsageError(f"--{batch[0].replace('_', '-')} needs --since (it shapes a batch)")
+    if args.epoch is not None and args.count is None:
+        raise UsageError("--epoch needs --count (the population at the epoch)")
+    if args.epoch is not None and args.start:
+        raise UsageError("--start cannot be combined with --epoch: a population begins at #0")
+
+
 def _plan_from_args(args: argparse.Namespace) -> Plan:
-    """The run's plan; bad values are usage errors."""
+    """The run's plan (at --epoch if given, else at --as-of); bad values are usage errors."""
     options = {name: getattr(args, name) for name in OPTION_DEFAULTS}
     try:
         _check_index_range(args.start, args.count or 1)
         return make_plan(
-            draw_seed() if args.seed is None else args.seed, parse_as_of(args.as_of), **options
+            draw_seed() if args.seed is None else args.seed,
+            parse_as_of(args.as_of if args.epoch is None else args.epoch),
+            **options,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-def _bronze_from_args(args: argparse.Namespace) -> Bronze:
+def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
+    """The snapshot or batch asked for; None without --epoch. Usage errors for bad times."""
+    if args.epoch is None:
+        return None
+    try:
+        until = parse_as_of(args.as_of)
+        since = None if args.since is None else parse_as_of(args.since)
+        faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
+        for name, rate in faults._asdict().items():
+            _check_range(name.replace("_", "-"), rate, 0, 1, False)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if (since or until) < plan.as_of:
+        raise UsageError(f"--{'since' if since else 'as-of'} must not be before --epoch")
+    if since is not None and until < since:
+        raise UsageError("--as-of must not be before --since")
+    return Window(
+        epoch_count=args.count,
+        until=_iso_instant(until),
+        since=None if since is None else _iso_instant(since),
+        latest=args.versions == "latest",
+        faults=faults,
+    )
+
+
+CONTINUED = ("seed", "count", "epoch", "since", *OPTION_DEFAULTS, "format", "gzip")
+CONTINUED += ("gzip_level", "records_per_file", "start")
+
+
+def _from_stamp(stamp: str) -> datetime:
+    fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
+    return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
+
+
+def _continue_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
+    """--continue: fill the population, format and --since in from the layer at --output (its
+    _manifest.json and the newest batch under cdc/_manifests/). False: nothing to write."""
+    if args.output is None or args.as_of is None:
+        raise UsageError("--continue needs --output (the layer) and --as-of (the batch's end)")
+    given = [n for n in CONTINUED if getattr(args, n) != parser.get_default(n)]
+    if given:
+        raise UsageError(f"--continue takes --{given[0].replace('_', '-')} from the layer")
+    store = open_store(Bronze(root=args.output, count=1, endpoint_url=args.endpoint_url))
+    try:
+        found, block = _manifest_generator(store)
+        if not isinstance(block, dict) or block.get("start"):
+            what = "no readable _manifest.json" if found else f"no {MANIFEST}"
+            raise BronzeError(f"{store.display()} has {what} of a population to continue")
+        ends = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in store.list(CDC_MANIFESTS)]
+        ends = [_from_stamp(n.rpartition("_")[2]) for n in ends if n.count("_") == 1]
+    finally:
+        store.close()
+    for name in (*OPTION_DEFAULTS, "seed", "count", "format", "gzip", "gzip_level"):
+        value = block.get("options", {}).get(name, block.get(name))
+        setattr(args, name, ",".join(value) if isinstance(value, list) else value)
+    args.records_per_file = block.get("records_per_file")
+    args.gzip_level = args.gzip_level if args.gzip else None
+    args.epoch = block.get("epoch", block.get("as_of"))
+    since = max([parse_as_of(block.get("as_of")), *ends])
+    args.since = _iso_instant(since)
+    return parse_as_of(args.as_of) != since
+
+
+def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | None) -> Bronze:
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
 
+    count = args.count
+    if window is not None:  # the indexes that exist at the window's end
+        count = population_size(plan, window.epoch_count, window.until)
     return Bronze(
         root=args.output.rstrip("/") or "/",
-        count=args.count,
+        count=count,
         start=args.start,
         format=given(args.format, DEFAULT_FORMAT),
         gzip=args.gzip,
@@ -3332,6 +3818,7 @@ def _bronze_from_args(args: argparse.Namespace) -> Bronze:
         concurrency=given(args.concurrency, DEFAULT_CONCURRENCY),
         endpoint_url=args.endpoint_url,
         token=str(os.getpid()),
+        window=window,
     )
 
 
@@ -3364,9 +3851,9 @@ def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]
     return tick, close
 
 
-def _run_bronze(args: argparse.Namespace, plan: Plan) -> None:
-    """--output: write the bronze layer, then one summary line on stderr."""
-    spec = _bronze_from_args(args)
+def _run_bronze(args: argparse.Namespace, plan: Plan, window: Window | None) -> None:
+    """--output: write the bronze layer (or a change batch), then one summary line on stderr."""
+    spec = _bronze_from_args(args, plan, window)
     shard = args.shard or (0, 1)
     tick, close = None, None
     if not args.quiet and sys.stderr.isatty():
@@ -3390,6 +3877,14 @@ def _run_bronze(args: argparse.Namespace, plan: Plan) -> None:
             close()
     seconds = summary["seconds"]
     part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    if "batch" in summary:
+        print(
+            f"wrote batch {summary['batch']}{part}: {summary['records']:,} versions + "
+            f"{summary['deleted']:,} deletions ({summary['files']:,} files, "
+            f"{summary['bytes'] / 1e6:,.1f} MB) to {summary['root']} in {seconds:.2f} s",
+            file=sys.stderr,
+        )
+        return
     if summary["kept"]:
         part += f" (resumed: {summary['kept']:,} kept from the interrupted run)"
     print(
@@ -3400,9 +3895,39 @@ def _run_bronze(args: argparse.Namespace, plan: Plan) -> None:
     )
 
 
-def _run_stdout(args: argparse.Namespace, plan: Plan) -> None:
-    """Without --output: one pretty patient and its key, or --count patients as NDJSON."""
-    if args.count is None:
+def _window_chunks(plan: Plan, w: Window, validate: bool) -> Iterator[bytes]:
+    """A snapshot or batch as NDJSON chunks, computed DEFAULT_RECORDS_PER_FILE indexes at a
+    time (as a bronze run's units: --out-of-order moves lines within such a range)."""
+    n = population_size(plan, w.epoch_count, w.until)
+    for lo in range(0, n, DEFAULT_RECORDS_PER_FILE):
+        hi = min(lo + DEFAULT_RECORDS_PER_FILE, n)
+        if w.since is None:
+            versions: Iterable[Version] = snapshot(plan, w.epoch_count, w.until, lo, hi)
+        else:
+            versions = changes(
+                plan,
+                w.epoch_count,
+                w.since,
+                w.until,
+                lo=lo,
+                hi=hi,
+                latest=w.latest,
+                faults=w.faults,
+            )
+        lines = (_version_line(plan, v, validate) for v in versions)
+        while chunk := list(itertools.islice(lines, BATCH)):
+            chunk.append(b"")
+            yield b"\n".join(chunk)
+
+
+def _run_stdout(args: argparse.Namespace, plan: Plan, window: Window | None) -> None:
+    """Without --output: one pretty patient and its key, or --count patients as NDJSON (with
+    --epoch: the snapshot at --as-of, or the batch since --since)."""
+    if window is not None:
+        out = sys.stdout.buffer
+        for chunk in _window_chunks(plan, window, args.validate):
+            out.write(chunk)
+    elif args.count is None:
         record = build_record(plan, args.start)
         sys.stdout.write(to_json(record, pretty=True) + "\n")
         sys.stdout.write(
@@ -3417,19 +3942,28 @@ def _run_stdout(args: argparse.Namespace, plan: Plan) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """The whole command: parse, plan, write; raises UsageError, BronzeError, OSError."""
-    args = build_parser().parse_args(argv)
-    _check_bronze_args(args)
-    plan = _plan_from_args(args)
-    if args.seed is None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.continue_ and not _continue_layer(args, parser):
         print(
-            f"seed {plan.seed}, as-of {plan.last_updated} (repeat with --seed {plan.seed} "
-            f"--as-of {plan.last_updated})",
+            f"{args.output} is already at --as-of {args.as_of}: nothing to write", file=sys.stderr
+        )
+        return
+    _check_bronze_args(args)
+    _check_living_args(args)
+    plan = _plan_from_args(args)
+    window = _window_from_args(args, plan)
+    if args.seed is None:
+        at = "as-of" if window is None else "epoch"
+        print(
+            f"seed {plan.seed}, {at} {plan.last_updated} (repeat with --seed {plan.seed} "
+            f"--{at} {plan.last_updated})",
             file=sys.stderr,
         )
     if args.output is None:
-        _run_stdout(args, plan)
+        _run_stdout(args, plan, window)
     else:
-        _run_bronze(args, plan)
+        _run_bronze(args, plan, window)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
