@@ -2334,7 +2334,7 @@ class Format:
     organization_files: Callable[[Plan, Bronze], list[tuple[str, bytes]]]
     manifest_output: Callable[[Plan, Bronze], list[dict[str, Any]]]  # url: relative key
     rolls_over: bool  # records_per_file splits files (it always splits work units)
-    batch_files: Callable[[Plan, Bronze, int, list[Version]], list[tuple[str, bytes]]]
+    batch_files: Callable[[Plan, Bronze, int, list[Version]], list[BatchFile]]
     batch_output: Callable[[Bronze, Mapping[int, tuple[int, int]]], dict[str, list[Any]]]
 
 
@@ -2495,9 +2495,19 @@ def _batch_key(spec: Bronze, deleted: bool, name: str) -> str:
     return f"{_batch_folder(spec, deleted)}/{batch_name(spec)}.{name}{_suffix(spec)}"
 
 
+class BatchFile(NamedTuple):
+    """One file of a change batch: its key, bytes (uncompressed), lines, and whether it holds
+    deletions."""
+
+    key: str
+    data: bytes
+    lines: int
+    deleted: bool
+
+
 def _ndjson_batch_files(
     plan: Plan, spec: Bronze, unit: int, versions: list[Version]
-) -> list[tuple[str, bytes]]:
+) -> list[BatchFile]:
     """A unit's new versions as <name>.Patient.<u+1>.ndjson, its deletions (Bulk Data: one
     transaction Bundle per line) as <name>.Bundle.<u+1>.ndjson; no file for none."""
     files = []
@@ -2508,24 +2518,23 @@ def _ndjson_batch_files(
             if (v.change == "delete") == deleted
         ]
         if lines:
-            lines.append(b"")
-            files.append(
-                (_batch_key(spec, deleted, f"{kind}.{unit + 1:06d}.ndjson"), b"\n".join(lines))
-            )
+            key = _batch_key(spec, deleted, f"{kind}.{unit + 1:06d}.ndjson")
+            files.append(BatchFile(key, b"\n".join([*lines, b""]), len(lines), deleted))
     return files
 
 
 def _json_batch_files(
     plan: Plan, spec: Bronze, unit: int, versions: list[Version]
-) -> list[tuple[str, bytes]]:
+) -> list[BatchFile]:
     """A file per version: <name>.patient_<id>_v<k>.json, deletions <name>.delete_<id>_v<k>.json
     (a duplicate delivery within one batch is the same object)."""
     files = {}
     for v in versions:
         deleted = v.change == "delete"
         name = f"{'delete' if deleted else 'patient'}_{patient_id(plan, v.index)}_v{v.number}.json"
-        files[_batch_key(spec, deleted, name)] = _version_line(plan, v, spec.validate) + b"\n"
-    return list(files.items())
+        key = _batch_key(spec, deleted, name)
+        files[key] = BatchFile(key, _version_line(plan, v, spec.validate) + b"\n", 1, deleted)
+    return list(files.values())
 
 
 def _ndjson_batch_output(
@@ -3195,9 +3204,8 @@ def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = N
     return UnitResult(unit, records, files, size, failed, first)
 
 
-def _write_batch_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> UnitResult:
-    """A change batch's unit: its indexes' versions delivered in the window, as the format's
-    files (none if there are none); a re-run writes the same bytes, so it needs no marker."""
+def _batch_unit_files(plan: Plan, spec: Bronze, unit: int) -> list[BatchFile]:
+    """A change batch's unit as files: its indexes' versions delivered in the window."""
     w, indexes = spec.window, unit_range(spec, unit)
     assert w is not None and w.since is not None
     versions = changes(
@@ -3210,10 +3218,16 @@ def _write_batch_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: T
         latest=w.latest,
         faults=w.faults,
     )
-    files = FORMATS[spec.format].batch_files(plan, spec, unit, versions)
+    return FORMATS[spec.format].batch_files(plan, spec, unit, versions)
+
+
+def _write_batch_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> UnitResult:
+    """A change batch's unit: its files (none if nothing changed); a re-run writes the same
+    bytes, so it needs no done marker."""
+    files = _batch_unit_files(plan, spec, unit)
     size = 0
     try:
-        for key, data in files:
+        for key, data, _, _ in files:
             if spec.gzip:
                 data = zlib.compress(data, spec.gzip_level, wbits=31)
             size += store.write(key, data, _content_type(spec))
@@ -3221,9 +3235,15 @@ def _write_batch_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: T
         pass  # drain() below counts it
     failed, first = store.drain()
     if tick:
-        tick(len(indexes))
-    deleted = sum(v.change == "delete" for v in versions)
-    return UnitResult(unit, len(versions) - deleted, len(files), size, failed, first, deleted)
+        tick(len(unit_range(spec, unit)))
+    records, deleted = _batch_counts(files)
+    return UnitResult(unit, records, len(files), size, failed, first, deleted)
+
+
+def _batch_counts(files: list[BatchFile]) -> tuple[int, int]:
+    """(versions, deletions) in a unit's files."""
+    deleted = sum(f.lines for f in files if f.deleted)
+    return sum(f.lines for f in files) - deleted, deleted
 
 
 @functools.cache
@@ -3443,19 +3463,7 @@ def write_batch(
         counts = dict(totals.units)
         for u in range(unit_count(spec)):  # other shards' units: counted, not written
             if u not in counts:
-                r = unit_range(spec, u)
-                vs = changes(
-                    plan,
-                    w.epoch_count,
-                    w.since,
-                    w.until,
-                    lo=r.start,
-                    hi=r.stop,
-                    latest=w.latest,
-                    faults=w.faults,
-                )
-                deleted = sum(v.change == "delete" for v in vs)
-                counts[u] = (len(vs) - deleted, deleted)
+                counts[u] = _batch_counts(_batch_unit_files(plan, spec, u))
         manifest = batch_manifest_bytes(plan, spec, counts)
         totals.bytes += store.write(manifest_key, manifest, "application/json")
         totals.files += 1
