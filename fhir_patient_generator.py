@@ -60,6 +60,7 @@ __all__ = [
     "Reference",
     "Sample",
     "Version",
+    "Window",
     "build_record",
     "changes",
     "draw_seed",
