@@ -1576,7 +1576,7 @@ def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[
     last = date.fromordinal(hi // 86400 + _EPOCH_DAY).year
     for year in range(first, last + 1):
         start = _year_start(year)
-        length = _year_start(year + 1) - start
+        length = (366 if calendar.isleap(year) else 365) * 86400  # no date(10000, 1, 1)
         w = _tile(dyn, block, year)
         for k in range(0, len(w), _TILE_WORDS):
             instant = start + (w[k + 1] * length >> 32)
@@ -1735,6 +1735,9 @@ def history(plan: Plan, count: int, index: int, until: datetime | str) -> list[V
     """Every version of patient #index up to `until` (>= the epoch, plan.as_of), oldest first;
     empty for a joiner that has not joined yet. `count` is the epoch population."""
     dyn, until_s = _dynamics(plan), _seconds(parse_as_of(until))
+    _check_window(dyn, dyn.start, until_s)
+    if index >= count and (count <= 0 or index >= count + _joiners_by(plan, dyn, count, until_s)):
+        return []  # a joiner yet to come (none without an epoch population)
     start = _start(plan, dyn, count, index)
     events = _candidates(dyn, index // BLOCK, start.instant, until_s).get(index % BLOCK, [])
     return _evolve(plan, dyn, index, start, events, until_s)
@@ -1845,9 +1848,10 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
                     starts[i] = start
         for i in range(max(a, joiners.start), min(b, joiners.stop)):
             starts.setdefault(i, _start(plan, dyn, count, i))
+        history = _candidates(dyn, block, dyn.start, until_s) if starts else {}
         for i in sorted(starts):
             start = starts[i]
-            events = _candidates(dyn, block, start.instant, until_s).get(i % BLOCK, [])
+            events = history.get(i % BLOCK, [])  # _evolve skips those before the start
             mine = [
                 v
                 for v in _evolve(plan, dyn, i, start, events, until_s)
@@ -3761,6 +3765,10 @@ def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
         raise UsageError(f"--{'since' if since else 'as-of'} must not be before --epoch")
     if since is not None and until < since:
         raise UsageError("--as-of must not be before --since")
+    try:
+        population_size(plan, args.count, until)  # within the index range by then
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return Window(
         epoch_count=args.count,
         until=_iso_instant(until),
@@ -3779,6 +3787,18 @@ def _from_stamp(stamp: str) -> datetime:
     return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
 
 
+def _delete_unfinished(args: argparse.Namespace, name: str) -> None:
+    """--continue --overwrite: delete an interrupted batch (its files and identity)."""
+    since, _, until = name.partition("_")
+    window = Window(0, _iso_instant(_from_stamp(until)), _iso_instant(_from_stamp(since)))
+    spec = Bronze(root=args.output, count=1, endpoint_url=args.endpoint_url, window=window)
+    store = open_store(spec)
+    try:
+        _delete_batch(store, spec)
+    finally:
+        store.close()
+
+
 def _continue_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
     """--continue: fill the population, format and --since in from the layer at --output (its
     _manifest.json and the newest batch under cdc/_manifests/). False: nothing to write."""
@@ -3795,15 +3815,26 @@ def _continue_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -
             raise BronzeError(f"{store.display()} has {what} of a population to continue")
         ends = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in store.list(CDC_MANIFESTS)]
         ends = [_from_stamp(n.rpartition("_")[2]) for n in ends if n.count("_") == 1]
+        unfinished = [k for k in store.list(CDC_RUN) if k.endswith(".json")]
     finally:
         store.close()
+    since = max([parse_as_of(block.get("as_of")), *ends])
+    for key in unfinished:  # a batch that failed midway: its files are in a partition already
+        name = key.rsplit("/", 1)[-1].removesuffix(".json")
+        if name != f"{_stamp(_iso_instant(since))}_{_stamp(args.as_of)}" and not args.overwrite:
+            end = _iso_instant(_from_stamp(name.rpartition("_")[2]))
+            raise BronzeError(
+                f"{args.output} holds the unfinished batch {name}: finish it with the same "
+                f"command and --as-of {end}, or add --overwrite to delete it"
+            )
+        if name != f"{_stamp(_iso_instant(since))}_{_stamp(args.as_of)}":
+            _delete_unfinished(args, name)
     for name in (*OPTION_DEFAULTS, "seed", "count", "format", "gzip", "gzip_level"):
         value = block.get("options", {}).get(name, block.get(name))
         setattr(args, name, ",".join(value) if isinstance(value, list) else value)
     args.records_per_file = block.get("records_per_file")
     args.gzip_level = args.gzip_level if args.gzip else None
     args.epoch = block.get("epoch", block.get("as_of"))
-    since = max([parse_as_of(block.get("as_of")), *ends])
     args.since = _iso_instant(since)
     return parse_as_of(args.as_of) != since
 

@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --quick      # ~20 s smoke run
     python benchmarks/throughput.py --rss-check  # stream 10,000,000 patients, report peak RSS
     python benchmarks/throughput.py --rss-check --per-file --count 2000000  # per-file bronze
+    python benchmarks/throughput.py --living     # a one-day change batch vs the snapshot (1M)
 
 Every mode runs in its own subprocess, so each peak RSS (ru_maxrss from wait4) is that mode's
 own. In-process modes time their generation loop; CLI modes time the whole child process
@@ -388,6 +389,71 @@ def rss_check(count: int, target: str, per_file: bool = False) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# The living population: a one-day change batch against the population's full snapshot
+# ---------------------------------------------------------------------------------------------
+
+LIVING_EPOCH = "2026-01-01T00:00:00Z"
+LIVING_DAY = ("2026-06-30T00:00:00Z", "2026-07-01T00:00:00Z")  # half a year after the epoch
+
+
+def living(count: int) -> None:
+    """Issue 12's budget: the batch (S, T] for one day costs at most 20 % of the snapshot of
+    the same population; all in this process, each written as NDJSON to /dev/null. The batch
+    samples only the patients with a candidate event that day (counted here)."""
+    sys.path.insert(0, str(ROOT))
+    import fhir_patient_generator as g
+
+    plan = g.make_plan(SEED, LIVING_EPOCH)
+    g.json_renderer(plan)  # built once, outside the timings, as a run does
+    since, until = LIVING_DAY
+    sampled = [0]
+    start = g._start
+
+    def counting_start(*args: Any) -> Any:
+        sampled[0] += 1
+        return start(*args)
+
+    rows = []
+    with open(os.devnull, "wb") as out:
+        t = time.perf_counter()
+        for chunk in g.ndjson_chunks(plan, 0, count):
+            out.write(chunk)
+        rows.append(("snapshot at the epoch (today's records)", count, time.perf_counter() - t))
+        t = time.perf_counter()
+        n = 0
+        for v in g.snapshot(plan, count, until):
+            out.write(g.version_json(plan, v) + b"\n")
+            n += 1
+        rows.append(
+            (f"snapshot at {until} (every patient's latest version)", n, time.perf_counter() - t)
+        )
+        g._start = counting_start
+        try:
+            t = time.perf_counter()
+            versions = g.changes(plan, count, since, until)
+            for v in versions:
+                out.write(g.version_json(plan, v) + b"\n")
+            rows.append(
+                (f"one-day batch ({since}, {until}]", len(versions), time.perf_counter() - t)
+            )
+        finally:
+            g._start = start
+    print(*environment(), sep="\n")
+    print(f"- Population: {count:,} patients at epoch {LIVING_EPOCH}, seed {SEED}\n")
+    print("| What | Lines | Seconds | vs snapshot at the epoch | vs snapshot at T |")
+    print("|---|---:|---:|---:|---:|")
+    for what, lines, seconds in rows:
+        print(
+            f"| {what} | {lines:,} | {seconds:.2f} | {seconds / rows[0][2]:.1%} | "
+            f"{seconds / rows[1][2]:.1%} |"
+        )
+    print(
+        f"\nThe batch sampled {sampled[0]:,} patients ({sampled[0] / count:.2%} of the population):"
+        " those with a candidate event that day that could be accepted, and the joiners."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the benchmark, the RSS check, or one child mode."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -396,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-check", action="store_true", help="stream --count (default 10M) via CLI")
     p.add_argument("--target", default=os.devnull, help="where --rss-check writes (default null)")
     p.add_argument("--per-file", action="store_true", help="--rss-check: per-file JSON bronze")
+    p.add_argument("--living", action="store_true", help="a one-day batch vs the snapshot (1M)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -403,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.count, Path(args.dir))
     elif args.rss_check:
         rss_check(args.count or 10_000_000, args.target, args.per_file)
+    elif args.living:
+        living(args.count or (100_000 if args.quick else 1_000_000))
     else:
         benchmark(args.count or (40_000 if args.quick else 400_000))
     return 0
