@@ -238,7 +238,7 @@ def test_batches_on_s3_have_the_local_keys_and_bytes(s3_throwaway_server, tmp_pa
     bucket = server.create_bucket()
     url = f"s3://{bucket}/lake/bronze"
     local = tmp_path / "local"
-    base = ("--seed", "7", "--count", "3000", "--as-of", AS_OF, "--gzip")
+    base = ("--seed", "7", "--count", "1500", "--states", "VT,NH", "--as-of", AS_OF, "--gzip")
     env = server.endpoint.env()
     endpoint = ("--endpoint-url", server.endpoint.endpoint_url)
     for root, extra in ((str(local), ()), (url, endpoint)):
