@@ -1773,7 +1773,11 @@ def snapshot(
         events = _candidates(dyn, block, dyn.start, until_s)
         for i in range(max(lo, block * BLOCK), min(hi, block * BLOCK + BLOCK)):
             start = _start(plan, dyn, count, i)
-            versions = _evolve(plan, dyn, i, start, events.get(i % BLOCK, []), until_s)
+            mine = events.get(i % BLOCK)
+            if mine is None and start.deleted is None:  # most patients: nothing happened
+                yield Version(i, 1, start.instant, start.change, start.sample)
+                continue
+            versions = _evolve(plan, dyn, i, start, mine or [], until_s)
             if versions and versions[-1].change != "delete":
                 yield versions[-1]
 
@@ -2083,59 +2087,6 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
     return render
 
 
-@functools.lru_cache(maxsize=8)
-def _sample_renderer(plan: Plan) -> Callable[[int, Sample, int, str], bytes]:
-    """A function (i, sample, version, lastUpdated) -> that version of patient #i as compact JSON
-    bytes: what a changed patient is written as (its sample after the change, its new meta)."""
-    dumps = orjson.dumps
-    if not plan.profile.rendered:
-
-        def from_dict(index: int, s: Sample, version: int, last_updated: str) -> bytes:
-            fields = _fields(plan, index, s, _meta(version, last_updated))
-            return dumps(plan.profile.record(plan, _assemble(plan, fields), s))
-
-        return from_dict
-    f = _fragments(plan)
-    n_dates, base, join = len(f.dates), plan.dates_base, b"".join
-
-    def render(index: int, s: Sample, version: int, last_updated: str) -> bytes:
-        k = s.birth - base
-        birth = f.dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, s.birth).encode()
-        if s.died < 0:
-            death = f.alive
-        else:
-            death = join((f.to_deceased, _deceased(s.died).encode(), f.to_address))
-        return join(
-            (
-                f.head,
-                patient_id(plan, index).encode(),
-                f.after_id,
-                f.meta_v1
-                if version == 1 and last_updated == plan.last_updated
-                else dumps(_meta(version, last_updated)),
-                f.after_meta,
-                patient_mrn(plan, index).encode(),
-                f.after_mrn,
-                f.genders[s.gender],
-                birth,
-                death,
-                f.addresses[s.zip],
-                f.languages[s.language],
-                f.organizations[s.organization],
-            )
-        )
-
-    for index in range(8):  # as json_renderer: checked against the dict path when built
-        s = sample(plan, index)
-        if render(index, s, 1, plan.last_updated) != json_renderer(plan)(index) or render(
-            index, s, 2, "2099-01-01T00:00:00Z"
-        ) != dumps(build_record(plan, index)).replace(
-            dumps(_meta(1, plan.last_updated)), dumps(_meta(2, "2099-01-01T00:00:00Z"))
-        ):
-            raise AssertionError(f"_sample_renderer's bytes differ from build_record's (#{index})")
-    return render
-
-
 def _version_updated(plan: Plan, v: Version) -> str:
     """meta.lastUpdated of a version: the as-of of the epoch's own, else the change instant."""
     return (
@@ -2175,9 +2126,76 @@ def version_record(plan: Plan, v: Version) -> dict[str, Any]:
 
 def version_json(plan: Plan, v: Version) -> bytes:
     """A version as compact JSON bytes, equal to orjson.dumps(version_record(plan, v))."""
-    if v.change == "delete":
-        return orjson.dumps(_delete_bundle(plan, v))
-    return _sample_renderer(plan)(v.index, v.sample, v.number, _version_updated(plan, v))
+    return _version_writer(plan)(v)
+
+
+@functools.lru_cache(maxsize=8)
+def _version_writer(plan: Plan) -> Callable[[Version], bytes]:
+    """A function v -> version_json(plan, v) for the bulk paths: json_renderer's fragments,
+    with the version's own sample and meta; checked against the dict path when built."""
+    dumps = orjson.dumps
+    if not plan.profile.rendered:
+        return lambda v: dumps(version_record(plan, v))
+    f = _fragments(plan)
+    head, after_id, meta_v1, after_meta, after_mrn = (
+        f.head,
+        f.after_id,
+        f.meta_v1,
+        f.after_meta,
+        f.after_mrn,
+    )
+    genders, dates, alive, to_deceased, to_address = (
+        f.genders,
+        f.dates,
+        f.alive,
+        f.to_deceased,
+        f.to_address,
+    )
+    addresses, languages, organizations = f.addresses, f.languages, f.organizations
+    n_dates, base, join = len(dates), plan.dates_base, b"".join
+    uuid_add, uuid_mul, mrn_add, mrn_mul = plan.uuid_add, plan.uuid_mul, plan.mrn_add, plan.mrn_mul
+
+    def write(v: Version) -> bytes:
+        index, number, instant, change, s = v
+        if change == "delete":
+            return dumps(_delete_bundle(plan, v))
+        _, zip_, _, _, birth, gender, language, organization, died, _ = s
+        k = birth - base
+        born = dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, birth).encode()
+        if died < 0:
+            death = alive
+        else:
+            death = join((to_deceased, _deceased(died).encode(), to_address))
+        if change == "epoch":
+            meta = meta_v1
+        else:
+            meta = dumps(_meta(number, _iso_instant(datetime.fromtimestamp(instant, UTC))))
+        return join(
+            (
+                head,
+                _uuid_bytes(_mix_uuid((index + uuid_add) & M122, uuid_mul)),  # patient_id
+                after_id,
+                meta,
+                after_meta,
+                b"MC-%010d" % _mrn_number(index, mrn_add, mrn_mul),  # patient_mrn
+                after_mrn,
+                genders[gender],
+                born,
+                death,
+                addresses[zip_],
+                languages[language],
+                organizations[organization],
+            )
+        )
+
+    render = json_renderer(plan)
+    for index in range(8):  # as json_renderer: a field the fragments miss fails here
+        s = sample(plan, index)
+        epoch = Version(index, 1, 0, "epoch", s)
+        later = Version(index, 2, 4102444800, "move-zip", s._replace(birth=s.birth + 36500))
+        if write(epoch) != render(index) or write(later) != dumps(version_record(plan, later)):
+            raise AssertionError(f"_version_writer's bytes differ from the dict path (#{index})")
+    return write
 
 
 class BronzeError(RuntimeError):
@@ -2201,11 +2219,11 @@ def _patient_line(plan: Plan, validate: bool) -> Callable[[int], bytes]:
     return json_renderer(plan)
 
 
-def _version_line(plan: Plan, v: Version, validate: bool) -> bytes:
-    """A version's JSON as every writer writes it; through fhir.resources first if asked."""
+def _version_line(plan: Plan, validate: bool) -> Callable[[Version], bytes]:
+    """v -> a version's JSON as every writer writes it; through fhir.resources first if asked."""
     if validate:
-        return orjson.dumps(_validated(plan, version_record(plan, v), v.index))
-    return version_json(plan, v)
+        return lambda v: orjson.dumps(_validated(plan, version_record(plan, v), v.index))
+    return _version_writer(plan)
 
 
 BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
@@ -2365,7 +2383,8 @@ def _unit_patients(plan: Plan, spec: Bronze, indexes: range) -> Iterator[tuple[i
         line = _patient_line(plan, spec.validate)
         return ((i, line(i)) for i in indexes)
     versions = snapshot(plan, w.epoch_count, w.until, indexes.start, indexes.stop)
-    return ((v.index, _version_line(plan, v, spec.validate)) for v in versions)
+    line = _version_line(plan, spec.validate)
+    return ((v.index, line(v)) for v in versions)
 
 
 def _unit_chunks(plan: Plan, spec: Bronze, indexes: range, tick: Tick) -> Iterator[bytes]:
@@ -2515,13 +2534,9 @@ def _ndjson_batch_files(
 ) -> list[BatchFile]:
     """A unit's new versions as <name>.Patient.<u+1>.ndjson, its deletions (Bulk Data: one
     transaction Bundle per line) as <name>.Bundle.<u+1>.ndjson; no file for none."""
-    files = []
+    files, line = [], _version_line(plan, spec.validate)
     for deleted, kind in ((False, "Patient"), (True, "Bundle")):
-        lines = [
-            _version_line(plan, v, spec.validate)
-            for v in versions
-            if (v.change == "delete") == deleted
-        ]
+        lines = [line(v) for v in versions if (v.change == "delete") == deleted]
         if lines:
             key = _batch_key(spec, deleted, f"{kind}.{unit + 1:06d}.ndjson")
             files.append(BatchFile(key, b"\n".join([*lines, b""]), len(lines), deleted))
@@ -2533,12 +2548,12 @@ def _json_batch_files(
 ) -> list[BatchFile]:
     """A file per version: <name>.patient_<id>_v<k>.json, deletions <name>.delete_<id>_v<k>.json
     (a duplicate delivery within one batch is the same object)."""
-    files = {}
+    files, line = {}, _version_line(plan, spec.validate)
     for v in versions:
         deleted = v.change == "delete"
         name = f"{'delete' if deleted else 'patient'}_{patient_id(plan, v.index)}_v{v.number}.json"
         key = _batch_key(spec, deleted, name)
-        files[key] = BatchFile(key, _version_line(plan, v, spec.validate) + b"\n", 1, deleted)
+        files[key] = BatchFile(key, line(v) + b"\n", 1, deleted)
     return list(files.values())
 
 
@@ -3938,7 +3953,7 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, window: Window | None) -> 
 def _window_chunks(plan: Plan, w: Window, validate: bool) -> Iterator[bytes]:
     """A snapshot or batch as NDJSON chunks, computed DEFAULT_RECORDS_PER_FILE indexes at a
     time (as a bronze run's units: --out-of-order moves lines within such a range)."""
-    n = population_size(plan, w.epoch_count, w.until)
+    n, line = population_size(plan, w.epoch_count, w.until), _version_line(plan, validate)
     for lo in range(0, n, DEFAULT_RECORDS_PER_FILE):
         hi = min(lo + DEFAULT_RECORDS_PER_FILE, n)
         if w.since is None:
@@ -3954,7 +3969,7 @@ def _window_chunks(plan: Plan, w: Window, validate: bool) -> Iterator[bytes]:
                 latest=w.latest,
                 faults=w.faults,
             )
-        lines = (_version_line(plan, v, validate) for v in versions)
+        lines = map(line, versions)
         while chunk := list(itertools.islice(lines, BATCH)):
             chunk.append(b"")
             yield b"\n".join(chunk)
