@@ -619,12 +619,19 @@ class Plan:
         return isinstance(other, Plan) and self.identity == other.identity
 
     def __hash__(self) -> int:
-        return hash(self.identity)
+        """hash(identity), computed once: per-record caches (version_json) look plans up."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(self.identity)
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle without the hash state (not picklable): workers and Spark receive plans."""
+        """Pickle without the hash state (not picklable) or the cached hash (str hashes differ
+        between processes): workers and Spark receive plans."""
         state = self.__dict__.copy()
         del state["hasher"]
+        state.pop("_hash", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

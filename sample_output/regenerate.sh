@@ -11,3 +11,7 @@ mkdir -p "$out"
 "${gen[@]}" --count 5 --min-age 65 --mortality-rate 0.5 --states CA,NY > "$out/medicare_cohort.ndjson"
 # A tiny bronze layer (Vermont: 3 patients, its 14 hospitals): per-file JSON, organizations, manifest.
 "${gen[@]}" --count 3 --states VT --output "$out/bronze" --quiet --overwrite
+# A living population (docs/living-population.md): the 2,000 patients of that as-of live on for
+# a year; the change batch of the year, every version (deaths, moves, joiners, one deletion).
+"${gen[@]}" --count 2000 --epoch 2025-10-13T02:22:22Z --since 2025-10-13T02:22:22Z \
+    --as-of 2026-10-13T02:22:22Z > "$out/changes.ndjson"
