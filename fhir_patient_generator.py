@@ -7,8 +7,9 @@ Patient #i is a pure function of (seed, i, as_of, options): every random bit a r
 from one keyed BLAKE2b hash of its index, so any process, in any order, writes the same bytes.
 
 Read top to bottom (docs/architecture.md draws the map): constants -> reference data -> draws ->
-plan and profiles -> record -> rendering -> bronze layer (formats, stores, run) -> CLI. Data flows
-one way; nothing below a section is used above it, and no module state changes after import.
+plan and profiles -> record -> living population (events after an epoch) -> rendering -> bronze
+layer (formats, stores, run, change batches) -> CLI. Data flows one way; nothing below a section
+is used above it, and no module state changes after import.
 """
 
 from __future__ import annotations
