@@ -252,3 +252,16 @@ def test_batches_on_s3_have_the_local_keys_and_bytes(s3_throwaway_server, tmp_pa
     assert all(k.endswith(".json.gz") for k in batch if k.startswith("cdc/patient"))
     for key, body in stored.items():
         assert body == (local / key).read_bytes(), key
+
+
+def test_worst_case_version_is_under_1_kb():
+    """A changed patient's record is an epoch record with another ZIP, hospital or death and a
+    longer versionId: the worst case (longest city, county, hospital, language, deceased) with a
+    six-digit versionId still stays under 1,024 bytes (the epoch's worst case has a microsecond
+    lastUpdated; a change's instant has whole seconds)."""
+    from record_shapes import maximise_cms_fields
+
+    plan = g.make_plan(0, "2025-10-13T02:22:22.245910Z")
+    record = maximise_cms_fields(g.build_record(plan, g.MAX_INDEX), plan)
+    record["meta"] = {"versionId": "999999", "lastUpdated": "2099-12-31T23:59:59Z"}
+    assert len(orjson.dumps(record)) < 1024
