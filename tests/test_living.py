@@ -8,6 +8,7 @@ import itertools
 import math
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
 
 import duckdb
@@ -329,7 +330,7 @@ def test_batches_compose_and_repeat():
     plan, count = g.make_plan(26, E), 5_000
     first, second, both = (g.changes(plan, count, a, b) for a, b in ((S, T), (T, U), (S, U)))
     assert first and second
-    key = lambda v: (v.index, v.number)  # noqa: E731
+    key = attrgetter("index", "number")
     assert [key(v) for v in sorted(first + second, key=key)] == [key(v) for v in both]
     assert lines(plan, sorted(first + second, key=key)) == lines(plan, both)
     assert sorted(first + second, key=key) == both  # samples included
@@ -353,15 +354,14 @@ def test_index_ranges_concatenate():
     cuts = [0, 1000, 3333, count, count + 7, n + 50]  # not on BLOCK edges; into the joiners
     for faults in (g.NO_FAULTS, FAULTS._replace(out_of_order=0.0)):
         whole = g.changes(plan, count, S, U, faults=faults)
-        parts = [g.changes(plan, count, S, U, lo=a, hi=b, faults=faults) for a, b in pairs(cuts)]
+        parts = [
+            g.changes(plan, count, S, U, lo=a, hi=b, faults=faults)
+            for a, b in itertools.pairwise(cuts)
+        ]
         assert lines(plan, itertools.chain(*parts)) == lines(plan, whole)
-    parts = [list(g.snapshot(plan, count, U, lo=a, hi=b)) for a, b in pairs(cuts)]
+    parts = [list(g.snapshot(plan, count, U, lo=a, hi=b)) for a, b in itertools.pairwise(cuts)]
     assert list(itertools.chain(*parts)) == list(g.snapshot(plan, count, U))
     assert list(g.snapshot(plan, count, U, lo=n)) == []
-
-
-def pairs(cuts: list[int]):
-    return itertools.pairwise(cuts)
 
 
 def test_the_epoch_patients_events_do_not_depend_on_the_epoch_count():
