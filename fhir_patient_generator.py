@@ -22,7 +22,6 @@ import csv
 import functools
 import hashlib
 import itertools
-import math
 import os
 import re
 import secrets
@@ -40,7 +39,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -1428,10 +1427,7 @@ class _Dynamics(NamedTuple):
 
 def _seconds(dt: datetime) -> int:
     """Whole epoch seconds (floor) of an aware datetime."""
-    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // _SECOND
-
-
-_SECOND = datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(seconds=1)
 
 
 def _poisson_cdf(mean: Decimal) -> tuple[int, ...]:
@@ -1462,6 +1458,8 @@ def _living_cum(plan: Plan) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=8)
 def _dynamics(plan: Plan) -> _Dynamics:
+    """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
+    rates; in exact or integer arithmetic where a draw depends on them."""
     ref = load_reference(plan.identity[3])
     bound = DEATH_BOUND + MOVE_BOUND + HOSPITAL_BOUND
     with localcontext() as ctx:
@@ -1470,10 +1468,10 @@ def _dynamics(plan: Plan) -> _Dynamics:
             days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
             for days in (365, 366)
         }
+        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())  # the same on every machine
     top = max(max(ref.mx[s]) for s in SEXES)
     if top >= DEATH_BOUND:
         raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
-    moved = -math.log(1.0 - sum(MOVE_SHARES))
     move_rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
     # ZIPs by (state, county): a county and a state are contiguous rank ranges
     weights: dict[int, int] = {}
