@@ -3804,8 +3804,18 @@ CONTINUED += ("gzip_level", "records_per_file", "start")
 
 
 def _from_stamp(stamp: str) -> datetime:
+    """The time of a _stamp(); ValueError if it is not one."""
     fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
     return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
+
+
+def _batch_end(name: str) -> datetime:
+    """The until of a batch named <since>_<until>[.json]; ValueError if it is not one."""
+    since, sep, until = name.removesuffix(".json").partition("_")
+    if not sep:
+        raise ValueError(f"{name!r} is not <since>_<until>.json")
+    _from_stamp(since)
+    return _from_stamp(until)
 
 
 def _delete_unfinished(args: argparse.Namespace, name: str) -> None:
@@ -3828,28 +3838,35 @@ def _continue_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     given = [n for n in CONTINUED if getattr(args, n) != parser.get_default(n)]
     if given:
         raise UsageError(f"--continue takes --{given[0].replace('_', '-')} from the layer")
+    try:
+        until = parse_as_of(args.as_of)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     store = open_store(Bronze(root=args.output, count=1, endpoint_url=args.endpoint_url))
     try:
         found, block = _manifest_generator(store)
         if not isinstance(block, dict) or block.get("start"):
             what = "no readable _manifest.json" if found else f"no {MANIFEST}"
             raise BronzeError(f"{store.display()} has {what} of a population to continue")
-        ends = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in store.list(CDC_MANIFESTS)]
-        ends = [_from_stamp(n.rpartition("_")[2]) for n in ends if n.count("_") == 1]
-        unfinished = [k for k in store.list(CDC_RUN) if k.endswith(".json")]
+        names = [k.rsplit("/", 1)[-1] for k in store.list(CDC_MANIFESTS)]
+        unfinished = [k.rsplit("/", 1)[-1] for k in store.list(CDC_RUN)]
+        since = max([parse_as_of(block.get("as_of")), *(_batch_end(n) for n in names)])
+    except ValueError as e:  # a manifest or batch name this version did not write
+        raise BronzeError(
+            f"{store.display()} has a batch manifest this run cannot read: {e}"
+        ) from None
     finally:
         store.close()
-    since = max([parse_as_of(block.get("as_of")), *ends])
-    for key in unfinished:  # a batch that failed midway: its files are in a partition already
-        name = key.rsplit("/", 1)[-1].removesuffix(".json")
-        if name != f"{_stamp(_iso_instant(since))}_{_stamp(args.as_of)}" and not args.overwrite:
-            end = _iso_instant(_from_stamp(name.rpartition("_")[2]))
+    ours = f"{_stamp(_iso_instant(since))}_{_stamp(_iso_instant(until))}.json"
+    for name in unfinished:  # a batch that failed midway: its files are in a partition already
+        if name != ours and not args.overwrite:
             raise BronzeError(
-                f"{args.output} holds the unfinished batch {name}: finish it with the same "
-                f"command and --as-of {end}, or add --overwrite to delete it"
+                f"{args.output} holds the unfinished batch {name.removesuffix('.json')}: finish "
+                f"it with the same command and --as-of {_iso_instant(_batch_end(name))}, or "
+                "add --overwrite to delete it"
             )
-        if name != f"{_stamp(_iso_instant(since))}_{_stamp(args.as_of)}":
-            _delete_unfinished(args, name)
+        if name != ours:
+            _delete_unfinished(args, name.removesuffix(".json"))
     for name in (*OPTION_DEFAULTS, "seed", "count", "format", "gzip", "gzip_level"):
         value = block.get("options", {}).get(name, block.get(name))
         setattr(args, name, ",".join(value) if isinstance(value, list) else value)
@@ -3857,7 +3874,7 @@ def _continue_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     args.gzip_level = args.gzip_level if args.gzip else None
     args.epoch = block.get("epoch", block.get("as_of"))
     args.since = _iso_instant(since)
-    return parse_as_of(args.as_of) != since
+    return until != since
 
 
 def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | None) -> Bronze:

@@ -265,3 +265,34 @@ def test_worst_case_version_is_under_1_kb():
     record = maximise_cms_fields(g.build_record(plan, g.MAX_INDEX), plan)
     record["meta"] = {"versionId": "999999", "lastUpdated": "2099-12-31T23:59:59Z"}
     assert len(orjson.dumps(record)) < 1024
+
+
+def test_continue_finishes_or_refuses_an_interrupted_batch(tmp_path):
+    """A batch that died midway left its identity (cdc/_run/) and some files but no manifest:
+    --continue with its as-of finishes it; with another as-of it is one line and exit 1;
+    --overwrite deletes the unfinished batch and writes the new one."""
+    lake = tmp_path / "lake"
+    ok(cli("--seed", "7", "--count", "3000", "--as-of", AS_OF, "--format", "ndjson",
+           "--output", str(lake)))  # fmt: skip
+    end = "2026-01-01T00:00:00Z"
+    plan = g.make_plan(7, AS_OF)
+    window = g.Window(3000, end, AS_OF)
+    spec = g.Bronze(root=str(lake), count=g.population_size(plan, 3000, end), format="ndjson",
+                    window=window)  # fmt: skip
+    name = g.batch_name(spec)
+    (lake / "cdc" / "_run").mkdir(parents=True)
+    (lake / "cdc" / "_run" / f"{name}.json").write_bytes(g.identity_bytes(plan, spec))
+    partial = lake / "cdc" / "patient" / "ingest_date=2026-01-01" / f"{name}.Patient.000001.ndjson"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b'{"truncated"')
+    refused = cli("--output", str(lake), "--continue", "--as-of", "2026-02-01T00:00:00Z")
+    assert refused.returncode == 1 and f"unfinished batch {name}" in one_line(refused)
+    ok(cli("--output", str(lake), "--continue", "--as-of", end))  # finishes it
+    assert not (lake / "cdc" / "_run" / f"{name}.json").exists()
+    assert partial.read_bytes().startswith(b'{"resourceType":"Patient"')
+    finished = tree(lake)
+    (lake / "cdc" / "_run" / "20260101T000000Z_20260115T000000Z.json").write_bytes(b"{}")
+    ok(cli("--output", str(lake), "--continue", "--as-of", "2026-02-01T00:00:00Z", "--overwrite"))
+    after = tree(lake)
+    assert {k: v for k, v in after.items() if k in finished} == finished
+    assert not (lake / "cdc" / "_run").exists() or not any((lake / "cdc" / "_run").iterdir())
