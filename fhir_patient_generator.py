@@ -38,7 +38,7 @@ import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
@@ -2302,7 +2302,7 @@ class Bronze:
     concurrency: int = DEFAULT_CONCURRENCY
     endpoint_url: str | None = None
     token: str = ""  # tags this run's temp files, so an interrupted run can remove them
-    window: Window | None = None  # a living population's snapshot or change batch
+    window: Window | None = None  # a living population: count becomes the indexes at its until
 
 
 @dataclass(frozen=True)
@@ -3382,10 +3382,14 @@ def write_bronze(
     """Write shard K/N of the run: its identity, all organizations, its patient units (those
     an interrupted run of ours did not finish), then the manifest; then remove _run/.
 
-    Returns counts for the summary; raises BronzeError (one line) on a failure. A spec whose
-    window has a since writes that change batch instead (write_batch)."""
+    Returns counts for the summary; raises BronzeError (one line) on a failure. With a window,
+    spec.count is set to the indexes that exist at its until (the epoch count is the window's),
+    and a window with a since writes that change batch instead (write_batch)."""
     if spec.format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {spec.format!r}")
+    if spec.window is not None:  # a window covers the indexes that exist at its until
+        w = spec.window
+        spec = replace(spec, count=population_size(plan, w.epoch_count, w.until), start=0)
     if spec.window is not None and spec.window.since is not None:
         return write_batch(
             plan, spec, workers=workers, shard=shard, overwrite=overwrite, progress=progress
