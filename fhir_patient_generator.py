@@ -3223,7 +3223,7 @@ def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = N
     except UploadFailed:
         pass  # drain() below counts it
     failed, first = store.drain()
-    records = len(unit_range(spec, unit))
+    records = _unit_records(plan, spec, unit)  # a window leaves its deleted joiners out
     if not failed:  # only a fully written, drained unit may be skipped by a resumed run
         store.write(_done_key(unit), f"{records}\n".encode(), "text/plain")
         failed, first = store.drain()

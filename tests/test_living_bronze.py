@@ -102,8 +102,8 @@ def test_a_daily_job_merged_by_duckdb_ends_in_the_snapshot_byte_for_byte(tmp_pat
         assert "wrote batch" in summary and "versions" in summary
     again = cli("--output", str(lake), "--continue", "--as-of", ENDS[-1])
     assert again.returncode == 0 and "nothing to write" in again.stderr
-    ok(cli(*POPULATION, "--epoch", AS_OF, "--as-of", ENDS[-1], "--format", "ndjson",
-           "--output", str(snap)))  # fmt: skip
+    snap_summary = ok(cli(*POPULATION, "--epoch", AS_OF, "--as-of", ENDS[-1], "--format",
+                          "ndjson", "--output", str(snap)))  # fmt: skip
 
     manifests = sorted((lake / "cdc" / "_manifests").iterdir())
     assert [orjson.loads(p.read_bytes())["transactionTime"] for p in manifests] == list(ENDS)
@@ -133,6 +133,7 @@ def test_a_daily_job_merged_by_duckdb_ends_in_the_snapshot_byte_for_byte(tmp_pat
     sm = orjson.loads((snap / "_manifest.json").read_bytes())
     assert sm["transactionTime"] == ENDS[-1]
     assert sum(e["count"] for e in sm["output"] if e["type"] == "Patient") == len(expected)
+    assert f"wrote {len(expected):,} patients" in snap_summary
 
 
 BATCH = ("--epoch", AS_OF, "--since", AS_OF, "--as-of", "2026-04-01T00:00:00Z")
