@@ -1714,16 +1714,16 @@ def _evolve(
     plan: Plan, dyn: _Dynamics, index: int, start: _Start, events: list[tuple[int, ...]], until: int
 ) -> list[Version]:
     """Patient #index's versions up to `until`: its start, then each accepted candidate event
-    (thinning by age and sex at the instant), then its deletion if it was entered in error.
-    Nothing happens to the dead, or within the second of the previous change."""
+    (thinning by age and sex at the instant). Nothing happens to the dead, or within the second
+    of the previous change. A record entered in error gets no event, only its deletion: it was
+    a duplicate, and the person's changes go to their real record."""
     s, last = start.sample, start.instant
     if last > until:
         return []
     versions = [Version(index, 1, last, start.change, s)]
-    end = until if start.deleted is None else min(until, start.deleted - 1)
-    for event in events if s.died < 0 else ():
+    for event in events if s.died < 0 and start.deleted is None else ():
         instant = event[0]
-        if instant > end:
+        if instant > until:
             break
         changed = _apply(plan, dyn, s, instant, event) if instant > last else None
         if changed:
