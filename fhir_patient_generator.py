@@ -465,6 +465,21 @@ assert _DRAW_BYTES.size == 64, "one 512-bit BLAKE2b digest holds the draws"
 
 
 _raw_draws = _DRAW_BYTES.unpack  # a 64-byte digest as sixteen 32-bit draws, in Draws order
+_EPOCH_DAY = 719163  # date(1970, 1, 1).toordinal(): epoch seconds // 86400 + this = an ordinal
+
+
+def _digest(plan: Plan, index: int) -> bytes:
+    """Patient #index's hash: the plan's keyed state, copied (cheaper than re-keying)."""
+    hasher = plan.hasher.copy()
+    hasher.update(index.to_bytes(8, "little"))
+    return hasher.digest()
+
+
+def _gender(plan: Plan, u32: int, sex: str) -> str:
+    """The gender on the record: other / unknown at their small shares, else the sex."""
+    if u32 < plan.gender_other:
+        return "other"
+    return "unknown" if u32 < plan.gender_unknown else sex
 
 
 def _cumulative(weights: Iterable[int]) -> tuple[int, ...]:
@@ -833,7 +848,7 @@ def _population(ref: Reference, opts: Mapping[str, Any], as_of: datetime) -> dic
     today = as_of.date()
     as_of_seconds = int(as_of.timestamp())
     window_start = as_of_seconds - round(opts["lookback_years"] * SECONDS_PER_YEAR)
-    first_death_day = date.fromordinal(window_start // 86400 + 719163)  # 1970-01-01's ordinal
+    first_death_day = date.fromordinal(window_start // 86400 + _EPOCH_DAY)
     birth_low, birth_span, death_power = [], [], []
     for age, sex, dead, _ in cells:
         born_by = first_death_day if dead else today  # the earliest birth is age + 1 years before
@@ -1035,7 +1050,7 @@ def _death(plan: Plan, cell: int, power: float, raw: tuple[int, ...]) -> tuple[i
     died = plan.window_start + (
         (u.death_time_low | u.death_time_high << 32) * plan.window_span >> 64
     )
-    day = date.fromordinal(died // 86400 + 719163)  # the UTC death date; 719163 = 1970-01-01
+    day = date.fromordinal(died // 86400 + _EPOCH_DAY)  # the UTC death date
     age = plan.cells[cell][0]
     last = _add_years(day, -age).toordinal()  # born that day: exactly `age` years old at death
     span = last - _add_years(day, -age - 1).toordinal()
@@ -1050,9 +1065,7 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     """sample()'s values as a plain tuple in Sample's field order (the renderer's hot path)."""
     if not 0 <= index <= MAX_INDEX:
         raise ValueError(f"patient index must be from 0 to {MAX_INDEX}, not {index}")
-    hasher = plan.hasher.copy()  # the keyed state, copied: cheaper than re-keying per record
-    hasher.update(index.to_bytes(8, "little"))
-    raw = _raw_draws(hasher.digest())
+    raw = _raw_draws(_digest(plan, index))
     # The slots this function reads, named as in Draws (a test keeps the two in step); the
     # death slots are read by _death, the us-core ones by its record function.
     u_state, u_zip, u_cell, u_birth, u_gender, u_language, u_organization = raw[:7]
@@ -1069,13 +1082,7 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
         birth, died = _death(plan, cell, power, raw)
     else:
         birth, died = plan.birth_low[cell] + (u_birth * plan.birth_span[cell] >> 32), -1
-    gender = (
-        "other"
-        if u_gender < plan.gender_other
-        else "unknown"
-        if u_gender < plan.gender_unknown
-        else sex
-    )
+    gender = _gender(plan, u_gender, sex)
     cum = plan.language_cum[s]
     language = bisect_right(cum, u_language * cum[-1] >> 32)
     # the ZIP's candidates: slots lo..lo+4 for everyone, lo+5 (children's) under CHILD_AGE
@@ -1377,7 +1384,6 @@ ERROR_DAYS = 28  # 1..28 days after they were entered (an assumption)
 LATE_DAYS = 7  # delivery faults: a late version arrives 1..7 whole days after its instant,
 DUPLICATE_DAYS = 3  # a duplicate 0..3 days after the first delivery
 MAX_DELAY = 86400 * (LATE_DAYS + DUPLICATE_DAYS)  # how far back a batch looks for deliveries
-_EPOCH_DAY = 719163  # date(1970, 1, 1).toordinal()
 
 
 class Faults(NamedTuple):
@@ -1607,12 +1613,6 @@ def _join_instant(plan: Plan, dyn: _Dynamics, count: int, index: int) -> int:
     return dyn.start + 1 + int((index - count + u / 4294967296.0) * _gap(dyn, count))
 
 
-def _digest(plan: Plan, index: int) -> bytes:
-    hasher = plan.hasher.copy()
-    hasher.update(index.to_bytes(8, "little"))
-    return hasher.digest()
-
-
 def population_size(plan: Plan, count: int, until: datetime | str) -> int:
     """How many indexes exist by `until` (>= the epoch, plan.as_of): the epoch's count plus the
     joiners so far (deleted ones included: indexes are never reused)."""
@@ -1669,13 +1669,7 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
             plan.cells[cell][1],
             plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32),
         )
-    gender = (
-        "other"
-        if u.gender < plan.gender_other
-        else "unknown"
-        if u.gender < plan.gender_unknown
-        else sex
-    )
+    gender = _gender(plan, u.gender, sex)
     org = _hospital_at(plan, s.zip, _age(birth, instant), u.organization)
     deleted = None
     if u.spare_15 < dyn.error_cut:
