@@ -2041,26 +2041,27 @@ def _fragments(plan: Plan) -> _Fragments:
 
 
 @functools.lru_cache(maxsize=8)
-def json_renderer(plan: Plan) -> Callable[[int], bytes]:
-    """A function i -> patient #i as compact JSON bytes, equal to orjson.dumps(build_record(plan,
-    i)) but with no dict built: the fixed parts come from _fragments; per patient only ids and
-    dates vary. Profiles that are not `rendered` are dumped from their dict."""
-    dumps = orjson.dumps
-    if not plan.profile.rendered:
-        return lambda index: dumps(build_record(plan, index))
+def _patient_writer(plan: Plan) -> Callable[[int, Sample, bytes], bytes]:
+    """(i, sample, meta JSON) -> the cms record's bytes from _fragments: what json_renderer and
+    the version writer both join; per patient only ids, dates and meta vary."""
     f = _fragments(plan)
-    head, after_mrn, genders, dates, alive = f.head, f.after_mrn, f.genders, f.dates, f.alive
-    after_id = f.after_id + f.meta_v1 + f.after_meta
-    to_deceased, to_address = f.to_deceased, f.to_address
+    head, after_id, after_meta, after_mrn = f.head, f.after_id, f.after_meta, f.after_mrn
+    genders, dates, alive, to_deceased, to_address = (
+        f.genders,
+        f.dates,
+        f.alive,
+        f.to_deceased,
+        f.to_address,
+    )
     addresses, languages, organizations = f.addresses, f.languages, f.organizations
-    base = plan.dates_base
-    join = b"".join
+    n_dates, base, join = len(dates), plan.dates_base, b"".join
     uuid_add, uuid_mul, mrn_add, mrn_mul = plan.uuid_add, plan.uuid_mul, plan.mrn_add, plan.mrn_mul
 
-    def render(index: int) -> bytes:
-        _, zip_, _, _, birth, gender, language, organization, died, _ = _sample_tuple(
-            plan, index
-        )  # Sample's fields, unpacked by position: the hot path skips the named tuple
+    def write(index: int, s: Sample, meta: bytes) -> bytes:
+        # Sample's fields, unpacked by position: the hot path skips the named tuple
+        _, zip_, _, _, birth, gender, language, organization, died, _ = s
+        k = birth - base
+        born = dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, birth).encode()
         if died < 0:
             death = alive
         else:
@@ -2070,16 +2071,34 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
                 head,
                 _uuid_bytes(_mix_uuid((index + uuid_add) & M122, uuid_mul)),  # patient_id
                 after_id,
+                meta,
+                after_meta,
                 b"MC-%010d" % _mrn_number(index, mrn_add, mrn_mul),  # patient_mrn
                 after_mrn,
                 genders[gender],
-                dates[birth - base],
+                born,
                 death,
                 addresses[zip_],
                 languages[language],
                 organizations[organization],
             )
         )
+
+    return write
+
+
+@functools.lru_cache(maxsize=8)
+def json_renderer(plan: Plan) -> Callable[[int], bytes]:
+    """A function i -> patient #i as compact JSON bytes, equal to orjson.dumps(build_record(plan,
+    i)) but with no dict built: _patient_writer joins pre-serialised fragments. Profiles that
+    are not `rendered` are dumped from their dict."""
+    dumps = orjson.dumps
+    if not plan.profile.rendered:
+        return lambda index: dumps(build_record(plan, index))
+    write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
+
+    def render(index: int) -> bytes:
+        return write(index, _sample_tuple(plan, index), meta_v1)  # type: ignore[arg-type]
 
     for index in range(8):  # a field or profile the fragments miss fails here, not in the data
         if render(index) != dumps(build_record(plan, index)):
@@ -2131,71 +2150,29 @@ def version_json(plan: Plan, v: Version) -> bytes:
 
 @functools.lru_cache(maxsize=8)
 def _version_writer(plan: Plan) -> Callable[[Version], bytes]:
-    """A function v -> version_json(plan, v) for the bulk paths: json_renderer's fragments,
-    with the version's own sample and meta; checked against the dict path when built."""
+    """A function v -> version_json(plan, v) for the bulk paths: _patient_writer with the
+    version's own sample and meta; checked against the dict path when built."""
     dumps = orjson.dumps
     if not plan.profile.rendered:
         return lambda v: dumps(version_record(plan, v))
-    f = _fragments(plan)
-    head, after_id, meta_v1, after_meta, after_mrn = (
-        f.head,
-        f.after_id,
-        f.meta_v1,
-        f.after_meta,
-        f.after_mrn,
-    )
-    genders, dates, alive, to_deceased, to_address = (
-        f.genders,
-        f.dates,
-        f.alive,
-        f.to_deceased,
-        f.to_address,
-    )
-    addresses, languages, organizations = f.addresses, f.languages, f.organizations
-    n_dates, base, join = len(dates), plan.dates_base, b"".join
-    uuid_add, uuid_mul, mrn_add, mrn_mul = plan.uuid_add, plan.uuid_mul, plan.mrn_add, plan.mrn_mul
+    write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
 
-    def write(v: Version) -> bytes:
-        index, number, instant, change, s = v
-        if change == "delete":
+    def write_version(v: Version) -> bytes:
+        if v.change == "delete":
             return dumps(_delete_bundle(plan, v))
-        _, zip_, _, _, birth, gender, language, organization, died, _ = s
-        k = birth - base
-        born = dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, birth).encode()
-        if died < 0:
-            death = alive
-        else:
-            death = join((to_deceased, _deceased(died).encode(), to_address))
-        if change == "epoch":
-            meta = meta_v1
-        else:
-            meta = dumps(_meta(number, _iso_instant(datetime.fromtimestamp(instant, UTC))))
-        return join(
-            (
-                head,
-                _uuid_bytes(_mix_uuid((index + uuid_add) & M122, uuid_mul)),  # patient_id
-                after_id,
-                meta,
-                after_meta,
-                b"MC-%010d" % _mrn_number(index, mrn_add, mrn_mul),  # patient_mrn
-                after_mrn,
-                genders[gender],
-                born,
-                death,
-                addresses[zip_],
-                languages[language],
-                organizations[organization],
-            )
-        )
+        meta = meta_v1 if v.change == "epoch" else dumps(_meta(v.number, _version_updated(plan, v)))
+        return write(v.index, v.sample, meta)
 
     render = json_renderer(plan)
     for index in range(8):  # as json_renderer: a field the fragments miss fails here
         s = sample(plan, index)
         epoch = Version(index, 1, 0, "epoch", s)
         later = Version(index, 2, 4102444800, "move-zip", s._replace(birth=s.birth + 36500))
-        if write(epoch) != render(index) or write(later) != dumps(version_record(plan, later)):
+        if write_version(epoch) != render(index) or write_version(later) != dumps(
+            version_record(plan, later)
+        ):
             raise AssertionError(f"_version_writer's bytes differ from the dict path (#{index})")
-    return write
+    return write_version
 
 
 class BronzeError(RuntimeError):
