@@ -1734,8 +1734,9 @@ def _evolve(
 def history(plan: Plan, count: int, index: int, until: datetime | str) -> list[Version]:
     """Every version of patient #index up to `until` (>= the epoch, plan.as_of), oldest first;
     empty for a joiner that has not joined yet. `count` is the epoch population."""
-    dyn, until_s = _dynamics(plan), _seconds(parse_as_of(until))
-    _check_window(dyn, dyn.start, until_s)
+    until = parse_as_of(until)
+    _check_window(plan, None, until)
+    dyn, until_s = _dynamics(plan), _seconds(until)
     if index >= count and (count <= 0 or index >= count + _joiners_by(plan, dyn, count, until_s)):
         return []  # a joiner yet to come (none without an epoch population)
     start = _start(plan, dyn, count, index)
@@ -1765,8 +1766,9 @@ def snapshot(
     """The population at `until` (>= the epoch, plan.as_of): the latest version of every patient
     with an index in [lo, hi) that exists then and is not deleted, in index order. With until at
     the epoch it is exactly the epoch's patients #0..#count-1, version 1."""
-    dyn, until_s = _dynamics(plan), _seconds(parse_as_of(until))
-    _check_window(dyn, dyn.start, until_s)
+    until = parse_as_of(until)
+    _check_window(plan, None, until)
+    dyn, until_s = _dynamics(plan), _seconds(until)
     n = count + _joiners_by(plan, dyn, count, until_s)
     hi = n if hi is None else min(hi, n)
     for block in range(lo // BLOCK, -(-hi // BLOCK)):
@@ -1782,11 +1784,18 @@ def snapshot(
                 yield versions[-1]
 
 
-def _check_window(dyn: _Dynamics, since: int, until: int) -> None:
-    if since < dyn.start:
+def _check_window(plan: Plan, since: datetime | None, until: datetime) -> None:
+    """ValueError unless epoch (plan.as_of) <= since <= until: the population begins at E."""
+    if since is not None and since < plan.as_of:
         raise ValueError("--since must not be before --epoch (the population begins there)")
-    if until < since:
-        raise ValueError("--as-of must not be before --since (or --epoch)")
+    if until < (plan.as_of if since is None else since):
+        raise ValueError(f"--as-of must not be before --{'epoch' if since is None else 'since'}")
+
+
+def _check_faults(faults: Faults) -> None:
+    """ValueError unless every fault rate is in [0, 1]."""
+    for name, rate in faults._asdict().items():
+        _check_range(name.replace("_", "-"), rate, 0, 1, False)
 
 
 def _deliveries(plan: Plan, faults: Faults, v: Version) -> tuple[int, ...]:
@@ -1830,11 +1839,10 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
     """The change batch (since, until] for indexes in [lo, hi): every version delivered in it
     (with no faults: whose instant is in it), in index then version order, or with latest=True
     only each patient's last one. Deletions are versions whose change is "delete"."""
-    dyn = _dynamics(plan)
-    for name, rate in faults._asdict().items():
-        _check_range(name.replace("_", "-"), rate, 0, 1, False)
-    since_s, until_s = _seconds(parse_as_of(since)), _seconds(parse_as_of(until))
-    _check_window(dyn, since_s, until_s)
+    since, until = parse_as_of(since), parse_as_of(until)
+    _check_window(plan, since, until)
+    _check_faults(faults)
+    dyn, since_s, until_s = _dynamics(plan), _seconds(since), _seconds(until)
     scan = since_s - (MAX_DELAY if faults.late or faults.duplicate else 0)
     n = count + _joiners_by(plan, dyn, count, until_s)
     hi = n if hi is None else min(hi, n)
@@ -1867,6 +1875,30 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
     if faults.out_of_order:
         out = _out_of_order(plan, faults.out_of_order, out)
     return out
+
+
+class Window(NamedTuple):
+    """A snapshot or a change batch of the living population whose epoch is the plan's as-of:
+    what generate_patients(epoch=...) yields, the CLI prints and a Bronze(window=...) run
+    writes (its count then covers the indexes that exist at `until`: population_size)."""
+
+    epoch_count: int  # N: the population at the epoch
+    until: str  # T: the snapshot at T, or the end of the batch (since, until]
+    since: str | None = None  # S: the change batch (S, T] instead of the snapshot
+    latest: bool = False  # a batch holds each patient's last version only
+    faults: Faults = NO_FAULTS
+
+
+def _window_versions(
+    plan: Plan, w: Window, lo: int = 0, hi: int | None = None
+) -> Iterable[Version]:
+    """The window's versions for indexes in [lo, hi): snapshot() at its until, or changes()
+    since its since."""
+    if w.since is None:
+        return snapshot(plan, w.epoch_count, w.until, lo, hi)
+    return changes(
+        plan, w.epoch_count, w.since, w.until, lo=lo, hi=hi, latest=w.latest, faults=w.faults
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1914,12 +1946,9 @@ def generate_patients(  # noqa: PLR0913 (the living population's arguments are k
     if start:
         raise ValueError("a living population begins at #0: start must be 0 with epoch")
     plan = make_plan(draw_seed() if seed is None else seed, epoch, **options)
-    until = parse_as_of(as_of)
-    if since is None:
-        versions: Iterable[Version] = snapshot(plan, count, until)
-    else:
-        versions = changes(plan, count, since, until, latest=latest, faults=faults)
-    for v in versions:
+    until = _iso_instant(parse_as_of(as_of))
+    since = None if since is None else _iso_instant(parse_as_of(since))
+    for v in _window_versions(plan, Window(count, until, since, latest, faults)):
         yield version_record(plan, v)
 
 
@@ -2206,6 +2235,14 @@ def _version_line(plan: Plan, validate: bool) -> Callable[[Version], bytes]:
 BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
 
 
+def _ndjson(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines as NDJSON chunks of BATCH lines (one join and one write each)."""
+    lines = iter(lines)
+    while chunk := list(itertools.islice(lines, BATCH)):
+        chunk.append(b"")
+        yield b"\n".join(chunk)
+
+
 def ndjson_chunks(
     plan: Plan,
     lo: int,
@@ -2247,17 +2284,6 @@ GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
 
 
-class Window(NamedTuple):
-    """What a run of the living population writes: the plan's as-of is its epoch E, and
-    Bronze.count covers the indexes that exist at `until` (population_size)."""
-
-    epoch_count: int  # N: the population at the epoch
-    until: str  # T: the snapshot at T, or the end of the batch (since, until]
-    since: str | None = None  # S: write the change batch (S, T] instead of the snapshot
-    latest: bool = False  # a batch holds each patient's last version only
-    faults: Faults = NO_FAULTS
-
-
 @dataclass(frozen=True)
 class Bronze:
     """Where and how a run writes (not what: that is the Plan); picklable for worker processes."""
@@ -2287,6 +2313,15 @@ class UnitResult:
     failed: int = 0
     first_failure: str | None = None
     deleted: int = 0  # a change batch's deletions
+
+
+def covering(plan: Plan, spec: Bronze) -> Bronze:
+    """The spec as a run writes it: with a window, its count is the indexes that exist at the
+    window's until (population_size) and it starts at #0; without, unchanged."""
+    w = spec.window
+    if w is None:
+        return spec
+    return replace(spec, count=population_size(plan, w.epoch_count, w.until), start=0)
 
 
 def unit_count(spec: Bronze) -> int:
@@ -2359,7 +2394,7 @@ def _unit_patients(plan: Plan, spec: Bronze, indexes: range) -> Iterator[tuple[i
     if w is None:
         line = _patient_line(plan, spec.validate)
         return ((i, line(i)) for i in indexes)
-    versions = snapshot(plan, w.epoch_count, w.until, indexes.start, indexes.stop)
+    versions = _window_versions(plan, w, indexes.start, indexes.stop)
     line = _version_line(plan, spec.validate)
     return ((v.index, line(v)) for v in versions)
 
@@ -2369,10 +2404,7 @@ def _unit_chunks(plan: Plan, spec: Bronze, indexes: range, tick: Tick) -> Iterat
     if spec.window is None:  # the hot path
         yield from ndjson_chunks(plan, indexes.start, indexes.stop, spec.validate, tick)
         return
-    patients = _unit_patients(plan, spec, indexes)
-    while lines := [line for _, line in itertools.islice(patients, BATCH)]:
-        lines.append(b"")
-        yield b"\n".join(lines)
+    yield from _ndjson(line for _, line in _unit_patients(plan, spec, indexes))
     if tick:
         tick(len(indexes))
 
@@ -3029,50 +3061,51 @@ def request_line(plan: Plan, spec: Bronze) -> str:
     return " ".join(words)
 
 
-def manifest_bytes(plan: Plan, spec: Bronze) -> bytes:
-    """A Bulk Data style manifest: the same bytes from every shard, every re-run and every store
-    (output urls are relative to the manifest); extension.fhirVersion declares the version."""
-    manifest = {
+def _manifest(
+    plan: Plan, spec: Bronze, output: list[Any], deleted: list[Any] | None = None, **extension: Any
+) -> bytes:
+    """A Bulk Data style manifest's bytes: transactionTime (the as-of, or a window's until),
+    the reproducing request, output (and a batch's deleted), extension.fhirVersion, the
+    generator block and any further extension."""
+    manifest: dict[str, Any] = {
         "transactionTime": plan.last_updated if spec.window is None else spec.window.until,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
-        "output": FORMATS[spec.format].manifest_output(plan, spec),
-        "error": [],
-        "extension": {
-            "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
-            "generator": generator_block(plan, spec),
-        },
+        "output": output,
+    }
+    if deleted is not None:
+        manifest["deleted"] = deleted
+    manifest["error"] = []
+    manifest["extension"] = {
+        "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
+        "generator": generator_block(plan, spec),
+        **extension,
     }
     return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def manifest_bytes(plan: Plan, spec: Bronze) -> bytes:
+    """A layer's manifest: the same bytes from every shard, every re-run and every store
+    (output urls are relative to the manifest)."""
+    return _manifest(plan, spec, FORMATS[spec.format].manifest_output(plan, spec))
 
 
 def batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> bytes:
-    """A change batch's manifest, Bulk Data style (as for a _since export): transactionTime the
-    batch's until, output its new versions, deleted its DELETE Bundles; urls relative to the
-    layer root; `counts` is (versions, deletions) for every unit."""
-    assert spec.window is not None
+    """A change batch's manifest (as for a Bulk Data _since export): output its new versions,
+    deleted its DELETE Bundles, urls relative to the layer root; `counts` is (versions,
+    deletions) for every unit."""
+    w = spec.window
+    assert w is not None
     files = FORMATS[spec.format].batch_output(spec, counts)
-    manifest = {
-        "transactionTime": spec.window.until,
-        "request": request_line(plan, spec),
-        "requiresAccessToken": False,
-        "output": files["output"],
-        "deleted": files["deleted"],
-        "error": [],
-        "extension": {
-            "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
-            "generator": generator_block(plan, spec),
-            "batch": {
-                "since": spec.window.since,
-                "until": spec.window.until,
-                "ingestDate": parse_as_of(spec.window.until).date().isoformat(),
-                "versions": sum(c[0] for c in counts.values()),
-                "deletions": sum(c[1] for c in counts.values()),
-                "urlsRelativeTo": "the layer root",
-            },
-        },
+    batch = {
+        "since": w.since,
+        "until": w.until,
+        "ingestDate": parse_as_of(w.until).date().isoformat(),
+        "versions": sum(c[0] for c in counts.values()),
+        "deletions": sum(c[1] for c in counts.values()),
+        "urlsRelativeTo": "the layer root",
     }
-    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+    return _manifest(plan, spec, files["output"], files["deleted"], batch=batch)
 
 
 def _describe(block: Any) -> str:
@@ -3205,16 +3238,7 @@ def _batch_unit_files(plan: Plan, spec: Bronze, unit: int) -> list[BatchFile]:
     """A change batch's unit as files: its indexes' versions delivered in the window."""
     w, indexes = spec.window, unit_range(spec, unit)
     assert w is not None and w.since is not None
-    versions = changes(
-        plan,
-        w.epoch_count,
-        w.since,
-        w.until,
-        lo=indexes.start,
-        hi=indexes.stop,
-        latest=w.latest,
-        faults=w.faults,
-    )
+    versions = list(_window_versions(plan, w, indexes.start, indexes.stop))
     return FORMATS[spec.format].batch_files(plan, spec, unit, versions)
 
 
@@ -3315,6 +3339,18 @@ class _Totals:
         self.first_failure = self.first_failure or result.first_failure
         return not result.failed
 
+    def summary(self, started: float, store: Store, **extra: Any) -> dict[str, Any]:
+        """The counts a run returns for its summary line, with the run's own extras."""
+        return {
+            "records": self.records,
+            "files": self.files,
+            "bytes": self.bytes,
+            "failed": self.failed,
+            "seconds": time.perf_counter() - started,
+            "root": store.display(),
+            **extra,
+        }
+
 
 def _write_units(
     plan: Plan, spec: Bronze, store: Store, units: Sequence[int], workers: int, progress: Tick
@@ -3358,9 +3394,7 @@ def write_bronze(
     and a window with a since writes that change batch instead (write_batch)."""
     if spec.format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {spec.format!r}")
-    if spec.window is not None:  # a window covers the indexes that exist at its until
-        w = spec.window
-        spec = replace(spec, count=population_size(plan, w.epoch_count, w.until), start=0)
+    spec = covering(plan, spec)
     if spec.window is not None and spec.window.since is not None:
         return write_batch(
             plan, spec, workers=workers, shard=shard, overwrite=overwrite, progress=progress
@@ -3387,16 +3421,7 @@ def write_bronze(
         _finish_run(spec, store)
     finally:
         store.close()
-    return {
-        "records": totals.records,
-        "kept": kept,
-        "files": totals.files,
-        "bytes": totals.bytes,
-        "failed": totals.failed,
-        "organizations": len(plan.organizations),
-        "seconds": time.perf_counter() - started,
-        "root": store.display(),
-    }
+    return totals.summary(started, store, kept=kept, organizations=len(plan.organizations))
 
 
 def _same_population(block: Any, plan: Plan, epoch_count: int) -> bool:
@@ -3474,18 +3499,8 @@ def write_batch(
         store.remove_run_folder()
     finally:
         store.close()
-    return {
-        "records": totals.records,
-        "deleted": sum(c[1] for c in totals.units.values()),
-        "kept": 0,
-        "files": totals.files,
-        "bytes": totals.bytes,
-        "failed": totals.failed,
-        "organizations": 0,
-        "seconds": time.perf_counter() - started,
-        "root": store.display(),
-        "batch": name,
-    }
+    deleted = sum(c[1] for c in totals.units.values())
+    return totals.summary(started, store, kept=0, organizations=0, deleted=deleted, batch=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3753,15 +3768,8 @@ def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
         until = parse_as_of(args.as_of)
         since = None if args.since is None else parse_as_of(args.since)
         faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
-        for name, rate in faults._asdict().items():
-            _check_range(name.replace("_", "-"), rate, 0, 1, False)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if (since or until) < plan.as_of:
-        raise UsageError(f"--{'since' if since else 'as-of'} must not be before --epoch")
-    if since is not None and until < since:
-        raise UsageError("--as-of must not be before --since")
-    try:
+        _check_faults(faults)
+        _check_window(plan, since, until)
         population_size(plan, args.count, until)  # within the index range by then
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -3856,12 +3864,9 @@ def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | Non
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
 
-    count = args.count
-    if window is not None:  # the indexes that exist at the window's end
-        count = population_size(plan, window.epoch_count, window.until)
-    return Bronze(
+    spec = Bronze(
         root=args.output.rstrip("/") or "/",
-        count=count,
+        count=args.count,
         start=args.start,
         format=given(args.format, DEFAULT_FORMAT),
         gzip=args.gzip,
@@ -3873,6 +3878,7 @@ def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | Non
         token=str(os.getpid()),
         window=window,
     )
+    return covering(plan, spec)  # the progress bar counts the indexes a window covers
 
 
 def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -3954,23 +3960,7 @@ def _window_chunks(plan: Plan, w: Window, validate: bool) -> Iterator[bytes]:
     n, line = population_size(plan, w.epoch_count, w.until), _version_line(plan, validate)
     for lo in range(0, n, DEFAULT_RECORDS_PER_FILE):
         hi = min(lo + DEFAULT_RECORDS_PER_FILE, n)
-        if w.since is None:
-            versions: Iterable[Version] = snapshot(plan, w.epoch_count, w.until, lo, hi)
-        else:
-            versions = changes(
-                plan,
-                w.epoch_count,
-                w.since,
-                w.until,
-                lo=lo,
-                hi=hi,
-                latest=w.latest,
-                faults=w.faults,
-            )
-        lines = map(line, versions)
-        while chunk := list(itertools.islice(lines, BATCH)):
-            chunk.append(b"")
-            yield b"\n".join(chunk)
+        yield from _ndjson(map(line, _window_versions(plan, w, lo, hi)))
 
 
 def _run_stdout(args: argparse.Namespace, plan: Plan, window: Window | None) -> None:
