@@ -1630,7 +1630,8 @@ def _joiners_by(plan: Plan, dyn: _Dynamics, count: int, until: int) -> int:
     while _join_instant(plan, dyn, count, count + k) <= until:
         k += 1
     if count + k - 1 > MAX_INDEX:
-        raise ValueError(f"by {until} the population outgrows the index range 0..{MAX_INDEX}")
+        when = _iso_instant(datetime.fromtimestamp(until, UTC))
+        raise ValueError(f"by {when} the population outgrows the index range 0..{MAX_INDEX}")
     return k
 
 
@@ -3746,6 +3747,14 @@ def _check_living_args(args: argparse.Namespace) -> None:
         raise UsageError("--start cannot be combined with --epoch: a population begins at #0")
 
 
+def _time_arg(flag: str, value: str) -> datetime:
+    """parse_as_of for --epoch or --since: its message names the flag."""
+    try:
+        return parse_as_of(value)
+    except ValueError as e:
+        raise ValueError(f"--{flag}: {e}") from None
+
+
 def _plan_from_args(args: argparse.Namespace) -> Plan:
     """The run's plan (at --epoch if given, else at --as-of); bad values are usage errors."""
     options = {name: getattr(args, name) for name in OPTION_DEFAULTS}
@@ -3753,7 +3762,7 @@ def _plan_from_args(args: argparse.Namespace) -> Plan:
         _check_index_range(args.start, args.count or 1)
         return make_plan(
             draw_seed() if args.seed is None else args.seed,
-            parse_as_of(args.as_of if args.epoch is None else args.epoch),
+            parse_as_of(args.as_of) if args.epoch is None else _time_arg("epoch", args.epoch),
             **options,
         )
     except ValueError as e:
@@ -3766,7 +3775,7 @@ def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
         return None
     try:
         until = parse_as_of(args.as_of)
-        since = None if args.since is None else parse_as_of(args.since)
+        since = None if args.since is None else _time_arg("since", args.since)
         faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
         _check_faults(faults)
         _check_window(plan, since, until)
