@@ -3411,9 +3411,10 @@ def write_bronze(
         org_bytes = sum(store.write(key, data, _content_type(spec)) for key, data in orgs)
         _drain_or_raise(store)
         units = [u for u in shard_units(spec, shard) if u not in done]
-        kept = sum(len(unit_range(spec, u)) for u in shard_units(spec, shard) if u in done)
-        if progress and kept:
-            progress(kept)
+        kept_units = [u for u in shard_units(spec, shard) if u in done]
+        if progress and kept_units:  # the bar counts indexes
+            progress(sum(len(unit_range(spec, u)) for u in kept_units))
+        kept = sum(_unit_records(plan, spec, u) for u in kept_units)  # the summary, patients
         totals = _write_units(plan, spec, store, units, workers, progress)
         manifest = manifest_bytes(plan, spec)
         totals.bytes += org_bytes + store.write(MANIFEST, manifest, "application/json")
