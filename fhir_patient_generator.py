@@ -2281,6 +2281,10 @@ S3_PROBE_ATTEMPTS = 2  # the bucket probe before any work fails faster
 # (the probe: 2 x 20 + <1 s). docs/bronze.md derives it; tests lower these module constants.
 S3_CONNECT_TIMEOUT = 5  # seconds to open a connection
 S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's reply comes in ~1 s
+# A server that ignores If-None-Match (rclone serve s3 1.75 does; AWS S3 and MinIO honour it) gets
+# a write-then-read-back claim instead: racing claims are told apart if each run's check and its
+# PUT lie closer together than this (docs/bronze.md, "Two runs, one folder").
+S3_CLAIM_SETTLE = 1.0  # seconds between the claim's PUT and its read-back
 GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
 
@@ -2699,6 +2703,29 @@ class LocalStore:
             raise
         return size
 
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """Write key only if it does not exist yet: False if it does. Atomic, so of runs racing
+        for one key exactly one creates it: a hard link of a complete temp file (a reader never
+        sees half of it), or O_EXCL where the file system has no hard links."""
+        path, tmp = self.root / key, self._temp_path(key)
+        for folder in (path.parent, tmp.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (e.g. some network or FAT file systems)
+            try:
+                with open(path, "xb") as f:
+                    f.write(data)
+            except FileExistsError:
+                return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return True
+
     def read(self, key: str) -> bytes | None:
         try:
             return (self.root / key).read_bytes()
@@ -2921,6 +2948,35 @@ class S3Store:
             self.pending += 1
         self.pool.submit(self._put, key, body, content_type or "application/octet-stream")
         return size
+
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """PUT key only if it does not exist (If-None-Match: *): False if it does. A server
+        that ignores the condition accepts a second such PUT too; then the claim is checked by
+        reading it back after S3_CLAIM_SETTLE seconds (a racing PUT would have replaced it)."""
+        from botocore.exceptions import ClientError
+
+        def put() -> bool:
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.key(key),
+                    Body=data,
+                    ContentType=content_type or "application/octet-stream",
+                    IfNoneMatch="*",
+                )
+            except ClientError as e:  # 412: it exists; 409: a concurrent conditional PUT won
+                if _s3_error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    return False
+                raise
+            return True
+
+        with self._errors():
+            if not put():
+                return False
+            if not put():
+                return True  # the server honours If-None-Match: the first PUT was exclusive
+            time.sleep(S3_CLAIM_SETTLE)
+            return self.read(key) == data
 
     def drain(self) -> tuple[int, str | None]:
         """Wait for queued PUTs; (failures, first failure) since the last drain."""
@@ -3204,6 +3260,32 @@ def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> f
     return frozenset()
 
 
+def _claim(store: Store, key: str, data: bytes) -> None:
+    """Claim the folder for this run by creating key (its identity), atomically: of runs racing
+    into one folder, one creates it and the others find another run's identity and refuse.
+    Our own identity (a re-run, a sibling shard) is kept; BronzeError for another run's."""
+    ours = orjson.loads(data)
+    if _read_json(store, key)[1] == ours or store.create(key, data, "application/json"):
+        return
+    found, theirs = _read_json(store, key)
+    if theirs != ours:
+        what = _describe(theirs) if found else "its identity is being written"
+        raise _refusal(store, f"was claimed at the same time by another run ({what})")
+
+
+def _claim_layer(plan: Plan, spec: Bronze, store: Store) -> None:
+    """Claim the layer (unless it is finished): _run/identity.json, then a second look for a
+    manifest, in case another run finished (and removed its identity) since the first."""
+    if store.read(MANIFEST) is not None:
+        return
+    _claim(store, RUN_IDENTITY, identity_bytes(plan, spec))
+    found, theirs = _manifest_generator(store)
+    if found and theirs != orjson.loads(identity_bytes(plan, spec)):
+        store.delete([RUN_IDENTITY])
+        what = "an unreadable file" if theirs is None else _describe(theirs)
+        raise _refusal(store, f"was finished just now by another run ({what})")
+
+
 def _finish_run(spec: Bronze, store: Store) -> None:
     """After the manifest: remove this process's temp files; if every unit is done (or a
     sibling shard already began this), remove _run/ — identity first, so a crash midway leaves
@@ -3405,8 +3487,7 @@ def write_bronze(
     try:
         store.prepare()
         done = check_existing(plan, spec, store, overwrite)
-        if store.read(MANIFEST) is None:  # claim the root before any data: re-runs resume
-            store.write(RUN_IDENTITY, identity_bytes(plan, spec), "application/json")
+        _claim_layer(plan, spec, store)  # before any data: re-runs resume, other runs refuse
         orgs = organization_files(plan, spec)
         org_bytes = sum(store.write(key, data, _content_type(spec)) for key, data in orgs)
         _drain_or_raise(store)
@@ -3486,7 +3567,7 @@ def write_batch(
             _delete_batch(store, spec)
             found = False
         if not found:
-            store.write(identity_key, identity_bytes(plan, spec), "application/json")
+            _claim(store, identity_key, identity_bytes(plan, spec))
         totals = _write_units(plan, spec, store, list(shard_units(spec, shard)), workers, progress)
         counts = dict(totals.units)
         for u in range(unit_count(spec)):  # other shards' units: counted, not written

@@ -1,0 +1,102 @@
+"""Issue 20: two runs never mix, no orphans after kill -9, a clean re-run, one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+
+import orjson
+import pytest
+from bronze_util import AS_OF, tree
+from s3server import S3Server
+from test_s3 import objects
+
+import fhir_patient_generator as g
+
+RACE = ["--as-of", AS_OF, "--count", "40", "--format", "ndjson", "--records-per-file", "10"]
+
+
+def _racer(barrier, seed: int, root: str, queue, env: dict[str, str]) -> None:
+    """One run of main() into root, released by the barrier together with its rival."""
+    os.environ.update(env)
+    err = io.StringIO()
+    barrier.wait()
+    with contextlib.redirect_stderr(err):
+        code = g.main([*RACE, "--seed", str(seed), "--output", root, "--quiet"])
+    queue.put((seed, code, err.getvalue()))
+
+
+def race(root: str, env: dict[str, str] | None = None) -> list[tuple[int, int, str]]:
+    """Two runs (seeds 7 and 8) into one root, released at the same instant by a barrier
+    (fork: both have imported the module; only main() is raced)."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(barrier, s, root, queue, env or {})) for s in (7, 8)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    return results
+
+
+def test_two_runs_racing_into_one_empty_folder_never_both_succeed(tmp_path):
+    """Exactly one run wins each of 30 races; the loser says why in one line, exit 1; the
+    folder holds exactly the winner's layer (the bytes of the winner's run on its own)."""
+    reference = {}
+    for seed in (7, 8):
+        ref = tmp_path / f"ref{seed}"
+        assert g.main([*RACE, "--seed", str(seed), "--output", str(ref), "--quiet"]) == 0
+        reference[seed] = tree(ref)
+    for trial in range(30):
+        root = tmp_path / f"race{trial}"
+        results = race(str(root))
+        winners = [seed for seed, code, _ in results if code == 0]
+        assert len(winners) == 1, (trial, results)
+        (loser,) = [r for r in results if r[1] != 0]
+        assert loser[1] == 1 and len(loser[2].strip().splitlines()) == 1, loser
+        assert "Traceback" not in loser[2] and "--overwrite" in loser[2], loser
+        assert tree(root) == reference[winners[0]], trial
+
+
+def test_s3_server_ignores_if_none_match_so_the_claim_reads_back(s3_server: S3Server):
+    """What the S3 claim relies on, checked on the test server: rclone serve s3 (1.75) accepts a
+    second PUT with If-None-Match: * (AWS S3 answers 412 PreconditionFailed), so S3Store.create
+    falls back to a read-back after S3_CLAIM_SETTLE; if rclone starts to honour it, this fails
+    and the fallback is no longer exercised here."""
+    client, bucket = s3_server.client(), s3_server.create_bucket()
+    client.put_object(Bucket=bucket, Key="k", Body=b"1", IfNoneMatch="*")
+    client.put_object(Bucket=bucket, Key="k", Body=b"2", IfNoneMatch="*")
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"2"
+
+
+def test_two_runs_racing_into_one_s3_prefix_never_both_succeed(s3_server: S3Server):
+    """The race on the real rclone server (which ignores If-None-Match: the read-back claim)."""
+    env = s3_server.endpoint.env()
+    client = s3_server.client()
+    ref = {}
+    for seed in (7, 8):
+        bucket = s3_server.create_bucket()
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            code = g.main([*RACE, "--seed", str(seed), "--output", f"s3://{bucket}/b", "--quiet"])
+        assert code == 0
+        ref[seed] = objects(client, bucket, "b")
+    for trial in range(8):
+        bucket = s3_server.create_bucket()
+        results = race(f"s3://{bucket}/b", env)
+        winners = [seed for seed, code, _ in results if code == 0]
+        assert len(winners) == 1, (trial, results)
+        (loser,) = [r for r in results if r[1] != 0]
+        assert loser[1] == 1 and len(loser[2].strip().splitlines()) == 1, loser
+        got = objects(client, bucket, "b")
+        want = ref[winners[0]]
+        strip = {k: v for k, v in got.items() if k != "_manifest.json"}
+        assert strip == {k: v for k, v in want.items() if k != "_manifest.json"}, trial
+        assert (
+            orjson.loads(got["_manifest.json"])["extension"]
+            == orjson.loads(want["_manifest.json"])["extension"]
+        )
