@@ -3350,13 +3350,43 @@ def _batch_counts(files: list[BatchFile]) -> tuple[int, int]:
     return sum(f.lines for f in files) - deleted, deleted
 
 
+EXIT_ORPHANED = 1  # a worker whose main process died
+
+
 @functools.cache
 def _worker_store(spec: Bronze) -> Store:
     return open_store(spec)  # one per worker process, kept for all its units
 
 
+PARENT_POLL = 0.5  # seconds between a worker's checks that the main process still lives
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the main process dies (kill -9, the OOM killer), so no worker runs
+    on unowned and a pipe reading the output ends: on Linux the kernel sends SIGKILL
+    (PR_SET_PDEATHSIG); everywhere a daemon thread polls os.getppid(), which changes when the
+    parent is gone (the orphan is re-parented)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(EXIT_ORPHANED)
+
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C for all
+    _exit_with_parent()
 
 
 def _worker_unit(plan: Plan, spec: Bronze, unit: int) -> UnitResult:

@@ -6,10 +6,16 @@ import contextlib
 import io
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import orjson
 import pytest
-from bronze_util import AS_OF, tree
+from bronze_util import AS_OF, BASE, SCRIPT, tree
 from s3server import S3Server
 from test_s3 import objects
 
@@ -100,3 +106,60 @@ def test_two_runs_racing_into_one_s3_prefix_never_both_succeed(s3_server: S3Serv
             orjson.loads(got["_manifest.json"])["extension"]
             == orjson.loads(want["_manifest.json"])["extension"]
         )
+
+
+def children(pid: int) -> set[int]:
+    """PIDs whose parent is pid (from /proc)."""
+    out = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(entry.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+WORKERS_RUN = ["--count", "400000", "--format", "ndjson", "--records-per-file", "5000"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_kill_9_of_the_main_process_ends_its_workers_and_the_pipe(tmp_path):
+    """kill -9 of a --workers run's main process (as the OOM killer does): its workers and the
+    resource tracker exit within seconds, so a pipe reading the output (`2>&1 | cat`) ends."""
+    root = tmp_path / "bronze"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *BASE, *WORKERS_RUN, "--workers", "2"]
+        + ["--gzip", "--output", str(root), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while len(kids := children(proc.pid)) < 3 or not (root / "_run" / "done").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.05)
+    kids = children(proc.pid)  # two workers and the resource tracker
+    proc.kill()
+    proc.wait(timeout=30)
+    eof = threading.Event()
+    reader = threading.Thread(target=lambda: (proc.stdout.read(), eof.set()), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [k for k in kids if alive(k)]
+    for k in left:  # never leave them behind, even when the test fails
+        with contextlib.suppress(OSError):
+            os.kill(k, signal.SIGKILL)
+    assert not left, f"{len(left)} of {len(kids)} children outlived the main process by 30 s"
+    assert eof.wait(10), "the pipe did not end"
