@@ -2642,6 +2642,24 @@ class UploadFailed(BronzeError):
     """A store's earlier background write failed: stop the unit, drain() reports it."""
 
 
+def _process_start(pid: int) -> str | None:
+    """When process pid started (clock ticks since boot, /proc/<pid>/stat field 22), or None
+    if it is not running (gone, or a zombie: os.kill(pid, 0) succeeds on those) or there is
+    no /proc (not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+@functools.cache
+def _writer(pid: int) -> str:
+    """This process as a temp file names it: <pid>+<start time>, or <pid> without /proc."""
+    start = _process_start(pid)
+    return f"{pid}+{start}" if start is not None else str(pid)
+
+
 class LocalStore:
     """A local directory; every file is written to a temp file in _run/tmp/, then renamed into
     place (atomic: the same file system). Readers' globs (patient/*) never see a temp file."""
@@ -2671,8 +2689,9 @@ class LocalStore:
         self._remove_temp_files(self._is_stale)
 
     def _temp_path(self, key: str) -> Path:
-        """_run/tmp/<key with / as .>.tmp-<token>-<pid>@<host>: whose it is, for the sweeps."""
-        name = f"{key.replace('/', '.')}.tmp-{self.token}-{os.getpid()}@{self.host}"
+        """_run/tmp/<key with / as .>.tmp-<token>-<pid>[+<start>]@<host>: whose it is (the
+        writer's start time, where known, tells a recycled pid apart), for the sweeps."""
+        name = f"{key.replace('/', '.')}.tmp-{self.token}-{_writer(os.getpid())}@{self.host}"
         return self.root / RUN_TMP / name
 
     def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
@@ -2746,29 +2765,35 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / key)
 
-    def _is_stale(self, token: str, pid: int, host: str) -> bool:
-        """A temp file of a dead process on this host (a sibling shard's live one is kept; so
-        are other hosts', which cannot be checked: they stay in _run/, unseen by readers)."""
-        if host != self.host or pid == os.getpid():
+    def _is_stale(self, token: str, writer: str, host: str) -> bool:
+        """A temp file of a dead writer on this host: its pid is gone, a zombie, or now another
+        process's (another start time). A sibling shard's live one is kept; so are other
+        hosts', which cannot be checked: they stay in _run/, unseen by readers."""
+        pid, _, start = writer.partition("+")
+        if host != self.host or int(pid) == os.getpid():
             return False
+        if _process_start(int(pid)) is not None:  # /proc: running, and since when
+            return bool(start) and start != _process_start(int(pid))
+        if Path("/proc/self/stat").exists():
+            return True  # /proc has no running process of that pid (gone or a zombie)
         try:
-            os.kill(pid, 0)
+            os.kill(int(pid), 0)
         except ProcessLookupError:
             return True
         except PermissionError:
             return False  # alive, another user's
         return False
 
-    def _remove_temp_files(self, which: Callable[[str, int, str], bool]) -> None:
-        """Remove the temp files in _run/tmp/ for which which(token, pid, host) holds."""
+    def _remove_temp_files(self, which: Callable[[str, str, str], bool]) -> None:
+        """Remove the temp files in _run/tmp/ for which which(token, writer, host) holds."""
         for key in list(self.list(RUN_TMP)):
-            match = re.search(r"\.tmp-(.+)-(\d+)@([^@/]+)$", key)
-            if match and which(match[1], int(match[2]), match[3]):
+            match = re.search(r"\.tmp-(.+)-(\d+(?:\+\d+)?)@([^@/]+)$", key)
+            if match and which(match[1], match[2], match[3]):
                 self.delete([key])
 
     def remove_temp_files(self) -> None:
         """Remove temp files of this run's processes (workers killed by Ctrl-C leave them)."""
-        self._remove_temp_files(lambda token, pid, host: token == self.token and host == self.host)
+        self._remove_temp_files(lambda token, _, host: token == self.token and host == self.host)
 
     def remove_run_folder(self) -> None:
         """Remove _run/ if it is empty (a sibling's temp file keeps it; it removes it later)."""

@@ -7,6 +7,7 @@ import io
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from bronze_util import AS_OF, BASE, SCRIPT, tree
+from bronze_util import AS_OF, BASE, SCRIPT, run_cli, tree
 from s3server import S3Server
 from test_s3 import objects
 
@@ -129,13 +130,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-WORKERS_RUN = ["--count", "400000", "--format", "ndjson", "--records-per-file", "5000"]
+WORKERS_RUN = ["--count", "200000", "--format", "ndjson", "--records-per-file", "5000"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_kill_9_of_the_main_process_ends_its_workers_and_the_pipe(tmp_path):
     """kill -9 of a --workers run's main process (as the OOM killer does): its workers and the
-    resource tracker exit within seconds, so a pipe reading the output (`2>&1 | cat`) ends."""
+    resource tracker exit within seconds, so a pipe reading the output (`2>&1 | cat`) ends;
+    a re-run right after resumes the run and removes _run/ (issue 20.2 and 20.3)."""
     root = tmp_path / "bronze"
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), *BASE, *WORKERS_RUN, "--workers", "2"]
@@ -163,3 +165,45 @@ def test_kill_9_of_the_main_process_ends_its_workers_and_the_pipe(tmp_path):
             os.kill(k, signal.SIGKILL)
     assert not left, f"{len(left)} of {len(kids)} children outlived the main process by 30 s"
     assert eof.wait(10), "the pipe did not end"
+    # ... and a re-run right away resumes it and leaves nothing behind (the killed workers'
+    # partial .gz temp files included: zombies count as dead writers)
+    rerun = run_cli(*WORKERS_RUN, "--workers", "2", "--gzip", "--output", str(root), "--quiet")
+    assert rerun.returncode == 0, rerun.stderr
+    assert not (root / "_run").exists()
+
+
+def test_a_zombie_writers_temp_file_is_stale(tmp_path):
+    """A killed worker stays a zombie until its reaper waits for it, and os.kill(pid, 0)
+    succeeds on a zombie: its temp file must still count as stale, so the re-run removes it
+    and _run/ (it used to keep both)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        while alive(pid):  # not reaped: a zombie
+            time.sleep(0.01)
+        root = tmp_path / "bronze"
+        args = [*RACE, "--seed", "7", "--output", str(root), "--quiet"]
+        assert g.main(args) == 0
+        stale = root / "_run" / "tmp" / f"patient.x.ndjson.gz.tmp-1-{pid}@{socket.gethostname()}"
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(b"partial")
+        assert g.main(args) == 0
+        assert not (root / "_run").exists()
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_a_recycled_pid_does_not_keep_a_stale_temp_file(tmp_path):
+    """The temp file's name records its writer's start time: a live process that now has the
+    writer's pid (pid reuse) does not keep the dead writer's file."""
+    root = tmp_path / "bronze"
+    args = [*RACE, "--seed", "7", "--output", str(root), "--quiet"]
+    assert g.main(args) == 0
+    parent = os.getppid()  # alive, not us, started at another time than the name says
+    name = f"patient.x.ndjson.tmp-1-{parent}+1@{socket.gethostname()}"
+    stale = root / "_run" / "tmp" / name
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"partial")
+    assert g.main(args) == 0
+    assert not (root / "_run").exists()
