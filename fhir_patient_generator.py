@@ -2808,17 +2808,44 @@ class LocalStore:
         pass
 
 
+# S3's general purpose bucket naming rules (docs.aws.amazon.com/AmazonS3/latest/userguide/
+# bucketnamingrules.html): 3-63 lowercase letters, digits, dots and hyphens, a letter or digit
+# at both ends, no "..", not an IPv4 address, no reserved prefix or suffix. botocore would
+# otherwise answer a bad name with a dump of its own regex.
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+BUCKET_RESERVED = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", ".mrap", "--x-s3"))
+
+
+def _bad_bucket_name(name: str) -> bool:
+    """Whether name breaks S3's bucket naming rules."""
+    return (
+        not BUCKET_NAME.fullmatch(name)
+        or ".." in name
+        or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name) is not None
+        or name.startswith(BUCKET_RESERVED[0])
+        or name.endswith(BUCKET_RESERVED[1])
+    )
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket."""
+    """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket or its name
+    breaks S3's naming rules."""
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     if not bucket:
         raise ValueError(f"{url!r} names no bucket (use s3://bucket/prefix)")
+    if _bad_bucket_name(bucket):
+        raise ValueError(
+            f"{bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots "
+            "and hyphens, a letter or digit at both ends, not an IP address)"
+        )
     return bucket, prefix.strip("/")
 
 
 def s3_endpoint(endpoint_url: str | None) -> str | None:
     """The custom S3 endpoint: endpoint_url, else $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL
     (None: AWS itself); ValueError unless it is http(s)://host[:port] (boto3 would trace back)."""
+    if endpoint_url is not None and not endpoint_url.strip():
+        raise ValueError("--endpoint-url is empty (leave it out for AWS S3)")
     given = (
         ("--endpoint-url", endpoint_url),
         ("AWS_ENDPOINT_URL_S3", os.environ.get("AWS_ENDPOINT_URL_S3")),

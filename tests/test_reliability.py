@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from bronze_util import AS_OF, BASE, SCRIPT, run_cli, tree
+from bronze_util import AS_OF, BASE, SCRIPT, one_line, run_cli, tree
 from s3server import S3Server
 from test_s3 import objects
 
@@ -207,3 +207,26 @@ def test_a_recycled_pid_does_not_keep_a_stale_temp_file(tmp_path):
     stale.write_bytes(b"partial")
     assert g.main(args) == 0
     assert not (root / "_run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--output", "s3://bucket/x", "--endpoint-url", ""], "--endpoint-url is empty"),
+        (["--output", "s3://Bad_Bucket!/x"], "not a valid S3 bucket name"),
+        (["--output", "s3://ab/x"], "not a valid S3 bucket name"),
+        (["--output", "s3://my..bucket/x"], "not a valid S3 bucket name"),
+        (["--output", "s3://192.168.1.1/x"], "not a valid S3 bucket name"),
+        (["--output", "s3://-bucket/x"], "not a valid S3 bucket name"),
+        (["--output", "s3://" + "a" * 64 + "/x"], "not a valid S3 bucket name"),
+    ],
+)
+def test_a_bad_endpoint_or_bucket_name_is_a_usage_error(args, says):
+    """Both used to reach botocore: a 45-line traceback, a regex dump with exit 1."""
+    result = run_cli("--count", "5", *args)
+    assert result.returncode == 2 and says in one_line(result), result.stderr
+
+
+def test_the_api_refuses_a_bad_bucket_name_with_value_error():
+    with pytest.raises(ValueError, match="not a valid S3 bucket name"):
+        g.write_bronze(g.make_plan(7, AS_OF), g.Bronze(root="s3://Bad_Bucket!/x", count=1))
