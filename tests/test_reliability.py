@@ -230,3 +230,34 @@ def test_a_bad_endpoint_or_bucket_name_is_a_usage_error(args, says):
 def test_the_api_refuses_a_bad_bucket_name_with_value_error():
     with pytest.raises(ValueError, match="not a valid S3 bucket name"):
         g.write_bronze(g.make_plan(7, AS_OF), g.Bronze(root="s3://Bad_Bucket!/x", count=1))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--epoch", "9999-01-01", "--as-of", "9999-12-31"],
+        ["--epoch", "9999-01-01", "--as-of", "9999-12-31T23:59:59.999999Z"],
+        ["--epoch", "9999-01-01", "--since", "9999-06-01", "--as-of", "9999-12-31T23:59:59Z"]
+        + ["--late", "1", "--duplicate", "1", "--out-of-order", "0.5"],
+        ["--as-of", "9999-12-31T23:59:59.999999Z", "--profile", "us-core"],
+    ],
+)
+def test_the_last_days_of_the_date_range_work(args):
+    """The renderer's self-check moved a birth 100 years on: past 9999-12-31 (year 10036)."""
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seed", "1", "--count", "30", *args],
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    for line in result.stdout.splitlines():
+        assert orjson.loads(line)["resourceType"] in ("Patient", "Bundle")
+
+
+def test_a_change_batch_at_the_end_of_the_date_range_is_written_and_continued(tmp_path):
+    root = str(tmp_path / "far")
+    base = ["--seed", "1", "--count", "30", "--epoch", "9999-01-01", "--output", root, "--quiet"]
+    assert g.main([*base, "--as-of", "9999-06-01", "--format", "ndjson", "--gzip"]) == 0
+    end = "9999-12-31T23:59:59.999999Z"
+    assert g.main(["--output", root, "--continue", "--as-of", end, "--quiet"]) == 0
+    assert (tmp_path / "far/cdc/_manifests/99990601T000000Z_99991231T235959.999999Z.json").exists()
