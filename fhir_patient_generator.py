@@ -2752,6 +2752,13 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
+    def size(self, key: str) -> int | None:
+        """The size of key in bytes, None if it does not exist."""
+        try:
+            return (self.root / key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def list(self, folder: str) -> Iterator[str]:
         """Keys of every file in folder, streamed (a folder may hold millions)."""
         try:
@@ -3046,6 +3053,20 @@ class S3Store:
             except self.client.exceptions.NoSuchKey:
                 return None
 
+    def size(self, key: str) -> int | None:
+        """The size of key in bytes (a HEAD request), None if it does not exist."""
+        from botocore.exceptions import ClientError
+
+        with self._errors():
+            try:
+                return int(
+                    self.client.head_object(Bucket=self.bucket, Key=self.key(key))["ContentLength"]
+                )
+            except ClientError as e:
+                if _s3_error_code(e) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+
     def list(self, folder: str) -> Iterator[str]:
         """Keys (relative to the root) of every object under folder/."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -3260,6 +3281,33 @@ def done_units(store: Store) -> frozenset[int]:
     return frozenset(int(name) for name in names if name.isdigit())
 
 
+def _done_marker(records: int, written: Sequence[tuple[str, int]]) -> bytes:
+    """A unit's done marker: its patients, its files, and the key and size of its first and
+    last file, the evidence a resumed run checks (cheaply: one stat or HEAD each)."""
+    check = dict([written[0], written[-1]]) if written else {}
+    marker = {"records": records, "files": len(written), "check": check}
+    return orjson.dumps(marker) + b"\n"
+
+
+def _is_done(store: Store, unit: int) -> bool:
+    """Whether unit's marker is one we wrote and the files it names are there, with their
+    sizes: a forged or older marker, or a deleted or truncated file, makes the unit redone
+    (a unit without files, all of whose joiners were deleted, is simply redone: nothing)."""
+    _, marker = _read_json(store, _done_key(unit))
+    marker = marker if isinstance(marker, dict) else {}
+    check, files = marker.get("check"), marker.get("files")
+    if not isinstance(check, dict) or type(files) is not int or files < 1:
+        return False
+    if len(check) != min(files, 2):
+        return False
+    return all(isinstance(k, str) and store.size(k) == size for k, size in check.items())
+
+
+def resumable_units(store: Store) -> frozenset[int]:
+    """The units of an interrupted run that a re-run may skip: a marker and its files."""
+    return frozenset(u for u in done_units(store) if _is_done(store, u))
+
+
 def _delete_run_markers(store: Store) -> None:
     """Delete _run/identity.json, then the done markers: a crash midway leaves only markers,
     which nothing resumes into and the next run removes too."""
@@ -3300,7 +3348,7 @@ def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> f
             what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
             raise _refusal(store, f"already holds {foreign[0]} ({what})")
     elif found or started:
-        return done_units(store) if started else frozenset()
+        return resumable_units(store) if started else frozenset()
     elif not any(next(store.list(f), None) for f in FOLDERS):
         return frozenset()
     elif not overwrite:
@@ -3352,20 +3400,37 @@ def _finish_run(spec: Bronze, store: Store) -> None:
     store.remove_run_folder()
 
 
+class _Written:
+    """A store whose writes are noted: (key, size) of the first and last, for the marker."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.files: list[tuple[str, int]] = []
+
+    def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
+        size = self.store.write(key, data, content_type)
+        if self.files:
+            self.files[1:] = [(key, size)]
+        else:
+            self.files.append((key, size))
+        return size
+
+
 def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = None) -> UnitResult:
     """Write unit #unit, wait for its uploads, then its done marker; failed uploads are
     counted, not raised."""
     if spec.window is not None and spec.window.since is not None:
         return _write_batch_unit(plan, spec, store, unit, tick)
     files = size = 0
+    written = _Written(store)
     try:
-        files, size = FORMATS[spec.format].write_unit(plan, spec, store, unit, tick)
+        files, size = FORMATS[spec.format].write_unit(plan, spec, written, unit, tick)  # type: ignore[arg-type]
     except UploadFailed:
         pass  # drain() below counts it
     failed, first = store.drain()
     records = _unit_records(plan, spec, unit)  # a window leaves its deleted joiners out
     if not failed:  # only a fully written, drained unit may be skipped by a resumed run
-        store.write(_done_key(unit), f"{records}\n".encode(), "text/plain")
+        store.write(_done_key(unit), _done_marker(records, written.files), "application/json")
         failed, first = store.drain()
     return UnitResult(unit, records, files, size, failed, first)
 

@@ -261,3 +261,49 @@ def test_a_change_batch_at_the_end_of_the_date_range_is_written_and_continued(tm
     end = "9999-12-31T23:59:59.999999Z"
     assert g.main(["--output", root, "--continue", "--as-of", end, "--quiet"]) == 0
     assert (tmp_path / "far/cdc/_manifests/99990601T000000Z_99991231T235959.999999Z.json").exists()
+
+
+def unfinished(root: Path, seed: int = 7) -> None:
+    """The state a run killed before its first unit leaves: its identity only."""
+    args = g.build_parser().parse_args([*RACE, "--seed", str(seed), "--output", str(root)])
+    plan = g._plan_from_args(args)  # private: the CLI's own plan and spec for these flags
+    spec = g._bronze_from_args(args, plan, None)
+    (root / "_run" / "done").mkdir(parents=True)
+    (root / "_run" / "identity.json").write_bytes(g.identity_bytes(plan, spec))
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        b"10\n",  # the old marker: a count only
+        b'{"records": 10, "files": 1, "check": {}}\n',
+        b'{"records": 10, "files": 1, "check": {"patient/Patient.000002.ndjson": 12345}}\n',
+        b"not json",
+    ],
+)
+def test_a_forged_done_marker_does_not_skip_a_unit_never_written(tmp_path, marker):
+    """A unit counts as done only if the files its marker names are there with their sizes."""
+    root, fresh = tmp_path / "bronze", tmp_path / "fresh"
+    unfinished(root)
+    (root / "_run" / "done" / "000001").write_bytes(marker)
+    args = [*RACE, "--seed", "7", "--quiet"]
+    assert g.main([*args, "--output", str(root)]) == 0
+    assert g.main([*args, "--output", str(fresh)]) == 0
+    assert tree(root) == tree(fresh)
+
+
+def test_a_real_done_marker_still_resumes(tmp_path):
+    """A marker written by a unit whose file is intact is kept (the unit is not rewritten)."""
+    root = tmp_path / "bronze"
+    args = [*RACE, "--seed", "7", "--quiet", "--output", str(root)]
+    unfinished(root)
+    plan = g.make_plan(7, AS_OF)
+    spec = g.Bronze(root=str(root), count=40, format="ndjson", records_per_file=10)
+    store = g.open_store(spec)
+    g.write_unit(plan, spec, store, 1)
+    unit = root / "patient" / "Patient.000002.ndjson"
+    before = unit.stat().st_mtime_ns
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert g.main(args) == 0
+    assert "(resumed: 10 kept" in err.getvalue() and unit.stat().st_mtime_ns == before
