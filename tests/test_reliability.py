@@ -6,6 +6,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from bronze_util import AS_OF, BASE, SCRIPT, one_line, run_cli, tree
+from bronze_util import AS_OF, BASE, ROOT, SCRIPT, one_line, run_cli, tree
 from s3server import S3Server
 from test_s3 import objects
 
@@ -307,3 +308,28 @@ def test_a_real_done_marker_still_resumes(tmp_path):
     with contextlib.redirect_stderr(err):
         assert g.main(args) == 0
     assert "(resumed: 10 kept" in err.getvalue() and unit.stat().st_mtime_ns == before
+
+
+def one_liner(doc: Path) -> str:
+    """The DuckDB one-line Python command of a document (the `python -c "import duckdb ..."`)."""
+    (line,) = [s for s in doc.read_text().splitlines() if s.startswith('python -c "import duckdb')]
+    return line
+
+
+def test_the_readmes_duckdb_one_liner_runs_as_written(tmp_path):
+    """Run README.md's command itself (and check bronze.md shows the same), in a folder laid
+    out as the README says: ./lake/bronze from the first command, docs/analytics.sql."""
+    readme = one_liner(ROOT / "README.md")
+    assert one_liner(ROOT / "docs" / "bronze.md") == readme
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "analytics.sql").write_bytes((ROOT / "docs/analytics.sql").read_bytes())
+    layer = str(tmp_path / "lake" / "bronze")
+    assert g.main([*RACE, "--seed", "7", "--output", layer, "--quiet"]) == 0
+    command = shlex.split(readme)
+    assert command[0] == "python"
+    result = subprocess.run(
+        [sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    for column in ("state", "county", "ccn", "dangling"):  # every query's table was shown
+        assert column in result.stdout
