@@ -333,3 +333,90 @@ def test_the_readmes_duckdb_one_liner_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stderr
     for column in ("state", "county", "ccn", "dangling"):  # every query's table was shown
         assert column in result.stdout
+
+
+EPOCH = ["--seed", "7", "--count", "30", "--epoch", "2026-01-01", "--quiet"]
+
+
+def continued(tmp_path: Path, edit) -> tuple[int, str]:
+    """A layer whose _manifest.json edit(generator block) changed, then --continue over it."""
+    root = tmp_path / "layer"
+    assert (
+        g.main([*EPOCH, "--as-of", "2026-02-01", "--format", "ndjson", "--output", str(root)]) == 0
+    )
+    path = root / "_manifest.json"
+    manifest = orjson.loads(path.read_bytes())
+    edit(manifest["extension"]["generator"])
+    path.write_bytes(orjson.dumps(manifest))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = g.main(["--output", str(root), "--continue", "--as-of", "2026-03-01", "--quiet"])
+    return code, err.getvalue()
+
+
+def setter(name: str, value):
+    """An edit setting the generator block's field name (dotted: options.min_age) to value."""
+
+    def edit(block: dict) -> None:
+        keys = name.split(".")
+        for k in keys[:-1]:
+            block = block[k]
+        block[keys[-1]] = value
+
+    return edit
+
+
+def dropper(name: str):
+    """An edit removing the generator block's field name."""
+
+    def edit(block: dict) -> None:
+        del block[name]
+
+    return edit
+
+
+TAMPERED = {
+    "format csv": (setter("format", "csv"), "format"),
+    "records_per_file 0": (setter("records_per_file", 0), "records_per_file"),
+    "records_per_file x": (setter("records_per_file", "x"), "records_per_file"),
+    "records_per_file null": (setter("records_per_file", None), "records_per_file"),
+    "options null": (setter("options", None), "options"),
+    "options list": (setter("options", [1]), "options"),
+    "options.min_age -1": (setter("options.min_age", -1), "options"),
+    "options.min_age > max_age": (lambda b: b["options"].update(min_age=60, max_age=50), "options"),
+    "options.profile x": (setter("options.profile", "x"), "options"),
+    "options.states x": (setter("options.states", ["XX"]), "options"),
+    "options missing key": (lambda b: b["options"].pop("profile"), "options"),
+    "options extra key": (setter("options.colour", "red"), "options"),
+    "seed x": (setter("seed", "x"), "seed"),
+    "seed -1": (setter("seed", -1), "seed"),
+    "seed true": (setter("seed", True), "seed"),
+    "count 0": (setter("count", 0), "count"),
+    "count 1.5": (setter("count", 1.5), "count"),
+    "gzip 1": (setter("gzip", 1), "gzip"),
+    "gzip_level with gzip false": (setter("gzip_level", 3), "gzip_level"),
+    "epoch x": (setter("epoch", "x"), "epoch"),
+    "epoch 5": (setter("epoch", 5), "epoch"),
+    "as_of null": (setter("as_of", None), "as_of"),
+    "as_of before epoch": (setter("as_of", "2025-01-01T00:00:00Z"), "as_of"),
+    "start 5": (setter("start", 5), "start"),
+    "no seed": (dropper("seed"), "seed"),
+    "no format": (dropper("format"), "format"),
+    "generator a list": (lambda b: b.clear() or b.update({"x": 1}), "seed"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPERED)
+def test_continue_over_a_tampered_manifest_is_one_line_naming_the_file_and_field(tmp_path, case):
+    edit, field_name = TAMPERED[case]
+    code, err = continued(tmp_path, edit)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "_manifest.json" in err and f"extension.generator.{field_name}" in err, err
+    assert "cannot be continued" in err, err
+    for flag in ("--min-age", "--profile", "--states", "--records-per-file", "--format"):
+        assert flag not in err, err  # flags the user never passed
+
+
+def test_continue_over_an_untouched_manifest_still_works(tmp_path):
+    code, err = continued(tmp_path, lambda block: None)
+    assert code == 0 and err.startswith("wrote batch 20260201T000000Z_20260301T000000Z"), err
