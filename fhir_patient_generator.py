@@ -3990,7 +3990,9 @@ EPILOG = """examples:
       --as-of 2026-03-01T00:00:00Z                          the snapshot at as-of, NDJSON
   python fhir_patient_generator.py --count 1000 --seed 7 --epoch 2026-01-01T00:00:00Z \\
       --since 2026-02-28T00:00:00Z --as-of 2026-03-01T00:00:00Z     one day's change batch
-  python fhir_patient_generator.py --output ./lake/bronze --continue \\
+  python fhir_patient_generator.py --count 1000 --seed 7 --as-of 2026-01-01T00:00:00Z \\
+      --format ndjson --output ./lake/living        a layer at the epoch: its own root
+  python fhir_patient_generator.py --output ./lake/living --continue \\
       --as-of 2026-03-02T00:00:00Z                 the next batch of the layer (a daily job)
 """
 EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130

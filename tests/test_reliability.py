@@ -420,3 +420,43 @@ def test_continue_over_a_tampered_manifest_is_one_line_naming_the_file_and_field
 def test_continue_over_an_untouched_manifest_still_works(tmp_path):
     code, err = continued(tmp_path, lambda block: None)
     assert code == 0 and err.startswith("wrote batch 20260201T000000Z_20260301T000000Z"), err
+
+
+def test_the_readmes_api_example_runs_with_the_dev_requirements_only():
+    """README.md's API example, as written (it used pandas, which nothing installs)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\nfrom fhir_patient_generator import generate_patient,")
+    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    assert "pandas" not in code
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    assert 0 < namespace["dead"]["CA"] < namespace["alive"]["CA"]
+
+
+STUB_PYTHON3 = """#!/bin/sh
+# a stand-in for `python3 -m venv DIR`: DIR/bin/python, ruff and pip all succeed at once
+mkdir -p "$3/bin"
+for tool in python ruff; do printf '#!/bin/sh\\nexit 0\\n' > "$3/bin/$tool"; done
+chmod +x "$3/bin/python" "$3/bin/ruff"
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_ci_run_removes_its_throwaway_virtualenv_and_keeps_ci_venv(tmp_path, keep):
+    """.ci/run with stand-ins for python3/pip/ruff/pytest: its mktemp virtualenv is gone after
+    the run (it used to leave ~1.2 GB in /tmp every time); a CI_VENV is kept for reuse."""
+    stubs, scratch = tmp_path / "stubs", tmp_path / "tmp"
+    stubs.mkdir()
+    scratch.mkdir()
+    (stubs / "python3").write_text(STUB_PYTHON3)
+    (stubs / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}:/usr/bin:/bin", "TMPDIR": str(scratch)}
+    env.pop("CI_VENV", None)
+    if keep:
+        env["CI_VENV"] = str(tmp_path / "kept")
+    result = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(scratch.iterdir()) == []
+    assert (tmp_path / "kept" / "bin" / "python").exists() == keep
