@@ -2345,6 +2345,7 @@ S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's rep
 S3_CLAIM_SETTLE = 1.0  # seconds between the claim's PUT and its read-back
 GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
+PLAIN_RUN, SNAPSHOT_RUN, BATCH_RUN = "plain", "snapshot", "batch"  # what a run writes: Bronze.mode
 
 
 @dataclass(frozen=True)
@@ -2363,6 +2364,14 @@ class Bronze:
     endpoint_url: str | None = None
     token: str = ""  # tags this run's temp files, so an interrupted run can remove them
     window: Window | None = None  # a living population: count becomes the indexes at its until
+
+    @property
+    def mode(self) -> str:
+        """What the run writes, decided here only: PLAIN_RUN (no window), SNAPSHOT_RUN (a window's
+        state at its until, a layer like a plain one) or BATCH_RUN (a window's changes since)."""
+        if self.window is None:
+            return PLAIN_RUN
+        return SNAPSHOT_RUN if self.window.since is None else BATCH_RUN
 
 
 @dataclass(frozen=True)
@@ -3270,7 +3279,7 @@ def _manifest(
     the reproducing request, output (and a batch's deleted), extension.fhirVersion, the
     generator block and any further extension."""
     manifest: dict[str, Any] = {
-        "transactionTime": plan.last_updated if spec.window is None else spec.window.until,
+        "transactionTime": spec.window.until if spec.window else plan.last_updated,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
         "output": output,
@@ -3402,27 +3411,47 @@ def _refusal(store: Store, what: str) -> BronzeError:
     )
 
 
-def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
-    """The overwrite policy. Our own run (same generator block in the manifest or in
-    _run/identity.json) is resumed: returns the units its done markers say are finished. Another
-    run, or data with neither, is refused unless --overwrite, which deletes it first."""
-    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-    found, theirs = _manifest_generator(store)
-    started, identity = _read_json(store, RUN_IDENTITY)
+def _overwrite_policy(
+    store: Store, keys: tuple[str, str], ours: Any, overwrite: bool, delete: Callable[[], None]
+) -> tuple[bool, bool]:
+    """The one overwrite policy of layers and batches, over a (manifest, identity) key pair:
+    our own run (the same generator block in either) is kept; another run's (or an unreadable
+    one) is refused, or deleted first with overwrite. Returns whether (manifest, identity) of
+    ours are there."""
+    found, manifest = _read_json(store, keys[0])
+    try:
+        theirs = manifest["extension"]["generator"]
+    except (KeyError, TypeError):  # unreadable, or not one of our manifests
+        theirs = None
+    started, identity = _read_json(store, keys[1])
     foreign = None
     if found and theirs != ours:
         foreign = ("another run", theirs)
     elif started and identity != ours:
         foreign = ("another run's unfinished data", identity)
-    if foreign:
-        if not overwrite:
-            what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
-            raise _refusal(store, f"already holds {foreign[0]} ({what})")
-    elif found or started:
+    if foreign is None:
+        return found, started
+    if not overwrite:
+        what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
+        label = keys[0].rsplit("/", 1)[-1].removesuffix(".json")
+        label = "" if keys[0] == MANIFEST else f"batch {label} of "
+        raise _refusal(store, f"already holds {label}{foreign[0]} ({what})")
+    delete()
+    return False, False
+
+
+def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
+    """The overwrite policy (_overwrite_policy) for a layer. Our own run is resumed: returns
+    the units its done markers say are finished. Another run, or data with neither manifest
+    nor identity, is refused unless --overwrite, which deletes it first."""
+    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
+    keys = (MANIFEST, RUN_IDENTITY)
+    found, started = _overwrite_policy(store, keys, ours, overwrite, lambda: _delete_run(store))
+    if found or started:
         return resumable_units(store) if started else frozenset()
-    elif not any(next(store.list(f), None) for f in FOLDERS):
+    if not any(next(store.list(f), None) for f in FOLDERS):
         return frozenset()
-    elif not overwrite:
+    if not overwrite:
         raise _refusal(
             store,
             f"holds patient/ or organization/ files without {MANIFEST} or {RUN_IDENTITY} "
@@ -3490,7 +3519,7 @@ class _Written:
 def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = None) -> UnitResult:
     """Write unit #unit, wait for its uploads, then its done marker; failed uploads are
     counted, not raised."""
-    if spec.window is not None and spec.window.since is not None:
+    if spec.mode == BATCH_RUN:
         return _write_batch_unit(plan, spec, store, unit, tick)
     files = size = 0
     written = _Written(store)
@@ -3697,7 +3726,7 @@ def write_bronze(
     if spec.format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {spec.format!r}")
     spec = covering(plan, spec)
-    if spec.window is not None and spec.window.since is not None:
+    if spec.mode == BATCH_RUN:
         return write_batch(
             plan, spec, workers=workers, shard=shard, overwrite=overwrite, progress=progress
         )
@@ -3777,14 +3806,9 @@ def write_batch(
                 "batch belongs with the layer of its seed, count, epoch and options"
             )
         ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-        found, theirs = _read_json(store, manifest_key)
-        started_run, identity = _read_json(store, identity_key)
-        theirs = theirs.get("extension", {}).get("generator") if isinstance(theirs, dict) else None
-        if (found and theirs != ours) or (started_run and identity != ours):
-            if not overwrite:
-                raise _refusal(store, f"already holds batch {name} of another run")
-            _delete_batch(store, spec)
-            found = False
+        keys = (manifest_key, identity_key)
+        delete = functools.partial(_delete_batch, store, spec)
+        found, _ = _overwrite_policy(store, keys, ours, overwrite, delete)
         if not found:
             _claim(store, identity_key, identity_bytes(plan, spec))
         totals = _write_units(plan, spec, store, list(shard_units(spec, shard)), workers, progress)
@@ -4371,7 +4395,7 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, spec: Bronze) -> None:
             close()
     seconds = summary["seconds"]
     part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    if "batch" in summary:
+    if spec.mode == BATCH_RUN:
         print(
             f"wrote batch {summary['batch']}{part}: {summary['records']:,} versions + "
             f"{summary['deleted']:,} deletions ({summary['files']:,} files, "
