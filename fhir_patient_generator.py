@@ -3383,7 +3383,7 @@ def _is_done(store: Store, unit: int) -> bool:
     return all(isinstance(k, str) and store.size(k) == size for k, size in check.items())
 
 
-def resumable_units(store: Store) -> frozenset[int]:
+def _resumable_units(store: Store) -> frozenset[int]:
     """The units of an interrupted run that a re-run may skip: a marker and its files."""
     return frozenset(u for u in done_units(store) if _is_done(store, u))
 
@@ -3448,7 +3448,7 @@ def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> f
     keys = (MANIFEST, RUN_IDENTITY)
     found, started = _overwrite_policy(store, keys, ours, overwrite, lambda: _delete_run(store))
     if found or started:
-        return resumable_units(store) if started else frozenset()
+        return _resumable_units(store) if started else frozenset()
     if not any(next(store.list(f), None) for f in FOLDERS):
         return frozenset()
     if not overwrite:

@@ -80,8 +80,11 @@ def test_s3_server_ignores_if_none_match_so_the_claim_reads_back(s3_server: S3Se
     assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"2"
 
 
-def test_two_runs_racing_into_one_s3_prefix_never_both_succeed(s3_server: S3Server):
-    """The race on the real rclone server (which ignores If-None-Match: the read-back claim)."""
+def test_two_runs_racing_into_one_s3_prefix_never_both_succeed(s3_throwaway_server: S3Server):
+    """The race on the real rclone server (which ignores If-None-Match: the read-back claim).
+    On its own server: finished runs delete their _run/ objects, after which rclone's VFS
+    misses buckets made on disk (test_s3server_smoke) on the shared one."""
+    s3_server = s3_throwaway_server
     env = s3_server.endpoint.env()
     client = s3_server.client()
     ref = {}

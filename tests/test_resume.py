@@ -112,7 +112,9 @@ def test_another_runs_unfinished_data_is_refused_ours_resumes_overwrite_replaces
     spec = g.Bronze(root=str(root), count=1000, format="ndjson", records_per_file=300)
     (root / "_run" / "done").mkdir(parents=True)
     (root / "_run" / "identity.json").write_bytes(g.identity_bytes(g.make_plan(7, AS_OF), spec))
-    (root / "_run" / "done" / "000001").write_text("300\n")
+    key = "patient/Patient.000002.ndjson"  # unit 1's file, as its marker names it (private)
+    marker = g._done_marker(300, [(key, (root / key).stat().st_size)])
+    (root / "_run" / "done" / "000001").write_bytes(marker)
     unfinished = tree(root)
 
     other = run_cli("--count", "1000", "--format", "ndjson", "--seed", "8", "--output", str(root))
