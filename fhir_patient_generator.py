@@ -63,6 +63,7 @@ __all__ = [
     "Window",
     "build_record",
     "changes",
+    "continue_layer",
     "draw_seed",
     "generate_patient",
     "generate_patients",
