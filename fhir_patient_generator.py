@@ -1456,10 +1456,8 @@ class _Dynamics(NamedTuple):
 
     tile_hash: Any  # SHAKE-256 that has absorbed the plan key: tiles copy it
     poisson: Mapping[int, tuple[int, ...]]  # year length in days -> inverse CDF of candidates
-    kind_cut: tuple[int, int]  # w0 >> 6 below [0]: death, below [1]: move, else hospital
-    death_accept: Mapping[str, tuple[int, ...]]  # sex -> by age: accept a death if w2 < this
-    move_accept: tuple[int, int, int]  # cumulative w2 cuts: same county, other county, state
-    hospital_accept: int
+    kind_cut: tuple[int, ...]  # a candidate's kind word below [k] (and not [k-1]): kind k
+    cuts: tuple[Any, ...]  # by position in _EVENT_KINDS: that kind's acceptance thresholds
     zip_order: tuple[int, ...]  # the run's ZIP positions sorted by (state, county)
     zip_rank: Mapping[int, int]  # ZIP position -> rank in zip_order
     rank_cum: tuple[int, ...]  # rank_cum[r] = population of ranks < r (len + 1 entries)
@@ -1505,64 +1503,6 @@ def _living_cum(plan: Plan) -> tuple[int, ...]:
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _dynamics(plan: Plan) -> _Dynamics:
-    """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
-    rates; in exact or integer arithmetic where a draw depends on them."""
-    ref = load_reference(plan.identity[3])
-    bound = DEATH_BOUND + MOVE_BOUND + HOSPITAL_BOUND
-    with localcontext() as ctx:
-        ctx.prec = 40
-        poisson = {
-            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
-            for days in (365, 366)
-        }
-        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())  # the same on every machine
-    top = max(max(ref.mx[s]) for s in SEXES)
-    if top >= DEATH_BOUND:
-        raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
-    move_rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
-    # ZIPs by (state, county): a county and a state are contiguous rank ranges
-    weights: dict[int, int] = {}
-    for positions, cum in zip(plan.zip_index, plan.zip_cum, strict=True):
-        for z, c, before in zip(positions, cum, (0, *cum), strict=False):
-            weights[z] = c - before
-    state_rank = {code: k for k, code in enumerate(plan.state_codes)}
-    order = sorted(weights, key=lambda z: (state_rank[plan.zips[z][3]], plan.zips[z][2], z))
-    county_span, state_span = [], []
-    for key, span in ((2, county_span), (3, state_span)):
-        lo = 0
-        for r in range(1, len(order) + 1):
-            if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
-                span.extend([(lo, r)] * (r - lo))
-                lo = r
-    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
-    newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
-    return _Dynamics(
-        tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
-        poisson=poisson,
-        kind_cut=(
-            round(DEATH_BOUND / bound * (1 << 26)),
-            round((DEATH_BOUND + MOVE_BOUND) / bound * (1 << 26)),
-        ),
-        death_accept={s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES},
-        move_accept=tuple(_cut(sum(move_rates[: k + 1]) / MOVE_BOUND) for k in range(3)),
-        hospital_accept=_cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND),
-        zip_order=tuple(order),
-        zip_rank={z: r for r, z in enumerate(order)},
-        rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
-        county_span=tuple(county_span),
-        state_span=tuple(state_span),
-        living_cum=_living_cum(plan),
-        newborn_cell=newborn,
-        join_rate=joins,
-        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
-        error_cut=_cut(ERROR_SHARE),
-        male_cut=_cut(MALE_AT_BIRTH),
-        start=_seconds(plan.as_of),
-    )
-
-
 def _age(birth: int, instant: int) -> int:
     """Whole years of age at an instant, for a birth date given as an ordinal."""
     day, born = date.fromordinal(instant // 86400 + _EPOCH_DAY), date.fromordinal(birth)
@@ -1603,6 +1543,159 @@ def _move_zip(dyn: _Dynamics, z: int, kind: int, u32: int) -> int | None:
     return dyn.zip_order[bisect.bisect_right(cum, target) - 1]
 
 
+class _Candidate(NamedTuple):
+    """A candidate event of one patient, from five words of its tile (_tile); sorted, a
+    patient's candidates are in time order (ties: tile order). _candidates makes them plain
+    tuples in this order (a named one costs a microsecond each, and most are never accepted);
+    code reads them by these names, unpacked, or as _Candidate._make once one is accepted."""
+
+    instant: int  # w1: the instant within the tile's year
+    position: int  # where its words start in the tile
+    kind: int  # w0 >> 6: which kind, by _Dynamics.kind_cut (w0 % BLOCK: whose candidate)
+    accept: int  # w2: thinning, against the kind's accept cut (and a move's own kind)
+    place: int  # w3: where a move goes
+    hospital: int  # w4: the hospital a move or a hospital change gives
+
+
+class _EventKind(NamedTuple):
+    """A kind of event of the living population, the one place it is defined: the replay
+    (_apply) and the window pre-check (_window_events) both read the kinds from _EVENT_KINDS.
+
+    Candidates of all kinds come at the sum of the bounds per person-year, each kind taking its
+    bound's share of them; a candidate of a kind is accepted when its accept draw is below
+    accept(the kind's cuts, the patient, the instant), i.e. with probability rate / bound
+    (Lewis-Shedler thinning), then change() applies it."""
+
+    name: str  # what it is (a move's Version.change says which move)
+    bound: float  # candidates per person-year: the kind's rate must never exceed it
+    cuts: Callable[[Reference], Any]  # its acceptance thresholds, computed once per plan
+    accept: Callable[[Any, Sample, int], int]  # (cuts, patient, instant) -> accept below this
+    change: Callable[[Plan, _Dynamics, Any, Sample, _Candidate], tuple[Sample, str] | None]
+    # change: the accepted candidate applied: (the new sample, Version.change), or None when
+    # it changes nothing (nowhere to move, no other hospital)
+
+
+def _death_cuts(ref: Reference) -> Mapping[str, tuple[int, ...]]:
+    """Sex -> by age: a death candidate is accepted below m(x) / DEATH_BOUND."""
+    top = max(max(ref.mx[s]) for s in SEXES)
+    if top >= DEATH_BOUND:
+        raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
+    return {s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES}
+
+
+def _death_accept(cuts: Mapping[str, tuple[int, ...]], s: Sample, instant: int) -> int:
+    """The life table's m(x) at the patient's age at the instant, by sex."""
+    return cuts[s.sex][min(_age(s.birth, instant), MAX_AGE)]
+
+
+def _die(plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate) -> tuple[Sample, str]:
+    return s._replace(died=c.instant), "death"
+
+
+def _move_cuts(ref: Reference) -> tuple[int, ...]:
+    """Cumulative accept cuts: same county, another county of the state, another state (the
+    CPS shares as hazards -ln(1 - p), split pro rata; exact decimals, the same everywhere)."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())
+    rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
+    return tuple(_cut(sum(rates[: k + 1]) / MOVE_BOUND) for k in range(len(MOVE_SHARES)))
+
+
+def _move_accept(cuts: tuple[int, ...], s: Sample, instant: int) -> int:
+    return cuts[-1]  # any of the three moves
+
+
+def _move(
+    plan: Plan, dyn: _Dynamics, cuts: tuple[int, ...], s: Sample, c: _Candidate
+) -> tuple[Sample, str] | None:
+    """A move (which one: the accept draw against the cumulative cuts) to a ZIP in proportion
+    to population, and a hospital there (the age at the move allows)."""
+    move = bisect.bisect_right(cuts, c.accept)
+    z = _move_zip(dyn, s.zip, move, c.place)
+    if z is None:
+        return None
+    org = _hospital_at(plan, z, _age(s.birth, c.instant), c.hospital)
+    return s._replace(zip=z, organization=org), MOVE_KINDS[move]
+
+
+def _hospital_cuts(ref: Reference) -> int:
+    return _cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND)
+
+
+def _hospital_accept(cut: int, s: Sample, instant: int) -> int:
+    return cut
+
+
+def _change_hospital(
+    plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate
+) -> tuple[Sample, str] | None:
+    """Another hospital among the ZIP's candidates (the age at the instant allows)."""
+    org = _hospital_at(plan, s.zip, _age(s.birth, c.instant), c.hospital, s.organization)
+    return None if org is None else (s._replace(organization=org), "hospital")
+
+
+# The event kinds, in the order they share a candidate's kind word. A kind's rate can change
+# within its bound without moving any other event; a new kind, a new bound or a new order
+# redraws every candidate (their number and kinds follow the bounds' total).
+_EVENT_KINDS: tuple[_EventKind, ...] = (
+    _EventKind("death", DEATH_BOUND, _death_cuts, _death_accept, _die),
+    _EventKind("move", MOVE_BOUND, _move_cuts, _move_accept, _move),
+    _EventKind("hospital", HOSPITAL_BOUND, _hospital_cuts, _hospital_accept, _change_hospital),
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _dynamics(plan: Plan) -> _Dynamics:
+    """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
+    rates; in exact or integer arithmetic where a draw depends on them."""
+    ref = load_reference(plan.identity[3])
+    bound = sum(kind.bound for kind in _EVENT_KINDS)
+    with localcontext() as ctx:
+        ctx.prec = 40
+        poisson = {
+            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
+            for days in (365, 366)
+        }
+    # ZIPs by (state, county): a county and a state are contiguous rank ranges
+    weights: dict[int, int] = {}
+    for positions, cum in zip(plan.zip_index, plan.zip_cum, strict=True):
+        for z, c, before in zip(positions, cum, (0, *cum), strict=False):
+            weights[z] = c - before
+    state_rank = {code: k for k, code in enumerate(plan.state_codes)}
+    order = sorted(weights, key=lambda z: (state_rank[plan.zips[z][3]], plan.zips[z][2], z))
+    county_span, state_span = [], []
+    for key, span in ((2, county_span), (3, state_span)):
+        lo = 0
+        for r in range(1, len(order) + 1):
+            if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
+                span.extend([(lo, r)] * (r - lo))
+                lo = r
+    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
+    newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
+    return _Dynamics(
+        tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
+        poisson=poisson,
+        kind_cut=tuple(  # the kinds share the kind word's 26 bits in proportion to their bounds
+            round(b / bound * (1 << 26))
+            for b in itertools.accumulate(kind.bound for kind in _EVENT_KINDS[:-1])
+        ),
+        cuts=tuple(kind.cuts(ref) for kind in _EVENT_KINDS),
+        zip_order=tuple(order),
+        zip_rank={z: r for r, z in enumerate(order)},
+        rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
+        county_span=tuple(county_span),
+        state_span=tuple(state_span),
+        living_cum=_living_cum(plan),
+        newborn_cell=newborn,
+        join_rate=joins,
+        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
+        error_cut=_cut(ERROR_SHARE),
+        male_cut=_cut(MALE_AT_BIRTH),
+        start=_seconds(plan.as_of),
+    )
+
+
 _TILE_WORDS = 5  # per candidate: offset and kind, instant, accept, place, hospital
 
 
@@ -1622,8 +1715,8 @@ def _year_start(year: int) -> int:
 
 
 def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[tuple[int, ...]]]:
-    """Offset in the block -> its candidates (instant, w0, w2, w3, w4) with lo < instant <= hi,
-    in time order (ties: tile order)."""
+    """Offset in the block -> its candidates (tuples in _Candidate's order) with lo < instant <=
+    hi, in time order (ties: tile order)."""
     out: dict[int, list[tuple[int, ...]]] = {}
     if hi <= lo:
         return out
@@ -1637,7 +1730,7 @@ def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[
             instant = start + (w[k + 1] * length >> 32)
             if lo < instant <= hi:
                 out.setdefault(w[k] % BLOCK, []).append(
-                    (instant, k, w[k], w[k + 2], w[k + 3], w[k + 4])
+                    (instant, k, w[k] >> 6, w[k + 2], w[k + 3], w[k + 4])
                 )
     for events in out.values():
         events.sort()
@@ -1723,29 +1816,16 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
 
 
 def _apply(
-    plan: Plan, dyn: _Dynamics, s: Sample, instant: int, event: tuple[int, ...]
+    plan: Plan, dyn: _Dynamics, s: Sample, event: tuple[int, ...]
 ) -> tuple[Sample, str] | None:
-    """A candidate event (instant, tile position, w0, w2, w3, w4) applied to the patient as it
-    is: (the new sample, the change) if thinning accepts it and it changes something, else None."""
-    _, _, w0, w2, w3, w4 = event
-    kind = w0 >> 6
-    if kind < dyn.kind_cut[0]:
-        if w2 >= dyn.death_accept[s.sex][min(_age(s.birth, instant), MAX_AGE)]:
-            return None
-        return s._replace(died=instant), "death"
-    if kind < dyn.kind_cut[1]:
-        if w2 >= dyn.move_accept[2]:
-            return None
-        move = 0 if w2 < dyn.move_accept[0] else 1 if w2 < dyn.move_accept[1] else 2
-        z = _move_zip(dyn, s.zip, move, w3)
-        if z is None:
-            return None
-        org = _hospital_at(plan, z, _age(s.birth, instant), w4)
-        return s._replace(zip=z, organization=org), MOVE_KINDS[move]
-    if w2 >= dyn.hospital_accept:
+    """A candidate (_Candidate's fields) applied to the patient as it is: (the new sample, the
+    change) if thinning accepts it and it changes something, else None."""
+    instant, _, kind_word, accept, _, _ = event
+    k = bisect.bisect_right(dyn.kind_cut, kind_word)
+    kind, cuts = _EVENT_KINDS[k], dyn.cuts[k]
+    if accept >= kind.accept(cuts, s, instant):
         return None
-    org = _hospital_at(plan, s.zip, _age(s.birth, instant), w4, s.organization)
-    return None if org is None else (s._replace(organization=org), "hospital")
+    return kind.change(plan, dyn, cuts, s, _Candidate._make(event))
 
 
 def _evolve(
@@ -1760,10 +1840,10 @@ def _evolve(
         return []
     versions = [Version(index, 1, last, start.change, s)]
     for event in events if s.died < 0 and start.deleted is None else ():
-        instant = event[0]
+        instant = event[0]  # _Candidate.instant
         if instant > until:
             break
-        changed = _apply(plan, dyn, s, instant, event) if instant > last else None
+        changed = _apply(plan, dyn, s, event) if instant > last else None
         if changed:
             s, change = changed
             last = instant
@@ -1788,18 +1868,14 @@ def history(plan: Plan, count: int, index: int, until: datetime | str) -> list[V
     return _evolve(plan, dyn, index, start, events, until_s)
 
 
-def _window_events(
-    dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]], age_at: Callable[[int], int]
-) -> bool:
+def _window_events(dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]]) -> bool:
     """Whether any candidate could be accepted (a necessary condition, checked before the
-    patient's history is replayed): deaths by age and sex, the others by their fixed rates."""
-    accept = dyn.death_accept[start.sample.sex]
-    for instant, _, w0, w2, _, _ in events:
-        kind = w0 >> 6
-        if kind < dyn.kind_cut[0]:
-            if w2 < accept[min(age_at(instant), MAX_AGE)]:
-                return True
-        elif w2 < (dyn.move_accept[2] if kind < dyn.kind_cut[1] else dyn.hospital_accept):
+    patient's history is replayed): each by its kind's accept cut for the patient's start
+    (sex and birth never change)."""
+    s, kind_cut, kinds, cuts = start.sample, dyn.kind_cut, _EVENT_KINDS, dyn.cuts
+    for instant, _, kind_word, accept, _, _ in events:  # _Candidate's fields
+        k = bisect.bisect_right(kind_cut, kind_word)
+        if accept < kinds[k].accept(cuts[k], s, instant):
             return True
     return False
 
@@ -1914,7 +1990,7 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
             i = block * BLOCK + offset
             if a <= i < b:
                 start = _start(plan, dyn, count, i)
-                if _window_events(dyn, start, events, functools.partial(_age, start.sample.birth)):
+                if _window_events(dyn, start, events):
                     starts[i] = start
         for i in range(max(a, joiners.start), min(b, joiners.stop)):
             starts.setdefault(i, _start(plan, dyn, count, i))
