@@ -672,6 +672,7 @@ class Plan:
     gender_unknown: int
     profile: Profile
     tables: Any  # the profile's own tables (None for cms)
+    fhir_version: FhirVersion  # options["fhir_version"] resolved: its number, models, Organization
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self.identity == other.identity
@@ -970,6 +971,7 @@ def _make_plan_cached(
         gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
         profile=profile,
         tables=profile.tables(ref),
+        fhir_version=FHIR_VERSIONS[opts["fhir_version"]],
     )
 
 
@@ -2049,7 +2051,7 @@ def generate_patient(
     Options are those of make_plan, e.g. profile="us-core" for a US Core Patient.
     """
     plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
-    return _model(plan.options["fhir_version"], "Patient").model_validate(build_record(plan, index))
+    return _model(plan.fhir_version.models, "Patient").model_validate(build_record(plan, index))
 
 
 def generate_patients(  # noqa: PLR0913 (the living population's arguments are keyword-only)
@@ -2096,11 +2098,10 @@ def _check_index_range(start: Any, count: Any) -> None:
 
 
 @functools.cache
-def _model(fhir_version: str, resource_type: str) -> Any:
-    """The fhir.resources model class of a resource type in a FHIR version."""
+def _model(package: str, resource_type: str) -> Any:
+    """The fhir.resources model class of a resource type in a package (FhirVersion.models)."""
     import importlib
 
-    package = FHIR_VERSIONS[fhir_version].models
     return getattr(importlib.import_module(f"{package}.{resource_type.lower()}"), resource_type)
 
 
@@ -2345,7 +2346,7 @@ class BronzeError(RuntimeError):
 def _validated(plan: Plan, record: dict[str, Any], index: int) -> dict[str, Any]:
     """The record, after fhir.resources accepted it; BronzeError naming the index if not."""
     try:
-        _model(plan.options["fhir_version"], record["resourceType"]).model_validate(record)
+        _model(plan.fhir_version.models, record["resourceType"]).model_validate(record)
     except Exception as e:  # pydantic's ValidationError, or anything the model raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BronzeError(f"patient #{index} failed FHIR validation: {first}") from None
@@ -2521,8 +2522,8 @@ def _ndjson_key(spec: Bronze, resource_type: str, n: int) -> str:
 
 
 def _organization_lines(plan: Plan) -> list[bytes]:
-    version = plan.options["fhir_version"]
-    return [orjson.dumps(organization_record(org, version)) + b"\n" for org in plan.organizations]
+    version = plan.fhir_version.organization
+    return [orjson.dumps(version(org)) + b"\n" for org in plan.organizations]
 
 
 def _unit_patients(plan: Plan, spec: Bronze, indexes: range) -> Iterator[tuple[int, bytes]]:
@@ -3319,7 +3320,7 @@ def _manifest(
         manifest["deleted"] = deleted
     manifest["error"] = []
     manifest["extension"] = {
-        "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
+        "fhirVersion": plan.fhir_version.number,
         "generator": generator_block(plan, spec),
         **extension,
     }
