@@ -107,7 +107,7 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
     "fhir_version": "R4",  # what every written resource is valid in (FHIR_VERSIONS)
 }
 DEFAULT_FORMAT = "json"
-DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~75 MB plain, ~8 MB gzip) and work unit
+DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~81 MB plain, ~11 MB gzip) and work unit
 DEFAULT_CONCURRENCY = 16  # concurrent S3 uploads per process
 DEFAULT_GZIP_LEVEL = 1  # measured: level 6 halves NDJSON throughput for ~15% smaller files
 DEFAULT_WORKERS = 1
@@ -2331,7 +2331,8 @@ def _version_writer(plan: Plan) -> Callable[[Version], bytes]:
     for index in range(8):  # as json_renderer: a field the fragments miss fails here
         s = sample(plan, index)
         epoch = Version(index, 1, 0, "epoch", s)
-        later = Version(index, 2, 4102444800, "move-zip", s._replace(birth=s.birth + 36500))
+        born = min(s.birth + 36500, date.max.toordinal())  # past the date table, and valid
+        later = Version(index, 2, 4102444800, "move-zip", s._replace(birth=born))
         if write_version(epoch) != render(index) or write_version(later) != dumps(
             version_record(plan, later)
         ):
@@ -2421,6 +2422,7 @@ S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's rep
 S3_CLAIM_SETTLE = 1.0  # seconds between the claim's PUT and its read-back
 GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
+PLAIN_RUN, SNAPSHOT_RUN, BATCH_RUN = "plain", "snapshot", "batch"  # what a run writes: Bronze.mode
 
 
 @dataclass(frozen=True)
@@ -2439,6 +2441,14 @@ class Bronze:
     endpoint_url: str | None = None
     token: str = ""  # tags this run's temp files, so an interrupted run can remove them
     window: Window | None = None  # a living population: count becomes the indexes at its until
+
+    @property
+    def mode(self) -> str:
+        """What the run writes, decided here only: PLAIN_RUN (no window), SNAPSHOT_RUN (a window's
+        state at its until, a layer like a plain one) or BATCH_RUN (a window's changes since)."""
+        if self.window is None:
+            return PLAIN_RUN
+        return SNAPSHOT_RUN if self.window.since is None else BATCH_RUN
 
 
 @dataclass(frozen=True)
@@ -2647,6 +2657,20 @@ def _stamp(iso: str) -> str:
     dt = parse_as_of(iso)
     fraction = f".{dt.microsecond:06d}" if dt.microsecond else ""
     return dt.strftime("%Y%m%dT%H%M%S") + fraction + "Z"
+
+
+def _from_stamp(stamp: str) -> datetime:
+    """The time of a _stamp(); ValueError if it is not one."""
+    fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
+    return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
+
+
+def _batch_window(name: str) -> tuple[datetime, datetime]:
+    """(since, until) of a batch named <since>_<until>[.json]; ValueError if it is not one."""
+    since, sep, until = name.removesuffix(".json").partition("_")
+    if not sep:
+        raise ValueError(f"{name!r} is not <since>_<until>.json")
+    return _from_stamp(since), _from_stamp(until)
 
 
 def batch_name(spec: Bronze) -> str:
@@ -2883,6 +2907,13 @@ class LocalStore:
         try:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
+            return None
+
+    def size(self, key: str) -> int | None:
+        """The size of key in bytes, None if it does not exist."""
+        try:
+            return (self.root / key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def list(self, folder: str) -> Iterator[str]:
@@ -3179,6 +3210,20 @@ class S3Store:
             except self.client.exceptions.NoSuchKey:
                 return None
 
+    def size(self, key: str) -> int | None:
+        """The size of key in bytes (a HEAD request), None if it does not exist."""
+        from botocore.exceptions import ClientError
+
+        with self._errors():
+            try:
+                return int(
+                    self.client.head_object(Bucket=self.bucket, Key=self.key(key))["ContentLength"]
+                )
+            except ClientError as e:
+                if _s3_error_code(e) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+
     def list(self, folder: str) -> Iterator[str]:
         """Keys (relative to the root) of every object under folder/."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -3311,7 +3356,7 @@ def _manifest(
     the reproducing request, output (and a batch's deleted), extension.fhirVersion, the
     generator block and any further extension."""
     manifest: dict[str, Any] = {
-        "transactionTime": plan.last_updated if spec.window is None else spec.window.until,
+        "transactionTime": spec.window.until if spec.window else plan.last_updated,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
         "output": output,
@@ -3393,6 +3438,33 @@ def done_units(store: Store) -> frozenset[int]:
     return frozenset(int(name) for name in names if name.isdigit())
 
 
+def _done_marker(records: int, written: Sequence[tuple[str, int]]) -> bytes:
+    """A unit's done marker: its patients, its files, and the key and size of its first and
+    last file, the evidence a resumed run checks (cheaply: one stat or HEAD each)."""
+    check = dict([written[0], written[-1]]) if written else {}
+    marker = {"records": records, "files": len(written), "check": check}
+    return orjson.dumps(marker) + b"\n"
+
+
+def _is_done(store: Store, unit: int) -> bool:
+    """Whether unit's marker is one we wrote and the files it names are there, with their
+    sizes: a forged or older marker, or a deleted or truncated file, makes the unit redone
+    (a unit without files, all of whose joiners were deleted, is simply redone: nothing)."""
+    _, marker = _read_json(store, _done_key(unit))
+    marker = marker if isinstance(marker, dict) else {}
+    check, files = marker.get("check"), marker.get("files")
+    if not isinstance(check, dict) or type(files) is not int or files < 1:
+        return False
+    if len(check) != min(files, 2):
+        return False
+    return all(isinstance(k, str) and store.size(k) == size for k, size in check.items())
+
+
+def resumable_units(store: Store) -> frozenset[int]:
+    """The units of an interrupted run that a re-run may skip: a marker and its files."""
+    return frozenset(u for u in done_units(store) if _is_done(store, u))
+
+
 def _delete_run_markers(store: Store) -> None:
     """Delete _run/identity.json, then the done markers: a crash midway leaves only markers,
     which nothing resumes into and the next run removes too."""
@@ -3416,27 +3488,47 @@ def _refusal(store: Store, what: str) -> BronzeError:
     )
 
 
-def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
-    """The overwrite policy. Our own run (same generator block in the manifest or in
-    _run/identity.json) is resumed: returns the units its done markers say are finished. Another
-    run, or data with neither, is refused unless --overwrite, which deletes it first."""
-    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-    found, theirs = _manifest_generator(store)
-    started, identity = _read_json(store, RUN_IDENTITY)
+def _overwrite_policy(
+    store: Store, keys: tuple[str, str], ours: Any, overwrite: bool, delete: Callable[[], None]
+) -> tuple[bool, bool]:
+    """The one overwrite policy of layers and batches, over a (manifest, identity) key pair:
+    our own run (the same generator block in either) is kept; another run's (or an unreadable
+    one) is refused, or deleted first with overwrite. Returns whether (manifest, identity) of
+    ours are there."""
+    found, manifest = _read_json(store, keys[0])
+    try:
+        theirs = manifest["extension"]["generator"]
+    except (KeyError, TypeError):  # unreadable, or not one of our manifests
+        theirs = None
+    started, identity = _read_json(store, keys[1])
     foreign = None
     if found and theirs != ours:
         foreign = ("another run", theirs)
     elif started and identity != ours:
         foreign = ("another run's unfinished data", identity)
-    if foreign:
-        if not overwrite:
-            what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
-            raise _refusal(store, f"already holds {foreign[0]} ({what})")
-    elif found or started:
-        return done_units(store) if started else frozenset()
-    elif not any(next(store.list(f), None) for f in FOLDERS):
+    if foreign is None:
+        return found, started
+    if not overwrite:
+        what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
+        label = keys[0].rsplit("/", 1)[-1].removesuffix(".json")
+        label = "" if keys[0] == MANIFEST else f"batch {label} of "
+        raise _refusal(store, f"already holds {label}{foreign[0]} ({what})")
+    delete()
+    return False, False
+
+
+def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
+    """The overwrite policy (_overwrite_policy) for a layer. Our own run is resumed: returns
+    the units its done markers say are finished. Another run, or data with neither manifest
+    nor identity, is refused unless --overwrite, which deletes it first."""
+    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
+    keys = (MANIFEST, RUN_IDENTITY)
+    found, started = _overwrite_policy(store, keys, ours, overwrite, lambda: _delete_run(store))
+    if found or started:
+        return resumable_units(store) if started else frozenset()
+    if not any(next(store.list(f), None) for f in FOLDERS):
         return frozenset()
-    elif not overwrite:
+    if not overwrite:
         raise _refusal(
             store,
             f"holds patient/ or organization/ files without {MANIFEST} or {RUN_IDENTITY} "
@@ -3485,20 +3577,37 @@ def _finish_run(spec: Bronze, store: Store) -> None:
     store.remove_run_folder()
 
 
+class _Written:
+    """A store whose writes are noted: (key, size) of the first and last, for the marker."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.files: list[tuple[str, int]] = []
+
+    def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
+        size = self.store.write(key, data, content_type)
+        if self.files:
+            self.files[1:] = [(key, size)]
+        else:
+            self.files.append((key, size))
+        return size
+
+
 def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = None) -> UnitResult:
     """Write unit #unit, wait for its uploads, then its done marker; failed uploads are
     counted, not raised."""
-    if spec.window is not None and spec.window.since is not None:
+    if spec.mode == BATCH_RUN:
         return _write_batch_unit(plan, spec, store, unit, tick)
     files = size = 0
+    written = _Written(store)
     try:
-        files, size = FORMATS[spec.format].write_unit(plan, spec, store, unit, tick)
+        files, size = FORMATS[spec.format].write_unit(plan, spec, written, unit, tick)  # type: ignore[arg-type]
     except UploadFailed:
         pass  # drain() below counts it
     failed, first = store.drain()
     records = _unit_records(plan, spec, unit)  # a window leaves its deleted joiners out
     if not failed:  # only a fully written, drained unit may be skipped by a resumed run
-        store.write(_done_key(unit), f"{records}\n".encode(), "text/plain")
+        store.write(_done_key(unit), _done_marker(records, written.files), "application/json")
         failed, first = store.drain()
     return UnitResult(unit, records, files, size, failed, first)
 
@@ -3694,7 +3803,7 @@ def write_bronze(
     if spec.format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {spec.format!r}")
     spec = covering(plan, spec)
-    if spec.window is not None and spec.window.since is not None:
+    if spec.mode == BATCH_RUN:
         return write_batch(
             plan, spec, workers=workers, shard=shard, overwrite=overwrite, progress=progress
         )
@@ -3774,14 +3883,9 @@ def write_batch(
                 "batch belongs with the layer of its seed, count, epoch and options"
             )
         ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-        found, theirs = _read_json(store, manifest_key)
-        started_run, identity = _read_json(store, identity_key)
-        theirs = theirs.get("extension", {}).get("generator") if isinstance(theirs, dict) else None
-        if (found and theirs != ours) or (started_run and identity != ours):
-            if not overwrite:
-                raise _refusal(store, f"already holds batch {name} of another run")
-            _delete_batch(store, spec)
-            found = False
+        keys = (manifest_key, identity_key)
+        delete = functools.partial(_delete_batch, store, spec)
+        found, _ = _overwrite_policy(store, keys, ours, overwrite, delete)
         if not found:
             _claim(store, identity_key, identity_bytes(plan, spec))
         totals = _write_units(plan, spec, store, list(shard_units(spec, shard)), workers, progress)
@@ -3802,6 +3906,173 @@ def write_batch(
     return totals.summary(started, store, kept=0, organizations=0, deleted=deleted, batch=name)
 
 
+# -- layer continuation: a layer's next change batch, from its manifests (--continue)
+
+
+def _whole(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and low <= v <= high
+
+
+def _is_instant(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and parse_as_of(value) is not None
+    except ValueError:
+        return False
+
+
+def _bad_layer_field(block: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first field of a layer's generator block that --continue cannot use, with what it
+    must be; None if every field it reads is sound."""
+    gz, fmt = block.get("gzip"), block.get("format")
+    rolls = fmt in FORMATS and FORMATS[fmt].rolls_over
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+        ("seed", _whole(0, MAX_SEED), f"a whole number from 0 to {MAX_SEED}"),
+        ("count", _whole(1, MAX_INDEX + 1), "a whole number of patients, at least 1"),
+        ("start", lambda v: v is None or (type(v) is int and v == 0), "0: a population"),
+        ("format", lambda v: isinstance(v, str) and v in FORMATS, f"one of {', '.join(FORMATS)}"),
+        ("gzip", lambda v: type(v) is bool, "true or false"),
+        ("gzip_level", _whole(0, 9) if gz is True else (lambda v: v is None), "0-9 with gzip"),
+        ("records_per_file", _whole(1, MAX_INDEX + 1) if rolls else (lambda v: v is None), "≥ 1"),
+        ("as_of", _is_instant, "an ISO-8601 instant"),
+        ("epoch", lambda v: v is None or _is_instant(v), "an ISO-8601 instant"),
+    )
+    for name, ok, what in checks:
+        if not ok(block.get(name)):
+            return name, f"it must be {what}"
+    return None
+
+
+def _layer_options(options: Any) -> dict[str, Any]:
+    """A layer's options as its manifest holds them, if they are the canonical set this version
+    writes (make_plan takes them as they are); ValueError saying what is wrong otherwise."""
+    if not isinstance(options, dict) or set(options) != set(OPTION_DEFAULTS):
+        raise ValueError(f"it must be an object of {', '.join(OPTION_DEFAULTS)}")
+    try:
+        canonical = normalise_options(**options)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        for name in OPTION_DEFAULTS:  # the manifest's field, not a flag the user never gave
+            message = message.replace(f"--{name.replace('_', '-')}", f"options.{name}")
+        raise ValueError(message) from None
+    if orjson.loads(orjson.dumps(canonical)) != options:
+        raise ValueError("it is not in the form this version writes")
+    return options
+
+
+def _layer_block(store: Store) -> dict[str, Any]:
+    """The layer's generator block, every field --continue reads checked: BronzeError naming
+    the file and the field if one is missing, of another type or out of range."""
+    found, block = _manifest_generator(store)
+    where = f"{store.display()}/{MANIFEST}"
+    if not found:
+        raise BronzeError(f"{store.display()} has no {MANIFEST} of a population to continue")
+    if not isinstance(block, dict):
+        raise BronzeError(f"{where} has no readable extension.generator: it cannot be continued")
+    bad = _bad_layer_field(block)
+    if bad is None:
+        try:
+            block = {**block, "options": _layer_options(block.get("options"))}
+        except ValueError as e:
+            bad = ("options", str(e))
+    if bad is None and parse_as_of(block["as_of"]) < parse_as_of(
+        block.get("epoch") or block["as_of"]
+    ):
+        bad = ("as_of", "it must not be before extension.generator.epoch")
+    if bad is not None:
+        value = orjson.dumps(block.get(bad[0])).decode()
+        value = value if len(value) <= 40 else value[:37] + "..."
+        raise BronzeError(
+            f"{where}: extension.generator.{bad[0]} = {value} cannot be continued ({bad[1]})"
+        )
+    return block
+
+
+def _batches(store: Store) -> tuple[list[datetime], list[str]]:
+    """The untils of the layer's finished batches and the names of its unfinished ones;
+    BronzeError for a name this version did not write."""
+    names = [k.rsplit("/", 1)[-1] for k in store.list(CDC_MANIFESTS)]
+    unfinished = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in store.list(CDC_RUN)]
+    try:
+        for name in unfinished:
+            _batch_window(name)
+        return [_batch_window(n)[1] for n in names], unfinished
+    except ValueError as e:
+        raise BronzeError(f"{store.display()} has a batch this run cannot read: {e}") from None
+
+
+def delete_batch(spec: Bronze, name: str) -> None:
+    """Delete the batch <since>_<until> of the layer at spec.root (an unfinished one: its
+    files and identity); ValueError if name is not a batch name."""
+    since, until = _batch_window(name)
+    window = Window(0, _iso_instant(until), _iso_instant(since))
+    spec = replace(spec, window=window)
+    store = open_store(spec)
+    try:
+        _delete_batch(store, spec)
+    finally:
+        store.close()
+
+
+def _clear_unfinished(spec: Bronze, unfinished: list[str], ours: str, overwrite: bool) -> None:
+    """Unfinished batches other than ours (one that failed midway: its files are in a partition
+    already) are refused, or deleted with overwrite."""
+    for name in unfinished:
+        if name == ours:
+            continue
+        if not overwrite:
+            until = _iso_instant(_batch_window(name)[1])
+            raise BronzeError(
+                f"{spec.root} holds the unfinished batch {name}: finish it with the same "
+                f"command and --as-of {until}, or add --overwrite to delete it"
+            )
+        delete_batch(spec, name)
+
+
+def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bronze] | None:
+    """The next change batch of the layer at spec.root, as write_bronze takes it: the plan
+    (seed, epoch, options) and spec (format, gzip, records per file, epoch count) from the
+    layer's _manifest.json, the window's since from its newest batch (or its as-of); from spec
+    only the root, store settings and the window's until, versions and faults are used.
+
+    None if the layer is already at until. Unfinished batches of other windows are refused
+    (deleted with overwrite). ValueError for a window that cannot follow the layer;
+    BronzeError, naming the file and field, for a layer that cannot be continued."""
+    w = spec.window
+    if w is None:
+        raise ValueError("continue_layer needs spec.window (its until)")
+    until = parse_as_of(w.until)
+    store = open_store(spec)
+    try:
+        block = _layer_block(store)
+        ends, unfinished = _batches(store)
+    finally:
+        store.close()
+    since = max([parse_as_of(block["as_of"]), *ends])
+    if until < since:
+        raise ValueError(f"--as-of {w.until} is before the layer's end, {_iso_instant(since)}")
+    ours = f"{_stamp(_iso_instant(since))}_{_stamp(_iso_instant(until))}"
+    _clear_unfinished(spec, unfinished, ours, overwrite)
+    if until == since:
+        return None
+    plan = make_plan(block["seed"], block.get("epoch") or block["as_of"], **block["options"])
+    window = w._replace(
+        epoch_count=block["count"], until=_iso_instant(until), since=_iso_instant(since)
+    )
+    _check_faults(window.faults)
+    population_size(plan, window.epoch_count, until)  # within the index range by then
+    continued = replace(
+        spec,
+        count=block["count"],
+        start=0,
+        format=block["format"],
+        gzip=block["gzip"],
+        gzip_level=DEFAULT_GZIP_LEVEL if block["gzip_level"] is None else block["gzip_level"],
+        records_per_file=block["records_per_file"] or DEFAULT_RECORDS_PER_FILE,  # None: json
+        window=window,
+    )
+    return plan, covering(plan, continued)
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI: a thin argparse layer over the API above; main() only maps exceptions to exit codes
 # ---------------------------------------------------------------------------------------------
@@ -3820,7 +4091,9 @@ EPILOG = """examples:
       --as-of 2026-03-01T00:00:00Z                          the snapshot at as-of, NDJSON
   python fhir_patient_generator.py --count 1000 --seed 7 --epoch 2026-01-01T00:00:00Z \\
       --since 2026-02-28T00:00:00Z --as-of 2026-03-01T00:00:00Z     one day's change batch
-  python fhir_patient_generator.py --output ./lake/bronze --continue \\
+  python fhir_patient_generator.py --count 1000 --seed 7 --as-of 2026-01-01T00:00:00Z \\
+      --format ndjson --output ./lake/living        a layer at the epoch: its own root
+  python fhir_patient_generator.py --output ./lake/living --continue \\
       --as-of 2026-03-02T00:00:00Z                 the next batch of the layer (a daily job)
 """
 EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
@@ -4015,6 +4288,11 @@ def _check_bronze_args(args: argparse.Namespace) -> None:
         return
     if args.count is None:
         raise UsageError("--output needs --count")
+    _check_output_args(args)
+
+
+def _check_output_args(args: argparse.Namespace) -> None:
+    """--output, its store's flags and --overwrite: usage errors before any work."""
     try:
         check_root(args.output)
         if _scheme(args.output) == "s3":
@@ -4093,87 +4371,39 @@ CONTINUED = ("seed", "count", "epoch", "since", *OPTION_DEFAULTS, "format", "gzi
 CONTINUED += ("gzip_level", "records_per_file", "start")
 
 
-def _from_stamp(stamp: str) -> datetime:
-    """The time of a _stamp(); ValueError if it is not one."""
-    fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
-    return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
-
-
-def _batch_end(name: str) -> datetime:
-    """The until of a batch named <since>_<until>[.json]; ValueError if it is not one."""
-    since, sep, until = name.removesuffix(".json").partition("_")
-    if not sep:
-        raise ValueError(f"{name!r} is not <since>_<until>.json")
-    _from_stamp(since)
-    return _from_stamp(until)
-
-
-def _delete_unfinished(args: argparse.Namespace, name: str) -> None:
-    """--continue --overwrite: delete an interrupted batch (its files and identity)."""
-    since, _, until = name.partition("_")
-    window = Window(0, _iso_instant(_from_stamp(until)), _iso_instant(_from_stamp(since)))
-    spec = Bronze(root=args.output, count=1, endpoint_url=args.endpoint_url, window=window)
-    store = open_store(spec)
-    try:
-        _delete_batch(store, spec)
-    finally:
-        store.close()
-
-
-def _continue_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
-    """--continue: fill the population, format and --since in from the layer at --output (its
-    _manifest.json and the newest batch under cdc/_manifests/). False: nothing to write."""
+def _continued(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[Plan, Bronze] | None:
+    """--continue: the plan and spec of the layer's next batch (continue_layer), or None when
+    the layer is already at --as-of; usage errors for flags the layer decides."""
     if args.output is None or args.as_of is None:
         raise UsageError("--continue needs --output (the layer) and --as-of (the batch's end)")
     given = [n for n in CONTINUED if getattr(args, n) != parser.get_default(n)]
     if given:
         raise UsageError(f"--continue takes --{given[0].replace('_', '-')} from the layer")
+    _check_output_args(args)
     try:
-        until = parse_as_of(args.as_of)
+        faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
+        until = _iso_instant(parse_as_of(args.as_of))
+        window = Window(0, until, None, args.versions == "latest", faults)
+        return continue_layer(
+            replace(_bronze_from_args(args, None), window=window), overwrite=args.overwrite
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
-    store = open_store(Bronze(root=args.output, count=1, endpoint_url=args.endpoint_url))
-    try:
-        found, block = _manifest_generator(store)
-        if not isinstance(block, dict) or block.get("start"):
-            what = "no readable _manifest.json" if found else f"no {MANIFEST}"
-            raise BronzeError(f"{store.display()} has {what} of a population to continue")
-        names = [k.rsplit("/", 1)[-1] for k in store.list(CDC_MANIFESTS)]
-        unfinished = [k.rsplit("/", 1)[-1] for k in store.list(CDC_RUN)]
-        since = max([parse_as_of(block.get("as_of")), *(_batch_end(n) for n in names)])
-    except ValueError as e:  # a manifest or batch name this version did not write
-        raise BronzeError(
-            f"{store.display()} has a batch manifest this run cannot read: {e}"
-        ) from None
-    finally:
-        store.close()
-    ours = f"{_stamp(_iso_instant(since))}_{_stamp(_iso_instant(until))}.json"
-    for name in unfinished:  # a batch that failed midway: its files are in a partition already
-        if name != ours and not args.overwrite:
-            raise BronzeError(
-                f"{args.output} holds the unfinished batch {name.removesuffix('.json')}: finish "
-                f"it with the same command and --as-of {_iso_instant(_batch_end(name))}, or "
-                "add --overwrite to delete it"
-            )
-        if name != ours:
-            _delete_unfinished(args, name.removesuffix(".json"))
-    for name in (*OPTION_DEFAULTS, "seed", "count", "format", "gzip", "gzip_level"):
-        value = block.get("options", {}).get(name, block.get(name))
-        setattr(args, name, ",".join(value) if isinstance(value, list) else value)
-    args.records_per_file = block.get("records_per_file")
-    args.gzip_level = args.gzip_level if args.gzip else None
-    args.epoch = block.get("epoch", block.get("as_of"))
-    args.since = _iso_instant(since)
-    return until != since
 
 
-def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | None) -> Bronze:
+def _bronze_from_args(
+    args: argparse.Namespace, plan: Plan | None, window: Window | None = None
+) -> Bronze:
+    """The spec --output and the bronze flags ask for (with a plan: covering its window)."""
+
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
 
     spec = Bronze(
         root=args.output.rstrip("/") or "/",
-        count=args.count,
+        count=args.count or 1,
         start=args.start,
         format=given(args.format, DEFAULT_FORMAT),
         gzip=args.gzip,
@@ -4185,7 +4415,7 @@ def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | Non
         token=str(os.getpid()),
         window=window,
     )
-    return covering(plan, spec)  # the progress bar counts the indexes a window covers
+    return spec if plan is None else covering(plan, spec)  # the bar counts a window's indexes
 
 
 def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -4217,9 +4447,8 @@ def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]
     return tick, close
 
 
-def _run_bronze(args: argparse.Namespace, plan: Plan, window: Window | None) -> None:
+def _run_bronze(args: argparse.Namespace, plan: Plan, spec: Bronze) -> None:
     """--output: write the bronze layer (or a change batch), then one summary line on stderr."""
-    spec = _bronze_from_args(args, plan, window)
     shard = args.shard or (0, 1)
     tick, close = None, None
     if not args.quiet and sys.stderr.isatty():
@@ -4243,7 +4472,7 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, window: Window | None) -> 
             close()
     seconds = summary["seconds"]
     part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    if "batch" in summary:
+    if spec.mode == BATCH_RUN:
         print(
             f"wrote batch {summary['batch']}{part}: {summary['records']:,} versions + "
             f"{summary['deleted']:,} deletions ({summary['files']:,} files, "
@@ -4294,10 +4523,15 @@ def run(argv: list[str] | None = None) -> None:
     """The whole command: parse, plan, write; raises UsageError, BronzeError, OSError."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.continue_ and not _continue_layer(args, parser):
-        print(
-            f"{args.output} is already at --as-of {args.as_of}: nothing to write", file=sys.stderr
-        )
+    if args.continue_:
+        continued = _continued(args, parser)
+        if continued is None:
+            print(
+                f"{args.output} is already at --as-of {args.as_of}: nothing to write",
+                file=sys.stderr,
+            )
+        else:
+            _run_bronze(args, *continued)
         return
     _check_bronze_args(args)
     _check_living_args(args)
@@ -4313,7 +4547,7 @@ def run(argv: list[str] | None = None) -> None:
     if args.output is None:
         _run_stdout(args, plan, window)
     else:
-        _run_bronze(args, plan, window)
+        _run_bronze(args, plan, _bronze_from_args(args, plan, window))
 
 
 def _interrupt(signum: int, frame: Any) -> None:
