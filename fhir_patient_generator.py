@@ -673,6 +673,7 @@ class Plan:
     gender_unknown: int
     profile: Profile
     tables: Any  # the profile's own tables (None for cms)
+    fhir_version: FhirVersion  # options["fhir_version"] resolved: its number, models, Organization
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self.identity == other.identity
@@ -971,6 +972,7 @@ def _make_plan_cached(
         gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
         profile=profile,
         tables=profile.tables(ref),
+        fhir_version=FHIR_VERSIONS[opts["fhir_version"]],
     )
 
 
@@ -1397,10 +1399,14 @@ FHIR_VERSIONS: Mapping[str, FhirVersion] = {
 }
 
 
-def organization_record(org: Mapping[str, str], fhir_version: str = "R4") -> dict[str, Any]:
+def organization_record(
+    org: Mapping[str, str], fhir_version: str | FhirVersion = "R4"
+) -> dict[str, Any]:
     """The FHIR Organization of one of the plan's hospitals (plan.organizations), in the given
-    FHIR version."""
-    return FHIR_VERSIONS[fhir_version].organization(org)
+    FHIR version (a FHIR_VERSIONS name, or plan.fhir_version)."""
+    if not isinstance(fhir_version, FhirVersion):
+        fhir_version = FHIR_VERSIONS[fhir_version]
+    return fhir_version.organization(org)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1457,10 +1463,8 @@ class _Dynamics(NamedTuple):
 
     tile_hash: Any  # SHAKE-256 that has absorbed the plan key: tiles copy it
     poisson: Mapping[int, tuple[int, ...]]  # year length in days -> inverse CDF of candidates
-    kind_cut: tuple[int, int]  # w0 >> 6 below [0]: death, below [1]: move, else hospital
-    death_accept: Mapping[str, tuple[int, ...]]  # sex -> by age: accept a death if w2 < this
-    move_accept: tuple[int, int, int]  # cumulative w2 cuts: same county, other county, state
-    hospital_accept: int
+    kind_cut: tuple[int, ...]  # a candidate's kind word below [k] (and not [k-1]): kind k
+    cuts: tuple[Any, ...]  # by position in _EVENT_KINDS: that kind's acceptance thresholds
     zip_order: tuple[int, ...]  # the run's ZIP positions sorted by (state, county)
     zip_rank: Mapping[int, int]  # ZIP position -> rank in zip_order
     rank_cum: tuple[int, ...]  # rank_cum[r] = population of ranks < r (len + 1 entries)
@@ -1506,64 +1510,6 @@ def _living_cum(plan: Plan) -> tuple[int, ...]:
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _dynamics(plan: Plan) -> _Dynamics:
-    """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
-    rates; in exact or integer arithmetic where a draw depends on them."""
-    ref = load_reference(plan.identity[3])
-    bound = DEATH_BOUND + MOVE_BOUND + HOSPITAL_BOUND
-    with localcontext() as ctx:
-        ctx.prec = 40
-        poisson = {
-            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
-            for days in (365, 366)
-        }
-        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())  # the same on every machine
-    top = max(max(ref.mx[s]) for s in SEXES)
-    if top >= DEATH_BOUND:
-        raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
-    move_rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
-    # ZIPs by (state, county): a county and a state are contiguous rank ranges
-    weights: dict[int, int] = {}
-    for positions, cum in zip(plan.zip_index, plan.zip_cum, strict=True):
-        for z, c, before in zip(positions, cum, (0, *cum), strict=False):
-            weights[z] = c - before
-    state_rank = {code: k for k, code in enumerate(plan.state_codes)}
-    order = sorted(weights, key=lambda z: (state_rank[plan.zips[z][3]], plan.zips[z][2], z))
-    county_span, state_span = [], []
-    for key, span in ((2, county_span), (3, state_span)):
-        lo = 0
-        for r in range(1, len(order) + 1):
-            if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
-                span.extend([(lo, r)] * (r - lo))
-                lo = r
-    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
-    newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
-    return _Dynamics(
-        tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
-        poisson=poisson,
-        kind_cut=(
-            round(DEATH_BOUND / bound * (1 << 26)),
-            round((DEATH_BOUND + MOVE_BOUND) / bound * (1 << 26)),
-        ),
-        death_accept={s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES},
-        move_accept=tuple(_cut(sum(move_rates[: k + 1]) / MOVE_BOUND) for k in range(3)),
-        hospital_accept=_cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND),
-        zip_order=tuple(order),
-        zip_rank={z: r for r, z in enumerate(order)},
-        rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
-        county_span=tuple(county_span),
-        state_span=tuple(state_span),
-        living_cum=_living_cum(plan),
-        newborn_cell=newborn,
-        join_rate=joins,
-        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
-        error_cut=_cut(ERROR_SHARE),
-        male_cut=_cut(MALE_AT_BIRTH),
-        start=_seconds(plan.as_of),
-    )
-
-
 def _age(birth: int, instant: int) -> int:
     """Whole years of age at an instant, for a birth date given as an ordinal."""
     day, born = date.fromordinal(instant // 86400 + _EPOCH_DAY), date.fromordinal(birth)
@@ -1604,6 +1550,160 @@ def _move_zip(dyn: _Dynamics, z: int, kind: int, u32: int) -> int | None:
     return dyn.zip_order[bisect.bisect_right(cum, target) - 1]
 
 
+class _Candidate(NamedTuple):
+    """A candidate event of one patient, from five words of its tile (_tile); sorted, a
+    patient's candidates are in time order (ties: tile order). _candidates makes them plain
+    tuples in this order (a named one costs a microsecond each, and most are never accepted);
+    code reads them by these names, unpacked, or as _Candidate._make once one is accepted."""
+
+    instant: int  # w1: the instant within the tile's year
+    position: int  # where its words start in the tile
+    kind: int  # w0 >> 6: which kind, by _Dynamics.kind_cut (w0 % BLOCK: whose candidate)
+    accept: int  # w2: thinning, against the kind's accept cut (and a move's own kind)
+    place: int  # w3: where a move goes
+    hospital: int  # w4: the hospital a move or a hospital change gives
+
+
+class _EventKind(NamedTuple):
+    """A kind of event of the living population, the one place it is defined: the replay
+    (_apply) and the window pre-check (_window_events) both read the kinds from _EVENT_KINDS.
+
+    Candidates of all kinds come at the sum of the bounds per person-year, each kind taking its
+    bound's share of them; a candidate of a kind is accepted when its accept draw is below
+    accept(the kind's cuts, the patient, the instant), i.e. with probability rate / bound
+    (Lewis-Shedler thinning), then change() applies it."""
+
+    name: str  # what it is (a move's Version.change says which move)
+    bound: float  # candidates per person-year: the kind's rate must never exceed it
+    cuts: Callable[[Reference], Any]  # its acceptance thresholds, computed once per plan
+    accept: Callable[[Any, Sample, int], int]  # (cuts, patient, instant) -> accept below this
+    change: Callable[[Plan, _Dynamics, Any, Sample, _Candidate], tuple[Sample, str] | None]
+    # change: the accepted candidate applied: (the new sample, Version.change), or None when
+    # it changes nothing (nowhere to move, no other hospital)
+
+
+def _death_cuts(ref: Reference) -> Mapping[str, tuple[int, ...]]:
+    """Sex -> by age: a death candidate is accepted below m(x) / DEATH_BOUND."""
+    top = max(max(ref.mx[s]) for s in SEXES)
+    if top >= DEATH_BOUND:
+        raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
+    return {s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES}
+
+
+def _death_accept(cuts: Mapping[str, tuple[int, ...]], s: Sample, instant: int) -> int:
+    """The life table's m(x) at the patient's age at the instant, by sex."""
+    return cuts[s.sex][min(_age(s.birth, instant), MAX_AGE)]
+
+
+def _die(plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate) -> tuple[Sample, str]:
+    return s._replace(died=c.instant), "death"
+
+
+def _move_cuts(ref: Reference) -> tuple[int, ...]:
+    """Cumulative accept cuts: same county, another county of the state, another state (the
+    CPS shares as hazards -ln(1 - p), split pro rata; exact decimals, the same everywhere)."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())
+    rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
+    return tuple(_cut(sum(rates[: k + 1]) / MOVE_BOUND) for k in range(len(MOVE_SHARES)))
+
+
+def _move_accept(cuts: tuple[int, ...], s: Sample, instant: int) -> int:
+    return cuts[-1]  # any of the three moves
+
+
+def _move(
+    plan: Plan, dyn: _Dynamics, cuts: tuple[int, ...], s: Sample, c: _Candidate
+) -> tuple[Sample, str] | None:
+    """A move (which one: the accept draw against the cumulative cuts) to a ZIP in proportion
+    to population, and a hospital there (the age at the move allows)."""
+    move = bisect.bisect_right(cuts, c.accept)
+    z = _move_zip(dyn, s.zip, move, c.place)
+    if z is None:
+        return None
+    org = _hospital_at(plan, z, _age(s.birth, c.instant), c.hospital)
+    return s._replace(zip=z, organization=org), MOVE_KINDS[move]
+
+
+def _hospital_cuts(ref: Reference) -> int:
+    return _cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND)
+
+
+def _fixed_accept(cut: int, s: Sample, instant: int) -> int:
+    """A kind whose rate is the same for everyone: its cut is its accept threshold."""
+    return cut
+
+
+def _change_hospital(
+    plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate
+) -> tuple[Sample, str] | None:
+    """Another hospital among the ZIP's candidates (the age at the instant allows)."""
+    org = _hospital_at(plan, s.zip, _age(s.birth, c.instant), c.hospital, s.organization)
+    return None if org is None else (s._replace(organization=org), "hospital")
+
+
+# The event kinds, in the order they share a candidate's kind word. A kind's rate can change
+# within its bound without moving any other event; a new kind, a new bound or a new order
+# redraws every candidate (their number and kinds follow the bounds' total).
+_EVENT_KINDS: tuple[_EventKind, ...] = (
+    _EventKind("death", DEATH_BOUND, _death_cuts, _death_accept, _die),
+    _EventKind("move", MOVE_BOUND, _move_cuts, _move_accept, _move),
+    _EventKind("hospital", HOSPITAL_BOUND, _hospital_cuts, _fixed_accept, _change_hospital),
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _dynamics(plan: Plan) -> _Dynamics:
+    """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
+    rates; in exact or integer arithmetic where a draw depends on them."""
+    ref = load_reference(plan.identity[3])
+    bound = sum(kind.bound for kind in _EVENT_KINDS)
+    with localcontext() as ctx:
+        ctx.prec = 40
+        poisson = {
+            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
+            for days in (365, 366)
+        }
+    # ZIPs by (state, county): a county and a state are contiguous rank ranges
+    weights: dict[int, int] = {}
+    for positions, cum in zip(plan.zip_index, plan.zip_cum, strict=True):
+        for z, c, before in zip(positions, cum, (0, *cum), strict=False):
+            weights[z] = c - before
+    state_rank = {code: k for k, code in enumerate(plan.state_codes)}
+    order = sorted(weights, key=lambda z: (state_rank[plan.zips[z][3]], plan.zips[z][2], z))
+    county_span, state_span = [], []
+    for key, span in ((2, county_span), (3, state_span)):
+        lo = 0
+        for r in range(1, len(order) + 1):
+            if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
+                span.extend([(lo, r)] * (r - lo))
+                lo = r
+    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
+    newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
+    return _Dynamics(
+        tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
+        poisson=poisson,
+        kind_cut=tuple(  # the kinds share the kind word's 26 bits in proportion to their bounds
+            round(b / bound * (1 << 26))
+            for b in itertools.accumulate(kind.bound for kind in _EVENT_KINDS[:-1])
+        ),
+        cuts=tuple(kind.cuts(ref) for kind in _EVENT_KINDS),
+        zip_order=tuple(order),
+        zip_rank={z: r for r, z in enumerate(order)},
+        rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
+        county_span=tuple(county_span),
+        state_span=tuple(state_span),
+        living_cum=_living_cum(plan),
+        newborn_cell=newborn,
+        join_rate=joins,
+        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
+        error_cut=_cut(ERROR_SHARE),
+        male_cut=_cut(MALE_AT_BIRTH),
+        start=_seconds(plan.as_of),
+    )
+
+
 _TILE_WORDS = 5  # per candidate: offset and kind, instant, accept, place, hospital
 
 
@@ -1623,8 +1723,8 @@ def _year_start(year: int) -> int:
 
 
 def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[tuple[int, ...]]]:
-    """Offset in the block -> its candidates (instant, w0, w2, w3, w4) with lo < instant <= hi,
-    in time order (ties: tile order)."""
+    """Offset in the block -> its candidates (tuples in _Candidate's order) with lo < instant <=
+    hi, in time order (ties: tile order)."""
     out: dict[int, list[tuple[int, ...]]] = {}
     if hi <= lo:
         return out
@@ -1638,7 +1738,7 @@ def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[
             instant = start + (w[k + 1] * length >> 32)
             if lo < instant <= hi:
                 out.setdefault(w[k] % BLOCK, []).append(
-                    (instant, k, w[k], w[k + 2], w[k + 3], w[k + 4])
+                    (instant, k, w[k] >> 6, w[k + 2], w[k + 3], w[k + 4])
                 )
     for events in out.values():
         events.sort()
@@ -1724,29 +1824,16 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
 
 
 def _apply(
-    plan: Plan, dyn: _Dynamics, s: Sample, instant: int, event: tuple[int, ...]
+    plan: Plan, dyn: _Dynamics, s: Sample, event: tuple[int, ...]
 ) -> tuple[Sample, str] | None:
-    """A candidate event (instant, tile position, w0, w2, w3, w4) applied to the patient as it
-    is: (the new sample, the change) if thinning accepts it and it changes something, else None."""
-    _, _, w0, w2, w3, w4 = event
-    kind = w0 >> 6
-    if kind < dyn.kind_cut[0]:
-        if w2 >= dyn.death_accept[s.sex][min(_age(s.birth, instant), MAX_AGE)]:
-            return None
-        return s._replace(died=instant), "death"
-    if kind < dyn.kind_cut[1]:
-        if w2 >= dyn.move_accept[2]:
-            return None
-        move = 0 if w2 < dyn.move_accept[0] else 1 if w2 < dyn.move_accept[1] else 2
-        z = _move_zip(dyn, s.zip, move, w3)
-        if z is None:
-            return None
-        org = _hospital_at(plan, z, _age(s.birth, instant), w4)
-        return s._replace(zip=z, organization=org), MOVE_KINDS[move]
-    if w2 >= dyn.hospital_accept:
+    """A candidate (_Candidate's fields) applied to the patient as it is: (the new sample, the
+    change) if thinning accepts it and it changes something, else None."""
+    instant, _, kind_word, accept, _, _ = event
+    k = bisect.bisect_right(dyn.kind_cut, kind_word)
+    kind, cuts = _EVENT_KINDS[k], dyn.cuts[k]
+    if accept >= kind.accept(cuts, s, instant):
         return None
-    org = _hospital_at(plan, s.zip, _age(s.birth, instant), w4, s.organization)
-    return None if org is None else (s._replace(organization=org), "hospital")
+    return kind.change(plan, dyn, cuts, s, _Candidate._make(event))
 
 
 def _evolve(
@@ -1761,10 +1848,10 @@ def _evolve(
         return []
     versions = [Version(index, 1, last, start.change, s)]
     for event in events if s.died < 0 and start.deleted is None else ():
-        instant = event[0]
+        instant = event[0]  # _Candidate.instant
         if instant > until:
             break
-        changed = _apply(plan, dyn, s, instant, event) if instant > last else None
+        changed = _apply(plan, dyn, s, event) if instant > last else None
         if changed:
             s, change = changed
             last = instant
@@ -1789,18 +1876,14 @@ def history(plan: Plan, count: int, index: int, until: datetime | str) -> list[V
     return _evolve(plan, dyn, index, start, events, until_s)
 
 
-def _window_events(
-    dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]], age_at: Callable[[int], int]
-) -> bool:
+def _window_events(dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]]) -> bool:
     """Whether any candidate could be accepted (a necessary condition, checked before the
-    patient's history is replayed): deaths by age and sex, the others by their fixed rates."""
-    accept = dyn.death_accept[start.sample.sex]
-    for instant, _, w0, w2, _, _ in events:
-        kind = w0 >> 6
-        if kind < dyn.kind_cut[0]:
-            if w2 < accept[min(age_at(instant), MAX_AGE)]:
-                return True
-        elif w2 < (dyn.move_accept[2] if kind < dyn.kind_cut[1] else dyn.hospital_accept):
+    patient's history is replayed): each by its kind's accept cut for the patient's start
+    (sex and birth never change)."""
+    s, kind_cut, kinds, cuts = start.sample, dyn.kind_cut, _EVENT_KINDS, dyn.cuts
+    for instant, _, kind_word, accept, _, _ in events:  # _Candidate's fields
+        k = bisect.bisect_right(kind_cut, kind_word)
+        if accept < kinds[k].accept(cuts[k], s, instant):
             return True
     return False
 
@@ -1915,7 +1998,7 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
             i = block * BLOCK + offset
             if a <= i < b:
                 start = _start(plan, dyn, count, i)
-                if _window_events(dyn, start, events, functools.partial(_age, start.sample.birth)):
+                if _window_events(dyn, start, events):
                     starts[i] = start
         for i in range(max(a, joiners.start), min(b, joiners.stop)):
             starts.setdefault(i, _start(plan, dyn, count, i))
@@ -1936,16 +2019,34 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
     return out
 
 
-class Window(NamedTuple):
-    """A snapshot or a change batch of the living population whose epoch is the plan's as-of:
-    what generate_patients(epoch=...) yields, the CLI prints and a Bronze(window=...) run
-    writes (its count then covers the indexes that exist at `until`: population_size)."""
-
+class _WindowFields(NamedTuple):
     epoch_count: int  # N: the population at the epoch
-    until: str  # T: the snapshot at T, or the end of the batch (since, until]
-    since: str | None = None  # S: the change batch (S, T] instead of the snapshot
+    until: datetime  # T: the snapshot at T, or the end of the batch (since, until]
+    since: datetime | None = None  # S: the change batch (S, T] instead of the snapshot
     latest: bool = False  # a batch holds each patient's last version only
     faults: Faults = NO_FAULTS
+
+
+class Window(_WindowFields):
+    """A snapshot or a change batch of the living population whose epoch is the plan's as-of:
+    what generate_patients(epoch=...) yields, the CLI prints and a Bronze(window=...) run
+    writes (its count then covers the indexes that exist at `until`: population_size).
+
+    until and since are given as datetimes or ISO-8601 text and kept as aware UTC datetimes
+    (parse_as_of, once, here): nothing downstream parses them again."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        epoch_count: int,
+        until: datetime | str,
+        since: datetime | str | None = None,
+        latest: bool = False,
+        faults: Faults = NO_FAULTS,
+    ) -> Window:
+        since = None if since is None else parse_as_of(since)
+        return super().__new__(cls, epoch_count, parse_as_of(until), since, latest, faults)
 
 
 def _window_versions(
@@ -1974,7 +2075,7 @@ def generate_patient(
     Options are those of make_plan, e.g. profile="us-core" for a US Core Patient.
     """
     plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
-    return _model(plan.options["fhir_version"], "Patient").model_validate(build_record(plan, index))
+    return _model(plan.fhir_version.models, "Patient").model_validate(build_record(plan, index))
 
 
 def generate_patients(  # noqa: PLR0913 (the living population's arguments are keyword-only)
@@ -2005,9 +2106,7 @@ def generate_patients(  # noqa: PLR0913 (the living population's arguments are k
     if start:
         raise ValueError("a living population begins at #0: start must be 0 with epoch")
     plan = make_plan(draw_seed() if seed is None else seed, epoch, **options)
-    until = _iso_instant(parse_as_of(as_of))
-    since = None if since is None else _iso_instant(parse_as_of(since))
-    for v in _window_versions(plan, Window(count, until, since, latest, faults)):
+    for v in _window_versions(plan, Window(count, as_of, since, latest, faults)):
         yield version_record(plan, v)
 
 
@@ -2021,11 +2120,10 @@ def _check_index_range(start: Any, count: Any) -> None:
 
 
 @functools.cache
-def _model(fhir_version: str, resource_type: str) -> Any:
-    """The fhir.resources model class of a resource type in a FHIR version."""
+def _model(package: str, resource_type: str) -> Any:
+    """The fhir.resources model class of a resource type in a package (FhirVersion.models)."""
     import importlib
 
-    package = FHIR_VERSIONS[fhir_version].models
     return getattr(importlib.import_module(f"{package}.{resource_type.lower()}"), resource_type)
 
 
@@ -2271,7 +2369,7 @@ class BronzeError(RuntimeError):
 def _validated(plan: Plan, record: dict[str, Any], index: int) -> dict[str, Any]:
     """The record, after fhir.resources accepted it; BronzeError naming the index if not."""
     try:
-        _model(plan.options["fhir_version"], record["resourceType"]).model_validate(record)
+        _model(plan.fhir_version.models, record["resourceType"]).model_validate(record)
     except Exception as e:  # pydantic's ValidationError, or anything the model raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BronzeError(f"patient #{index} failed FHIR validation: {first}") from None
@@ -2456,8 +2554,8 @@ def _ndjson_key(spec: Bronze, resource_type: str, n: int) -> str:
 
 
 def _organization_lines(plan: Plan) -> list[bytes]:
-    version = plan.options["fhir_version"]
-    return [orjson.dumps(organization_record(org, version)) + b"\n" for org in plan.organizations]
+    version = plan.fhir_version.organization
+    return [orjson.dumps(version(org)) + b"\n" for org in plan.organizations]
 
 
 def _unit_patients(plan: Plan, spec: Bronze, indexes: range) -> Iterator[tuple[int, bytes]]:
@@ -2487,7 +2585,7 @@ def _unit_records(plan: Plan, spec: Bronze, unit: int) -> int:
     indexes, w = unit_range(spec, unit), spec.window
     if w is None:
         return len(indexes)
-    dyn, until = _dynamics(plan), _seconds(parse_as_of(w.until))
+    dyn, until = _dynamics(plan), _seconds(w.until)
     gone = 0
     for i in range(max(indexes.start, w.epoch_count), indexes.stop):
         deleted = _start(plan, dyn, w.epoch_count, i).deleted
@@ -2576,9 +2674,8 @@ CDC_MANIFESTS = "cdc/_manifests"  # one manifest per batch: <since>_<until>.json
 CDC_RUN = "cdc/_run"  # a batch's identity while it is being written
 
 
-def _stamp(iso: str) -> str:
+def _stamp(dt: datetime) -> str:
     """A compact UTC time for keys: 20260301T000000Z (with .ffffff when it has a fraction)."""
-    dt = parse_as_of(iso)
     fraction = f".{dt.microsecond:06d}" if dt.microsecond else ""
     return dt.strftime("%Y%m%dT%H%M%S") + fraction + "Z"
 
@@ -2607,7 +2704,7 @@ def batch_name(spec: Bronze) -> str:
 def _batch_folder(spec: Bronze, deleted: bool) -> str:
     """cdc/patient/ or cdc/patient_deleted/, Hive-partitioned by the delivery (until) date."""
     assert spec.window is not None
-    day = parse_as_of(spec.window.until).date().isoformat()
+    day = spec.window.until.date().isoformat()
     return f"cdc/patient{'_deleted' if deleted else ''}/ingest_date={day}"
 
 
@@ -3231,20 +3328,20 @@ def _window_block(plan: Plan, indexes: int, w: Window | None) -> dict[str, Any]:
     if w is None:
         return {}
     return {
-        "as_of": w.until,
+        "as_of": _iso_instant(w.until),
         "count": w.epoch_count,
         "epoch": plan.last_updated,
         "indexes": indexes,
-        "since": w.since,
+        "since": None if w.since is None else _iso_instant(w.since),
         "versions": "latest" if w.latest else "all",
         "faults": w.faults._asdict(),
     }
 
 
 def _window_words(plan: Plan, w: Window) -> list[str]:
-    words = ["--epoch", plan.last_updated, "--as-of", w.until]
+    words = ["--epoch", plan.last_updated, "--as-of", _iso_instant(w.until)]
     if w.since is not None:
-        words += ["--since", w.since, "--versions", "latest" if w.latest else "all"]
+        words += ["--since", _iso_instant(w.since), "--versions", "latest" if w.latest else "all"]
         for name, rate in w.faults._asdict().items():
             words += [f"--{name.replace('_', '-')}", f"{rate:g}"] if rate else []
     return words
@@ -3280,7 +3377,7 @@ def _manifest(
     the reproducing request, output (and a batch's deleted), extension.fhirVersion, the
     generator block and any further extension."""
     manifest: dict[str, Any] = {
-        "transactionTime": spec.window.until if spec.window else plan.last_updated,
+        "transactionTime": _iso_instant(spec.window.until) if spec.window else plan.last_updated,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
         "output": output,
@@ -3289,7 +3386,7 @@ def _manifest(
         manifest["deleted"] = deleted
     manifest["error"] = []
     manifest["extension"] = {
-        "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
+        "fhirVersion": plan.fhir_version.number,
         "generator": generator_block(plan, spec),
         **extension,
     }
@@ -3310,9 +3407,9 @@ def batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[in
     assert w is not None
     files = FORMATS[spec.format].batch_output(spec, counts)
     batch = {
-        "since": w.since,
-        "until": w.until,
-        "ingestDate": parse_as_of(w.until).date().isoformat(),
+        "since": _iso_instant(w.since),
+        "until": _iso_instant(w.until),
+        "ingestDate": w.until.date().isoformat(),
         "versions": sum(c[0] for c in counts.values()),
         "deletions": sum(c[1] for c in counts.values()),
         "urlsRelativeTo": "the layer root",
@@ -3928,7 +4025,7 @@ def delete_batch(spec: Bronze, name: str) -> None:
     """Delete the batch <since>_<until> of the layer at spec.root (an unfinished one: its
     files and identity); ValueError if name is not a batch name."""
     since, until = _batch_window(name)
-    window = Window(0, _iso_instant(until), _iso_instant(since))
+    window = Window(0, until, since)
     spec = replace(spec, window=window)
     store = open_store(spec)
     try:
@@ -3964,7 +4061,7 @@ def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bron
     w = spec.window
     if w is None:
         raise ValueError("continue_layer needs spec.window (its until)")
-    until = parse_as_of(w.until)
+    until = w.until
     store = open_store(spec)
     try:
         block = _layer_block(store)
@@ -3973,15 +4070,15 @@ def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bron
         store.close()
     since = max([parse_as_of(block["as_of"]), *ends])
     if until < since:
-        raise ValueError(f"--as-of {w.until} is before the layer's end, {_iso_instant(since)}")
-    ours = f"{_stamp(_iso_instant(since))}_{_stamp(_iso_instant(until))}"
+        raise ValueError(
+            f"--as-of {_iso_instant(until)} is before the layer's end, {_iso_instant(since)}"
+        )
+    ours = f"{_stamp(since)}_{_stamp(until)}"
     _clear_unfinished(spec, unfinished, ours, overwrite)
     if until == since:
         return None
     plan = make_plan(block["seed"], block.get("epoch") or block["as_of"], **block["options"])
-    window = w._replace(
-        epoch_count=block["count"], until=_iso_instant(until), since=_iso_instant(since)
-    )
+    window = w._replace(epoch_count=block["count"], since=since)
     _check_faults(window.faults)
     population_size(plan, window.epoch_count, until)  # within the index range by then
     continued = replace(
@@ -4284,8 +4381,8 @@ def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
         raise UsageError(str(e)) from None
     return Window(
         epoch_count=args.count,
-        until=_iso_instant(until),
-        since=None if since is None else _iso_instant(since),
+        until=until,
+        since=since,
         latest=args.versions == "latest",
         faults=faults,
     )
@@ -4308,8 +4405,7 @@ def _continued(
     _check_output_args(args)
     try:
         faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
-        until = _iso_instant(parse_as_of(args.as_of))
-        window = Window(0, until, None, args.versions == "latest", faults)
+        window = Window(0, args.as_of, None, args.versions == "latest", faults)
         return continue_layer(
             replace(_bronze_from_args(args, None), window=window), overwrite=args.overwrite
         )
