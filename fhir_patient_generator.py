@@ -131,6 +131,7 @@ US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
 US_CORE_BIRTHSEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
 CDC_RACE_SYSTEM = "urn:oid:2.16.840.1.113883.6.238"  # CDC Race & Ethnicity (CDCREC)
+HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino": the preferred language depends on it
 # Identifier.system must be a URI under us-core; same namespace scheme as ORG_SYSTEM. The cms
 # profile keeps MRN_SYSTEM for backward compatibility; the MRN value is the same in both.
 US_CORE_MRN_SYSTEM = "urn:metriccare:mrn"
@@ -179,7 +180,9 @@ class Reference:
     mx: Mapping[str, tuple[float, ...]]  # sex -> central death rate (deaths per person-year)
     ax: Mapping[str, tuple[float, ...]]  # sex -> mean years lived in the year of age at death
     languages: tuple[tuple[str, str, int], ...]  # (bcp47, display, national speakers)
-    language_cum: Mapping[str, tuple[int, ...]]  # state -> cumulative weights over languages
+    # state -> cumulative weights over languages, one table per (age band, Hispanic origin) at
+    # LANGUAGE_BANDS.index(band) * 2 + hispanic (language_lep.csv: limited English proficiency)
+    language_cum: Mapping[str, tuple[tuple[int, ...], ...]]
     race_ethnicity: Mapping[str, tuple[tuple[str, str, str, str, int], ...]]  # state -> rows
 
 
@@ -227,6 +230,7 @@ def _load_reference(data_dir: Path) -> Reference:
             rows("languages_by_state_detail_acs2018.csv"),
             national,
             [code for code, *_ in states],
+            rows("language_lep.csv"),
         ),
         race_ethnicity={k: tuple(v) for k, v in race.items()},
     )
@@ -373,18 +377,15 @@ def _within_group_shares(
     return out
 
 
-def _language_cum(
+def _language_group_shares(
     by_state: list[dict[str, str]],
     detail: list[dict[str, str]],
     national: list[dict[str, str]],
     states: list[str],
-) -> dict[str, tuple[int, ...]]:
-    """state -> cumulative weights over languages.csv's rows: P(language | state) = sum over the
-    13 ACS 2017 C16001 groups g of P(g | state) x P(language | g), the latter from the state's
-    own ACS 2018 B16001 where published (38 states + DC), else national (languages.csv). States
-    without C16001 (PR) get the national table. Ages under 5, outside the ACS universe, use the
-    same table: the language of the state's households."""
-    keys = [_language_key(r) for r in national]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """state -> C16001 group -> {language key: share within the group}: from the state's own
+    ACS 2018 B16001 where published (38 states + DC), else national (languages.csv); the ACS
+    2017 C16001 group sizes place the residual 'und' (_within_group_shares)."""
     nat_detail = {_language_key(r): float(r["speakers_age5plus"]) for r in national}
     groups: dict[str, dict[str, float]] = {}
     for r in by_state:
@@ -394,19 +395,55 @@ def _language_cum(
         state_detail.setdefault(r["state"], {})[_language_key(r)] = float(r["speakers"])
     nat_groups = {g: sum(gs[g] for gs in groups.values()) for g in C16001_GROUPS}
     nat_shares = _within_group_shares(nat_groups, nat_detail)
-    out = {}
-    for st in states:
-        if st not in groups:
-            out[st] = tuple(itertools.accumulate(round(nat_detail[k]) for k in keys))
+    out = {
+        st: _within_group_shares(groups[st], state_detail[st])
+        if st in groups and st in state_detail
+        else nat_shares
+        for st in states
+    }
+    return out | {"US": nat_shares}
+
+
+# language_lep.csv's age bands (ACS B16004); children under 5 follow 5-17
+LANGUAGE_BANDS = ("5-17", "18-64", "65+")
+
+
+def _language_band(age: int) -> int:
+    """A whole age's band in LANGUAGE_BANDS."""
+    return 0 if age < 18 else 1 if age < 65 else 2
+
+
+def _language_cum(
+    by_state: list[dict[str, str]],
+    detail: list[dict[str, str]],
+    national: list[dict[str, str]],
+    states: list[str],
+    lep: list[dict[str, str]],
+) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """state -> per (band, Hispanic origin) cumulative weights over languages.csv's rows. The
+    preferred language is English unless the patient speaks English less than "very well"
+    (limited English proficiency, LEP): P(language | state, band, Hispanic) = P(LEP in C16001
+    group g | ...) x P(language | g, state), the first from language_lep.csv (built by
+    tools/build_reference.py from ACS 2018 C16001, B16004, B16006 and B01001I), the second the
+    group's speakers (_language_group_shares). States without a row (PR) use the US rows."""
+    keys = [_language_key(r) for r in national]
+    english = C16001_GROUPS["C16001_002E"][0]
+    shares = _language_group_shares(by_state, detail, national, states)
+    cells: dict[str, list[tuple[int, ...]]] = {}
+    for r in lep:
+        if r["state"] not in shares:
             continue
-        gt, total = groups[st], sum(groups[st].values())
-        shares = _within_group_shares(gt, state_detail[st]) if st in state_detail else nat_shares
         p = dict.fromkeys(keys, 0.0)
         for g, members in C16001_GROUPS.items():
-            for v in members:
-                p[v] += gt[g] / total * shares[g][v]
-        out[st] = tuple(itertools.accumulate(round(p[k] * 1e9) for k in keys))
-    return out
+            if g in r:
+                for v in members:
+                    p[v] += int(r[g]) * shares[r["state"]][g][v]
+        p[english] = 1e9 - sum(int(r[g]) for g in C16001_GROUPS if g in r)
+        at = LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")
+        cells.setdefault(r["state"], [()] * 2 * len(LANGUAGE_BANDS))[at] = _cumulative(
+            round(p[k]) for k in keys
+        )
+    return {st: tuple(cells[st] if st in cells else cells["US"]) for st in states}
 
 
 def _expand_open_age(
@@ -452,7 +489,7 @@ class Draws(NamedTuple):
     death_age: int  # all, dead cells: the fraction of the year of age lived at death (f)
     death_time_low: int  # all, dead cells: the death instant in the window (64 bits: low and
     death_time_high: int  # high halves)
-    race: int  # us-core: race x ethnicity row
+    race: int  # all: race x ethnicity row (Hispanic origin shapes the language; us-core prints it)
     race_pair: int  # us-core: the pair of races of a "Two or more races" row
     given_name: int  # us-core
     family_name: int  # us-core
@@ -624,7 +661,11 @@ class Plan:
     window_span: int  # seconds in the window, as-of included
     hospital_slots: tuple[int, ...]  # per cell: 5 general candidates, 6 under CHILD_AGE
     languages: tuple[tuple[str, str], ...]
-    language_cum: tuple[tuple[int, ...], ...]  # by position in state_codes
+    # state position * 6 + language_slot[cell] + hispanic -> cumulative weights over languages
+    language_cum: tuple[tuple[int, ...], ...]
+    language_slot: tuple[int, ...]  # per cell: 2 * its age band in LANGUAGE_BANDS
+    race_cum: tuple[tuple[int, ...], ...]  # by state position: race x ethnicity rows (Census P2)
+    race_hispanic: tuple[tuple[int, ...], ...]  # by state position: 1 for a Hispanic row
     gender_other: int
     gender_unknown: int
     profile: Profile
@@ -922,7 +963,12 @@ def _make_plan_cached(
             CANDIDATES if age < CHILD_AGE else CANDIDATES - 1 for age, _, _ in population["cells"]
         ),
         languages=tuple((code, display) for code, display, _ in ref.languages),
-        language_cum=tuple(ref.language_cum[s] for s in state_codes),
+        language_cum=tuple(t for s in state_codes for t in ref.language_cum[s]),
+        language_slot=tuple(2 * _language_band(age) for age, _, _ in population["cells"]),
+        race_cum=tuple(_cumulative(r[4] for r in ref.race_ethnicity[s]) for s in state_codes),
+        race_hispanic=tuple(
+            tuple(int(r[3] == HISPANIC_CODE) for r in ref.race_ethnicity[s]) for s in state_codes
+        ),
         gender_other=round(GENDER_OTHER_SHARE * (1 << 32)),
         gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
         profile=profile,
@@ -1069,6 +1115,7 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     # The slots this function reads, named as in Draws (a test keeps the two in step); the
     # death slots are read by _death, the us-core ones by its record function.
     u_state, u_zip, u_cell, u_birth, u_gender, u_language, u_organization = raw[:7]
+    u_race = raw[10]
     bisect_right = bisect.bisect_right  # _pick, inlined: this is the hot loop
     cum = plan.state_cum
     s = bisect_right(cum, u_state * cum[-1] >> 32)
@@ -1083,7 +1130,10 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     else:
         birth, died = plan.birth_low[cell] + (u_birth * plan.birth_span[cell] >> 32), -1
     gender = _gender(plan, u_gender, sex)
-    cum = plan.language_cum[s]
+    # the language by state, age band and Hispanic origin (the race row us-core prints)
+    cum = plan.race_cum[s]
+    hispanic = plan.race_hispanic[s][bisect_right(cum, u_race * cum[-1] >> 32)]
+    cum = plan.language_cum[s * 6 + plan.language_slot[cell] + hispanic]
     language = bisect_right(cum, u_language * cum[-1] >> 32)
     # the ZIP's candidates: slots lo..lo+4 for everyone, lo+5 (children's) under CHILD_AGE
     cum, lo = plan.hospital_cum, z * CANDIDATES
@@ -1094,8 +1144,8 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
 
 # _sample_tuple reads its slots by their Draws names (u_<name>): keep the two in step.
 assert [n for n in _sample_tuple.__code__.co_varnames if n.startswith("u_")] == [
-    "u_" + name for name in Draws._fields[:7]
-], "_sample_tuple's u_ names must follow the Draws table"
+    "u_" + name for name in (*Draws._fields[:7], "race")
+] and Draws._fields.index("race") == 10, "_sample_tuple's u_ names must follow the Draws table"
 
 
 def sample(plan: Plan, index: int) -> Sample:

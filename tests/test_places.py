@@ -14,6 +14,7 @@ import math
 import statistics
 import sys
 from collections import Counter, defaultdict
+from datetime import date
 from pathlib import Path
 
 import orjson
@@ -23,6 +24,7 @@ from test_realism import AS_OF, assert_share, table
 import fhir_patient_generator as g
 
 ROOT = Path(__file__).resolve().parents[1]
+AS_OF_DATE = date.fromisoformat(AS_OF[:10])
 GENERAL = ("Acute Care Hospitals", "Critical Access Hospitals")
 
 
@@ -182,49 +184,116 @@ def test_hospital_volumes_are_far_from_uniform():
 # --- language by state --------------------------------------------------------------------------
 
 # C16001 groups with one language each, and the French group's two (checked within the group)
-SINGLE = {"C16001_002E": "en", "C16001_003E": "es", "C16001_018E": "ko", "C16001_021E": "zh",
+SINGLE = {"C16001_003E": "es", "C16001_018E": "ko", "C16001_021E": "zh",
           "C16001_024E": "vi", "C16001_027E": "tl", "C16001_033E": "ar"}  # fmt: skip
+LANGUAGE_BANDS = ((0, 17, "5-17"), (18, 64, "18-64"), (65, 999, "65+"))  # under 5: as 5-17
 
 
-def test_language_by_state_follows_the_acs_groups_and_the_states_detail():
-    """en, es, ko, zh, vi, tl, ar are C16001 groups of one language: their shares are the
-    state's group shares. The French group (fr + ht) splits by the state's B16001 where it is
-    published (FL, CA) and by the national split where not (VT, HI)."""
+def language_band(age: int) -> str:
+    return next(band for lo, hi, band in LANGUAGE_BANDS if lo <= age <= hi)
+
+
+def us_core_language_cells(plan: g.Plan, n: int) -> dict[tuple, Counter]:
+    """(state, band, Hispanic?) -> Counter of language codes, read from us-core records (the
+    ethnicity extension prints the Hispanic origin the language was drawn with)."""
+    cells = defaultdict(Counter)
+    for i in range(n):
+        r = g.build_record(plan, i)
+        born = date.fromisoformat(r["birthDate"])
+        age = (
+            AS_OF_DATE.year
+            - born.year
+            - ((AS_OF_DATE.month, AS_OF_DATE.day) < (born.month, born.day))
+        )
+        eth = r["extension"][1]["extension"][0]["valueCoding"]["code"]
+        key = (r["address"][0]["state"], language_band(age), eth == "2135-2")
+        cells[key][r["communication"][0]["language"]["coding"][0]["code"]] += 1
+    return cells
+
+
+def test_the_language_table_is_what_the_committed_tool_builds():
+    """language_lep.csv equals a fresh run of tools/build_reference.py from the ACS copies."""
+    t = tool()
+    rebuilt = t.render(t.language_table(), t.LANGUAGE_COLUMNS)
+    assert rebuilt == (ROOT / "reference_data" / "language_lep.csv").read_text()
+
+
+def test_the_language_table_keeps_the_acs_totals():
+    """Summed over its cells, the fitted table gives back each state's C16001 LEP count per
+    group, B16004's LEP by age band and B16006's Hispanic Spanish LEP (the fit's margins)."""
+    cells = tool().language_cells()
+    level = {
+        (r["state"], r["acs_variable"]): int(r["lep"])
+        for r in table("lep_by_language_group_acs2018.csv")
+    }
+    hispanic = {r["state"]: r for r in table("hispanic_language_acs2018.csv")}
+    for (st, var), lep in level.items():
+        got = sum(c[var] for c in cells[st].values())
+        assert math.isclose(got, lep, rel_tol=1e-6, abs_tol=1e-6), (st, var)
+    for st in ("CA", "TX", "NY", "FL", "VT"):
+        spanish = sum(c["C16001_003E"] for (_, h), c in cells[st].items() if h)
+        assert math.isclose(spanish, int(hispanic[st]["hispanic_spanish_lep"]), rel_tol=1e-6)
+    rate = {}  # B16004's Spanish LEP rate by band: the profile the level is spread by
+    for r in table("lep_by_age_acs2018.csv"):
+        if r["group"] == "spanish":
+            rate[r["state"], r["age_band"]] = int(r["lep"]) / int(r["population"])
+    for st in ("CA", "TX", "AK", "DC"):
+        ratios = []
+        for band in ("5-17", "18-64", "65+"):
+            c = [cells[st][band, h] for h in (True, False)]
+            modelled = sum(x["C16001_003E"] for x in c) / sum(x["population"] for x in c)
+            ratios.append(modelled / rate[st, band])
+        assert max(ratios) / min(ratios) < 1 + 1e-9, (st, ratios)
+
+
+def test_language_follows_english_ability_by_state_age_and_hispanic_origin():
+    """Within each (state, age band, Hispanic origin) cell the languages follow language_lep.csv:
+    a C16001 group's share is its LEP share there; English is everyone else's. The French group
+    (fr + ht) splits by the state's B16001 where published (FL, CA), else nationally (VT, HI)."""
     states = ("CA", "FL", "VT", "HI", "TX")
-    n = 300_000
-    sample = records(g.make_plan(41, AS_OF, states=",".join(states)), n)
-    by_state = defaultdict(Counter)
-    for r in sample:
-        by_state[r["address"][0]["state"]][
-            r["communication"][0]["language"]["coding"][0]["code"]
-        ] += 1
-    groups = table("languages_by_state.csv")
+    cells = us_core_language_cells(
+        g.make_plan(41, AS_OF, states=",".join(states), profile="us-core"), 150_000
+    )
+    lep = {(r["state"], r["age_band"], r["hispanic"] == "Y"): r for r in table("language_lep.csv")}
     detail = table("languages_by_state_detail_acs2018.csv")
     national = {r["bcp47"]: int(r["speakers_age5plus"]) for r in table("languages.csv")}
-    for st in states:
-        got, m = by_state[st], sum(by_state[st].values())
-        rows = {r["acs_variable"]: int(r["speakers"]) for r in groups if r["state"] == st}
-        total = sum(rows.values())
+    checked = 0
+    for key, got in cells.items():
+        m, row = sum(got.values()), lep[key]
+        english = 1 - sum(int(row[v]) for v in tool().LEP_GROUPS) / 1e9
+        assert_share(got["en"], m, english, f"{key}/en")
         for var, code in SINGLE.items():
-            assert_share(got[code], m, rows[var] / total, f"{st}/{code}")
-        french = got["fr"] + got["ht"]
-        assert_share(french, m, rows["C16001_006E"] / total, f"{st}/fr+ht")
+            assert_share(got[code], m, int(row[var]) / 1e9, f"{key}/{code}")
+        assert_share(got["fr"] + got["ht"], m, int(row["C16001_006E"]) / 1e9, f"{key}/fr+ht")
+        checked += 1
+    assert checked == len(states) * 6
+    for st in states:
+        french = Counter()
+        for key, got in cells.items():
+            if key[0] == st:
+                french.update({c: got[c] for c in ("fr", "ht")})
         own = {r["bcp47"]: int(r["speakers"]) for r in detail if r["state"] == st}
         split = own if own else national
         assert bool(own) == (st in ("CA", "FL", "TX"))
-        assert_share(got["ht"], french, split["ht"] / (split["fr"] + split["ht"]), f"{st}/ht")
+        assert_share(
+            french["ht"], french.total(), split["ht"] / (split["fr"] + split["ht"]), f"{st}/ht"
+        )
 
 
-def test_children_under_5_get_their_states_household_languages():
-    """Under 5 (outside ACS) draws from the same state table as everyone else."""
-    young = records(g.make_plan(4, AS_OF, states="TX", max_age=4), 40_000)
-    rows = {
-        r["acs_variable"]: int(r["speakers"])
-        for r in table("languages_by_state.csv")
-        if r["state"] == "TX"
+def test_children_under_5_follow_the_5_to_17_year_olds():
+    """Under 5 (outside the ACS universe) draws from its state's 5-17 rows."""
+    plan = g.make_plan(4, AS_OF, states="TX", max_age=4, profile="us-core")
+    cells = us_core_language_cells(plan, 40_000)
+    lep = {
+        r["hispanic"] == "Y": r
+        for r in table("language_lep.csv")
+        if r["state"] == "TX" and r["age_band"] == "5-17"
     }
-    es = sum(r["communication"][0]["language"]["coding"][0]["code"] == "es" for r in young)
-    assert_share(es, len(young), rows["C16001_003E"] / sum(rows.values()), "TX under 5 / es")
+    assert {key[1] for key in cells} == {"5-17"}
+    for (_, _, hispanic), got in cells.items():
+        assert_share(
+            got["es"], got.total(), int(lep[hispanic]["C16001_003E"]) / 1e9, f"TX <5 {hispanic}"
+        )
 
 
 def test_race_by_state_sums_to_the_national_table():

@@ -40,11 +40,11 @@ OMB_ETHNICITIES = {"2135-2": "Hispanic or Latino", "2186-5": "Not Hispanic or La
 BIRTH_SEX = {"F", "M", "UNK"}  # US Core 5.0.1 Birth Sex value set (6.x widened it)
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")  # RFC 3986 absolute URI, roughly
 DAR = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
-# cms output (seed 5, 5,000 records, NDJSON), re-pinned for the registry mortality model: the
-# profile option must leave it unchanged.
+# cms output (seed 5, 5,000 records, NDJSON), re-pinned for the preferred language by limited
+# English proficiency (issue 17): the profile option must leave it unchanged.
 CMS_GOLDEN = {
-    "default": "02c3958ee0b053f252fc17290376d90767ea7ed7ad9a3b7ecf957bed25703ac2",
-    "pr-ak-dc": "1e1b7ebdd8f09da35f45adf33998b2deeccf401656e6093722a5556a9275ec6c",
+    "default": "7b6dc0e2ac66fca63a06c54be6a52d8d7d4fbb5c272c79bbeca4300017f4f41a",
+    "pr-ak-dc": "fe8de9c5648f7a7e05a86451524f36965d9b5dbe14d0cda3ca30fc38c40d2a59",
 }
 
 

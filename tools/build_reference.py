@@ -200,27 +200,180 @@ def candidates(zips: Sequence[Zip], hospitals: Sequence[Mapping[str, str]]) -> l
     return out
 
 
-def render(table: list[dict[str, str]]) -> str:
+def render(table: list[dict[str, str]], columns: Sequence[str] = COLUMNS) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, columns, lineterminator="\n")
     w.writeheader()
     w.writerows(table)
     return buf.getvalue()
 
 
+# -- language_lep.csv: who prefers a language other than English (limited English proficiency)
+#
+# P(C16001 group g, speaking English less than "very well" | state, age band, Hispanic origin):
+#   * the level of each group g by state: ACS 2018 C16001 LEP counts (Wyoming, empty there: its
+#     ACS 2017 C16001 speakers, languages_by_state.csv, x the national LEP share of g's speakers);
+#   * the age profile within B16004's four groups G (Spanish, other Indo-European, Asian and
+#     Pacific Island, other): the state's LEP rate by band (5-17, 18-64, 65+), the national one
+#     where B16004 is empty (MT, VT, WY), scaled to the level;
+#   * Hispanic origin: an iterative proportional fit of each G's LEP over (Hispanic, band) cells,
+#     seeded by the cells' population (B01001, B01001I), to the band totals and to the Hispanic
+#     total: B16006's Hispanic Spanish LEP for Spanish; for the others, Hispanics who speak
+#     another language (B16006) x the state's LEP share of those languages' speakers;
+#   * within G, the groups g in proportion to the state's C16001 LEP counts.
+# The US rows pool the states' cells (used where a state has no row: PR).
+
+LANGUAGE_OUT = "language_lep.csv"
+BANDS = ("5-17", "18-64", "65+")
+B16004_GROUPS: Mapping[str, tuple[str, ...]] = {  # B16004 group -> its C16001 groups
+    "spanish": ("C16001_003E",),
+    "indo_european": ("C16001_006E", "C16001_009E", "C16001_012E", "C16001_015E"),
+    "asian_pacific": ("C16001_018E", "C16001_021E", "C16001_024E", "C16001_027E", "C16001_030E"),
+    "other": ("C16001_033E", "C16001_036E"),
+}
+LEP_GROUPS = tuple(g for groups in B16004_GROUPS.values() for g in groups)
+LANGUAGE_COLUMNS = ["state", "age_band", "hispanic", *LEP_GROUPS]
+IPF_ROUNDS = 200
+
+
+def _fit(seed: list[list[float]], rows_: list[float], cols: list[float]) -> list[list[float]]:
+    """Iterative proportional fitting of a table to row and column totals (equal sums)."""
+    t = [row[:] for row in seed]
+    for _ in range(IPF_ROUNDS):
+        for i, target in enumerate(rows_):
+            s = sum(t[i])
+            t[i] = [x * target / s if s else 0.0 for x in t[i]]
+        for j, target in enumerate(cols):
+            s = sum(t[i][j] for i in range(len(t)))
+            for i in range(len(t)):
+                t[i][j] = t[i][j] * target / s if s else 0.0
+    return t
+
+
+def _lep_levels(data: Path) -> dict[str, dict[str, float]]:
+    """state -> C16001 group -> LEP people 5+ (Wyoming estimated from its 2017 speakers)."""
+    level: dict[str, dict[str, float]] = {}
+    speakers: dict[str, list[float]] = {}
+    for r in rows(data, "lep_by_language_group_acs2018.csv"):
+        level.setdefault(r["state"], {})[r["acs_variable"]] = float(r["lep"])
+        pair = speakers.setdefault(r["acs_variable"], [0.0, 0.0])
+        pair[0] += float(r["speakers"])
+        pair[1] += float(r["lep"])
+    published = set(level)
+    for r in rows(data, "languages_by_state.csv"):
+        if r["state"] not in published and r["acs_variable"] in speakers:
+            spoken, lep = speakers[r["acs_variable"]]
+            level.setdefault(r["state"], {})[r["acs_variable"]] = float(r["speakers"]) * lep / spoken
+    return level
+
+
+def language_cells(data: Path = DATA) -> dict[str, dict[tuple[str, bool], dict[str, float]]]:
+    """state -> (band, Hispanic?) -> {"population": people, C16001 group: LEP people}."""
+    level = _lep_levels(data)
+    by_age: dict[tuple[str, str, str], tuple[float, float]] = {}  # (state, band, G) -> pop, LEP
+    for r in rows(data, "lep_by_age_acs2018.csv"):
+        by_age[r["state"], r["age_band"], r["group"]] = (float(r["population"]), float(r["lep"]))
+    national = {
+        (band, big): sum(v[1] for k, v in by_age.items() if k[1:] == (band, big))
+        / sum(v[0] for k, v in by_age.items() if k[1:] == (band, big))
+        for band in BANDS
+        for big in B16004_GROUPS
+    }
+    out = {}
+    for r in rows(data, "hispanic_language_acs2018.csv"):
+        st = r["state"]
+        pop = [float(r[f"population_{b}"]) for b in ("5_17", "18_64", "65plus")]
+        hisp = [float(r[f"hispanic_{b}"]) for b in ("5_17", "18_64", "65plus")]
+        seed = [hisp, [p - h for p, h in zip(pop, hisp, strict=True)]]
+        cells = {
+            (band, h): {"population": seed[1 - h][k]}
+            for k, band in enumerate(BANDS)
+            for h in (True, False)
+        }
+        other = [g for g in LEP_GROUPS if g != "C16001_003E"]
+        other_total = sum(level[st][g] for g in other)
+        other_hispanic = float(r["hispanic_other_language"]) * _speaker_share(data, st)
+        for big, groups in B16004_GROUPS.items():
+            total = sum(level[st][g] for g in groups)
+            rate = [
+                by_age[st, b, big][1] / by_age[st, b, big][0] if (st, b, big) in by_age
+                else national[b, big]
+                for b in BANDS
+            ]  # fmt: skip
+            scale = total / sum(p * x for p, x in zip(pop, rate, strict=True))
+            bands = [p * x * scale for p, x in zip(pop, rate, strict=True)]
+            wanted = (
+                float(r["hispanic_spanish_lep"]) if big == "spanish"
+                else other_hispanic * total / other_total
+            )  # fmt: skip
+            hispanic = min(wanted, total)
+            fit = _fit(seed, [hispanic, total - hispanic], bands)
+            for k, band in enumerate(BANDS):
+                for h in (True, False):
+                    for g in groups:
+                        cells[band, h][g] = fit[1 - h][k] * level[st][g] / total if total else 0.0
+        out[st] = cells
+    out["US"] = {
+        key: {c: sum(out[st][key][c] for st in list(out)) for c in ("population", *LEP_GROUPS)}
+        for key in out[next(iter(out))]
+    }
+    return out
+
+
+@functools.cache
+def _speaker_shares(data: Path) -> dict[str, float]:
+    """state -> LEP people / speakers over the languages other than English and Spanish
+    (C16001 2018; Wyoming: the national share)."""
+    spoken: dict[str, list[float]] = {}
+    for r in rows(data, "lep_by_language_group_acs2018.csv"):
+        if r["acs_variable"] != "C16001_003E":
+            pair = spoken.setdefault(r["state"], [0.0, 0.0])
+            pair[0] += float(r["speakers"])
+            pair[1] += float(r["lep"])
+    national = sum(p[1] for p in spoken.values()) / sum(p[0] for p in spoken.values())
+    return {st: lep / s for st, (s, lep) in spoken.items()} | {"": national}
+
+
+def _speaker_share(data: Path, state: str) -> float:
+    shares = _speaker_shares(data)
+    return shares.get(state, shares[""])
+
+
+def language_table(data: Path = DATA) -> list[dict[str, str]]:
+    """language_lep.csv's rows: per (state, band, Hispanic origin) each group's LEP share in
+    parts per 10**9 (English-preferring = the rest)."""
+    out = []
+    for st, cells in sorted(language_cells(data).items()):
+        for (band, h), c in sorted(cells.items(), key=lambda kv: (BANDS.index(kv[0][0]), not kv[0][1])):
+            row = {"state": st, "age_band": band, "hispanic": "Y" if h else "N"}
+            for g in LEP_GROUPS:
+                row[g] = str(round(1e9 * c[g] / c["population"])) if c["population"] else "0"
+            out.append(row)
+    return out
+
+
+OUTPUTS = {  # file -> (builder, columns)
+    OUT: (lambda: candidates(load_zips(), rows(DATA, "hospitals.csv")), COLUMNS),
+    LANGUAGE_OUT: (language_table, LANGUAGE_COLUMNS),
+}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="compare with the file, write nothing")
+    p.add_argument("--check", action="store_true", help="compare with the files, write nothing")
     args = p.parse_args()
-    text = render(candidates(load_zips(), rows(DATA, "hospitals.csv")))
-    target = DATA / OUT
-    if args.check:
-        same = target.read_text(encoding="utf-8") == text
-        print(f"{OUT}: {'up to date' if same else 'differs from a rebuild'}")
-        return 0 if same else 1
-    target.write_text(text, encoding="utf-8")
-    print(f"wrote {target} ({len(text):,} bytes)")
-    return 0
+    stale = 0
+    for name, (build, columns) in OUTPUTS.items():
+        text = render(build(), columns)
+        target = DATA / name
+        if args.check:
+            same = target.is_file() and target.read_text(encoding="utf-8") == text
+            print(f"{name}: {'up to date' if same else 'differs from a rebuild'}")
+            stale += not same
+            continue
+        target.write_text(text, encoding="utf-8")
+        print(f"wrote {target} ({len(text):,} bytes)")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
