@@ -99,3 +99,23 @@ def test_hrrp_pooled_observed_rates_are_the_documented_ones() -> None:
     assert pooled == {
         "AMI": 13.56, "HF": 19.75, "PN": 16.57, "COPD": 19.51, "CABG": 11.11, "HIP-KNEE": 4.34,
     }  # fmt: skip
+
+
+def test_hac_sirs_are_keyed_and_published_only(hospitals: dict[str, str]) -> None:
+    """One row per hospital with at least one SIR; counts as SOURCES.md §C3 gives them."""
+    hac = rows("hac_sir_fy2024.csv")
+    columns = ["sir_clabsi", "sir_cauti", "sir_ssi", "sir_ssi_colon", "sir_ssi_hyst", "sir_cdi"]
+    assert list(hac[0]) == ["ccn", *columns, "sir_mrsa"]
+    ccns = [r["ccn"] for r in hac]
+    assert ccns == sorted(set(ccns)) and set(ccns) <= set(hospitals)
+    assert all(CCN.match(c) for c in ccns)
+    published = Counter()
+    for r in hac:
+        values = [v for k, v in r.items() if k != "ccn" and v]
+        assert values, r
+        assert all(0.0 <= float(v) < 10.0 for v in values), r
+        published.update(k for k, v in r.items() if k != "ccn" and v)
+    assert published == {
+        "sir_clabsi": 1962, "sir_cauti": 2123, "sir_ssi": 1946, "sir_ssi_colon": 1704,
+        "sir_ssi_hyst": 606, "sir_cdi": 2629, "sir_mrsa": 1732,
+    }  # fmt: skip

@@ -203,12 +203,53 @@ def pooled_rates(rows: Iterable[Sequence[object]]) -> dict[str, float]:
     return {c: num[c] / den[c] for c in HRRP_COHORTS if den[c]}
 
 
+# ---------------------------------------------------------------- HAC FY2024: hac_sir_fy2024.csv
+
+HAC_COLUMNS = [
+    "ccn", "sir_clabsi", "sir_cauti", "sir_ssi", "sir_ssi_colon", "sir_ssi_hyst", "sir_cdi",
+    "sir_mrsa",
+]  # fmt: skip
+HAC_SIRS = {  # our column -> (file, its column)
+    "sir_clabsi": ("hac", "CLABSI SIR"),
+    "sir_cauti": ("hac", "CAUTI SIR"),
+    "sir_ssi": ("hac", "SSI SIR"),
+    "sir_ssi_colon": ("hvbp", "HAI-3 Performance Rate"),
+    "sir_ssi_hyst": ("hvbp", "HAI-4 Performance Rate"),
+    "sir_cdi": ("hac", "CDI SIR"),
+    "sir_mrsa": ("hac", "MRSA SIR"),
+}
+
+
+def hac_sir(source: Path, ccns: Mapping[str, str]) -> list[tuple[object, ...]]:
+    """Per-hospital SIRs (NHSN, calendar 2022), one row per CCN with at least one, by CCN.
+
+    CLABSI, CAUTI, SSI (colon and hysterectomy pooled), CDI and MRSA from the HAC Reduction
+    Program FY2024; the two SSI strata from the HVBP FY2024 safety domain (HAI-3, HAI-4
+    performance rates, the same 2022 SIRs: its HAI-1/2/5/6 equal the HAC file's). Blank =
+    not published (too few predicted infections, footnote 13, or no data).
+    """
+    files = {
+        kind: {r["Facility ID"].zfill(6): r for r in read_csv(source / "cms" / name)}
+        for kind, name in (("hac", "hac_reduction_fy2024.csv"), ("hvbp", "hvbp_safety_fy2024.csv"))
+    }
+    out = []
+    for ccn in sorted(ccns):
+        values = []
+        for kind, column in HAC_SIRS.values():
+            cell = files[kind].get(ccn, {}).get(column, "")
+            values.append(cell if number(cell) is not None else None)
+        if any(v is not None for v in values):
+            out.append((ccn, *values))
+    return out
+
+
 # ---------------------------------------------------------------- driver
 
 Builder = Callable[[Path, Mapping[str, str]], tuple[Sequence[str], list[tuple[object, ...]]]]
 TABLES: dict[str, Builder] = {
     "hospital_volumes.csv": lambda s, c: (VOLUME_COLUMNS, hospital_volumes(s, c)),
     "hrrp_fy2025.csv": lambda s, c: (HRRP_COLUMNS, hrrp(s, c)),
+    "hac_sir_fy2024.csv": lambda s, c: (HAC_COLUMNS, hac_sir(s, c)),
 }
 
 
@@ -224,6 +265,10 @@ def summary(name: str, rows: list[tuple[object, ...]], ccns: Mapping[str, str]) 
         lines += [f"  fallback {k}: {v}" for k, v in volume_fallback(rows, ccns).items()]
     if name == "hrrp_fy2025.csv":
         lines += [f"  pooled observed {c}: {100 * v:.2f} %" for c, v in pooled_rates(rows).items()]
+    if name == "hac_sir_fy2024.csv":
+        for i, column in enumerate(HAC_COLUMNS[1:], 1):
+            v = sorted(float(str(r[i])) for r in rows if r[i] is not None)
+            lines.append(f"  {column}: {len(v):,} hospitals, median {statistics.median(v):.3f}")
     return lines
 
 
