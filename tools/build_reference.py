@@ -1,23 +1,28 @@
-"""Build reference_data/hospital_candidates.csv: each ZIP's nearest hospitals and their weights.
+"""Build the derived tables of reference_data/: each ZIP's nearest hospitals and their weights
+(hospital_candidates.csv) and who prefers which language (language_lep.csv).
 
-    python tools/build_reference.py            # rewrite the file (deterministic, ~1.5 s)
-    python tools/build_reference.py --check    # exit 1 if the file differs from a rebuild
+    python tools/build_reference.py            # rewrite the files (deterministic, ~5 s)
+    python tools/build_reference.py --check    # exit 1 if a file differs from a rebuild
 
-Offline, so a plan never pays for the nearest-hospital search (1.3 s for 33,187 ZIPs). Reads only
-reference_data/zips.csv and hospitals.csv; stdlib only. tests/test_places.py recomputes a sample
-of rows with these functions and compares them with the committed file.
+Offline, so a plan never pays for the nearest-hospital search (1.3 s for 33,187 ZIPs) or the
+fits. Reads only reference_data/; stdlib only. tests/test_places.py rebuilds both files with
+these functions and compares them with the committed ones.
 
-Model (docs and README "Places and hospitals"):
+Hospital model (docs and README "Places and hospitals"):
   * general hospitals = CMS "Acute Care Hospitals" and "Critical Access Hospitals"; "Childrens"
     are an extra candidate for patients under 18; Psychiatric, VA, DoD, Long-term and Rural
     Emergency Hospitals are never used;
-  * a ZIP's candidates are the K = 5 nearest general hospitals in its own state (great-circle
-    distance between ZIP internal points; a hospital sits at its ZIP's point), weighted by a
-    gravity model w = size / (d_km + 5)**2, size 4 for an acute care hospital with an emergency
-    department, 1 for one without and for a critical access hospital (25 beds at most by law);
-  * the children's candidate is the nearest in-state children's hospital within 100 km (size 8);
-  * weights are integers on one scale, round(1e9 * w), at least 1, so a children's weight adds
-    to the general ones without renormalising.
+  * a ZIP's candidates are the K = 10 nearest general hospitals, whatever their state
+    (great-circle distance between ZIP internal points; a hospital sits at its ZIP's point),
+    weighted by a gravity model w = volume / (d_km + 5)**BETA, BETA = 1, volume = the hospital's
+    HCRIS 2021 total discharges (hospital_volumes.csv), or for a hospital without them its beds x
+    the median discharges per bed of its type, else the median discharges of its type. K and
+    BETA were tuned (docs/population-model.md) so that patients per hospital follow discharges
+    (Pearson 0.94) and the top tenth of hospitals holds 42 % of patients (HCRIS: 44.5 %); with
+    the former K = 5 in-state, BETA = 2 the top tenth held 36 %;
+  * the children's candidate is the nearest children's hospital within 100 km, in any state;
+  * weights are integers on one scale, round(1000 * w), at least 1, so a children's weight adds
+    to the general ones without renormalising (a ZIP's sum stays far below 2**32).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import functools
 import io
 import math
 import re
+import statistics
 import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -36,11 +42,11 @@ from typing import NamedTuple
 
 DATA = Path(__file__).resolve().parents[1] / "reference_data"
 OUT = "hospital_candidates.csv"
-K = 5  # general-hospital candidates per ZIP
+K = 10  # general-hospital candidates per ZIP
 D0_KM = 5.0  # gravity-model distance offset: a hospital in the patient's own ZIP stays finite
+BETA = 1.0  # gravity-model distance decay
 CHILD_RADIUS_KM = 100.0
-CHILD_SIZE = 8
-WEIGHT_SCALE = 1e9
+WEIGHT_SCALE = 1000.0
 GENERAL_TYPES = ("Acute Care Hospitals", "Critical Access Hospitals")
 CHILDREN_TYPE = "Childrens"
 EARTH_KM = 6371.0088
@@ -71,13 +77,29 @@ def load_zips(data: Path = DATA) -> list[Zip]:
     ]  # fmt: skip
 
 
-def hospital_size(h: Mapping[str, str]) -> int:
-    """The gravity model's size proxy (CMS publishes no bed count)."""
-    if h["hospital_type"] == CHILDREN_TYPE:
-        return CHILD_SIZE
-    if h["hospital_type"] == "Acute Care Hospitals" and h["emergency_services"] == "Yes":
-        return 4
-    return 1
+def hospital_volumes(hospitals: Sequence[Mapping[str, str]], data: Path = DATA) -> dict[str, float]:
+    """CCN -> the gravity model's size: HCRIS 2021 total discharges (hospital_volumes.csv); for
+    a general or children's hospital without them, its beds x the median discharges per bed of
+    its type, else the median discharges of its type (the medians over the type's hospitals with
+    both figures, resp. with discharges)."""
+    volume = {r["ccn"]: r for r in rows(data, "hospital_volumes.csv")}
+    kind = {h["ccn"]: h["hospital_type"] for h in hospitals}
+    per_bed: dict[str, list[float]] = {}
+    totals: dict[str, list[float]] = {}
+    for ccn, r in volume.items():
+        if r["discharges"]:
+            totals.setdefault(kind[ccn], []).append(float(r["discharges"]))
+            if r["beds"] and float(r["beds"]) > 0:
+                per_bed.setdefault(kind[ccn], []).append(float(r["discharges"]) / float(r["beds"]))
+    out = {}
+    for ccn, r in volume.items():
+        if r["discharges"]:
+            out[ccn] = max(1.0, float(r["discharges"]))
+        elif r["beds"] and kind[ccn] in per_bed:
+            out[ccn] = float(r["beds"]) * statistics.median(per_bed[kind[ccn]])
+        elif kind[ccn] in totals:
+            out[ccn] = statistics.median(totals[kind[ccn]])
+    return out
 
 
 _COUNTY_SUFFIX = re.compile(
@@ -166,36 +188,38 @@ class Grid:
             r += 1
 
 
-def weight(size: int, km: float) -> int:
+def weight(size: float, km: float) -> int:
     """The gravity weight on the file's integer scale."""
-    return max(1, round(WEIGHT_SCALE * size / (km + D0_KM) ** 2))
+    return max(1, round(WEIGHT_SCALE * size / (km + D0_KM) ** BETA))
 
 
 def candidates(zips: Sequence[Zip], hospitals: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
     """hospital_candidates.csv's rows, one per ZIP of `zips`, in its order."""
     where = hospital_locations(hospitals, zips)
-    general: dict[str, list[tuple[float, float, int]]] = {}
-    children: dict[str, list[tuple[float, float, int]]] = {}
+    size = hospital_volumes(hospitals)
+    general, children = [], []
     for i, h in enumerate(hospitals):
         z = zips[where[i]]
         if h["hospital_type"] in GENERAL_TYPES:
-            general.setdefault(h["state"], []).append((z.lat, z.lng, i))
+            general.append((z.lat, z.lng, i))
         elif h["hospital_type"] == CHILDREN_TYPE:
-            children.setdefault(h["state"], []).append((z.lat, z.lng, i))
-    grids = {state: Grid(pts) for state, pts in general.items()}
+            children.append((z.lat, z.lng, i))
+    grid, kid_grid = Grid(general), Grid(children)
     out = []
     for z in zips:
-        near = grids[z.state].nearest(z.lat, z.lng, K)
-        kids = sorted(
-            (haversine_km(z.lat, z.lng, la, ln), i) for la, ln, i in children.get(z.state, ())
-        )
+        near = grid.nearest(z.lat, z.lng, K)
+        kids = kid_grid.nearest(z.lat, z.lng, 1)
         kid = kids[0] if kids and kids[0][0] <= CHILD_RADIUS_KM else None
+        weights = [weight(size[hospitals[i]["ccn"]], d) for d, i in near]
+        kid_weight = weight(size[hospitals[kid[1]]["ccn"]], kid[0]) if kid else 0
+        if sum(weights) + kid_weight >= 1 << 32:
+            raise ValueError(f"ZIP {z.zip}: weights overflow the generator's 32-bit sums")
         out.append({
             "zip": z.zip,
             "hospitals": " ".join(hospitals[i]["ccn"] for _, i in near),
-            "weights": " ".join(str(weight(hospital_size(hospitals[i]), d)) for d, i in near),
+            "weights": " ".join(map(str, weights)),
             "children_hospital": hospitals[kid[1]]["ccn"] if kid else "",
-            "children_weight": str(weight(CHILD_SIZE, kid[0])) if kid else "",
+            "children_weight": str(kid_weight) if kid else "",
         })  # fmt: skip
     return out
 
@@ -263,7 +287,9 @@ def _lep_levels(data: Path) -> dict[str, dict[str, float]]:
     for r in rows(data, "languages_by_state.csv"):
         if r["state"] not in published and r["acs_variable"] in speakers:
             spoken, lep = speakers[r["acs_variable"]]
-            level.setdefault(r["state"], {})[r["acs_variable"]] = float(r["speakers"]) * lep / spoken
+            level.setdefault(r["state"], {})[r["acs_variable"]] = (
+                float(r["speakers"]) * lep / spoken
+            )
     return level
 
 
@@ -344,7 +370,9 @@ def language_table(data: Path = DATA) -> list[dict[str, str]]:
     parts per 10**9 (English-preferring = the rest)."""
     out = []
     for st, cells in sorted(language_cells(data).items()):
-        for (band, h), c in sorted(cells.items(), key=lambda kv: (BANDS.index(kv[0][0]), not kv[0][1])):
+        for (band, h), c in sorted(
+            cells.items(), key=lambda kv: (BANDS.index(kv[0][0]), not kv[0][1])
+        ):
             row = {"state": st, "age_band": band, "hispanic": "Y" if h else "N"}
             for g in LEP_GROUPS:
                 row[g] = str(round(1e9 * c[g] / c["population"])) if c["population"] else "0"
