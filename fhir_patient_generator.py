@@ -1160,6 +1160,14 @@ assert [n for n in _sample_tuple.__code__.co_varnames if n.startswith("u_")] == 
 ] and Draws._fields.index("race") == 10, "_sample_tuple's u_ names must follow the Draws table"
 
 
+def _language_at(plan: Plan, state: int, cell: int, raw: tuple[int, ...]) -> int:
+    """The language _sample_tuple draws for a patient of state position `state` in `cell` (the
+    living population redraws it for a joiner's own state and age)."""
+    u = Draws._make(raw)
+    hispanic = plan.race_hispanic[state][_pick(plan.race_cum[state], u.race)]
+    return _pick(plan.language_cum[state * 6 + plan.language_slot[cell] + hispanic], u.language)
+
+
 def sample(plan: Plan, index: int) -> Sample:
     """Patient #index's draws, mapped onto the plan's tables: one hash, no record."""
     return Sample._make(_sample_tuple(plan, index))
@@ -1434,10 +1442,18 @@ BLOCK = 64  # indexes per event tile: tile (block, year) holds the candidate eve
 # change without moving any other event. The life table's highest m(x) is 0.73 (men, 110).
 DEATH_BOUND, MOVE_BOUND, HOSPITAL_BOUND = 0.75, 0.30, 0.05
 # Share of people 1+ who moved in a year, CPS ASEC 2021: within the county, to another county of
-# the state, to another state (docs/living-population.md); hazards -ln(1 - p), split pro rata.
+# the state, to another state (docs/living-population.md); hazards -ln(1 - p), split pro rata,
+# then spread over ages by the ACS 2018 B07001 mover rates of each kind (movers_by_age_acs2018.csv)
+# so that each kind's total over the B07001 population 1+ stays the CPS one.
 MOVE_SHARES = (0.049, 0.019, 0.014)
 MOVE_KINDS = ("move-zip", "move-county", "move-state")
 HOSPITAL_CHANGE_RATE = 0.03  # per person-year without a move: an assumption (no published rate)
+# Deaths, births and arrivals by calendar year and state (issue 17): the life table's m(x) times
+# the year's national level (NCHS deaths per person, deaths_by_year_nchs.csv, over the life
+# table's year LIFE_TABLE_YEAR's); births and net international migration per person of each
+# state (Census V2025 components, population_components_v2025.csv). A calendar year y uses the
+# component year ending 30 June y; years outside the tables use the nearest year in them.
+LIFE_TABLE_YEAR = 2022  # HMD's US period life table (life_table_hmd2022_full.csv)
 BIRTH_RATE = 3_596_017 / 334_914_895  # NCHS final births 2023 / Census population 1 July 2023
 NEWCOMER_RATE = 2_800_000 / 340_110_988  # Census net international migration 2023-24 / 2024 pop.
 MALE_AT_BIRTH = 105 / 205  # the sex ratio at birth, about 105 boys per 100 girls
@@ -1470,24 +1486,95 @@ class Version(NamedTuple):
     sample: Sample  # the patient as of this version (after a delete: as it last was)
 
 
+class _YearRates(NamedTuple):
+    """The living population's rates that vary by calendar year, state or age (reference data;
+    BIRTH_RATE and NEWCOMER_RATE remain the documented national figures of 2023-24)."""
+
+    years: range  # the component years with data; others use the nearest
+    death_level: Mapping[int, float]  # year -> NCHS deaths per person / LIFE_TABLE_YEAR's
+    births: Mapping[tuple[str, int], float]  # (state, year) -> births per person-year
+    arrivals: Mapping[tuple[str, int], float]  # (state, year) -> net intl. migration per person
+    move_factor: tuple[tuple[float, ...], ...]  # by age: each kind's B07001 rate / its mean
+
+
+@functools.cache
+def _year_rates(data_dir: str | None) -> _YearRates:
+    """The tables behind _YearRates, read once per data folder."""
+    folder = Path(data_dir) if data_dir else DATA_DIR
+    components = [
+        r
+        for r in _csv_rows(folder, "population_components_v2025.csv")
+        if r["period"].startswith(f"{int(r['year']) - 1}-07-01")  # whole years (not 2020)
+    ]
+    years = sorted({int(r["year"]) for r in components})
+    people = {(r["state"], int(r["year"])): int(r["popestimate_jul1"]) for r in components}
+    deaths = _csv_rows(folder, "deaths_by_year_nchs.csv")
+    crude = {
+        int(r["year"]): int(r["us_resident_deaths_registered"]) / people["US", int(r["year"])]
+        for r in deaths
+        if ("US", int(r["year"])) in people
+    }
+    return _YearRates(
+        years=range(years[0], years[-1] + 1),
+        death_level={y: c / crude[LIFE_TABLE_YEAR] for y, c in crude.items()},
+        births={
+            (r["state"], int(r["year"])): int(r["births"]) / people[r["state"], int(r["year"])]
+            for r in components
+        },
+        arrivals={
+            (r["state"], int(r["year"])): max(0, int(r["net_international_migration"]))
+            / people[r["state"], int(r["year"])]
+            for r in components
+        },
+        move_factor=_move_factors(_csv_rows(folder, "movers_by_age_acs2018.csv")),
+    )
+
+
+def _move_factors(rows: list[dict[str, str]]) -> tuple[tuple[float, ...], ...]:
+    """By whole age 0..MAX_AGE: each move kind's ACS B07001 rate at that age over its rate in
+    the whole population 1+ (age 0 takes the 1-4 rate; "75 years and over" runs to MAX_AGE)."""
+    columns = ("moved_within_county", "moved_diff_county_same_state", "moved_from_diff_state")
+    people = sum(int(r["population_1plus"]) for r in rows)
+    mean = [sum(int(r[c]) for r in rows) / people for c in columns]
+    lows = [int(r["age_group"].split()[0]) for r in rows]
+    factors = [
+        tuple(
+            int(r[c]) / int(r["population_1plus"]) / m for c, m in zip(columns, mean, strict=True)
+        )
+        for r in rows
+    ]
+    return tuple(factors[bisect.bisect_right(lows, max(x, 1)) - 1] for x in range(MAX_AGE + 1))
+
+
 class _Dynamics(NamedTuple):
     """What the events of a plan need, precomputed once (tables; no state)."""
 
     tile_hash: Any  # SHAKE-256 that has absorbed the plan key: tiles copy it
     poisson: Mapping[int, tuple[int, ...]]  # year length in days -> inverse CDF of candidates
     kind_cut: tuple[int, int]  # w0 >> 6 below [0]: death, below [1]: move, else hospital
-    death_accept: Mapping[str, tuple[int, ...]]  # sex -> by age: accept a death if w2 < this
-    move_accept: tuple[int, int, int]  # cumulative w2 cuts: same county, other county, state
+    years: range  # the rate years: an instant's calendar year, clamped to them (_rate_year)
+    # (rate year, state position) -> sex -> by age: accept a death if w2 < this
+    death_accept: Mapping[tuple[int, int], Mapping[str, tuple[int, ...]]]
+    death_any: Mapping[int, Mapping[str, tuple[int, ...]]]  # rate year -> the highest of the states
+    move_accept: tuple[tuple[int, int, int], ...]  # by age: cumulative w2 cuts of the 3 kinds
     hospital_accept: int
     zip_order: tuple[int, ...]  # the run's ZIP positions sorted by (state, county)
     zip_rank: Mapping[int, int]  # ZIP position -> rank in zip_order
+    state_index: Mapping[str, int]  # state code -> position in plan.state_codes
     rank_cum: tuple[int, ...]  # rank_cum[r] = population of ranks < r (len + 1 entries)
     county_span: tuple[tuple[int, int], ...]  # by rank: ranks of its county [lo, hi)
     state_span: tuple[tuple[int, int], ...]  # by rank: ranks of its state
     living_cum: tuple[int, ...]  # plan.cells' weights with the dead at 0 (newcomers' cells)
     newborn_cell: Mapping[str, int]  # sex -> the living age-0 cell (births), if in the ages
-    join_rate: float  # joiners per epoch patient per year
-    birth_cut: int  # a joiner is a birth if spare_14 < this
+    # The joiners' clock, in segments (the epoch's year, then one per calendar year, the last
+    # one open): seconds after E where each begins, joiners per epoch patient before it, and
+    # joiners per epoch patient per second within it.
+    join_at: tuple[float, ...]
+    join_before: tuple[float, ...]
+    join_rate: tuple[float, ...]
+    birth_cut: tuple[int, ...]  # by segment: a joiner is a birth if spare_14 < this
+    birth_states: tuple[tuple[int, ...], ...]  # by segment: cumulative births by state position
+    arrival_states: tuple[tuple[int, ...], ...]  # by segment: arrivals (net migration) likewise
     error_cut: int  # a joiner was entered in error if spare_15 < this
     male_cut: int
     start: int  # E in whole seconds: changes happen after it
@@ -1524,11 +1611,83 @@ def _living_cum(plan: Plan) -> tuple[int, ...]:
     )
 
 
+def _state_death_ratio(plan: Plan) -> tuple[float, ...]:
+    """By state position: the state's deaths over what the national rates give (1 for now)."""
+    return (1.0,) * len(plan.state_codes)
+
+
+def _death_tables(
+    plan: Plan, ref: Reference, rates: _YearRates
+) -> tuple[dict[tuple[int, int], dict[str, tuple[int, ...]]], dict[int, dict[str, tuple]]]:
+    """death_accept and death_any: m(x) x the year's level x the state's ratio, per bound. A
+    rate above DEATH_BOUND (only at the oldest ages of a high year or state) is capped at it."""
+    ratio, ages = _state_death_ratio(plan), range(MAX_AGE + 1)
+    accept, highest = {}, {}
+    for y in rates.years:
+        level = rates.death_level[min(rates.death_level, key=lambda k: (abs(k - y), k))]
+        for k, r in enumerate(ratio):
+            accept[y, k] = {
+                sex: tuple(_cut(min(1.0, m * level * r / DEATH_BOUND)) for m in ref.mx[sex])
+                for sex in SEXES
+            }
+        highest[y] = {
+            sex: tuple(max(accept[y, k][sex][x] for k in range(len(ratio))) for x in ages)
+            for sex in SEXES
+        }
+    return accept, highest
+
+
+def _year_start(year: int) -> int:
+    return (date(year, 1, 1).toordinal() - _EPOCH_DAY) * 86400
+
+
+def _join_clock(plan: Plan, rates: _YearRates, start: int) -> dict[str, tuple[Any, ...]]:
+    """The joiners' segments (see _Dynamics): per calendar year from the epoch's to the last rate
+    year, births and arrivals per epoch patient summed over the run's states, each state
+    weighted by its population (states.csv, as the epoch draws it)."""
+    births_on = plan.options["min_age"] == 0
+    weights = [b - a for a, b in zip((0, *plan.state_cum), plan.state_cum, strict=False)]
+    first = date.fromordinal(start // 86400 + _EPOCH_DAY).year
+    out: dict[str, list[Any]] = {k: [] for k in _JOIN_FIELDS}
+    before, at = 0.0, 0.0
+    for year in range(first, max(first, rates.years[-1]) + 1):
+        y = min(max(year, rates.years[0]), rates.years[-1])
+        born = [
+            w * rates.births[code, y] if births_on else 0.0
+            for w, code in zip(weights, plan.state_codes, strict=True)
+        ]
+        came = [
+            w * rates.arrivals[code, y] for w, code in zip(weights, plan.state_codes, strict=True)
+        ]
+        per_year = (sum(born) + sum(came)) / sum(weights)
+        out["join_at"].append(at)
+        out["join_before"].append(before)
+        out["join_rate"].append(per_year / SECONDS_PER_YEAR)
+        out["birth_cut"].append(_cut(sum(born) / (sum(born) + sum(came))))
+        out["birth_states"].append(_cumulative(round(b * 1000) for b in born))
+        out["arrival_states"].append(_cumulative(round(c * 1000) for c in came))
+        end = _year_start(year + 1) - start if year < 9999 else float("inf")
+        before += (end - at) * out["join_rate"][-1]
+        at = float(end)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+_JOIN_FIELDS = (
+    "join_at",
+    "join_before",
+    "join_rate",
+    "birth_cut",
+    "birth_states",
+    "arrival_states",
+)
+
+
 @functools.lru_cache(maxsize=8)
 def _dynamics(plan: Plan) -> _Dynamics:
     """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
     rates; in exact or integer arithmetic where a draw depends on them."""
     ref = load_reference(plan.identity[3])
+    rates = _year_rates(plan.identity[3])
     bound = DEATH_BOUND + MOVE_BOUND + HOSPITAL_BOUND
     with localcontext() as ctx:
         ctx.prec = 40
@@ -1555,8 +1714,9 @@ def _dynamics(plan: Plan) -> _Dynamics:
             if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
                 span.extend([(lo, r)] * (r - lo))
                 lo = r
-    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
     newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
+    death_accept, death_any = _death_tables(plan, ref, rates)
+    start = _seconds(plan.as_of)
     return _Dynamics(
         tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
         poisson=poisson,
@@ -1564,22 +1724,42 @@ def _dynamics(plan: Plan) -> _Dynamics:
             round(DEATH_BOUND / bound * (1 << 26)),
             round((DEATH_BOUND + MOVE_BOUND) / bound * (1 << 26)),
         ),
-        death_accept={s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES},
-        move_accept=tuple(_cut(sum(move_rates[: k + 1]) / MOVE_BOUND) for k in range(3)),
+        years=rates.years,
+        death_accept=death_accept,
+        death_any=death_any,
+        move_accept=tuple(
+            tuple(
+                _cut(
+                    min(
+                        1.0,
+                        sum(r * f for r, f in zip(move_rates[: k + 1], factor, strict=False))
+                        / MOVE_BOUND,
+                    )
+                )
+                for k in range(3)
+            )
+            for factor in rates.move_factor
+        ),
         hospital_accept=_cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND),
         zip_order=tuple(order),
         zip_rank={z: r for r, z in enumerate(order)},
+        state_index=state_rank,
         rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
         county_span=tuple(county_span),
         state_span=tuple(state_span),
         living_cum=_living_cum(plan),
         newborn_cell=newborn,
-        join_rate=joins,
-        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
+        **_join_clock(plan, rates, start),
         error_cut=_cut(ERROR_SHARE),
         male_cut=_cut(MALE_AT_BIRTH),
-        start=_seconds(plan.as_of),
+        start=start,
     )
+
+
+def _rate_year(dyn: _Dynamics, instant: int) -> int:
+    """The rate year of an instant: its UTC calendar year, clamped to the years with rates."""
+    year = date.fromordinal(instant // 86400 + _EPOCH_DAY).year
+    return min(max(year, dyn.years[0]), dyn.years[-1])
 
 
 def _age(birth: int, instant: int) -> int:
@@ -1636,10 +1816,6 @@ def _tile(dyn: _Dynamics, block: int, year: int) -> tuple[int, ...]:
     return struct.unpack(f"<{_TILE_WORDS * k}I", h.digest(4 + 4 * _TILE_WORDS * k)[4:])
 
 
-def _year_start(year: int) -> int:
-    return (date(year, 1, 1).toordinal() - _EPOCH_DAY) * 86400
-
-
 def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[tuple[int, ...]]]:
     """Offset in the block -> its candidates (instant, w0, w2, w3, w4) with lo < instant <= hi,
     in time order (ties: tile order)."""
@@ -1663,16 +1839,24 @@ def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[
     return out
 
 
-def _gap(dyn: _Dynamics, count: int) -> float:
-    """Seconds between joiners: the epoch population times the joining rate, per second."""
-    return SECONDS_PER_YEAR / (count * dyn.join_rate)
+def _joined(dyn: _Dynamics, seconds: float) -> float:
+    """Expected joiners per epoch patient in the first `seconds` after the epoch."""
+    k = bisect.bisect_right(dyn.join_at, seconds) - 1
+    return dyn.join_before[k] + (seconds - dyn.join_at[k]) * dyn.join_rate[k]
+
+
+def _join_offset(dyn: _Dynamics, joined: float) -> float:
+    """The inverse of _joined: seconds after the epoch by which `joined` are expected."""
+    k = bisect.bisect_right(dyn.join_before, joined) - 1
+    return dyn.join_at[k] + (joined - dyn.join_before[k]) / dyn.join_rate[k]
 
 
 def _join_instant(plan: Plan, dyn: _Dynamics, count: int, index: int) -> int:
-    """When joiner #index (index >= count) joins: the k-th of a steady stream, k = index - count,
-    jittered within its slot by the joiner's own draw, so instants never decrease with k."""
+    """When joiner #index (index >= count) joins: the k-th of a stream whose rate follows each
+    calendar year's births and arrivals, k = index - count, jittered within its slot by the
+    joiner's own draw, so instants never decrease with k."""
     u = _raw_draws(_digest(plan, index))[9]  # Draws.death_time_high: unused by the living
-    return dyn.start + 1 + int((index - count + u / 4294967296.0) * _gap(dyn, count))
+    return dyn.start + 1 + int(_join_offset(dyn, (index - count + u / 4294967296.0) / count))
 
 
 def population_size(plan: Plan, count: int, until: datetime | str) -> int:
@@ -1686,7 +1870,7 @@ def _joiners_by(plan: Plan, dyn: _Dynamics, count: int, until: int) -> int:
     """The number of joiners k with join instant <= until (instants never decrease with k)."""
     if count <= 0 or until <= dyn.start:
         return 0
-    k = max(0, int((until - dyn.start) / _gap(dyn, count)) - 1)
+    k = max(0, int(count * _joined(dyn, until - dyn.start)) - 1)
     while k > 0 and _join_instant(plan, dyn, count, count + k - 1) > until:
         k -= 1
     while _join_instant(plan, dyn, count, count + k) <= until:
@@ -1722,9 +1906,11 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
         return _Start(s, "epoch", dyn.start, None)
     u = Draws._make(s.draws)
     instant = _join_instant(plan, dyn, count, index)
-    if u.spare_14 < dyn.birth_cut:
+    segment = bisect.bisect_right(dyn.join_at, instant - dyn.start) - 1
+    if u.spare_14 < dyn.birth_cut[segment]:
         change, sex = "birth", "male" if u.cell < dyn.male_cut else "female"
         cell, birth = dyn.newborn_cell[sex], instant // 86400 + _EPOCH_DAY
+        state = _pick(dyn.birth_states[segment], u.state)
     else:
         change = "arrival"
         cell = _pick(dyn.living_cum, u.cell)
@@ -1732,12 +1918,24 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
             plan.cells[cell][1],
             plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32),
         )
+        state = _pick(dyn.arrival_states[segment], u.state)
+    z = plan.zip_index[state][_pick(plan.zip_cum[state], u.zip)]
     gender = _gender(plan, u.gender, sex)
-    org = _hospital_at(plan, s.zip, _age(birth, instant), u.organization)
+    org = _hospital_at(plan, z, _age(birth, instant), u.organization)
     deleted = None
     if u.spare_15 < dyn.error_cut:
         deleted = instant + 86400 + (u.death_age * (ERROR_DAYS - 1) * 86400 >> 32)
-    s = s._replace(cell=cell, sex=sex, birth=birth, gender=gender, organization=org, died=-1)
+    s = s._replace(
+        state=state,
+        zip=z,
+        cell=cell,
+        sex=sex,
+        birth=birth,
+        gender=gender,
+        language=_language_at(plan, state, cell, s.draws),
+        organization=org,
+        died=-1,
+    )
     return _Start(s, change, instant, deleted)
 
 
@@ -1747,23 +1945,25 @@ def _apply(
     """A candidate event (instant, tile position, w0, w2, w3, w4) applied to the patient as it
     is: (the new sample, the change) if thinning accepts it and it changes something, else None."""
     _, _, w0, w2, w3, w4 = event
-    kind = w0 >> 6
+    kind, age = w0 >> 6, min(_age(s.birth, instant), MAX_AGE)
     if kind < dyn.kind_cut[0]:
-        if w2 >= dyn.death_accept[s.sex][min(_age(s.birth, instant), MAX_AGE)]:
+        if w2 >= dyn.death_accept[_rate_year(dyn, instant), s.state][s.sex][age]:
             return None
         return s._replace(died=instant), "death"
     if kind < dyn.kind_cut[1]:
-        if w2 >= dyn.move_accept[2]:
+        accept = dyn.move_accept[age]
+        if w2 >= accept[2]:
             return None
-        move = 0 if w2 < dyn.move_accept[0] else 1 if w2 < dyn.move_accept[1] else 2
+        move = 0 if w2 < accept[0] else 1 if w2 < accept[1] else 2
         z = _move_zip(dyn, s.zip, move, w3)
         if z is None:
             return None
-        org = _hospital_at(plan, z, _age(s.birth, instant), w4)
-        return s._replace(zip=z, organization=org), MOVE_KINDS[move]
+        org = _hospital_at(plan, z, age, w4)
+        state = dyn.state_index[plan.zips[z][3]]
+        return s._replace(state=state, zip=z, organization=org), MOVE_KINDS[move]
     if w2 >= dyn.hospital_accept:
         return None
-    org = _hospital_at(plan, s.zip, _age(s.birth, instant), w4, s.organization)
+    org = _hospital_at(plan, s.zip, age, w4, s.organization)
     return None if org is None else (s._replace(organization=org), "hospital")
 
 
@@ -1811,14 +2011,18 @@ def _window_events(
     dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]], age_at: Callable[[int], int]
 ) -> bool:
     """Whether any candidate could be accepted (a necessary condition, checked before the
-    patient's history is replayed): deaths by age and sex, the others by their fixed rates."""
-    accept = dyn.death_accept[start.sample.sex]
+    patient's history is replayed): deaths by year, age and sex at the highest state's rate
+    (the patient may have moved), moves by age, hospital changes at their fixed rate."""
+    sex = start.sample.sex
     for instant, _, w0, w2, _, _ in events:
         kind = w0 >> 6
         if kind < dyn.kind_cut[0]:
-            if w2 < accept[min(age_at(instant), MAX_AGE)]:
+            if w2 < dyn.death_any[_rate_year(dyn, instant)][sex][min(age_at(instant), MAX_AGE)]:
                 return True
-        elif w2 < (dyn.move_accept[2] if kind < dyn.kind_cut[1] else dyn.hospital_accept):
+        elif kind < dyn.kind_cut[1]:
+            if w2 < dyn.move_accept[min(age_at(instant), MAX_AGE)][2]:
+                return True
+        elif w2 < dyn.hospital_accept:
             return True
     return False
 
