@@ -22,6 +22,7 @@ import csv
 import functools
 import hashlib
 import itertools
+import operator
 import os
 import re
 import secrets
@@ -135,6 +136,7 @@ HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino": the preferred language 
 # Identifier.system must be a URI under us-core; same namespace scheme as ORG_SYSTEM. The cms
 # profile keeps MRN_SYSTEM for backward compatibility; the MRN value is the same in both.
 US_CORE_MRN_SYSTEM = "urn:metriccare:mrn"
+HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino"
 OTHER_RACE_CODE = "2131-1"  # Census "Some Other Race": text only, no ombCategory (docs/us-core.md)
 OTHER_RACE_TEXT = "Other Race"
 TWO_OR_MORE_TEXT = "Two or more races"
@@ -184,6 +186,12 @@ class Reference:
     # LANGUAGE_BANDS.index(band) * 2 + hispanic (language_lep.csv: limited English proficiency)
     language_cum: Mapping[str, tuple[tuple[int, ...], ...]]
     race_ethnicity: Mapping[str, tuple[tuple[str, str, str, str, int], ...]]  # state -> rows
+    # The joint population (docs/population-model.md; tools/build_reference.py builds the tables)
+    state_age_sex: Mapping[str, Mapping[str, tuple[int, ...]]]  # state -> sex -> living by age
+    state_mx_ratio: Mapping[str, Mapping[str, tuple[float, ...]]]  # state -> sex -> k(x): m_s = k m
+    race_rows: tuple[tuple[str, str, str, str], ...]  # (race, code, ethnicity, code), state order
+    race_ratio: tuple[float, ...]  # per race row: death-rate ratio to the total (GBD 2019)
+    race_cum: Mapping[str, tuple[tuple[int, ...], ...]]  # state -> [race slot] -> cumulative
 
 
 def load_reference(data_dir: str | Path | None = None) -> Reference:
@@ -233,6 +241,7 @@ def _load_reference(data_dir: Path) -> Reference:
             rows("language_lep.csv"),
         ),
         race_ethnicity={k: tuple(v) for k, v in race.items()},
+        **_joint_population(data_dir, race),
     )
 
 
@@ -447,6 +456,81 @@ def _language_cum(
     return {st: tuple(cells[st] if st in cells else cells["US"]) for st in states}
 
 
+# mortality_by_race.csv group of a race_ethnicity_by_state.csv row: Hispanic rows are "latino",
+# non-Hispanic ones by race code; GBD's "asian" includes Pacific Islanders; Census "Some Other
+# Race" and "Two or more races" have no GBD group and keep the total's rate (ratio 1).
+RACE_GROUPS: Mapping[str, str] = {
+    "2106-3": "white", "2054-5": "black", "1002-5": "aian", "2028-9": "asian", "2076-8": "asian",
+    "2131-1": "total", "": "total",
+}  # fmt: skip
+RACE_RATE_YEAR = "2019"  # mortality_by_race.csv's GBD rows: all five groups
+RACE_BANDS = (0, 5, 10, 15, 18, 20, 25, 30, 35, 45, 55, 65, 75, 85)  # ACS B01001A-I age bands
+
+
+def _race_slot(age: int, sex: str, dead: bool) -> int:
+    """The race table of a registry cell: (dead, sex, ACS band) in race_by_state_age.csv order."""
+    band = bisect.bisect_right(RACE_BANDS, age) - 1
+    return (dead * len(SEXES) + SEXES.index(sex)) * len(RACE_BANDS) + band
+
+
+def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """The joint population's compact tables: the living by state, sex and age (raked to the
+    national table); each state's mortality ratio k_s(x) = its SMR over the living-weighted
+    mean SMR of the 50 states + DC at that age and sex, so that m_s(x) = k_s(x) m(x) averages
+    to the national m(x) at every age (territories: k = 1); the race x ethnicity draws per
+    state and race slot, the dead's tilted by each row's death-rate ratio (the same deaths per
+    state, age and sex, shifted between races)."""
+    living: dict[str, dict[str, tuple[int, ...]]] = {}
+    for r in _csv_rows(data_dir, "state_age_sex.csv"):
+        living.setdefault(r["state"], {})[r["sex"]] = tuple(map(int, r["people"].split()))
+    smr = {r["state"]: float(r["smr"]) for r in _csv_rows(data_dir, "state_mortality.csv")}
+    ratio_by_state: dict[str, dict[str, tuple[float, ...]]] = {st: {} for st in living}
+    for sex in SEXES:
+        people = [sum(ages) for ages in zip(*(living[st][sex] for st in smr), strict=True)]
+        weighted = [
+            sum(ages)
+            for ages in zip(*([p * smr[st] for p in living[st][sex]] for st in smr), strict=True)
+        ]
+        mean = [w / p if p else 1.0 for w, p in zip(weighted, people, strict=True)]
+        for st in living:
+            k = smr.get(st, 0.0)
+            ratio_by_state[st][sex] = tuple(k / m if k else 1.0 for m in mean)
+    rows = tuple(row[:4] for row in next(iter(race.values())))
+    rates = {
+        r["group"]: float(r["age_standardized_death_rate_per_100k"])
+        for r in _csv_rows(data_dir, "mortality_by_race.csv")
+        if r["year"] == RACE_RATE_YEAR
+    }
+    race_ratio = tuple(
+        rates["latino" if eth_code == HISPANIC_CODE else RACE_GROUPS[code]] / rates["total"]
+        for _, code, _, eth_code in rows
+    )
+    per_mille = tuple(round(1000 * k) for k in race_ratio)
+    with open(data_dir / "race_by_state_age.csv", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
+        states, _, _, people = zip(*reader, strict=True)
+    flat, n, accumulate = list(map(int, " ".join(people).split())), len(rows), itertools.accumulate
+    living_cum: dict[str, list[tuple[int, ...]]] = {}
+    dead_cum: dict[str, list[tuple[int, ...]]] = {}
+    for k, st in enumerate(states):  # column-wise: one int() pass over the file
+        weights = flat[k * n : k * n + n]
+        living_cum.setdefault(st, []).append(tuple(accumulate(weights)))
+        dead_cum.setdefault(st, []).append(tuple(accumulate(map(operator.mul, weights, per_mille))))
+    for st, tables in living_cum.items():
+        if tuple(row[:4] for row in race[st]) != rows or len(tables) != len(SEXES) * len(
+            RACE_BANDS
+        ):
+            raise ValueError(f"race tables of {st} do not follow race_ethnicity_by_state.csv")
+    return {
+        "state_age_sex": living,
+        "state_mx_ratio": ratio_by_state,
+        "race_rows": rows,
+        "race_ratio": race_ratio,
+        "race_cum": {st: (*t, *dead_cum[st]) for st, t in living_cum.items()},
+    }
+
+
 def _expand_open_age(
     rows: list[dict[str, str]], qx: Mapping[str, tuple[float, ...]]
 ) -> tuple[tuple[int, int, int], ...]:
@@ -496,7 +580,8 @@ class Draws(NamedTuple):
     # joiner entered in error: the day of its deletion
     death_time_low: int  # all, dead cells: the death instant in the window (64 bits: low and
     death_time_high: int  # high halves); high half, a joiner: its place within its join slot
-    race: int  # all: race x ethnicity row (Hispanic origin shapes the language; us-core prints it)
+    race: int  # all: race x ethnicity row, given state, age, sex and living or dead (joiners too);
+    # its Hispanic origin shapes the preferred language
     race_pair: int  # us-core: the pair of races of a "Two or more races" row
     given_name: int  # us-core
     family_name: int  # us-core
@@ -695,7 +780,10 @@ class Plan:
     organization_index: tuple[int, ...]  # positions in hospitals of the run's organizations
     organizations: tuple[Mapping[str, str], ...]  # every organization a patient can reference
     cells: tuple[tuple[int, str, bool], ...]  # (age on the record, sex, dead?) registry cells
-    cell_cum: tuple[int, ...]
+    cell_cum: tuple[tuple[int, ...], ...]  # by position in state_codes: the state's cell weights
+    race_cum: tuple[tuple[tuple[int, ...], ...], ...]  # [state][cell]: over race_rows
+    race_rows: tuple[tuple[str, str, str, str], ...]  # Reference.race_rows
+    race_hispanic: tuple[bool, ...]  # per race row: Hispanic or Latino?
     birth_low: tuple[int, ...]  # first possible birth ordinal per cell
     birth_span: tuple[int, ...]  # living cells: their possible birth days (0 for dead cells)
     death_power: tuple[float, ...]  # dead cells: k in f = u**k (0.0 marks a living cell)
@@ -708,8 +796,6 @@ class Plan:
     # state position * 6 + language_slot[cell] + hispanic -> cumulative weights over languages
     language_cum: tuple[tuple[int, ...], ...]
     language_slot: tuple[int, ...]  # per cell: 2 * its age band in LANGUAGE_BANDS
-    race_cum: tuple[tuple[int, ...], ...]  # by state position: race x ethnicity rows (Census P2)
-    race_hispanic: tuple[tuple[int, ...], ...]  # by state position: 1 for a Hispanic row
     gender_other: int
     gender_unknown: int
     profile: Profile
@@ -900,50 +986,85 @@ def _death_weights(
     return deaths
 
 
-def _registry_cells(ref: Reference, opts: Mapping[str, Any]) -> list[tuple[int, str, bool, int]]:
-    """(age on the record, sex, dead?, integer weight) for ages min..max; D is computed on the
-    whole population first. Life table: living P << 32 and dead round(D * 2**32), so the living
-    keep the Census ratios exactly. --mortality-rate p: within the selected ages the dead take
-    share p spread by D and the living 1 - p spread by Census (exact to 2**-32), so p is the
-    probability that a patient of the run is deceased, whatever the age filter."""
-    living = {sex: tuple(row[1 + k] for row in ref.age_sex) for k, sex in enumerate(SEXES)}
-    lookback, rate = opts["lookback_years"], opts["mortality_rate"]
-    deaths = {s: _death_weights(living[s], ref.mx[s], ref.ax[s][0], lookback) for s in SEXES}
+def _state_deaths(ref: Reference, lookback: float) -> dict[str, dict[str, list[float]]]:
+    """state -> sex -> D_s(x): the national D(x) (the recursion on the national table) shared
+    among the states in proportion to k_s(x) P_s(x), their living times their mortality ratio.
+    The ratios average 1 over the living at every age, so the states' deaths add up to D(x)
+    (the national calibration holds exactly) and a state's deaths per person-year at age x
+    are m(x) k_s(x), up to the small difference between its and the nation's person-years per
+    living person at that age."""
+    out: dict[str, dict[str, list[float]]] = {st: {} for st in ref.state_age_sex}
+    for k, sex in enumerate(SEXES):
+        national = tuple(row[1 + k] for row in ref.age_sex)
+        deaths = _death_weights(national, ref.mx[sex], ref.ax[sex][0], lookback)
+        per_person = [d / p if p else 0.0 for d, p in zip(deaths, national, strict=True)]
+        for st, by_sex in ref.state_age_sex.items():
+            ratio = ref.state_mx_ratio[st][sex]
+            out[st][sex] = [
+                d * r * p for d, r, p in zip(per_person, ratio, by_sex[sex], strict=True)
+            ]
+    return out
+
+
+def _registry_cells(
+    ref: Reference, opts: Mapping[str, Any]
+) -> tuple[list[tuple[int, str, bool]], list[list[int]]]:
+    """The cells (age on the record, sex, dead?) for ages min..max and, per state of the run,
+    their integer weights: the state's living (raked Census, state_age_sex.csv) and its dead
+    (_state_deaths, computed on the whole population first). Life table: living P << 32 and
+    dead round(D * 2**32), so the living keep the table's ratios exactly and the states add up
+    to the national table. --mortality-rate p: within the selected ages the dead take share p
+    (over all the run's states) spread by D and the living 1 - p spread by the table (exact to
+    2**-32), so p is the probability that a patient of the run is deceased, whatever the age
+    filter; the states keep their relative death rates."""
+    states, rate = opts["states"], opts["mortality_rate"]
+    living = {st: ref.state_age_sex[st] for st in states}
+    deaths = _state_deaths(ref, opts["lookback_years"])
     ages = range(opts["min_age"], opts["max_age"] + 1)
     one = 1 << 32
     live_scale, dead_share, dead_total = one, float(one), 1.0  # dead: D * dead_share / dead_total
     if rate is not None:
         live_scale = round((1.0 - rate) * one)
-        dead_share = rate * sum(living[s][x] for s in SEXES for x in ages) * one
-        dead_total = sum(deaths[s][x] for s in SEXES for x in ages)
-    cells = []
-    for age in ages:
-        for sex in SEXES:
-            cells.append((age, sex, False, living[sex][age] * live_scale))
-            cells.append((age, sex, True, round(dead_share * deaths[sex][age] / dead_total)))
-    if not any(weight for *_, weight in cells):
+        dead_share = rate * sum(living[st][s][x] for st in states for s in SEXES for x in ages)
+        dead_share *= one
+        dead_total = sum(deaths[st][s][x] for st in states for s in SEXES for x in ages)
+    cells = [(age, sex, dead) for age in ages for sex in SEXES for dead in (False, True)]
+    weights = [
+        [
+            living[st][sex][age] * live_scale
+            if not dead
+            else round(dead_share * deaths[st][sex][age] / dead_total)
+            for age, sex, dead in cells
+        ]
+        for st in states
+    ]
+    if not any(map(any, weights)):
         raise ValueError(f"ages {opts['min_age']}..{opts['max_age']} leave no population")
-    return cells
+    return cells, weights
 
 
 def _population(ref: Reference, opts: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
-    """The registry's cells with their weights and what sample() needs per cell: the birth range
-    of the living, the age-at-death exponent of the dead; the window; the dates table."""
-    cells = _registry_cells(ref, opts)
+    """The registry's cells with their weights per state (and the states' totals, which draw
+    the state) and what sample() needs per cell: the birth range of the living, the age-at-death
+    exponent of the dead, the race tables; the window; the dates table."""
+    cells, weights = _registry_cells(ref, opts)
     today = as_of.date()
     as_of_seconds = int(as_of.timestamp())
     window_start = as_of_seconds - round(opts["lookback_years"] * SECONDS_PER_YEAR)
     first_death_day = date.fromordinal(window_start // 86400 + _EPOCH_DAY)
     birth_low, birth_span, death_power = [], [], []
-    for age, sex, dead, _ in cells:
+    for age, sex, dead in cells:
         born_by = first_death_day if dead else today  # the earliest birth is age + 1 years before
         birth_low.append(_add_years(born_by, -(age + 1)).toordinal() + 1)
         birth_span.append(0 if dead else _add_years(today, -age).toordinal() - birth_low[-1] + 1)
         death_power.append(0.0 if not dead else _infant_power(ref.ax[sex][0]) if age == 0 else 1.0)
     dates_base = min(birth_low)
+    slots = [_race_slot(*cell) for cell in cells]
     return {
-        "cells": tuple(cell[:3] for cell in cells),
-        "cell_cum": _cumulative(weight for *_, weight in cells),
+        "state_cum": _cumulative(map(sum, weights)),
+        "cells": tuple(cells),
+        "cell_cum": tuple(_cumulative(w) for w in weights),
+        "race_cum": tuple(tuple(ref.race_cum[st][k] for k in slots) for st in opts["states"]),
         "birth_low": tuple(birth_low),
         "birth_span": tuple(birth_span),
         "death_power": tuple(death_power),
@@ -981,7 +1102,6 @@ def _make_plan_cached(
     ).digest()
     key = master[:32]
     state_codes = opts["states"]
-    pops = {code: pop for code, _, pop, _ in ref.states}
     profile = PROFILES[opts["profile"]]
     population = _population(ref, opts, as_of)
     return Plan(
@@ -994,7 +1114,6 @@ def _make_plan_cached(
         **_bijection_keys(key),
         last_updated=_iso_instant(as_of),
         state_codes=state_codes,
-        state_cum=_cumulative(pops[s] for s in state_codes),
         zips=ref.zips,
         zip_index=tuple(ref.state_zips[s][0] for s in state_codes),
         zip_cum=tuple(ref.state_zips[s][1] for s in state_codes),
@@ -1006,13 +1125,11 @@ def _make_plan_cached(
         hospital_slots=tuple(
             CANDIDATES if age < CHILD_AGE else CANDIDATES - 1 for age, _, _ in population["cells"]
         ),
+        race_rows=ref.race_rows,
+        race_hispanic=tuple(eth_code == HISPANIC_CODE for *_, eth_code in ref.race_rows),
         languages=tuple((code, display) for code, display, _ in ref.languages),
         language_cum=tuple(t for s in state_codes for t in ref.language_cum[s]),
         language_slot=tuple(2 * _language_band(age) for age, _, _ in population["cells"]),
-        race_cum=tuple(_cumulative(r[4] for r in ref.race_ethnicity[s]) for s in state_codes),
-        race_hispanic=tuple(
-            tuple(int(r[3] == HISPANIC_CODE) for r in ref.race_ethnicity[s]) for s in state_codes
-        ),
         gender_other=round(GENDER_OTHER_SHARE * (1 << 32)),
         gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
         profile=profile,
@@ -1052,10 +1169,9 @@ def _no_tables(ref: Reference) -> None:
 
 
 class RaceTable(NamedTuple):
-    """One state's race x ethnicity draws (2020 Census P2 by state)."""
+    """One state's race x ethnicity rows as FHIR parts; sample() draws the row (Sample.race)."""
 
     rows: tuple[tuple[Any, ...], ...]  # (races|None, text, eth code, eth text, eth index)
-    cum: tuple[int, ...]
     pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...]  # by ethnicity index
     pair_cum: tuple[tuple[int, ...], ...]
 
@@ -1076,7 +1192,7 @@ def _faker_table(names: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int
 
 
 def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTable:
-    """One state's race x Hispanic-origin rows as draws.
+    """One state's race x Hispanic-origin rows as FHIR parts, in race_rows order.
 
     "Other Race" rows get no ombCategory (text only); "Two or more races" rows draw an unordered
     pair of distinct OMB races with weight w_a * w_b, w being the state's single-race population
@@ -1084,7 +1200,7 @@ def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTa
     """
     eth_index: dict[str, int] = {}
     omb: list[list[tuple[str, str, int]]] = []  # per ethnicity: (code, display, population)
-    rows, weights = [], []
+    rows = []
     for race, race_code, eth, eth_code, pop in race_rows:
         e = eth_index.setdefault(eth_code, len(eth_index))
         if e == len(omb):
@@ -1097,13 +1213,12 @@ def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTa
             races, text = ((race_code, race),), race
             omb[e].append((race_code, race, pop))
         rows.append((races, text, eth_code, eth, e))
-        weights.append(pop)
     pairs, pair_cum = [], []
     for cats in omb:
         combos = [(a, b) for i, a in enumerate(cats) for b in cats[i + 1 :]]
         pairs.append(tuple(((a[0], a[1]), (b[0], b[1])) for a, b in combos))
         pair_cum.append(_cumulative(a[2] * b[2] for a, b in combos))
-    return RaceTable(tuple(rows), _cumulative(weights), tuple(pairs), tuple(pair_cum))
+    return RaceTable(tuple(rows), tuple(pairs), tuple(pair_cum))
 
 
 def _us_core_tables(ref: Reference) -> UsCoreTables:
@@ -1140,6 +1255,7 @@ class Sample(NamedTuple):
     language: int  # position in plan.languages
     organization: int  # position in plan.hospitals
     died: int  # death instant in epoch seconds, -1 for the living
+    race: int  # position in plan.race_rows (race x Hispanic origin)
     draws: tuple[int, ...]  # the sixteen raw draws in Draws order: Draws._make(s.draws) names them
 
 
@@ -1162,6 +1278,9 @@ def _death(plan: Plan, cell: int, power: float, raw: tuple[int, ...]) -> tuple[i
     return last - days, died
 
 
+_RACE_SLOT = Draws._fields.index("race")
+
+
 def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     """sample()'s values as a plain tuple in Sample's field order (the renderer's hot path)."""
     if not 0 <= index <= MAX_INDEX:
@@ -1170,14 +1289,16 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     # The slots this function reads, named as in Draws (a test keeps the two in step); the
     # death slots are read by _death, the us-core ones by its record function.
     u_state, u_zip, u_cell, u_birth, u_gender, u_language, u_organization = raw[:7]
-    u_race = raw[10]
+    u_race = raw[_RACE_SLOT]
     bisect_right = bisect.bisect_right  # _pick, inlined: this is the hot loop
     cum = plan.state_cum
     s = bisect_right(cum, u_state * cum[-1] >> 32)
     cum = plan.zip_cum[s]
     z = plan.zip_index[s][bisect_right(cum, u_zip * cum[-1] >> 32)]
-    cum = plan.cell_cum
+    cum = plan.cell_cum[s]  # the state's own age x sex x living-or-dead table
     cell = bisect_right(cum, u_cell * cum[-1] >> 32)
+    cum = plan.race_cum[s][cell]  # race x ethnicity given state, age band, sex, living or dead
+    race = bisect_right(cum, u_race * cum[-1] >> 32)
     sex = plan.cells[cell][1]
     power = plan.death_power[cell]
     if power:
@@ -1185,30 +1306,28 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     else:
         birth, died = plan.birth_low[cell] + (u_birth * plan.birth_span[cell] >> 32), -1
     gender = _gender(plan, u_gender, sex)
-    # the language by state, age band and Hispanic origin (the race row us-core prints)
-    cum = plan.race_cum[s]
-    hispanic = plan.race_hispanic[s][bisect_right(cum, u_race * cum[-1] >> 32)]
-    cum = plan.language_cum[s * 6 + plan.language_slot[cell] + hispanic]
+    # the language by state, age band and Hispanic origin (of the race row us-core prints)
+    cum = plan.language_cum[s * 6 + plan.language_slot[cell] + plan.race_hispanic[race]]
     language = bisect_right(cum, u_language * cum[-1] >> 32)
     # the ZIP's candidates: slots lo..lo+9 for everyone, lo+10 (children's) under CHILD_AGE
     cum, lo = plan.hospital_cum, z * CANDIDATES
     hi = lo + plan.hospital_slots[cell]
     org = plan.hospital_cand[bisect_right(cum, u_organization * cum[hi - 1] >> 32, lo, hi)]
-    return s, z, cell, sex, birth, gender, language, org, died, raw
+    return s, z, cell, sex, birth, gender, language, org, died, race, raw
 
 
 # _sample_tuple reads its slots by their Draws names (u_<name>): keep the two in step.
 assert [n for n in _sample_tuple.__code__.co_varnames if n.startswith("u_")] == [
     "u_" + name for name in (*Draws._fields[:7], "race")
-] and Draws._fields.index("race") == 10, "_sample_tuple's u_ names must follow the Draws table"
+], "_sample_tuple's u_ names must follow the Draws table"
 
 
-def _language_at(plan: Plan, state: int, cell: int, raw: tuple[int, ...]) -> int:
-    """The language _sample_tuple draws for a patient of state position `state` in `cell` (the
-    living population redraws it for a joiner's own state and age)."""
-    u = Draws._make(raw)
-    hispanic = plan.race_hispanic[state][_pick(plan.race_cum[state], u.race)]
-    return _pick(plan.language_cum[state * 6 + plan.language_slot[cell] + hispanic], u.language)
+def _language_at(plan: Plan, state: int, cell: int, race: int, raw: tuple[int, ...]) -> int:
+    """The language _sample_tuple draws for a patient of state position `state` in `cell` with
+    race row `race` (the living population draws it for a joiner's own state and age)."""
+    hispanic = plan.race_hispanic[race]
+    cum = plan.language_cum[state * 6 + plan.language_slot[cell] + hispanic]
+    return _pick(cum, Draws._make(raw).language)
 
 
 def sample(plan: Plan, index: int) -> Sample:
@@ -1345,7 +1464,7 @@ def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, 
     """The cms record plus US Core's parts, in FHIR element order (draws race..family_name)."""
     t: UsCoreTables = plan.tables
     u, race_table = Draws._make(s.draws), t.race[plan.state_codes[s.state]]
-    races, text, eth_code, eth_display, e = race_table.rows[_pick(race_table.cum, u.race)]
+    races, text, eth_code, eth_display, e = race_table.rows[s.race]
     if races is None:  # Two or more races
         races = race_table.pairs[e][_pick(race_table.pair_cum[e], u.race_pair)]
     given = t.given_names[s.sex][_pick(t.given_cum[s.sex], u.given_name)]
@@ -1607,7 +1726,7 @@ class _Dynamics(NamedTuple):
     rank_cum: tuple[int, ...]  # rank_cum[r] = population of ranks < r (len + 1 entries)
     county_span: tuple[tuple[int, int], ...]  # by rank: ranks of its county [lo, hi)
     state_span: tuple[tuple[int, int], ...]  # by rank: ranks of its state
-    living_cum: tuple[int, ...]  # plan.cells' weights with the dead at 0 (newcomers' cells)
+    living_cum: tuple[tuple[int, ...], ...]  # by state: cells with the dead at 0 (newcomers)
     newborn_cell: Mapping[str, int]  # sex -> the living age-0 cell (births), if in the ages
     # The joiners' clock, in segments (the epoch's year, then one per calendar year, the last
     # one open): seconds after E where each begins, joiners per epoch patient before it, and
@@ -1646,31 +1765,42 @@ def _cut(p: float) -> int:
     return min(round(p * (1 << 32)), 1 << 32)
 
 
-def _living_cum(plan: Plan) -> tuple[int, ...]:
-    """The registry's cell weights with the dead cells at 0: newcomers are alive."""
-    weights = (c - b for c, b in zip(plan.cell_cum, (0, *plan.cell_cum), strict=False))
-    return _cumulative(
-        0 if dead else w for (_, _, dead), w in zip(plan.cells, weights, strict=True)
-    )
+def _living_cum(plan: Plan) -> tuple[tuple[int, ...], ...]:
+    """Each state's registry cell weights with the dead cells at 0: newcomers are alive."""
+    out = []
+    for cum in plan.cell_cum:
+        weights = (c - b for c, b in zip(cum, (0, *cum), strict=False))
+        out.append(
+            _cumulative(
+                0 if dead else w for (_, _, dead), w in zip(plan.cells, weights, strict=True)
+            )
+        )
+    return tuple(out)
 
 
-def _state_death_ratio(plan: Plan) -> tuple[float, ...]:
-    """By state position: the state's deaths over what the national rates give (1 for now)."""
-    return (1.0,) * len(plan.state_codes)
+def _state_death_ratio(plan: Plan, ref: Reference) -> tuple[Mapping[str, tuple[float, ...]], ...]:
+    """By state position: sex -> by age, the state's mortality ratio k_s(x) (m_s = k_s m), the
+    registry's (Reference.state_mx_ratio); 1 where a state has none."""
+    one = {sex: (1.0,) * (MAX_AGE + 1) for sex in SEXES}
+    return tuple(ref.state_mx_ratio.get(code, one) for code in plan.state_codes)
 
 
 def _death_tables(
     plan: Plan, ref: Reference, rates: _YearRates
 ) -> tuple[dict[tuple[int, int], dict[str, tuple[int, ...]]], dict[int, dict[str, tuple]]]:
-    """death_accept and death_any: m(x) x the year's level x the state's ratio, per bound. A
-    rate above DEATH_BOUND (only at the oldest ages of a high year or state) is capped at it."""
-    ratio, ages = _state_death_ratio(plan), range(MAX_AGE + 1)
+    """death_accept and death_any: m(x) x the year's level x the state's ratio k_s(x), per
+    bound. A rate above DEATH_BOUND (only at the oldest ages of a high year or state) is capped
+    at it."""
+    ratio, ages = _state_death_ratio(plan, ref), range(MAX_AGE + 1)
     accept, highest = {}, {}
     for y in rates.years:
         level = rates.death_level[min(rates.death_level, key=lambda k: (abs(k - y), k))]
         for k, r in enumerate(ratio):
             accept[y, k] = {
-                sex: tuple(_cut(min(1.0, m * level * r / DEATH_BOUND)) for m in ref.mx[sex])
+                sex: tuple(
+                    _cut(min(1.0, m * level * kx / DEATH_BOUND))
+                    for m, kx in zip(ref.mx[sex], r[sex], strict=True)
+                )
                 for sex in SEXES
             }
         highest[y] = {
@@ -1956,18 +2086,19 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
         state = _pick(dyn.birth_states[segment], u.state)
     else:
         change = "arrival"
-        cell = _pick(dyn.living_cum, u.cell)
+        state = _pick(dyn.arrival_states[segment], u.state)
+        cell = _pick(dyn.living_cum[state], u.cell)  # the living of its state's ages
         sex, birth = (
             plan.cells[cell][1],
             plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32),
         )
-        state = _pick(dyn.arrival_states[segment], u.state)
     z = plan.zip_index[state][_pick(plan.zip_cum[state], u.zip)]
     gender = _gender(plan, u.gender, sex)
     org = _hospital_at(plan, z, _age(birth, instant), u.organization)
     deleted = None
     if u.entered_in_error < dyn.error_cut:
         deleted = instant + 86400 + (u.death_age * (ERROR_DAYS - 1) * 86400 >> 32)
+    race = _pick(plan.race_cum[state][cell], u.race)
     s = s._replace(
         state=state,
         zip=z,
@@ -1975,9 +2106,10 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
         sex=sex,
         birth=birth,
         gender=gender,
-        language=_language_at(plan, state, cell, s.draws),
+        language=_language_at(plan, state, cell, race, s.draws),
         organization=org,
         died=-1,
+        race=race,
     )
     return _Start(s, change, instant, deleted)
 
@@ -2412,7 +2544,7 @@ def _patient_writer(plan: Plan) -> Callable[[int, Sample, bytes], bytes]:
 
     def write(index: int, s: Sample, meta: bytes) -> bytes:
         # Sample's fields, unpacked by position: the hot path skips the named tuple
-        _, zip_, _, _, birth, gender, language, organization, died, _ = s
+        _, zip_, _, _, birth, gender, language, organization, died, _, _ = s
         k = birth - base
         born = dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, birth).encode()
         if died < 0:

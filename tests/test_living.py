@@ -541,18 +541,20 @@ def age_bands(edges: tuple[int, ...]) -> dict[int, tuple[int, int]]:
 
 def expected_counts(plan: g.Plan, people, until: int, band: dict) -> Counter:
     """Events expected from each patient's exposure: deaths by age band at the life table's
-    m(x) times the year's NCHS level, moves of each kind at its CPS hazard times its B07001 age
-    factor where there is somewhere to go (and all kinds by age band: the age profile), hospital
-    changes where another general hospital is a candidate (then at any age)."""
-    mx, options = g.load_reference().mx, move_options(plan)
+    m(x) times the state's ratio and the year's NCHS level, moves of each kind at its CPS hazard
+    times its B07001 age factor where there is somewhere to go (and all kinds by age band: the
+    age profile), hospital changes where another general hospital is a candidate (any age)."""
+    ref, options = g.load_reference(), move_options(plan)
+    mx, ratio = ref.mx, ref.state_mx_ratio  # the state's ratio k_s(x): tests/test_population.py
     moved = -math.log(1 - sum(g.MOVE_SHARES))
     hazards = [moved * share / sum(g.MOVE_SHARES) for share in g.MOVE_SHARES]
     out: Counter = Counter()
     for versions in people.values():
         for s, a, b in segments(versions, until):
             possible = options(s.zip)
+            k = ratio[plan.zips[s.zip][3]][s.sex]
             for year, age, seconds in year_age_pieces(s.birth, a, b):
-                m = mx[s.sex][min(age, g.MAX_AGE)] * death_level(year)
+                m = mx[s.sex][min(age, g.MAX_AGE)] * k[min(age, g.MAX_AGE)] * death_level(year)
                 out["death", band[age]] += min(m, g.DEATH_BOUND) * seconds
                 factor = move_factors()[min(age, g.MAX_AGE)]
                 for k, kind in enumerate(g.MOVE_KINDS):

@@ -40,12 +40,12 @@ OMB_ETHNICITIES = {"2135-2": "Hispanic or Latino", "2186-5": "Not Hispanic or La
 BIRTH_SEX = {"F", "M", "UNK"}  # US Core 5.0.1 Birth Sex value set (6.x widened it)
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")  # RFC 3986 absolute URI, roughly
 DAR = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
-# cms output (seed 5, 5,000 records, NDJSON), re-pinned for issue 17 (language by limited
-# English proficiency, hospitals by discharges across state lines): the profile option must
-# leave it unchanged.
+# cms output (seed 5, 5,000 records, NDJSON), re-pinned for issue 17 (the joint population:
+# age, death and race by state; language by limited English proficiency; hospitals by discharges
+# across state lines): the profile option must leave it unchanged.
 CMS_GOLDEN = {
-    "default": "5a8de291f22884af84ca7d362c6514a989155a4ba913505c8a200f8feaf54ef6",
-    "pr-ak-dc": "f19f08b9ed53b36415bba83c78b6e188924ed6e60af427b5da2f262297352ea9",
+    "default": "05b2869fb885a12f0ad3a29e9024512325b51db75e163692b40dac7021e6a921",
+    "pr-ak-dc": "3cc13f47222c3e349a696a2d83a0253503fb7beecaba8ac5f002b396b8f13583",
 }
 
 
@@ -119,8 +119,8 @@ def table_row(record: dict) -> tuple[str, str]:
     return race_code, ethnicity["extension"][0]["valueCoding"]["code"]
 
 
-def within(observed: int, n: int, p: float, z: float = 4.5) -> bool:
-    return abs(observed - n * p) <= z * math.sqrt(n * p * (1 - p)) + 1
+def within(observed: int, n: int, p: float, z: float = 4.5, slack: float = 0.0) -> bool:
+    return abs(observed - n * p) <= z * math.sqrt(n * p * (1 - p)) + 1 + slack
 
 
 # --- structure and validity -------------------------------------------------------------------
@@ -221,8 +221,14 @@ def test_profile_is_validated_and_recorded_in_the_options():
 # --- distributions ------------------------------------------------------------------------------
 
 
+# The race x ethnicity fit by state, age and sex (tools/build_reference.py) meets the P2 totals
+# of each state to within this share (its margins, ACS 2018 and Census 2020, disagree slightly).
+FIT_SLACK = 0.002
+
+
 def test_race_and_ethnicity_follow_the_census_table_of_each_state():
-    """race x ethnicity x state against 2020 Census P2 (race_ethnicity_by_state.csv)."""
+    """race x ethnicity x state of the living against 2020 Census P2 (race_ethnicity_by_state.csv;
+    the dead lean to the races with higher death rates: tests/test_population.py)."""
     with open(ROOT / "reference_data" / "race_ethnicity_by_state.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     states = ("CA", "NM", "VT", "HI", "PR")
@@ -234,11 +240,13 @@ def test_race_and_ethnicity_follow_the_census_table_of_each_state():
     for st, recs in by_state.items():
         table = [r for r in rows if r["state"] == st]
         total = sum(int(r["population"]) for r in table)
-        counts = Counter(table_row(r) for r in recs)
+        living = [r for r in recs if "deceasedDateTime" not in r]
+        counts = Counter(table_row(r) for r in living)
         for row in table:
             p = int(row["population"]) / total
             observed = counts.pop((row["race_code"], row["ethnicity_code"]), 0)
-            assert within(observed, len(recs), p), (st, row["race"], row["ethnicity"], observed)
+            slack = FIT_SLACK * len(living)
+            assert within(observed, len(living), p, slack=slack), (st, row["race"], observed)
         assert not counts  # nothing outside the table
         check_race_pairs(recs, table)
 

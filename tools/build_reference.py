@@ -1,5 +1,6 @@
 """Build the derived tables of reference_data/: each ZIP's nearest hospitals and their weights
-(hospital_candidates.csv) and who prefers which language (language_lep.csv).
+(hospital_candidates.csv), who prefers which language (language_lep.csv) and the joint
+population's tables (state_age_sex.csv, state_mortality.csv, race_by_state_age.csv).
 
     python tools/build_reference.py            # rewrite the files (deterministic, ~5 s)
     python tools/build_reference.py --check    # exit 1 if a file differs from a rebuild
@@ -248,7 +249,7 @@ def render(table: list[dict[str, str]], columns: Sequence[str] = COLUMNS) -> str
 # The US rows pool the states' cells (used where a state has no row: PR).
 
 LANGUAGE_OUT = "language_lep.csv"
-BANDS = ("5-17", "18-64", "65+")
+LANGUAGE_BANDS = ("5-17", "18-64", "65+")
 B16004_GROUPS: Mapping[str, tuple[str, ...]] = {  # B16004 group -> its C16001 groups
     "spanish": ("C16001_003E",),
     "indo_european": ("C16001_006E", "C16001_009E", "C16001_012E", "C16001_015E"),
@@ -257,13 +258,13 @@ B16004_GROUPS: Mapping[str, tuple[str, ...]] = {  # B16004 group -> its C16001 g
 }
 LEP_GROUPS = tuple(g for groups in B16004_GROUPS.values() for g in groups)
 LANGUAGE_COLUMNS = ["state", "age_band", "hispanic", *LEP_GROUPS]
-IPF_ROUNDS = 200
+LEP_IPF_ROUNDS = 200
 
 
 def _fit(seed: list[list[float]], rows_: list[float], cols: list[float]) -> list[list[float]]:
     """Iterative proportional fitting of a table to row and column totals (equal sums)."""
     t = [row[:] for row in seed]
-    for _ in range(IPF_ROUNDS):
+    for _ in range(LEP_IPF_ROUNDS):
         for i, target in enumerate(rows_):
             s = sum(t[i])
             t[i] = [x * target / s if s else 0.0 for x in t[i]]
@@ -302,7 +303,7 @@ def language_cells(data: Path = DATA) -> dict[str, dict[tuple[str, bool], dict[s
     national = {
         (band, big): sum(v[1] for k, v in by_age.items() if k[1:] == (band, big))
         / sum(v[0] for k, v in by_age.items() if k[1:] == (band, big))
-        for band in BANDS
+        for band in LANGUAGE_BANDS
         for big in B16004_GROUPS
     }
     out = {}
@@ -313,7 +314,7 @@ def language_cells(data: Path = DATA) -> dict[str, dict[tuple[str, bool], dict[s
         seed = [hisp, [p - h for p, h in zip(pop, hisp, strict=True)]]
         cells = {
             (band, h): {"population": seed[1 - h][k]}
-            for k, band in enumerate(BANDS)
+            for k, band in enumerate(LANGUAGE_BANDS)
             for h in (True, False)
         }
         other = [g for g in LEP_GROUPS if g != "C16001_003E"]
@@ -324,7 +325,7 @@ def language_cells(data: Path = DATA) -> dict[str, dict[tuple[str, bool], dict[s
             rate = [
                 by_age[st, b, big][1] / by_age[st, b, big][0] if (st, b, big) in by_age
                 else national[b, big]
-                for b in BANDS
+                for b in LANGUAGE_BANDS
             ]  # fmt: skip
             scale = total / sum(p * x for p, x in zip(pop, rate, strict=True))
             bands = [p * x * scale for p, x in zip(pop, rate, strict=True)]
@@ -334,7 +335,7 @@ def language_cells(data: Path = DATA) -> dict[str, dict[tuple[str, bool], dict[s
             )  # fmt: skip
             hispanic = min(wanted, total)
             fit = _fit(seed, [hispanic, total - hispanic], bands)
-            for k, band in enumerate(BANDS):
+            for k, band in enumerate(LANGUAGE_BANDS):
                 for h in (True, False):
                     for g in groups:
                         cells[band, h][g] = fit[1 - h][k] * level[st][g] / total if total else 0.0
@@ -371,7 +372,7 @@ def language_table(data: Path = DATA) -> list[dict[str, str]]:
     out = []
     for st, cells in sorted(language_cells(data).items()):
         for (band, h), c in sorted(
-            cells.items(), key=lambda kv: (BANDS.index(kv[0][0]), not kv[0][1])
+            cells.items(), key=lambda kv: (LANGUAGE_BANDS.index(kv[0][0]), not kv[0][1])
         ):
             row = {"state": st, "age_band": band, "hispanic": "Y" if h else "N"}
             for g in LEP_GROUPS:
@@ -386,22 +387,271 @@ OUTPUTS = {  # file -> (builder, columns)
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# The joint population (issue 17): state age x sex, state mortality ratios, race x ethnicity by
+# state, age and sex. Reads state_age_sex_v2023.csv, age_sex.csv, states.csv,
+# life_table_hmd2022_full.csv, population_components_v2025.csv, race_ethnicity_by_state.csv and
+# state_age_race_acs2018.csv; docs/population-model.md explains every choice.
+# ---------------------------------------------------------------------------------------------
+
+MAX_AGE = 110  # the generator's last age
+SEXES = ("male", "female")
+CENSUS_SEX = {"M": "male", "F": "female"}
+OPEN_AGE = 85  # state_age_sex_v2023.csv: age 85 means 85+
+DEATHS_YEAR = "2024"  # population_components_v2025.csv component year July 2023 - June 2024
+# ACS B01001A-I age bands (lower bounds); a band runs to the next bound - 1, the last to MAX_AGE
+BANDS = (0, 5, 10, 15, 18, 20, 25, 30, 35, 45, 55, 65, 75, 85)
+RACE_ITERATION = {  # race_ethnicity_by_state.csv race code -> ACS iteration (race alone)
+    "2106-3": "A", "2054-5": "B", "1002-5": "C", "2028-9": "D", "2076-8": "E", "2131-1": "F",
+    "": "G",
+}  # fmt: skip
+IPF_ROUNDS = 60
+
+
+def band_of(age: int) -> int:
+    """The ACS band index of a single year of age."""
+    k = 0
+    while k + 1 < len(BANDS) and BANDS[k + 1] <= age:
+        k += 1
+    return k
+
+
+def national_age_sex(data: Path = DATA) -> dict[str, list[float]]:
+    """age_sex.csv by sex for ages 0..MAX_AGE, the 100+ row spread over 100..110 by life-table
+    survivors (the generator's own rule, _expand_open_age)."""
+    table = rows(data, "age_sex.csv")
+    life = rows(data, "life_table_hmd2022_full.csv")
+    out = {}
+    for sex in SEXES:
+        counts = [float(r[sex]) for r in table if r["age"] != "100+"]
+        top = float(next(r[sex] for r in table if r["age"] == "100+"))
+        alive, survivors = 1.0, []
+        for age in range(100, MAX_AGE + 1):
+            survivors.append(alive)
+            alive *= 1.0 - float(life[age][f"qx_{sex}"])
+        counts += [float(round(top * s / sum(survivors))) for s in survivors]
+        out[sex] = counts
+    return out
+
+
+def census_states(data: Path = DATA) -> dict[str, list[list[float]]]:
+    """state -> [male, female] people by single year 0..MAX_AGE (V2023); 85+ spread over
+    85..110 in the national shape of the same ages and sex."""
+    nat = national_age_sex(data)
+    out: dict[str, list[list[float]]] = {}
+    for r in rows(data, "state_age_sex_v2023.csv"):
+        sexes = out.setdefault(r["state"], [[0.0] * (MAX_AGE + 1) for _ in SEXES])
+        sexes[SEXES.index(CENSUS_SEX[r["sex"]])][int(r["age"])] = float(r["population"])
+    for sexes in out.values():
+        for k, sex in enumerate(SEXES):
+            old = sum(nat[sex][OPEN_AGE:])
+            top = sexes[k][OPEN_AGE]
+            for age in range(OPEN_AGE, MAX_AGE + 1):
+                sexes[k][age] = top * nat[sex][age] / old
+    return out
+
+
+def rake_states(data: Path = DATA) -> dict[str, list[list[float]]]:
+    """The living by state x sex x age: V2023's shapes raked (IPF) to states.csv's 2020
+    populations (rows) and the national age x sex table (columns), so the states add up to the
+    nation exactly and each state keeps its own age structure. Territories (PR, no V2023 rows)
+    take the national shape at their population."""
+    nat = national_age_sex(data)
+    pops = {r["code"]: float(r["population"]) for r in rows(data, "states.csv")}
+    territory = {r["code"] for r in rows(data, "states.csv") if r["territory"] == "true"}
+    x = census_states(data)
+    total = sum(p for s, p in pops.items() if s not in territory)
+    scale = total / sum(sum(nat[s]) for s in SEXES)
+    target = [[scale * v for v in nat[sex]] for sex in SEXES]
+    for _ in range(200):
+        for st, sexes in x.items():
+            f = pops[st] / sum(map(sum, sexes))
+            x[st] = [[v * f for v in ages] for ages in sexes]
+        worst = 0.0
+        for k in range(len(SEXES)):
+            for age in range(MAX_AGE + 1):
+                have = sum(sexes[k][age] for sexes in x.values())
+                f = target[k][age] / have
+                worst = max(worst, abs(f - 1.0))
+                for sexes in x.values():
+                    sexes[k][age] *= f
+        if worst < 1e-12:
+            break
+    for st in sorted(territory):
+        x[st] = [[pops[st] / total * v for v in ages] for ages in target]
+    return x
+
+
+def state_mortality(data: Path = DATA) -> list[dict[str, str]]:
+    """Per state: Census V2025 deaths of component year DEATHS_YEAR against the deaths the
+    national life table (HMD 2022 m(x)) gives its V2023 age x sex structure: the SMR."""
+    life = rows(data, "life_table_hmd2022_full.csv")
+    mx = {sex: [float(r[f"mx_{sex}"]) for r in life] for sex in SEXES}
+    deaths = {
+        r["state"]: (int(r["deaths"]), int(r["popestimate_jul1"]))
+        for r in rows(data, "population_components_v2025.csv")
+        if r["year"] == DEATHS_YEAR and r["state"] != "US"
+    }
+    out = []
+    for st, sexes in sorted(census_states(data).items()):
+        expected = sum(
+            sexes[k][a] * mx[sex][a] for k, sex in enumerate(SEXES) for a in range(MAX_AGE + 1)
+        )
+        observed, population = deaths[st]
+        out.append({
+            "state": st,
+            "deaths": str(observed),
+            "population": str(population),
+            "expected_deaths": f"{expected:.1f}",
+            "smr": f"{observed / expected:.5f}",
+        })  # fmt: skip
+    return out
+
+
+def _acs_profiles(data: Path) -> dict[tuple[str, str], list[float] | None]:
+    """(state, ACS iteration) -> people by (sex, band) (male bands then female), None where the
+    1-year ACS withheld the table."""
+    out: dict[tuple[str, str], list[float] | None] = {}
+    for r in rows(data, "state_age_race_acs2018.csv"):
+        cells = [r[f"{s}{lo}"] for s in "MF" for lo in BANDS]
+        out[r["state"], r["race_iteration"]] = None if "" in cells else [float(c) for c in cells]
+    return out
+
+
+def _scale_to(cells: list[float], target: float) -> list[float]:
+    have = sum(cells)
+    return [target * c / have for c in cells] if have > 0 else [target / len(cells)] * len(cells)
+
+
+def _margins(
+    p2: list[tuple[str, str, float]], tot: list[float], shape: Mapping[str, list[float]]
+) -> list[tuple[list[int], list[float]]]:
+    """The by-age margins of one state's fit, as (P2 rows, people by age): each race alone
+    (A-G) and White non-Hispanic (H) and Hispanic (I) where the ACS publishes them (a missing
+    profile imposes nothing), then the state's own age x sex totals."""
+    groups = [(it, [j for j, (i, _, _) in enumerate(p2) if i == it]) for it in sorted(shape)]
+    groups += [
+        ("H", [j for j, (i, h, _) in enumerate(p2) if i == "A" and h == "N"]),
+        ("I", [j for j, (_, h, _) in enumerate(p2) if h == "Y"]),
+    ]
+    out = [
+        (js, [sum(p2[j][2] for j in js) * s for s in shape[it]])
+        for it, js in groups
+        if it in shape and js
+    ]
+    return [*out, (list(range(len(p2))), tot)]
+
+
+def _rake(x: list[list[float]], js: list[int], target: list[float]) -> None:
+    """Scale rows js of every age a so that they add up to target[a]."""
+    for a, row in enumerate(x):
+        have = sum(row[j] for j in js)
+        if have > 0:
+            f = target[a] / have
+            for j in js:
+                row[j] *= f
+
+
+def _fit_state(
+    p2: list[tuple[str, str, float]],
+    totals: list[float],
+    profiles: Mapping[str, list[float]],
+) -> list[list[float]]:
+    """One state's people by (sex x band, race x Hispanic row) by IPF: the seed spreads each
+    P2 row over ages by its race's ACS profile (else the state's ages); the margins are the
+    _margins by age and the P2 rows over all ages, in turn, IPF_ROUNDS times."""
+    tot = _scale_to(totals, sum(c for *_, c in p2))
+    shape = {k: _scale_to(v, 1.0) for k, v in profiles.items()}
+    fallback = _scale_to(tot, 1.0)
+    x = [[count * shape.get(it, fallback)[a] for it, _, count in p2] for a in range(len(totals))]
+    margins = _margins(p2, tot, shape)
+    for _ in range(IPF_ROUNDS):
+        for js, target in margins:
+            _rake(x, js, target)
+        for j, (_, _, count) in enumerate(p2):  # the P2 rows, all ages
+            have = sum(row[j] for row in x)
+            if have > 0:
+                for row in x:
+                    row[j] *= count / have
+    return x
+
+
+def race_by_state_age(data: Path = DATA) -> list[dict[str, str]]:
+    """race_by_state_age.csv: per state, sex and ACS band, the fitted living people of each
+    race_ethnicity_by_state.csv row (in its order), scaled to the raked living of that state,
+    sex and band (the generator tilts them by death-rate ratios for the dead). PR (no ACS rows
+    here) takes its P2 shares at every age."""
+    living = rake_states(data)
+    acs = _acs_profiles(data)
+    p2: dict[str, list[tuple[str, str, float]]] = {}
+    for r in rows(data, "race_ethnicity_by_state.csv"):
+        p2.setdefault(r["state"], []).append(
+            (RACE_ITERATION[r["race_code"]], r["hispanic"], float(r["population"]))
+        )
+    out = []
+    for st in sorted(p2):
+        totals = [
+            sum(living[st][k][a] for a in range(MAX_AGE + 1) if band_of(a) == b)
+            for k in range(len(SEXES))
+            for b in range(len(BANDS))
+        ]
+        profiles = {it: v for (s, it), v in acs.items() if s == st and v is not None}
+        x = _fit_state(p2[st], totals, profiles)
+        for a, people in enumerate(totals):
+            fitted = [round(c) for c in _scale_to(x[a], people)]
+            out.append({
+                "state": st,
+                "sex": SEXES[a // len(BANDS)],
+                "age": str(BANDS[a % len(BANDS)]),
+                "people": " ".join(map(str, fitted)),
+            })  # fmt: skip
+    return out
+
+
+def state_age_sex_rows(data: Path = DATA) -> list[dict[str, str]]:
+    """state_age_sex.csv: the raked living by state and sex, ages 0..MAX_AGE, whole people."""
+    living = rake_states(data)
+    return [
+        {"state": st, "sex": sex, "people": " ".join(str(round(v)) for v in living[st][k])}
+        for st in sorted(living)
+        for k, sex in enumerate(SEXES)
+    ]
+
+
+def render_rows(table: list[dict[str, str]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, list(table[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(table)
+    return buf.getvalue()
+
+
+def population_outputs(data: Path = DATA) -> dict[str, str]:
+    """The three population tables as file texts, by file name."""
+    return {
+        "state_age_sex.csv": render_rows(state_age_sex_rows(data)),
+        "state_mortality.csv": render_rows(state_mortality(data)),
+        "race_by_state_age.csv": render_rows(race_by_state_age(data)),
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="compare with the files, write nothing")
     args = p.parse_args()
-    stale = 0
-    for name, (build, columns) in OUTPUTS.items():
-        text = render(build(), columns)
+    texts = {name: render(build(), columns) for name, (build, columns) in OUTPUTS.items()}
+    texts.update(population_outputs())
+    status = 0
+    for name, text in texts.items():
         target = DATA / name
         if args.check:
-            same = target.is_file() and target.read_text(encoding="utf-8") == text
+            same = target.exists() and target.read_text(encoding="utf-8") == text
             print(f"{name}: {'up to date' if same else 'differs from a rebuild'}")
-            stale += not same
-            continue
-        target.write_text(text, encoding="utf-8")
-        print(f"wrote {target} ({len(text):,} bytes)")
-    return 1 if stale else 0
+            status |= not same
+        else:
+            target.write_text(text, encoding="utf-8")
+            print(f"wrote {target} ({len(text):,} bytes)")
+    return status
 
 
 if __name__ == "__main__":
