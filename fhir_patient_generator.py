@@ -224,6 +224,7 @@ def _load_reference(data_dir: Path) -> Reference:
         race.setdefault(r["state"], []).append(
             (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
         )
+    joint = _joint_population(data_dir, race)
     return Reference(
         states=states,
         zips=zips,
@@ -239,9 +240,10 @@ def _load_reference(data_dir: Path) -> Reference:
             national,
             [code for code, *_ in states],
             rows("language_lep.csv"),
+            _language_people(joint),
         ),
         race_ethnicity={k: tuple(v) for k, v in race.items()},
-        **_joint_population(data_dir, race),
+        **joint,
     )
 
 
@@ -418,6 +420,27 @@ def _language_group_shares(
 LANGUAGE_BANDS = ("5-17", "18-64", "65+")
 
 
+def _lep_scale(
+    lep: list[dict[str, str]], people: Mapping[str, Sequence[float]]
+) -> dict[str, float]:
+    """state -> the factor on its LEP shares that makes the LEP share of the generator's own
+    living 5+ (people: by cell, band * 2 + Hispanic) the ACS one (language_lep.csv's cells
+    weighted by their ACS population): the generator's ages (Census V2023) and Hispanic shares
+    (2020 P2) are not ACS 2018's, and the target is the state's LEP share."""
+    acs: dict[str, list[float]] = {}  # state -> [ACS LEP people, ACS people, ours LEP, ours]
+    for r in lep:
+        if r["state"] not in people:
+            continue
+        share = sum(int(r[g]) for g in C16001_GROUPS if g in r) / 1e9
+        ours = people[r["state"]][LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")]
+        t = acs.setdefault(r["state"], [0.0, 0.0, 0.0, 0.0])
+        t[0] += share * float(r["population"])
+        t[1] += float(r["population"])
+        t[2] += share * ours
+        t[3] += ours
+    return {st: (a / b) / (c / d) for st, (a, b, c, d) in acs.items() if c > 0 and d > 0}
+
+
 def _language_band(age: int) -> int:
     """A whole age's band in LANGUAGE_BANDS."""
     return 0 if age < 18 else 1 if age < 65 else 2
@@ -429,6 +452,7 @@ def _language_cum(
     national: list[dict[str, str]],
     states: list[str],
     lep: list[dict[str, str]],
+    people: Mapping[str, Sequence[float]],
 ) -> dict[str, tuple[tuple[int, ...], ...]]:
     """state -> per (band, Hispanic origin) cumulative weights over languages.csv's rows. The
     preferred language is English unless the patient speaks English less than "very well"
@@ -439,16 +463,17 @@ def _language_cum(
     keys = [_language_key(r) for r in national]
     english = C16001_GROUPS["C16001_002E"][0]
     shares = _language_group_shares(by_state, detail, national, states)
+    scale = _lep_scale(lep, people)
     cells: dict[str, list[tuple[int, ...]]] = {}
     for r in lep:
         if r["state"] not in shares:
             continue
-        p = dict.fromkeys(keys, 0.0)
+        p, k = dict.fromkeys(keys, 0.0), scale.get(r["state"], 1.0)
         for g, members in C16001_GROUPS.items():
             if g in r:
                 for v in members:
-                    p[v] += int(r[g]) * shares[r["state"]][g][v]
-        p[english] = 1e9 - sum(int(r[g]) for g in C16001_GROUPS if g in r)
+                    p[v] += k * int(r[g]) * shares[r["state"]][g][v]
+        p[english] = 1e9 - k * sum(int(r[g]) for g in C16001_GROUPS if g in r)
         at = LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")
         cells.setdefault(r["state"], [()] * 2 * len(LANGUAGE_BANDS))[at] = _cumulative(
             round(p[k]) for k in keys
@@ -529,6 +554,26 @@ def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str
         "race_ratio": race_ratio,
         "race_cum": {st: (*t, *dead_cum[st]) for st, t in living_cum.items()},
     }
+
+
+def _language_people(joint: Mapping[str, Any]) -> dict[str, list[float]]:
+    """state -> the generator's living people 5+ by language cell (band * 2 + Hispanic): its
+    state age x sex table and the race rows drawn for each (sex, age band)."""
+    hispanic = [row[3] == HISPANIC_CODE for row in joint["race_rows"]]
+    out: dict[str, list[float]] = {}
+    for st, by_sex in joint["state_age_sex"].items():
+        cells = out.setdefault(st, [0.0] * 2 * len(LANGUAGE_BANDS))
+        for sex in SEXES:
+            for age in range(5, len(by_sex[sex])):
+                cum = joint["race_cum"][st][_race_slot(age, sex, False)]
+                share = (
+                    sum(c - b for c, b, h in zip(cum, (0, *cum), hispanic, strict=False) if h)
+                    / cum[-1]
+                )
+                band = _language_band(age) * 2
+                cells[band + 1] += by_sex[sex][age] * share
+                cells[band] += by_sex[sex][age] * (1 - share)
+    return out
 
 
 def _expand_open_age(

@@ -16,7 +16,16 @@ one and the issue's target:
     Rosenberg, NVSR 47(3), 1998) as ratios to all races, vs mortality_by_race.csv's GBD 2019
     ratios (target within 10 %);
   * the national living age x sex (10-year bands) vs age_sex.csv and the crude death rate vs
-    Census V2025's US rate.
+    Census V2025's US rate;
+  * preferred language: the non-English share of the living 5+ vs the ACS 2018 C16001 limited-
+    English-proficient share (target within 1 point; by state: chi-square over the states) and
+    the Hispanic share of Spanish-preferring patients (target >= 90 %; B16006: 97.1 %);
+  * hospitals: patients per general hospital vs HCRIS 2021 total discharges (Pearson, target
+    >= 0.85; top tenth's share, target within 5 points of HCRIS's), patients across a state line;
+  * the living population, a one-year change batch of --living-count epoch patients (E = as-of):
+    births by state per epoch patient vs Census V2025 births per person (Pearson), movers by age
+    band per person-year relative to all ages vs ACS 2018 B07001's profile, deaths per person-
+    year vs the national level of the year.
 """
 
 from __future__ import annotations
@@ -107,11 +116,15 @@ def measure(n: int, seed: int) -> dict:
     m = {
         "deaths": Counter(), "py": Counter(), "gdeaths": Counter(), "gpy": Counter(),
         "ages": {"ME": [], "UT": []}, "kids": [0, 0], "old": [0, 0], "living": Counter(),
+        "five": Counter(), "other": Counter(), "spanish": [0, 0], "org": Counter(), "crossed": 0,
     }  # fmt: skip
+    english = next(k for k, (code, _) in enumerate(plan.languages) if code == "en")
+    spanish = next(k for k, (code, _) in enumerate(plan.languages) if code == "es")
     for i in range(n):
         s = g.sample(plan, i)
         state = plan.state_codes[s.state]
         age, sex, dead = plan.cells[s.cell]
+        count_language_and_hospital(m, plan, s, (english, spanish))
         birth = (s.birth - EPOCH) * 86400
         end = s.died if dead else as_of
         lo = max(birth, start)
@@ -140,6 +153,23 @@ def measure(n: int, seed: int) -> dict:
                 m[key][0] += hispanic[s.race]
                 m[key][1] += 1
     return m
+
+
+def count_language_and_hospital(
+    m: dict, plan: g.Plan, s: g.Sample, languages: tuple[int, int]
+) -> None:
+    """One patient's part of the language and hospital figures (languages: en, es positions)."""
+    english, spanish = languages
+    state = plan.state_codes[s.state]
+    age, _, dead = plan.cells[s.cell]
+    m["org"][s.organization] += 1
+    m["crossed"] += plan.hospitals[s.organization]["state"] != state
+    if s.language == spanish:
+        m["spanish"][0] += plan.race_hispanic[s.race]
+        m["spanish"][1] += 1
+    if not dead and age >= 5:
+        m["five"][state] += 1
+        m["other"][state] += s.language != english
 
 
 def report_states(m: dict) -> None:
@@ -237,10 +267,129 @@ def report_age_sex(m: dict) -> None:
     )
 
 
+def report_language(m: dict) -> None:
+    """Non-English preferred among the living 5+ vs the ACS LEP share, nationally and by state."""
+    lep, people = Counter(), Counter()
+    for r in table("lep_by_language_group_acs2018.csv"):
+        lep[r["state"]] += int(r["lep"])
+    for r in table("hispanic_language_acs2018.csv"):
+        people[r["state"]] = sum(int(r[f"population_{b}"]) for b in ("5_17", "18_64", "65plus"))
+    states = sorted(lep)  # WY has no C16001 row in the copy
+    ours = sum(m["other"].values()) / sum(m["five"].values())
+    real = sum(lep[s] for s in states) / sum(people[s] for s in states)
+    print(f"preferred language other than English, living 5+: {100 * ours:.2f} %   ACS 2018 LEP "
+          f"{100 * real:.2f} %   (target within 1 point)")  # fmt: skip
+    chi2 = 0.0
+    for s in states:
+        p, n = lep[s] / people[s], m["five"][s]
+        chi2 += (m["other"][s] - n * p) ** 2 / (n * p * (1 - p))
+    ours = [m["other"][s] / m["five"][s] for s in states]
+    r = pearson(ours, [lep[s] / people[s] for s in states])
+    print(f"  by state: Pearson r {r:.3f}, chi-square {chi2:.0f} on {len(states) - 1} d.f. (noise)")
+    hispanic, spanish = m["spanish"]
+    print(
+        f"Spanish-preferring patients who are Hispanic: {100 * hispanic / spanish:.1f} %   "
+        "(target >= 90 %; ACS B16006: 97.1 % of Spanish LEP)"
+    )
+
+
+def report_hospitals(m: dict, plan: g.Plan, n: int) -> None:
+    """Patients per general hospital against HCRIS 2021 total discharges."""
+    volume = {r["ccn"]: r["discharges"] for r in table("hospital_volumes.csv")}
+    real = {
+        h: int(volume[plan.hospitals[h]["ccn"]])
+        for h in plan.organization_index
+        if plan.hospitals[h]["hospital_type"] in g.GENERAL_HOSPITAL_TYPES
+        and volume[plan.hospitals[h]["ccn"]]
+    }
+    r = pearson([real[h] for h in real], [m["org"][h] for h in real])
+    top = sorted(real, key=lambda h: -real[h])[: len(real) // 10]
+    ours = sum(m["org"][h] for h in top) / sum(m["org"][h] for h in real)
+    theirs = sum(real[h] for h in top) / sum(real.values())
+    print(f"patients per general hospital vs HCRIS 2021 discharges ({len(real):,} hospitals): "
+          f"Pearson r {r:.3f}   (target >= 0.85)")  # fmt: skip
+    print(f"  top tenth by discharges: {100 * ours:.1f} % of patients   HCRIS {100 * theirs:.1f} "
+          "% of discharges   (target within 5 points)")  # fmt: skip
+    print(f"  patients whose hospital is in another state: {100 * m['crossed'] / n:.2f} %")
+
+
+def b07001_profile() -> dict[tuple[int, int], float]:
+    """ACS 2018 B07001 movers (within county, other county, other state) per person in our
+    age bands, relative to all ages 1+."""
+    bands = {}
+    for r in table("movers_by_age_acs2018.csv"):
+        lo = int(r["age_group"].split()[0])
+        band = next(b for b in LIVING_BANDS if b[0] <= max(lo, 1) < b[1])
+        moved = sum(int(r[c]) for c in ("moved_within_county", "moved_diff_county_same_state",
+                                        "moved_from_diff_state"))  # fmt: skip
+        people, m = bands.get(band, (0, 0))
+        bands[band] = (people + int(r["population_1plus"]), m + moved)
+    total = sum(m for _, m in bands.values()) / sum(p for p, _ in bands.values())
+    return {b: m / p / total for b, (p, m) in bands.items()}
+
+
+LIVING_BANDS = ((0, 18), (18, 25), (25, 35), (35, 45), (45, 65), (65, 75), (75, 999))
+
+
+def report_living(n: int, seed: int) -> None:
+    """A one-year change batch of n epoch patients: births by state, movers by age, deaths."""
+    plan = g.make_plan(seed, AS_OF)
+    start = g.parse_as_of(AS_OF).timestamp()
+    until = g.parse_as_of("2026-10-13T02:22:22Z")
+    births, py, moves, deaths = Counter(), Counter(), Counter(), 0
+    epoch_py = 0.0
+    for v in g.snapshot(plan, n, until, 0, n):  # the epoch patients' exposure, to a fair degree:
+        s = g.sample(plan, v.index)  # age at E, alive at E
+        age, _, dead = plan.cells[s.cell]
+        if not dead:
+            band = next(b for b in LIVING_BANDS if b[0] <= age < b[1])
+            years = ((v.sample.died if v.sample.died >= 0 else until.timestamp()) - start) / YEAR
+            py[band] += years
+            epoch_py += years
+    for v in g.changes(plan, n, AS_OF, until):
+        state = plan.zips[v.sample.zip][3]
+        if v.change == "birth":
+            births[state] += 1
+        elif v.change in g.MOVE_KINDS:
+            age = (v.instant // 86400 + EPOCH - v.sample.birth) / 365.2425
+            moves[next(b for b in LIVING_BANDS if b[0] <= age < b[1])] += 1
+        elif v.change == "death" and v.index < n:
+            deaths += 1
+    pops = {r["code"]: int(r["population"]) for r in table("states.csv")}
+    comp = {r["state"]: r for r in table("population_components_v2025.csv") if r["year"] == "2025"}
+    states = list(plan.state_codes)
+    ours = [births[s] / (n * pops[s] / sum(pops[x] for x in states)) for s in states]
+    real = [int(comp[s]["births"]) / int(comp[s]["popestimate_jul1"]) for s in states]
+    print(f"one-year change batch, {n:,} epoch patients (E = as-of):")
+    print(
+        f"  births per person by state vs Census V2025 (July 2024 - June 2025): Pearson r "
+        f"{pearson(ours, real):.3f}; US {1e3 * sum(births.values()) / n:.2f} per 1,000   "
+        f"V2025 {1e3 * int(comp['US']['births']) / int(comp['US']['popestimate_jul1']):.2f}"
+    )
+    total = sum(moves.values()) / sum(py.values())
+    profile = b07001_profile()
+    print("  movers per person-year by age band, relative to all ages (ours / ACS B07001): "
+          + ", ".join(f"{lo}-{min(hi, 99)} {moves[(lo, hi)] / py[(lo, hi)] / total:.2f}/"
+                      f"{profile[(lo, hi)]:.2f}" for lo, hi in LIVING_BANDS))  # fmt: skip
+    nchs = {
+        r["year"]: int(r["us_resident_deaths_registered"]) for r in table("deaths_by_year_nchs.csv")
+    }
+    us = {
+        r["year"]: int(r["popestimate_jul1"])
+        for r in table("population_components_v2025.csv")
+        if r["state"] == "US"
+    }
+    print(
+        f"  deaths of the epoch patients: {1e5 * deaths / epoch_py:.0f} per 100,000 person-years"
+        f"   NCHS 2024 {1e5 * nchs['2024'] / us['2024']:.0f} (the latest year: 2025-26 use it)"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--count", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=20251013)
+    p.add_argument("--living-count", type=int, default=200_000)
     args = p.parse_args()
     m = measure(args.count, args.seed)
     print(f"N = {args.count:,}, seed {args.seed}, as-of {AS_OF}, 3-year window")
@@ -249,6 +398,9 @@ def main() -> None:
     report_hispanic(m)
     report_race(m)
     report_age_sex(m)
+    report_language(m)
+    report_hospitals(m, g.make_plan(args.seed, AS_OF), args.count)
+    report_living(args.living_count, args.seed)
 
 
 if __name__ == "__main__":

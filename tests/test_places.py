@@ -224,19 +224,23 @@ def language_band(age: int) -> str:
 
 def us_core_language_cells(plan: g.Plan, n: int) -> dict[tuple, Counter]:
     """(state, band, Hispanic?) -> Counter of language codes, read from us-core records (the
-    ethnicity extension prints the Hispanic origin the language was drawn with)."""
+    ethnicity extension prints the Hispanic origin the language was drawn with); and under
+    (state, "living 5+") the codes of the living aged 5 and over (the ACS universe)."""
     cells = defaultdict(Counter)
     for i in range(n):
         r = g.build_record(plan, i)
         born = date.fromisoformat(r["birthDate"])
-        age = (
-            AS_OF_DATE.year
-            - born.year
-            - ((AS_OF_DATE.month, AS_OF_DATE.day) < (born.month, born.day))
+        age = (AS_OF_DATE.year - born.year) - (
+            (AS_OF_DATE.month, AS_OF_DATE.day) < (born.month, born.day)
         )
         eth = r["extension"][1]["extension"][0]["valueCoding"]["code"]
-        key = (r["address"][0]["state"], language_band(age), eth == "2135-2")
-        cells[key][r["communication"][0]["language"]["coding"][0]["code"]] += 1
+        state, code = (
+            r["address"][0]["state"],
+            r["communication"][0]["language"]["coding"][0]["code"],
+        )
+        cells[state, language_band(age), eth == "2135-2"][code] += 1
+        if "deceasedDateTime" not in r and age >= 5:
+            cells[state, "living 5+"][code] += 1
     return cells
 
 
@@ -275,31 +279,55 @@ def test_the_language_table_keeps_the_acs_totals():
         assert max(ratios) / min(ratios) < 1 + 1e-9, (st, ratios)
 
 
+def acs_lep_share(state: str) -> float:
+    """The state's LEP share of people 5+: C16001 over B01001's 5+ (WY, empty in C16001: its
+    language_lep.csv cells weighted by their ACS people)."""
+    lep = sum(
+        int(r["lep"]) for r in table("lep_by_language_group_acs2018.csv") if r["state"] == state
+    )
+    if lep:
+        row = next(r for r in table("hispanic_language_acs2018.csv") if r["state"] == state)
+        return lep / sum(int(row[f"population_{b}"]) for b in ("5_17", "18_64", "65plus"))
+    cells = [r for r in table("language_lep.csv") if r["state"] == state]
+    people = sum(int(r["population"]) for r in cells)
+    return (
+        sum(int(r["population"]) * int(r[v]) / 1e9 for r in cells for v in tool().LEP_GROUPS)
+        / people
+    )
+
+
 def test_language_follows_english_ability_by_state_age_and_hispanic_origin():
-    """Within each (state, age band, Hispanic origin) cell the languages follow language_lep.csv:
-    a C16001 group's share is its LEP share there; English is everyone else's. The French group
-    (fr + ht) splits by the state's B16001 where published (FL, CA), else nationally (VT, HI)."""
-    states = ("CA", "FL", "VT", "HI", "TX")
+    """The state's share of the living 5+ who prefer a language other than English is its ACS
+    LEP share (issue 17: by state within noise). Within each (state, age band, Hispanic origin)
+    cell the LEP shares are language_lep.csv's times one factor per state (the generator's ages
+    and Hispanic shares are not ACS 2018's: the factor restores the state's LEP share), and the
+    languages of the non-English-preferring follow the table's groups. The French group (fr + ht)
+    splits by the state's B16001 where published (FL, CA), else nationally (VT, HI)."""
+    states = ("CA", "FL", "VT", "HI", "TX", "WY")
     cells = us_core_language_cells(
         g.make_plan(41, AS_OF, states=",".join(states), profile="us-core"), 150_000
     )
     lep = {(r["state"], r["age_band"], r["hispanic"] == "Y"): r for r in table("language_lep.csv")}
+    for st in states:
+        got = cells[st, "living 5+"]
+        assert_share(got.total() - got["en"], got.total(), acs_lep_share(st), f"{st} LEP")
     detail = table("languages_by_state_detail_acs2018.csv")
     national = {r["bcp47"]: int(r["speakers_age5plus"]) for r in table("languages.csv")}
     checked = 0
     for key, got in cells.items():
-        m, row = sum(got.values()), lep[key]
-        english = 1 - sum(int(row[v]) for v in tool().LEP_GROUPS) / 1e9
-        assert_share(got["en"], m, english, f"{key}/en")
+        if key[1] == "living 5+":
+            continue
+        row, other = lep[key], got.total() - got["en"]
+        total = sum(int(row[v]) for v in tool().LEP_GROUPS)
         for var, code in SINGLE.items():
-            assert_share(got[code], m, int(row[var]) / 1e9, f"{key}/{code}")
-        assert_share(got["fr"] + got["ht"], m, int(row["C16001_006E"]) / 1e9, f"{key}/fr+ht")
+            assert_share(got[code], other, int(row[var]) / total, f"{key}/{code}")
+        assert_share(got["fr"] + got["ht"], other, int(row["C16001_006E"]) / total, f"{key}/fr+ht")
         checked += 1
     assert checked == len(states) * 6
     for st in states:
         french = Counter()
         for key, got in cells.items():
-            if key[0] == st:
+            if key[0] == st and key[1] != "living 5+":
                 french.update({c: got[c] for c in ("fr", "ht")})
         own = {r["bcp47"]: int(r["speakers"]) for r in detail if r["state"] == st}
         split = own if own else national
@@ -310,18 +338,34 @@ def test_language_follows_english_ability_by_state_age_and_hispanic_origin():
 
 
 def test_children_under_5_follow_the_5_to_17_year_olds():
-    """Under 5 (outside the ACS universe) draws from its state's 5-17 rows."""
-    plan = g.make_plan(4, AS_OF, states="TX", max_age=4, profile="us-core")
-    cells = us_core_language_cells(plan, 40_000)
-    lep = {
+    """Under 5 (outside the ACS universe) draws from its state's 5-17 rows: the same Spanish
+    share among those preferring another language, the same share preferring one as the 5-17s
+    (same state, same Hispanic origin)."""
+    plan = g.make_plan(4, AS_OF, states="TX", max_age=17, profile="us-core")
+    cells = defaultdict(Counter)
+    for i in range(60_000):
+        r = g.build_record(plan, i)
+        young = date.fromisoformat(r["birthDate"]) > date(
+            AS_OF_DATE.year - 5, AS_OF_DATE.month, AS_OF_DATE.day
+        )
+        eth = r["extension"][1]["extension"][0]["valueCoding"]["code"] == "2135-2"
+        cells[young, eth][r["communication"][0]["language"]["coding"][0]["code"]] += 1
+    row = {
         r["hispanic"] == "Y": r
         for r in table("language_lep.csv")
         if r["state"] == "TX" and r["age_band"] == "5-17"
     }
-    assert {key[1] for key in cells} == {"5-17"}
-    for (_, _, hispanic), got in cells.items():
+    for (young, hispanic), got in cells.items():
+        other = got.total() - got["en"]
+        total = sum(int(row[hispanic][v]) for v in tool().LEP_GROUPS)
         assert_share(
-            got["es"], got.total(), int(lep[hispanic]["C16001_003E"]) / 1e9, f"TX <5 {hispanic}"
+            got["es"], other, int(row[hispanic]["C16001_003E"]) / total, f"TX {young} {hispanic}"
+        )
+    for hispanic in (True, False):
+        old, young = cells[False, hispanic], cells[True, hispanic]
+        p = 1 - old["en"] / old.total()
+        assert_share(
+            young.total() - young["en"], young.total(), p, f"TX under 5 vs 5-17 {hispanic}"
         )
 
 

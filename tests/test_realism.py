@@ -292,13 +292,16 @@ def test_min_and_max_age_restrict_the_age_on_the_record():
     assert len(dead) > 200 and set(dead) == set(range(65, 75))
 
 
-def test_each_patient_is_managed_by_a_hospital_in_their_state(sample):
-    """Where (ZIP, distance) and which hospital types: tests/test_places.py."""
+def test_each_patient_is_managed_by_a_hospital_of_the_run_mostly_in_their_state(sample):
+    """Where (ZIP, distance) and which hospital types: tests/test_places.py. Candidates cross
+    state lines (issue 17): some patients, not most, use a hospital of another state."""
     plan = g.make_plan(2025, AS_OF)
     by_state = Counter(o["state"] for o in plan.organizations)
     assert set(by_state) == set(plan.state_codes)  # every state has hospitals
     assert by_state["CA"] > by_state["WY"]
     states = {o["id"]: o["state"] for o in plan.organizations}
+    crossed = 0
     for r in sample:
         org_id = r["managingOrganization"]["reference"].split("/", 1)[1]
-        assert states[org_id] == r["address"][0]["state"]
+        crossed += states[org_id] != r["address"][0]["state"]
+    assert 0.01 * N < crossed < 0.15 * N, crossed

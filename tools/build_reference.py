@@ -257,7 +257,7 @@ B16004_GROUPS: Mapping[str, tuple[str, ...]] = {  # B16004 group -> its C16001 g
     "other": ("C16001_033E", "C16001_036E"),
 }
 LEP_GROUPS = tuple(g for groups in B16004_GROUPS.values() for g in groups)
-LANGUAGE_COLUMNS = ["state", "age_band", "hispanic", *LEP_GROUPS]
+LANGUAGE_COLUMNS = ["state", "age_band", "hispanic", "population", *LEP_GROUPS]
 LEP_IPF_ROUNDS = 200
 
 
@@ -367,14 +367,15 @@ def _speaker_share(data: Path, state: str) -> float:
 
 
 def language_table(data: Path = DATA) -> list[dict[str, str]]:
-    """language_lep.csv's rows: per (state, band, Hispanic origin) each group's LEP share in
-    parts per 10**9 (English-preferring = the rest)."""
+    """language_lep.csv's rows: per (state, band, Hispanic origin) the cell's ACS people and
+    each group's LEP share in parts per 10**9 (English-preferring = the rest)."""
     out = []
     for st, cells in sorted(language_cells(data).items()):
         for (band, h), c in sorted(
             cells.items(), key=lambda kv: (LANGUAGE_BANDS.index(kv[0][0]), not kv[0][1])
         ):
             row = {"state": st, "age_band": band, "hispanic": "Y" if h else "N"}
+            row["population"] = str(round(c["population"]))  # ACS people 5+ of the cell
             for g in LEP_GROUPS:
                 row[g] = str(round(1e9 * c[g] / c["population"])) if c["population"] else "0"
             out.append(row)
