@@ -552,9 +552,9 @@ def expected_counts(plan: g.Plan, people, until: int, band: dict) -> Counter:
     for versions in people.values():
         for s, a, b in segments(versions, until):
             possible = options(s.zip)
-            k = ratio[plan.zips[s.zip][3]][s.sex]
+            kx = ratio[plan.zips[s.zip][3]][s.sex]
             for year, age, seconds in year_age_pieces(s.birth, a, b):
-                m = mx[s.sex][min(age, g.MAX_AGE)] * k[min(age, g.MAX_AGE)] * death_level(year)
+                m = mx[s.sex][min(age, g.MAX_AGE)] * kx[min(age, g.MAX_AGE)] * death_level(year)
                 out["death", band[age]] += min(m, g.DEATH_BOUND) * seconds
                 factor = move_factors()[min(age, g.MAX_AGE)]
                 for k, kind in enumerate(g.MOVE_KINDS):
