@@ -1632,10 +1632,14 @@ FHIR_VERSIONS: Mapping[str, FhirVersion] = {
 }
 
 
-def organization_record(org: Mapping[str, str], fhir_version: str = "R4") -> dict[str, Any]:
+def organization_record(
+    org: Mapping[str, str], fhir_version: str | FhirVersion = "R4"
+) -> dict[str, Any]:
     """The FHIR Organization of one of the plan's hospitals (plan.organizations), in the given
-    FHIR version."""
-    return FHIR_VERSIONS[fhir_version].organization(org)
+    FHIR version (a FHIR_VERSIONS name, or plan.fhir_version)."""
+    if not isinstance(fhir_version, FhirVersion):
+        fhir_version = FHIR_VERSIONS[fhir_version]
+    return fhir_version.organization(org)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2048,7 +2052,8 @@ def _hospital_cuts(plan: Plan, ref: Reference) -> int:
     return _cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND)
 
 
-def _hospital_accept(cut: int, s: Sample, instant: int) -> int:
+def _fixed_accept(cut: int, s: Sample, instant: int) -> int:
+    """A kind whose rate is the same for everyone: its cut is its accept threshold."""
     return cut
 
 
@@ -2066,7 +2071,7 @@ def _change_hospital(
 _EVENT_KINDS: tuple[_EventKind, ...] = (
     _EventKind("death", DEATH_BOUND, _death_cuts, _death_accept, _die),
     _EventKind("move", MOVE_BOUND, _move_cuts, _move_accept, _move),
-    _EventKind("hospital", HOSPITAL_BOUND, _hospital_cuts, _hospital_accept, _change_hospital),
+    _EventKind("hospital", HOSPITAL_BOUND, _hospital_cuts, _fixed_accept, _change_hospital),
 )
 
 
@@ -2457,16 +2462,34 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
     return out
 
 
-class Window(NamedTuple):
-    """A snapshot or a change batch of the living population whose epoch is the plan's as-of:
-    what generate_patients(epoch=...) yields, the CLI prints and a Bronze(window=...) run
-    writes (its count then covers the indexes that exist at `until`: population_size)."""
-
+class _WindowFields(NamedTuple):
     epoch_count: int  # N: the population at the epoch
-    until: str  # T: the snapshot at T, or the end of the batch (since, until]
-    since: str | None = None  # S: the change batch (S, T] instead of the snapshot
+    until: datetime  # T: the snapshot at T, or the end of the batch (since, until]
+    since: datetime | None = None  # S: the change batch (S, T] instead of the snapshot
     latest: bool = False  # a batch holds each patient's last version only
     faults: Faults = NO_FAULTS
+
+
+class Window(_WindowFields):
+    """A snapshot or a change batch of the living population whose epoch is the plan's as-of:
+    what generate_patients(epoch=...) yields, the CLI prints and a Bronze(window=...) run
+    writes (its count then covers the indexes that exist at `until`: population_size).
+
+    until and since are given as datetimes or ISO-8601 text and kept as aware UTC datetimes
+    (parse_as_of, once, here): nothing downstream parses them again."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        epoch_count: int,
+        until: datetime | str,
+        since: datetime | str | None = None,
+        latest: bool = False,
+        faults: Faults = NO_FAULTS,
+    ) -> Window:
+        since = None if since is None else parse_as_of(since)
+        return super().__new__(cls, epoch_count, parse_as_of(until), since, latest, faults)
 
 
 def _window_versions(
@@ -2526,9 +2549,7 @@ def generate_patients(  # noqa: PLR0913 (the living population's arguments are k
     if start:
         raise ValueError("a living population begins at #0: start must be 0 with epoch")
     plan = make_plan(draw_seed() if seed is None else seed, epoch, **options)
-    until = _iso_instant(parse_as_of(as_of))
-    since = None if since is None else _iso_instant(parse_as_of(since))
-    for v in _window_versions(plan, Window(count, until, since, latest, faults)):
+    for v in _window_versions(plan, Window(count, as_of, since, latest, faults)):
         yield version_record(plan, v)
 
 
@@ -3007,7 +3028,7 @@ def _unit_records(plan: Plan, spec: Bronze, unit: int) -> int:
     indexes, w = unit_range(spec, unit), spec.window
     if w is None:
         return len(indexes)
-    dyn, until = _dynamics(plan), _seconds(parse_as_of(w.until))
+    dyn, until = _dynamics(plan), _seconds(w.until)
     gone = 0
     for i in range(max(indexes.start, w.epoch_count), indexes.stop):
         deleted = _start(plan, dyn, w.epoch_count, i).deleted
@@ -3096,9 +3117,8 @@ CDC_MANIFESTS = "cdc/_manifests"  # one manifest per batch: <since>_<until>.json
 CDC_RUN = "cdc/_run"  # a batch's identity while it is being written
 
 
-def _stamp(iso: str) -> str:
+def _stamp(dt: datetime) -> str:
     """A compact UTC time for keys: 20260301T000000Z (with .ffffff when it has a fraction)."""
-    dt = parse_as_of(iso)
     fraction = f".{dt.microsecond:06d}" if dt.microsecond else ""
     return dt.strftime("%Y%m%dT%H%M%S") + fraction + "Z"
 
@@ -3127,7 +3147,7 @@ def batch_name(spec: Bronze) -> str:
 def _batch_folder(spec: Bronze, deleted: bool) -> str:
     """cdc/patient/ or cdc/patient_deleted/, Hive-partitioned by the delivery (until) date."""
     assert spec.window is not None
-    day = parse_as_of(spec.window.until).date().isoformat()
+    day = spec.window.until.date().isoformat()
     return f"cdc/patient{'_deleted' if deleted else ''}/ingest_date={day}"
 
 
@@ -3751,20 +3771,20 @@ def _window_block(plan: Plan, indexes: int, w: Window | None) -> dict[str, Any]:
     if w is None:
         return {}
     return {
-        "as_of": w.until,
+        "as_of": _iso_instant(w.until),
         "count": w.epoch_count,
         "epoch": plan.last_updated,
         "indexes": indexes,
-        "since": w.since,
+        "since": None if w.since is None else _iso_instant(w.since),
         "versions": "latest" if w.latest else "all",
         "faults": w.faults._asdict(),
     }
 
 
 def _window_words(plan: Plan, w: Window) -> list[str]:
-    words = ["--epoch", plan.last_updated, "--as-of", w.until]
+    words = ["--epoch", plan.last_updated, "--as-of", _iso_instant(w.until)]
     if w.since is not None:
-        words += ["--since", w.since, "--versions", "latest" if w.latest else "all"]
+        words += ["--since", _iso_instant(w.since), "--versions", "latest" if w.latest else "all"]
         for name, rate in w.faults._asdict().items():
             words += [f"--{name.replace('_', '-')}", f"{rate:g}"] if rate else []
     return words
@@ -3800,7 +3820,7 @@ def _manifest(
     the reproducing request, output (and a batch's deleted), extension.fhirVersion, the
     generator block and any further extension."""
     manifest: dict[str, Any] = {
-        "transactionTime": spec.window.until if spec.window else plan.last_updated,
+        "transactionTime": _iso_instant(spec.window.until) if spec.window else plan.last_updated,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
         "output": output,
@@ -3830,9 +3850,9 @@ def batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[in
     assert w is not None
     files = FORMATS[spec.format].batch_output(spec, counts)
     batch = {
-        "since": w.since,
-        "until": w.until,
-        "ingestDate": parse_as_of(w.until).date().isoformat(),
+        "since": _iso_instant(w.since),
+        "until": _iso_instant(w.until),
+        "ingestDate": w.until.date().isoformat(),
         "versions": sum(c[0] for c in counts.values()),
         "deletions": sum(c[1] for c in counts.values()),
         "urlsRelativeTo": "the layer root",
@@ -4448,7 +4468,7 @@ def delete_batch(spec: Bronze, name: str) -> None:
     """Delete the batch <since>_<until> of the layer at spec.root (an unfinished one: its
     files and identity); ValueError if name is not a batch name."""
     since, until = _batch_window(name)
-    window = Window(0, _iso_instant(until), _iso_instant(since))
+    window = Window(0, until, since)
     spec = replace(spec, window=window)
     store = open_store(spec)
     try:
@@ -4484,7 +4504,7 @@ def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bron
     w = spec.window
     if w is None:
         raise ValueError("continue_layer needs spec.window (its until)")
-    until = parse_as_of(w.until)
+    until = w.until
     store = open_store(spec)
     try:
         block = _layer_block(store)
@@ -4493,15 +4513,15 @@ def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bron
         store.close()
     since = max([parse_as_of(block["as_of"]), *ends])
     if until < since:
-        raise ValueError(f"--as-of {w.until} is before the layer's end, {_iso_instant(since)}")
-    ours = f"{_stamp(_iso_instant(since))}_{_stamp(_iso_instant(until))}"
+        raise ValueError(
+            f"--as-of {_iso_instant(until)} is before the layer's end, {_iso_instant(since)}"
+        )
+    ours = f"{_stamp(since)}_{_stamp(until)}"
     _clear_unfinished(spec, unfinished, ours, overwrite)
     if until == since:
         return None
     plan = make_plan(block["seed"], block.get("epoch") or block["as_of"], **block["options"])
-    window = w._replace(
-        epoch_count=block["count"], until=_iso_instant(until), since=_iso_instant(since)
-    )
+    window = w._replace(epoch_count=block["count"], since=since)
     _check_faults(window.faults)
     population_size(plan, window.epoch_count, until)  # within the index range by then
     continued = replace(
@@ -4804,8 +4824,8 @@ def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
         raise UsageError(str(e)) from None
     return Window(
         epoch_count=args.count,
-        until=_iso_instant(until),
-        since=None if since is None else _iso_instant(since),
+        until=until,
+        since=since,
         latest=args.versions == "latest",
         faults=faults,
     )
@@ -4828,8 +4848,7 @@ def _continued(
     _check_output_args(args)
     try:
         faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
-        until = _iso_instant(parse_as_of(args.as_of))
-        window = Window(0, until, None, args.versions == "latest", faults)
+        window = Window(0, args.as_of, None, args.versions == "latest", faults)
         return continue_layer(
             replace(_bronze_from_args(args, None), window=window), overwrite=args.overwrite
         )
