@@ -616,9 +616,10 @@ def test_deaths_moves_and_hospital_changes_happen_at_the_published_rates(options
 
 def joining_rates(plan: g.Plan, year: int) -> tuple[dict[str, float], dict[str, float]]:
     """(births, arrivals) per epoch patient and year, by state: each run state's share of the
-    epoch (states.csv) x its V2025 births, resp. net international migration, per person."""
-    pops = {r["code"]: int(r["population"]) for r in table("states.csv")}
-    total = sum(pops[s] for s in plan.state_codes)
+    epoch x its V2025 births, resp. net international migration, per person."""
+    cum = plan.state_cum  # the epoch's state weights (registry: living and dead of the window)
+    pops = {s: b - a for s, a, b in zip(plan.state_codes, (0, *cum), cum, strict=False)}
+    total = sum(pops.values())
     births = {
         s: pops[s] / total * per_person(s, year, "births") if plan.options["min_age"] == 0 else 0.0
         for s in plan.state_codes
