@@ -479,10 +479,9 @@ def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str
         weights = flat[k * n : k * n + n]
         living_cum.setdefault(st, []).append(tuple(accumulate(weights)))
         dead_cum.setdefault(st, []).append(tuple(accumulate(map(operator.mul, weights, per_mille))))
+    slots = len(SEXES) * len(RACE_BANDS)  # living tables per state (as many dead ones)
     for st, tables in living_cum.items():
-        if tuple(row[:4] for row in race[st]) != rows or len(tables) != len(SEXES) * len(
-            RACE_BANDS
-        ):
+        if tuple(row[:4] for row in race[st]) != rows or len(tables) != slots:
             raise ValueError(f"race tables of {st} do not follow race_ethnicity_by_state.csv")
     return {
         "state_age_sex": living,
