@@ -1398,7 +1398,8 @@ def _cms_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]
 
 
 def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]:
-    """The cms record plus US Core's parts, in FHIR element order (draws race..family_name)."""
+    """The cms record plus US Core's parts, in FHIR element order (the race row is Sample.race;
+    draws race_pair..family_name)."""
     t: UsCoreTables = plan.tables
     u, race_table = Draws._make(s.draws), t.race[plan.state_codes[s.state]]
     races, text, eth_code, eth_display, e = race_table.rows[s.race]
