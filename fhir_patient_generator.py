@@ -543,10 +543,9 @@ def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str
         weights = flat[k * n : k * n + n]
         living_cum.setdefault(st, []).append(tuple(accumulate(weights)))
         dead_cum.setdefault(st, []).append(tuple(accumulate(map(operator.mul, weights, per_mille))))
+    slots = len(SEXES) * len(RACE_BANDS)  # living tables per state (as many dead ones)
     for st, tables in living_cum.items():
-        if tuple(row[:4] for row in race[st]) != rows or len(tables) != len(SEXES) * len(
-            RACE_BANDS
-        ):
+        if tuple(row[:4] for row in race[st]) != rows or len(tables) != slots:
             raise ValueError(f"race tables of {st} do not follow race_ethnicity_by_state.csv")
     return {
         "state_age_sex": living,
@@ -1509,7 +1508,8 @@ def _cms_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]
 
 
 def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]:
-    """The cms record plus US Core's parts, in FHIR element order (draws race..family_name)."""
+    """The cms record plus US Core's parts, in FHIR element order (the race row is Sample.race;
+    draws race_pair..family_name)."""
     t: UsCoreTables = plan.tables
     u, race_table = Draws._make(s.draws), t.race[plan.state_codes[s.state]]
     races, text, eth_code, eth_display, e = race_table.rows[s.race]
