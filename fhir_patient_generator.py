@@ -22,11 +22,13 @@ import csv
 import functools
 import hashlib
 import itertools
+import math
 import os
 import re
 import secrets
 import signal
 import socket
+import statistics
 import struct
 import sys
 import tempfile
@@ -105,6 +107,7 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
     "mortality_rate": None,  # the life table
     "profile": "cms",
     "fhir_version": "R4",  # what every written resource is valid in (FHIR_VERSIONS)
+    "encounters": False,  # each patient's inpatient stays too (recorded only when on)
 }
 DEFAULT_FORMAT = "json"
 DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~75 MB plain, ~8 MB gzip) and work unit
@@ -671,6 +674,15 @@ def _check_range(name: str, value: Any, low: float, high: float, low_open: bool)
     return number
 
 
+def _check_flag(name: str, value: Any) -> bool:
+    """A yes/no option: True or False (None, not set, is False)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
 def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tuple[str, ...]:
     known = {code for code, _, _, _ in ref.states}
     if states is None:
@@ -723,6 +735,8 @@ def normalise_options(*, data_dir: str | Path | None = None, **options: Any) -> 
         else _check_range("mortality-rate", rate, 0, 1, False),
         "profile": o["profile"],
         "fhir_version": o["fhir_version"],
+        # recorded only when on, so manifests without stays keep their bytes
+        **({"encounters": True} if _check_flag("encounters", o["encounters"]) else {}),
     }
 
 
@@ -1903,6 +1917,662 @@ def _window_versions(
 
 
 # ---------------------------------------------------------------------------------------------
+# Inpatient stays (--encounters): each patient's hospital stays in the look-back window, as an
+# Encounter and its principal diagnosis as a Condition, at real hospitals and calibrated to the
+# CMS tables of reference_data/ (docs/encounters.md). A patient's stays are a pure function of
+# (seed, index, options) and its sample: the Patient's own bytes never depend on them
+# ---------------------------------------------------------------------------------------------
+
+STAY_SYSTEM = "urn:metriccare:stay"  # Encounter.identifier: <MRN>-<stay number k>
+ICD10CM_SYSTEM = "http://hl7.org/fhir/sid/icd-10-cm"
+ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+DISPOSITION_SYSTEM = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
+US_CORE_ENCOUNTER = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-encounter"
+US_CORE_CONDITION = (
+    "http://hl7.org/fhir/us/core/StructureDefinition/us-core-condition-encounter-diagnosis"
+)
+MAX_STAYS = 64  # stay numbers k per patient: 0..62 the admissions process, 63 the death's stay
+DEATH_STAY = MAX_STAYS - 1
+MEDICARE_AGE = 65  # the HRRP cohorts and MORT-30 are measured on patients 65 and older
+COHORTS = ("AMI", "HF", "PN", "COPD", "CABG", "HIP-KNEE")  # HRRP FY2025, hrrp_fy2025.csv
+# An assumption (no national figure at hand): half of the 30-day deaths after an AMI, HF or
+# pneumonia admission happen during that stay, half after discharge.
+IN_STAY_OF_30_DAY_DEATHS = 0.5
+MORT_30_COHORTS = ("AMI", "HF", "PN")  # CMS's 30-day mortality measures (cms_national.csv)
+OWN_HOSPITAL_SHARE = 0.70  # an assumption: a stay is at the managing organization this often
+# Discharged alive: post-acute care (HCUP Statistical Brief #205, all payers 2013): 41.7 % of
+# Medicare stays and 11.7 % of privately insured ones went to post-acute care (65+ and under 65
+# here), of which 50 % to home health, 40 % to skilled nursing, the rest to other facilities.
+POST_ACUTE_SHARE = (0.117, 0.417)  # under MEDICARE_AGE, at or over it
+DISPOSITIONS = (  # (code, display, text, share of post-acute discharges); "home" takes the rest
+    ("home", "Home", "Home", 0.0),
+    ("home", "Home", "Home with home health care", 0.50),
+    ("snf", "Skilled nursing facility", "Skilled nursing facility", 0.40),
+    ("other-hcf", "Other healthcare facility", "Inpatient rehabilitation or long-term care", 0.10),
+)
+EXPIRED = ("exp", "Expired", "Expired")
+
+
+class StayDraws(NamedTuple):
+    """The 32-bit draws of one stay stream: stay k of patient #i hashes b"stay|i|k" (its own
+    tag, so no other stream shares its bits); read by name."""
+
+    admitted: int  # the admission instant in the window (the death's stay: its gap to death)
+    own: int  # at the managing organization, or another of the ZIP's candidates
+    hospital: int  # which other candidate
+    cohort: int  # an HRRP cohort (65+, by the hospital's HRRP volumes) or the national mix
+    diagnosis: int  # the row of the national mix
+    los: int  # length of stay: a lognormal quantile (64 bits: low and high halves)
+    los_high: int
+    disposition: int  # discharged to home, home health, skilled nursing, another facility
+    hour: int  # (the death's stay) the admission hour when it is set back from the death
+    spare_9: int
+    spare_10: int
+    spare_11: int
+    spare_12: int
+    spare_13: int
+    spare_14: int
+    spare_15: int
+
+
+class PatientStayDraws(NamedTuple):
+    """The draws of a patient's stays as a whole (b"stays|i"): how many candidate admissions,
+    and whether and how the patient's death is tied to a stay."""
+
+    count: int  # candidate admissions in the window (Poisson)
+    death: int  # the death: in hospital, after an HRRP cohort stay, or away from hospital
+    death_cohort: int  # which cohort
+    spare_3: int
+    spare_4: int
+    spare_5: int
+    spare_6: int
+    spare_7: int
+    spare_8: int
+    spare_9: int
+    spare_10: int
+    spare_11: int
+    spare_12: int
+    spare_13: int
+    spare_14: int
+    spare_15: int
+
+
+class Stay(NamedTuple):
+    """One inpatient stay of patient #index: positions into the plan's and the stay tables."""
+
+    index: int
+    k: int  # the stay number: ids and the identifier come from (index, k)
+    admitted: int  # epoch seconds
+    discharged: int  # epoch seconds; the death instant for a stay that ends in death
+    hospital: int  # position in plan.hospitals
+    diagnosis: int  # position in StayTables.diagnoses
+    disposition: int  # position in DISPOSITIONS, or -1: expired
+
+
+class Diagnosis(NamedTuple):
+    """A principal diagnosis: ICD-10-CM code and text, its MS-DRG and the lognormal of its LOS."""
+
+    code: str
+    display: str
+    drg: str
+    cohort: str  # an HRRP cohort, or ""
+    mu: float  # ln(GMLOS in days)
+    sigma: float  # sqrt(2 ln(AMLOS / GMLOS)): the lognormal's mean is then AMLOS
+
+
+class StayTables(NamedTuple):
+    """What a plan's stays draw from, built once per plan (only when --encounters is on)."""
+
+    count_cdf: tuple[tuple[int, ...], ...]  # by cell: the Poisson CDF of candidate admissions
+    diagnoses: tuple[Diagnosis, ...]
+    mix_cum: tuple[tuple[int, ...], ...]  # by age group (0-17, 18-64, 65+): non-cohort rows
+    mix_rows: tuple[tuple[int, ...], ...]  # their positions in diagnoses
+    cohort_rows: tuple[tuple[int, ...], ...]  # by cohort (COHORTS order): rows in diagnoses
+    cohort_cum: tuple[tuple[int, ...], ...]  # their 65+ weights
+    cohort_cuts: Mapping[int, tuple[int, ...]]  # hospital position -> 65+ cumulative 32-bit cuts
+    other_weights: tuple[int, ...]  # per candidate slot (as plan.hospital_cand): see _other_weights
+    death_cuts: tuple[tuple[int, ...], tuple[int, ...]]  # under 65, 65+: see _death_stay
+    post_acute: tuple[int, int]  # under 65, 65+: a 32-bit cut
+    post_acute_cum: tuple[int, ...]  # over DISPOSITIONS[1:]
+    own_cut: int
+    encounter_keys: tuple[int, tuple[int, int, int]]  # the id bijections' add and multipliers
+    condition_keys: tuple[int, tuple[int, int, int]]
+
+
+AGE_GROUPS = (0, 18, MEDICARE_AGE)  # the mix's age groups start at these ages
+
+
+def _stay_reference(data_dir: Path) -> dict[str, Any]:
+    """The CMS tables of reference_data/ the stays read (SOURCES §C): admission rates by age
+    and sex, the diagnosis mix, hospital volumes, HRRP cohort volumes, national figures."""
+    rates = [
+        (int(r["age_lo"]), int(r["age_hi"]), r["sex"], float(r["admissions_per_1000"]) / 1000)
+        for r in _csv_rows(data_dir, "inpatient_rates.csv")
+    ]
+    national = {r["name"]: float(r["value"]) for r in _csv_rows(data_dir, "cms_national.csv")}
+    hrrp: dict[str, dict[str, int]] = {}
+    for r in _csv_rows(data_dir, "hrrp_fy2025.csv"):
+        hrrp.setdefault(r["ccn"], {})[r["cohort"]] = int(r["discharges"] or 0)
+    return {
+        "rates": rates,
+        "dx": _csv_rows(data_dir, "inpatient_dx.csv"),
+        "volumes": {r["ccn"]: r for r in _csv_rows(data_dir, "hospital_volumes.csv")},
+        "hrrp": hrrp,
+        "national": national,
+    }
+
+
+def _admission_rate(rates: list[tuple[int, int, str, float]], age: int, sex: str) -> float:
+    """Admissions per person-year at an age (inpatient_rates.csv: M/F by age band)."""
+    code = "M" if sex == "male" else "F"
+    for lo, hi, s, rate in rates:
+        if s == code and lo <= age <= hi:
+            return rate
+    raise ValueError(f"inpatient_rates.csv has no {code} row for age {age}")
+
+
+def _discharges(
+    hospitals: tuple[Mapping[str, str], ...], volumes: Mapping[str, Any]
+) -> list[float]:
+    """Discharges a year per hospital (HCRIS 2021); where HCRIS has none, beds x the median
+    discharges per bed of its type, else the median of its type (SOURCES §C1's fallback)."""
+    per_bed: dict[str, list[float]] = {}
+    each: dict[str, list[float]] = {}
+    for h in hospitals:
+        v = volumes.get(h["ccn"], {})
+        if v.get("discharges"):
+            each.setdefault(h["hospital_type"], []).append(float(v["discharges"]))
+            if v.get("beds") and int(v["beds"]):
+                per_bed.setdefault(h["hospital_type"], []).append(
+                    float(v["discharges"]) / int(v["beds"])
+                )
+    out = []
+    for h in hospitals:
+        v, kind = volumes.get(h["ccn"], {}), h["hospital_type"]
+        if v.get("discharges"):
+            out.append(float(v["discharges"]))
+        elif v.get("beds") and kind in per_bed:
+            out.append(int(v["beds"]) * _median(per_bed[kind]))
+        else:
+            out.append(_median(each.get(kind, [0.0])))
+    return out
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return (v[(n - 1) // 2] + v[n // 2]) / 2 if n else 0.0
+
+
+def _other_weights(plan: Plan, discharges: list[float]) -> list[int]:
+    """Per candidate slot (as plan.hospital_cand): the gravity weight x the hospital's
+    discharges / the population the gravity weights send it, so stays drawn with these weights
+    land at each hospital in proportion to its HCRIS discharges (within what its ZIPs allow)."""
+    cand, cum = plan.hospital_cand, plan.hospital_cum
+    pull = [0.0] * len(plan.hospitals)
+    weights = [0.0] * len(cand)
+    population = [0] * len(plan.zips)
+    for positions, zcum in zip(plan.zip_index, plan.zip_cum, strict=True):
+        for z, c, before in zip(positions, zcum, (0, *zcum), strict=False):
+            population[z] = c - before
+    for z, pop in enumerate(population):
+        lo = z * CANDIDATES
+        total = cum[lo + CANDIDATES - 1]
+        for k in range(lo, lo + CANDIDATES):
+            weights[k] = cum[k] - (cum[k - 1] if k > lo else 0)
+            if pop and total:
+                pull[cand[k]] += pop * weights[k] / total
+    return [
+        round(w * discharges[cand[k]] / pull[cand[k]]) if pull[cand[k]] else 0
+        for k, w in enumerate(weights)
+    ]
+
+
+def _cohort_cuts(
+    plan: Plan, ref: Mapping[str, Any], discharges: list[float], shares: Mapping[str, float]
+) -> dict[int, tuple[int, ...]]:
+    """Hospital position -> cumulative 32-bit cuts over COHORTS for a 65+ stay there: the
+    cohort's national 65+ share (inpatient_dx.csv) x the hospital's HRRP discharges per HCRIS
+    discharge relative to all HRRP hospitals'. Hospitals outside HRRP (critical access,
+    Maryland) take the national shares; children's hospitals none."""
+    hrrp = ref["hrrp"]
+    positions = {h["ccn"]: k for k, h in enumerate(plan.hospitals)}
+    in_hrrp = [positions[c] for c in hrrp if c in positions]
+    total = sum(discharges[k] for k in in_hrrp)
+    pooled = {c: sum(hrrp[plan.hospitals[k]["ccn"]].get(c, 0) for k in in_hrrp) for c in COHORTS}
+    out = {}
+    for k in plan.organization_index:
+        h = plan.hospitals[k]
+        if h["hospital_type"] == CHILDREN_HOSPITAL_TYPE:
+            share = [0.0] * len(COHORTS)
+        elif h["ccn"] in hrrp and discharges[k] > 0:
+            own = hrrp[h["ccn"]]
+            share = [
+                shares[c] * (own.get(c, 0) / discharges[k]) / (pooled[c] / total) for c in COHORTS
+            ]
+        else:
+            share = [shares[c] for c in COHORTS]
+        scale = min(1.0, 0.95 / sum(share)) if sum(share) else 1.0  # room for the other rows
+        out[k] = tuple(_cut(x) for x in itertools.accumulate(s * scale for s in share))
+    return out
+
+
+def _diagnoses(rows: list[dict[str, str]]) -> tuple[tuple[Diagnosis, ...], list[list[int]]]:
+    """inpatient_dx.csv as Diagnosis rows and integer weights by age group (shares x 1e9)."""
+    out, weights = [], []
+    for r in rows:
+        gmlos, amlos = float(r["gmlos"]), float(r["amlos"])
+        sigma = math.sqrt(2.0 * math.log(amlos / gmlos)) if amlos > gmlos else 0.0
+        out.append(
+            Diagnosis(r["icd10"], r["display"], r["drg"], r["cohort"], math.log(gmlos), sigma)
+        )
+        weights.append([round(float(r[f"weight_{g}"] or 0) * 1e9) for g in ("0_17", "18_64", "65")])
+    return tuple(out), weights
+
+
+def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[float]:
+    """Admissions per person-year per registry cell, at the age the cell's people had in the
+    middle of their time in the window: the living L/2 years younger, the dead L/4."""
+    lookback = plan.options["lookback_years"]
+    return [
+        _admission_rate(rates, max(0, round(age - lookback / (4 if dead else 2))), sex)
+        for age, sex, dead in plan.cells
+    ]
+
+
+def _death_cuts(
+    plan: Plan, rates: list[float], shares: Mapping[str, float], national: Mapping[str, float]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Cumulative 32-bit cuts over a death's kinds, under 65 and 65+: in hospital after an AMI,
+    HF or pneumonia admission (3), in hospital after another admission, after discharge within
+    30 days of an AMI, HF or pneumonia admission (3); above the last cut, away from hospital.
+
+    The cohort kinds make 30-day mortality after those admissions of patients 65+ equal CMS's
+    MORT-30: with O_c the expected ordinary admissions of cohort c, C_c those that fall within
+    30 days before a death by chance, and m_c the rate, the deaths tied to a cohort-c stay are
+    F_c = (m_c O_c - C_c) / (1 - m_c), split IN_STAY_OF_30_DAY_DEATHS in the stay."""
+    lookback, month = plan.options["lookback_years"], 30 * 86400 / SECONDS_PER_YEAR
+    weights = [c - b for c, b in zip(plan.cell_cum, (0, *plan.cell_cum), strict=False)]
+    old = [k for k, (age, _, _) in enumerate(plan.cells) if age >= MEDICARE_AGE]
+    deaths = sum(weights[k] for k in old if plan.cells[k][2])
+    stays = sum(weights[k] * rates[k] * lookback / (2 if plan.cells[k][2] else 1) for k in old)
+    chance = sum(weights[k] * rates[k] * month for k in old if plan.cells[k][2])
+    in_hospital = national["inhospital_death_share"]
+    tied = []
+    for c in MORT_30_COHORTS:
+        m = national[f"mort30_{c.lower()}"]
+        tied.append(max(0.0, (m * stays - chance) * shares[c] / (1 - m)) / deaths if deaths else 0)
+    in_stay = [IN_STAY_OF_30_DAY_DEATHS * f for f in tied]
+    other = max(0.0, in_hospital - sum(in_stay))
+    after = [(1 - IN_STAY_OF_30_DAY_DEATHS) * f for f in tied]
+    young = (0.0, 0.0, 0.0, in_hospital, 0.0, 0.0, 0.0)
+    old_kinds = (*in_stay, other, *after)
+    return (
+        tuple(_cut(min(1.0, x)) for x in itertools.accumulate(young)),
+        tuple(_cut(min(1.0, x)) for x in itertools.accumulate(old_kinds)),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _stay_tables(plan: Plan) -> StayTables:
+    """The plan's stay tables (about a second, once per plan and process)."""
+    data_dir = plan.identity[3]
+    ref = _stay_reference(Path(data_dir or DATA_DIR).resolve())
+    diagnoses, weights = _diagnoses(ref["dx"])
+    shares = {
+        c: sum(float(r["weight_65"] or 0) for r in ref["dx"] if r["cohort"] == c) for c in COHORTS
+    }
+    mix_rows, mix_cum = [], []
+    for g in range(len(AGE_GROUPS)):  # 65+: the cohorts come from the hospital's HRRP volumes
+        rows = [k for k, d in enumerate(diagnoses) if weights[k][g] and not (g == 2 and d.cohort)]
+        mix_rows.append(tuple(rows))
+        mix_cum.append(_cumulative(weights[k][2 if g == 2 else g] for k in rows))
+    cohort_rows = tuple(
+        tuple(k for k, d in enumerate(diagnoses) if d.cohort == c and weights[k][2])
+        for c in COHORTS
+    )
+    rates = _cell_rates(plan, ref["rates"])
+    lookback = Decimal(repr(plan.options["lookback_years"]))
+    with localcontext() as ctx:
+        ctx.prec = 40
+        count_cdf = tuple(_poisson_cdf(Decimal(repr(rate)) * lookback) for rate in rates)
+    discharges = _discharges(plan.hospitals, ref["volumes"])
+    key = plan.key
+    return StayTables(
+        count_cdf=count_cdf,
+        diagnoses=diagnoses,
+        mix_cum=tuple(mix_cum),
+        mix_rows=tuple(mix_rows),
+        cohort_rows=cohort_rows,
+        cohort_cum=tuple(_cumulative(weights[k][2] for k in rows) for rows in cohort_rows),
+        cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
+        other_weights=tuple(_other_weights(plan, discharges)),
+        death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
+        post_acute=tuple(_cut(p) for p in POST_ACUTE_SHARE),
+        post_acute_cum=_cumulative(round(share * 1000) for *_, share in DISPOSITIONS[1:]),
+        own_cut=_cut(OWN_HOSPITAL_SHARE),
+        encounter_keys=_uuid_keys(key, b"encounter"),
+        condition_keys=_uuid_keys(key, b"condition"),
+    )
+
+
+def _uuid_keys(key: bytes, tag: bytes) -> tuple[int, tuple[int, int, int]]:
+    """A resource type's own keyed UUID bijection (as the patients' in _bijection_keys)."""
+    return (
+        _hash_int(key, tag + b"-uuid-add", 16) & M122,
+        tuple(_hash_int(key, tag + b"-uuid-mul-%d" % n, 16) & M122 | 1 for n in (1, 2, 3)),
+    )
+
+
+def _stream(plan: Plan, tag: bytes) -> tuple[int, ...]:
+    """Sixteen 32-bit draws from the plan's keyed hash of a tagged message (a stream of its own:
+    the patients' own hashes take 8-byte indexes, tags are other lengths)."""
+    h = plan.hasher.copy()
+    h.update(tag)
+    return _raw_draws(h.digest())
+
+
+def _stay_hospital(plan: Plan, t: StayTables, s: Sample, age: int, u: StayDraws) -> int:
+    """The stay's hospital: the managing organization OWN_HOSPITAL_SHARE of the time, else
+    another of the ZIP's candidates drawn by t.other_weights (the children's under CHILD_AGE)."""
+    if u.own < t.own_cut:
+        return s.organization
+    lo = s.zip * CANDIDATES
+    slots = range(lo, lo + (CANDIDATES if age < CHILD_AGE else CANDIDATES - 1))
+    cand, w = plan.hospital_cand, t.other_weights
+    weights = [0 if cand[k] == s.organization else w[k] for k in slots]
+    total = sum(weights)
+    if not total:
+        return s.organization
+    v = u.hospital * total >> 32
+    for k, weight in zip(slots, weights, strict=True):
+        if v < weight:
+            return cand[k]
+        v -= weight
+    raise AssertionError("unreachable: v < total")
+
+
+def _age_group(age: int) -> int:
+    return bisect.bisect_right(AGE_GROUPS, age) - 1
+
+
+def _stay_diagnosis(t: StayTables, hospital: int, age: int, u: StayDraws, cohort: int) -> int:
+    """The principal diagnosis: `cohort` if given (>= 0); for 65+ an HRRP cohort at the
+    hospital's cuts; else a row of the age group's national mix."""
+    group = _age_group(age)
+    if cohort < 0 and group == 2:
+        cuts = t.cohort_cuts.get(hospital, ())
+        if cuts and u.cohort < cuts[-1]:
+            cohort = bisect.bisect_right(cuts, u.cohort)
+    if cohort >= 0 and t.cohort_rows[cohort]:
+        return t.cohort_rows[cohort][_pick(t.cohort_cum[cohort], u.diagnosis)]
+    return t.mix_rows[group][_pick(t.mix_cum[group], u.diagnosis)]
+
+
+_NORMAL = statistics.NormalDist()
+MAX_LOS = 365 * 86400  # a stay lasts at most a year
+MIN_LOS = 3600  # and at least an hour
+
+
+def _los(d: Diagnosis, u: StayDraws) -> int:
+    """Seconds in hospital: lognormal with the DRG's geometric mean (median) and arithmetic
+    mean (Table 5 GMLOS and AMLOS), from 64 bits of the stream."""
+    q = ((u.los_high << 32 | u.los) + 0.5) / 18446744073709551616.0
+    days = math.exp(d.mu + d.sigma * _NORMAL.inv_cdf(q))
+    return max(MIN_LOS, min(MAX_LOS, round(days * 86400)))
+
+
+def _disposition(t: StayTables, age: int, u: StayDraws) -> int:
+    """Where a patient discharged alive goes (DISPOSITIONS), by the post-acute share of the age."""
+    cut = t.post_acute[age >= MEDICARE_AGE]
+    if u.disposition >= cut:
+        return 0
+    return 1 + _pick(t.post_acute_cum, (u.disposition << 32) // cut)  # uniform again below cut
+
+
+def _death_stay(
+    plan: Plan, t: StayTables, index: int, p: PatientStayDraws, s: Sample, lo: int
+) -> Stay | None:
+    """The stay tied to the patient's death (k = DEATH_STAY), if any: the death's kind from
+    t.death_cuts by the age at death. In hospital: the stay ends at the death (expired);
+    after an AMI, HF or pneumonia stay: admitted within 30 days before the death and
+    discharged alive before it. None if the stay would begin before the window (or birth)."""
+    age = plan.cells[s.cell][0]
+    cuts = t.death_cuts[age >= MEDICARE_AGE]
+    kind = bisect.bisect_right(cuts, p.death)
+    if kind >= len(cuts):
+        return None  # died away from hospital
+    u = StayDraws._make(_stream(plan, b"stay|%d|%d" % (index, DEATH_STAY)))
+    n = len(MORT_30_COHORTS)
+    cohort = COHORTS.index(MORT_30_COHORTS[kind % (n + 1)]) if kind != n else -1
+    hospital = _stay_hospital(plan, t, s, age, u)
+    diagnosis = _stay_diagnosis(t, hospital, age, u, cohort)
+    los = _los(t.diagnoses[diagnosis], u)
+    if kind <= n:  # dies in the stay
+        admitted = s.died - los
+        stay = Stay(index, DEATH_STAY, admitted, s.died, hospital, diagnosis, -1)
+    else:  # discharged alive, dies within 30 days of the admission
+        los = min(los, 29 * 86400)
+        admitted = s.died - los - 1 - ((30 * 86400 - los - 1) * u.admitted >> 32)
+        disposition = _disposition(t, age, u)
+        stay = Stay(index, DEATH_STAY, admitted, admitted + los, hospital, diagnosis, disposition)
+    return stay if stay.admitted >= lo else None
+
+
+def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
+    """Patient #index's inpatient stays in the look-back window, in time order: candidate
+    admissions at the rate of its age and sex (Poisson over the window, kept while the patient
+    lives there), plus the stay its death is tied to; no two overlap, none outlives the patient
+    or the window. `s` is the patient's sample (computed if not given)."""
+    t = _stay_tables(plan)
+    if s is None:
+        s = sample(plan, index)
+    raw = _stream(plan, b"stays|%d" % index)
+    n = bisect.bisect_right(t.count_cdf[s.cell], raw[0])  # PatientStayDraws.count
+    if not n and s.died < 0:
+        return []  # most patients
+    p = PatientStayDraws._make(raw)
+    as_of = plan.window_start + plan.window_span - 1
+    lo = max(plan.window_start, (s.birth - _EPOCH_DAY) * 86400)
+    hi = as_of if s.died < 0 else s.died
+    kept = []
+    if s.died >= 0 and (last := _death_stay(plan, t, index, p, s, lo)) is not None:
+        kept.append(last)
+    for k in range(min(n, DEATH_STAY)):
+        u = StayDraws._make(_stream(plan, b"stay|%d|%d" % (index, k)))
+        admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
+        if admitted < lo:
+            continue
+        age = _age(s.birth, admitted)
+        hospital = _stay_hospital(plan, t, s, age, u)
+        diagnosis = _stay_diagnosis(t, hospital, age, u, -1)
+        discharged = admitted + _los(t.diagnoses[diagnosis], u)
+        if discharged >= hi or any(a <= discharged and admitted <= b for _, _, a, b, *_ in kept):
+            continue  # past the death or as-of, or overlapping an earlier-numbered stay
+        kept.append(
+            Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
+        )
+    return sorted(kept, key=lambda stay: stay.admitted)
+
+
+# -- the resources: Encounter and Condition of a stay, in the run's FHIR version and profile
+
+# --profile -> the US Core profiles its stays claim (None: the plain FHIR resources). US Core
+# Encounter also requires a type: SNOMED CT 32485007 |Hospital admission (procedure)|.
+STAY_PROFILES: Mapping[str, tuple[str, str] | None] = {
+    "cms": None,
+    "us-core": (US_CORE_ENCOUNTER, US_CORE_CONDITION),
+}
+HOSPITAL_ADMISSION = {"system": "http://snomed.info/sct", "code": "32485007"}
+INPATIENT_CLASS = {"system": ACT_CODE_SYSTEM, "code": "IMP", "display": "inpatient encounter"}
+ENCOUNTER_DIAGNOSIS = {
+    "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+    "code": "encounter-diagnosis",
+    "display": "Encounter Diagnosis",
+}
+DISCHARGE_DIAGNOSIS = {
+    "system": "http://terminology.hl7.org/CodeSystem/diagnosis-role",
+    "code": "DD",
+    "display": "Discharge diagnosis",
+}
+CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONFIRMED = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+            "code": "confirmed",
+        }
+    ]
+}
+
+
+def _stay_uuid(index: int, k: int, keys: tuple[int, tuple[int, int, int]]) -> str:
+    add, mul = keys
+    return _uuid_bytes(_mix_uuid((index * MAX_STAYS + k + add) & M122, mul)).decode()
+
+
+def encounter_id(plan: Plan, index: int, k: int) -> str:
+    """Stay k of patient #index's Encounter id: a keyed bijection of index x MAX_STAYS + k, so
+    ids never collide (the Condition has its own: condition_id)."""
+    return _stay_uuid(index, k, _stay_tables(plan).encounter_keys)
+
+
+def condition_id(plan: Plan, index: int, k: int) -> str:
+    """The id of stay k's principal-diagnosis Condition (its own keyed bijection)."""
+    return _stay_uuid(index, k, _stay_tables(plan).condition_keys)
+
+
+def _instant(plan: Plan, seconds: int) -> str:
+    """A FHIR instant in whole seconds, its date from the plan's table (stays are in it)."""
+    k = seconds // 86400 + _EPOCH_DAY - plan.dates_base
+    if not 0 <= k < len(plan.dates):
+        return _iso_instant(datetime.fromtimestamp(seconds, UTC))
+    s = seconds % 86400
+    return "%sT%02d:%02d:%02dZ" % (plan.dates[k], s // 3600, s // 60 % 60, s % 60)  # noqa: UP031
+
+
+def _stay_meta(plan: Plan, profile: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"lastUpdated": plan.last_updated}
+    if profile:
+        meta["profile"] = [profile]
+    return meta
+
+
+class StayRefs(NamedTuple):
+    """The ids a stay's two resources carry (computed once per stay on the bulk path)."""
+
+    patient: str  # patient_id
+    mrn: str  # patient_mrn
+    encounter: str
+    condition: str
+
+
+def stay_refs(
+    plan: Plan, stay: Stay, patient: str | None = None, mrn: str | None = None
+) -> StayRefs:
+    """A stay's ids; the patient's id and MRN may be given (the same for all its stays)."""
+    t = _stay_tables(plan)
+    return StayRefs(
+        patient or patient_id(plan, stay.index),
+        mrn or patient_mrn(plan, stay.index),
+        _stay_uuid(stay.index, stay.k, t.encounter_keys),
+        _stay_uuid(stay.index, stay.k, t.condition_keys),
+    )
+
+
+def _disposition_json(stay: Stay) -> dict[str, Any]:
+    code, display, text = (DISPOSITIONS[stay.disposition] if stay.disposition >= 0 else EXPIRED)[:3]
+    return {
+        "dischargeDisposition": {
+            "coding": [{"system": DISPOSITION_SYSTEM, "code": code, "display": display}],
+            "text": text,
+        }
+    }
+
+
+def encounter_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
+    """A stay's Encounter (R4, or R5 where the run declares it; US Core Encounter under
+    --profile us-core), in FHIR element order."""
+    refs = refs or stay_refs(plan, stay)
+    profiles = STAY_PROFILES[plan.profile.name]
+    condition = {"reference": "Condition/" + refs.condition}
+    provider = _managing_organization(plan.hospitals[stay.hospital])
+    period = {"start": _instant(plan, stay.admitted), "end": _instant(plan, stay.discharged)}
+    record: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": refs.encounter,
+        "meta": _stay_meta(plan, profiles and profiles[0]),
+        "identifier": [{"system": STAY_SYSTEM, "value": f"{refs.mrn}-{stay.k + 1:02d}"}],
+    }
+    subject = {"reference": "Patient/" + refs.patient}
+    if plan.options["fhir_version"] == "R5":  # R5 renamed and reshaped these elements
+        record.update(
+            status="completed",
+            **{"class": [{"coding": [INPATIENT_CLASS]}]},
+            subject=subject,
+            serviceProvider=provider,
+            actualPeriod=period,
+            diagnosis=[
+                {
+                    "condition": [{"reference": condition}],
+                    "use": [{"coding": [DISCHARGE_DIAGNOSIS]}],
+                }
+            ],
+            admission=_disposition_json(stay),
+        )
+        return record
+    record.update(status="finished", **{"class": INPATIENT_CLASS})
+    if profiles:
+        record["type"] = [{"coding": [HOSPITAL_ADMISSION], "text": "Hospital admission"}]
+    record.update(
+        subject=subject,
+        period=period,
+        diagnosis=[{"condition": condition, "rank": 1}],
+        hospitalization=_disposition_json(stay),
+        serviceProvider=provider,
+    )
+    return record
+
+
+def condition_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
+    """A stay's principal diagnosis as a Condition (ICD-10-CM, encounter-diagnosis; US Core
+    Condition Encounter Diagnosis under --profile us-core): active if the stay ended in death,
+    else resolved; its onset is the admission."""
+    refs = refs or stay_refs(plan, stay)
+    profiles = STAY_PROFILES[plan.profile.name]
+    d = _stay_tables(plan).diagnoses[stay.diagnosis]
+    status = "active" if stay.disposition < 0 else "resolved"
+    return {
+        "resourceType": "Condition",
+        "id": refs.condition,
+        "meta": _stay_meta(plan, profiles and profiles[1]),
+        "clinicalStatus": {"coding": [{"system": CLINICAL_SYSTEM, "code": status}]},
+        "verificationStatus": CONFIRMED,
+        "category": [{"coding": [ENCOUNTER_DIAGNOSIS]}],
+        "code": {"coding": [{"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display}]},
+        "subject": {"reference": "Patient/" + refs.patient},
+        "encounter": {"reference": "Encounter/" + refs.encounter},
+        "onsetDateTime": _instant(plan, stay.admitted),
+    }
+
+
+def stay_json(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> tuple[bytes, bytes]:
+    """A stay's Encounter and Condition as compact JSON bytes (what every writer writes)."""
+    refs = refs or stay_refs(plan, stay)
+    dumps = orjson.dumps
+    return dumps(encounter_record(plan, stay, refs)), dumps(condition_record(plan, stay, refs))
+
+
+def patient_stays_json(plan: Plan, index: int, s: Sample) -> list[tuple[bytes, bytes]]:
+    """Patient #index's stays as (Encounter, Condition) JSON pairs, in time order (sample s)."""
+    found = stays(plan, index, s)
+    if not found:
+        return []
+    pid, mrn = patient_id(plan, index), patient_mrn(plan, index)
+    return [stay_json(plan, stay, stay_refs(plan, stay, pid, mrn)) for stay in found]
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering: the FHIR model, JSON bytes (a fast renderer for the bulk path) and S3 keys
 # ---------------------------------------------------------------------------------------------
 
@@ -2233,6 +2903,51 @@ def _version_line(plan: Plan, validate: bool) -> Callable[[Version], bytes]:
     return _version_writer(plan)
 
 
+StayLines = list[tuple[bytes, bytes]]  # a patient's stays: (Encounter, Condition) JSON pairs
+
+
+def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, StayLines]]:
+    """i -> (patient #i's JSON, its stays' JSON pairs) as every writer writes them, from one
+    sample; every resource through fhir.resources first if asked (--encounters runs)."""
+    if validate:
+
+        def checked(i: int) -> tuple[bytes, StayLines]:
+            s, pairs = sample(plan, i), []
+            for stay in stays(plan, i, s):
+                refs = stay_refs(plan, stay)
+                pairs.append(
+                    tuple(
+                        orjson.dumps(_validated(plan, record(plan, stay, refs), i))
+                        for record in (encounter_record, condition_record)
+                    )
+                )
+            return orjson.dumps(_validated(plan, build_record(plan, i), i)), pairs
+
+        return checked
+    line = json_renderer(plan)
+    if not plan.profile.rendered:
+        return lambda i: (line(i), patient_stays_json(plan, i, sample(plan, i)))
+    write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
+
+    def render(i: int) -> tuple[bytes, StayLines]:
+        s = _sample_tuple(plan, i)  # one sample for the patient and its stays
+        return write(i, s, meta_v1), patient_stays_json(plan, i, Sample._make(s))  # type: ignore[arg-type]
+
+    return render
+
+
+def _patient_and_stays(plan: Plan, validate: bool) -> Callable[[int], bytes]:
+    """i -> patient #i's line followed by its stays' lines (Encounter, Condition, ...): what
+    stdout prints with --encounters."""
+    both = _stays_line(plan, validate)
+
+    def lines(i: int) -> bytes:
+        patient, pairs = both(i)
+        return b"\n".join([patient, *itertools.chain.from_iterable(pairs)])
+
+    return lines
+
+
 BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
 
 
@@ -2423,8 +3138,102 @@ def _unit_records(plan: Plan, spec: Bronze, unit: int) -> int:
     return len(indexes) - gone
 
 
+# -- inpatient stays (--encounters): a unit's stays go to encounter/ and condition/ beside its
+#    patients, in the same format; the run, the stores and the resume logic are unchanged
+
+STAY_TYPES = ("Encounter", "Condition")  # resource types of a stay, in StayLines order
+STAY_FOLDERS = tuple(kind.lower() for kind in STAY_TYPES)
+
+
+def _stays_on(plan: Plan) -> bool:
+    return bool(plan.options.get("encounters"))
+
+
+def _unit_with_stays(
+    plan: Plan, spec: Bronze, indexes: range, tick: Tick
+) -> tuple[Iterator[list[bytes]], StayLines]:
+    """A unit's patient lines in batches of BATCH, and the list their stays fill as the
+    batches are consumed (one sample per patient serves both)."""
+    both, pairs = _stays_line(plan, spec.validate), []
+
+    def batches() -> Iterator[list[bytes]]:
+        for a in range(indexes.start, indexes.stop, BATCH):
+            b = min(a + BATCH, indexes.stop)
+            lines = []
+            for i in range(a, b):
+                patient, mine = both(i)
+                lines.append(patient)
+                pairs.extend(mine)
+            yield lines
+            if tick:
+                tick(b - a)
+
+    return batches(), pairs
+
+
+def _ndjson_stays_unit(
+    plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick
+) -> tuple[int, int]:
+    """Unit u with stays: patient/Patient.<u+1>.ndjson, then encounter/Encounter.<u+1>.ndjson
+    and condition/Condition.<u+1>.ndjson (written even when empty: the manifest lists them)."""
+    batches, pairs = _unit_with_stays(plan, spec, unit_range(spec, unit), tick)
+    chunks: Iterable[bytes] = (b"\n".join([*lines, b""]) for lines in batches)
+    if spec.gzip:
+        chunks = _gzip_chunks(chunks, spec.gzip_level)
+    size = store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
+    for n, kind in enumerate(STAY_TYPES):
+        data = b"".join(pair[n] + b"\n" for pair in pairs)
+        if spec.gzip:
+            data = zlib.compress(data, spec.gzip_level, wbits=31)
+        size += store.write(_ndjson_key(spec, kind, unit + 1), data, _content_type(spec))
+    return 1 + len(STAY_TYPES), size
+
+
+def _json_stays_unit(
+    plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick
+) -> tuple[int, int]:
+    """Unit u with stays: a file per patient, then one per Encounter and per Condition
+    (encounter/encounter_<id>.json, condition/condition_<id>.json)."""
+    batches, pairs = _unit_with_stays(plan, spec, unit_range(spec, unit), tick)
+    suffix, content_type, files, size = _suffix(spec), _content_type(spec), 0, 0
+    start = unit_range(spec, unit).start
+    for lines in batches:
+        for i, line in enumerate(lines, start):
+            files += 1
+            key = f"patient/{_patient_file_name(patient_id(plan, i))}{suffix}"
+            size += store.write(key, _json_file(spec, line), content_type)
+        start += len(lines)
+        for pair in pairs:
+            for data, folder in zip(pair, STAY_FOLDERS, strict=True):
+                files += 1
+                rid = data[data.index(b'"id":"') + 6 :].split(b'"', 1)[0].decode()
+                key = f"{folder}/{folder}_{rid}.json{suffix}"
+                size += store.write(key, _json_file(spec, data), content_type)
+        pairs.clear()
+    return files, size
+
+
+def _json_file(spec: Bronze, line: bytes) -> bytes:
+    data = line + b"\n"
+    return zlib.compress(data, spec.gzip_level, wbits=31) if spec.gzip else data
+
+
+def _stays_manifest(spec: Bronze, per_unit: bool) -> list[dict[str, Any]]:
+    """The manifest's stay entries: per NDJSON file (like the patients'), or per folder. They
+    carry no count (optional in Bulk Data): counting would take a second pass over the run."""
+    if not per_unit:
+        return [{"type": kind, "url": f"{kind.lower()}/"} for kind in STAY_TYPES]
+    return [
+        {"type": kind, "url": _ndjson_key(spec, kind, u + 1)}
+        for kind in STAY_TYPES
+        for u in range(unit_count(spec))
+    ]
+
+
 def _ndjson_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
     """Unit u is the file patient/Patient.<u+1>.ndjson, one resource per line."""
+    if _stays_on(plan):
+        return _ndjson_stays_unit(plan, spec, store, unit, tick)
     chunks: Iterable[bytes] = _unit_chunks(plan, spec, unit_range(spec, unit), tick)
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
@@ -2452,11 +3261,13 @@ def _ndjson_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
             "count": len(plan.organizations),
         }
     )
-    return output
+    return output + (_stays_manifest(spec, per_unit=True) if _stays_on(plan) else [])
 
 
 def _json_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
     """One compact single-line file per patient, named exactly as suggested_s3_key() names it."""
+    if _stays_on(plan):
+        return _json_stays_unit(plan, spec, store, unit, tick)
     indexes = unit_range(spec, unit)
     suffix, total, files = _suffix(spec), 0, 0
     content_type = _content_type(spec)
@@ -2495,6 +3306,7 @@ def _json_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
             "url": "organization/",
             "count": len(plan.organizations),
         },
+        *(_stays_manifest(spec, per_unit=False) if _stays_on(plan) else []),
     ]
 
 
@@ -3051,6 +3863,9 @@ def request_line(plan: Plan, spec: Bronze) -> str:
     for name, value in plan.options.items():
         if value is None:
             continue
+        if value is True:  # a flag (--encounters)
+            words.append(f"--{name.replace('_', '-')}")
+            continue
         if isinstance(value, tuple | list):
             value = ",".join(map(str, value))
         words += [f"--{name.replace('_', '-')}", str(value)]
@@ -3163,7 +3978,7 @@ def _delete_run(store: Store) -> None:
     identity and markers (nothing may resume into half-deleted files), then the data."""
     store.delete([MANIFEST])
     _delete_run_markers(store)
-    for folder in FOLDERS:
+    for folder in (*FOLDERS, *STAY_FOLDERS):
         store.delete(store.list(folder))
     store.prepare()
 
@@ -3192,7 +4007,7 @@ def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> f
             raise _refusal(store, f"already holds {foreign[0]} ({what})")
     elif found or started:
         return done_units(store) if started else frozenset()
-    elif not any(next(store.list(f), None) for f in FOLDERS):
+    elif not any(next(store.list(f), None) for f in (*FOLDERS, *STAY_FOLDERS)):
         return frozenset()
     elif not overwrite:
         raise _refusal(
@@ -3634,6 +4449,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the FHIR version every written resource is valid in (default %(default)s; "
         "the API returns the matching fhir.resources models)",
     )
+    add(
+        "--encounters",
+        action="store_true",
+        help="also each patient's inpatient stays in the look-back window: an Encounter and "
+        "its principal-diagnosis Condition per stay (docs/encounters.md)",
+    )
     add("--bucket", default=DEFAULT_BUCKET, help="bucket of the suggested key (%(default)s)")
     add("--prefix", default=DEFAULT_PREFIX, help="prefix of the suggested key (%(default)s)")
     add(
@@ -3744,6 +4565,8 @@ def _check_living_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--{batch[0].replace('_', '-')} needs --since (it shapes a batch)")
     if args.epoch is not None and args.count is None:
         raise UsageError("--epoch needs --count (the population at the epoch)")
+    if args.epoch is not None and args.encounters:
+        raise UsageError("--encounters cannot be combined with --epoch yet (docs/encounters.md)")
     if args.epoch is not None and args.start:
         raise UsageError("--start cannot be combined with --epoch: a population begins at #0")
 
@@ -3986,6 +4809,18 @@ def _run_stdout(args: argparse.Namespace, plan: Plan, window: Window | None) -> 
         sys.stdout.write(
             f"Suggested S3 Path: {suggested_s3_key(record, args.bucket, args.prefix)}\n"
         )
+        for pair in (
+            patient_stays_json(plan, args.start, sample(plan, args.start))
+            if _stays_on(plan)
+            else ()
+        ):
+            for data in pair:
+                sys.stdout.write(to_json(orjson.loads(data), pretty=True) + "\n")
+    elif _stays_on(plan):  # each patient's line, then its stays' (Encounter, Condition, ...)
+        lines = _patient_and_stays(plan, args.validate)
+        out = sys.stdout.buffer
+        for chunk in _ndjson(map(lines, range(args.start, args.start + args.count))):
+            out.write(chunk)
     else:
         out = sys.stdout.buffer
         for chunk in ndjson_chunks(plan, args.start, args.start + args.count, args.validate):
