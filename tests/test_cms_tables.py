@@ -200,7 +200,7 @@ def test_hai_baselines_are_consistent_with_their_counts() -> None:
             1000 * k / (n if "patient" in r["exposure_unit"] else patient_days), rel=1e-3
         )
         assert float(r["per_1000_patient_days_sir1"]) == pytest.approx(
-            per_days / float(r["national_sir"]), rel=1e-3
+            per_days / float(r["national_sir"]), rel=3e-3
         )
     for kind, ratio in (("CLABSI", 0.115), ("CAUTI", 0.110)):
         assert float(hai[kind]["exposure"]) / patient_days == pytest.approx(ratio, abs=0.0015)
