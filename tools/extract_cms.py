@@ -3,21 +3,20 @@
     python tools/extract_cms.py --source /path/to/reference            # rewrite the tables
     python tools/extract_cms.py --source /path/to/reference --check    # exit 1 if any differs
 
-`--source` is the folder that holds `hospitals.csv`-era raw files with a `cms/` subfolder
-(reference_data/SOURCES.md, "CMS tables", names every file, its origin and vintage). The
-generator and the tests never read that folder: they read only the committed outputs, and
-tests/test_cms_tables.py checks their internal consistency. Deterministic and stdlib only,
-except the Medicare program-statistics workbook (.xlsx), read with openpyxl, a dev-only
-dependency (requirements-dev.txt) imported only by that step.
+`--source` is the project's shared reference folder (the one with a `cms/` subfolder);
+reference_data/SOURCES.md §C names every raw file, its public copy and vintage. The generator
+and the tests never read that folder: they read only the committed outputs, whose internal
+consistency tests/test_cms_tables.py checks. Deterministic and stdlib only (the .xlsx workbook is
+read with zipfile + ElementTree); it also reads reference_data/hospitals.csv and age_sex.csv.
 
-Outputs (all keyed by the CCN, a 6-character string with its leading zeros, restricted to the
-CCNs of reference_data/hospitals.csv):
-  * hospital_volumes.csv  ccn, discharges, beds, inpatient_days: HCRIS cost reports 2021, every
-    hospital of hospitals.csv, blank where no report carries the figure;
-  * hrrp_fy2025.csv       ccn, cohort, discharges, readmissions, observed_rate, predicted_rate,
-    expected_rate, err, footnote: HRRP FY2025, rates as fractions (the file's percents / 100);
-  * hac_sir_fy2024.csv    ccn, sir_clabsi, sir_cauti, sir_ssi, sir_ssi_colon, sir_ssi_hyst,
-    sir_cdi, sir_mrsa: HAC Reduction Program FY2024 (+ HVBP FY2024 for the two SSI strata).
+Outputs (CCN = a 6-character string with its leading zeros, restricted to hospitals.csv):
+  * hospital_volumes.csv  HCRIS 2021 discharges, beds, inpatient days per hospital (§C1);
+  * hrrp_fy2025.csv       HRRP FY2025 per hospital and cohort, rates as fractions (§C2);
+  * hac_sir_fy2024.csv    NHSN SIRs 2022 per hospital, HAC FY2024 + HVBP FY2024 (§C3);
+  * inpatient_rates.csv   admissions per 1,000 by age band and sex (§C4);
+  * inpatient_dx.csv      the principal-diagnosis mix with MS-DRG and Table 5 LOS (§C5);
+  * cms_national.csv      national constants with their sources (§C6);
+  * hai_baselines.csv     national HAI incidence, the baseline for the SIRs (§C7).
 """
 
 from __future__ import annotations
