@@ -1935,10 +1935,11 @@ MAX_STAYS = 64  # stay numbers k per patient: 0..62 the admissions process, 63 t
 DEATH_STAY = MAX_STAYS - 1
 MEDICARE_AGE = 65  # the HRRP cohorts and MORT-30 are measured on patients 65 and older
 COHORTS = ("AMI", "HF", "PN", "COPD", "CABG", "HIP-KNEE")  # HRRP FY2025, hrrp_fy2025.csv
-# An assumption (no national figure at hand): half of the 30-day deaths after an AMI, HF or
-# pneumonia admission happen during that stay, half after discharge.
+# An assumption (no national figure at hand): half of the 30-day deaths after an admission of a
+# MORT_30_COHORTS cohort happen during that stay, half after discharge.
 IN_STAY_OF_30_DAY_DEATHS = 0.5
-MORT_30_COHORTS = ("AMI", "HF", "PN")  # CMS's 30-day mortality measures (cms_national.csv)
+# The cohorts with a CMS 30-day mortality measure (MORT-30, cms_national.csv: mort30_<cohort>)
+MORT_30_COHORTS = ("AMI", "HF", "PN", "COPD", "CABG")
 OWN_HOSPITAL_SHARE = 0.70  # an assumption: a stay is at the managing organization this often
 # Discharged alive: post-acute care (HCUP Statistical Brief #205, all payers 2013): 41.7 % of
 # Medicare stays and 11.7 % of privately insured ones went to post-acute care (65+ and under 65
@@ -2025,10 +2026,9 @@ class StayTables(NamedTuple):
 
     count_cdf: tuple[tuple[int, ...], ...]  # by cell: the Poisson CDF of candidate admissions
     diagnoses: tuple[Diagnosis, ...]
-    mix_cum: tuple[tuple[int, ...], ...]  # by age group (0-17, 18-64, 65+): non-cohort rows
-    mix_rows: tuple[tuple[int, ...], ...]  # their positions in diagnoses
-    cohort_rows: tuple[tuple[int, ...], ...]  # by cohort (COHORTS order): rows in diagnoses
-    cohort_cum: tuple[tuple[int, ...], ...]  # their 65+ weights
+    mix_cum: tuple[tuple[int, ...], ...]  # by (age band, sex): weights of the mix's rows
+    mix_rows: tuple[tuple[int, ...], ...]  # their positions in diagnoses (65+: no cohort rows)
+    cohort_dx: tuple[int, ...]  # by cohort (COHORTS order): its row in diagnoses
     cohort_cuts: Mapping[int, tuple[int, ...]]  # hospital position -> 65+ cumulative 32-bit cuts
     other_weights: tuple[int, ...]  # per candidate slot (as plan.hospital_cand): see _other_weights
     death_cuts: tuple[tuple[int, ...], tuple[int, ...]]  # under 65, 65+: see _death_stay
@@ -2039,7 +2039,9 @@ class StayTables(NamedTuple):
     condition_keys: tuple[int, tuple[int, int, int]]
 
 
-AGE_GROUPS = (0, 18, MEDICARE_AGE)  # the mix's age groups start at these ages
+# inpatient_dx.csv's age bands (stays per 100,000 persons a year): first age, column
+AGE_BANDS = (0, 1, 18, 45, MEDICARE_AGE, 75)
+RATE_COLUMNS = ("rate_0", "rate_1_17", "rate_18_44", "rate_45_64", "rate_65_74", "rate_75_plus")
 
 
 def _stay_reference(data_dir: Path) -> dict[str, Any]:
@@ -2157,17 +2159,55 @@ def _cohort_cuts(
     return out
 
 
-def _diagnoses(rows: list[dict[str, str]]) -> tuple[tuple[Diagnosis, ...], list[list[int]]]:
-    """inpatient_dx.csv as Diagnosis rows and integer weights by age group (shares x 1e9)."""
-    out, weights = [], []
+def _diagnoses(rows: list[dict[str, str]]) -> tuple[Diagnosis, ...]:
+    """inpatient_dx.csv's rows as Diagnosis (the lognormal of LOS from GMLOS and AMLOS)."""
+    out = []
     for r in rows:
         gmlos, amlos = float(r["gmlos"]), float(r["amlos"])
         sigma = math.sqrt(2.0 * math.log(amlos / gmlos)) if amlos > gmlos else 0.0
         out.append(
             Diagnosis(r["icd10"], r["display"], r["drg"], r["cohort"], math.log(gmlos), sigma)
         )
-        weights.append([round(float(r[f"weight_{g}"] or 0) * 1e9) for g in ("0_17", "18_64", "65")])
-    return tuple(out), weights
+    return tuple(out)
+
+
+def _mixes(rows: list[dict[str, str]]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """By (age band, sex): the rows with a rate there (female-only rows for women only; 65+
+    without the cohort rows, whose volumes come per hospital) and their integer weights."""
+    positions, cums = [], []
+    for band, column in enumerate(RATE_COLUMNS):
+        for sex in SEXES:
+            chosen = [
+                (k, round(float(r[column]) * 1000))
+                for k, r in enumerate(rows)
+                if r[column]
+                and (r["sex"] != "F" or sex == "female")
+                and not (AGE_BANDS[band] >= MEDICARE_AGE and r["cohort"])
+            ]
+            positions.append(tuple(k for k, _ in chosen))
+            cums.append(_cumulative(w for _, w in chosen))
+    return positions, cums
+
+
+def _cohort_shares(
+    ref: Mapping[str, Any], age_sex: tuple[tuple[int, int, int], ...]
+) -> dict[str, float]:
+    """Each HRRP cohort's share of all stays of patients 65+: AMI and heart failure together
+    from their published rates (inpatient_dx.csv) over all 65+ stays (the Census population x
+    inpatient_rates.csv), shared among the six cohorts by their HRRP volumes (COPD, CABG and
+    hip/knee have no published age rate)."""
+    anchor = ("AMI", "HF")
+    stays = together = 0.0
+    for age, male, female in age_sex[MEDICARE_AGE:]:
+        column = RATE_COLUMNS[bisect.bisect_right(AGE_BANDS, age) - 1]
+        for sex, people in zip(SEXES, (male, female), strict=True):
+            stays += people * _admission_rate(ref["rates"], age, sex)
+        together += (male + female) * sum(
+            float(r[column] or 0) / 1e5 for r in ref["dx"] if r["cohort"] in anchor
+        )
+    pooled = {c: sum(h.get(c, 0) for h in ref["hrrp"].values()) for c in COHORTS}
+    scale = together / stays / sum(pooled[c] for c in anchor)
+    return {c: pooled[c] * scale for c in COHORTS}
 
 
 def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[float]:
@@ -2183,9 +2223,10 @@ def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[fl
 def _death_cuts(
     plan: Plan, rates: list[float], shares: Mapping[str, float], national: Mapping[str, float]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Cumulative 32-bit cuts over a death's kinds, under 65 and 65+: in hospital after an AMI,
-    HF or pneumonia admission (3), in hospital after another admission, after discharge within
-    30 days of an AMI, HF or pneumonia admission (3); above the last cut, away from hospital.
+    """Cumulative 32-bit cuts over a death's kinds, under 65 and 65+: in hospital after an
+    admission of a MORT_30_COHORTS cohort (one kind each), in hospital after another admission,
+    after discharge within 30 days of such a cohort admission (one kind each); above the last
+    cut, away from hospital.
 
     The cohort kinds make 30-day mortality after those admissions of patients 65+ equal CMS's
     MORT-30: with O_c the expected ordinary admissions of cohort c, C_c those that fall within
@@ -2205,7 +2246,7 @@ def _death_cuts(
     in_stay = [IN_STAY_OF_30_DAY_DEATHS * f for f in tied]
     other = max(0.0, in_hospital - sum(in_stay))
     after = [(1 - IN_STAY_OF_30_DAY_DEATHS) * f for f in tied]
-    young = (0.0, 0.0, 0.0, in_hospital, 0.0, 0.0, 0.0)
+    young = (*[0.0] * len(tied), in_hospital, *[0.0] * len(tied))
     old_kinds = (*in_stay, other, *after)
     return (
         tuple(_cut(min(1.0, x)) for x in itertools.accumulate(young)),
@@ -2218,19 +2259,9 @@ def _stay_tables(plan: Plan) -> StayTables:
     """The plan's stay tables (about a second, once per plan and process)."""
     data_dir = plan.identity[3]
     ref = _stay_reference(Path(data_dir or DATA_DIR).resolve())
-    diagnoses, weights = _diagnoses(ref["dx"])
-    shares = {
-        c: sum(float(r["weight_65"] or 0) for r in ref["dx"] if r["cohort"] == c) for c in COHORTS
-    }
-    mix_rows, mix_cum = [], []
-    for g in range(len(AGE_GROUPS)):  # 65+: the cohorts come from the hospital's HRRP volumes
-        rows = [k for k, d in enumerate(diagnoses) if weights[k][g] and not (g == 2 and d.cohort)]
-        mix_rows.append(tuple(rows))
-        mix_cum.append(_cumulative(weights[k][2 if g == 2 else g] for k in rows))
-    cohort_rows = tuple(
-        tuple(k for k, d in enumerate(diagnoses) if d.cohort == c and weights[k][2])
-        for c in COHORTS
-    )
+    shares = _cohort_shares(ref, load_reference(data_dir).age_sex)
+    diagnoses = _diagnoses(ref["dx"])
+    mix_rows, mix_cum = _mixes(ref["dx"])
     rates = _cell_rates(plan, ref["rates"])
     lookback = Decimal(repr(plan.options["lookback_years"]))
     with localcontext() as ctx:
@@ -2243,8 +2274,7 @@ def _stay_tables(plan: Plan) -> StayTables:
         diagnoses=diagnoses,
         mix_cum=tuple(mix_cum),
         mix_rows=tuple(mix_rows),
-        cohort_rows=cohort_rows,
-        cohort_cum=tuple(_cumulative(weights[k][2] for k in rows) for rows in cohort_rows),
+        cohort_dx=tuple(next(k for k, d in enumerate(diagnoses) if d.cohort == c) for c in COHORTS),
         cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
         other_weights=tuple(_other_weights(plan, discharges)),
         death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
@@ -2292,21 +2322,15 @@ def _stay_hospital(plan: Plan, t: StayTables, s: Sample, age: int, u: StayDraws)
     raise AssertionError("unreachable: v < total")
 
 
-def _age_group(age: int) -> int:
-    return bisect.bisect_right(AGE_GROUPS, age) - 1
-
-
-def _stay_diagnosis(t: StayTables, hospital: int, age: int, u: StayDraws, cohort: int) -> int:
-    """The principal diagnosis: `cohort` if given (>= 0); for 65+ an HRRP cohort at the
-    hospital's cuts; else a row of the age group's national mix."""
-    group = _age_group(age)
-    if cohort < 0 and group == 2:
+def _stay_diagnosis(t: StayTables, s: Sample, hospital: int, age: int, u: StayDraws) -> int:
+    """The principal diagnosis: for 65+ an HRRP cohort at the hospital's cuts, else a row of
+    the national mix of the age band and sex."""
+    if age >= MEDICARE_AGE:
         cuts = t.cohort_cuts.get(hospital, ())
         if cuts and u.cohort < cuts[-1]:
-            cohort = bisect.bisect_right(cuts, u.cohort)
-    if cohort >= 0 and t.cohort_rows[cohort]:
-        return t.cohort_rows[cohort][_pick(t.cohort_cum[cohort], u.diagnosis)]
-    return t.mix_rows[group][_pick(t.mix_cum[group], u.diagnosis)]
+            return t.cohort_dx[bisect.bisect_right(cuts, u.cohort)]
+    mix = 2 * (bisect.bisect_right(AGE_BANDS, age) - 1) + (s.sex == "female")
+    return t.mix_rows[mix][_pick(t.mix_cum[mix], u.diagnosis)]
 
 
 _NORMAL = statistics.NormalDist()
@@ -2335,7 +2359,7 @@ def _death_stay(
 ) -> Stay | None:
     """The stay tied to the patient's death (k = DEATH_STAY), if any: the death's kind from
     t.death_cuts by the age at death. In hospital: the stay ends at the death (expired);
-    after an AMI, HF or pneumonia stay: admitted within 30 days before the death and
+    after a MORT_30_COHORTS stay: admitted within 30 days before the death and
     discharged alive before it. None if the stay would begin before the window (or birth)."""
     age = plan.cells[s.cell][0]
     cuts = t.death_cuts[age >= MEDICARE_AGE]
@@ -2344,9 +2368,11 @@ def _death_stay(
         return None  # died away from hospital
     u = StayDraws._make(_stream(plan, b"stay|%d|%d" % (index, DEATH_STAY)))
     n = len(MORT_30_COHORTS)
-    cohort = COHORTS.index(MORT_30_COHORTS[kind % (n + 1)]) if kind != n else -1
     hospital = _stay_hospital(plan, t, s, age, u)
-    diagnosis = _stay_diagnosis(t, hospital, age, u, cohort)
+    if kind == n:  # in hospital, another diagnosis: the mix (65+: without the cohorts)
+        diagnosis = _stay_diagnosis(t, s, -1, age, u)
+    else:
+        diagnosis = t.cohort_dx[COHORTS.index(MORT_30_COHORTS[kind % (n + 1)])]
     los = _los(t.diagnoses[diagnosis], u)
     if kind <= n:  # dies in the stay
         admitted = s.died - los
@@ -2385,7 +2411,7 @@ def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
             continue
         age = _age(s.birth, admitted)
         hospital = _stay_hospital(plan, t, s, age, u)
-        diagnosis = _stay_diagnosis(t, hospital, age, u, -1)
+        diagnosis = _stay_diagnosis(t, s, hospital, age, u)
         discharged = admitted + _los(t.diagnoses[diagnosis], u)
         if discharged >= hi or any(a <= discharged and admitted <= b for _, _, a, b, *_ in kept):
             continue  # past the death or as-of, or overlapping an earlier-numbered stay
