@@ -1949,7 +1949,7 @@ DISPOSITIONS = (  # (code, display, text, share of post-acute discharges); "home
     ("home", "Home", "Home", 0.0),
     ("home", "Home", "Home with home health care", 0.50),
     ("snf", "Skilled nursing facility", "Skilled nursing facility", 0.40),
-    ("other-hcf", "Other healthcare facility", "Inpatient rehabilitation or long-term care", 0.10),
+    ("other-hcf", "Other healthcare facility", "Other post-acute facility", 0.10),
 )
 EXPIRED = ("exp", "Expired", "Expired")
 
@@ -2430,7 +2430,7 @@ STAY_PROFILES: Mapping[str, tuple[str, str] | None] = {
     "us-core": (US_CORE_ENCOUNTER, US_CORE_CONDITION),
 }
 HOSPITAL_ADMISSION = {"system": "http://snomed.info/sct", "code": "32485007"}
-INPATIENT_CLASS = {"system": ACT_CODE_SYSTEM, "code": "IMP", "display": "inpatient encounter"}
+INPATIENT_CLASS = {"system": ACT_CODE_SYSTEM, "code": "IMP"}  # inpatient encounter
 ENCOUNTER_DIAGNOSIS = {
     "system": "http://terminology.hl7.org/CodeSystem/condition-category",
     "code": "encounter-diagnosis",
@@ -2439,7 +2439,6 @@ ENCOUNTER_DIAGNOSIS = {
 DISCHARGE_DIAGNOSIS = {
     "system": "http://terminology.hl7.org/CodeSystem/diagnosis-role",
     "code": "DD",
-    "display": "Discharge diagnosis",
 }
 CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 CONFIRMED = {
@@ -2507,11 +2506,11 @@ def stay_refs(
 
 
 def _disposition_json(stay: Stay) -> dict[str, Any]:
-    code, display, text = (DISPOSITIONS[stay.disposition] if stay.disposition >= 0 else EXPIRED)[:3]
+    code, _, text = (DISPOSITIONS[stay.disposition] if stay.disposition >= 0 else EXPIRED)[:3]
     return {
         "dischargeDisposition": {
-            "coding": [{"system": DISPOSITION_SYSTEM, "code": code, "display": display}],
-            "text": text,
+            "coding": [{"system": DISPOSITION_SYSTEM, "code": code}],
+            "text": text,  # tells home health from home (one code)
         }
     }
 
@@ -2522,7 +2521,7 @@ def encounter_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> di
     refs = refs or stay_refs(plan, stay)
     profiles = STAY_PROFILES[plan.profile.name]
     condition = {"reference": "Condition/" + refs.condition}
-    provider = _managing_organization(plan.hospitals[stay.hospital])
+    provider = {"reference": "Organization/" + plan.hospitals[stay.hospital]["id"]}
     period = {"start": _instant(plan, stay.admitted), "end": _instant(plan, stay.discharged)}
     record: dict[str, Any] = {
         "resourceType": "Encounter",
@@ -2549,7 +2548,7 @@ def encounter_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> di
         return record
     record.update(status="finished", **{"class": INPATIENT_CLASS})
     if profiles:
-        record["type"] = [{"coding": [HOSPITAL_ADMISSION], "text": "Hospital admission"}]
+        record["type"] = [{"coding": [HOSPITAL_ADMISSION]}]
     record.update(
         subject=subject,
         period=period,
