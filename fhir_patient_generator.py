@@ -2505,8 +2505,8 @@ def stay_refs(
     )
 
 
-def _disposition_json(stay: Stay) -> dict[str, Any]:
-    code, _, text = (DISPOSITIONS[stay.disposition] if stay.disposition >= 0 else EXPIRED)[:3]
+def _disposition_json(disposition: int) -> dict[str, Any]:
+    code, _, text = (DISPOSITIONS[disposition] if disposition >= 0 else EXPIRED)[:3]
     return {
         "dischargeDisposition": {
             "coding": [{"system": DISPOSITION_SYSTEM, "code": code}],
@@ -2515,77 +2515,221 @@ def _disposition_json(stay: Stay) -> dict[str, Any]:
     }
 
 
-def encounter_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
-    """A stay's Encounter (R4, or R5 where the run declares it; US Core Encounter under
-    --profile us-core), in FHIR element order."""
-    refs = refs or stay_refs(plan, stay)
+class EncounterFields(NamedTuple):
+    """The parts of an Encounter that vary between stays, JSON-ready (whole values)."""
+
+    id: str
+    identifier: str  # <MRN>-<k + 1>
+    subject: str  # Patient/<id>
+    start: str
+    end: str
+    condition: str  # Condition/<id>
+    disposition: dict[str, Any]
+    provider: str  # Organization/<id>
+
+
+class ConditionFields(NamedTuple):
+    """The parts of a Condition that vary between stays, JSON-ready (whole values)."""
+
+    id: str
+    status: str  # clinicalStatus: active (the stay ended in death) or resolved
+    code: dict[str, Any]  # the ICD-10-CM coding
+    subject: str
+    encounter: str  # Encounter/<id>
+    onset: str
+
+
+def _stay_fields(plan: Plan, stay: Stay, refs: StayRefs) -> tuple[EncounterFields, ConditionFields]:
+    d = _stay_tables(plan).diagnoses[stay.diagnosis]
+    start, subject = _instant(plan, stay.admitted), "Patient/" + refs.patient
+    encounter = EncounterFields(
+        id=refs.encounter,
+        identifier=f"{refs.mrn}-{stay.k + 1:02d}",
+        subject=subject,
+        start=start,
+        end=_instant(plan, stay.discharged),
+        condition="Condition/" + refs.condition,
+        disposition=_disposition_json(stay.disposition),
+        provider="Organization/" + plan.hospitals[stay.hospital]["id"],
+    )
+    condition = ConditionFields(
+        id=refs.condition,
+        status="active" if stay.disposition < 0 else "resolved",
+        code={"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display},
+        subject=subject,
+        encounter="Encounter/" + refs.encounter,
+        onset=start,
+    )
+    return encounter, condition
+
+
+def _encounter(plan: Plan, f: EncounterFields) -> dict[str, Any]:
+    """The Encounter's shape in FHIR element order (R4; R5 where declared; US Core's type and
+    profile under us-core): the one place it is written down (_stay_writer splits it)."""
     profiles = STAY_PROFILES[plan.profile.name]
-    condition = {"reference": "Condition/" + refs.condition}
-    provider = {"reference": "Organization/" + plan.hospitals[stay.hospital]["id"]}
-    period = {"start": _instant(plan, stay.admitted), "end": _instant(plan, stay.discharged)}
     record: dict[str, Any] = {
         "resourceType": "Encounter",
-        "id": refs.encounter,
+        "id": f.id,
         "meta": _stay_meta(plan, profiles and profiles[0]),
-        "identifier": [{"system": STAY_SYSTEM, "value": f"{refs.mrn}-{stay.k + 1:02d}"}],
+        "identifier": [{"system": STAY_SYSTEM, "value": f.identifier}],
     }
-    subject = {"reference": "Patient/" + refs.patient}
+    period = {"start": f.start, "end": f.end}
     if plan.options["fhir_version"] == "R5":  # R5 renamed and reshaped these elements
         record.update(
             status="completed",
             **{"class": [{"coding": [INPATIENT_CLASS]}]},
-            subject=subject,
-            serviceProvider=provider,
+            subject={"reference": f.subject},
+            serviceProvider={"reference": f.provider},
             actualPeriod=period,
             diagnosis=[
                 {
-                    "condition": [{"reference": condition}],
+                    "condition": [{"reference": {"reference": f.condition}}],
                     "use": [{"coding": [DISCHARGE_DIAGNOSIS]}],
                 }
             ],
-            admission=_disposition_json(stay),
+            admission=f.disposition,
         )
         return record
     record.update(status="finished", **{"class": INPATIENT_CLASS})
     if profiles:
         record["type"] = [{"coding": [HOSPITAL_ADMISSION]}]
     record.update(
-        subject=subject,
+        subject={"reference": f.subject},
         period=period,
-        diagnosis=[{"condition": condition, "rank": 1}],
-        hospitalization=_disposition_json(stay),
-        serviceProvider=provider,
+        diagnosis=[{"condition": {"reference": f.condition}, "rank": 1}],
+        hospitalization=f.disposition,
+        serviceProvider={"reference": f.provider},
     )
     return record
+
+
+def _condition(plan: Plan, f: ConditionFields) -> dict[str, Any]:
+    """The Condition's shape in FHIR element order (US Core's profile under us-core)."""
+    profiles = STAY_PROFILES[plan.profile.name]
+    return {
+        "resourceType": "Condition",
+        "id": f.id,
+        "meta": _stay_meta(plan, profiles and profiles[1]),
+        "clinicalStatus": {"coding": [{"system": CLINICAL_SYSTEM, "code": f.status}]},
+        "verificationStatus": CONFIRMED,
+        "category": [{"coding": [ENCOUNTER_DIAGNOSIS]}],
+        "code": {"coding": [f.code]},
+        "subject": {"reference": f.subject},
+        "encounter": {"reference": f.encounter},
+        "onsetDateTime": f.onset,
+    }
+
+
+def encounter_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
+    """A stay's Encounter (R4, or R5 where the run declares it; US Core Encounter under
+    --profile us-core): status finished, class IMP, the period, the principal diagnosis, the
+    discharge disposition, the hospital."""
+    return _encounter(plan, _stay_fields(plan, stay, refs or stay_refs(plan, stay))[0])
 
 
 def condition_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
     """A stay's principal diagnosis as a Condition (ICD-10-CM, encounter-diagnosis; US Core
     Condition Encounter Diagnosis under --profile us-core): active if the stay ended in death,
     else resolved; its onset is the admission."""
-    refs = refs or stay_refs(plan, stay)
-    profiles = STAY_PROFILES[plan.profile.name]
-    d = _stay_tables(plan).diagnoses[stay.diagnosis]
-    status = "active" if stay.disposition < 0 else "resolved"
-    return {
-        "resourceType": "Condition",
-        "id": refs.condition,
-        "meta": _stay_meta(plan, profiles and profiles[1]),
-        "clinicalStatus": {"coding": [{"system": CLINICAL_SYSTEM, "code": status}]},
-        "verificationStatus": CONFIRMED,
-        "category": [{"coding": [ENCOUNTER_DIAGNOSIS]}],
-        "code": {"coding": [{"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display}]},
-        "subject": {"reference": "Patient/" + refs.patient},
-        "encounter": {"reference": "Encounter/" + refs.encounter},
-        "onsetDateTime": _instant(plan, stay.admitted),
+    return _condition(plan, _stay_fields(plan, stay, refs or stay_refs(plan, stay))[1])
+
+
+_MARK_SPLIT_STAYS = re.compile(rb'"\\u0000(\w+)"')  # a marker as orjson writes it
+
+
+def _split_template(
+    record: dict[str, Any], names: tuple[str, ...]
+) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """A record built with a marker in every field: its head and, in record order, (the
+    field's position in `names`, the bytes after it); AssertionError unless every field is
+    placed exactly once."""
+    head, *rest = _MARK_SPLIT_STAYS.split(orjson.dumps(record))
+    found = [name.decode() for name in rest[::2]]
+    if sorted(found) != sorted(names) or any(b"\\u0000" in part for part in (head, *rest)):
+        raise AssertionError(f"the stay template has fields {found}, not {names}")
+    return head, [(names.index(n), after) for n, after in zip(found, rest[1::2], strict=True)]
+
+
+def _splicer(
+    record: Callable[[Plan, Any], dict[str, Any]], fields: Any, plan: Plan
+) -> Callable[[tuple[bytes, ...]], bytes]:
+    """values (JSON bytes in `fields` order) -> the record's bytes, from its marker template."""
+    head, parts = _split_template(
+        record(plan, fields._make("\x00" + n for n in fields._fields)), fields._fields
+    )
+    join = b"".join
+
+    def splice(values: tuple[bytes, ...]) -> bytes:
+        out = [head]
+        for k, after in parts:
+            out.append(values[k])
+            out.append(after)
+        return join(out)
+
+    return splice
+
+
+@functools.lru_cache(maxsize=8)
+def _stay_writer(plan: Plan) -> Callable[[Stay, StayRefs], tuple[bytes, bytes]]:
+    """(stay, refs) -> the Encounter's and Condition's bytes, equal to orjson.dumps of
+    encounter_record / condition_record, spliced from pre-serialised parts (the bulk path);
+    checked against the dict path when built."""
+    t, dumps = _stay_tables(plan), orjson.dumps
+    encounter, condition = (
+        _splicer(_encounter, EncounterFields, plan),
+        _splicer(_condition, ConditionFields, plan),
+    )
+    dispositions = {k: dumps(_disposition_json(k)) for k in range(-1, len(DISPOSITIONS))}
+    codes = [
+        dumps({"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display}) for d in t.diagnoses
+    ]
+    providers = {
+        k: b'"Organization/%s"' % plan.hospitals[k]["id"].encode() for k in plan.organization_index
     }
+    status = (b'"active"', b'"resolved"')
+
+    def write(stay: Stay, refs: StayRefs) -> tuple[bytes, bytes]:
+        # ids, MRNs, org ids and instants are [-.:0-9A-Za-z] text: no escaping, fixed quotes
+        eid, cid = refs.encounter.encode(), refs.condition.encode()
+        subject = b'"Patient/%s"' % refs.patient.encode()
+        start = b'"%s"' % _instant(plan, stay.admitted).encode()
+        return encounter(
+            (
+                b'"%s"' % eid,
+                b'"%s-%02d"' % (refs.mrn.encode(), stay.k + 1),
+                subject,
+                start,
+                b'"%s"' % _instant(plan, stay.discharged).encode(),
+                b'"Condition/%s"' % cid,
+                dispositions[stay.disposition],
+                providers[stay.hospital],
+            )
+        ), condition(
+            (
+                b'"%s"' % cid,
+                status[stay.disposition >= 0],
+                codes[stay.diagnosis],
+                subject,
+                b'"Encounter/%s"' % eid,
+                start,
+            )
+        )
+
+    for index in range(64):  # as json_renderer: a field the template misses fails here
+        for stay in stays(plan, index):
+            refs = stay_refs(plan, stay)
+            if write(stay, refs) != (
+                dumps(encounter_record(plan, stay, refs)),
+                dumps(condition_record(plan, stay, refs)),
+            ):
+                raise AssertionError(f"_stay_writer's bytes differ from the dict path (#{index})")
+    return write
 
 
 def stay_json(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> tuple[bytes, bytes]:
-    """A stay's Encounter and Condition as compact JSON bytes (what every writer writes)."""
-    refs = refs or stay_refs(plan, stay)
-    dumps = orjson.dumps
-    return dumps(encounter_record(plan, stay, refs)), dumps(condition_record(plan, stay, refs))
+    """A stay's Encounter and Condition as compact JSON bytes (what every writer writes),
+    equal to orjson.dumps of encounter_record and condition_record."""
+    return _stay_writer(plan)(stay, refs or stay_refs(plan, stay))
 
 
 def patient_stays_json(plan: Plan, index: int, s: Sample) -> list[tuple[bytes, bytes]]:
@@ -2593,8 +2737,8 @@ def patient_stays_json(plan: Plan, index: int, s: Sample) -> list[tuple[bytes, b
     found = stays(plan, index, s)
     if not found:
         return []
-    pid, mrn = patient_id(plan, index), patient_mrn(plan, index)
-    return [stay_json(plan, stay, stay_refs(plan, stay, pid, mrn)) for stay in found]
+    write, pid, mrn = _stay_writer(plan), patient_id(plan, index), patient_mrn(plan, index)
+    return [write(stay, stay_refs(plan, stay, pid, mrn)) for stay in found]
 
 
 # ---------------------------------------------------------------------------------------------
