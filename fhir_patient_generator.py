@@ -442,25 +442,31 @@ M34 = (1 << 34) - 1
 class Draws(NamedTuple):
     """The sixteen 32-bit uniform draws of patient #i (slot k = bits 32k..32k+31 of its hash).
 
-    The one table of which slot feeds what, and which profile reads it. A new field takes a
-    spare slot by renaming it; reusing a slot would make two fields depend on each other."""
+    The one table of which slot feeds what: the record's fields (and which profile reads them)
+    and the living population's uses (docs/living-population.md). Every slot is taken; a new
+    field takes new bits from a table of its own (MoreDraws, or a _draw_table for draws per
+    patient and k), never a slot here: reusing one would make two fields depend on each other.
+    Code reads the slots by these names only."""
 
     state: int  # all profiles: the state, in proportion to its population
     zip: int  # all: the ZIP within the state, in proportion to its population
-    cell: int  # all: the (age, sex, living or dead) cell of the registry
-    birth: int  # all, living cells: the birth day within the cell's year of birth
-    gender: int  # all: other / unknown, else the cell's sex
-    language: int  # all: the preferred language
-    organization: int  # all: the managing hospital among the ZIP's nearest (gravity weights)
-    death_age: int  # all, dead cells: the fraction of the year of age lived at death (f)
+    cell: int  # all: the (age, sex, living or dead) registry cell; a joiner: a birth's sex,
+    # an arrival's living cell
+    birth: int  # all, living cells: the birth day within the cell's year of birth (arrivals too)
+    gender: int  # all: other / unknown, else the cell's sex (joiners too)
+    language: int  # all: the preferred language (joiners too)
+    organization: int  # all: the managing hospital among the ZIP's nearest (gravity weights);
+    # a joiner: its hospital at its age on joining
+    death_age: int  # all, dead cells: the fraction of the year of age lived at death (f); a
+    # joiner entered in error: the day of its deletion
     death_time_low: int  # all, dead cells: the death instant in the window (64 bits: low and
-    death_time_high: int  # high halves)
+    death_time_high: int  # high halves); high half, a joiner: its place within its join slot
     race: int  # us-core: race x ethnicity row
     race_pair: int  # us-core: the pair of races of a "Two or more races" row
     given_name: int  # us-core
     family_name: int  # us-core
-    spare_14: int
-    spare_15: int
+    joiner_kind: int  # a joiner: a birth below _Dynamics.birth_cut, else an arrival
+    entered_in_error: int  # a joiner: entered in error (deleted later) below _Dynamics.error_cut
 
 
 _DRAW_BYTES = struct.Struct(f"<{len(Draws._fields)}I")
@@ -469,6 +475,43 @@ assert _DRAW_BYTES.size == 64, "one 512-bit BLAKE2b digest holds the draws"
 
 _raw_draws = _DRAW_BYTES.unpack  # a 64-byte digest as sixteen 32-bit draws, in Draws order
 _EPOCH_DAY = 719163  # date(1970, 1, 1).toordinal(): epoch seconds // 86400 + this = an ordinal
+_DRAW_TABLES: dict[bytes, type] = {}  # tag -> its table: filled by @_draw_table at import only
+
+
+def _draw_table(tag: bytes) -> Callable[[type], type]:
+    """Register a NamedTuple of named draws under its own hash tag (class decorator).
+
+    Patient #i's Draws are the keyed hash of i's 8 bytes; a table's draws for (i, k...) are the
+    keyed hash of b"<tag>|<i>|<k>..." (ASCII, never 8 bytes long: the tag has 5 bytes or more),
+    so every table is independent of Draws and of every other table, and of every other k.
+    Fields are filled from slot 0 on: a new field is appended, existing ones never move."""
+
+    def register(table: type) -> type:
+        fields = getattr(table, "_fields", None)
+        assert fields is not None and len(fields) <= len(Draws._fields), "16 draws per hash"
+        assert len(tag) >= 5 and b"|" not in tag and tag not in _DRAW_TABLES, tag
+        _DRAW_TABLES[tag] = table
+        table.tag = tag  # type: ignore[attr-defined]
+        return table
+
+    return register
+
+
+def _stream(plan: Plan, table: type[Any], index: int, *k: int) -> Any:
+    """`table`'s named draws for patient #index and k (any number of whole numbers: the k-th
+    stay, a version number...): an unbounded family of independent draws per patient, each
+    one hash, computed only where asked for (the bulk path never asks)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"|".join([table.tag, b"%d" % index, *(b"%d" % n for n in k)]))
+    return table._make(_raw_draws(hasher.digest())[: len(table._fields)])
+
+
+@_draw_table(b"patient-2")
+class MoreDraws(NamedTuple):
+    """Patient #i's next sixteen draws, for fields added after Draws was full: _stream(plan,
+    MoreDraws, i), one more hash computed only for the fields that read it. Append a field
+    here (with what it feeds and which profile reads it); never reorder or remove one (retire
+    it as unused_<k>), so no existing field's bits move. Empty so far."""
 
 
 def _digest(plan: Plan, index: int) -> bytes:
@@ -1439,8 +1482,8 @@ class _Dynamics(NamedTuple):
     living_cum: tuple[int, ...]  # plan.cells' weights with the dead at 0 (newcomers' cells)
     newborn_cell: Mapping[str, int]  # sex -> the living age-0 cell (births), if in the ages
     join_rate: float  # joiners per epoch patient per year
-    birth_cut: int  # a joiner is a birth if spare_14 < this
-    error_cut: int  # a joiner was entered in error if spare_15 < this
+    birth_cut: int  # a joiner is a birth if Draws.joiner_kind < this
+    error_cut: int  # a joiner was entered in error if Draws.entered_in_error < this
     male_cut: int
     start: int  # E in whole seconds: changes happen after it
 
@@ -1623,7 +1666,7 @@ def _gap(dyn: _Dynamics, count: int) -> float:
 def _join_instant(plan: Plan, dyn: _Dynamics, count: int, index: int) -> int:
     """When joiner #index (index >= count) joins: the k-th of a steady stream, k = index - count,
     jittered within its slot by the joiner's own draw, so instants never decrease with k."""
-    u = _raw_draws(_digest(plan, index))[9]  # Draws.death_time_high: unused by the living
+    u = Draws._make(_raw_draws(_digest(plan, index))).death_time_high
     return dyn.start + 1 + int((index - count + u / 4294967296.0) * _gap(dyn, count))
 
 
@@ -1674,7 +1717,7 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
         return _Start(s, "epoch", dyn.start, None)
     u = Draws._make(s.draws)
     instant = _join_instant(plan, dyn, count, index)
-    if u.spare_14 < dyn.birth_cut:
+    if u.joiner_kind < dyn.birth_cut:
         change, sex = "birth", "male" if u.cell < dyn.male_cut else "female"
         cell, birth = dyn.newborn_cell[sex], instant // 86400 + _EPOCH_DAY
     else:
@@ -1687,7 +1730,7 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
     gender = _gender(plan, u.gender, sex)
     org = _hospital_at(plan, s.zip, _age(birth, instant), u.organization)
     deleted = None
-    if u.spare_15 < dyn.error_cut:
+    if u.entered_in_error < dyn.error_cut:
         deleted = instant + 86400 + (u.death_age * (ERROR_DAYS - 1) * 86400 >> 32)
     s = s._replace(cell=cell, sex=sex, birth=birth, gender=gender, organization=org, died=-1)
     return _Start(s, change, instant, deleted)
@@ -1813,19 +1856,35 @@ def _check_faults(faults: Faults) -> None:
         _check_range(name.replace("_", "-"), rate, 0, 1, False)
 
 
+@_draw_table(b"delivery")
+class _DeliveryDraws(NamedTuple):
+    """Delivery faults of version v: _stream(plan, _DeliveryDraws, v.index, v.number)."""
+
+    late: int  # the version arrives late
+    delay: int  # by 1..LATE_DAYS whole days
+    duplicate: int  # it is delivered twice
+    again: int  # the second time 0..DUPLICATE_DAYS days after the first
+
+
+@_draw_table(b"order")
+class _OrderDraws(NamedTuple):
+    """Line n of a batch (version v): _stream(plan, _OrderDraws, v.index, v.number, n)."""
+
+    moved: int  # the line is out of order
+    place: int  # where it goes in the batch
+
+
 def _deliveries(plan: Plan, faults: Faults, v: Version) -> tuple[int, ...]:
     """When version v is delivered: at its instant, or (late) 1..LATE_DAYS days later, and
     (duplicate) once more 0..DUPLICATE_DAYS days after that; drawn from (seed, index, version)."""
     if not (faults.late or faults.duplicate):
         return (v.instant,)
-    h = plan.hasher.copy()
-    h.update(b"delivery|%d|%d" % (v.index, v.number))
-    late, delay, dup, again = _raw_draws(h.digest())[:4]
+    u: _DeliveryDraws = _stream(plan, _DeliveryDraws, v.index, v.number)
     d = v.instant
-    if late < _cut(faults.late):
-        d += 86400 * (1 + (delay * LATE_DAYS >> 32))
-    if dup < _cut(faults.duplicate):
-        return (d, d + (again * (DUPLICATE_DAYS * 86400 + 1) >> 32))
+    if u.late < _cut(faults.late):
+        d += 86400 * (1 + (u.delay * LATE_DAYS >> 32))
+    if u.duplicate < _cut(faults.duplicate):
+        return (d, d + (u.again * (DUPLICATE_DAYS * 86400 + 1) >> 32))
     return (d,)
 
 
@@ -1833,10 +1892,8 @@ def _out_of_order(plan: Plan, rate: float, versions: list[Version]) -> list[Vers
     """A share `rate` of the lines moved to a random place in the batch (drawn per version)."""
     cut, keys = _cut(rate), []
     for n, v in enumerate(versions):
-        h = plan.hasher.copy()
-        h.update(b"order|%d|%d|%d" % (v.index, v.number, n))
-        u, place = _raw_draws(h.digest())[:2]
-        keys.append((place * len(versions) >> 32, 0, n) if u < cut else (n, 1, n))
+        u: _OrderDraws = _stream(plan, _OrderDraws, v.index, v.number, n)
+        keys.append((u.place * len(versions) >> 32, 0, n) if u.moved < cut else (n, 1, n))
     return [versions[k[2]] for k in sorted(keys)]
 
 
