@@ -2011,48 +2011,26 @@ DISPOSITIONS = (  # (code, display, text, share of post-acute discharges); "home
 EXPIRED = ("exp", "Expired", "Expired")
 
 
+@_draw_table(b"stay-k")
 class StayDraws(NamedTuple):
-    """The 32-bit draws of one stay stream: stay k of patient #i hashes b"stay|i|k" (its own
-    tag, so no other stream shares its bits); read by name."""
+    """The draws of stay k of patient #i: _stream(plan, StayDraws, i, k); k = DEATH_STAY for
+    the stay tied to the death. Append new fields; never move one."""
 
     admitted: int  # the admission instant in the window (the death's stay: its gap to death)
     own: int  # at the managing organization, or another of the ZIP's candidates
     hospital: int  # which other candidate
     cohort: int  # an HRRP cohort (65+, by the hospital's HRRP volumes) or the national mix
     diagnosis: int  # the row of the national mix
-    los: int  # length of stay: a lognormal quantile (64 bits: low and high halves)
-    los_high: int
+    los: int  # length of stay: a lognormal quantile
     disposition: int  # discharged to home, home health, skilled nursing, another facility
-    hour: int  # (the death's stay) the admission hour when it is set back from the death
-    spare_9: int
-    spare_10: int
-    spare_11: int
-    spare_12: int
-    spare_13: int
-    spare_14: int
-    spare_15: int
 
 
+@_draw_table(b"stays")
 class PatientStayDraws(NamedTuple):
-    """The draws of a patient's stays as a whole (b"stays|i"): how many candidate admissions,
-    and whether and how the patient's death is tied to a stay."""
+    """The draws of patient #i's stays as a whole: _stream(plan, PatientStayDraws, i)."""
 
     count: int  # candidate admissions in the window (Poisson)
-    death: int  # the death: in hospital, after an HRRP cohort stay, or away from hospital
-    death_cohort: int  # which cohort
-    spare_3: int
-    spare_4: int
-    spare_5: int
-    spare_6: int
-    spare_7: int
-    spare_8: int
-    spare_9: int
-    spare_10: int
-    spare_11: int
-    spare_12: int
-    spare_13: int
-    spare_14: int
-    spare_15: int
+    death: int  # the death: in hospital, after a cohort stay, or away from hospital
 
 
 class Stay(NamedTuple):
@@ -2087,7 +2065,7 @@ class StayTables(NamedTuple):
     mix_rows: tuple[tuple[int, ...], ...]  # their positions in diagnoses (65+: no cohort rows)
     cohort_dx: tuple[int, ...]  # by cohort (COHORTS order): its row in diagnoses
     cohort_cuts: Mapping[int, tuple[int, ...]]  # hospital position -> 65+ cumulative 32-bit cuts
-    other_weights: tuple[int, ...]  # per candidate slot (as plan.hospital_cand): see _other_weights
+    factors: tuple[float, ...]  # per hospital: see _hospital_factors
     death_cuts: tuple[tuple[int, ...], tuple[int, ...]]  # under 65, 65+: see _death_stay
     post_acute: tuple[int, int]  # under 65, 65+: a 32-bit cut
     post_acute_cum: tuple[int, ...]  # over DISPOSITIONS[1:]
@@ -2163,28 +2141,21 @@ def _median(values: list[float]) -> float:
     return (v[(n - 1) // 2] + v[n // 2]) / 2 if n else 0.0
 
 
-def _other_weights(plan: Plan, discharges: list[float]) -> list[int]:
-    """Per candidate slot (as plan.hospital_cand): the gravity weight x the hospital's
-    discharges / the population the gravity weights send it, so stays drawn with these weights
-    land at each hospital in proportion to its HCRIS discharges (within what its ZIPs allow)."""
+def _hospital_factors(plan: Plan, discharges: list[float]) -> tuple[float, ...]:
+    """Per hospital: its HCRIS discharges / the population the gravity weights send it (over
+    the run's ZIPs), so a stay drawn among a ZIP's candidates with weights gravity x factor
+    lands at each hospital in proportion to its discharges (within what its ZIPs allow)."""
     cand, cum = plan.hospital_cand, plan.hospital_cum
     pull = [0.0] * len(plan.hospitals)
-    weights = [0.0] * len(cand)
-    population = [0] * len(plan.zips)
     for positions, zcum in zip(plan.zip_index, plan.zip_cum, strict=True):
         for z, c, before in zip(positions, zcum, (0, *zcum), strict=False):
-            population[z] = c - before
-    for z, pop in enumerate(population):
-        lo = z * CANDIDATES
-        total = cum[lo + CANDIDATES - 1]
-        for k in range(lo, lo + CANDIDATES):
-            weights[k] = cum[k] - (cum[k - 1] if k > lo else 0)
-            if pop and total:
-                pull[cand[k]] += pop * weights[k] / total
-    return [
-        round(w * discharges[cand[k]] / pull[cand[k]]) if pull[cand[k]] else 0
-        for k, w in enumerate(weights)
-    ]
+            lo = z * CANDIDATES
+            share = (c - before) / cum[lo + CANDIDATES - 1]
+            previous = 0
+            for k in range(lo, lo + CANDIDATES):
+                pull[cand[k]] += (cum[k] - previous) * share
+                previous = cum[k]
+    return tuple(d / p if p else 0.0 for d, p in zip(discharges, pull, strict=True))
 
 
 def _cohort_cuts(
@@ -2333,7 +2304,7 @@ def _stay_tables(plan: Plan) -> StayTables:
         mix_rows=tuple(mix_rows),
         cohort_dx=tuple(next(k for k, d in enumerate(diagnoses) if d.cohort == c) for c in COHORTS),
         cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
-        other_weights=tuple(_other_weights(plan, discharges)),
+        factors=_hospital_factors(plan, discharges),
         death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
         post_acute=tuple(_cut(p) for p in POST_ACUTE_SHARE),
         post_acute_cum=_cumulative(round(share * 1000) for *_, share in DISPOSITIONS[1:]),
@@ -2351,23 +2322,21 @@ def _uuid_keys(key: bytes, tag: bytes) -> tuple[int, tuple[int, int, int]]:
     )
 
 
-def _stream(plan: Plan, tag: bytes) -> tuple[int, ...]:
-    """Sixteen 32-bit draws from the plan's keyed hash of a tagged message (a stream of its own:
-    the patients' own hashes take 8-byte indexes, tags are other lengths)."""
-    h = plan.hasher.copy()
-    h.update(tag)
-    return _raw_draws(h.digest())
-
-
 def _stay_hospital(plan: Plan, t: StayTables, s: Sample, age: int, u: StayDraws) -> int:
     """The stay's hospital: the managing organization OWN_HOSPITAL_SHARE of the time, else
-    another of the ZIP's candidates drawn by t.other_weights (the children's under CHILD_AGE)."""
+    another of the ZIP's candidates, by gravity weight x t.factors (the children's hospital
+    under CHILD_AGE)."""
     if u.own < t.own_cut:
         return s.organization
     lo = s.zip * CANDIDATES
     slots = range(lo, lo + (CANDIDATES if age < CHILD_AGE else CANDIDATES - 1))
-    cand, w = plan.hospital_cand, t.other_weights
-    weights = [0 if cand[k] == s.organization else w[k] for k in slots]
+    cand, cum, factors = plan.hospital_cand, plan.hospital_cum, t.factors
+    weights = [  # integers: the same draw on every machine
+        0
+        if cand[k] == s.organization
+        else round((cum[k] - (cum[k - 1] if k > lo else 0)) * factors[cand[k]])
+        for k in slots
+    ]
     total = sum(weights)
     if not total:
         return s.organization
@@ -2390,16 +2359,21 @@ def _stay_diagnosis(t: StayTables, s: Sample, hospital: int, age: int, u: StayDr
     return t.mix_rows[mix][_pick(t.mix_cum[mix], u.diagnosis)]
 
 
-_NORMAL = statistics.NormalDist()
+NORMAL_STEPS = 4096  # the standard normal's quantiles at j / 4096, interpolated between
+# (a stay's LOS quantile: the table costs 12 ms once, inv_cdf several microseconds per stay)
+NORMAL_Z = tuple(statistics.NormalDist().inv_cdf(j / NORMAL_STEPS) for j in range(1, NORMAL_STEPS))
 MAX_LOS = 365 * 86400  # a stay lasts at most a year
 MIN_LOS = 3600  # and at least an hour
 
 
 def _los(d: Diagnosis, u: StayDraws) -> int:
     """Seconds in hospital: lognormal with the DRG's geometric mean (median) and arithmetic
-    mean (Table 5 GMLOS and AMLOS), from 64 bits of the stream."""
-    q = ((u.los_high << 32 | u.los) + 0.5) / 18446744073709551616.0
-    days = math.exp(d.mu + d.sigma * _NORMAL.inv_cdf(q))
+    mean (Table 5 GMLOS and AMLOS); the normal quantile interpolated in NORMAL_Z (the
+    outermost 1/4096 on either side are held at its ends: +-3.4 standard deviations)."""
+    x = min(max(u.los * NORMAL_STEPS / 4294967296.0, 1.0), NORMAL_STEPS - 1.0) - 1.0
+    j = min(int(x), NORMAL_STEPS - 3)
+    z = NORMAL_Z[j] + (x - j) * (NORMAL_Z[j + 1] - NORMAL_Z[j])
+    days = math.exp(d.mu + d.sigma * z)
     return max(MIN_LOS, min(MAX_LOS, round(days * 86400)))
 
 
@@ -2412,18 +2386,19 @@ def _disposition(t: StayTables, age: int, u: StayDraws) -> int:
 
 
 def _death_stay(
-    plan: Plan, t: StayTables, index: int, p: PatientStayDraws, s: Sample, lo: int
+    plan: Plan, t: StayTables, index: int, death: int, s: Sample, lo: int
 ) -> Stay | None:
     """The stay tied to the patient's death (k = DEATH_STAY), if any: the death's kind from
     t.death_cuts by the age at death. In hospital: the stay ends at the death (expired);
     after a MORT_30_COHORTS stay: admitted within 30 days before the death and
-    discharged alive before it. None if the stay would begin before the window (or birth)."""
+    discharged alive before it. None if the stay would begin before the window (or birth).
+    `death` is PatientStayDraws.death."""
     age = plan.cells[s.cell][0]
     cuts = t.death_cuts[age >= MEDICARE_AGE]
-    kind = bisect.bisect_right(cuts, p.death)
+    kind = bisect.bisect_right(cuts, death)
     if kind >= len(cuts):
         return None  # died away from hospital
-    u = StayDraws._make(_stream(plan, b"stay|%d|%d" % (index, DEATH_STAY)))
+    u: StayDraws = _stream(plan, StayDraws, index, DEATH_STAY)
     n = len(MORT_30_COHORTS)
     hospital = _stay_hospital(plan, t, s, age, u)
     if kind == n:  # in hospital, another diagnosis: the mix (65+: without the cohorts)
@@ -2442,6 +2417,17 @@ def _death_stay(
     return stay if stay.admitted >= lo else None
 
 
+_COUNT_AT = 4 * PatientStayDraws._fields.index("count")  # its bytes in the table's hash
+
+
+def _stay_count_draw(plan: Plan, index: int) -> int:
+    """_stream(plan, PatientStayDraws, index).count without building the table (the hot path:
+    every patient asks; a test keeps the two equal)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"stays|%d" % index)
+    return int.from_bytes(hasher.digest()[_COUNT_AT : _COUNT_AT + 4], "little")
+
+
 def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
     """Patient #index's inpatient stays in the look-back window, in time order: candidate
     admissions at the rate of its age and sex (Poisson over the window, kept while the patient
@@ -2450,32 +2436,38 @@ def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
     t = _stay_tables(plan)
     if s is None:
         s = sample(plan, index)
-    raw = _stream(plan, b"stays|%d" % index)
-    n = bisect.bisect_right(t.count_cdf[s.cell], raw[0])  # PatientStayDraws.count
-    if not n and s.died < 0:
-        return []  # most patients
-    p = PatientStayDraws._make(raw)
-    as_of = plan.window_start + plan.window_span - 1
+    if s.died < 0 and _stay_count_draw(plan, index) < t.count_cdf[s.cell][0]:
+        return []  # most patients: no candidate admission, no death
+    u: PatientStayDraws = _stream(plan, PatientStayDraws, index)
+    n = bisect.bisect_right(t.count_cdf[s.cell], u.count)
     lo = max(plan.window_start, (s.birth - _EPOCH_DAY) * 86400)
-    hi = as_of if s.died < 0 else s.died
+    hi = plan.window_start + plan.window_span - 1 if s.died < 0 else s.died  # as-of or death
     kept = []
-    if s.died >= 0 and (last := _death_stay(plan, t, index, p, s, lo)) is not None:
+    if s.died >= 0 and (last := _death_stay(plan, t, index, u.death, s, lo)) is not None:
         kept.append(last)
     for k in range(min(n, DEATH_STAY)):
-        u = StayDraws._make(_stream(plan, b"stay|%d|%d" % (index, k)))
-        admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
-        if admitted < lo:
-            continue
-        age = _age(s.birth, admitted)
-        hospital = _stay_hospital(plan, t, s, age, u)
-        diagnosis = _stay_diagnosis(t, s, hospital, age, u)
-        discharged = admitted + _los(t.diagnoses[diagnosis], u)
-        if discharged >= hi or any(a <= discharged and admitted <= b for _, _, a, b, *_ in kept):
-            continue  # past the death or as-of, or overlapping an earlier-numbered stay
-        kept.append(
-            Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
-        )
+        stay = _candidate_stay(plan, t, index, k, s, lo)
+        if stay is None or stay.discharged >= hi:
+            continue  # before the window or birth; past the death or as-of
+        if not any(a <= stay.discharged and stay.admitted <= b for _, _, a, b, *_ in kept):
+            kept.append(stay)  # unless it overlaps a stay of a lower number
     return sorted(kept, key=lambda stay: stay.admitted)
+
+
+def _candidate_stay(
+    plan: Plan, t: StayTables, index: int, k: int, s: Sample, lo: int
+) -> Stay | None:
+    """Candidate admission k of patient #index: uniform in the window (None before `lo`, the
+    window's start or the birth), its hospital, diagnosis, length and disposition."""
+    u: StayDraws = _stream(plan, StayDraws, index, k)
+    admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
+    if admitted < lo:
+        return None
+    age = _age(s.birth, admitted)
+    hospital = _stay_hospital(plan, t, s, age, u)
+    diagnosis = _stay_diagnosis(t, s, hospital, age, u)
+    discharged = admitted + _los(t.diagnoses[diagnosis], u)
+    return Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
 
 
 # -- the resources: Encounter and Condition of a stay, in the run's FHIR version and profile

@@ -291,3 +291,17 @@ def test_cohort_stays_follow_each_hospitals_hrrp_volume():
     )
     low, high = shares[len(shares) // 4], shares[3 * len(shares) // 4]
     assert high[0] > 1.5 * low[0] > 0
+
+
+def test_the_hot_paths_equal_the_named_ones():
+    """_stay_count_draw is PatientStayDraws.count without the table; _stay_writer's bytes are
+    orjson.dumps of the records (also checked when the writer is built)."""
+    plan = g.make_plan(5, AS_OF, encounters=True, min_age=70)
+    for i in range(3000):
+        assert g._stay_count_draw(plan, i) == g._stream(plan, g.PatientStayDraws, i).count
+    found = [stay for i in range(500) for stay in g.stays(plan, i)]
+    assert len(found) > 100
+    for stay in found:
+        encounter, condition = g.stay_json(plan, stay)
+        assert encounter == orjson.dumps(g.encounter_record(plan, stay))
+        assert condition == orjson.dumps(g.condition_record(plan, stay))
