@@ -386,3 +386,20 @@ def test_hospitals_with_higher_hrrp_rates_readmit_more():
     rate = {k: c[1] / c[0] for k, c in counts.items()}
     se = math.sqrt(sum(r * (1 - r) / counts[k][0] for k, r in rate.items()))
     assert rate["high"] - rate["low"] > 2 * se, (rate, counts)
+
+
+def test_the_readme_stays_query_runs_on_a_layer(tmp_path):
+    """The README's DuckDB query over stays: it runs on a written layer and its figures are
+    the layer's (stays per diagnosis, ALOS, deaths, readmissions)."""
+    duckdb = pytest.importorskip("duckdb")
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Inpatient stays") :]
+    sql = section[section.index("```sql") + 6 : section.index("```", section.index("```sql") + 6)]
+    layer(tmp_path / "lake" / "bronze", "--count", "3000", "--min-age", "60", "--encounters")
+    con = duckdb.connect()
+    *views, query = [q for q in sql.split(";") if q.strip()]
+    for view in views:
+        con.execute(view.replace("lake/bronze", str(tmp_path / "lake" / "bronze")))
+    rows = con.sql(query).fetchall()
+    assert len(rows) == 8 and all(r[2] > 0 and 1 < r[3] < 15 for r in rows)
+    assert [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
