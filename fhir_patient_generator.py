@@ -3331,6 +3331,10 @@ S3_PROBE_ATTEMPTS = 2  # the bucket probe before any work fails faster
 # (the probe: 2 x 20 + <1 s). docs/bronze.md derives it; tests lower these module constants.
 S3_CONNECT_TIMEOUT = 5  # seconds to open a connection
 S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's reply comes in ~1 s
+# A server that ignores If-None-Match (rclone serve s3 1.75 does; AWS S3 and MinIO honour it) gets
+# a write-then-read-back claim instead: racing claims are told apart if each run's check and its
+# PUT lie closer together than this (docs/bronze.md, "Two runs, one folder").
+S3_CLAIM_SETTLE = 1.0  # seconds between the claim's PUT and its read-back
 GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
 
@@ -3785,6 +3789,24 @@ class UploadFailed(BronzeError):
     """A store's earlier background write failed: stop the unit, drain() reports it."""
 
 
+def _process_start(pid: int) -> str | None:
+    """When process pid started (clock ticks since boot, /proc/<pid>/stat field 22), or None
+    if it is not running (gone, or a zombie: os.kill(pid, 0) succeeds on those) or there is
+    no /proc (not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+@functools.cache
+def _writer(pid: int) -> str:
+    """This process as a temp file names it: <pid>+<start time>, or <pid> without /proc."""
+    start = _process_start(pid)
+    return f"{pid}+{start}" if start is not None else str(pid)
+
+
 class LocalStore:
     """A local directory; every file is written to a temp file in _run/tmp/, then renamed into
     place (atomic: the same file system). Readers' globs (patient/*) never see a temp file."""
@@ -3814,8 +3836,9 @@ class LocalStore:
         self._remove_temp_files(self._is_stale)
 
     def _temp_path(self, key: str) -> Path:
-        """_run/tmp/<key with / as .>.tmp-<token>-<pid>@<host>: whose it is, for the sweeps."""
-        name = f"{key.replace('/', '.')}.tmp-{self.token}-{os.getpid()}@{self.host}"
+        """_run/tmp/<key with / as .>.tmp-<token>-<pid>[+<start>]@<host>: whose it is (the
+        writer's start time, where known, tells a recycled pid apart), for the sweeps."""
+        name = f"{key.replace('/', '.')}.tmp-{self.token}-{_writer(os.getpid())}@{self.host}"
         return self.root / RUN_TMP / name
 
     def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
@@ -3846,6 +3869,29 @@ class LocalStore:
             raise
         return size
 
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """Write key only if it does not exist yet: False if it does. Atomic, so of runs racing
+        for one key exactly one creates it: a hard link of a complete temp file (a reader never
+        sees half of it), or O_EXCL where the file system has no hard links."""
+        path, tmp = self.root / key, self._temp_path(key)
+        for folder in (path.parent, tmp.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (e.g. some network or FAT file systems)
+            try:
+                with open(path, "xb") as f:
+                    f.write(data)
+            except FileExistsError:
+                return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return True
+
     def read(self, key: str) -> bytes | None:
         try:
             return (self.root / key).read_bytes()
@@ -3866,29 +3912,35 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / key)
 
-    def _is_stale(self, token: str, pid: int, host: str) -> bool:
-        """A temp file of a dead process on this host (a sibling shard's live one is kept; so
-        are other hosts', which cannot be checked: they stay in _run/, unseen by readers)."""
-        if host != self.host or pid == os.getpid():
+    def _is_stale(self, token: str, writer: str, host: str) -> bool:
+        """A temp file of a dead writer on this host: its pid is gone, a zombie, or now another
+        process's (another start time). A sibling shard's live one is kept; so are other
+        hosts', which cannot be checked: they stay in _run/, unseen by readers."""
+        pid, _, start = writer.partition("+")
+        if host != self.host or int(pid) == os.getpid():
             return False
+        if _process_start(int(pid)) is not None:  # /proc: running, and since when
+            return bool(start) and start != _process_start(int(pid))
+        if Path("/proc/self/stat").exists():
+            return True  # /proc has no running process of that pid (gone or a zombie)
         try:
-            os.kill(pid, 0)
+            os.kill(int(pid), 0)
         except ProcessLookupError:
             return True
         except PermissionError:
             return False  # alive, another user's
         return False
 
-    def _remove_temp_files(self, which: Callable[[str, int, str], bool]) -> None:
-        """Remove the temp files in _run/tmp/ for which which(token, pid, host) holds."""
+    def _remove_temp_files(self, which: Callable[[str, str, str], bool]) -> None:
+        """Remove the temp files in _run/tmp/ for which which(token, writer, host) holds."""
         for key in list(self.list(RUN_TMP)):
-            match = re.search(r"\.tmp-(.+)-(\d+)@([^@/]+)$", key)
-            if match and which(match[1], int(match[2]), match[3]):
+            match = re.search(r"\.tmp-(.+)-(\d+(?:\+\d+)?)@([^@/]+)$", key)
+            if match and which(match[1], match[2], match[3]):
                 self.delete([key])
 
     def remove_temp_files(self) -> None:
         """Remove temp files of this run's processes (workers killed by Ctrl-C leave them)."""
-        self._remove_temp_files(lambda token, pid, host: token == self.token and host == self.host)
+        self._remove_temp_files(lambda token, _, host: token == self.token and host == self.host)
 
     def remove_run_folder(self) -> None:
         """Remove _run/ if it is empty (a sibling's temp file keeps it; it removes it later)."""
@@ -3903,17 +3955,44 @@ class LocalStore:
         pass
 
 
+# S3's general purpose bucket naming rules (docs.aws.amazon.com/AmazonS3/latest/userguide/
+# bucketnamingrules.html): 3-63 lowercase letters, digits, dots and hyphens, a letter or digit
+# at both ends, no "..", not an IPv4 address, no reserved prefix or suffix. botocore would
+# otherwise answer a bad name with a dump of its own regex.
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+BUCKET_RESERVED = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", ".mrap", "--x-s3"))
+
+
+def _bad_bucket_name(name: str) -> bool:
+    """Whether name breaks S3's bucket naming rules."""
+    return (
+        not BUCKET_NAME.fullmatch(name)
+        or ".." in name
+        or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name) is not None
+        or name.startswith(BUCKET_RESERVED[0])
+        or name.endswith(BUCKET_RESERVED[1])
+    )
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket."""
+    """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket or its name
+    breaks S3's naming rules."""
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     if not bucket:
         raise ValueError(f"{url!r} names no bucket (use s3://bucket/prefix)")
+    if _bad_bucket_name(bucket):
+        raise ValueError(
+            f"{bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots "
+            "and hyphens, a letter or digit at both ends, not an IP address)"
+        )
     return bucket, prefix.strip("/")
 
 
 def s3_endpoint(endpoint_url: str | None) -> str | None:
     """The custom S3 endpoint: endpoint_url, else $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL
     (None: AWS itself); ValueError unless it is http(s)://host[:port] (boto3 would trace back)."""
+    if endpoint_url is not None and not endpoint_url.strip():
+        raise ValueError("--endpoint-url is empty (leave it out for AWS S3)")
     given = (
         ("--endpoint-url", endpoint_url),
         ("AWS_ENDPOINT_URL_S3", os.environ.get("AWS_ENDPOINT_URL_S3")),
@@ -4068,6 +4147,35 @@ class S3Store:
             self.pending += 1
         self.pool.submit(self._put, key, body, content_type or "application/octet-stream")
         return size
+
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """PUT key only if it does not exist (If-None-Match: *): False if it does. A server
+        that ignores the condition accepts a second such PUT too; then the claim is checked by
+        reading it back after S3_CLAIM_SETTLE seconds (a racing PUT would have replaced it)."""
+        from botocore.exceptions import ClientError
+
+        def put() -> bool:
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.key(key),
+                    Body=data,
+                    ContentType=content_type or "application/octet-stream",
+                    IfNoneMatch="*",
+                )
+            except ClientError as e:  # 412: it exists; 409: a concurrent conditional PUT won
+                if _s3_error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    return False
+                raise
+            return True
+
+        with self._errors():
+            if not put():
+                return False
+            if not put():
+                return True  # the server honours If-None-Match: the first PUT was exclusive
+            time.sleep(S3_CLAIM_SETTLE)
+            return self.read(key) == data
 
     def drain(self) -> tuple[int, str | None]:
         """Wait for queued PUTs; (failures, first failure) since the last drain."""
@@ -4354,6 +4462,32 @@ def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> f
     return frozenset()
 
 
+def _claim(store: Store, key: str, data: bytes) -> None:
+    """Claim the folder for this run by creating key (its identity), atomically: of runs racing
+    into one folder, one creates it and the others find another run's identity and refuse.
+    Our own identity (a re-run, a sibling shard) is kept; BronzeError for another run's."""
+    ours = orjson.loads(data)
+    if _read_json(store, key)[1] == ours or store.create(key, data, "application/json"):
+        return
+    found, theirs = _read_json(store, key)
+    if theirs != ours:
+        what = _describe(theirs) if found else "its identity is being written"
+        raise _refusal(store, f"was claimed at the same time by another run ({what})")
+
+
+def _claim_layer(plan: Plan, spec: Bronze, store: Store) -> None:
+    """Claim the layer (unless it is finished): _run/identity.json, then a second look for a
+    manifest, in case another run finished (and removed its identity) since the first."""
+    if store.read(MANIFEST) is not None:
+        return
+    _claim(store, RUN_IDENTITY, identity_bytes(plan, spec))
+    found, theirs = _manifest_generator(store)
+    if found and theirs != orjson.loads(identity_bytes(plan, spec)):
+        store.delete([RUN_IDENTITY])
+        what = "an unreadable file" if theirs is None else _describe(theirs)
+        raise _refusal(store, f"was finished just now by another run ({what})")
+
+
 def _finish_run(spec: Bronze, store: Store) -> None:
     """After the manifest: remove this process's temp files; if every unit is done (or a
     sibling shard already began this), remove _run/ — identity first, so a crash midway leaves
@@ -4418,13 +4552,43 @@ def _batch_counts(files: list[BatchFile]) -> tuple[int, int]:
     return sum(f.lines for f in files) - deleted, deleted
 
 
+EXIT_ORPHANED = 1  # a worker whose main process died
+
+
 @functools.cache
 def _worker_store(spec: Bronze) -> Store:
     return open_store(spec)  # one per worker process, kept for all its units
 
 
+PARENT_POLL = 0.5  # seconds between a worker's checks that the main process still lives
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the main process dies (kill -9, the OOM killer), so no worker runs
+    on unowned and a pipe reading the output ends: on Linux the kernel sends SIGKILL
+    (PR_SET_PDEATHSIG); everywhere a daemon thread polls os.getppid(), which changes when the
+    parent is gone (the orphan is re-parented)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(EXIT_ORPHANED)
+
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C for all
+    _exit_with_parent()
 
 
 def _worker_unit(plan: Plan, spec: Bronze, unit: int) -> UnitResult:
@@ -4555,8 +4719,7 @@ def write_bronze(
     try:
         store.prepare()
         done = check_existing(plan, spec, store, overwrite)
-        if store.read(MANIFEST) is None:  # claim the root before any data: re-runs resume
-            store.write(RUN_IDENTITY, identity_bytes(plan, spec), "application/json")
+        _claim_layer(plan, spec, store)  # before any data: re-runs resume, other runs refuse
         orgs = organization_files(plan, spec)
         org_bytes = sum(store.write(key, data, _content_type(spec)) for key, data in orgs)
         _drain_or_raise(store)
@@ -4636,7 +4799,7 @@ def write_batch(
             _delete_batch(store, spec)
             found = False
         if not found:
-            store.write(identity_key, identity_bytes(plan, spec), "application/json")
+            _claim(store, identity_key, identity_bytes(plan, spec))
         totals = _write_units(plan, spec, store, list(shard_units(spec, shard)), workers, progress)
         counts = dict(totals.units)
         for u in range(unit_count(spec)):  # other shards' units: counted, not written
