@@ -403,3 +403,19 @@ def test_the_readme_stays_query_runs_on_a_layer(tmp_path):
     rows = con.sql(query).fetchall()
     assert len(rows) == 8 and all(r[2] > 0 and 1 < r[3] < 15 for r in rows)
     assert [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
+
+
+def test_stays_on_s3_have_the_local_keys_and_bytes(s3_throwaway_server, tmp_path):
+    """The S3 store writes the stay files with the local keys and bytes (rclone serve s3)."""
+    from test_s3 import objects, s3_cli
+
+    args = ("--count", "1500", "--format", "ndjson", "--gzip", "--records-per-file", "500")
+    args += ("--encounters", "--states", "VT")
+    local = tmp_path / "local"
+    assert run_cli(*args, "--output", str(local), "--quiet").returncode == 0
+    bucket = s3_throwaway_server.create_bucket()
+    result = s3_cli(s3_throwaway_server.endpoint, *args, "--output", f"s3://{bucket}/lake")
+    assert result.returncode == 0, result.stderr
+    stored = objects(s3_throwaway_server.client(), bucket, "lake")
+    assert {k: (local / k).read_bytes() for k in tree(local)} == stored
+    assert "encounter/Encounter.000003.ndjson.gz" in stored
