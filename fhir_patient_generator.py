@@ -2082,7 +2082,7 @@ class StayTables(NamedTuple):
     factors: tuple[float, ...]  # per hospital: see _hospital_factors
     readmit: Mapping[int, tuple[float, ...]]  # hospital -> 30-day readmission rate per cohort
     # (65+ cohort stays, COHORTS order), then the hospital-wide rate (every other stay)
-    cell_rates: tuple[float, ...]  # admissions per person-year per registry cell
+    month_chance: tuple[float, ...]  # per registry cell: P(an admission within 30 days)
     death_cuts: tuple[tuple[int, ...], tuple[int, ...]]  # under 65, 65+: see _death_stay
     post_acute: tuple[int, int]  # under 65, 65+: a 32-bit cut
     post_acute_cum: tuple[int, ...]  # over DISPOSITIONS[1:]
@@ -2348,7 +2348,7 @@ def _stay_tables(plan: Plan) -> StayTables:
         cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
         factors=_hospital_factors(plan, discharges),
         readmit=_readmission_rates(plan, ref),
-        cell_rates=tuple(rates),
+        month_chance=tuple(1.0 - math.exp(-r * 30 * 86400 / SECONDS_PER_YEAR) for r in rates),
         death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
         post_acute=tuple(_cut(p) for p in POST_ACUTE_SHARE),
         post_acute_cum=_cumulative(round(share * 1000) for *_, share in DISPOSITIONS[1:]),
@@ -2436,6 +2436,26 @@ def _disposition(t: StayTables, age: int, u: StayDraws) -> int:
     return 1 + _pick(t.post_acute_cum, (u.disposition << 32) // cut)  # uniform again below cut
 
 
+_COUNT_AT = 4 * PatientStayDraws._fields.index("count")  # its bytes in the table's hash
+_STAY_DRAWS = len(StayDraws._fields)
+
+
+def _stay_draws(plan: Plan, index: int, k: int) -> StayDraws:
+    """_stream(plan, StayDraws, index, k), with the message formatted at once (a stay's hot
+    path; a test keeps the two equal)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"stay-k|%d|%d" % (index, k))
+    return StayDraws._make(_raw_draws(hasher.digest())[:_STAY_DRAWS])
+
+
+def _stay_count_draw(plan: Plan, index: int) -> int:
+    """_stream(plan, PatientStayDraws, index).count without building the table (the hot path:
+    every patient asks; a test keeps the two equal)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"stays|%d" % index)
+    return int.from_bytes(hasher.digest()[_COUNT_AT : _COUNT_AT + 4], "little")
+
+
 def _death_stay(
     plan: Plan, t: StayTables, index: int, death: int, s: Sample, lo: int
 ) -> tuple[Stay, bool] | None:
@@ -2449,7 +2469,7 @@ def _death_stay(
     kind = bisect.bisect_right(cuts, death)
     if kind >= len(cuts):
         return None  # died away from hospital
-    u: StayDraws = _stream(plan, StayDraws, index, DEATH_STAY)
+    u = _stay_draws(plan, index, DEATH_STAY)
     n = len(MORT_30_COHORTS)
     hospital = _stay_hospital(plan, t, s, age, u)
     if kind == n:  # in hospital, another diagnosis: the mix (65+: without the cohorts)
@@ -2468,17 +2488,6 @@ def _death_stay(
     if stay.admitted < lo:
         return None
     return stay, stay.disposition >= 0 and _readmitted(t, s, stay, age, u)
-
-
-_COUNT_AT = 4 * PatientStayDraws._fields.index("count")  # its bytes in the table's hash
-
-
-def _stay_count_draw(plan: Plan, index: int) -> int:
-    """_stream(plan, PatientStayDraws, index).count without building the table (the hot path:
-    every patient asks; a test keeps the two equal)."""
-    hasher = plan.hasher.copy()
-    hasher.update(b"stays|%d" % index)
-    return int.from_bytes(hasher.digest()[_COUNT_AT : _COUNT_AT + 4], "little")
 
 
 def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
@@ -2541,7 +2550,7 @@ def _candidate_stay(
     """Candidate admission k of patient #index: uniform in the window (None before `lo`, the
     window's start or the birth), its hospital, diagnosis, length and disposition; and whether
     a readmission follows it (_readmitted)."""
-    u: StayDraws = _stream(plan, StayDraws, index, k)
+    u = _stay_draws(plan, index, k)
     admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
     if admitted < lo:
         return None
@@ -2562,7 +2571,7 @@ def _readmitted(t: StayTables, s: Sample, stay: Stay, age: int, u: StayDraws) ->
         return False
     cohort = t.diagnoses[stay.diagnosis].cohort
     rate = rates[COHORTS.index(cohort)] if cohort and age >= MEDICARE_AGE else rates[-1]
-    chance = 1.0 - math.exp(-t.cell_rates[s.cell] * 30 * 86400 / SECONDS_PER_YEAR)
+    chance = t.month_chance[s.cell]
     return u.readmitted < _cut(max(0.0, (rate - chance) / (1.0 - chance)))
 
 
@@ -2572,7 +2581,7 @@ def _readmission(plan: Plan, t: StayTables, s: Sample, first: Stay) -> tuple[Sta
     cohort's again (READMIT_SAME_COHORT) or one of the mix; and whether it is readmitted too
     (an index stay like any other: HRRP counts readmissions as index stays)."""
     k = first.k + READMISSION if first.k < DEATH_STAY else DEATH_STAY - 1
-    u: StayDraws = _stream(plan, StayDraws, first.index, k)
+    u = _stay_draws(plan, first.index, k)
     gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** READMIT_SKEW)
     admitted = first.discharged + max(3600, gap)
     age = _age(s.birth, admitted)
@@ -3264,9 +3273,18 @@ def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, Stay
         return lambda i: (line(i), patient_stays_json(plan, i, sample(plan, i)))
     write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
 
+    count_cdf, hasher, at = _stay_tables(plan).count_cdf, plan.hasher, _COUNT_AT
+
     def render(i: int) -> tuple[bytes, StayLines]:
         s = _sample_tuple(plan, i)  # one sample for the patient and its stays
-        return write(i, s, meta_v1), patient_stays_json(plan, i, Sample._make(s))  # type: ignore[arg-type]
+        patient = write(i, s, meta_v1)  # type: ignore[arg-type]
+        _, _, cell, _, _, _, _, _, died, _ = s  # Sample's fields by position (the hot path)
+        if died < 0:  # stays()'s own first test, inlined (_stay_count_draw): most patients
+            h = hasher.copy()
+            h.update(b"stays|%d" % i)
+            if int.from_bytes(h.digest()[at : at + 4], "little") < count_cdf[cell][0]:
+                return patient, []
+        return patient, patient_stays_json(plan, i, Sample._make(s))
 
     return render
 
