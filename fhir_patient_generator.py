@@ -3820,11 +3820,12 @@ def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, Stay
     write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
 
     count_cdf, hasher, at = _stay_tables(plan).count_cdf, plan.hasher, _COUNT_AT
+    at_cell, at_died = Sample._fields.index("cell"), Sample._fields.index("died")
 
     def render(i: int) -> tuple[bytes, StayLines]:
         s = _sample_tuple(plan, i)  # one sample for the patient and its stays
         patient = write(i, s, meta_v1)  # type: ignore[arg-type]
-        _, _, cell, _, _, _, _, _, died, _ = s  # Sample's fields by position (the hot path)
+        cell, died = s[at_cell], s[at_died]  # Sample's fields by position (the hot path)
         if died < 0:  # stays()'s own first test, inlined (_stay_count_draw): most patients
             h = hasher.copy()
             h.update(b"stays|%d" % i)
