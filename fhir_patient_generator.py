@@ -22,12 +22,14 @@ import csv
 import functools
 import hashlib
 import itertools
+import math
 import operator
 import os
 import re
 import secrets
 import signal
 import socket
+import statistics
 import struct
 import sys
 import tempfile
@@ -62,10 +64,13 @@ __all__ = [
     "Sample",
     "Version",
     "Window",
+    "Stay",
     "build_record",
     "changes",
+    "condition_record",
     "continue_layer",
     "draw_seed",
+    "encounter_record",
     "generate_patient",
     "generate_patients",
     "history",
@@ -82,6 +87,8 @@ __all__ = [
     "population_size",
     "sample",
     "snapshot",
+    "stay_json",
+    "stays",
     "suggested_s3_key",
     "to_json",
     "version_json",
@@ -107,6 +114,7 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
     "mortality_rate": None,  # the life table
     "profile": "cms",
     "fhir_version": "R4",  # what every written resource is valid in (FHIR_VERSIONS)
+    "encounters": False,  # each patient's inpatient stays too (recorded only when on)
 }
 DEFAULT_FORMAT = "json"
 DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~81 MB plain, ~11 MB gzip) and work unit
@@ -888,6 +896,15 @@ def _check_range(name: str, value: Any, low: float, high: float, low_open: bool)
     return number
 
 
+def _check_flag(name: str, value: Any) -> bool:
+    """A yes/no option: True or False (None, not set, is False)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
 def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tuple[str, ...]:
     known = {code for code, _, _, _ in ref.states}
     if states is None:
@@ -940,6 +957,8 @@ def normalise_options(*, data_dir: str | Path | None = None, **options: Any) -> 
         else _check_range("mortality-rate", rate, 0, 1, False),
         "profile": o["profile"],
         "fhir_version": o["fhir_version"],
+        # recorded only when on, so manifests without stays keep their bytes
+        **({"encounters": True} if _check_flag("encounters", o["encounters"]) else {}),
     }
 
 
@@ -2506,6 +2525,947 @@ def _window_versions(
 
 
 # ---------------------------------------------------------------------------------------------
+# Inpatient stays (--encounters): each patient's hospital stays in the look-back window, as an
+# Encounter and its principal diagnosis as a Condition, at real hospitals and calibrated to the
+# CMS tables of reference_data/ (docs/encounters.md). A patient's stays are a pure function of
+# (seed, index, options) and its sample: the Patient's own bytes never depend on them
+# ---------------------------------------------------------------------------------------------
+
+STAY_SYSTEM = "urn:metriccare:stay"  # Encounter.identifier: <MRN>-<stay number k>
+ICD10CM_SYSTEM = "http://hl7.org/fhir/sid/icd-10-cm"
+ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+DISPOSITION_SYSTEM = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
+US_CORE_ENCOUNTER = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-encounter"
+US_CORE_CONDITION = (
+    "http://hl7.org/fhir/us/core/StructureDefinition/us-core-condition-encounter-diagnosis"
+)
+MAX_STAYS = 128  # stay numbers k per patient: 0..30 the admissions process; k + READMISSION
+READMISSION = 31  # the readmission after stay k (up to 3 in a row: 31..123); 127 the death's
+DEATH_STAY = MAX_STAYS - 1
+READMISSION_LIMIT = 3 * READMISSION  # a stay numbered from here on is not readmitted again
+MEDICARE_AGE = 65  # the HRRP cohorts and MORT-30 are measured on patients 65 and older
+COHORTS = ("AMI", "HF", "PN", "COPD", "CABG", "HIP-KNEE")  # HRRP FY2025, hrrp_fy2025.csv
+# An assumption (no national figure at hand): half of the 30-day deaths after an admission of a
+# MORT_30_COHORTS cohort happen during that stay, half after discharge.
+IN_STAY_OF_30_DAY_DEATHS = 0.5
+# The cohorts with a CMS 30-day mortality measure (MORT-30, cms_national.csv: mort30_<cohort>)
+MORT_30_COHORTS = ("AMI", "HF", "PN", "COPD", "CABG")
+OWN_HOSPITAL_SHARE = 0.70  # an assumption: a stay is at the managing organization this often
+# Readmissions (issue 19): assumptions where no national figure is at hand
+READMIT_SAME_HOSPITAL = 0.80  # a readmission returns to the index stay's hospital this often
+READMIT_SAME_COHORT = 0.35  # after a cohort stay, its principal diagnosis is the cohort's again
+READMIT_SKEW = 1.5  # the gap is 30 days x u**1.5: front-loaded, 38 % within the first week
+# Discharged alive: post-acute care (HCUP Statistical Brief #205, all payers 2013): 41.7 % of
+# Medicare stays and 11.7 % of privately insured ones went to post-acute care (65+ and under 65
+# here), of which 50 % to home health, 40 % to skilled nursing, the rest to other facilities.
+POST_ACUTE_SHARE = (0.117, 0.417)  # under MEDICARE_AGE, at or over it
+DISPOSITIONS = (  # (code, display, text, share of post-acute discharges); "home" takes the rest
+    ("home", "Home", "Home", 0.0),
+    ("home", "Home", "Home with home health care", 0.50),
+    ("snf", "Skilled nursing facility", "Skilled nursing facility", 0.40),
+    ("other-hcf", "Other healthcare facility", "Other post-acute facility", 0.10),
+)
+EXPIRED = ("exp", "Expired", "Expired")
+
+
+@_draw_table(b"stay-k")
+class StayDraws(NamedTuple):
+    """The draws of stay k of patient #i: _stream(plan, StayDraws, i, k); k = DEATH_STAY for
+    the stay tied to the death. Append new fields; never move one."""
+
+    admitted: int  # the admission instant in the window (the death's stay: its gap to death)
+    own: int  # at the managing organization, or another of the ZIP's candidates
+    hospital: int  # which other candidate
+    cohort: int  # an HRRP cohort (65+, by the hospital's HRRP volumes) or the national mix
+    diagnosis: int  # the row of the national mix
+    los: int  # length of stay: a lognormal quantile
+    disposition: int  # discharged to home, home health, skilled nursing, another facility
+    readmitted: int  # (issue 19) an unplanned readmission within 30 days follows this stay
+    # a readmission's own draws (k + READMISSION): admitted is its gap after the discharge,
+    # own whether it returns to the same hospital, cohort whether it keeps the index cohort
+
+
+@_draw_table(b"stays")
+class PatientStayDraws(NamedTuple):
+    """The draws of patient #i's stays as a whole: _stream(plan, PatientStayDraws, i)."""
+
+    count: int  # candidate admissions in the window (Poisson)
+    death: int  # the death: in hospital, after a cohort stay, or away from hospital
+
+
+class Stay(NamedTuple):
+    """One inpatient stay of patient #index: positions into the plan's and the stay tables."""
+
+    index: int
+    k: int  # the stay number: ids and the identifier come from (index, k)
+    admitted: int  # epoch seconds
+    discharged: int  # epoch seconds; the death instant for a stay that ends in death
+    hospital: int  # position in plan.hospitals
+    diagnosis: int  # position in StayTables.diagnoses
+    disposition: int  # position in DISPOSITIONS, or -1: expired
+
+
+class Diagnosis(NamedTuple):
+    """A principal diagnosis: ICD-10-CM code and text, its MS-DRG and the lognormal of its LOS."""
+
+    code: str
+    display: str
+    drg: str
+    cohort: str  # an HRRP cohort, or ""
+    mu: float  # ln(GMLOS in days)
+    sigma: float  # sqrt(2 ln(AMLOS / GMLOS)): the lognormal's mean is then AMLOS
+
+
+class StayTables(NamedTuple):
+    """What a plan's stays draw from, built once per plan (only when --encounters is on)."""
+
+    count_cdf: tuple[tuple[int, ...], ...]  # by cell: the Poisson CDF of candidate admissions
+    diagnoses: tuple[Diagnosis, ...]
+    mix_cum: tuple[tuple[int, ...], ...]  # by (age band, sex): weights of the mix's rows
+    mix_rows: tuple[tuple[int, ...], ...]  # their positions in diagnoses (65+: no cohort rows)
+    cohort_dx: tuple[int, ...]  # by cohort (COHORTS order): its row in diagnoses
+    cohort_cuts: Mapping[int, tuple[int, ...]]  # hospital position -> 65+ cumulative 32-bit cuts
+    factors: tuple[float, ...]  # per hospital: see _hospital_factors
+    readmit: Mapping[int, tuple[float, ...]]  # hospital -> 30-day readmission rate per cohort
+    # (65+ cohort stays, COHORTS order), then the hospital-wide rate (every other stay)
+    month_chance: tuple[float, ...]  # per registry cell: P(an admission within 30 days)
+    death_cuts: tuple[tuple[int, ...], tuple[int, ...]]  # under 65, 65+: see _death_stay
+    post_acute: tuple[int, int]  # under 65, 65+: a 32-bit cut
+    post_acute_cum: tuple[int, ...]  # over DISPOSITIONS[1:]
+    own_cut: int
+    encounter_keys: tuple[int, tuple[int, int, int]]  # the id bijections' add and multipliers
+    condition_keys: tuple[int, tuple[int, int, int]]
+
+
+# inpatient_dx.csv's age bands (stays per 100,000 persons a year): first age, column
+AGE_BANDS = (0, 1, 18, 45, MEDICARE_AGE, 75)
+RATE_COLUMNS = ("rate_0", "rate_1_17", "rate_18_44", "rate_45_64", "rate_65_74", "rate_75_plus")
+
+
+def _stay_reference(data_dir: Path) -> dict[str, Any]:
+    """The CMS tables of reference_data/ the stays read (SOURCES §C): admission rates by age
+    and sex, the diagnosis mix, hospital volumes, HRRP cohort volumes, national figures."""
+    rates = [
+        (int(r["age_lo"]), int(r["age_hi"]), r["sex"], float(r["admissions_per_1000"]) / 1000)
+        for r in _csv_rows(data_dir, "inpatient_rates.csv")
+    ]
+    national = {r["name"]: float(r["value"]) for r in _csv_rows(data_dir, "cms_national.csv")}
+    hrrp: dict[str, dict[str, int]] = {}
+    readmissions: dict[str, dict[str, tuple[float | None, float | None, float | None]]] = {}
+    for r in _csv_rows(data_dir, "hrrp_fy2025.csv"):
+        hrrp.setdefault(r["ccn"], {})[r["cohort"]] = int(r["discharges"] or 0)
+        readmissions.setdefault(r["ccn"], {})[r["cohort"]] = tuple(  # type: ignore[assignment]
+            float(r[k]) if r[k] else None for k in ("observed_rate", "predicted_rate", "err")
+        )
+    return {
+        "readmissions": readmissions,
+        "rates": rates,
+        "dx": _csv_rows(data_dir, "inpatient_dx.csv"),
+        "volumes": {r["ccn"]: r for r in _csv_rows(data_dir, "hospital_volumes.csv")},
+        "hrrp": hrrp,
+        "national": national,
+    }
+
+
+def _admission_rate(rates: list[tuple[int, int, str, float]], age: int, sex: str) -> float:
+    """Admissions per person-year at an age (inpatient_rates.csv: M/F by age band)."""
+    code = "M" if sex == "male" else "F"
+    for lo, hi, s, rate in rates:
+        if s == code and lo <= age <= hi:
+            return rate
+    raise ValueError(f"inpatient_rates.csv has no {code} row for age {age}")
+
+
+def _discharges(
+    hospitals: tuple[Mapping[str, str], ...], volumes: Mapping[str, Any]
+) -> list[float]:
+    """Discharges a year per hospital (HCRIS 2021); where HCRIS has none, beds x the median
+    discharges per bed of its type, else the median of its type (SOURCES §C1's fallback)."""
+    per_bed: dict[str, list[float]] = {}
+    each: dict[str, list[float]] = {}
+    for h in hospitals:
+        v = volumes.get(h["ccn"], {})
+        if v.get("discharges"):
+            each.setdefault(h["hospital_type"], []).append(float(v["discharges"]))
+            if v.get("beds") and int(v["beds"]):
+                per_bed.setdefault(h["hospital_type"], []).append(
+                    float(v["discharges"]) / int(v["beds"])
+                )
+    out = []
+    for h in hospitals:
+        v, kind = volumes.get(h["ccn"], {}), h["hospital_type"]
+        if v.get("discharges"):
+            out.append(float(v["discharges"]))
+        elif v.get("beds") and kind in per_bed:
+            out.append(int(v["beds"]) * _median(per_bed[kind]))
+        else:
+            out.append(_median(each.get(kind, [0.0])))
+    return out
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return (v[(n - 1) // 2] + v[n // 2]) / 2 if n else 0.0
+
+
+def _hospital_factors(plan: Plan, discharges: list[float]) -> tuple[float, ...]:
+    """Per hospital: its HCRIS discharges / the population the gravity weights send it (over
+    the run's ZIPs), so a stay drawn among a ZIP's candidates with weights gravity x factor
+    lands at each hospital in proportion to its discharges (within what its ZIPs allow)."""
+    cand, cum = plan.hospital_cand, plan.hospital_cum
+    pull = [0.0] * len(plan.hospitals)
+    for positions, zcum in zip(plan.zip_index, plan.zip_cum, strict=True):
+        for z, c, before in zip(positions, zcum, (0, *zcum), strict=False):
+            lo = z * CANDIDATES
+            share = (c - before) / cum[lo + CANDIDATES - 1]
+            previous = 0
+            for k in range(lo, lo + CANDIDATES):
+                pull[cand[k]] += (cum[k] - previous) * share
+                previous = cum[k]
+    return tuple(d / p if p else 0.0 for d, p in zip(discharges, pull, strict=True))
+
+
+def _readmission_rates(plan: Plan, ref: Mapping[str, Any]) -> dict[int, tuple[float, ...]]:
+    """Hospital position -> its 30-day readmission rate per HRRP cohort (the observed rate of
+    HRRP FY2025, readmissions / discharges; where suppressed its predicted rate; else the
+    national pooled rate), then its hospital-wide rate: CMS's national 14.6 % x the mean of its
+    excess readmission ratios (1 where it has none)."""
+    national = ref["national"]
+    pooled = [national[f"hrrp_pooled_observed_{c.lower().replace('-', '_')}"] for c in COHORTS]
+    wide = national["readm30_hosp_wide"]
+    out = {}
+    for k in plan.organization_index:
+        own = ref["readmissions"].get(plan.hospitals[k]["ccn"], {})
+        rates = [
+            next((x for x in own.get(c, (None, None))[:2] if x is not None), pooled[n])
+            for n, c in enumerate(COHORTS)
+        ]
+        errs = [v[2] for v in own.values() if v[2] is not None]
+        out[k] = (*rates, wide * (sum(errs) / len(errs) if errs else 1.0))
+    return out
+
+
+def _cohort_cuts(
+    plan: Plan, ref: Mapping[str, Any], discharges: list[float], shares: Mapping[str, float]
+) -> dict[int, tuple[int, ...]]:
+    """Hospital position -> cumulative 32-bit cuts over COHORTS for a 65+ stay there: the
+    cohort's national 65+ share (inpatient_dx.csv) x the hospital's HRRP discharges per HCRIS
+    discharge relative to all HRRP hospitals'. Hospitals outside HRRP (critical access,
+    Maryland) take the national shares; children's hospitals none."""
+    hrrp = ref["hrrp"]
+    positions = {h["ccn"]: k for k, h in enumerate(plan.hospitals)}
+    in_hrrp = [positions[c] for c in hrrp if c in positions]
+    total = sum(discharges[k] for k in in_hrrp)
+    pooled = {c: sum(hrrp[plan.hospitals[k]["ccn"]].get(c, 0) for k in in_hrrp) for c in COHORTS}
+    out = {}
+    for k in plan.organization_index:
+        h = plan.hospitals[k]
+        if h["hospital_type"] == CHILDREN_HOSPITAL_TYPE:
+            share = [0.0] * len(COHORTS)
+        elif h["ccn"] in hrrp and discharges[k] > 0:
+            own = hrrp[h["ccn"]]
+            share = [
+                shares[c] * (own.get(c, 0) / discharges[k]) / (pooled[c] / total) for c in COHORTS
+            ]
+        else:
+            share = [shares[c] for c in COHORTS]
+        scale = min(1.0, 0.95 / sum(share)) if sum(share) else 1.0  # room for the other rows
+        out[k] = tuple(_cut(x) for x in itertools.accumulate(s * scale for s in share))
+    return out
+
+
+def _diagnoses(rows: list[dict[str, str]]) -> tuple[Diagnosis, ...]:
+    """inpatient_dx.csv's rows as Diagnosis (the lognormal of LOS from GMLOS and AMLOS)."""
+    out = []
+    for r in rows:
+        gmlos, amlos = float(r["gmlos"]), float(r["amlos"])
+        sigma = math.sqrt(2.0 * math.log(amlos / gmlos)) if amlos > gmlos else 0.0
+        out.append(
+            Diagnosis(r["icd10"], r["display"], r["drg"], r["cohort"], math.log(gmlos), sigma)
+        )
+    return tuple(out)
+
+
+def _mixes(rows: list[dict[str, str]]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """By (age band, sex): the rows with a rate there (female-only rows for women only; 65+
+    without the cohort rows, whose volumes come per hospital) and their integer weights."""
+    positions, cums = [], []
+    for band, column in enumerate(RATE_COLUMNS):
+        for sex in SEXES:
+            chosen = [
+                (k, round(float(r[column]) * 1000))
+                for k, r in enumerate(rows)
+                if r[column]
+                and (r["sex"] != "F" or sex == "female")
+                and not (AGE_BANDS[band] >= MEDICARE_AGE and r["cohort"])
+            ]
+            positions.append(tuple(k for k, _ in chosen))
+            cums.append(_cumulative(w for _, w in chosen))
+    return positions, cums
+
+
+def _cohort_shares(
+    ref: Mapping[str, Any], age_sex: tuple[tuple[int, int, int], ...]
+) -> dict[str, float]:
+    """Each HRRP cohort's share of all stays of patients 65+: AMI and heart failure together
+    from their published rates (inpatient_dx.csv) over all 65+ stays (the Census population x
+    inpatient_rates.csv), shared among the six cohorts by their HRRP volumes (COPD, CABG and
+    hip/knee have no published age rate)."""
+    anchor = ("AMI", "HF")
+    stays = together = 0.0
+    for age, male, female in age_sex[MEDICARE_AGE:]:
+        column = RATE_COLUMNS[bisect.bisect_right(AGE_BANDS, age) - 1]
+        for sex, people in zip(SEXES, (male, female), strict=True):
+            stays += people * _admission_rate(ref["rates"], age, sex)
+        together += (male + female) * sum(
+            float(r[column] or 0) / 1e5 for r in ref["dx"] if r["cohort"] in anchor
+        )
+    pooled = {c: sum(h.get(c, 0) for h in ref["hrrp"].values()) for c in COHORTS}
+    scale = together / stays / sum(pooled[c] for c in anchor)
+    return {c: pooled[c] * scale for c in COHORTS}
+
+
+def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[float]:
+    """Admissions per person-year per registry cell, at the age the cell's people had in the
+    middle of their time in the window: the living L/2 years younger, the dead L/4."""
+    lookback = plan.options["lookback_years"]
+    return [
+        _admission_rate(rates, max(0, round(age - lookback / (4 if dead else 2))), sex)
+        for age, sex, dead in plan.cells
+    ]
+
+
+def _death_cuts(
+    plan: Plan, rates: list[float], shares: Mapping[str, float], national: Mapping[str, float]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Cumulative 32-bit cuts over a death's kinds, under 65 and 65+: in hospital after an
+    admission of a MORT_30_COHORTS cohort (one kind each), in hospital after another admission,
+    after discharge within 30 days of such a cohort admission (one kind each); above the last
+    cut, away from hospital.
+
+    The cohort kinds make 30-day mortality after those admissions of patients 65+ equal CMS's
+    MORT-30: with O_c the expected ordinary admissions of cohort c, C_c those that fall within
+    30 days before a death by chance, and m_c the rate, the deaths tied to a cohort-c stay are
+    F_c = (m_c O_c - C_c) / (1 - m_c), split IN_STAY_OF_30_DAY_DEATHS in the stay."""
+    lookback, month = plan.options["lookback_years"], 30 * 86400 / SECONDS_PER_YEAR
+    weights = [0] * len(plan.cells)  # the run's cell weights: the states' tables summed
+    for cum in plan.cell_cum:
+        for k, (c, b) in enumerate(zip(cum, (0, *cum), strict=False)):
+            weights[k] += c - b
+    old = [k for k, (age, _, _) in enumerate(plan.cells) if age >= MEDICARE_AGE]
+    deaths = sum(weights[k] for k in old if plan.cells[k][2])
+    stays = sum(weights[k] * rates[k] * lookback / (2 if plan.cells[k][2] else 1) for k in old)
+    chance = sum(weights[k] * rates[k] * month for k in old if plan.cells[k][2])
+    in_hospital = national["inhospital_death_share"]
+    tied = []
+    for c in MORT_30_COHORTS:
+        m = national[f"mort30_{c.lower()}"]
+        tied.append(max(0.0, (m * stays - chance) * shares[c] / (1 - m)) / deaths if deaths else 0)
+    in_stay = [IN_STAY_OF_30_DAY_DEATHS * f for f in tied]
+    other = max(0.0, in_hospital - sum(in_stay))
+    after = [(1 - IN_STAY_OF_30_DAY_DEATHS) * f for f in tied]
+    young = (*[0.0] * len(tied), in_hospital, *[0.0] * len(tied))
+    old_kinds = (*in_stay, other, *after)
+    return (
+        tuple(_cut(min(1.0, x)) for x in itertools.accumulate(young)),
+        tuple(_cut(min(1.0, x)) for x in itertools.accumulate(old_kinds)),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _stay_tables(plan: Plan) -> StayTables:
+    """The plan's stay tables (about a second, once per plan and process)."""
+    data_dir = plan.identity[3]
+    ref = _stay_reference(Path(data_dir or DATA_DIR).resolve())
+    shares = _cohort_shares(ref, load_reference(data_dir).age_sex)
+    diagnoses = _diagnoses(ref["dx"])
+    mix_rows, mix_cum = _mixes(ref["dx"])
+    rates = _cell_rates(plan, ref["rates"])
+    lookback = Decimal(repr(plan.options["lookback_years"]))
+    with localcontext() as ctx:
+        ctx.prec = 40
+        count_cdf = tuple(_poisson_cdf(Decimal(repr(rate)) * lookback) for rate in rates)
+    discharges = _discharges(plan.hospitals, ref["volumes"])
+    key = plan.key
+    return StayTables(
+        count_cdf=count_cdf,
+        diagnoses=diagnoses,
+        mix_cum=tuple(mix_cum),
+        mix_rows=tuple(mix_rows),
+        cohort_dx=tuple(next(k for k, d in enumerate(diagnoses) if d.cohort == c) for c in COHORTS),
+        cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
+        factors=_hospital_factors(plan, discharges),
+        readmit=_readmission_rates(plan, ref),
+        month_chance=tuple(1.0 - math.exp(-r * 30 * 86400 / SECONDS_PER_YEAR) for r in rates),
+        death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
+        post_acute=tuple(_cut(p) for p in POST_ACUTE_SHARE),
+        post_acute_cum=_cumulative(round(share * 1000) for *_, share in DISPOSITIONS[1:]),
+        own_cut=_cut(OWN_HOSPITAL_SHARE),
+        encounter_keys=_uuid_keys(key, b"encounter"),
+        condition_keys=_uuid_keys(key, b"condition"),
+    )
+
+
+def _uuid_keys(key: bytes, tag: bytes) -> tuple[int, tuple[int, int, int]]:
+    """A resource type's own keyed UUID bijection (as the patients' in _bijection_keys)."""
+    return (
+        _hash_int(key, tag + b"-uuid-add", 16) & M122,
+        tuple(_hash_int(key, tag + b"-uuid-mul-%d" % n, 16) & M122 | 1 for n in (1, 2, 3)),
+    )
+
+
+def _stay_hospital(plan: Plan, t: StayTables, s: Sample, age: int, u: StayDraws) -> int:
+    """The stay's hospital: the managing organization OWN_HOSPITAL_SHARE of the time, else
+    another of the ZIP's candidates, by gravity weight x t.factors (the children's hospital
+    under CHILD_AGE)."""
+    if u.own < t.own_cut:
+        return s.organization
+    return _other_candidate(plan, t, s, age, u.hospital, s.organization) or s.organization
+
+
+def _other_candidate(
+    plan: Plan, t: StayTables, s: Sample, age: int, u32: int, exclude: int
+) -> int | None:
+    """One of the ZIP's candidates but `exclude`, by gravity weight x t.factors; None if none."""
+    lo = s.zip * CANDIDATES
+    slots = range(lo, lo + (CANDIDATES if age < CHILD_AGE else CANDIDATES - 1))
+    cand, cum, factors = plan.hospital_cand, plan.hospital_cum, t.factors
+    weights = [  # integers: the same draw on every machine
+        0
+        if cand[k] == exclude
+        else round((cum[k] - (cum[k - 1] if k > lo else 0)) * factors[cand[k]])
+        for k in slots
+    ]
+    total = sum(weights)
+    if not total:
+        return None
+    v = u32 * total >> 32
+    for k, weight in zip(slots, weights, strict=True):
+        if v < weight:
+            return cand[k]
+        v -= weight
+    raise AssertionError("unreachable: v < total")
+
+
+def _stay_diagnosis(t: StayTables, s: Sample, hospital: int, age: int, u: StayDraws) -> int:
+    """The principal diagnosis: for 65+ an HRRP cohort at the hospital's cuts, else a row of
+    the national mix of the age band and sex."""
+    if age >= MEDICARE_AGE:
+        cuts = t.cohort_cuts.get(hospital, ())
+        if cuts and u.cohort < cuts[-1]:
+            return t.cohort_dx[bisect.bisect_right(cuts, u.cohort)]
+    mix = 2 * (bisect.bisect_right(AGE_BANDS, age) - 1) + (s.sex == "female")
+    return t.mix_rows[mix][_pick(t.mix_cum[mix], u.diagnosis)]
+
+
+NORMAL_STEPS = 4096  # the standard normal's quantiles at j / 4096, interpolated between
+# (a stay's LOS quantile: the table costs 12 ms once, inv_cdf several microseconds per stay)
+NORMAL_Z = tuple(statistics.NormalDist().inv_cdf(j / NORMAL_STEPS) for j in range(1, NORMAL_STEPS))
+MAX_LOS = 365 * 86400  # a stay lasts at most a year
+MIN_LOS = 3600  # and at least an hour
+
+
+def _los(d: Diagnosis, u: StayDraws) -> int:
+    """Seconds in hospital: lognormal with the DRG's geometric mean (median) and arithmetic
+    mean (Table 5 GMLOS and AMLOS); the normal quantile interpolated in NORMAL_Z (the
+    outermost 1/4096 on either side are held at its ends: +-3.4 standard deviations)."""
+    x = min(max(u.los * NORMAL_STEPS / 4294967296.0, 1.0), NORMAL_STEPS - 1.0) - 1.0
+    j = min(int(x), NORMAL_STEPS - 3)
+    z = NORMAL_Z[j] + (x - j) * (NORMAL_Z[j + 1] - NORMAL_Z[j])
+    days = math.exp(d.mu + d.sigma * z)
+    return max(MIN_LOS, min(MAX_LOS, round(days * 86400)))
+
+
+def _disposition(t: StayTables, age: int, u: StayDraws) -> int:
+    """Where a patient discharged alive goes (DISPOSITIONS), by the post-acute share of the age."""
+    cut = t.post_acute[age >= MEDICARE_AGE]
+    if u.disposition >= cut:
+        return 0
+    return 1 + _pick(t.post_acute_cum, (u.disposition << 32) // cut)  # uniform again below cut
+
+
+_COUNT_AT = 4 * PatientStayDraws._fields.index("count")  # its bytes in the table's hash
+_STAY_DRAWS = len(StayDraws._fields)
+
+
+def _stay_draws(plan: Plan, index: int, k: int) -> StayDraws:
+    """_stream(plan, StayDraws, index, k), with the message formatted at once (a stay's hot
+    path; a test keeps the two equal)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"stay-k|%d|%d" % (index, k))
+    return StayDraws._make(_raw_draws(hasher.digest())[:_STAY_DRAWS])
+
+
+def _stay_count_draw(plan: Plan, index: int) -> int:
+    """_stream(plan, PatientStayDraws, index).count without building the table (the hot path:
+    every patient asks; a test keeps the two equal)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"stays|%d" % index)
+    return int.from_bytes(hasher.digest()[_COUNT_AT : _COUNT_AT + 4], "little")
+
+
+def _death_stay(
+    plan: Plan, t: StayTables, index: int, death: int, s: Sample, lo: int
+) -> tuple[Stay, bool] | None:
+    """The stay tied to the patient's death (k = DEATH_STAY), if any: the death's kind from
+    t.death_cuts by the age at death. In hospital: the stay ends at the death (expired);
+    after a MORT_30_COHORTS stay: admitted within 30 days before the death and
+    discharged alive before it, and then perhaps readmitted (the flag) before the death. None
+    if the stay would begin before the window (or birth). `death` is PatientStayDraws.death."""
+    age = plan.cells[s.cell][0]
+    cuts = t.death_cuts[age >= MEDICARE_AGE]
+    kind = bisect.bisect_right(cuts, death)
+    if kind >= len(cuts):
+        return None  # died away from hospital
+    u = _stay_draws(plan, index, DEATH_STAY)
+    n = len(MORT_30_COHORTS)
+    hospital = _stay_hospital(plan, t, s, age, u)
+    if kind == n:  # in hospital, another diagnosis: the mix (65+: without the cohorts)
+        diagnosis = _stay_diagnosis(t, s, -1, age, u)
+    else:
+        diagnosis = t.cohort_dx[COHORTS.index(MORT_30_COHORTS[kind % (n + 1)])]
+    los = _los(t.diagnoses[diagnosis], u)
+    if kind <= n:  # dies in the stay
+        admitted = s.died - los
+        stay = Stay(index, DEATH_STAY, admitted, s.died, hospital, diagnosis, -1)
+    else:  # discharged alive, dies within 30 days of the admission
+        los = min(los, 29 * 86400)
+        admitted = s.died - los - 1 - ((30 * 86400 - los - 1) * u.admitted >> 32)
+        disposition = _disposition(t, age, u)
+        stay = Stay(index, DEATH_STAY, admitted, admitted + los, hospital, diagnosis, disposition)
+    if stay.admitted < lo:
+        return None
+    return stay, stay.disposition >= 0 and _readmitted(t, s, stay, age, u)
+
+
+def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
+    """Patient #index's inpatient stays in the look-back window, in time order: candidate
+    admissions at the rate of its age and sex (Poisson over the window, kept while the patient
+    lives there), plus the stay its death is tied to; no two overlap, none outlives the patient
+    or the window. `s` is the patient's sample (computed if not given)."""
+    t = _stay_tables(plan)
+    if s is None:
+        s = sample(plan, index)
+    if s.died < 0 and _stay_count_draw(plan, index) < t.count_cdf[s.cell][0]:
+        return []  # most patients: no candidate admission, no death
+    u: PatientStayDraws = _stream(plan, PatientStayDraws, index)
+    n = bisect.bisect_right(t.count_cdf[s.cell], u.count)
+    lo = max(plan.window_start, (s.birth - _EPOCH_DAY) * 86400)
+    hi = plan.window_start + plan.window_span - 1 if s.died < 0 else s.died  # as-of or death
+    kept, readmitted = [], []
+    if s.died >= 0 and (last := _death_stay(plan, t, index, u.death, s, lo)) is not None:
+        kept.append(last[0])
+        if last[1]:
+            readmitted.append(last[0])
+    for k in range(min(n, READMISSION)):
+        found = _candidate_stay(plan, t, index, k, s, lo)
+        if found is None or found[0].discharged >= hi:
+            continue  # before the window or birth; past the death or as-of
+        if _fits(found[0], kept):  # unless it overlaps a stay of a lower number
+            kept.append(found[0])
+            if found[1]:
+                readmitted.append(found[0])
+    _add_readmissions(plan, t, s, kept, readmitted, hi)
+    return sorted(kept, key=lambda stay: stay.admitted)
+
+
+def _add_readmissions(
+    plan: Plan, t: StayTables, s: Sample, kept: list[Stay], readmitted: list[Stay], hi: int
+) -> None:
+    """Add the readmissions of the `readmitted` stays to `kept`, in time order; a readmission
+    may be readmitted in turn (up to READMISSION_LIMIT). One that would end after the death
+    ends at it (the patient dies in it); one after the death or the as-of is not made."""
+    while readmitted:
+        first = min(readmitted, key=lambda stay: stay.admitted)
+        readmitted.remove(first)
+        again, more = _readmission(plan, t, s, first)
+        if s.died >= 0 and again.admitted < s.died <= again.discharged:
+            again, more = again._replace(discharged=s.died, disposition=-1), False
+        if again.discharged <= hi and again.admitted < hi and _fits(again, kept):
+            kept.append(again)
+            if more and again.k < READMISSION_LIMIT:
+                readmitted.append(again)
+
+
+def _fits(stay: Stay, kept: list[Stay]) -> bool:
+    """Whether the stay overlaps none of `kept` (a patient is in one hospital at a time)."""
+    return not any(a <= stay.discharged and stay.admitted <= b for _, _, a, b, *_ in kept)
+
+
+def _candidate_stay(
+    plan: Plan, t: StayTables, index: int, k: int, s: Sample, lo: int
+) -> tuple[Stay, bool] | None:
+    """Candidate admission k of patient #index: uniform in the window (None before `lo`, the
+    window's start or the birth), its hospital, diagnosis, length and disposition; and whether
+    a readmission follows it (_readmitted)."""
+    u = _stay_draws(plan, index, k)
+    admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
+    if admitted < lo:
+        return None
+    age = _age(s.birth, admitted)
+    hospital = _stay_hospital(plan, t, s, age, u)
+    diagnosis = _stay_diagnosis(t, s, hospital, age, u)
+    discharged = admitted + _los(t.diagnoses[diagnosis], u)
+    stay = Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
+    return stay, _readmitted(t, s, stay, age, u)
+
+
+def _readmitted(t: StayTables, s: Sample, stay: Stay, age: int, u: StayDraws) -> bool:
+    """Whether an unplanned readmission within 30 days follows the stay: at the hospital's HRRP
+    rate for a cohort stay of a patient 65+, else its hospital-wide rate, less the chance that
+    the admissions process readmits the patient anyway (its rate over 30 days)."""
+    rates = t.readmit.get(stay.hospital)
+    if rates is None:
+        return False
+    cohort = t.diagnoses[stay.diagnosis].cohort
+    rate = rates[COHORTS.index(cohort)] if cohort and age >= MEDICARE_AGE else rates[-1]
+    chance = t.month_chance[s.cell]
+    return u.readmitted < _cut(max(0.0, (rate - chance) / (1.0 - chance)))
+
+
+def _readmission(plan: Plan, t: StayTables, s: Sample, first: Stay) -> tuple[Stay, bool]:
+    """The readmission after stay `first` (k + READMISSION): admitted 1 hour to 30 days after its
+    discharge (front-loaded), mostly at the same hospital, its principal diagnosis the index
+    cohort's again (READMIT_SAME_COHORT) or one of the mix; and whether it is readmitted too
+    (an index stay like any other: HRRP counts readmissions as index stays)."""
+    k = first.k + READMISSION if first.k < DEATH_STAY else DEATH_STAY - 1
+    u = _stay_draws(plan, first.index, k)
+    gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** READMIT_SKEW)
+    admitted = first.discharged + max(3600, gap)
+    age = _age(s.birth, admitted)
+    hospital = first.hospital
+    if u.own >= _cut(READMIT_SAME_HOSPITAL):
+        hospital = _other_candidate(plan, t, s, age, u.hospital, first.hospital) or hospital
+    diagnosis = first.diagnosis
+    if not t.diagnoses[diagnosis].cohort or u.cohort >= _cut(READMIT_SAME_COHORT):
+        diagnosis = _stay_diagnosis(t, s, -1, age, u)  # the mix (65+: not a cohort)
+    discharged = admitted + _los(t.diagnoses[diagnosis], u)
+    again = Stay(first.index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
+    return again, _readmitted(t, s, again, age, u)
+
+
+# -- the resources: Encounter and Condition of a stay, in the run's FHIR version and profile
+
+# --profile -> the US Core profiles its stays claim (None: the plain FHIR resources). US Core
+# Encounter also requires a type: SNOMED CT 32485007 |Hospital admission (procedure)|.
+STAY_PROFILES: Mapping[str, tuple[str, str] | None] = {
+    "cms": None,
+    "us-core": (US_CORE_ENCOUNTER, US_CORE_CONDITION),
+}
+HOSPITAL_ADMISSION = {"system": "http://snomed.info/sct", "code": "32485007"}
+INPATIENT_CLASS = {"system": ACT_CODE_SYSTEM, "code": "IMP"}  # inpatient encounter
+ENCOUNTER_DIAGNOSIS = {
+    "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+    "code": "encounter-diagnosis",
+    "display": "Encounter Diagnosis",
+}
+DISCHARGE_DIAGNOSIS = {
+    "system": "http://terminology.hl7.org/CodeSystem/diagnosis-role",
+    "code": "DD",
+}
+CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONFIRMED = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+            "code": "confirmed",
+        }
+    ]
+}
+
+
+def _stay_uuid(index: int, k: int, keys: tuple[int, tuple[int, int, int]]) -> str:
+    add, mul = keys
+    return _uuid_bytes(_mix_uuid((index * MAX_STAYS + k + add) & M122, mul)).decode()
+
+
+def encounter_id(plan: Plan, index: int, k: int) -> str:
+    """Stay k of patient #index's Encounter id: a keyed bijection of index x MAX_STAYS + k, so
+    ids never collide (the Condition has its own: condition_id)."""
+    return _stay_uuid(index, k, _stay_tables(plan).encounter_keys)
+
+
+def condition_id(plan: Plan, index: int, k: int) -> str:
+    """The id of stay k's principal-diagnosis Condition (its own keyed bijection)."""
+    return _stay_uuid(index, k, _stay_tables(plan).condition_keys)
+
+
+def _instant(plan: Plan, seconds: int) -> str:
+    """A FHIR instant in whole seconds, its date from the plan's table (stays are in it)."""
+    k = seconds // 86400 + _EPOCH_DAY - plan.dates_base
+    if not 0 <= k < len(plan.dates):
+        return _iso_instant(datetime.fromtimestamp(seconds, UTC))
+    s = seconds % 86400
+    return "%sT%02d:%02d:%02dZ" % (plan.dates[k], s // 3600, s // 60 % 60, s % 60)  # noqa: UP031
+
+
+def _stay_meta(plan: Plan, profile: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"lastUpdated": plan.last_updated}
+    if profile:
+        meta["profile"] = [profile]
+    return meta
+
+
+class StayRefs(NamedTuple):
+    """The ids a stay's two resources carry (computed once per stay on the bulk path)."""
+
+    patient: str  # patient_id
+    mrn: str  # patient_mrn
+    encounter: str
+    condition: str
+
+
+def stay_refs(
+    plan: Plan, stay: Stay, patient: str | None = None, mrn: str | None = None
+) -> StayRefs:
+    """A stay's ids; the patient's id and MRN may be given (the same for all its stays)."""
+    t = _stay_tables(plan)
+    return StayRefs(
+        patient or patient_id(plan, stay.index),
+        mrn or patient_mrn(plan, stay.index),
+        _stay_uuid(stay.index, stay.k, t.encounter_keys),
+        _stay_uuid(stay.index, stay.k, t.condition_keys),
+    )
+
+
+def _disposition_json(disposition: int) -> dict[str, Any]:
+    code, _, text = (DISPOSITIONS[disposition] if disposition >= 0 else EXPIRED)[:3]
+    return {
+        "dischargeDisposition": {
+            "coding": [{"system": DISPOSITION_SYSTEM, "code": code}],
+            "text": text,  # tells home health from home (one code)
+        }
+    }
+
+
+class EncounterFields(NamedTuple):
+    """The parts of an Encounter that vary between stays, JSON-ready (whole values)."""
+
+    id: str
+    identifier: str  # <MRN>-<k + 1>
+    subject: str  # Patient/<id>
+    start: str
+    end: str
+    condition: str  # Condition/<id>
+    disposition: dict[str, Any]
+    provider: str  # Organization/<id>
+
+
+class ConditionFields(NamedTuple):
+    """The parts of a Condition that vary between stays, JSON-ready (whole values)."""
+
+    id: str
+    status: str  # clinicalStatus: active (the stay ended in death) or resolved
+    code: dict[str, Any]  # the ICD-10-CM coding
+    subject: str
+    encounter: str  # Encounter/<id>
+    onset: str
+
+
+def _stay_fields(plan: Plan, stay: Stay, refs: StayRefs) -> tuple[EncounterFields, ConditionFields]:
+    d = _stay_tables(plan).diagnoses[stay.diagnosis]
+    start, subject = _instant(plan, stay.admitted), "Patient/" + refs.patient
+    encounter = EncounterFields(
+        id=refs.encounter,
+        identifier=f"{refs.mrn}-{stay.k + 1:02d}",
+        subject=subject,
+        start=start,
+        end=_instant(plan, stay.discharged),
+        condition="Condition/" + refs.condition,
+        disposition=_disposition_json(stay.disposition),
+        provider="Organization/" + plan.hospitals[stay.hospital]["id"],
+    )
+    condition = ConditionFields(
+        id=refs.condition,
+        status="active" if stay.disposition < 0 else "resolved",
+        code={"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display},
+        subject=subject,
+        encounter="Encounter/" + refs.encounter,
+        onset=start,
+    )
+    return encounter, condition
+
+
+def _encounter(plan: Plan, f: EncounterFields) -> dict[str, Any]:
+    """The Encounter's shape in FHIR element order (R4; R5 where declared; US Core's type and
+    profile under us-core): the one place it is written down (_stay_writer splits it)."""
+    profiles = STAY_PROFILES[plan.profile.name]
+    record: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": f.id,
+        "meta": _stay_meta(plan, profiles and profiles[0]),
+        "identifier": [{"system": STAY_SYSTEM, "value": f.identifier}],
+    }
+    period = {"start": f.start, "end": f.end}
+    if plan.options["fhir_version"] == "R5":  # R5 renamed and reshaped these elements
+        record.update(
+            status="completed",
+            **{"class": [{"coding": [INPATIENT_CLASS]}]},
+            subject={"reference": f.subject},
+            serviceProvider={"reference": f.provider},
+            actualPeriod=period,
+            diagnosis=[
+                {
+                    "condition": [{"reference": {"reference": f.condition}}],
+                    "use": [{"coding": [DISCHARGE_DIAGNOSIS]}],
+                }
+            ],
+            admission=f.disposition,
+        )
+        return record
+    record.update(status="finished", **{"class": INPATIENT_CLASS})
+    if profiles:
+        record["type"] = [{"coding": [HOSPITAL_ADMISSION]}]
+    record.update(
+        subject={"reference": f.subject},
+        period=period,
+        diagnosis=[{"condition": {"reference": f.condition}, "rank": 1}],
+        hospitalization=f.disposition,
+        serviceProvider={"reference": f.provider},
+    )
+    return record
+
+
+def _condition(plan: Plan, f: ConditionFields) -> dict[str, Any]:
+    """The Condition's shape in FHIR element order (US Core's profile under us-core)."""
+    profiles = STAY_PROFILES[plan.profile.name]
+    return {
+        "resourceType": "Condition",
+        "id": f.id,
+        "meta": _stay_meta(plan, profiles and profiles[1]),
+        "clinicalStatus": {"coding": [{"system": CLINICAL_SYSTEM, "code": f.status}]},
+        "verificationStatus": CONFIRMED,
+        "category": [{"coding": [ENCOUNTER_DIAGNOSIS]}],
+        "code": {"coding": [f.code]},
+        "subject": {"reference": f.subject},
+        "encounter": {"reference": f.encounter},
+        "onsetDateTime": f.onset,
+    }
+
+
+def encounter_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
+    """A stay's Encounter (R4, or R5 where the run declares it; US Core Encounter under
+    --profile us-core): status finished, class IMP, the period, the principal diagnosis, the
+    discharge disposition, the hospital."""
+    return _encounter(plan, _stay_fields(plan, stay, refs or stay_refs(plan, stay))[0])
+
+
+def condition_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
+    """A stay's principal diagnosis as a Condition (ICD-10-CM, encounter-diagnosis; US Core
+    Condition Encounter Diagnosis under --profile us-core): active if the stay ended in death,
+    else resolved; its onset is the admission."""
+    return _condition(plan, _stay_fields(plan, stay, refs or stay_refs(plan, stay))[1])
+
+
+_MARK_SPLIT_STAYS = re.compile(rb'"\\u0000(\w+)"')  # a marker as orjson writes it
+
+
+def _split_template(
+    record: dict[str, Any], names: tuple[str, ...]
+) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """A record built with a marker in every field: its head and, in record order, (the
+    field's position in `names`, the bytes after it); AssertionError unless every field is
+    placed exactly once."""
+    head, *rest = _MARK_SPLIT_STAYS.split(orjson.dumps(record))
+    found = [name.decode() for name in rest[::2]]
+    if sorted(found) != sorted(names) or any(b"\\u0000" in part for part in (head, *rest)):
+        raise AssertionError(f"the stay template has fields {found}, not {names}")
+    return head, [(names.index(n), after) for n, after in zip(found, rest[1::2], strict=True)]
+
+
+def _splicer(
+    record: Callable[[Plan, Any], dict[str, Any]], fields: Any, plan: Plan
+) -> Callable[[tuple[bytes, ...]], bytes]:
+    """values (JSON bytes in `fields` order) -> the record's bytes, from its marker template."""
+    head, parts = _split_template(
+        record(plan, fields._make("\x00" + n for n in fields._fields)), fields._fields
+    )
+    join = b"".join
+
+    def splice(values: tuple[bytes, ...]) -> bytes:
+        out = [head]
+        for k, after in parts:
+            out.append(values[k])
+            out.append(after)
+        return join(out)
+
+    return splice
+
+
+@functools.lru_cache(maxsize=8)
+def _stay_writer(plan: Plan) -> Callable[[Stay, StayRefs], tuple[bytes, bytes]]:
+    """(stay, refs) -> the Encounter's and Condition's bytes, equal to orjson.dumps of
+    encounter_record / condition_record, spliced from pre-serialised parts (the bulk path);
+    checked against the dict path when built."""
+    t, dumps = _stay_tables(plan), orjson.dumps
+    encounter, condition = (
+        _splicer(_encounter, EncounterFields, plan),
+        _splicer(_condition, ConditionFields, plan),
+    )
+    dispositions = {k: dumps(_disposition_json(k)) for k in range(-1, len(DISPOSITIONS))}
+    codes = [
+        dumps({"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display}) for d in t.diagnoses
+    ]
+    providers = {
+        k: b'"Organization/%s"' % plan.hospitals[k]["id"].encode() for k in plan.organization_index
+    }
+    status = (b'"active"', b'"resolved"')
+
+    def write(stay: Stay, refs: StayRefs) -> tuple[bytes, bytes]:
+        # ids, MRNs, org ids and instants are [-.:0-9A-Za-z] text: no escaping, fixed quotes
+        eid, cid = refs.encounter.encode(), refs.condition.encode()
+        subject = b'"Patient/%s"' % refs.patient.encode()
+        start = b'"%s"' % _instant(plan, stay.admitted).encode()
+        return encounter(
+            (
+                b'"%s"' % eid,
+                b'"%s-%02d"' % (refs.mrn.encode(), stay.k + 1),
+                subject,
+                start,
+                b'"%s"' % _instant(plan, stay.discharged).encode(),
+                b'"Condition/%s"' % cid,
+                dispositions[stay.disposition],
+                providers[stay.hospital],
+            )
+        ), condition(
+            (
+                b'"%s"' % cid,
+                status[stay.disposition >= 0],
+                codes[stay.diagnosis],
+                subject,
+                b'"Encounter/%s"' % eid,
+                start,
+            )
+        )
+
+    for index in range(64):  # as json_renderer: a field the template misses fails here
+        for stay in stays(plan, index):
+            refs = stay_refs(plan, stay)
+            if write(stay, refs) != (
+                dumps(encounter_record(plan, stay, refs)),
+                dumps(condition_record(plan, stay, refs)),
+            ):
+                raise AssertionError(f"_stay_writer's bytes differ from the dict path (#{index})")
+    return write
+
+
+def stay_json(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> tuple[bytes, bytes]:
+    """A stay's Encounter and Condition as compact JSON bytes (what every writer writes),
+    equal to orjson.dumps of encounter_record and condition_record."""
+    return _stay_writer(plan)(stay, refs or stay_refs(plan, stay))
+
+
+def patient_stays_json(plan: Plan, index: int, s: Sample) -> list[tuple[bytes, bytes]]:
+    """Patient #index's stays as (Encounter, Condition) JSON pairs, in time order (sample s)."""
+    found = stays(plan, index, s)
+    if not found:
+        return []
+    write, pid, mrn = _stay_writer(plan), patient_id(plan, index), patient_mrn(plan, index)
+    return [write(stay, stay_refs(plan, stay, pid, mrn)) for stay in found]
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering: the FHIR model, JSON bytes (a fast renderer for the bulk path) and S3 keys
 # ---------------------------------------------------------------------------------------------
 
@@ -2834,6 +3794,61 @@ def _version_line(plan: Plan, validate: bool) -> Callable[[Version], bytes]:
     return _version_writer(plan)
 
 
+StayLines = list[tuple[bytes, bytes]]  # a patient's stays: (Encounter, Condition) JSON pairs
+
+
+def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, StayLines]]:
+    """i -> (patient #i's JSON, its stays' JSON pairs) as every writer writes them, from one
+    sample; every resource through fhir.resources first if asked (--encounters runs)."""
+    if validate:
+
+        def checked(i: int) -> tuple[bytes, StayLines]:
+            s, pairs = sample(plan, i), []
+            for stay in stays(plan, i, s):
+                refs = stay_refs(plan, stay)
+                pairs.append(
+                    tuple(
+                        orjson.dumps(_validated(plan, record(plan, stay, refs), i))
+                        for record in (encounter_record, condition_record)
+                    )
+                )
+            return orjson.dumps(_validated(plan, build_record(plan, i), i)), pairs
+
+        return checked
+    line = json_renderer(plan)
+    if not plan.profile.rendered:
+        return lambda i: (line(i), patient_stays_json(plan, i, sample(plan, i)))
+    write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
+
+    count_cdf, hasher, at = _stay_tables(plan).count_cdf, plan.hasher, _COUNT_AT
+    at_cell, at_died = Sample._fields.index("cell"), Sample._fields.index("died")
+
+    def render(i: int) -> tuple[bytes, StayLines]:
+        s = _sample_tuple(plan, i)  # one sample for the patient and its stays
+        patient = write(i, s, meta_v1)  # type: ignore[arg-type]
+        cell, died = s[at_cell], s[at_died]  # Sample's fields by position (the hot path)
+        if died < 0:  # stays()'s own first test, inlined (_stay_count_draw): most patients
+            h = hasher.copy()
+            h.update(b"stays|%d" % i)
+            if int.from_bytes(h.digest()[at : at + 4], "little") < count_cdf[cell][0]:
+                return patient, []
+        return patient, patient_stays_json(plan, i, Sample._make(s))
+
+    return render
+
+
+def _patient_and_stays(plan: Plan, validate: bool) -> Callable[[int], bytes]:
+    """i -> patient #i's line followed by its stays' lines (Encounter, Condition, ...): what
+    stdout prints with --encounters."""
+    both = _stays_line(plan, validate)
+
+    def lines(i: int) -> bytes:
+        patient, pairs = both(i)
+        return b"\n".join([patient, *itertools.chain.from_iterable(pairs)])
+
+    return lines
+
+
 BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
 
 
@@ -3037,8 +4052,102 @@ def _unit_records(plan: Plan, spec: Bronze, unit: int) -> int:
     return len(indexes) - gone
 
 
+# -- inpatient stays (--encounters): a unit's stays go to encounter/ and condition/ beside its
+#    patients, in the same format; the run, the stores and the resume logic are unchanged
+
+STAY_TYPES = ("Encounter", "Condition")  # resource types of a stay, in StayLines order
+STAY_FOLDERS = tuple(kind.lower() for kind in STAY_TYPES)
+
+
+def _stays_on(plan: Plan) -> bool:
+    return bool(plan.options.get("encounters"))
+
+
+def _unit_with_stays(
+    plan: Plan, spec: Bronze, indexes: range, tick: Tick
+) -> tuple[Iterator[list[bytes]], StayLines]:
+    """A unit's patient lines in batches of BATCH, and the list their stays fill as the
+    batches are consumed (one sample per patient serves both)."""
+    both, pairs = _stays_line(plan, spec.validate), []
+
+    def batches() -> Iterator[list[bytes]]:
+        for a in range(indexes.start, indexes.stop, BATCH):
+            b = min(a + BATCH, indexes.stop)
+            lines = []
+            for i in range(a, b):
+                patient, mine = both(i)
+                lines.append(patient)
+                pairs.extend(mine)
+            yield lines
+            if tick:
+                tick(b - a)
+
+    return batches(), pairs
+
+
+def _ndjson_stays_unit(
+    plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick
+) -> tuple[int, int]:
+    """Unit u with stays: patient/Patient.<u+1>.ndjson, then encounter/Encounter.<u+1>.ndjson
+    and condition/Condition.<u+1>.ndjson (written even when empty: the manifest lists them)."""
+    batches, pairs = _unit_with_stays(plan, spec, unit_range(spec, unit), tick)
+    chunks: Iterable[bytes] = (b"\n".join([*lines, b""]) for lines in batches)
+    if spec.gzip:
+        chunks = _gzip_chunks(chunks, spec.gzip_level)
+    size = store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
+    for n, kind in enumerate(STAY_TYPES):
+        data = b"".join(pair[n] + b"\n" for pair in pairs)
+        if spec.gzip:
+            data = zlib.compress(data, spec.gzip_level, wbits=31)
+        size += store.write(_ndjson_key(spec, kind, unit + 1), data, _content_type(spec))
+    return 1 + len(STAY_TYPES), size
+
+
+def _json_stays_unit(
+    plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick
+) -> tuple[int, int]:
+    """Unit u with stays: a file per patient, then one per Encounter and per Condition
+    (encounter/encounter_<id>.json, condition/condition_<id>.json)."""
+    batches, pairs = _unit_with_stays(plan, spec, unit_range(spec, unit), tick)
+    suffix, content_type, files, size = _suffix(spec), _content_type(spec), 0, 0
+    start = unit_range(spec, unit).start
+    for lines in batches:
+        for i, line in enumerate(lines, start):
+            files += 1
+            key = f"patient/{_patient_file_name(patient_id(plan, i))}{suffix}"
+            size += store.write(key, _json_file(spec, line), content_type)
+        start += len(lines)
+        for pair in pairs:
+            for data, folder in zip(pair, STAY_FOLDERS, strict=True):
+                files += 1
+                rid = data[data.index(b'"id":"') + 6 :].split(b'"', 1)[0].decode()
+                key = f"{folder}/{folder}_{rid}.json{suffix}"
+                size += store.write(key, _json_file(spec, data), content_type)
+        pairs.clear()
+    return files, size
+
+
+def _json_file(spec: Bronze, line: bytes) -> bytes:
+    data = line + b"\n"
+    return zlib.compress(data, spec.gzip_level, wbits=31) if spec.gzip else data
+
+
+def _stays_manifest(spec: Bronze, per_unit: bool) -> list[dict[str, Any]]:
+    """The manifest's stay entries: per NDJSON file (like the patients'), or per folder. They
+    carry no count (optional in Bulk Data): counting would take a second pass over the run."""
+    if not per_unit:
+        return [{"type": kind, "url": f"{kind.lower()}/"} for kind in STAY_TYPES]
+    return [
+        {"type": kind, "url": _ndjson_key(spec, kind, u + 1)}
+        for kind in STAY_TYPES
+        for u in range(unit_count(spec))
+    ]
+
+
 def _ndjson_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
     """Unit u is the file patient/Patient.<u+1>.ndjson, one resource per line."""
+    if _stays_on(plan):
+        return _ndjson_stays_unit(plan, spec, store, unit, tick)
     chunks: Iterable[bytes] = _unit_chunks(plan, spec, unit_range(spec, unit), tick)
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
@@ -3066,11 +4175,13 @@ def _ndjson_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
             "count": len(plan.organizations),
         }
     )
-    return output
+    return output + (_stays_manifest(spec, per_unit=True) if _stays_on(plan) else [])
 
 
 def _json_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
     """One compact single-line file per patient, named exactly as suggested_s3_key() names it."""
+    if _stays_on(plan):
+        return _json_stays_unit(plan, spec, store, unit, tick)
     indexes = unit_range(spec, unit)
     suffix, total, files = _suffix(spec), 0, 0
     content_type = _content_type(spec)
@@ -3109,6 +4220,7 @@ def _json_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
             "url": "organization/",
             "count": len(plan.organizations),
         },
+        *(_stays_manifest(spec, per_unit=False) if _stays_on(plan) else []),
     ]
 
 
@@ -3803,6 +4915,9 @@ def request_line(plan: Plan, spec: Bronze) -> str:
     for name, value in plan.options.items():
         if value is None:
             continue
+        if value is True:  # a flag (--encounters)
+            words.append(f"--{name.replace('_', '-')}")
+            continue
         if isinstance(value, tuple | list):
             value = ",".join(map(str, value))
         words += [f"--{name.replace('_', '-')}", str(value)]
@@ -3942,7 +5057,7 @@ def _delete_run(store: Store) -> None:
     identity and markers (nothing may resume into half-deleted files), then the data."""
     store.delete([MANIFEST])
     _delete_run_markers(store)
-    for folder in FOLDERS:
+    for folder in (*FOLDERS, *STAY_FOLDERS):
         store.delete(store.list(folder))
     store.prepare()
 
@@ -3991,7 +5106,7 @@ def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> f
     found, started = _overwrite_policy(store, keys, ours, overwrite, lambda: _delete_run(store))
     if found or started:
         return _resumable_units(store) if started else frozenset()
-    if not any(next(store.list(f), None) for f in FOLDERS):
+    if not any(next(store.list(f), None) for f in (*FOLDERS, *STAY_FOLDERS)):
         return frozenset()
     if not overwrite:
         raise _refusal(
@@ -4669,6 +5784,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the FHIR version every written resource is valid in (default %(default)s; "
         "the API returns the matching fhir.resources models)",
     )
+    add(
+        "--encounters",
+        action="store_true",
+        help="also each patient's inpatient stays in the look-back window: an Encounter and "
+        "its principal-diagnosis Condition per stay (docs/encounters.md)",
+    )
     add("--bucket", default=DEFAULT_BUCKET, help="bucket of the suggested key (%(default)s)")
     add("--prefix", default=DEFAULT_PREFIX, help="prefix of the suggested key (%(default)s)")
     add(
@@ -4784,6 +5905,8 @@ def _check_living_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--{batch[0].replace('_', '-')} needs --since (it shapes a batch)")
     if args.epoch is not None and args.count is None:
         raise UsageError("--epoch needs --count (the population at the epoch)")
+    if args.epoch is not None and args.encounters:
+        raise UsageError("--encounters cannot be combined with --epoch yet (docs/encounters.md)")
     if args.epoch is not None and args.start:
         raise UsageError("--start cannot be combined with --epoch: a population begins at #0")
 
@@ -4976,6 +6099,18 @@ def _run_stdout(args: argparse.Namespace, plan: Plan, window: Window | None) -> 
         sys.stdout.write(
             f"Suggested S3 Path: {suggested_s3_key(record, args.bucket, args.prefix)}\n"
         )
+        for pair in (
+            patient_stays_json(plan, args.start, sample(plan, args.start))
+            if _stays_on(plan)
+            else ()
+        ):
+            for data in pair:
+                sys.stdout.write(to_json(orjson.loads(data), pretty=True) + "\n")
+    elif _stays_on(plan):  # each patient's line, then its stays' (Encounter, Condition, ...)
+        lines = _patient_and_stays(plan, args.validate)
+        out = sys.stdout.buffer
+        for chunk in _ndjson(map(lines, range(args.start, args.start + args.count))):
+            out.write(chunk)
     else:
         out = sys.stdout.buffer
         for chunk in ndjson_chunks(plan, args.start, args.start + args.count, args.validate):

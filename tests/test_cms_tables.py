@@ -119,3 +119,89 @@ def test_hac_sirs_are_keyed_and_published_only(hospitals: dict[str, str]) -> Non
         "sir_clabsi": 1962, "sir_cauti": 2123, "sir_ssi": 1946, "sir_ssi_colon": 1704,
         "sir_ssi_hyst": 606, "sir_cdi": 2629, "sir_mrsa": 1732,
     }  # fmt: skip
+
+
+def population() -> dict[tuple[int, str], int]:
+    out = {}
+    for r in rows("age_sex.csv"):
+        age = 100 if r["age"] == "100+" else int(r["age"])
+        out[age, "M"], out[age, "F"] = int(r["male"]), int(r["female"])
+    return out
+
+
+def national() -> dict[str, str]:
+    table = rows("cms_national.csv")
+    assert len({r["name"] for r in table}) == len(table)
+    return {r["name"]: r["value"] for r in table}
+
+
+def test_inpatient_rates_cover_every_age_and_give_the_hcris_total() -> None:
+    """Bands tile ages 0-120 for each sex; the age_sex.csv population x rates = HCRIS 2021's
+    discharges at the generator's hospitals; 65+ are admitted ~3x as often (issue 18)."""
+    rates = rows("inpatient_rates.csv")
+    pop = population()
+    stays = {True: 0.0, False: 0.0}
+    people = {True: 0, False: 0}
+    for sex in "MF":
+        bands = sorted((int(r["age_lo"]), int(r["age_hi"])) for r in rates if r["sex"] == sex)
+        assert bands[0][0] == 0 and bands[-1][1] == 120
+        assert all(b[0] == a[1] + 1 for a, b in zip(bands, bands[1:], strict=False))
+    for r in rates:
+        assert float(r["admissions_per_1000"]) > 0 and r["source"] in ("medicare", "hcris-hcup")
+        n = sum(pop.get((a, r["sex"]), 0) for a in range(int(r["age_lo"]), int(r["age_hi"]) + 1))
+        stays[int(r["age_lo"]) >= 65] += n * float(r["admissions_per_1000"]) / 1000
+        people[int(r["age_lo"]) >= 65] += n
+    total = stays[True] + stays[False]
+    assert total == pytest.approx(int(national()["hcris_discharges_generator_hospitals"]), rel=1e-5)
+    ratio = (stays[True] / people[True]) / (stays[False] / people[False])
+    assert 2.5 < ratio < 3.5
+
+
+DX_GROUPS = ("0", "1_17", "18_44", "45_64", "65_74", "75_plus")
+
+
+def test_inpatient_dx_rows_are_codes_with_their_drg_los() -> None:
+    dx = rows("inpatient_dx.csv")
+    assert sorted(r["cohort"] for r in dx if r["cohort"]) == sorted(HRRP_COHORTS)
+    assert len({(r["icd10"], r["drg"]) for r in dx}) == len(dx)
+    for r in dx:
+        assert re.fullmatch(r"[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?", r["icd10"]), r
+        assert re.fullmatch(r"[0-9]{3}", r["drg"]) and r["drg_title"] and r["display"]
+        assert 0 < float(r["gmlos"]) <= float(r["amlos"]) < 15
+        assert r["sex"] in ("", "F")
+        assert r["cohort"] and r["source"] == "hrrp" or any(r[f"rate_{g}"] for g in DX_GROUPS)
+    for g in DX_GROUPS:
+        assert any(r[f"rate_{g}"] for r in dx if not r["sex"]), g  # every age group, both sexes
+
+
+def test_national_constants_are_the_published_ones() -> None:
+    """Issue 18/19's targets, as fractions: MORT-30 12.6 / 11.9 / 17.9 %, hospital-wide 14.6 %."""
+    values = national()
+    assert [values[f"mort30_{c}"] for c in ("ami", "hf", "pn")] == ["0.126", "0.119", "0.179"]
+    assert values["readm30_hosp_wide"] == "0.146"
+    assert 0.25 <= float(values["inhospital_death_share"]) <= 0.35
+    assert values["hrrp_pooled_observed_hf"] == "0.1975"
+
+
+def test_hai_baselines_are_consistent_with_their_counts() -> None:
+    """rate = infections / exposure as published; SIR-1 incidence = incidence / pooled SIR (both
+    columns rounded to 4 decimals);
+    device-utilisation ratios 0.115 and 0.110 (issue 19's per-1,000-patient-day baseline)."""
+    hai = {r["hai"]: r for r in rows("hai_baselines.csv")}
+    assert set(hai) == {"CLABSI", "CAUTI", "SSI_COLON", "SSI_HYST", "CDI", "MRSA"}
+    columns = set(list(rows("hac_sir_fy2024.csv")[0])[1:])
+    patient_days = float(hai["MRSA"]["exposure"])
+    for r in hai.values():
+        scale = 100 if r["rate_per"] == "100 procedures" else 1000
+        k, n = int(r["infections"]), float(r["exposure"])
+        assert scale * k / n == pytest.approx(float(r["rate"]), abs=0.006), r
+        assert r["sir_column"] in columns
+        per_days = float(r["per_1000_patient_days"])
+        assert per_days == pytest.approx(
+            1000 * k / (n if "patient" in r["exposure_unit"] else patient_days), abs=5.1e-5
+        )
+        assert float(r["per_1000_patient_days_sir1"]) == pytest.approx(
+            per_days / float(r["national_sir"]), abs=1.2e-4
+        )
+    for kind, ratio in (("CLABSI", 0.115), ("CAUTI", 0.110)):
+        assert float(hai[kind]["exposure"]) / patient_days == pytest.approx(ratio, abs=0.0015)
