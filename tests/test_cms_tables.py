@@ -158,6 +158,7 @@ def test_inpatient_rates_cover_every_age_and_give_the_hcris_total() -> None:
 
 
 DX_GROUPS = ("0", "1_17", "18_44", "45_64", "65_74", "75_plus")
+WEIGHT_OF = {"0_17": ("0", "1_17"), "18_64": ("18_44", "45_64"), "65": ("65_74", "75_plus")}
 
 
 def test_inpatient_dx_rows_are_codes_with_their_drg_los() -> None:
@@ -172,6 +173,11 @@ def test_inpatient_dx_rows_are_codes_with_their_drg_los() -> None:
         assert r["cohort"] and r["source"] == "hrrp" or any(r[f"rate_{g}"] for g in DX_GROUPS)
     for g in DX_GROUPS:
         assert any(r[f"rate_{g}"] for r in dx if not r["sex"]), g  # every age group, both sexes
+    for g in ("0_17", "18_64", "65"):  # the broad groups' shares of the listed rows' stays
+        assert sum(float(r[f"weight_{g}"]) for r in dx) == pytest.approx(1, abs=1e-5)
+        assert all(
+            (float(r[f"weight_{g}"]) > 0) == any(r[f"rate_{a}"] for a in WEIGHT_OF[g]) for r in dx
+        )
 
 
 def test_national_constants_are_the_published_ones() -> None:
