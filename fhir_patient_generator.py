@@ -442,25 +442,31 @@ M34 = (1 << 34) - 1
 class Draws(NamedTuple):
     """The sixteen 32-bit uniform draws of patient #i (slot k = bits 32k..32k+31 of its hash).
 
-    The one table of which slot feeds what, and which profile reads it. A new field takes a
-    spare slot by renaming it; reusing a slot would make two fields depend on each other."""
+    The one table of which slot feeds what: the record's fields (and which profile reads them)
+    and the living population's uses (docs/living-population.md). Every slot is taken; a new
+    field takes new bits from a table of its own (MoreDraws, or a _draw_table for draws per
+    patient and k), never a slot here: reusing one would make two fields depend on each other.
+    Code reads the slots by these names only."""
 
     state: int  # all profiles: the state, in proportion to its population
     zip: int  # all: the ZIP within the state, in proportion to its population
-    cell: int  # all: the (age, sex, living or dead) cell of the registry
-    birth: int  # all, living cells: the birth day within the cell's year of birth
-    gender: int  # all: other / unknown, else the cell's sex
-    language: int  # all: the preferred language
-    organization: int  # all: the managing hospital among the ZIP's nearest (gravity weights)
-    death_age: int  # all, dead cells: the fraction of the year of age lived at death (f)
+    cell: int  # all: the (age, sex, living or dead) registry cell; a joiner: a birth's sex,
+    # an arrival's living cell
+    birth: int  # all, living cells: the birth day within the cell's year of birth (arrivals too)
+    gender: int  # all: other / unknown, else the cell's sex (joiners too)
+    language: int  # all: the preferred language (joiners too)
+    organization: int  # all: the managing hospital among the ZIP's nearest (gravity weights);
+    # a joiner: its hospital at its age on joining
+    death_age: int  # all, dead cells: the fraction of the year of age lived at death (f); a
+    # joiner entered in error: the day of its deletion
     death_time_low: int  # all, dead cells: the death instant in the window (64 bits: low and
-    death_time_high: int  # high halves)
+    death_time_high: int  # high halves); high half, a joiner: its place within its join slot
     race: int  # us-core: race x ethnicity row
     race_pair: int  # us-core: the pair of races of a "Two or more races" row
     given_name: int  # us-core
     family_name: int  # us-core
-    spare_14: int
-    spare_15: int
+    joiner_kind: int  # a joiner: a birth below _Dynamics.birth_cut, else an arrival
+    entered_in_error: int  # a joiner: entered in error (deleted later) below _Dynamics.error_cut
 
 
 _DRAW_BYTES = struct.Struct(f"<{len(Draws._fields)}I")
@@ -469,6 +475,43 @@ assert _DRAW_BYTES.size == 64, "one 512-bit BLAKE2b digest holds the draws"
 
 _raw_draws = _DRAW_BYTES.unpack  # a 64-byte digest as sixteen 32-bit draws, in Draws order
 _EPOCH_DAY = 719163  # date(1970, 1, 1).toordinal(): epoch seconds // 86400 + this = an ordinal
+_DRAW_TABLES: dict[bytes, type] = {}  # tag -> its table: filled by @_draw_table at import only
+
+
+def _draw_table(tag: bytes) -> Callable[[type], type]:
+    """Register a NamedTuple of named draws under its own hash tag (class decorator).
+
+    Patient #i's Draws are the keyed hash of i's 8 bytes; a table's draws for (i, k...) are the
+    keyed hash of b"<tag>|<i>|<k>..." (ASCII, never 8 bytes long: the tag has 5 bytes or more),
+    so every table is independent of Draws and of every other table, and of every other k.
+    Fields are filled from slot 0 on: a new field is appended, existing ones never move."""
+
+    def register(table: type) -> type:
+        fields = getattr(table, "_fields", None)
+        assert fields is not None and len(fields) <= len(Draws._fields), "16 draws per hash"
+        assert len(tag) >= 5 and b"|" not in tag and tag not in _DRAW_TABLES, tag
+        _DRAW_TABLES[tag] = table
+        table.tag = tag  # type: ignore[attr-defined]
+        return table
+
+    return register
+
+
+def _stream(plan: Plan, table: type[Any], index: int, *k: int) -> Any:
+    """`table`'s named draws for patient #index and k (any number of whole numbers: the k-th
+    stay, a version number...): an unbounded family of independent draws per patient, each
+    one hash, computed only where asked for (the bulk path never asks)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"|".join([table.tag, b"%d" % index, *(b"%d" % n for n in k)]))
+    return table._make(_raw_draws(hasher.digest())[: len(table._fields)])
+
+
+@_draw_table(b"patient-2")
+class MoreDraws(NamedTuple):
+    """Patient #i's next sixteen draws, for fields added after Draws was full: _stream(plan,
+    MoreDraws, i), one more hash computed only for the fields that read it. Append a field
+    here (with what it feeds and which profile reads it); never reorder or remove one (retire
+    it as unused_<k>), so no existing field's bits move. Empty so far."""
 
 
 def _digest(plan: Plan, index: int) -> bytes:
@@ -1439,8 +1482,8 @@ class _Dynamics(NamedTuple):
     living_cum: tuple[int, ...]  # plan.cells' weights with the dead at 0 (newcomers' cells)
     newborn_cell: Mapping[str, int]  # sex -> the living age-0 cell (births), if in the ages
     join_rate: float  # joiners per epoch patient per year
-    birth_cut: int  # a joiner is a birth if spare_14 < this
-    error_cut: int  # a joiner was entered in error if spare_15 < this
+    birth_cut: int  # a joiner is a birth if Draws.joiner_kind < this
+    error_cut: int  # a joiner was entered in error if Draws.entered_in_error < this
     male_cut: int
     start: int  # E in whole seconds: changes happen after it
 
@@ -1623,7 +1666,7 @@ def _gap(dyn: _Dynamics, count: int) -> float:
 def _join_instant(plan: Plan, dyn: _Dynamics, count: int, index: int) -> int:
     """When joiner #index (index >= count) joins: the k-th of a steady stream, k = index - count,
     jittered within its slot by the joiner's own draw, so instants never decrease with k."""
-    u = _raw_draws(_digest(plan, index))[9]  # Draws.death_time_high: unused by the living
+    u = Draws._make(_raw_draws(_digest(plan, index))).death_time_high
     return dyn.start + 1 + int((index - count + u / 4294967296.0) * _gap(dyn, count))
 
 
@@ -1674,7 +1717,7 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
         return _Start(s, "epoch", dyn.start, None)
     u = Draws._make(s.draws)
     instant = _join_instant(plan, dyn, count, index)
-    if u.spare_14 < dyn.birth_cut:
+    if u.joiner_kind < dyn.birth_cut:
         change, sex = "birth", "male" if u.cell < dyn.male_cut else "female"
         cell, birth = dyn.newborn_cell[sex], instant // 86400 + _EPOCH_DAY
     else:
@@ -1687,7 +1730,7 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
     gender = _gender(plan, u.gender, sex)
     org = _hospital_at(plan, s.zip, _age(birth, instant), u.organization)
     deleted = None
-    if u.spare_15 < dyn.error_cut:
+    if u.entered_in_error < dyn.error_cut:
         deleted = instant + 86400 + (u.death_age * (ERROR_DAYS - 1) * 86400 >> 32)
     s = s._replace(cell=cell, sex=sex, birth=birth, gender=gender, organization=org, died=-1)
     return _Start(s, change, instant, deleted)
@@ -1813,19 +1856,35 @@ def _check_faults(faults: Faults) -> None:
         _check_range(name.replace("_", "-"), rate, 0, 1, False)
 
 
+@_draw_table(b"delivery")
+class _DeliveryDraws(NamedTuple):
+    """Delivery faults of version v: _stream(plan, _DeliveryDraws, v.index, v.number)."""
+
+    late: int  # the version arrives late
+    delay: int  # by 1..LATE_DAYS whole days
+    duplicate: int  # it is delivered twice
+    again: int  # the second time 0..DUPLICATE_DAYS days after the first
+
+
+@_draw_table(b"order")
+class _OrderDraws(NamedTuple):
+    """Line n of a batch (version v): _stream(plan, _OrderDraws, v.index, v.number, n)."""
+
+    moved: int  # the line is out of order
+    place: int  # where it goes in the batch
+
+
 def _deliveries(plan: Plan, faults: Faults, v: Version) -> tuple[int, ...]:
     """When version v is delivered: at its instant, or (late) 1..LATE_DAYS days later, and
     (duplicate) once more 0..DUPLICATE_DAYS days after that; drawn from (seed, index, version)."""
     if not (faults.late or faults.duplicate):
         return (v.instant,)
-    h = plan.hasher.copy()
-    h.update(b"delivery|%d|%d" % (v.index, v.number))
-    late, delay, dup, again = _raw_draws(h.digest())[:4]
+    u: _DeliveryDraws = _stream(plan, _DeliveryDraws, v.index, v.number)
     d = v.instant
-    if late < _cut(faults.late):
-        d += 86400 * (1 + (delay * LATE_DAYS >> 32))
-    if dup < _cut(faults.duplicate):
-        return (d, d + (again * (DUPLICATE_DAYS * 86400 + 1) >> 32))
+    if u.late < _cut(faults.late):
+        d += 86400 * (1 + (u.delay * LATE_DAYS >> 32))
+    if u.duplicate < _cut(faults.duplicate):
+        return (d, d + (u.again * (DUPLICATE_DAYS * 86400 + 1) >> 32))
     return (d,)
 
 
@@ -1833,10 +1892,8 @@ def _out_of_order(plan: Plan, rate: float, versions: list[Version]) -> list[Vers
     """A share `rate` of the lines moved to a random place in the batch (drawn per version)."""
     cut, keys = _cut(rate), []
     for n, v in enumerate(versions):
-        h = plan.hasher.copy()
-        h.update(b"order|%d|%d|%d" % (v.index, v.number, n))
-        u, place = _raw_draws(h.digest())[:2]
-        keys.append((place * len(versions) >> 32, 0, n) if u < cut else (n, 1, n))
+        u: _OrderDraws = _stream(plan, _OrderDraws, v.index, v.number, n)
+        keys.append((u.place * len(versions) >> 32, 0, n) if u.moved < cut else (n, 1, n))
     return [versions[k[2]] for k in sorted(keys)]
 
 
@@ -2996,6 +3053,10 @@ S3_PROBE_ATTEMPTS = 2  # the bucket probe before any work fails faster
 # (the probe: 2 x 20 + <1 s). docs/bronze.md derives it; tests lower these module constants.
 S3_CONNECT_TIMEOUT = 5  # seconds to open a connection
 S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's reply comes in ~1 s
+# A server that ignores If-None-Match (rclone serve s3 1.75 does; AWS S3 and MinIO honour it) gets
+# a write-then-read-back claim instead: racing claims are told apart if each run's check and its
+# PUT lie closer together than this (docs/bronze.md, "Two runs, one folder").
+S3_CLAIM_SETTLE = 1.0  # seconds between the claim's PUT and its read-back
 GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
 
@@ -3450,6 +3511,24 @@ class UploadFailed(BronzeError):
     """A store's earlier background write failed: stop the unit, drain() reports it."""
 
 
+def _process_start(pid: int) -> str | None:
+    """When process pid started (clock ticks since boot, /proc/<pid>/stat field 22), or None
+    if it is not running (gone, or a zombie: os.kill(pid, 0) succeeds on those) or there is
+    no /proc (not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+@functools.cache
+def _writer(pid: int) -> str:
+    """This process as a temp file names it: <pid>+<start time>, or <pid> without /proc."""
+    start = _process_start(pid)
+    return f"{pid}+{start}" if start is not None else str(pid)
+
+
 class LocalStore:
     """A local directory; every file is written to a temp file in _run/tmp/, then renamed into
     place (atomic: the same file system). Readers' globs (patient/*) never see a temp file."""
@@ -3479,8 +3558,9 @@ class LocalStore:
         self._remove_temp_files(self._is_stale)
 
     def _temp_path(self, key: str) -> Path:
-        """_run/tmp/<key with / as .>.tmp-<token>-<pid>@<host>: whose it is, for the sweeps."""
-        name = f"{key.replace('/', '.')}.tmp-{self.token}-{os.getpid()}@{self.host}"
+        """_run/tmp/<key with / as .>.tmp-<token>-<pid>[+<start>]@<host>: whose it is (the
+        writer's start time, where known, tells a recycled pid apart), for the sweeps."""
+        name = f"{key.replace('/', '.')}.tmp-{self.token}-{_writer(os.getpid())}@{self.host}"
         return self.root / RUN_TMP / name
 
     def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
@@ -3511,6 +3591,29 @@ class LocalStore:
             raise
         return size
 
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """Write key only if it does not exist yet: False if it does. Atomic, so of runs racing
+        for one key exactly one creates it: a hard link of a complete temp file (a reader never
+        sees half of it), or O_EXCL where the file system has no hard links."""
+        path, tmp = self.root / key, self._temp_path(key)
+        for folder in (path.parent, tmp.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (e.g. some network or FAT file systems)
+            try:
+                with open(path, "xb") as f:
+                    f.write(data)
+            except FileExistsError:
+                return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return True
+
     def read(self, key: str) -> bytes | None:
         try:
             return (self.root / key).read_bytes()
@@ -3531,29 +3634,35 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / key)
 
-    def _is_stale(self, token: str, pid: int, host: str) -> bool:
-        """A temp file of a dead process on this host (a sibling shard's live one is kept; so
-        are other hosts', which cannot be checked: they stay in _run/, unseen by readers)."""
-        if host != self.host or pid == os.getpid():
+    def _is_stale(self, token: str, writer: str, host: str) -> bool:
+        """A temp file of a dead writer on this host: its pid is gone, a zombie, or now another
+        process's (another start time). A sibling shard's live one is kept; so are other
+        hosts', which cannot be checked: they stay in _run/, unseen by readers."""
+        pid, _, start = writer.partition("+")
+        if host != self.host or int(pid) == os.getpid():
             return False
+        if _process_start(int(pid)) is not None:  # /proc: running, and since when
+            return bool(start) and start != _process_start(int(pid))
+        if Path("/proc/self/stat").exists():
+            return True  # /proc has no running process of that pid (gone or a zombie)
         try:
-            os.kill(pid, 0)
+            os.kill(int(pid), 0)
         except ProcessLookupError:
             return True
         except PermissionError:
             return False  # alive, another user's
         return False
 
-    def _remove_temp_files(self, which: Callable[[str, int, str], bool]) -> None:
-        """Remove the temp files in _run/tmp/ for which which(token, pid, host) holds."""
+    def _remove_temp_files(self, which: Callable[[str, str, str], bool]) -> None:
+        """Remove the temp files in _run/tmp/ for which which(token, writer, host) holds."""
         for key in list(self.list(RUN_TMP)):
-            match = re.search(r"\.tmp-(.+)-(\d+)@([^@/]+)$", key)
-            if match and which(match[1], int(match[2]), match[3]):
+            match = re.search(r"\.tmp-(.+)-(\d+(?:\+\d+)?)@([^@/]+)$", key)
+            if match and which(match[1], match[2], match[3]):
                 self.delete([key])
 
     def remove_temp_files(self) -> None:
         """Remove temp files of this run's processes (workers killed by Ctrl-C leave them)."""
-        self._remove_temp_files(lambda token, pid, host: token == self.token and host == self.host)
+        self._remove_temp_files(lambda token, _, host: token == self.token and host == self.host)
 
     def remove_run_folder(self) -> None:
         """Remove _run/ if it is empty (a sibling's temp file keeps it; it removes it later)."""
@@ -3568,17 +3677,44 @@ class LocalStore:
         pass
 
 
+# S3's general purpose bucket naming rules (docs.aws.amazon.com/AmazonS3/latest/userguide/
+# bucketnamingrules.html): 3-63 lowercase letters, digits, dots and hyphens, a letter or digit
+# at both ends, no "..", not an IPv4 address, no reserved prefix or suffix. botocore would
+# otherwise answer a bad name with a dump of its own regex.
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+BUCKET_RESERVED = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", ".mrap", "--x-s3"))
+
+
+def _bad_bucket_name(name: str) -> bool:
+    """Whether name breaks S3's bucket naming rules."""
+    return (
+        not BUCKET_NAME.fullmatch(name)
+        or ".." in name
+        or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name) is not None
+        or name.startswith(BUCKET_RESERVED[0])
+        or name.endswith(BUCKET_RESERVED[1])
+    )
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket."""
+    """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket or its name
+    breaks S3's naming rules."""
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     if not bucket:
         raise ValueError(f"{url!r} names no bucket (use s3://bucket/prefix)")
+    if _bad_bucket_name(bucket):
+        raise ValueError(
+            f"{bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots "
+            "and hyphens, a letter or digit at both ends, not an IP address)"
+        )
     return bucket, prefix.strip("/")
 
 
 def s3_endpoint(endpoint_url: str | None) -> str | None:
     """The custom S3 endpoint: endpoint_url, else $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL
     (None: AWS itself); ValueError unless it is http(s)://host[:port] (boto3 would trace back)."""
+    if endpoint_url is not None and not endpoint_url.strip():
+        raise ValueError("--endpoint-url is empty (leave it out for AWS S3)")
     given = (
         ("--endpoint-url", endpoint_url),
         ("AWS_ENDPOINT_URL_S3", os.environ.get("AWS_ENDPOINT_URL_S3")),
@@ -3733,6 +3869,35 @@ class S3Store:
             self.pending += 1
         self.pool.submit(self._put, key, body, content_type or "application/octet-stream")
         return size
+
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """PUT key only if it does not exist (If-None-Match: *): False if it does. A server
+        that ignores the condition accepts a second such PUT too; then the claim is checked by
+        reading it back after S3_CLAIM_SETTLE seconds (a racing PUT would have replaced it)."""
+        from botocore.exceptions import ClientError
+
+        def put() -> bool:
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.key(key),
+                    Body=data,
+                    ContentType=content_type or "application/octet-stream",
+                    IfNoneMatch="*",
+                )
+            except ClientError as e:  # 412: it exists; 409: a concurrent conditional PUT won
+                if _s3_error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    return False
+                raise
+            return True
+
+        with self._errors():
+            if not put():
+                return False
+            if not put():
+                return True  # the server honours If-None-Match: the first PUT was exclusive
+            time.sleep(S3_CLAIM_SETTLE)
+            return self.read(key) == data
 
     def drain(self) -> tuple[int, str | None]:
         """Wait for queued PUTs; (failures, first failure) since the last drain."""
@@ -4019,6 +4184,32 @@ def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> f
     return frozenset()
 
 
+def _claim(store: Store, key: str, data: bytes) -> None:
+    """Claim the folder for this run by creating key (its identity), atomically: of runs racing
+    into one folder, one creates it and the others find another run's identity and refuse.
+    Our own identity (a re-run, a sibling shard) is kept; BronzeError for another run's."""
+    ours = orjson.loads(data)
+    if _read_json(store, key)[1] == ours or store.create(key, data, "application/json"):
+        return
+    found, theirs = _read_json(store, key)
+    if theirs != ours:
+        what = _describe(theirs) if found else "its identity is being written"
+        raise _refusal(store, f"was claimed at the same time by another run ({what})")
+
+
+def _claim_layer(plan: Plan, spec: Bronze, store: Store) -> None:
+    """Claim the layer (unless it is finished): _run/identity.json, then a second look for a
+    manifest, in case another run finished (and removed its identity) since the first."""
+    if store.read(MANIFEST) is not None:
+        return
+    _claim(store, RUN_IDENTITY, identity_bytes(plan, spec))
+    found, theirs = _manifest_generator(store)
+    if found and theirs != orjson.loads(identity_bytes(plan, spec)):
+        store.delete([RUN_IDENTITY])
+        what = "an unreadable file" if theirs is None else _describe(theirs)
+        raise _refusal(store, f"was finished just now by another run ({what})")
+
+
 def _finish_run(spec: Bronze, store: Store) -> None:
     """After the manifest: remove this process's temp files; if every unit is done (or a
     sibling shard already began this), remove _run/ — identity first, so a crash midway leaves
@@ -4083,13 +4274,43 @@ def _batch_counts(files: list[BatchFile]) -> tuple[int, int]:
     return sum(f.lines for f in files) - deleted, deleted
 
 
+EXIT_ORPHANED = 1  # a worker whose main process died
+
+
 @functools.cache
 def _worker_store(spec: Bronze) -> Store:
     return open_store(spec)  # one per worker process, kept for all its units
 
 
+PARENT_POLL = 0.5  # seconds between a worker's checks that the main process still lives
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the main process dies (kill -9, the OOM killer), so no worker runs
+    on unowned and a pipe reading the output ends: on Linux the kernel sends SIGKILL
+    (PR_SET_PDEATHSIG); everywhere a daemon thread polls os.getppid(), which changes when the
+    parent is gone (the orphan is re-parented)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(EXIT_ORPHANED)
+
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C for all
+    _exit_with_parent()
 
 
 def _worker_unit(plan: Plan, spec: Bronze, unit: int) -> UnitResult:
@@ -4220,8 +4441,7 @@ def write_bronze(
     try:
         store.prepare()
         done = check_existing(plan, spec, store, overwrite)
-        if store.read(MANIFEST) is None:  # claim the root before any data: re-runs resume
-            store.write(RUN_IDENTITY, identity_bytes(plan, spec), "application/json")
+        _claim_layer(plan, spec, store)  # before any data: re-runs resume, other runs refuse
         orgs = organization_files(plan, spec)
         org_bytes = sum(store.write(key, data, _content_type(spec)) for key, data in orgs)
         _drain_or_raise(store)
@@ -4301,7 +4521,7 @@ def write_batch(
             _delete_batch(store, spec)
             found = False
         if not found:
-            store.write(identity_key, identity_bytes(plan, spec), "application/json")
+            _claim(store, identity_key, identity_bytes(plan, spec))
         totals = _write_units(plan, spec, store, list(shard_units(spec, shard)), workers, progress)
         counts = dict(totals.units)
         for u in range(unit_count(spec)):  # other shards' units: counted, not written
