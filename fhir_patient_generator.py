@@ -63,9 +63,12 @@ __all__ = [
     "Sample",
     "Version",
     "Window",
+    "Stay",
     "build_record",
     "changes",
+    "condition_record",
     "draw_seed",
+    "encounter_record",
     "generate_patient",
     "generate_patients",
     "history",
@@ -82,6 +85,8 @@ __all__ = [
     "population_size",
     "sample",
     "snapshot",
+    "stay_json",
+    "stays",
     "suggested_s3_key",
     "to_json",
     "version_json",
@@ -1992,10 +1997,11 @@ MAX_STAYS = 64  # stay numbers k per patient: 0..62 the admissions process, 63 t
 DEATH_STAY = MAX_STAYS - 1
 MEDICARE_AGE = 65  # the HRRP cohorts and MORT-30 are measured on patients 65 and older
 COHORTS = ("AMI", "HF", "PN", "COPD", "CABG", "HIP-KNEE")  # HRRP FY2025, hrrp_fy2025.csv
-# An assumption (no national figure at hand): half of the 30-day deaths after an AMI, HF or
-# pneumonia admission happen during that stay, half after discharge.
+# An assumption (no national figure at hand): half of the 30-day deaths after an admission of a
+# MORT_30_COHORTS cohort happen during that stay, half after discharge.
 IN_STAY_OF_30_DAY_DEATHS = 0.5
-MORT_30_COHORTS = ("AMI", "HF", "PN")  # CMS's 30-day mortality measures (cms_national.csv)
+# The cohorts with a CMS 30-day mortality measure (MORT-30, cms_national.csv: mort30_<cohort>)
+MORT_30_COHORTS = ("AMI", "HF", "PN", "COPD", "CABG")
 OWN_HOSPITAL_SHARE = 0.70  # an assumption: a stay is at the managing organization this often
 # Discharged alive: post-acute care (HCUP Statistical Brief #205, all payers 2013): 41.7 % of
 # Medicare stays and 11.7 % of privately insured ones went to post-acute care (65+ and under 65
@@ -2005,53 +2011,31 @@ DISPOSITIONS = (  # (code, display, text, share of post-acute discharges); "home
     ("home", "Home", "Home", 0.0),
     ("home", "Home", "Home with home health care", 0.50),
     ("snf", "Skilled nursing facility", "Skilled nursing facility", 0.40),
-    ("other-hcf", "Other healthcare facility", "Inpatient rehabilitation or long-term care", 0.10),
+    ("other-hcf", "Other healthcare facility", "Other post-acute facility", 0.10),
 )
 EXPIRED = ("exp", "Expired", "Expired")
 
 
+@_draw_table(b"stay-k")
 class StayDraws(NamedTuple):
-    """The 32-bit draws of one stay stream: stay k of patient #i hashes b"stay|i|k" (its own
-    tag, so no other stream shares its bits); read by name."""
+    """The draws of stay k of patient #i: _stream(plan, StayDraws, i, k); k = DEATH_STAY for
+    the stay tied to the death. Append new fields; never move one."""
 
     admitted: int  # the admission instant in the window (the death's stay: its gap to death)
     own: int  # at the managing organization, or another of the ZIP's candidates
     hospital: int  # which other candidate
     cohort: int  # an HRRP cohort (65+, by the hospital's HRRP volumes) or the national mix
     diagnosis: int  # the row of the national mix
-    los: int  # length of stay: a lognormal quantile (64 bits: low and high halves)
-    los_high: int
+    los: int  # length of stay: a lognormal quantile
     disposition: int  # discharged to home, home health, skilled nursing, another facility
-    hour: int  # (the death's stay) the admission hour when it is set back from the death
-    spare_9: int
-    spare_10: int
-    spare_11: int
-    spare_12: int
-    spare_13: int
-    spare_14: int
-    spare_15: int
 
 
+@_draw_table(b"stays")
 class PatientStayDraws(NamedTuple):
-    """The draws of a patient's stays as a whole (b"stays|i"): how many candidate admissions,
-    and whether and how the patient's death is tied to a stay."""
+    """The draws of patient #i's stays as a whole: _stream(plan, PatientStayDraws, i)."""
 
     count: int  # candidate admissions in the window (Poisson)
-    death: int  # the death: in hospital, after an HRRP cohort stay, or away from hospital
-    death_cohort: int  # which cohort
-    spare_3: int
-    spare_4: int
-    spare_5: int
-    spare_6: int
-    spare_7: int
-    spare_8: int
-    spare_9: int
-    spare_10: int
-    spare_11: int
-    spare_12: int
-    spare_13: int
-    spare_14: int
-    spare_15: int
+    death: int  # the death: in hospital, after a cohort stay, or away from hospital
 
 
 class Stay(NamedTuple):
@@ -2082,12 +2066,11 @@ class StayTables(NamedTuple):
 
     count_cdf: tuple[tuple[int, ...], ...]  # by cell: the Poisson CDF of candidate admissions
     diagnoses: tuple[Diagnosis, ...]
-    mix_cum: tuple[tuple[int, ...], ...]  # by age group (0-17, 18-64, 65+): non-cohort rows
-    mix_rows: tuple[tuple[int, ...], ...]  # their positions in diagnoses
-    cohort_rows: tuple[tuple[int, ...], ...]  # by cohort (COHORTS order): rows in diagnoses
-    cohort_cum: tuple[tuple[int, ...], ...]  # their 65+ weights
+    mix_cum: tuple[tuple[int, ...], ...]  # by (age band, sex): weights of the mix's rows
+    mix_rows: tuple[tuple[int, ...], ...]  # their positions in diagnoses (65+: no cohort rows)
+    cohort_dx: tuple[int, ...]  # by cohort (COHORTS order): its row in diagnoses
     cohort_cuts: Mapping[int, tuple[int, ...]]  # hospital position -> 65+ cumulative 32-bit cuts
-    other_weights: tuple[int, ...]  # per candidate slot (as plan.hospital_cand): see _other_weights
+    factors: tuple[float, ...]  # per hospital: see _hospital_factors
     death_cuts: tuple[tuple[int, ...], tuple[int, ...]]  # under 65, 65+: see _death_stay
     post_acute: tuple[int, int]  # under 65, 65+: a 32-bit cut
     post_acute_cum: tuple[int, ...]  # over DISPOSITIONS[1:]
@@ -2096,7 +2079,9 @@ class StayTables(NamedTuple):
     condition_keys: tuple[int, tuple[int, int, int]]
 
 
-AGE_GROUPS = (0, 18, MEDICARE_AGE)  # the mix's age groups start at these ages
+# inpatient_dx.csv's age bands (stays per 100,000 persons a year): first age, column
+AGE_BANDS = (0, 1, 18, 45, MEDICARE_AGE, 75)
+RATE_COLUMNS = ("rate_0", "rate_1_17", "rate_18_44", "rate_45_64", "rate_65_74", "rate_75_plus")
 
 
 def _stay_reference(data_dir: Path) -> dict[str, Any]:
@@ -2161,28 +2146,21 @@ def _median(values: list[float]) -> float:
     return (v[(n - 1) // 2] + v[n // 2]) / 2 if n else 0.0
 
 
-def _other_weights(plan: Plan, discharges: list[float]) -> list[int]:
-    """Per candidate slot (as plan.hospital_cand): the gravity weight x the hospital's
-    discharges / the population the gravity weights send it, so stays drawn with these weights
-    land at each hospital in proportion to its HCRIS discharges (within what its ZIPs allow)."""
+def _hospital_factors(plan: Plan, discharges: list[float]) -> tuple[float, ...]:
+    """Per hospital: its HCRIS discharges / the population the gravity weights send it (over
+    the run's ZIPs), so a stay drawn among a ZIP's candidates with weights gravity x factor
+    lands at each hospital in proportion to its discharges (within what its ZIPs allow)."""
     cand, cum = plan.hospital_cand, plan.hospital_cum
     pull = [0.0] * len(plan.hospitals)
-    weights = [0.0] * len(cand)
-    population = [0] * len(plan.zips)
     for positions, zcum in zip(plan.zip_index, plan.zip_cum, strict=True):
         for z, c, before in zip(positions, zcum, (0, *zcum), strict=False):
-            population[z] = c - before
-    for z, pop in enumerate(population):
-        lo = z * CANDIDATES
-        total = cum[lo + CANDIDATES - 1]
-        for k in range(lo, lo + CANDIDATES):
-            weights[k] = cum[k] - (cum[k - 1] if k > lo else 0)
-            if pop and total:
-                pull[cand[k]] += pop * weights[k] / total
-    return [
-        round(w * discharges[cand[k]] / pull[cand[k]]) if pull[cand[k]] else 0
-        for k, w in enumerate(weights)
-    ]
+            lo = z * CANDIDATES
+            share = (c - before) / cum[lo + CANDIDATES - 1]
+            previous = 0
+            for k in range(lo, lo + CANDIDATES):
+                pull[cand[k]] += (cum[k] - previous) * share
+                previous = cum[k]
+    return tuple(d / p if p else 0.0 for d, p in zip(discharges, pull, strict=True))
 
 
 def _cohort_cuts(
@@ -2214,17 +2192,55 @@ def _cohort_cuts(
     return out
 
 
-def _diagnoses(rows: list[dict[str, str]]) -> tuple[tuple[Diagnosis, ...], list[list[int]]]:
-    """inpatient_dx.csv as Diagnosis rows and integer weights by age group (shares x 1e9)."""
-    out, weights = [], []
+def _diagnoses(rows: list[dict[str, str]]) -> tuple[Diagnosis, ...]:
+    """inpatient_dx.csv's rows as Diagnosis (the lognormal of LOS from GMLOS and AMLOS)."""
+    out = []
     for r in rows:
         gmlos, amlos = float(r["gmlos"]), float(r["amlos"])
         sigma = math.sqrt(2.0 * math.log(amlos / gmlos)) if amlos > gmlos else 0.0
         out.append(
             Diagnosis(r["icd10"], r["display"], r["drg"], r["cohort"], math.log(gmlos), sigma)
         )
-        weights.append([round(float(r[f"weight_{g}"] or 0) * 1e9) for g in ("0_17", "18_64", "65")])
-    return tuple(out), weights
+    return tuple(out)
+
+
+def _mixes(rows: list[dict[str, str]]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """By (age band, sex): the rows with a rate there (female-only rows for women only; 65+
+    without the cohort rows, whose volumes come per hospital) and their integer weights."""
+    positions, cums = [], []
+    for band, column in enumerate(RATE_COLUMNS):
+        for sex in SEXES:
+            chosen = [
+                (k, round(float(r[column]) * 1000))
+                for k, r in enumerate(rows)
+                if r[column]
+                and (r["sex"] != "F" or sex == "female")
+                and not (AGE_BANDS[band] >= MEDICARE_AGE and r["cohort"])
+            ]
+            positions.append(tuple(k for k, _ in chosen))
+            cums.append(_cumulative(w for _, w in chosen))
+    return positions, cums
+
+
+def _cohort_shares(
+    ref: Mapping[str, Any], age_sex: tuple[tuple[int, int, int], ...]
+) -> dict[str, float]:
+    """Each HRRP cohort's share of all stays of patients 65+: AMI and heart failure together
+    from their published rates (inpatient_dx.csv) over all 65+ stays (the Census population x
+    inpatient_rates.csv), shared among the six cohorts by their HRRP volumes (COPD, CABG and
+    hip/knee have no published age rate)."""
+    anchor = ("AMI", "HF")
+    stays = together = 0.0
+    for age, male, female in age_sex[MEDICARE_AGE:]:
+        column = RATE_COLUMNS[bisect.bisect_right(AGE_BANDS, age) - 1]
+        for sex, people in zip(SEXES, (male, female), strict=True):
+            stays += people * _admission_rate(ref["rates"], age, sex)
+        together += (male + female) * sum(
+            float(r[column] or 0) / 1e5 for r in ref["dx"] if r["cohort"] in anchor
+        )
+    pooled = {c: sum(h.get(c, 0) for h in ref["hrrp"].values()) for c in COHORTS}
+    scale = together / stays / sum(pooled[c] for c in anchor)
+    return {c: pooled[c] * scale for c in COHORTS}
 
 
 def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[float]:
@@ -2240,9 +2256,10 @@ def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[fl
 def _death_cuts(
     plan: Plan, rates: list[float], shares: Mapping[str, float], national: Mapping[str, float]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Cumulative 32-bit cuts over a death's kinds, under 65 and 65+: in hospital after an AMI,
-    HF or pneumonia admission (3), in hospital after another admission, after discharge within
-    30 days of an AMI, HF or pneumonia admission (3); above the last cut, away from hospital.
+    """Cumulative 32-bit cuts over a death's kinds, under 65 and 65+: in hospital after an
+    admission of a MORT_30_COHORTS cohort (one kind each), in hospital after another admission,
+    after discharge within 30 days of such a cohort admission (one kind each); above the last
+    cut, away from hospital.
 
     The cohort kinds make 30-day mortality after those admissions of patients 65+ equal CMS's
     MORT-30: with O_c the expected ordinary admissions of cohort c, C_c those that fall within
@@ -2262,7 +2279,7 @@ def _death_cuts(
     in_stay = [IN_STAY_OF_30_DAY_DEATHS * f for f in tied]
     other = max(0.0, in_hospital - sum(in_stay))
     after = [(1 - IN_STAY_OF_30_DAY_DEATHS) * f for f in tied]
-    young = (0.0, 0.0, 0.0, in_hospital, 0.0, 0.0, 0.0)
+    young = (*[0.0] * len(tied), in_hospital, *[0.0] * len(tied))
     old_kinds = (*in_stay, other, *after)
     return (
         tuple(_cut(min(1.0, x)) for x in itertools.accumulate(young)),
@@ -2275,19 +2292,9 @@ def _stay_tables(plan: Plan) -> StayTables:
     """The plan's stay tables (about a second, once per plan and process)."""
     data_dir = plan.identity[3]
     ref = _stay_reference(Path(data_dir or DATA_DIR).resolve())
-    diagnoses, weights = _diagnoses(ref["dx"])
-    shares = {
-        c: sum(float(r["weight_65"] or 0) for r in ref["dx"] if r["cohort"] == c) for c in COHORTS
-    }
-    mix_rows, mix_cum = [], []
-    for g in range(len(AGE_GROUPS)):  # 65+: the cohorts come from the hospital's HRRP volumes
-        rows = [k for k, d in enumerate(diagnoses) if weights[k][g] and not (g == 2 and d.cohort)]
-        mix_rows.append(tuple(rows))
-        mix_cum.append(_cumulative(weights[k][2 if g == 2 else g] for k in rows))
-    cohort_rows = tuple(
-        tuple(k for k, d in enumerate(diagnoses) if d.cohort == c and weights[k][2])
-        for c in COHORTS
-    )
+    shares = _cohort_shares(ref, load_reference(data_dir).age_sex)
+    diagnoses = _diagnoses(ref["dx"])
+    mix_rows, mix_cum = _mixes(ref["dx"])
     rates = _cell_rates(plan, ref["rates"])
     lookback = Decimal(repr(plan.options["lookback_years"]))
     with localcontext() as ctx:
@@ -2300,10 +2307,9 @@ def _stay_tables(plan: Plan) -> StayTables:
         diagnoses=diagnoses,
         mix_cum=tuple(mix_cum),
         mix_rows=tuple(mix_rows),
-        cohort_rows=cohort_rows,
-        cohort_cum=tuple(_cumulative(weights[k][2] for k in rows) for rows in cohort_rows),
+        cohort_dx=tuple(next(k for k, d in enumerate(diagnoses) if d.cohort == c) for c in COHORTS),
         cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
-        other_weights=tuple(_other_weights(plan, discharges)),
+        factors=_hospital_factors(plan, discharges),
         death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
         post_acute=tuple(_cut(p) for p in POST_ACUTE_SHARE),
         post_acute_cum=_cumulative(round(share * 1000) for *_, share in DISPOSITIONS[1:]),
@@ -2321,23 +2327,21 @@ def _uuid_keys(key: bytes, tag: bytes) -> tuple[int, tuple[int, int, int]]:
     )
 
 
-def _stream(plan: Plan, tag: bytes) -> tuple[int, ...]:
-    """Sixteen 32-bit draws from the plan's keyed hash of a tagged message (a stream of its own:
-    the patients' own hashes take 8-byte indexes, tags are other lengths)."""
-    h = plan.hasher.copy()
-    h.update(tag)
-    return _raw_draws(h.digest())
-
-
 def _stay_hospital(plan: Plan, t: StayTables, s: Sample, age: int, u: StayDraws) -> int:
     """The stay's hospital: the managing organization OWN_HOSPITAL_SHARE of the time, else
-    another of the ZIP's candidates drawn by t.other_weights (the children's under CHILD_AGE)."""
+    another of the ZIP's candidates, by gravity weight x t.factors (the children's hospital
+    under CHILD_AGE)."""
     if u.own < t.own_cut:
         return s.organization
     lo = s.zip * CANDIDATES
     slots = range(lo, lo + (CANDIDATES if age < CHILD_AGE else CANDIDATES - 1))
-    cand, w = plan.hospital_cand, t.other_weights
-    weights = [0 if cand[k] == s.organization else w[k] for k in slots]
+    cand, cum, factors = plan.hospital_cand, plan.hospital_cum, t.factors
+    weights = [  # integers: the same draw on every machine
+        0
+        if cand[k] == s.organization
+        else round((cum[k] - (cum[k - 1] if k > lo else 0)) * factors[cand[k]])
+        for k in slots
+    ]
     total = sum(weights)
     if not total:
         return s.organization
@@ -2349,33 +2353,32 @@ def _stay_hospital(plan: Plan, t: StayTables, s: Sample, age: int, u: StayDraws)
     raise AssertionError("unreachable: v < total")
 
 
-def _age_group(age: int) -> int:
-    return bisect.bisect_right(AGE_GROUPS, age) - 1
-
-
-def _stay_diagnosis(t: StayTables, hospital: int, age: int, u: StayDraws, cohort: int) -> int:
-    """The principal diagnosis: `cohort` if given (>= 0); for 65+ an HRRP cohort at the
-    hospital's cuts; else a row of the age group's national mix."""
-    group = _age_group(age)
-    if cohort < 0 and group == 2:
+def _stay_diagnosis(t: StayTables, s: Sample, hospital: int, age: int, u: StayDraws) -> int:
+    """The principal diagnosis: for 65+ an HRRP cohort at the hospital's cuts, else a row of
+    the national mix of the age band and sex."""
+    if age >= MEDICARE_AGE:
         cuts = t.cohort_cuts.get(hospital, ())
         if cuts and u.cohort < cuts[-1]:
-            cohort = bisect.bisect_right(cuts, u.cohort)
-    if cohort >= 0 and t.cohort_rows[cohort]:
-        return t.cohort_rows[cohort][_pick(t.cohort_cum[cohort], u.diagnosis)]
-    return t.mix_rows[group][_pick(t.mix_cum[group], u.diagnosis)]
+            return t.cohort_dx[bisect.bisect_right(cuts, u.cohort)]
+    mix = 2 * (bisect.bisect_right(AGE_BANDS, age) - 1) + (s.sex == "female")
+    return t.mix_rows[mix][_pick(t.mix_cum[mix], u.diagnosis)]
 
 
-_NORMAL = statistics.NormalDist()
+NORMAL_STEPS = 4096  # the standard normal's quantiles at j / 4096, interpolated between
+# (a stay's LOS quantile: the table costs 12 ms once, inv_cdf several microseconds per stay)
+NORMAL_Z = tuple(statistics.NormalDist().inv_cdf(j / NORMAL_STEPS) for j in range(1, NORMAL_STEPS))
 MAX_LOS = 365 * 86400  # a stay lasts at most a year
 MIN_LOS = 3600  # and at least an hour
 
 
 def _los(d: Diagnosis, u: StayDraws) -> int:
     """Seconds in hospital: lognormal with the DRG's geometric mean (median) and arithmetic
-    mean (Table 5 GMLOS and AMLOS), from 64 bits of the stream."""
-    q = ((u.los_high << 32 | u.los) + 0.5) / 18446744073709551616.0
-    days = math.exp(d.mu + d.sigma * _NORMAL.inv_cdf(q))
+    mean (Table 5 GMLOS and AMLOS); the normal quantile interpolated in NORMAL_Z (the
+    outermost 1/4096 on either side are held at its ends: +-3.4 standard deviations)."""
+    x = min(max(u.los * NORMAL_STEPS / 4294967296.0, 1.0), NORMAL_STEPS - 1.0) - 1.0
+    j = min(int(x), NORMAL_STEPS - 3)
+    z = NORMAL_Z[j] + (x - j) * (NORMAL_Z[j + 1] - NORMAL_Z[j])
+    days = math.exp(d.mu + d.sigma * z)
     return max(MIN_LOS, min(MAX_LOS, round(days * 86400)))
 
 
@@ -2388,22 +2391,25 @@ def _disposition(t: StayTables, age: int, u: StayDraws) -> int:
 
 
 def _death_stay(
-    plan: Plan, t: StayTables, index: int, p: PatientStayDraws, s: Sample, lo: int
+    plan: Plan, t: StayTables, index: int, death: int, s: Sample, lo: int
 ) -> Stay | None:
     """The stay tied to the patient's death (k = DEATH_STAY), if any: the death's kind from
     t.death_cuts by the age at death. In hospital: the stay ends at the death (expired);
-    after an AMI, HF or pneumonia stay: admitted within 30 days before the death and
-    discharged alive before it. None if the stay would begin before the window (or birth)."""
+    after a MORT_30_COHORTS stay: admitted within 30 days before the death and
+    discharged alive before it. None if the stay would begin before the window (or birth).
+    `death` is PatientStayDraws.death."""
     age = plan.cells[s.cell][0]
     cuts = t.death_cuts[age >= MEDICARE_AGE]
-    kind = bisect.bisect_right(cuts, p.death)
+    kind = bisect.bisect_right(cuts, death)
     if kind >= len(cuts):
         return None  # died away from hospital
-    u = StayDraws._make(_stream(plan, b"stay|%d|%d" % (index, DEATH_STAY)))
+    u: StayDraws = _stream(plan, StayDraws, index, DEATH_STAY)
     n = len(MORT_30_COHORTS)
-    cohort = COHORTS.index(MORT_30_COHORTS[kind % (n + 1)]) if kind != n else -1
     hospital = _stay_hospital(plan, t, s, age, u)
-    diagnosis = _stay_diagnosis(t, hospital, age, u, cohort)
+    if kind == n:  # in hospital, another diagnosis: the mix (65+: without the cohorts)
+        diagnosis = _stay_diagnosis(t, s, -1, age, u)
+    else:
+        diagnosis = t.cohort_dx[COHORTS.index(MORT_30_COHORTS[kind % (n + 1)])]
     los = _los(t.diagnoses[diagnosis], u)
     if kind <= n:  # dies in the stay
         admitted = s.died - los
@@ -2416,6 +2422,17 @@ def _death_stay(
     return stay if stay.admitted >= lo else None
 
 
+_COUNT_AT = 4 * PatientStayDraws._fields.index("count")  # its bytes in the table's hash
+
+
+def _stay_count_draw(plan: Plan, index: int) -> int:
+    """_stream(plan, PatientStayDraws, index).count without building the table (the hot path:
+    every patient asks; a test keeps the two equal)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"stays|%d" % index)
+    return int.from_bytes(hasher.digest()[_COUNT_AT : _COUNT_AT + 4], "little")
+
+
 def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
     """Patient #index's inpatient stays in the look-back window, in time order: candidate
     admissions at the rate of its age and sex (Poisson over the window, kept while the patient
@@ -2424,32 +2441,38 @@ def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
     t = _stay_tables(plan)
     if s is None:
         s = sample(plan, index)
-    raw = _stream(plan, b"stays|%d" % index)
-    n = bisect.bisect_right(t.count_cdf[s.cell], raw[0])  # PatientStayDraws.count
-    if not n and s.died < 0:
-        return []  # most patients
-    p = PatientStayDraws._make(raw)
-    as_of = plan.window_start + plan.window_span - 1
+    if s.died < 0 and _stay_count_draw(plan, index) < t.count_cdf[s.cell][0]:
+        return []  # most patients: no candidate admission, no death
+    u: PatientStayDraws = _stream(plan, PatientStayDraws, index)
+    n = bisect.bisect_right(t.count_cdf[s.cell], u.count)
     lo = max(plan.window_start, (s.birth - _EPOCH_DAY) * 86400)
-    hi = as_of if s.died < 0 else s.died
+    hi = plan.window_start + plan.window_span - 1 if s.died < 0 else s.died  # as-of or death
     kept = []
-    if s.died >= 0 and (last := _death_stay(plan, t, index, p, s, lo)) is not None:
+    if s.died >= 0 and (last := _death_stay(plan, t, index, u.death, s, lo)) is not None:
         kept.append(last)
     for k in range(min(n, DEATH_STAY)):
-        u = StayDraws._make(_stream(plan, b"stay|%d|%d" % (index, k)))
-        admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
-        if admitted < lo:
-            continue
-        age = _age(s.birth, admitted)
-        hospital = _stay_hospital(plan, t, s, age, u)
-        diagnosis = _stay_diagnosis(t, hospital, age, u, -1)
-        discharged = admitted + _los(t.diagnoses[diagnosis], u)
-        if discharged >= hi or any(a <= discharged and admitted <= b for _, _, a, b, *_ in kept):
-            continue  # past the death or as-of, or overlapping an earlier-numbered stay
-        kept.append(
-            Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
-        )
+        stay = _candidate_stay(plan, t, index, k, s, lo)
+        if stay is None or stay.discharged >= hi:
+            continue  # before the window or birth; past the death or as-of
+        if not any(a <= stay.discharged and stay.admitted <= b for _, _, a, b, *_ in kept):
+            kept.append(stay)  # unless it overlaps a stay of a lower number
     return sorted(kept, key=lambda stay: stay.admitted)
+
+
+def _candidate_stay(
+    plan: Plan, t: StayTables, index: int, k: int, s: Sample, lo: int
+) -> Stay | None:
+    """Candidate admission k of patient #index: uniform in the window (None before `lo`, the
+    window's start or the birth), its hospital, diagnosis, length and disposition."""
+    u: StayDraws = _stream(plan, StayDraws, index, k)
+    admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
+    if admitted < lo:
+        return None
+    age = _age(s.birth, admitted)
+    hospital = _stay_hospital(plan, t, s, age, u)
+    diagnosis = _stay_diagnosis(t, s, hospital, age, u)
+    discharged = admitted + _los(t.diagnoses[diagnosis], u)
+    return Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
 
 
 # -- the resources: Encounter and Condition of a stay, in the run's FHIR version and profile
@@ -2461,7 +2484,7 @@ STAY_PROFILES: Mapping[str, tuple[str, str] | None] = {
     "us-core": (US_CORE_ENCOUNTER, US_CORE_CONDITION),
 }
 HOSPITAL_ADMISSION = {"system": "http://snomed.info/sct", "code": "32485007"}
-INPATIENT_CLASS = {"system": ACT_CODE_SYSTEM, "code": "IMP", "display": "inpatient encounter"}
+INPATIENT_CLASS = {"system": ACT_CODE_SYSTEM, "code": "IMP"}  # inpatient encounter
 ENCOUNTER_DIAGNOSIS = {
     "system": "http://terminology.hl7.org/CodeSystem/condition-category",
     "code": "encounter-diagnosis",
@@ -2470,7 +2493,6 @@ ENCOUNTER_DIAGNOSIS = {
 DISCHARGE_DIAGNOSIS = {
     "system": "http://terminology.hl7.org/CodeSystem/diagnosis-role",
     "code": "DD",
-    "display": "Discharge diagnosis",
 }
 CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 CONFIRMED = {
@@ -2537,87 +2559,231 @@ def stay_refs(
     )
 
 
-def _disposition_json(stay: Stay) -> dict[str, Any]:
-    code, display, text = (DISPOSITIONS[stay.disposition] if stay.disposition >= 0 else EXPIRED)[:3]
+def _disposition_json(disposition: int) -> dict[str, Any]:
+    code, _, text = (DISPOSITIONS[disposition] if disposition >= 0 else EXPIRED)[:3]
     return {
         "dischargeDisposition": {
-            "coding": [{"system": DISPOSITION_SYSTEM, "code": code, "display": display}],
-            "text": text,
+            "coding": [{"system": DISPOSITION_SYSTEM, "code": code}],
+            "text": text,  # tells home health from home (one code)
         }
+    }
+
+
+class EncounterFields(NamedTuple):
+    """The parts of an Encounter that vary between stays, JSON-ready (whole values)."""
+
+    id: str
+    identifier: str  # <MRN>-<k + 1>
+    subject: str  # Patient/<id>
+    start: str
+    end: str
+    condition: str  # Condition/<id>
+    disposition: dict[str, Any]
+    provider: str  # Organization/<id>
+
+
+class ConditionFields(NamedTuple):
+    """The parts of a Condition that vary between stays, JSON-ready (whole values)."""
+
+    id: str
+    status: str  # clinicalStatus: active (the stay ended in death) or resolved
+    code: dict[str, Any]  # the ICD-10-CM coding
+    subject: str
+    encounter: str  # Encounter/<id>
+    onset: str
+
+
+def _stay_fields(plan: Plan, stay: Stay, refs: StayRefs) -> tuple[EncounterFields, ConditionFields]:
+    d = _stay_tables(plan).diagnoses[stay.diagnosis]
+    start, subject = _instant(plan, stay.admitted), "Patient/" + refs.patient
+    encounter = EncounterFields(
+        id=refs.encounter,
+        identifier=f"{refs.mrn}-{stay.k + 1:02d}",
+        subject=subject,
+        start=start,
+        end=_instant(plan, stay.discharged),
+        condition="Condition/" + refs.condition,
+        disposition=_disposition_json(stay.disposition),
+        provider="Organization/" + plan.hospitals[stay.hospital]["id"],
+    )
+    condition = ConditionFields(
+        id=refs.condition,
+        status="active" if stay.disposition < 0 else "resolved",
+        code={"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display},
+        subject=subject,
+        encounter="Encounter/" + refs.encounter,
+        onset=start,
+    )
+    return encounter, condition
+
+
+def _encounter(plan: Plan, f: EncounterFields) -> dict[str, Any]:
+    """The Encounter's shape in FHIR element order (R4; R5 where declared; US Core's type and
+    profile under us-core): the one place it is written down (_stay_writer splits it)."""
+    profiles = STAY_PROFILES[plan.profile.name]
+    record: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": f.id,
+        "meta": _stay_meta(plan, profiles and profiles[0]),
+        "identifier": [{"system": STAY_SYSTEM, "value": f.identifier}],
+    }
+    period = {"start": f.start, "end": f.end}
+    if plan.options["fhir_version"] == "R5":  # R5 renamed and reshaped these elements
+        record.update(
+            status="completed",
+            **{"class": [{"coding": [INPATIENT_CLASS]}]},
+            subject={"reference": f.subject},
+            serviceProvider={"reference": f.provider},
+            actualPeriod=period,
+            diagnosis=[
+                {
+                    "condition": [{"reference": {"reference": f.condition}}],
+                    "use": [{"coding": [DISCHARGE_DIAGNOSIS]}],
+                }
+            ],
+            admission=f.disposition,
+        )
+        return record
+    record.update(status="finished", **{"class": INPATIENT_CLASS})
+    if profiles:
+        record["type"] = [{"coding": [HOSPITAL_ADMISSION]}]
+    record.update(
+        subject={"reference": f.subject},
+        period=period,
+        diagnosis=[{"condition": {"reference": f.condition}, "rank": 1}],
+        hospitalization=f.disposition,
+        serviceProvider={"reference": f.provider},
+    )
+    return record
+
+
+def _condition(plan: Plan, f: ConditionFields) -> dict[str, Any]:
+    """The Condition's shape in FHIR element order (US Core's profile under us-core)."""
+    profiles = STAY_PROFILES[plan.profile.name]
+    return {
+        "resourceType": "Condition",
+        "id": f.id,
+        "meta": _stay_meta(plan, profiles and profiles[1]),
+        "clinicalStatus": {"coding": [{"system": CLINICAL_SYSTEM, "code": f.status}]},
+        "verificationStatus": CONFIRMED,
+        "category": [{"coding": [ENCOUNTER_DIAGNOSIS]}],
+        "code": {"coding": [f.code]},
+        "subject": {"reference": f.subject},
+        "encounter": {"reference": f.encounter},
+        "onsetDateTime": f.onset,
     }
 
 
 def encounter_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
     """A stay's Encounter (R4, or R5 where the run declares it; US Core Encounter under
-    --profile us-core), in FHIR element order."""
-    refs = refs or stay_refs(plan, stay)
-    profiles = STAY_PROFILES[plan.profile.name]
-    condition = {"reference": "Condition/" + refs.condition}
-    provider = _managing_organization(plan.hospitals[stay.hospital])
-    period = {"start": _instant(plan, stay.admitted), "end": _instant(plan, stay.discharged)}
-    record: dict[str, Any] = {
-        "resourceType": "Encounter",
-        "id": refs.encounter,
-        "meta": _stay_meta(plan, profiles and profiles[0]),
-        "identifier": [{"system": STAY_SYSTEM, "value": f"{refs.mrn}-{stay.k + 1:02d}"}],
-    }
-    subject = {"reference": "Patient/" + refs.patient}
-    if plan.options["fhir_version"] == "R5":  # R5 renamed and reshaped these elements
-        record.update(
-            status="completed",
-            **{"class": [{"coding": [INPATIENT_CLASS]}]},
-            subject=subject,
-            serviceProvider=provider,
-            actualPeriod=period,
-            diagnosis=[
-                {
-                    "condition": [{"reference": condition}],
-                    "use": [{"coding": [DISCHARGE_DIAGNOSIS]}],
-                }
-            ],
-            admission=_disposition_json(stay),
-        )
-        return record
-    record.update(status="finished", **{"class": INPATIENT_CLASS})
-    if profiles:
-        record["type"] = [{"coding": [HOSPITAL_ADMISSION], "text": "Hospital admission"}]
-    record.update(
-        subject=subject,
-        period=period,
-        diagnosis=[{"condition": condition, "rank": 1}],
-        hospitalization=_disposition_json(stay),
-        serviceProvider=provider,
-    )
-    return record
+    --profile us-core): status finished, class IMP, the period, the principal diagnosis, the
+    discharge disposition, the hospital."""
+    return _encounter(plan, _stay_fields(plan, stay, refs or stay_refs(plan, stay))[0])
 
 
 def condition_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
     """A stay's principal diagnosis as a Condition (ICD-10-CM, encounter-diagnosis; US Core
     Condition Encounter Diagnosis under --profile us-core): active if the stay ended in death,
     else resolved; its onset is the admission."""
-    refs = refs or stay_refs(plan, stay)
-    profiles = STAY_PROFILES[plan.profile.name]
-    d = _stay_tables(plan).diagnoses[stay.diagnosis]
-    status = "active" if stay.disposition < 0 else "resolved"
-    return {
-        "resourceType": "Condition",
-        "id": refs.condition,
-        "meta": _stay_meta(plan, profiles and profiles[1]),
-        "clinicalStatus": {"coding": [{"system": CLINICAL_SYSTEM, "code": status}]},
-        "verificationStatus": CONFIRMED,
-        "category": [{"coding": [ENCOUNTER_DIAGNOSIS]}],
-        "code": {"coding": [{"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display}]},
-        "subject": {"reference": "Patient/" + refs.patient},
-        "encounter": {"reference": "Encounter/" + refs.encounter},
-        "onsetDateTime": _instant(plan, stay.admitted),
+    return _condition(plan, _stay_fields(plan, stay, refs or stay_refs(plan, stay))[1])
+
+
+_MARK_SPLIT_STAYS = re.compile(rb'"\\u0000(\w+)"')  # a marker as orjson writes it
+
+
+def _split_template(
+    record: dict[str, Any], names: tuple[str, ...]
+) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """A record built with a marker in every field: its head and, in record order, (the
+    field's position in `names`, the bytes after it); AssertionError unless every field is
+    placed exactly once."""
+    head, *rest = _MARK_SPLIT_STAYS.split(orjson.dumps(record))
+    found = [name.decode() for name in rest[::2]]
+    if sorted(found) != sorted(names) or any(b"\\u0000" in part for part in (head, *rest)):
+        raise AssertionError(f"the stay template has fields {found}, not {names}")
+    return head, [(names.index(n), after) for n, after in zip(found, rest[1::2], strict=True)]
+
+
+def _splicer(
+    record: Callable[[Plan, Any], dict[str, Any]], fields: Any, plan: Plan
+) -> Callable[[tuple[bytes, ...]], bytes]:
+    """values (JSON bytes in `fields` order) -> the record's bytes, from its marker template."""
+    head, parts = _split_template(
+        record(plan, fields._make("\x00" + n for n in fields._fields)), fields._fields
+    )
+    join = b"".join
+
+    def splice(values: tuple[bytes, ...]) -> bytes:
+        out = [head]
+        for k, after in parts:
+            out.append(values[k])
+            out.append(after)
+        return join(out)
+
+    return splice
+
+
+@functools.lru_cache(maxsize=8)
+def _stay_writer(plan: Plan) -> Callable[[Stay, StayRefs], tuple[bytes, bytes]]:
+    """(stay, refs) -> the Encounter's and Condition's bytes, equal to orjson.dumps of
+    encounter_record / condition_record, spliced from pre-serialised parts (the bulk path);
+    checked against the dict path when built."""
+    t, dumps = _stay_tables(plan), orjson.dumps
+    encounter, condition = (
+        _splicer(_encounter, EncounterFields, plan),
+        _splicer(_condition, ConditionFields, plan),
+    )
+    dispositions = {k: dumps(_disposition_json(k)) for k in range(-1, len(DISPOSITIONS))}
+    codes = [
+        dumps({"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display}) for d in t.diagnoses
+    ]
+    providers = {
+        k: b'"Organization/%s"' % plan.hospitals[k]["id"].encode() for k in plan.organization_index
     }
+    status = (b'"active"', b'"resolved"')
+
+    def write(stay: Stay, refs: StayRefs) -> tuple[bytes, bytes]:
+        # ids, MRNs, org ids and instants are [-.:0-9A-Za-z] text: no escaping, fixed quotes
+        eid, cid = refs.encounter.encode(), refs.condition.encode()
+        subject = b'"Patient/%s"' % refs.patient.encode()
+        start = b'"%s"' % _instant(plan, stay.admitted).encode()
+        return encounter(
+            (
+                b'"%s"' % eid,
+                b'"%s-%02d"' % (refs.mrn.encode(), stay.k + 1),
+                subject,
+                start,
+                b'"%s"' % _instant(plan, stay.discharged).encode(),
+                b'"Condition/%s"' % cid,
+                dispositions[stay.disposition],
+                providers[stay.hospital],
+            )
+        ), condition(
+            (
+                b'"%s"' % cid,
+                status[stay.disposition >= 0],
+                codes[stay.diagnosis],
+                subject,
+                b'"Encounter/%s"' % eid,
+                start,
+            )
+        )
+
+    for index in range(64):  # as json_renderer: a field the template misses fails here
+        for stay in stays(plan, index):
+            refs = stay_refs(plan, stay)
+            if write(stay, refs) != (
+                dumps(encounter_record(plan, stay, refs)),
+                dumps(condition_record(plan, stay, refs)),
+            ):
+                raise AssertionError(f"_stay_writer's bytes differ from the dict path (#{index})")
+    return write
 
 
 def stay_json(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> tuple[bytes, bytes]:
-    """A stay's Encounter and Condition as compact JSON bytes (what every writer writes)."""
-    refs = refs or stay_refs(plan, stay)
-    dumps = orjson.dumps
-    return dumps(encounter_record(plan, stay, refs)), dumps(condition_record(plan, stay, refs))
+    """A stay's Encounter and Condition as compact JSON bytes (what every writer writes),
+    equal to orjson.dumps of encounter_record and condition_record."""
+    return _stay_writer(plan)(stay, refs or stay_refs(plan, stay))
 
 
 def patient_stays_json(plan: Plan, index: int, s: Sample) -> list[tuple[bytes, bytes]]:
@@ -2625,8 +2791,8 @@ def patient_stays_json(plan: Plan, index: int, s: Sample) -> list[tuple[bytes, b
     found = stays(plan, index, s)
     if not found:
         return []
-    pid, mrn = patient_id(plan, index), patient_mrn(plan, index)
-    return [stay_json(plan, stay, stay_refs(plan, stay, pid, mrn)) for stay in found]
+    write, pid, mrn = _stay_writer(plan), patient_id(plan, index), patient_mrn(plan, index)
+    return [write(stay, stay_refs(plan, stay, pid, mrn)) for stay in found]
 
 
 # ---------------------------------------------------------------------------------------------

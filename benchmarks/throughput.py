@@ -5,6 +5,7 @@
     python benchmarks/throughput.py --rss-check  # stream 10,000,000 patients, report peak RSS
     python benchmarks/throughput.py --rss-check --per-file --count 2000000  # per-file bronze
     python benchmarks/throughput.py --living     # a one-day change batch vs the snapshot (1M)
+    python benchmarks/throughput.py --encounters # patients with their stays vs patients only
 
 Every mode runs in its own subprocess, so each peak RSS (ru_maxrss from wait4) is that mode's
 own. In-process modes time their generation loop; CLI modes time the whole child process
@@ -454,6 +455,35 @@ def living(count: int) -> None:
     )
 
 
+ENCOUNTER_REPEATS = 3  # best of three each, the two runs alternating (the VM is shared)
+
+
+def encounters(count: int) -> None:
+    """Issue 18's budget: the bulk NDJSON path (`--output --format ndjson`) with --encounters
+    writes patients at >= 40 % of the patients-only rate. Both time the whole CLI process."""
+    base = [sys.executable, str(CLI), "--count", str(count), "--seed", str(SEED), "--as-of", AS_OF]
+    base += ["--format", "ndjson", "--quiet", "--overwrite"]
+    best: dict[str, float] = {}
+    stays = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(ENCOUNTER_REPEATS):
+            for label, extra in (("patients only", []), ("patients + stays", ["--encounters"])):
+                out = Path(tmp) / label.replace(" ", "")
+                result = run_measured([*base, "--output", str(out), *extra])
+                assert result["code"] == 0, result["stderr"]
+                best[label] = min(best.get(label, float("inf")), result["wall"])
+                if extra:
+                    stays = sum(1 for p in (out / "encounter").iterdir() for _ in p.open("rb"))
+    print(*environment(), sep="\n")
+    print(f"- {count:,} patients, seed {SEED}, local NDJSON, best of {ENCOUNTER_REPEATS}\n")
+    print("| Run | Seconds | Patients/s | vs patients only |")
+    print("|---|---:|---:|---:|")
+    for label, seconds in best.items():
+        ratio = best["patients only"] / seconds
+        print(f"| {label} | {seconds:.2f} | {count / seconds:,.0f} | {ratio:.1%} |")
+    print(f"\n{stays:,} stays ({stays / count:.3f} per patient); issue 18's budget: >= 40 %.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the benchmark, the RSS check, or one child mode."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -463,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default=os.devnull, help="where --rss-check writes (default null)")
     p.add_argument("--per-file", action="store_true", help="--rss-check: per-file JSON bronze")
     p.add_argument("--living", action="store_true", help="a one-day batch vs the snapshot (1M)")
+    p.add_argument("--encounters", action="store_true", help="with stays vs without (200,000)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -470,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.count, Path(args.dir))
     elif args.rss_check:
         rss_check(args.count or 10_000_000, args.target, args.per_file)
+    elif args.encounters:
+        encounters(args.count or (20_000 if args.quick else 200_000))
     elif args.living:
         living(args.count or (100_000 if args.quick else 1_000_000))
     else:

@@ -1,0 +1,307 @@
+"""--encounters: inpatient stays as Encounter + Condition (issue 18). Validity in every declared
+FHIR version and profile (fhir.resources and an independent validator), integrity of the layer,
+byte-identical Patients, reproducibility across workers, size, and the rates the CMS tables set
+(fixed seeds; tolerances of 4 standard errors of the sample, plus a stated model slack)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter, defaultdict
+from datetime import datetime
+
+import fhirkit
+import fhirpy_types_r5
+import orjson
+import pytest
+from bronze_util import AS_OF, ROOT, one_line, records, run_cli, tree
+from fhir.resources.condition import Condition as ConditionR5
+from fhir.resources.encounter import Encounter as EncounterR5
+from fhir.resources.R4B.condition import Condition as ConditionR4B
+from fhir.resources.R4B.encounter import Encounter as EncounterR4B
+
+import fhir_patient_generator as g
+
+DAY = 86400
+
+
+def r4_issues(resource: dict) -> list[str]:
+    return [f"{i.path}: {i.message}" for i in fhirkit.validate(resource) if i.severity == "error"]
+
+
+def r5_issues(resource: dict) -> list[str]:
+    try:
+        getattr(fhirpy_types_r5, resource["resourceType"]).model_validate(resource)
+    except Exception as e:  # pydantic's ValidationError
+        return [str(e)]
+    return []
+
+
+MODELS = {
+    "R4": (EncounterR4B, ConditionR4B, r4_issues),
+    "R5": (EncounterR5, ConditionR5, r5_issues),
+}
+
+
+def seconds(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+def layer(root, *args):
+    result = run_cli("--output", str(root), "--format", "ndjson", "--quiet", *args)
+    assert result.returncode == 0, result.stderr
+    return {
+        kind: [r for p in sorted((root / kind.lower()).glob("*.ndjson*")) for r in records(p)]
+        for kind in ("Patient", "Organization", "Encounter", "Condition")
+    }
+
+
+def test_the_option_is_recorded_only_when_on():
+    off = g.make_plan(3, AS_OF)
+    assert g.make_plan(3, AS_OF, encounters=False).options == off.options
+    assert "encounters" not in off.options
+    assert g.make_plan(3, AS_OF, encounters=True).options["encounters"] is True
+    with pytest.raises(ValueError, match="encounters must be True or False"):
+        g.make_plan(3, AS_OF, encounters="yes")
+
+
+@pytest.mark.parametrize(("version", "profile"), [("R4", "cms"), ("R5", "cms"), ("R4", "us-core")])
+def test_every_stay_resource_is_valid(tmp_path, version, profile):
+    """An 80+ population (many stays, many deaths in hospital): every Encounter and Condition
+    round-trips fhir.resources of the version and passes the independent validator."""
+    got = layer(
+        tmp_path / "b", "--count", "600", "--min-age", "80", "--states", "NY,VT",
+        "--fhir-version", version, "--profile", profile, "--encounters",
+    )  # fmt: skip
+    encounter_model, condition_model, independent = MODELS[version]
+    assert len(got["Encounter"]) > 300 and len(got["Encounter"]) == len(got["Condition"])
+    expired = [
+        e for e in got["Encounter"] if "exp" in orjson.dumps(e).decode()
+    ]  # stays that end in death
+    assert expired
+    for model, resources in (
+        (encounter_model, got["Encounter"]),
+        (condition_model, got["Condition"]),
+    ):
+        for resource in resources:
+            text = orjson.dumps(resource).decode()
+            assert model.model_validate_json(text).model_dump_json() == text
+            assert independent(resource) == [], resource
+            assert len(text) < 1000
+    if profile == "us-core":
+        assert {e["meta"]["profile"][0] for e in got["Encounter"]} == {g.US_CORE_ENCOUNTER}
+        assert {c["meta"]["profile"][0] for c in got["Condition"]} == {g.US_CORE_CONDITION}
+        assert all(e["type"][0]["coding"][0]["code"] == "32485007" for e in got["Encounter"])
+
+
+def test_worst_case_resources_are_under_1000_bytes():
+    """The longest organization id, diagnosis text and disposition, the largest index and
+    stay number: every version and profile stays under 1,000 bytes."""
+    for version, profile in (("R4", "cms"), ("R5", "cms"), ("R4", "us-core")):
+        plan = g.make_plan(1, AS_OF, encounters=True, fhir_version=version, profile=profile)
+        t = g._stay_tables(plan)
+        hospital = max(plan.organization_index, key=lambda k: len(plan.hospitals[k]["id"]))
+        dx = max(range(len(t.diagnoses)), key=lambda k: len(t.diagnoses[k].display))
+        for disposition in range(-1, len(g.DISPOSITIONS)):
+            stay = g.Stay(
+                g.MAX_INDEX, g.DEATH_STAY, plan.window_start, plan.window_start + 300 * DAY,
+                hospital, dx, disposition,
+            )  # fmt: skip
+            encounter, condition = g.stay_json(plan, stay)
+            assert len(encounter) < 1000 and len(condition) < 1000, (version, profile)
+
+
+def test_patients_are_byte_identical_with_and_without_stays(tmp_path):
+    base = ("--count", "1500", "--records-per-file", "500", "--states", "VT,NH,ME")
+    with_stays = layer(tmp_path / "with", *base, "--encounters")
+    assert with_stays["Encounter"]
+    layer(tmp_path / "without", *base)
+    a, b = tree(tmp_path / "with"), tree(tmp_path / "without")
+    for key, digest in b.items():
+        if key.startswith(("patient/", "organization/")):
+            assert a[key] == digest, key
+    # stdout: the same Patient lines, each followed by its own stays
+    plain = run_cli("--count", "300", "--states", "VT").stdout.splitlines()
+    mixed = [
+        orjson.loads(line)
+        for line in run_cli("--count", "300", "--states", "VT", "--encounters").stdout.splitlines()
+    ]
+    assert [orjson.dumps(r).decode() for r in mixed if r["resourceType"] == "Patient"] == plain
+    owner = None
+    for r in mixed:
+        if r["resourceType"] == "Patient":
+            owner = r["id"]
+        else:
+            assert r["subject"]["reference"] == "Patient/" + owner
+
+
+def test_the_layer_holds_together(tmp_path):
+    """Every reference resolves in the layer; per patient no two stays overlap, none ends
+    after the death or the as-of, none begins before the window or the birth; a stay that
+    ends in death ends at deceasedDateTime; ids and stay numbers are unique."""
+    got = layer(
+        tmp_path / "b", "--count", "4000", "--min-age", "50", "--states", "PA", "--encounters"
+    )
+    patients = {p["id"]: p for p in got["Patient"]}
+    orgs = {o["id"] for o in got["Organization"]}
+    encounters = {e["id"]: e for e in got["Encounter"]}
+    conditions = {c["id"]: c for c in got["Condition"]}
+    assert len(encounters) == len(got["Encounter"]) > 1000
+    assert len(conditions) == len(got["Condition"]) == len(encounters)
+    assert len({e["identifier"][0]["value"] for e in encounters.values()}) == len(encounters)
+    window_start = g.make_plan(7, AS_OF).window_start
+    by_patient = defaultdict(list)
+    for e in encounters.values():
+        pid = e["subject"]["reference"].removeprefix("Patient/")
+        assert pid in patients
+        assert e["serviceProvider"]["reference"].removeprefix("Organization/") in orgs
+        c = conditions[e["diagnosis"][0]["condition"]["reference"].removeprefix("Condition/")]
+        assert c["encounter"]["reference"] == "Encounter/" + e["id"]
+        assert c["subject"] == e["subject"] and c["onsetDateTime"] == e["period"]["start"]
+        by_patient[pid].append((seconds(e["period"]["start"]), seconds(e["period"]["end"]), e))
+    deaths_in_hospital = 0
+    for pid, items in by_patient.items():
+        p = patients[pid]
+        born = seconds(p["birthDate"] + "T00:00:00Z")
+        end = seconds(p.get("deceasedDateTime", AS_OF))
+        items.sort(key=lambda x: x[0])
+        for (a, b, e), nxt in zip(items, [*items[1:], None], strict=True):
+            assert window_start <= a and born <= a < b <= end
+            assert nxt is None or b < nxt[0]
+            expired = e["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "exp"
+            assert expired == ("deceasedDateTime" in p and b == end)
+            deaths_in_hospital += expired
+    assert deaths_in_hospital > 20
+
+
+def test_any_number_of_workers_writes_the_same_bytes(tmp_path):
+    args = ("--count", "1200", "--records-per-file", "300", "--encounters", "--states", "RI")
+    one = layer(tmp_path / "one", *args)
+    assert one["Encounter"]
+    layer(tmp_path / "two", *args, "--workers", "2")
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    for shard in ("0/2", "1/2"):
+        layer(tmp_path / "shards", *args, "--shard", shard)
+    assert tree(tmp_path / "one") == tree(tmp_path / "shards")
+
+
+def test_per_file_json_and_gzip_hold_the_same_stays(tmp_path):
+    args = ("--count", "400", "--encounters", "--states", "DE", "--quiet")
+    assert run_cli(*args, "--output", str(tmp_path / "j"), "--gzip").returncode == 0
+    got = layer(tmp_path / "n", "--count", "400", "--encounters", "--states", "DE")
+    files = sorted((tmp_path / "j" / "encounter").iterdir())
+    assert len(files) == len(got["Encounter"])
+    by_id = {e["id"]: e for e in got["Encounter"]}
+    for path in files:
+        (record,) = records(path)
+        assert path.name == f"encounter_{record['id']}.json.gz" and by_id[record["id"]] == record
+    manifest = orjson.loads((tmp_path / "j" / "_manifest.json").read_bytes())
+    assert {"type": "Encounter", "url": "encounter/"} in manifest["output"]
+    assert "--encounters" in manifest["request"]
+
+
+def test_encounters_with_a_living_population_is_a_usage_error():
+    result = run_cli("--count", "10", "--epoch", AS_OF, "--encounters")
+    assert result.returncode == 2 and "--encounters" in one_line(result)
+
+
+# -- rates (the API: one plan, many patients)
+
+
+def _population(seed: int, count: int, **options):
+    plan = g.make_plan(seed, AS_OF, encounters=True, **options)
+    out = []
+    for i in range(count):
+        s = g.sample(plan, i)
+        out.append((s, g.stays(plan, i, s)))
+    return plan, out
+
+
+def _within(observed: float, expected: float, se: float, slack: float = 0.0) -> bool:
+    return abs(observed - expected) <= 4 * se + slack
+
+
+def test_admissions_alos_and_in_hospital_deaths_follow_the_tables():
+    plan, people = _population(11, 40_000)
+    as_of = plan.window_start + plan.window_span - 1
+    years = {"young": 0.0, "old": 0.0}
+    admissions = {"young": 0, "old": 0}
+    los, deaths, in_hospital = [], 0, 0
+    for s, found in people:
+        start = max(plan.window_start, (s.birth - g._EPOCH_DAY) * DAY)
+        end = as_of if s.died < 0 else s.died
+        old = plan.cells[s.cell][0] >= 66  # 65+ for (nearly) the whole window
+        young = plan.cells[s.cell][0] < 60
+        for group, chosen in (("old", old), ("young", young)):
+            if chosen:
+                years[group] += max(0, end - start) / g.SECONDS_PER_YEAR
+                admissions[group] += len(found)
+        los += [(x.discharged - x.admitted) / DAY for x in found]
+        deaths += s.died >= 0
+        in_hospital += any(x.disposition < 0 for x in found)
+    rate = {k: admissions[k] / years[k] for k in years}
+    # inpatient_rates.csv gives 201.3 per 1,000 for 65+ and 70.1 under 65 (SOURCES C4); the
+    # groups here are 66+ and under 60 at as-of, so the ratio is only roughly theirs: 2-4.
+    assert 2.0 < rate["old"] / rate["young"] < 4.0, rate
+    assert _within(rate["old"], 0.2013 * 1.05, math.sqrt(admissions["old"]) / years["old"], 0.02)
+    # ALOS: a lognormal per DRG with Table 5's means; HCUP 4.6 days, HCRIS 2021 5.26
+    alos = sum(los) / len(los)
+    sd = math.sqrt(sum((x - alos) ** 2 for x in los) / len(los))
+    assert 4.2 <= alos <= 5.3 and sd > 2.0, (alos, sd)  # right-skewed, not a constant
+    assert sum(x < 1 for x in los) / len(los) < 0.15  # not Synthea's one-day stays
+    # NCHS: 29 % of deaths happen as an inpatient (cms_national.csv)
+    share = in_hospital / deaths
+    assert _within(share, 0.29, math.sqrt(0.29 * 0.71 / deaths), 0.01), (share, deaths)
+
+
+def test_30_day_mortality_after_ami_hf_and_pneumonia_is_cms_mort_30():
+    plan, people = _population(12, 60_000, min_age=65)
+    t = g._stay_tables(plan)
+    as_of = plan.window_start + plan.window_span - 1
+    index, died = Counter(), Counter()
+    for s, found in people:
+        for x in found:
+            cohort = t.diagnoses[x.diagnosis].cohort
+            if cohort and g._age(s.birth, x.admitted) >= 65 and x.admitted < as_of - 30 * DAY:
+                index[cohort] += 1
+                died[cohort] += 0 <= s.died - x.admitted <= 30 * DAY
+    national = {
+        r["name"]: float(r["value"])
+        for r in csv.DictReader(open(ROOT / "reference_data" / "cms_national.csv"))
+    }
+    for cohort in ("AMI", "HF", "PN"):
+        m, n = national[f"mort30_{cohort.lower()}"], index[cohort]
+        assert n > 400
+        # slack 1 point: admissions that fall before a death by chance are estimated
+        assert _within(died[cohort] / n, m, math.sqrt(m * (1 - m) / n), 0.01), (
+            cohort,
+            died[cohort] / n,
+            n,
+        )
+
+
+def test_cohort_stays_follow_each_hospitals_hrrp_volume():
+    """Cohort stays of patients 65+ per hospital follow HRRP discharges: hospitals with a
+    high HF volume relative to their size get more HF stays per stay than those with a low one."""
+    plan = g.make_plan(13, AS_OF, encounters=True, states="NY")
+    t = g._stay_tables(plan)
+    hf = g.COHORTS.index("HF")
+    shares = sorted(
+        (cuts[hf] - (cuts[hf - 1] if hf else 0), k) for k, cuts in t.cohort_cuts.items() if cuts[-1]
+    )
+    low, high = shares[len(shares) // 4], shares[3 * len(shares) // 4]
+    assert high[0] > 1.5 * low[0] > 0
+
+
+def test_the_hot_paths_equal_the_named_ones():
+    """_stay_count_draw is PatientStayDraws.count without the table; _stay_writer's bytes are
+    orjson.dumps of the records (also checked when the writer is built)."""
+    plan = g.make_plan(5, AS_OF, encounters=True, min_age=70)
+    for i in range(3000):
+        assert g._stay_count_draw(plan, i) == g._stream(plan, g.PatientStayDraws, i).count
+    found = [stay for i in range(500) for stay in g.stays(plan, i)]
+    assert len(found) > 100
+    for stay in found:
+        encounter, condition = g.stay_json(plan, stay)
+        assert encounter == orjson.dumps(g.encounter_record(plan, stay))
+        assert condition == orjson.dumps(g.condition_record(plan, stay))
