@@ -269,10 +269,11 @@ def readmission_by_hospital(
         ours[ccn][1] += k
     hrrp = hrrp_rates()
     both = [c for c in ours if c in hrrp]
-    big = [c for c in both if ours[c][0] >= least]
-    line(f"Pearson readmission vs HRRP ({len(big):,} with >= {least})",
-         pearson([ours[c][1] / ours[c][0] for c in big], [hrrp[c] for c in big]), "-",
-         "hrrp_fy2025.csv observed, cohorts pooled")  # fmt: skip
+    for at_least in sorted({least, 100, 25}, reverse=True):  # 250: issue 19, at 3 M patients
+        big = [c for c in both if ours[c][0] >= at_least]
+        line(f"Pearson readmission vs HRRP ({len(big):,} with >= {at_least})",
+             pearson([ours[c][1] / ours[c][0] for c in big], [hrrp[c] for c in big]), "-",
+             "hrrp_fy2025.csv observed, cohorts pooled")  # fmt: skip
     ranked = sorted(both, key=lambda c: hrrp[c])
     third = len(ranked) // 3
     if third:
