@@ -149,37 +149,49 @@ GROUP BY ALL
 ORDER BY stays DESC, icd10, age_65_plus;
 
 -- name: admissions_per_1000
--- Stays a year per 1,000 persons by age band and sex at admission, over the span of the stays.
+-- Stays a year per 1,000 persons by age band and sex at admission. Person-years: each patient's
+-- time in the stays' span (first admission to last discharge), from birth or the span's start to
+-- death or the span's end, counted in the band of the age at its middle.
 WITH span AS (
-    SELECT date_diff('day', min(admitted), max(discharged)) / 365.25 AS years FROM stay
-), band AS (
+    SELECT min(admitted) AS t0, max(discharged) AS t1 FROM stay
+), exposure AS (
     SELECT
-        CASE WHEN age < 18 THEN '0-17' WHEN age < 45 THEN '18-44' WHEN age < 65 THEN '45-64'
-            WHEN age < 75 THEN '65-74' WHEN age < 85 THEN '75-84' ELSE '85+' END AS age_band,
-        gender
-    FROM stay
-), persons AS (
+        gender,
+        greatest(t0, birthDate::TIMESTAMPTZ) AS t_in,
+        least(t1, coalesce(deceasedDateTime, t1)) AS t_out,
+        birthDate
+    FROM patient, span
+), person_years AS (
+    SELECT
+        gender,
+        date_part('year', age((t_in + (t_out - t_in) / 2)::DATE, birthDate)) AS a,
+        date_diff('second', t_in, t_out) / (365.25 * 86400) AS years
+    FROM exposure
+    WHERE t_out > t_in
+), banded AS (
     SELECT
         CASE WHEN a < 18 THEN '0-17' WHEN a < 45 THEN '18-44' WHEN a < 65 THEN '45-64'
             WHEN a < 75 THEN '65-74' WHEN a < 85 THEN '75-84' ELSE '85+' END AS age_band,
         gender,
-        count(*) AS persons
-    FROM (
-        SELECT gender, date_part('year', age((SELECT min(admitted) FROM stay)::DATE
-            + to_days(CAST((SELECT years FROM span) * 365.25 / 2 AS INTEGER)), birthDate)) AS a
-        FROM patient
-        WHERE deceasedDateTime IS NULL OR deceasedDateTime > (SELECT min(admitted) FROM stay)
-    )
+        sum(years) AS person_years
+    FROM person_years
+    GROUP BY ALL
+), stays AS (
+    SELECT
+        CASE WHEN age < 18 THEN '0-17' WHEN age < 45 THEN '18-44' WHEN age < 65 THEN '45-64'
+            WHEN age < 75 THEN '65-74' WHEN age < 85 THEN '75-84' ELSE '85+' END AS age_band,
+        gender,
+        count(*) AS stays
+    FROM stay
     GROUP BY ALL
 )
 SELECT
     age_band,
     gender,
-    count(*) AS stays,
-    any_value(persons) AS persons,
-    round(1000 * count(*) / any_value(persons) / (SELECT years FROM span), 1) AS per_1000_a_year
-FROM band JOIN persons USING (age_band, gender)
-GROUP BY ALL
+    stays,
+    round(person_years, 1) AS person_years,
+    round(1000 * stays / person_years, 1) AS per_1000_a_year
+FROM stays JOIN banded USING (age_band, gender)
 ORDER BY age_band, gender;
 
 -- name: mortality_per_cohort
