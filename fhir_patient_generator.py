@@ -1993,8 +1993,10 @@ US_CORE_ENCOUNTER = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-enc
 US_CORE_CONDITION = (
     "http://hl7.org/fhir/us/core/StructureDefinition/us-core-condition-encounter-diagnosis"
 )
-MAX_STAYS = 64  # stay numbers k per patient: 0..62 the admissions process, 63 the death's stay
+MAX_STAYS = 128  # stay numbers k per patient: 0..30 the admissions process; k + READMISSION
+READMISSION = 31  # the readmission after stay k (up to 3 in a row: 31..123); 127 the death's
 DEATH_STAY = MAX_STAYS - 1
+READMISSION_LIMIT = 3 * READMISSION  # a stay numbered from here on is not readmitted again
 MEDICARE_AGE = 65  # the HRRP cohorts and MORT-30 are measured on patients 65 and older
 COHORTS = ("AMI", "HF", "PN", "COPD", "CABG", "HIP-KNEE")  # HRRP FY2025, hrrp_fy2025.csv
 # An assumption (no national figure at hand): half of the 30-day deaths after an admission of a
@@ -2003,6 +2005,10 @@ IN_STAY_OF_30_DAY_DEATHS = 0.5
 # The cohorts with a CMS 30-day mortality measure (MORT-30, cms_national.csv: mort30_<cohort>)
 MORT_30_COHORTS = ("AMI", "HF", "PN", "COPD", "CABG")
 OWN_HOSPITAL_SHARE = 0.70  # an assumption: a stay is at the managing organization this often
+# Readmissions (issue 19): assumptions where no national figure is at hand
+READMIT_SAME_HOSPITAL = 0.80  # a readmission returns to the index stay's hospital this often
+READMIT_SAME_COHORT = 0.35  # after a cohort stay, its principal diagnosis is the cohort's again
+READMIT_SKEW = 1.5  # the gap is 30 days x u**1.5: front-loaded, 38 % within the first week
 # Discharged alive: post-acute care (HCUP Statistical Brief #205, all payers 2013): 41.7 % of
 # Medicare stays and 11.7 % of privately insured ones went to post-acute care (65+ and under 65
 # here), of which 50 % to home health, 40 % to skilled nursing, the rest to other facilities.
@@ -2028,6 +2034,9 @@ class StayDraws(NamedTuple):
     diagnosis: int  # the row of the national mix
     los: int  # length of stay: a lognormal quantile
     disposition: int  # discharged to home, home health, skilled nursing, another facility
+    readmitted: int  # (issue 19) an unplanned readmission within 30 days follows this stay
+    # a readmission's own draws (k + READMISSION): admitted is its gap after the discharge,
+    # own whether it returns to the same hospital, cohort whether it keeps the index cohort
 
 
 @_draw_table(b"stays")
@@ -2071,6 +2080,9 @@ class StayTables(NamedTuple):
     cohort_dx: tuple[int, ...]  # by cohort (COHORTS order): its row in diagnoses
     cohort_cuts: Mapping[int, tuple[int, ...]]  # hospital position -> 65+ cumulative 32-bit cuts
     factors: tuple[float, ...]  # per hospital: see _hospital_factors
+    readmit: Mapping[int, tuple[float, ...]]  # hospital -> 30-day readmission rate per cohort
+    # (65+ cohort stays, COHORTS order), then the hospital-wide rate (every other stay)
+    cell_rates: tuple[float, ...]  # admissions per person-year per registry cell
     death_cuts: tuple[tuple[int, ...], tuple[int, ...]]  # under 65, 65+: see _death_stay
     post_acute: tuple[int, int]  # under 65, 65+: a 32-bit cut
     post_acute_cum: tuple[int, ...]  # over DISPOSITIONS[1:]
@@ -2093,9 +2105,14 @@ def _stay_reference(data_dir: Path) -> dict[str, Any]:
     ]
     national = {r["name"]: float(r["value"]) for r in _csv_rows(data_dir, "cms_national.csv")}
     hrrp: dict[str, dict[str, int]] = {}
+    readmissions: dict[str, dict[str, tuple[float | None, float | None, float | None]]] = {}
     for r in _csv_rows(data_dir, "hrrp_fy2025.csv"):
         hrrp.setdefault(r["ccn"], {})[r["cohort"]] = int(r["discharges"] or 0)
+        readmissions.setdefault(r["ccn"], {})[r["cohort"]] = tuple(  # type: ignore[assignment]
+            float(r[k]) if r[k] else None for k in ("observed_rate", "predicted_rate", "err")
+        )
     return {
+        "readmissions": readmissions,
         "rates": rates,
         "dx": _csv_rows(data_dir, "inpatient_dx.csv"),
         "volumes": {r["ccn"]: r for r in _csv_rows(data_dir, "hospital_volumes.csv")},
@@ -2161,6 +2178,26 @@ def _hospital_factors(plan: Plan, discharges: list[float]) -> tuple[float, ...]:
                 pull[cand[k]] += (cum[k] - previous) * share
                 previous = cum[k]
     return tuple(d / p if p else 0.0 for d, p in zip(discharges, pull, strict=True))
+
+
+def _readmission_rates(plan: Plan, ref: Mapping[str, Any]) -> dict[int, tuple[float, ...]]:
+    """Hospital position -> its 30-day readmission rate per HRRP cohort (the observed rate of
+    HRRP FY2025, readmissions / discharges; where suppressed its predicted rate; else the
+    national pooled rate), then its hospital-wide rate: CMS's national 14.6 % x the mean of its
+    excess readmission ratios (1 where it has none)."""
+    national = ref["national"]
+    pooled = [national[f"hrrp_pooled_observed_{c.lower().replace('-', '_')}"] for c in COHORTS]
+    wide = national["readm30_hosp_wide"]
+    out = {}
+    for k in plan.organization_index:
+        own = ref["readmissions"].get(plan.hospitals[k]["ccn"], {})
+        rates = [
+            next((x for x in own.get(c, (None, None))[:2] if x is not None), pooled[n])
+            for n, c in enumerate(COHORTS)
+        ]
+        errs = [v[2] for v in own.values() if v[2] is not None]
+        out[k] = (*rates, wide * (sum(errs) / len(errs) if errs else 1.0))
+    return out
 
 
 def _cohort_cuts(
@@ -2310,6 +2347,8 @@ def _stay_tables(plan: Plan) -> StayTables:
         cohort_dx=tuple(next(k for k, d in enumerate(diagnoses) if d.cohort == c) for c in COHORTS),
         cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
         factors=_hospital_factors(plan, discharges),
+        readmit=_readmission_rates(plan, ref),
+        cell_rates=tuple(rates),
         death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
         post_acute=tuple(_cut(p) for p in POST_ACUTE_SHARE),
         post_acute_cum=_cumulative(round(share * 1000) for *_, share in DISPOSITIONS[1:]),
@@ -2333,19 +2372,26 @@ def _stay_hospital(plan: Plan, t: StayTables, s: Sample, age: int, u: StayDraws)
     under CHILD_AGE)."""
     if u.own < t.own_cut:
         return s.organization
+    return _other_candidate(plan, t, s, age, u.hospital, s.organization) or s.organization
+
+
+def _other_candidate(
+    plan: Plan, t: StayTables, s: Sample, age: int, u32: int, exclude: int
+) -> int | None:
+    """One of the ZIP's candidates but `exclude`, by gravity weight x t.factors; None if none."""
     lo = s.zip * CANDIDATES
     slots = range(lo, lo + (CANDIDATES if age < CHILD_AGE else CANDIDATES - 1))
     cand, cum, factors = plan.hospital_cand, plan.hospital_cum, t.factors
     weights = [  # integers: the same draw on every machine
         0
-        if cand[k] == s.organization
+        if cand[k] == exclude
         else round((cum[k] - (cum[k - 1] if k > lo else 0)) * factors[cand[k]])
         for k in slots
     ]
     total = sum(weights)
     if not total:
-        return s.organization
-    v = u.hospital * total >> 32
+        return None
+    v = u32 * total >> 32
     for k, weight in zip(slots, weights, strict=True):
         if v < weight:
             return cand[k]
@@ -2392,12 +2438,12 @@ def _disposition(t: StayTables, age: int, u: StayDraws) -> int:
 
 def _death_stay(
     plan: Plan, t: StayTables, index: int, death: int, s: Sample, lo: int
-) -> Stay | None:
+) -> tuple[Stay, bool] | None:
     """The stay tied to the patient's death (k = DEATH_STAY), if any: the death's kind from
     t.death_cuts by the age at death. In hospital: the stay ends at the death (expired);
     after a MORT_30_COHORTS stay: admitted within 30 days before the death and
-    discharged alive before it. None if the stay would begin before the window (or birth).
-    `death` is PatientStayDraws.death."""
+    discharged alive before it, and then perhaps readmitted (the flag) before the death. None
+    if the stay would begin before the window (or birth). `death` is PatientStayDraws.death."""
     age = plan.cells[s.cell][0]
     cuts = t.death_cuts[age >= MEDICARE_AGE]
     kind = bisect.bisect_right(cuts, death)
@@ -2419,7 +2465,9 @@ def _death_stay(
         admitted = s.died - los - 1 - ((30 * 86400 - los - 1) * u.admitted >> 32)
         disposition = _disposition(t, age, u)
         stay = Stay(index, DEATH_STAY, admitted, admitted + los, hospital, diagnosis, disposition)
-    return stay if stay.admitted >= lo else None
+    if stay.admitted < lo:
+        return None
+    return stay, stay.disposition >= 0 and _readmitted(t, s, stay, age, u)
 
 
 _COUNT_AT = 4 * PatientStayDraws._fields.index("count")  # its bytes in the table's hash
@@ -2447,23 +2495,52 @@ def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
     n = bisect.bisect_right(t.count_cdf[s.cell], u.count)
     lo = max(plan.window_start, (s.birth - _EPOCH_DAY) * 86400)
     hi = plan.window_start + plan.window_span - 1 if s.died < 0 else s.died  # as-of or death
-    kept = []
+    kept, readmitted = [], []
     if s.died >= 0 and (last := _death_stay(plan, t, index, u.death, s, lo)) is not None:
-        kept.append(last)
-    for k in range(min(n, DEATH_STAY)):
-        stay = _candidate_stay(plan, t, index, k, s, lo)
-        if stay is None or stay.discharged >= hi:
+        kept.append(last[0])
+        if last[1]:
+            readmitted.append(last[0])
+    for k in range(min(n, READMISSION)):
+        found = _candidate_stay(plan, t, index, k, s, lo)
+        if found is None or found[0].discharged >= hi:
             continue  # before the window or birth; past the death or as-of
-        if not any(a <= stay.discharged and stay.admitted <= b for _, _, a, b, *_ in kept):
-            kept.append(stay)  # unless it overlaps a stay of a lower number
+        if _fits(found[0], kept):  # unless it overlaps a stay of a lower number
+            kept.append(found[0])
+            if found[1]:
+                readmitted.append(found[0])
+    _add_readmissions(plan, t, s, kept, readmitted, hi)
     return sorted(kept, key=lambda stay: stay.admitted)
+
+
+def _add_readmissions(
+    plan: Plan, t: StayTables, s: Sample, kept: list[Stay], readmitted: list[Stay], hi: int
+) -> None:
+    """Add the readmissions of the `readmitted` stays to `kept`, in time order; a readmission
+    may be readmitted in turn (up to READMISSION_LIMIT). One that would end after the death
+    ends at it (the patient dies in it); one after the death or the as-of is not made."""
+    while readmitted:
+        first = min(readmitted, key=lambda stay: stay.admitted)
+        readmitted.remove(first)
+        again, more = _readmission(plan, t, s, first)
+        if s.died >= 0 and again.admitted < s.died <= again.discharged:
+            again, more = again._replace(discharged=s.died, disposition=-1), False
+        if again.discharged <= hi and again.admitted < hi and _fits(again, kept):
+            kept.append(again)
+            if more and again.k < READMISSION_LIMIT:
+                readmitted.append(again)
+
+
+def _fits(stay: Stay, kept: list[Stay]) -> bool:
+    """Whether the stay overlaps none of `kept` (a patient is in one hospital at a time)."""
+    return not any(a <= stay.discharged and stay.admitted <= b for _, _, a, b, *_ in kept)
 
 
 def _candidate_stay(
     plan: Plan, t: StayTables, index: int, k: int, s: Sample, lo: int
-) -> Stay | None:
+) -> tuple[Stay, bool] | None:
     """Candidate admission k of patient #index: uniform in the window (None before `lo`, the
-    window's start or the birth), its hospital, diagnosis, length and disposition."""
+    window's start or the birth), its hospital, diagnosis, length and disposition; and whether
+    a readmission follows it (_readmitted)."""
     u: StayDraws = _stream(plan, StayDraws, index, k)
     admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
     if admitted < lo:
@@ -2472,7 +2549,42 @@ def _candidate_stay(
     hospital = _stay_hospital(plan, t, s, age, u)
     diagnosis = _stay_diagnosis(t, s, hospital, age, u)
     discharged = admitted + _los(t.diagnoses[diagnosis], u)
-    return Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
+    stay = Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
+    return stay, _readmitted(t, s, stay, age, u)
+
+
+def _readmitted(t: StayTables, s: Sample, stay: Stay, age: int, u: StayDraws) -> bool:
+    """Whether an unplanned readmission within 30 days follows the stay: at the hospital's HRRP
+    rate for a cohort stay of a patient 65+, else its hospital-wide rate, less the chance that
+    the admissions process readmits the patient anyway (its rate over 30 days)."""
+    rates = t.readmit.get(stay.hospital)
+    if rates is None:
+        return False
+    cohort = t.diagnoses[stay.diagnosis].cohort
+    rate = rates[COHORTS.index(cohort)] if cohort and age >= MEDICARE_AGE else rates[-1]
+    chance = 1.0 - math.exp(-t.cell_rates[s.cell] * 30 * 86400 / SECONDS_PER_YEAR)
+    return u.readmitted < _cut(max(0.0, (rate - chance) / (1.0 - chance)))
+
+
+def _readmission(plan: Plan, t: StayTables, s: Sample, first: Stay) -> tuple[Stay, bool]:
+    """The readmission after stay `first` (k + READMISSION): admitted 1 hour to 30 days after its
+    discharge (front-loaded), mostly at the same hospital, its principal diagnosis the index
+    cohort's again (READMIT_SAME_COHORT) or one of the mix; and whether it is readmitted too
+    (an index stay like any other: HRRP counts readmissions as index stays)."""
+    k = first.k + READMISSION if first.k < DEATH_STAY else DEATH_STAY - 1
+    u: StayDraws = _stream(plan, StayDraws, first.index, k)
+    gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** READMIT_SKEW)
+    admitted = first.discharged + max(3600, gap)
+    age = _age(s.birth, admitted)
+    hospital = first.hospital
+    if u.own >= _cut(READMIT_SAME_HOSPITAL):
+        hospital = _other_candidate(plan, t, s, age, u.hospital, first.hospital) or hospital
+    diagnosis = first.diagnosis
+    if not t.diagnoses[diagnosis].cohort or u.cohort >= _cut(READMIT_SAME_COHORT):
+        diagnosis = _stay_diagnosis(t, s, -1, age, u)  # the mix (65+: not a cohort)
+    discharged = admitted + _los(t.diagnoses[diagnosis], u)
+    again = Stay(first.index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
+    return again, _readmitted(t, s, again, age, u)
 
 
 # -- the resources: Encounter and Condition of a stay, in the run's FHIR version and profile

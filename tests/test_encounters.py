@@ -9,6 +9,7 @@ import csv
 import math
 from collections import Counter, defaultdict
 from datetime import datetime
+from itertools import pairwise
 
 import fhirkit
 import fhirpy_types_r5
@@ -305,3 +306,83 @@ def test_the_hot_paths_equal_the_named_ones():
         encounter, condition = g.stay_json(plan, stay)
         assert encounter == orjson.dumps(g.encounter_record(plan, stay))
         assert condition == orjson.dumps(g.condition_record(plan, stay))
+
+
+# -- readmissions (issue 19)
+
+
+def _readmission_rates(plan, people):
+    """Per cohort (65+ index stays) and overall: index stays discharged alive at least 30 days
+    before as-of, and how many have a next admission within 30 days of the discharge."""
+    t = g._stay_tables(plan)
+    as_of = plan.window_start + plan.window_span - 1
+    index, again = Counter(), Counter()
+    for s, found in people:
+        for a, b in pairwise([*found, None]):
+            if a.disposition < 0 or a.discharged > as_of - 30 * DAY:
+                continue
+            readmitted = b is not None and b.admitted - a.discharged <= 30 * DAY
+            cohort = t.diagnoses[a.diagnosis].cohort
+            for key in ("all", cohort if cohort and g._age(s.birth, a.admitted) >= 65 else None):
+                if key:
+                    index[key] += 1
+                    again[key] += readmitted
+    return index, again
+
+
+def test_30_day_readmissions_follow_hrrp():
+    """65+: pooled readmission rates near HRRP's pooled observed rates (cms_national.csv), all
+    stays 13-16 % (CMS's hospital-wide 14.6 %); tolerance 4 standard errors + 2 points (issue
+    19's bar for a 3,000,000-patient run)."""
+    plan, people = _population(21, 60_000, min_age=65)
+    index, again = _readmission_rates(plan, people)
+    national = {
+        r["name"]: float(r["value"])
+        for r in csv.DictReader(open(ROOT / "reference_data" / "cms_national.csv"))
+    }
+    for cohort in ("AMI", "HF", "PN", "COPD"):
+        r, n = national[f"hrrp_pooled_observed_{cohort.lower()}"], index[cohort]
+        assert n > 400
+        assert _within(again[cohort] / n, r, math.sqrt(r * (1 - r) / n), 0.02), (
+            cohort,
+            again[cohort] / n,
+            n,
+        )
+    assert 0.13 <= again["all"] / index["all"] <= 0.16 + 4 * math.sqrt(0.15 * 0.85 / index["all"])
+
+
+def test_hospitals_with_higher_hrrp_rates_readmit_more():
+    """Per hospital, the modelled HF readmission rate is HRRP's observed one where published
+    (else predicted, else pooled), and the hospitals in HRRP's top third of observed HF rates
+    readmit more in the output than those in its bottom third."""
+    plan, people = _population(22, 40_000, min_age=65, states="NY")
+    t = g._stay_tables(plan)
+    hf = g.COHORTS.index("HF")
+    published = {}
+    for r in csv.DictReader(open(ROOT / "reference_data" / "hrrp_fy2025.csv")):
+        if r["cohort"] == "HF" and r["observed_rate"]:
+            published[r["ccn"]] = float(r["observed_rate"])
+    for k, rates in t.readmit.items():
+        ccn = plan.hospitals[k]["ccn"]
+        if ccn in published:
+            assert rates[hf] == published[ccn]
+    ranked = sorted(
+        (published[plan.hospitals[k]["ccn"]], k)
+        for k in t.readmit
+        if plan.hospitals[k]["ccn"] in published
+    )
+    third = len(ranked) // 3
+    low, high = {k for _, k in ranked[:third]}, {k for _, k in ranked[-third:]}
+    as_of = plan.window_start + plan.window_span - 1
+    counts = {"low": [0, 0], "high": [0, 0]}
+    for _, found in people:
+        for a, b in pairwise([*found, None]):
+            if a.disposition < 0 or a.discharged > as_of - 30 * DAY:
+                continue
+            group = "low" if a.hospital in low else "high" if a.hospital in high else None
+            if group:
+                counts[group][0] += 1
+                counts[group][1] += b is not None and b.admitted - a.discharged <= 30 * DAY
+    rate = {k: c[1] / c[0] for k, c in counts.items()}
+    se = math.sqrt(sum(r * (1 - r) / counts[k][0] for k, r in rate.items()))
+    assert rate["high"] - rate["low"] > 2 * se, (rate, counts)
