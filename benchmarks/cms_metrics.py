@@ -96,8 +96,10 @@ def national_rates(con: duckdb.DuckDBPyConnection, named: dict[str, str]) -> Non
     (patients,) = rows(con, "SELECT count(*) FROM patient")[0]
     print(f"\n{n:,} stays over {years:.2f} years, {patients:,} patients")
     line("metric", "ours", "real", "source")
+    by_band = rows(con, named["admissions_per_1000"])
+    person_years = sum(r[3] for r in by_band)
     real = NATIONAL["hcris_discharges_generator_hospitals"] / population_total() * 1000
-    line("stays a year per 1,000 persons", f"{1000 * n / patients / years:.1f}", f"{real:.1f}",
+    line("stays per 1,000 person-years", f"{1000 * n / person_years:.1f}", f"{real:.1f}",
          "HCRIS 2021 discharges / age_sex.csv (SOURCES §C4)")  # fmt: skip
     line("ALOS, days", f"{days / n:.2f}", "4.6 / 5.26",
          "HCUP 2009 / HCRIS 2021 short-term hospitals")  # fmt: skip
@@ -112,7 +114,6 @@ def national_rates(con: duckdb.DuckDBPyConnection, named: dict[str, str]) -> Non
     )[0]
     line("deaths in hospital / deaths in window", pct(expired / deaths if deaths else None),
          pct(NATIONAL["inhospital_death_share"]), "NCHS Data Brief 118 (2010)")  # fmt: skip
-    by_band = rows(con, named["admissions_per_1000"])
     for band in ("0-17", "18-44", "45-64", "65-74", "75-84", "85+"):
         for gender, sex in (("female", "F"), ("male", "M")):
             got = [r[4] for r in by_band if r[0] == band and r[1] == gender]
