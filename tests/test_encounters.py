@@ -386,3 +386,36 @@ def test_hospitals_with_higher_hrrp_rates_readmit_more():
     rate = {k: c[1] / c[0] for k, c in counts.items()}
     se = math.sqrt(sum(r * (1 - r) / counts[k][0] for k, r in rate.items()))
     assert rate["high"] - rate["low"] > 2 * se, (rate, counts)
+
+
+def test_the_readme_stays_query_runs_on_a_layer(tmp_path):
+    """The README's DuckDB query over stays: it runs on a written layer and its figures are
+    the layer's (stays per diagnosis, ALOS, deaths, readmissions)."""
+    duckdb = pytest.importorskip("duckdb")
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Inpatient stays") :]
+    sql = section[section.index("```sql") + 6 : section.index("```", section.index("```sql") + 6)]
+    layer(tmp_path / "lake" / "bronze", "--count", "3000", "--min-age", "60", "--encounters")
+    con = duckdb.connect()
+    *views, query = [q for q in sql.split(";") if q.strip()]
+    for view in views:
+        con.execute(view.replace("lake/bronze", str(tmp_path / "lake" / "bronze")))
+    rows = con.sql(query).fetchall()
+    assert len(rows) == 8 and all(r[2] > 0 and 1 < r[3] < 15 for r in rows)
+    assert [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
+
+
+def test_stays_on_s3_have_the_local_keys_and_bytes(s3_throwaway_server, tmp_path):
+    """The S3 store writes the stay files with the local keys and bytes (rclone serve s3)."""
+    from test_s3 import objects, s3_cli
+
+    args = ("--count", "1500", "--format", "ndjson", "--gzip", "--records-per-file", "500")
+    args += ("--encounters", "--states", "VT")
+    local = tmp_path / "local"
+    assert run_cli(*args, "--output", str(local), "--quiet").returncode == 0
+    bucket = s3_throwaway_server.create_bucket()
+    result = s3_cli(s3_throwaway_server.endpoint, *args, "--output", f"s3://{bucket}/lake")
+    assert result.returncode == 0, result.stderr
+    stored = objects(s3_throwaway_server.client(), bucket, "lake")
+    assert {k: (local / k).read_bytes() for k in tree(local)} == stored
+    assert "encounter/Encounter.000003.ndjson.gz" in stored
