@@ -226,3 +226,19 @@ def test_stay_queries_match_the_generated_stays(tmp_path, fmt, gz, count):
         for statement in sql["stay_views"]:
             con.execute(statement)
         assert run("stay_dangling_references") == [(0, 1)]
+
+
+def test_hai_baselines_in_the_sql_are_the_reference_table():
+    """hai_per_hospital's SIR-1 incidences are reference_data/hai_baselines.csv's (SSI: colon +
+    hysterectomy), so the SQL and the table cannot drift apart."""
+    import csv
+    import re
+
+    with open(ROOT / "reference_data" / "hai_baselines.csv", newline="", encoding="utf-8") as f:
+        table = {r["hai"]: float(r["per_1000_patient_days_sir1"]) for r in csv.DictReader(f)}
+    (query,) = statements(ROOT)["hai_per_hospital"]
+    found = dict(re.findall(r"\('([A-Z]+)', '[^']+', ([0-9.+ ]+)\)", query))
+    assert {k: sum(float(x) for x in v.split("+")) for k, v in found.items()} == pytest.approx({
+        "CLABSI": table["CLABSI"], "CAUTI": table["CAUTI"], "CDI": table["CDI"],
+        "MRSA": table["MRSA"], "SSI": table["SSI_COLON"] + table["SSI_HYST"],
+    })  # fmt: skip
