@@ -23,6 +23,7 @@ import functools
 import hashlib
 import itertools
 import math
+import operator
 import os
 import re
 import secrets
@@ -115,7 +116,7 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
     "encounters": False,  # each patient's inpatient stays too (recorded only when on)
 }
 DEFAULT_FORMAT = "json"
-DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~75 MB plain, ~8 MB gzip) and work unit
+DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~81 MB plain, ~11 MB gzip) and work unit
 DEFAULT_CONCURRENCY = 16  # concurrent S3 uploads per process
 DEFAULT_GZIP_LEVEL = 1  # measured: level 6 halves NDJSON throughput for ~15% smaller files
 DEFAULT_WORKERS = 1
@@ -131,7 +132,7 @@ CCN_SYSTEM = "http://terminology.hl7.org/NamingSystem/CMSCertificationNumber"
 GENERAL_HOSPITAL_TYPES = ("Acute Care Hospitals", "Critical Access Hospitals")
 CHILDREN_HOSPITAL_TYPE = "Childrens"
 CHILD_AGE = 18  # younger patients may go to a children's hospital
-CANDIDATES = 6  # hospital_candidates.csv slots per ZIP: 5 general hospitals, then the children's
+CANDIDATES = 11  # hospital_candidates.csv slots per ZIP: 10 general hospitals, then the children's
 MAX_ID = 64  # FHIR id length
 # US Core Patient (5.0.1 and later; docs/us-core.md cites the pages these facts come from)
 US_CORE_PATIENT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
@@ -139,9 +140,11 @@ US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
 US_CORE_BIRTHSEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
 CDC_RACE_SYSTEM = "urn:oid:2.16.840.1.113883.6.238"  # CDC Race & Ethnicity (CDCREC)
+HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino": the preferred language depends on it
 # Identifier.system must be a URI under us-core; same namespace scheme as ORG_SYSTEM. The cms
 # profile keeps MRN_SYSTEM for backward compatibility; the MRN value is the same in both.
 US_CORE_MRN_SYSTEM = "urn:metriccare:mrn"
+HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino"
 OTHER_RACE_CODE = "2131-1"  # Census "Some Other Race": text only, no ombCategory (docs/us-core.md)
 OTHER_RACE_TEXT = "Other Race"
 TWO_OR_MORE_TEXT = "Two or more races"
@@ -187,8 +190,16 @@ class Reference:
     mx: Mapping[str, tuple[float, ...]]  # sex -> central death rate (deaths per person-year)
     ax: Mapping[str, tuple[float, ...]]  # sex -> mean years lived in the year of age at death
     languages: tuple[tuple[str, str, int], ...]  # (bcp47, display, national speakers)
-    language_cum: Mapping[str, tuple[int, ...]]  # state -> cumulative weights over languages
+    # state -> cumulative weights over languages, one table per (age band, Hispanic origin) at
+    # LANGUAGE_BANDS.index(band) * 2 + hispanic (language_lep.csv: limited English proficiency)
+    language_cum: Mapping[str, tuple[tuple[int, ...], ...]]
     race_ethnicity: Mapping[str, tuple[tuple[str, str, str, str, int], ...]]  # state -> rows
+    # The joint population (docs/population-model.md; tools/build_reference.py builds the tables)
+    state_age_sex: Mapping[str, Mapping[str, tuple[int, ...]]]  # state -> sex -> living by age
+    state_mx_ratio: Mapping[str, Mapping[str, tuple[float, ...]]]  # state -> sex -> k(x): m_s = k m
+    race_rows: tuple[tuple[str, str, str, str], ...]  # (race, code, ethnicity, code), state order
+    race_ratio: tuple[float, ...]  # per race row: death-rate ratio to the total (GBD 2019)
+    race_cum: Mapping[str, tuple[tuple[int, ...], ...]]  # state -> [race slot] -> cumulative
 
 
 def load_reference(data_dir: str | Path | None = None) -> Reference:
@@ -221,6 +232,7 @@ def _load_reference(data_dir: Path) -> Reference:
         race.setdefault(r["state"], []).append(
             (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
         )
+    joint = _joint_population(data_dir, race)
     return Reference(
         states=states,
         zips=zips,
@@ -235,8 +247,11 @@ def _load_reference(data_dir: Path) -> Reference:
             rows("languages_by_state_detail_acs2018.csv"),
             national,
             [code for code, *_ in states],
+            rows("language_lep.csv"),
+            _language_people(joint),
         ),
         race_ethnicity={k: tuple(v) for k, v in race.items()},
+        **joint,
     )
 
 
@@ -299,8 +314,9 @@ def _hospital_candidates(
     data_dir: Path, zips: tuple[ZipRow, ...], hospitals: tuple[Mapping[str, str], ...]
 ) -> dict[str, array]:
     """hospital_candidates.csv (tools/build_reference.py) as two flat arrays, CANDIDATES slots
-    per ZIP in zips.csv order: the 5 nearest general hospitals of the state, then the children's
-    hospital (weight 0, so never drawn, where there is none). Column-wise: 0.1 s, not 0.3."""
+    per ZIP in zips.csv order: the 10 nearest general hospitals in any state, then the
+    children's hospital (weight 0, so never drawn, where there is none); weights by discharges
+    over distance. Read column-wise (faster than row by row)."""
     with open(data_dir / "hospital_candidates.csv", newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         next(reader)
@@ -381,18 +397,15 @@ def _within_group_shares(
     return out
 
 
-def _language_cum(
+def _language_group_shares(
     by_state: list[dict[str, str]],
     detail: list[dict[str, str]],
     national: list[dict[str, str]],
     states: list[str],
-) -> dict[str, tuple[int, ...]]:
-    """state -> cumulative weights over languages.csv's rows: P(language | state) = sum over the
-    13 ACS 2017 C16001 groups g of P(g | state) x P(language | g), the latter from the state's
-    own ACS 2018 B16001 where published (38 states + DC), else national (languages.csv). States
-    without C16001 (PR) get the national table. Ages under 5, outside the ACS universe, use the
-    same table: the language of the state's households."""
-    keys = [_language_key(r) for r in national]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """state -> C16001 group -> {language key: share within the group}: from the state's own
+    ACS 2018 B16001 where published (38 states + DC), else national (languages.csv); the ACS
+    2017 C16001 group sizes place the residual 'und' (_within_group_shares)."""
     nat_detail = {_language_key(r): float(r["speakers_age5plus"]) for r in national}
     groups: dict[str, dict[str, float]] = {}
     for r in by_state:
@@ -402,18 +415,172 @@ def _language_cum(
         state_detail.setdefault(r["state"], {})[_language_key(r)] = float(r["speakers"])
     nat_groups = {g: sum(gs[g] for gs in groups.values()) for g in C16001_GROUPS}
     nat_shares = _within_group_shares(nat_groups, nat_detail)
-    out = {}
-    for st in states:
-        if st not in groups:
-            out[st] = tuple(itertools.accumulate(round(nat_detail[k]) for k in keys))
+    out = {
+        st: _within_group_shares(groups[st], state_detail[st])
+        if st in groups and st in state_detail
+        else nat_shares
+        for st in states
+    }
+    return out | {"US": nat_shares}
+
+
+# language_lep.csv's age bands (ACS B16004); children under 5 follow 5-17
+LANGUAGE_BANDS = ("5-17", "18-64", "65+")
+
+
+def _lep_scale(
+    lep: list[dict[str, str]], people: Mapping[str, Sequence[float]]
+) -> dict[str, float]:
+    """state -> the factor on its LEP shares that makes the LEP share of the generator's own
+    living 5+ (people: by cell, band * 2 + Hispanic) the ACS one (language_lep.csv's cells
+    weighted by their ACS population): the generator's ages (Census V2023) and Hispanic shares
+    (2020 P2) are not ACS 2018's, and the target is the state's LEP share."""
+    acs: dict[str, list[float]] = {}  # state -> [ACS LEP people, ACS people, ours LEP, ours]
+    for r in lep:
+        if r["state"] not in people:
             continue
-        gt, total = groups[st], sum(groups[st].values())
-        shares = _within_group_shares(gt, state_detail[st]) if st in state_detail else nat_shares
-        p = dict.fromkeys(keys, 0.0)
+        share = sum(int(r[g]) for g in C16001_GROUPS if g in r) / 1e9
+        ours = people[r["state"]][LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")]
+        t = acs.setdefault(r["state"], [0.0, 0.0, 0.0, 0.0])
+        t[0] += share * float(r["population"])
+        t[1] += float(r["population"])
+        t[2] += share * ours
+        t[3] += ours
+    return {st: (a / b) / (c / d) for st, (a, b, c, d) in acs.items() if c > 0 and d > 0}
+
+
+def _language_band(age: int) -> int:
+    """A whole age's band in LANGUAGE_BANDS."""
+    return 0 if age < 18 else 1 if age < 65 else 2
+
+
+def _language_cum(
+    by_state: list[dict[str, str]],
+    detail: list[dict[str, str]],
+    national: list[dict[str, str]],
+    states: list[str],
+    lep: list[dict[str, str]],
+    people: Mapping[str, Sequence[float]],
+) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """state -> per (band, Hispanic origin) cumulative weights over languages.csv's rows. The
+    preferred language is English unless the patient speaks English less than "very well"
+    (limited English proficiency, LEP): P(language | state, band, Hispanic) = P(LEP in C16001
+    group g | ...) x P(language | g, state), the first from language_lep.csv (built by
+    tools/build_reference.py from ACS 2018 C16001, B16004, B16006 and B01001I), the second the
+    group's speakers (_language_group_shares). States without a row (PR) use the US rows."""
+    keys = [_language_key(r) for r in national]
+    english = C16001_GROUPS["C16001_002E"][0]
+    shares = _language_group_shares(by_state, detail, national, states)
+    scale = _lep_scale(lep, people)
+    cells: dict[str, list[tuple[int, ...]]] = {}
+    for r in lep:
+        if r["state"] not in shares:
+            continue
+        p, k = dict.fromkeys(keys, 0.0), scale.get(r["state"], 1.0)
         for g, members in C16001_GROUPS.items():
-            for v in members:
-                p[v] += gt[g] / total * shares[g][v]
-        out[st] = tuple(itertools.accumulate(round(p[k] * 1e9) for k in keys))
+            if g in r:
+                for v in members:
+                    p[v] += k * int(r[g]) * shares[r["state"]][g][v]
+        p[english] = 1e9 - k * sum(int(r[g]) for g in C16001_GROUPS if g in r)
+        at = LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")
+        cells.setdefault(r["state"], [()] * 2 * len(LANGUAGE_BANDS))[at] = _cumulative(
+            round(p[k]) for k in keys
+        )
+    return {st: tuple(cells[st] if st in cells else cells["US"]) for st in states}
+
+
+# mortality_by_race.csv group of a race_ethnicity_by_state.csv row: Hispanic rows are "latino",
+# non-Hispanic ones by race code; GBD's "asian" includes Pacific Islanders; Census "Some Other
+# Race" and "Two or more races" have no GBD group and keep the total's rate (ratio 1).
+RACE_GROUPS: Mapping[str, str] = {
+    "2106-3": "white", "2054-5": "black", "1002-5": "aian", "2028-9": "asian", "2076-8": "asian",
+    "2131-1": "total", "": "total",
+}  # fmt: skip
+RACE_RATE_YEAR = "2019"  # mortality_by_race.csv's GBD rows: all five groups
+RACE_BANDS = (0, 5, 10, 15, 18, 20, 25, 30, 35, 45, 55, 65, 75, 85)  # ACS B01001A-I age bands
+
+
+def _race_slot(age: int, sex: str, dead: bool) -> int:
+    """The race table of a registry cell: (dead, sex, ACS band) in race_by_state_age.csv order."""
+    band = bisect.bisect_right(RACE_BANDS, age) - 1
+    return (dead * len(SEXES) + SEXES.index(sex)) * len(RACE_BANDS) + band
+
+
+def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """The joint population's compact tables: the living by state, sex and age (raked to the
+    national table); each state's mortality ratio k_s(x) = its SMR over the living-weighted
+    mean SMR of the 50 states + DC at that age and sex, so that m_s(x) = k_s(x) m(x) averages
+    to the national m(x) at every age (territories: k = 1); the race x ethnicity draws per
+    state and race slot, the dead's tilted by each row's death-rate ratio (the same deaths per
+    state, age and sex, shifted between races)."""
+    living: dict[str, dict[str, tuple[int, ...]]] = {}
+    for r in _csv_rows(data_dir, "state_age_sex.csv"):
+        living.setdefault(r["state"], {})[r["sex"]] = tuple(map(int, r["people"].split()))
+    smr = {r["state"]: float(r["smr"]) for r in _csv_rows(data_dir, "state_mortality.csv")}
+    ratio_by_state: dict[str, dict[str, tuple[float, ...]]] = {st: {} for st in living}
+    for sex in SEXES:
+        people = [sum(ages) for ages in zip(*(living[st][sex] for st in smr), strict=True)]
+        weighted = [
+            sum(ages)
+            for ages in zip(*([p * smr[st] for p in living[st][sex]] for st in smr), strict=True)
+        ]
+        mean = [w / p if p else 1.0 for w, p in zip(weighted, people, strict=True)]
+        for st in living:
+            k = smr.get(st, 0.0)
+            ratio_by_state[st][sex] = tuple(k / m if k else 1.0 for m in mean)
+    rows = tuple(row[:4] for row in next(iter(race.values())))
+    rates = {
+        r["group"]: float(r["age_standardized_death_rate_per_100k"])
+        for r in _csv_rows(data_dir, "mortality_by_race.csv")
+        if r["year"] == RACE_RATE_YEAR
+    }
+    race_ratio = tuple(
+        rates["latino" if eth_code == HISPANIC_CODE else RACE_GROUPS[code]] / rates["total"]
+        for _, code, _, eth_code in rows
+    )
+    per_mille = tuple(round(1000 * k) for k in race_ratio)
+    with open(data_dir / "race_by_state_age.csv", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
+        states, _, _, people = zip(*reader, strict=True)
+    flat, n, accumulate = list(map(int, " ".join(people).split())), len(rows), itertools.accumulate
+    living_cum: dict[str, list[tuple[int, ...]]] = {}
+    dead_cum: dict[str, list[tuple[int, ...]]] = {}
+    for k, st in enumerate(states):  # column-wise: one int() pass over the file
+        weights = flat[k * n : k * n + n]
+        living_cum.setdefault(st, []).append(tuple(accumulate(weights)))
+        dead_cum.setdefault(st, []).append(tuple(accumulate(map(operator.mul, weights, per_mille))))
+    for st, tables in living_cum.items():
+        if tuple(row[:4] for row in race[st]) != rows or len(tables) != len(SEXES) * len(
+            RACE_BANDS
+        ):
+            raise ValueError(f"race tables of {st} do not follow race_ethnicity_by_state.csv")
+    return {
+        "state_age_sex": living,
+        "state_mx_ratio": ratio_by_state,
+        "race_rows": rows,
+        "race_ratio": race_ratio,
+        "race_cum": {st: (*t, *dead_cum[st]) for st, t in living_cum.items()},
+    }
+
+
+def _language_people(joint: Mapping[str, Any]) -> dict[str, list[float]]:
+    """state -> the generator's living people 5+ by language cell (band * 2 + Hispanic): its
+    state age x sex table and the race rows drawn for each (sex, age band)."""
+    hispanic = [row[3] == HISPANIC_CODE for row in joint["race_rows"]]
+    out: dict[str, list[float]] = {}
+    for st, by_sex in joint["state_age_sex"].items():
+        cells = out.setdefault(st, [0.0] * 2 * len(LANGUAGE_BANDS))
+        for sex in SEXES:
+            for age in range(5, len(by_sex[sex])):
+                cum = joint["race_cum"][st][_race_slot(age, sex, False)]
+                share = (
+                    sum(c - b for c, b, h in zip(cum, (0, *cum), hispanic, strict=False) if h)
+                    / cum[-1]
+                )
+                band = _language_band(age) * 2
+                cells[band + 1] += by_sex[sex][age] * share
+                cells[band] += by_sex[sex][age] * (1 - share)
     return out
 
 
@@ -466,7 +633,8 @@ class Draws(NamedTuple):
     # joiner entered in error: the day of its deletion
     death_time_low: int  # all, dead cells: the death instant in the window (64 bits: low and
     death_time_high: int  # high halves); high half, a joiner: its place within its join slot
-    race: int  # us-core: race x ethnicity row
+    race: int  # all: race x ethnicity row, given state, age, sex and living or dead (joiners too);
+    # its Hispanic origin shapes the preferred language
     race_pair: int  # us-core: the pair of races of a "Two or more races" row
     given_name: int  # us-core
     family_name: int  # us-core
@@ -665,7 +833,10 @@ class Plan:
     organization_index: tuple[int, ...]  # positions in hospitals of the run's organizations
     organizations: tuple[Mapping[str, str], ...]  # every organization a patient can reference
     cells: tuple[tuple[int, str, bool], ...]  # (age on the record, sex, dead?) registry cells
-    cell_cum: tuple[int, ...]
+    cell_cum: tuple[tuple[int, ...], ...]  # by position in state_codes: the state's cell weights
+    race_cum: tuple[tuple[tuple[int, ...], ...], ...]  # [state][cell]: over race_rows
+    race_rows: tuple[tuple[str, str, str, str], ...]  # Reference.race_rows
+    race_hispanic: tuple[bool, ...]  # per race row: Hispanic or Latino?
     birth_low: tuple[int, ...]  # first possible birth ordinal per cell
     birth_span: tuple[int, ...]  # living cells: their possible birth days (0 for dead cells)
     death_power: tuple[float, ...]  # dead cells: k in f = u**k (0.0 marks a living cell)
@@ -673,13 +844,16 @@ class Plan:
     dates_base: int
     window_start: int  # epoch seconds
     window_span: int  # seconds in the window, as-of included
-    hospital_slots: tuple[int, ...]  # per cell: 5 general candidates, 6 under CHILD_AGE
+    hospital_slots: tuple[int, ...]  # per cell: 10 general candidates, 11 under CHILD_AGE
     languages: tuple[tuple[str, str], ...]
-    language_cum: tuple[tuple[int, ...], ...]  # by position in state_codes
+    # state position * 6 + language_slot[cell] + hispanic -> cumulative weights over languages
+    language_cum: tuple[tuple[int, ...], ...]
+    language_slot: tuple[int, ...]  # per cell: 2 * its age band in LANGUAGE_BANDS
     gender_other: int
     gender_unknown: int
     profile: Profile
     tables: Any  # the profile's own tables (None for cms)
+    fhir_version: FhirVersion  # options["fhir_version"] resolved: its number, models, Organization
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self.identity == other.identity
@@ -877,50 +1051,85 @@ def _death_weights(
     return deaths
 
 
-def _registry_cells(ref: Reference, opts: Mapping[str, Any]) -> list[tuple[int, str, bool, int]]:
-    """(age on the record, sex, dead?, integer weight) for ages min..max; D is computed on the
-    whole population first. Life table: living P << 32 and dead round(D * 2**32), so the living
-    keep the Census ratios exactly. --mortality-rate p: within the selected ages the dead take
-    share p spread by D and the living 1 - p spread by Census (exact to 2**-32), so p is the
-    probability that a patient of the run is deceased, whatever the age filter."""
-    living = {sex: tuple(row[1 + k] for row in ref.age_sex) for k, sex in enumerate(SEXES)}
-    lookback, rate = opts["lookback_years"], opts["mortality_rate"]
-    deaths = {s: _death_weights(living[s], ref.mx[s], ref.ax[s][0], lookback) for s in SEXES}
+def _state_deaths(ref: Reference, lookback: float) -> dict[str, dict[str, list[float]]]:
+    """state -> sex -> D_s(x): the national D(x) (the recursion on the national table) shared
+    among the states in proportion to k_s(x) P_s(x), their living times their mortality ratio.
+    The ratios average 1 over the living at every age, so the states' deaths add up to D(x)
+    (the national calibration holds exactly) and a state's deaths per person-year at age x
+    are m(x) k_s(x), up to the small difference between its and the nation's person-years per
+    living person at that age."""
+    out: dict[str, dict[str, list[float]]] = {st: {} for st in ref.state_age_sex}
+    for k, sex in enumerate(SEXES):
+        national = tuple(row[1 + k] for row in ref.age_sex)
+        deaths = _death_weights(national, ref.mx[sex], ref.ax[sex][0], lookback)
+        per_person = [d / p if p else 0.0 for d, p in zip(deaths, national, strict=True)]
+        for st, by_sex in ref.state_age_sex.items():
+            ratio = ref.state_mx_ratio[st][sex]
+            out[st][sex] = [
+                d * r * p for d, r, p in zip(per_person, ratio, by_sex[sex], strict=True)
+            ]
+    return out
+
+
+def _registry_cells(
+    ref: Reference, opts: Mapping[str, Any]
+) -> tuple[list[tuple[int, str, bool]], list[list[int]]]:
+    """The cells (age on the record, sex, dead?) for ages min..max and, per state of the run,
+    their integer weights: the state's living (raked Census, state_age_sex.csv) and its dead
+    (_state_deaths, computed on the whole population first). Life table: living P << 32 and
+    dead round(D * 2**32), so the living keep the table's ratios exactly and the states add up
+    to the national table. --mortality-rate p: within the selected ages the dead take share p
+    (over all the run's states) spread by D and the living 1 - p spread by the table (exact to
+    2**-32), so p is the probability that a patient of the run is deceased, whatever the age
+    filter; the states keep their relative death rates."""
+    states, rate = opts["states"], opts["mortality_rate"]
+    living = {st: ref.state_age_sex[st] for st in states}
+    deaths = _state_deaths(ref, opts["lookback_years"])
     ages = range(opts["min_age"], opts["max_age"] + 1)
     one = 1 << 32
     live_scale, dead_share, dead_total = one, float(one), 1.0  # dead: D * dead_share / dead_total
     if rate is not None:
         live_scale = round((1.0 - rate) * one)
-        dead_share = rate * sum(living[s][x] for s in SEXES for x in ages) * one
-        dead_total = sum(deaths[s][x] for s in SEXES for x in ages)
-    cells = []
-    for age in ages:
-        for sex in SEXES:
-            cells.append((age, sex, False, living[sex][age] * live_scale))
-            cells.append((age, sex, True, round(dead_share * deaths[sex][age] / dead_total)))
-    if not any(weight for *_, weight in cells):
+        dead_share = rate * sum(living[st][s][x] for st in states for s in SEXES for x in ages)
+        dead_share *= one
+        dead_total = sum(deaths[st][s][x] for st in states for s in SEXES for x in ages)
+    cells = [(age, sex, dead) for age in ages for sex in SEXES for dead in (False, True)]
+    weights = [
+        [
+            living[st][sex][age] * live_scale
+            if not dead
+            else round(dead_share * deaths[st][sex][age] / dead_total)
+            for age, sex, dead in cells
+        ]
+        for st in states
+    ]
+    if not any(map(any, weights)):
         raise ValueError(f"ages {opts['min_age']}..{opts['max_age']} leave no population")
-    return cells
+    return cells, weights
 
 
 def _population(ref: Reference, opts: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
-    """The registry's cells with their weights and what sample() needs per cell: the birth range
-    of the living, the age-at-death exponent of the dead; the window; the dates table."""
-    cells = _registry_cells(ref, opts)
+    """The registry's cells with their weights per state (and the states' totals, which draw
+    the state) and what sample() needs per cell: the birth range of the living, the age-at-death
+    exponent of the dead, the race tables; the window; the dates table."""
+    cells, weights = _registry_cells(ref, opts)
     today = as_of.date()
     as_of_seconds = int(as_of.timestamp())
     window_start = as_of_seconds - round(opts["lookback_years"] * SECONDS_PER_YEAR)
     first_death_day = date.fromordinal(window_start // 86400 + _EPOCH_DAY)
     birth_low, birth_span, death_power = [], [], []
-    for age, sex, dead, _ in cells:
+    for age, sex, dead in cells:
         born_by = first_death_day if dead else today  # the earliest birth is age + 1 years before
         birth_low.append(_add_years(born_by, -(age + 1)).toordinal() + 1)
         birth_span.append(0 if dead else _add_years(today, -age).toordinal() - birth_low[-1] + 1)
         death_power.append(0.0 if not dead else _infant_power(ref.ax[sex][0]) if age == 0 else 1.0)
     dates_base = min(birth_low)
+    slots = [_race_slot(*cell) for cell in cells]
     return {
-        "cells": tuple(cell[:3] for cell in cells),
-        "cell_cum": _cumulative(weight for *_, weight in cells),
+        "state_cum": _cumulative(map(sum, weights)),
+        "cells": tuple(cells),
+        "cell_cum": tuple(_cumulative(w) for w in weights),
+        "race_cum": tuple(tuple(ref.race_cum[st][k] for k in slots) for st in opts["states"]),
         "birth_low": tuple(birth_low),
         "birth_span": tuple(birth_span),
         "death_power": tuple(death_power),
@@ -958,7 +1167,6 @@ def _make_plan_cached(
     ).digest()
     key = master[:32]
     state_codes = opts["states"]
-    pops = {code: pop for code, _, pop, _ in ref.states}
     profile = PROFILES[opts["profile"]]
     population = _population(ref, opts, as_of)
     return Plan(
@@ -971,7 +1179,6 @@ def _make_plan_cached(
         **_bijection_keys(key),
         last_updated=_iso_instant(as_of),
         state_codes=state_codes,
-        state_cum=_cumulative(pops[s] for s in state_codes),
         zips=ref.zips,
         zip_index=tuple(ref.state_zips[s][0] for s in state_codes),
         zip_cum=tuple(ref.state_zips[s][1] for s in state_codes),
@@ -983,23 +1190,38 @@ def _make_plan_cached(
         hospital_slots=tuple(
             CANDIDATES if age < CHILD_AGE else CANDIDATES - 1 for age, _, _ in population["cells"]
         ),
+        race_rows=ref.race_rows,
+        race_hispanic=tuple(eth_code == HISPANIC_CODE for *_, eth_code in ref.race_rows),
         languages=tuple((code, display) for code, display, _ in ref.languages),
-        language_cum=tuple(ref.language_cum[s] for s in state_codes),
+        language_cum=tuple(t for s in state_codes for t in ref.language_cum[s]),
+        language_slot=tuple(2 * _language_band(age) for age, _, _ in population["cells"]),
         gender_other=round(GENDER_OTHER_SHARE * (1 << 32)),
         gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
         profile=profile,
         tables=profile.tables(ref),
+        fhir_version=FHIR_VERSIONS[opts["fhir_version"]],
     )
 
 
 def _organizations(ref: Reference, state_codes: tuple[str, ...]) -> dict[str, tuple[Any, ...]]:
-    """The run's organizations: every general and children's hospital of its states, in CMS
-    order (a patient's candidates are in their own state, so every reference resolves)."""
+    """The run's organizations, in CMS order: every general and children's hospital of its
+    states, and every hospital of another state that is a candidate of one of its ZIPs
+    (candidates cross state lines), so every reference resolves."""
     kinds, chosen = (*GENERAL_HOSPITAL_TYPES, CHILDREN_HOSPITAL_TYPE), set(state_codes)
+    cand, cum = ref.hospital_cand, ref.hospital_cum
+    used = set()
+    for state in state_codes:
+        for z in ref.state_zips[state][0]:
+            lo = z * CANDIDATES
+            used.update(
+                cand[k]
+                for k in range(lo, lo + CANDIDATES)
+                if cum[k] > (cum[k - 1] if k > lo else 0)
+            )
     index = tuple(
         i
         for i, h in enumerate(ref.hospitals)
-        if h["hospital_type"] in kinds and h["state"] in chosen
+        if i in used or (h["hospital_type"] in kinds and h["state"] in chosen)
     )
     return {"organization_index": index, "organizations": tuple(ref.hospitals[i] for i in index)}
 
@@ -1013,10 +1235,9 @@ def _no_tables(ref: Reference) -> None:
 
 
 class RaceTable(NamedTuple):
-    """One state's race x ethnicity draws (2020 Census P2 by state)."""
+    """One state's race x ethnicity rows as FHIR parts; sample() draws the row (Sample.race)."""
 
     rows: tuple[tuple[Any, ...], ...]  # (races|None, text, eth code, eth text, eth index)
-    cum: tuple[int, ...]
     pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...]  # by ethnicity index
     pair_cum: tuple[tuple[int, ...], ...]
 
@@ -1037,7 +1258,7 @@ def _faker_table(names: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int
 
 
 def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTable:
-    """One state's race x Hispanic-origin rows as draws.
+    """One state's race x Hispanic-origin rows as FHIR parts, in race_rows order.
 
     "Other Race" rows get no ombCategory (text only); "Two or more races" rows draw an unordered
     pair of distinct OMB races with weight w_a * w_b, w being the state's single-race population
@@ -1045,7 +1266,7 @@ def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTa
     """
     eth_index: dict[str, int] = {}
     omb: list[list[tuple[str, str, int]]] = []  # per ethnicity: (code, display, population)
-    rows, weights = [], []
+    rows = []
     for race, race_code, eth, eth_code, pop in race_rows:
         e = eth_index.setdefault(eth_code, len(eth_index))
         if e == len(omb):
@@ -1058,13 +1279,12 @@ def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTa
             races, text = ((race_code, race),), race
             omb[e].append((race_code, race, pop))
         rows.append((races, text, eth_code, eth, e))
-        weights.append(pop)
     pairs, pair_cum = [], []
     for cats in omb:
         combos = [(a, b) for i, a in enumerate(cats) for b in cats[i + 1 :]]
         pairs.append(tuple(((a[0], a[1]), (b[0], b[1])) for a, b in combos))
         pair_cum.append(_cumulative(a[2] * b[2] for a, b in combos))
-    return RaceTable(tuple(rows), _cumulative(weights), tuple(pairs), tuple(pair_cum))
+    return RaceTable(tuple(rows), tuple(pairs), tuple(pair_cum))
 
 
 def _us_core_tables(ref: Reference) -> UsCoreTables:
@@ -1101,6 +1321,7 @@ class Sample(NamedTuple):
     language: int  # position in plan.languages
     organization: int  # position in plan.hospitals
     died: int  # death instant in epoch seconds, -1 for the living
+    race: int  # position in plan.race_rows (race x Hispanic origin)
     draws: tuple[int, ...]  # the sixteen raw draws in Draws order: Draws._make(s.draws) names them
 
 
@@ -1123,6 +1344,9 @@ def _death(plan: Plan, cell: int, power: float, raw: tuple[int, ...]) -> tuple[i
     return last - days, died
 
 
+_RACE_SLOT = Draws._fields.index("race")
+
+
 def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     """sample()'s values as a plain tuple in Sample's field order (the renderer's hot path)."""
     if not 0 <= index <= MAX_INDEX:
@@ -1131,13 +1355,16 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     # The slots this function reads, named as in Draws (a test keeps the two in step); the
     # death slots are read by _death, the us-core ones by its record function.
     u_state, u_zip, u_cell, u_birth, u_gender, u_language, u_organization = raw[:7]
+    u_race = raw[_RACE_SLOT]
     bisect_right = bisect.bisect_right  # _pick, inlined: this is the hot loop
     cum = plan.state_cum
     s = bisect_right(cum, u_state * cum[-1] >> 32)
     cum = plan.zip_cum[s]
     z = plan.zip_index[s][bisect_right(cum, u_zip * cum[-1] >> 32)]
-    cum = plan.cell_cum
+    cum = plan.cell_cum[s]  # the state's own age x sex x living-or-dead table
     cell = bisect_right(cum, u_cell * cum[-1] >> 32)
+    cum = plan.race_cum[s][cell]  # race x ethnicity given state, age band, sex, living or dead
+    race = bisect_right(cum, u_race * cum[-1] >> 32)
     sex = plan.cells[cell][1]
     power = plan.death_power[cell]
     if power:
@@ -1145,19 +1372,28 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     else:
         birth, died = plan.birth_low[cell] + (u_birth * plan.birth_span[cell] >> 32), -1
     gender = _gender(plan, u_gender, sex)
-    cum = plan.language_cum[s]
+    # the language by state, age band and Hispanic origin (of the race row us-core prints)
+    cum = plan.language_cum[s * 6 + plan.language_slot[cell] + plan.race_hispanic[race]]
     language = bisect_right(cum, u_language * cum[-1] >> 32)
-    # the ZIP's candidates: slots lo..lo+4 for everyone, lo+5 (children's) under CHILD_AGE
+    # the ZIP's candidates: slots lo..lo+9 for everyone, lo+10 (children's) under CHILD_AGE
     cum, lo = plan.hospital_cum, z * CANDIDATES
     hi = lo + plan.hospital_slots[cell]
     org = plan.hospital_cand[bisect_right(cum, u_organization * cum[hi - 1] >> 32, lo, hi)]
-    return s, z, cell, sex, birth, gender, language, org, died, raw
+    return s, z, cell, sex, birth, gender, language, org, died, race, raw
 
 
 # _sample_tuple reads its slots by their Draws names (u_<name>): keep the two in step.
 assert [n for n in _sample_tuple.__code__.co_varnames if n.startswith("u_")] == [
-    "u_" + name for name in Draws._fields[:7]
+    "u_" + name for name in (*Draws._fields[:7], "race")
 ], "_sample_tuple's u_ names must follow the Draws table"
+
+
+def _language_at(plan: Plan, state: int, cell: int, race: int, raw: tuple[int, ...]) -> int:
+    """The language _sample_tuple draws for a patient of state position `state` in `cell` with
+    race row `race` (the living population draws it for a joiner's own state and age)."""
+    hispanic = plan.race_hispanic[race]
+    cum = plan.language_cum[state * 6 + plan.language_slot[cell] + hispanic]
+    return _pick(cum, Draws._make(raw).language)
 
 
 def sample(plan: Plan, index: int) -> Sample:
@@ -1294,7 +1530,7 @@ def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, 
     """The cms record plus US Core's parts, in FHIR element order (draws race..family_name)."""
     t: UsCoreTables = plan.tables
     u, race_table = Draws._make(s.draws), t.race[plan.state_codes[s.state]]
-    races, text, eth_code, eth_display, e = race_table.rows[_pick(race_table.cum, u.race)]
+    races, text, eth_code, eth_display, e = race_table.rows[s.race]
     if races is None:  # Two or more races
         races = race_table.pairs[e][_pick(race_table.pair_cum[e], u.race_pair)]
     given = t.given_names[s.sex][_pick(t.given_cum[s.sex], u.given_name)]
@@ -1415,10 +1651,14 @@ FHIR_VERSIONS: Mapping[str, FhirVersion] = {
 }
 
 
-def organization_record(org: Mapping[str, str], fhir_version: str = "R4") -> dict[str, Any]:
+def organization_record(
+    org: Mapping[str, str], fhir_version: str | FhirVersion = "R4"
+) -> dict[str, Any]:
     """The FHIR Organization of one of the plan's hospitals (plan.organizations), in the given
-    FHIR version."""
-    return FHIR_VERSIONS[fhir_version].organization(org)
+    FHIR version (a FHIR_VERSIONS name, or plan.fhir_version)."""
+    if not isinstance(fhir_version, FhirVersion):
+        fhir_version = FHIR_VERSIONS[fhir_version]
+    return fhir_version.organization(org)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1434,10 +1674,18 @@ BLOCK = 64  # indexes per event tile: tile (block, year) holds the candidate eve
 # change without moving any other event. The life table's highest m(x) is 0.73 (men, 110).
 DEATH_BOUND, MOVE_BOUND, HOSPITAL_BOUND = 0.75, 0.30, 0.05
 # Share of people 1+ who moved in a year, CPS ASEC 2021: within the county, to another county of
-# the state, to another state (docs/living-population.md); hazards -ln(1 - p), split pro rata.
+# the state, to another state (docs/living-population.md); hazards -ln(1 - p), split pro rata,
+# then spread over ages by the ACS 2018 B07001 mover rates of each kind (movers_by_age_acs2018.csv)
+# so that each kind's total over the B07001 population 1+ stays the CPS one.
 MOVE_SHARES = (0.049, 0.019, 0.014)
 MOVE_KINDS = ("move-zip", "move-county", "move-state")
 HOSPITAL_CHANGE_RATE = 0.03  # per person-year without a move: an assumption (no published rate)
+# Deaths, births and arrivals by calendar year and state (issue 17): the life table's m(x) times
+# the year's national level (NCHS deaths per person, deaths_by_year_nchs.csv, over the life
+# table's year LIFE_TABLE_YEAR's); births and net international migration per person of each
+# state (Census V2025 components, population_components_v2025.csv). A calendar year y uses the
+# component year ending 30 June y; years outside the tables use the nearest year in them.
+LIFE_TABLE_YEAR = 2022  # HMD's US period life table (life_table_hmd2022_full.csv)
 BIRTH_RATE = 3_596_017 / 334_914_895  # NCHS final births 2023 / Census population 1 July 2023
 NEWCOMER_RATE = 2_800_000 / 340_110_988  # Census net international migration 2023-24 / 2024 pop.
 MALE_AT_BIRTH = 105 / 205  # the sex ratio at birth, about 105 boys per 100 girls
@@ -1470,24 +1718,90 @@ class Version(NamedTuple):
     sample: Sample  # the patient as of this version (after a delete: as it last was)
 
 
+class _YearRates(NamedTuple):
+    """The living population's rates that vary by calendar year, state or age (reference data;
+    BIRTH_RATE and NEWCOMER_RATE remain the documented national figures of 2023-24)."""
+
+    years: range  # the component years with data; others use the nearest
+    death_level: Mapping[int, float]  # year -> NCHS deaths per person / LIFE_TABLE_YEAR's
+    births: Mapping[tuple[str, int], float]  # (state, year) -> births per person-year
+    arrivals: Mapping[tuple[str, int], float]  # (state, year) -> net intl. migration per person
+    move_factor: tuple[tuple[float, ...], ...]  # by age: each kind's B07001 rate / its mean
+
+
+@functools.cache
+def _year_rates(data_dir: str | None) -> _YearRates:
+    """The tables behind _YearRates, read once per data folder."""
+    folder = Path(data_dir) if data_dir else DATA_DIR
+    components = [
+        r
+        for r in _csv_rows(folder, "population_components_v2025.csv")
+        if r["period"].startswith(f"{int(r['year']) - 1}-07-01")  # whole years (not 2020)
+    ]
+    years = sorted({int(r["year"]) for r in components})
+    people = {(r["state"], int(r["year"])): int(r["popestimate_jul1"]) for r in components}
+    deaths = _csv_rows(folder, "deaths_by_year_nchs.csv")
+    crude = {
+        int(r["year"]): int(r["us_resident_deaths_registered"]) / people["US", int(r["year"])]
+        for r in deaths
+        if ("US", int(r["year"])) in people
+    }
+    return _YearRates(
+        years=range(years[0], years[-1] + 1),
+        death_level={y: c / crude[LIFE_TABLE_YEAR] for y, c in crude.items()},
+        births={
+            (r["state"], int(r["year"])): int(r["births"]) / people[r["state"], int(r["year"])]
+            for r in components
+        },
+        arrivals={
+            (r["state"], int(r["year"])): max(0, int(r["net_international_migration"]))
+            / people[r["state"], int(r["year"])]
+            for r in components
+        },
+        move_factor=_move_factors(_csv_rows(folder, "movers_by_age_acs2018.csv")),
+    )
+
+
+def _move_factors(rows: list[dict[str, str]]) -> tuple[tuple[float, ...], ...]:
+    """By whole age 0..MAX_AGE: each move kind's ACS B07001 rate at that age over its rate in
+    the whole population 1+ (age 0 takes the 1-4 rate; "75 years and over" runs to MAX_AGE)."""
+    columns = ("moved_within_county", "moved_diff_county_same_state", "moved_from_diff_state")
+    people = sum(int(r["population_1plus"]) for r in rows)
+    mean = [sum(int(r[c]) for r in rows) / people for c in columns]
+    lows = [int(r["age_group"].split()[0]) for r in rows]
+    factors = [
+        tuple(
+            int(r[c]) / int(r["population_1plus"]) / m for c, m in zip(columns, mean, strict=True)
+        )
+        for r in rows
+    ]
+    return tuple(factors[bisect.bisect_right(lows, max(x, 1)) - 1] for x in range(MAX_AGE + 1))
+
+
 class _Dynamics(NamedTuple):
     """What the events of a plan need, precomputed once (tables; no state)."""
 
     tile_hash: Any  # SHAKE-256 that has absorbed the plan key: tiles copy it
     poisson: Mapping[int, tuple[int, ...]]  # year length in days -> inverse CDF of candidates
-    kind_cut: tuple[int, int]  # w0 >> 6 below [0]: death, below [1]: move, else hospital
-    death_accept: Mapping[str, tuple[int, ...]]  # sex -> by age: accept a death if w2 < this
-    move_accept: tuple[int, int, int]  # cumulative w2 cuts: same county, other county, state
-    hospital_accept: int
+    kind_cut: tuple[int, ...]  # a candidate's kind word below [k] (and not [k-1]): kind k
+    cuts: tuple[Any, ...]  # by position in _EVENT_KINDS: that kind's acceptance thresholds
     zip_order: tuple[int, ...]  # the run's ZIP positions sorted by (state, county)
     zip_rank: Mapping[int, int]  # ZIP position -> rank in zip_order
+    state_index: Mapping[str, int]  # state code -> position in plan.state_codes
     rank_cum: tuple[int, ...]  # rank_cum[r] = population of ranks < r (len + 1 entries)
     county_span: tuple[tuple[int, int], ...]  # by rank: ranks of its county [lo, hi)
     state_span: tuple[tuple[int, int], ...]  # by rank: ranks of its state
-    living_cum: tuple[int, ...]  # plan.cells' weights with the dead at 0 (newcomers' cells)
+    living_cum: tuple[tuple[int, ...], ...]  # by state: cells with the dead at 0 (newcomers)
     newborn_cell: Mapping[str, int]  # sex -> the living age-0 cell (births), if in the ages
-    join_rate: float  # joiners per epoch patient per year
-    birth_cut: int  # a joiner is a birth if Draws.joiner_kind < this
+    # The joiners' clock, in segments (the epoch's year, then one per calendar year, the last
+    # one open): seconds after E where each begins, joiners per epoch patient before it, and
+    # joiners per epoch patient per second within it.
+    join_at: tuple[float, ...]
+    join_before: tuple[float, ...]
+    join_rate: tuple[float, ...]
+    birth_cut: tuple[int, ...]  # by segment: a joiner is a birth if Draws.joiner_kind < this
+    birth_states: tuple[tuple[int, ...], ...]  # by segment: cumulative births by state position
+    arrival_states: tuple[tuple[int, ...], ...]  # by segment: arrivals (net migration) likewise
     error_cut: int  # a joiner was entered in error if Draws.entered_in_error < this
     male_cut: int
     start: int  # E in whole seconds: changes happen after it
@@ -1516,70 +1830,94 @@ def _cut(p: float) -> int:
     return min(round(p * (1 << 32)), 1 << 32)
 
 
-def _living_cum(plan: Plan) -> tuple[int, ...]:
-    """The registry's cell weights with the dead cells at 0: newcomers are alive."""
-    weights = (c - b for c, b in zip(plan.cell_cum, (0, *plan.cell_cum), strict=False))
-    return _cumulative(
-        0 if dead else w for (_, _, dead), w in zip(plan.cells, weights, strict=True)
-    )
+def _living_cum(plan: Plan) -> tuple[tuple[int, ...], ...]:
+    """Each state's registry cell weights with the dead cells at 0: newcomers are alive."""
+    out = []
+    for cum in plan.cell_cum:
+        weights = (c - b for c, b in zip(cum, (0, *cum), strict=False))
+        out.append(
+            _cumulative(
+                0 if dead else w for (_, _, dead), w in zip(plan.cells, weights, strict=True)
+            )
+        )
+    return tuple(out)
 
 
-@functools.lru_cache(maxsize=8)
-def _dynamics(plan: Plan) -> _Dynamics:
-    """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
-    rates; in exact or integer arithmetic where a draw depends on them."""
-    ref = load_reference(plan.identity[3])
-    bound = DEATH_BOUND + MOVE_BOUND + HOSPITAL_BOUND
-    with localcontext() as ctx:
-        ctx.prec = 40
-        poisson = {
-            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
-            for days in (365, 366)
+def _state_death_ratio(plan: Plan, ref: Reference) -> tuple[Mapping[str, tuple[float, ...]], ...]:
+    """By state position: sex -> by age, the state's mortality ratio k_s(x) (m_s = k_s m), the
+    registry's (Reference.state_mx_ratio); 1 where a state has none."""
+    one = {sex: (1.0,) * (MAX_AGE + 1) for sex in SEXES}
+    return tuple(ref.state_mx_ratio.get(code, one) for code in plan.state_codes)
+
+
+def _death_tables(
+    plan: Plan, ref: Reference, rates: _YearRates
+) -> dict[tuple[int, int], dict[str, tuple[int, ...]]]:
+    """(rate year, state position) -> sex -> by age: m(x) x the year's level x the state's
+    ratio k_s(x), per bound; state -1: the highest of the states. A rate above DEATH_BOUND (only
+    at the oldest ages of a high year or state) is capped at it."""
+    ratio, ages = _state_death_ratio(plan, ref), range(MAX_AGE + 1)
+    accept = {}
+    for y in rates.years:
+        level = rates.death_level[min(rates.death_level, key=lambda k: (abs(k - y), k))]
+        for k, r in enumerate(ratio):
+            accept[y, k] = {
+                sex: tuple(
+                    _cut(min(1.0, m * level * kx / DEATH_BOUND))
+                    for m, kx in zip(ref.mx[sex], r[sex], strict=True)
+                )
+                for sex in SEXES
+            }
+        accept[y, -1] = {
+            sex: tuple(max(accept[y, k][sex][x] for k in range(len(ratio))) for x in ages)
+            for sex in SEXES
         }
-        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())  # the same on every machine
-    top = max(max(ref.mx[s]) for s in SEXES)
-    if top >= DEATH_BOUND:
-        raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
-    move_rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
-    # ZIPs by (state, county): a county and a state are contiguous rank ranges
-    weights: dict[int, int] = {}
-    for positions, cum in zip(plan.zip_index, plan.zip_cum, strict=True):
-        for z, c, before in zip(positions, cum, (0, *cum), strict=False):
-            weights[z] = c - before
-    state_rank = {code: k for k, code in enumerate(plan.state_codes)}
-    order = sorted(weights, key=lambda z: (state_rank[plan.zips[z][3]], plan.zips[z][2], z))
-    county_span, state_span = [], []
-    for key, span in ((2, county_span), (3, state_span)):
-        lo = 0
-        for r in range(1, len(order) + 1):
-            if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
-                span.extend([(lo, r)] * (r - lo))
-                lo = r
-    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
-    newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
-    return _Dynamics(
-        tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
-        poisson=poisson,
-        kind_cut=(
-            round(DEATH_BOUND / bound * (1 << 26)),
-            round((DEATH_BOUND + MOVE_BOUND) / bound * (1 << 26)),
-        ),
-        death_accept={s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES},
-        move_accept=tuple(_cut(sum(move_rates[: k + 1]) / MOVE_BOUND) for k in range(3)),
-        hospital_accept=_cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND),
-        zip_order=tuple(order),
-        zip_rank={z: r for r, z in enumerate(order)},
-        rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
-        county_span=tuple(county_span),
-        state_span=tuple(state_span),
-        living_cum=_living_cum(plan),
-        newborn_cell=newborn,
-        join_rate=joins,
-        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
-        error_cut=_cut(ERROR_SHARE),
-        male_cut=_cut(MALE_AT_BIRTH),
-        start=_seconds(plan.as_of),
-    )
+    return accept
+
+
+def _year_start(year: int) -> int:
+    return (date(year, 1, 1).toordinal() - _EPOCH_DAY) * 86400
+
+
+_JOIN_FIELDS = (
+    "join_at",
+    "join_before",
+    "join_rate",
+    "birth_cut",
+    "birth_states",
+    "arrival_states",
+)
+
+
+def _join_clock(plan: Plan, rates: _YearRates, start: int) -> dict[str, tuple[Any, ...]]:
+    """The joiners' segments (see _Dynamics): per calendar year from the epoch's to the last rate
+    year, births and arrivals per epoch patient summed over the run's states, each state
+    weighted by its population (states.csv, as the epoch draws it)."""
+    births_on = plan.options["min_age"] == 0
+    weights = [b - a for a, b in zip((0, *plan.state_cum), plan.state_cum, strict=False)]
+    first = date.fromordinal(start // 86400 + _EPOCH_DAY).year
+    out: dict[str, list[Any]] = {k: [] for k in _JOIN_FIELDS}
+    before, at = 0.0, 0.0
+    for year in range(first, max(first, rates.years[-1]) + 1):
+        y = min(max(year, rates.years[0]), rates.years[-1])
+        born = [
+            w * rates.births[code, y] if births_on else 0.0
+            for w, code in zip(weights, plan.state_codes, strict=True)
+        ]
+        came = [
+            w * rates.arrivals[code, y] for w, code in zip(weights, plan.state_codes, strict=True)
+        ]
+        per_year = (sum(born) + sum(came)) / sum(weights)
+        out["join_at"].append(at)
+        out["join_before"].append(before)
+        out["join_rate"].append(per_year / SECONDS_PER_YEAR)
+        out["birth_cut"].append(_cut(sum(born) / (sum(born) + sum(came))))
+        out["birth_states"].append(_cumulative(round(b * 1000) for b in born))
+        out["arrival_states"].append(_cumulative(round(c * 1000) for c in came))
+        end = _year_start(year + 1) - start if year < 9999 else float("inf")
+        before += (end - at) * out["join_rate"][-1]
+        at = float(end)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _age(birth: int, instant: int) -> int:
@@ -1622,6 +1960,191 @@ def _move_zip(dyn: _Dynamics, z: int, kind: int, u32: int) -> int | None:
     return dyn.zip_order[bisect.bisect_right(cum, target) - 1]
 
 
+class _Candidate(NamedTuple):
+    """A candidate event of one patient, from five words of its tile (_tile); sorted, a
+    patient's candidates are in time order (ties: tile order). _candidates makes them plain
+    tuples in this order (a named one costs a microsecond each, and most are never accepted);
+    code reads them by these names, unpacked, or as _Candidate._make once one is accepted."""
+
+    instant: int  # w1: the instant within the tile's year
+    position: int  # where its words start in the tile
+    kind: int  # w0 >> 6: which kind, by _Dynamics.kind_cut (w0 % BLOCK: whose candidate)
+    accept: int  # w2: thinning, against the kind's accept cut (and a move's own kind)
+    place: int  # w3: where a move goes
+    hospital: int  # w4: the hospital a move or a hospital change gives
+
+
+class _EventKind(NamedTuple):
+    """A kind of event of the living population, the one place it is defined: the replay
+    (_apply) and the window pre-check (_window_events) both read the kinds from _EVENT_KINDS.
+
+    Candidates of all kinds come at the sum of the bounds per person-year, each kind taking its
+    bound's share of them; a candidate of a kind is accepted when its accept draw is below
+    accept(the kind's cuts, the patient, the instant), i.e. with probability rate / bound
+    (Lewis-Shedler thinning), then change() applies it."""
+
+    name: str  # what it is (a move's Version.change says which move)
+    bound: float  # candidates per person-year: the kind's rate must never exceed it
+    cuts: Callable[[Plan, Reference], Any]  # its acceptance thresholds, computed once per plan
+    accept: Callable[[Any, Sample, int], int]  # (cuts, patient, instant) -> accept below this
+    change: Callable[[Plan, _Dynamics, Any, Sample, _Candidate], tuple[Sample, str] | None]
+    # change: the accepted candidate applied: (the new sample, Version.change), or None when
+    # it changes nothing (nowhere to move, no other hospital)
+
+
+class _DeathCuts(NamedTuple):
+    """A death candidate is accepted below table[rate year, state position][sex][age]: m(x) x
+    the state's ratio k_s(x) x the year's level, over DEATH_BOUND (_death_tables); state -1
+    holds the highest of the states (the window pre-check)."""
+
+    years: range  # the rate years: an instant's calendar year is clamped to them
+    table: Mapping[tuple[int, int], Mapping[str, tuple[int, ...]]]
+
+
+def _death_cuts(plan: Plan, ref: Reference) -> _DeathCuts:
+    """The death cuts by rate year, state, sex and age."""
+    top = max(max(ref.mx[s]) for s in SEXES)
+    if top >= DEATH_BOUND:
+        raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
+    rates = _year_rates(plan.identity[3])
+    return _DeathCuts(rates.years, _death_tables(plan, ref, rates))
+
+
+def _rate_year(years: range, instant: int) -> int:
+    """The rate year of an instant: its UTC calendar year, clamped to the years with rates."""
+    year = date.fromordinal(instant // 86400 + _EPOCH_DAY).year
+    return min(max(year, years[0]), years[-1])
+
+
+def _death_accept(cuts: _DeathCuts, s: Sample, instant: int) -> int:
+    """m(x) at the patient's age at the instant, by sex, state and calendar year."""
+    age = min(_age(s.birth, instant), MAX_AGE)
+    return cuts.table[_rate_year(cuts.years, instant), s.state][s.sex][age]
+
+
+def _die(plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate) -> tuple[Sample, str]:
+    return s._replace(died=c.instant), "death"
+
+
+def _move_cuts(plan: Plan, ref: Reference) -> tuple[tuple[int, ...], ...]:
+    """By age: cumulative accept cuts of the same county, another county of the state, another
+    state: the CPS shares as hazards -ln(1 - p) (exact decimals, the same everywhere), split pro
+    rata, each times its ACS B07001 factor at that age (_YearRates.move_factor)."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())
+    rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
+    return tuple(
+        tuple(
+            _cut(
+                min(
+                    1.0,
+                    sum(r * f for r, f in zip(rates[: k + 1], factor, strict=False)) / MOVE_BOUND,
+                )
+            )
+            for k in range(len(MOVE_SHARES))
+        )
+        for factor in _year_rates(plan.identity[3]).move_factor
+    )
+
+
+def _move_accept(cuts: tuple[tuple[int, ...], ...], s: Sample, instant: int) -> int:
+    return cuts[min(_age(s.birth, instant), MAX_AGE)][-1]  # any of the three moves at that age
+
+
+def _move(
+    plan: Plan, dyn: _Dynamics, cuts: tuple[tuple[int, ...], ...], s: Sample, c: _Candidate
+) -> tuple[Sample, str] | None:
+    """A move (which one: the accept draw against the cumulative cuts of the age) to a ZIP in
+    proportion to population, and a hospital there (the age at the move allows)."""
+    age = min(_age(s.birth, c.instant), MAX_AGE)
+    move = bisect.bisect_right(cuts[age], c.accept)
+    z = _move_zip(dyn, s.zip, move, c.place)
+    if z is None:
+        return None
+    org = _hospital_at(plan, z, age, c.hospital)
+    state = dyn.state_index[plan.zips[z][3]]
+    return s._replace(state=state, zip=z, organization=org), MOVE_KINDS[move]
+
+
+def _hospital_cuts(plan: Plan, ref: Reference) -> int:
+    return _cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND)
+
+
+def _fixed_accept(cut: int, s: Sample, instant: int) -> int:
+    """A kind whose rate is the same for everyone: its cut is its accept threshold."""
+    return cut
+
+
+def _change_hospital(
+    plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate
+) -> tuple[Sample, str] | None:
+    """Another hospital among the ZIP's candidates (the age at the instant allows)."""
+    org = _hospital_at(plan, s.zip, _age(s.birth, c.instant), c.hospital, s.organization)
+    return None if org is None else (s._replace(organization=org), "hospital")
+
+
+# The event kinds, in the order they share a candidate's kind word. A kind's rate can change
+# within its bound without moving any other event; a new kind, a new bound or a new order
+# redraws every candidate (their number and kinds follow the bounds' total).
+_EVENT_KINDS: tuple[_EventKind, ...] = (
+    _EventKind("death", DEATH_BOUND, _death_cuts, _death_accept, _die),
+    _EventKind("move", MOVE_BOUND, _move_cuts, _move_accept, _move),
+    _EventKind("hospital", HOSPITAL_BOUND, _hospital_cuts, _fixed_accept, _change_hospital),
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _dynamics(plan: Plan) -> _Dynamics:
+    """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
+    rates; in exact or integer arithmetic where a draw depends on them."""
+    ref = load_reference(plan.identity[3])
+    bound = sum(kind.bound for kind in _EVENT_KINDS)
+    with localcontext() as ctx:
+        ctx.prec = 40
+        poisson = {
+            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
+            for days in (365, 366)
+        }
+    # ZIPs by (state, county): a county and a state are contiguous rank ranges
+    weights: dict[int, int] = {}
+    for positions, cum in zip(plan.zip_index, plan.zip_cum, strict=True):
+        for z, c, before in zip(positions, cum, (0, *cum), strict=False):
+            weights[z] = c - before
+    state_rank = {code: k for k, code in enumerate(plan.state_codes)}
+    order = sorted(weights, key=lambda z: (state_rank[plan.zips[z][3]], plan.zips[z][2], z))
+    county_span, state_span = [], []
+    for key, span in ((2, county_span), (3, state_span)):
+        lo = 0
+        for r in range(1, len(order) + 1):
+            if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
+                span.extend([(lo, r)] * (r - lo))
+                lo = r
+    newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
+    start = _seconds(plan.as_of)
+    return _Dynamics(
+        tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
+        poisson=poisson,
+        kind_cut=tuple(  # the kinds share the kind word's 26 bits in proportion to their bounds
+            round(b / bound * (1 << 26))
+            for b in itertools.accumulate(kind.bound for kind in _EVENT_KINDS[:-1])
+        ),
+        cuts=tuple(kind.cuts(plan, ref) for kind in _EVENT_KINDS),
+        zip_order=tuple(order),
+        zip_rank={z: r for r, z in enumerate(order)},
+        state_index=state_rank,
+        rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
+        county_span=tuple(county_span),
+        state_span=tuple(state_span),
+        living_cum=_living_cum(plan),
+        newborn_cell=newborn,
+        **_join_clock(plan, _year_rates(plan.identity[3]), start),
+        error_cut=_cut(ERROR_SHARE),
+        male_cut=_cut(MALE_AT_BIRTH),
+        start=start,
+    )
+
+
 _TILE_WORDS = 5  # per candidate: offset and kind, instant, accept, place, hospital
 
 
@@ -1636,13 +2159,9 @@ def _tile(dyn: _Dynamics, block: int, year: int) -> tuple[int, ...]:
     return struct.unpack(f"<{_TILE_WORDS * k}I", h.digest(4 + 4 * _TILE_WORDS * k)[4:])
 
 
-def _year_start(year: int) -> int:
-    return (date(year, 1, 1).toordinal() - _EPOCH_DAY) * 86400
-
-
 def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[tuple[int, ...]]]:
-    """Offset in the block -> its candidates (instant, w0, w2, w3, w4) with lo < instant <= hi,
-    in time order (ties: tile order)."""
+    """Offset in the block -> its candidates (tuples in _Candidate's order) with lo < instant <=
+    hi, in time order (ties: tile order)."""
     out: dict[int, list[tuple[int, ...]]] = {}
     if hi <= lo:
         return out
@@ -1656,23 +2175,31 @@ def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[
             instant = start + (w[k + 1] * length >> 32)
             if lo < instant <= hi:
                 out.setdefault(w[k] % BLOCK, []).append(
-                    (instant, k, w[k], w[k + 2], w[k + 3], w[k + 4])
+                    (instant, k, w[k] >> 6, w[k + 2], w[k + 3], w[k + 4])
                 )
     for events in out.values():
         events.sort()
     return out
 
 
-def _gap(dyn: _Dynamics, count: int) -> float:
-    """Seconds between joiners: the epoch population times the joining rate, per second."""
-    return SECONDS_PER_YEAR / (count * dyn.join_rate)
+def _joined(dyn: _Dynamics, seconds: float) -> float:
+    """Expected joiners per epoch patient in the first `seconds` after the epoch."""
+    k = bisect.bisect_right(dyn.join_at, seconds) - 1
+    return dyn.join_before[k] + (seconds - dyn.join_at[k]) * dyn.join_rate[k]
+
+
+def _join_offset(dyn: _Dynamics, joined: float) -> float:
+    """The inverse of _joined: seconds after the epoch by which `joined` are expected."""
+    k = bisect.bisect_right(dyn.join_before, joined) - 1
+    return dyn.join_at[k] + (joined - dyn.join_before[k]) / dyn.join_rate[k]
 
 
 def _join_instant(plan: Plan, dyn: _Dynamics, count: int, index: int) -> int:
-    """When joiner #index (index >= count) joins: the k-th of a steady stream, k = index - count,
-    jittered within its slot by the joiner's own draw, so instants never decrease with k."""
+    """When joiner #index (index >= count) joins: the k-th of a stream whose rate follows each
+    calendar year's births and arrivals, k = index - count, jittered within its slot by the
+    joiner's own draw, so instants never decrease with k."""
     u = Draws._make(_raw_draws(_digest(plan, index))).death_time_high
-    return dyn.start + 1 + int((index - count + u / 4294967296.0) * _gap(dyn, count))
+    return dyn.start + 1 + int(_join_offset(dyn, (index - count + u / 4294967296.0) / count))
 
 
 def population_size(plan: Plan, count: int, until: datetime | str) -> int:
@@ -1686,7 +2213,7 @@ def _joiners_by(plan: Plan, dyn: _Dynamics, count: int, until: int) -> int:
     """The number of joiners k with join instant <= until (instants never decrease with k)."""
     if count <= 0 or until <= dyn.start:
         return 0
-    k = max(0, int((until - dyn.start) / _gap(dyn, count)) - 1)
+    k = max(0, int(count * _joined(dyn, until - dyn.start)) - 1)
     while k > 0 and _join_instant(plan, dyn, count, count + k - 1) > until:
         k -= 1
     while _join_instant(plan, dyn, count, count + k) <= until:
@@ -1722,49 +2249,52 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
         return _Start(s, "epoch", dyn.start, None)
     u = Draws._make(s.draws)
     instant = _join_instant(plan, dyn, count, index)
-    if u.joiner_kind < dyn.birth_cut:
+    segment = bisect.bisect_right(dyn.join_at, instant - dyn.start) - 1
+    if u.joiner_kind < dyn.birth_cut[segment]:
         change, sex = "birth", "male" if u.cell < dyn.male_cut else "female"
         cell, birth = dyn.newborn_cell[sex], instant // 86400 + _EPOCH_DAY
+        state = _pick(dyn.birth_states[segment], u.state)
     else:
         change = "arrival"
-        cell = _pick(dyn.living_cum, u.cell)
+        state = _pick(dyn.arrival_states[segment], u.state)
+        cell = _pick(dyn.living_cum[state], u.cell)  # the living of its state's ages
         sex, birth = (
             plan.cells[cell][1],
             plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32),
         )
+    z = plan.zip_index[state][_pick(plan.zip_cum[state], u.zip)]
     gender = _gender(plan, u.gender, sex)
-    org = _hospital_at(plan, s.zip, _age(birth, instant), u.organization)
+    org = _hospital_at(plan, z, _age(birth, instant), u.organization)
     deleted = None
     if u.entered_in_error < dyn.error_cut:
         deleted = instant + 86400 + (u.death_age * (ERROR_DAYS - 1) * 86400 >> 32)
-    s = s._replace(cell=cell, sex=sex, birth=birth, gender=gender, organization=org, died=-1)
+    race = _pick(plan.race_cum[state][cell], u.race)
+    s = s._replace(
+        state=state,
+        zip=z,
+        cell=cell,
+        sex=sex,
+        birth=birth,
+        gender=gender,
+        language=_language_at(plan, state, cell, race, s.draws),
+        organization=org,
+        died=-1,
+        race=race,
+    )
     return _Start(s, change, instant, deleted)
 
 
 def _apply(
-    plan: Plan, dyn: _Dynamics, s: Sample, instant: int, event: tuple[int, ...]
+    plan: Plan, dyn: _Dynamics, s: Sample, event: tuple[int, ...]
 ) -> tuple[Sample, str] | None:
-    """A candidate event (instant, tile position, w0, w2, w3, w4) applied to the patient as it
-    is: (the new sample, the change) if thinning accepts it and it changes something, else None."""
-    _, _, w0, w2, w3, w4 = event
-    kind = w0 >> 6
-    if kind < dyn.kind_cut[0]:
-        if w2 >= dyn.death_accept[s.sex][min(_age(s.birth, instant), MAX_AGE)]:
-            return None
-        return s._replace(died=instant), "death"
-    if kind < dyn.kind_cut[1]:
-        if w2 >= dyn.move_accept[2]:
-            return None
-        move = 0 if w2 < dyn.move_accept[0] else 1 if w2 < dyn.move_accept[1] else 2
-        z = _move_zip(dyn, s.zip, move, w3)
-        if z is None:
-            return None
-        org = _hospital_at(plan, z, _age(s.birth, instant), w4)
-        return s._replace(zip=z, organization=org), MOVE_KINDS[move]
-    if w2 >= dyn.hospital_accept:
+    """A candidate (_Candidate's fields) applied to the patient as it is: (the new sample, the
+    change) if thinning accepts it and it changes something, else None."""
+    instant, _, kind_word, accept, _, _ = event
+    k = bisect.bisect_right(dyn.kind_cut, kind_word)
+    kind, cuts = _EVENT_KINDS[k], dyn.cuts[k]
+    if accept >= kind.accept(cuts, s, instant):
         return None
-    org = _hospital_at(plan, s.zip, _age(s.birth, instant), w4, s.organization)
-    return None if org is None else (s._replace(organization=org), "hospital")
+    return kind.change(plan, dyn, cuts, s, _Candidate._make(event))
 
 
 def _evolve(
@@ -1779,10 +2309,10 @@ def _evolve(
         return []
     versions = [Version(index, 1, last, start.change, s)]
     for event in events if s.died < 0 and start.deleted is None else ():
-        instant = event[0]
+        instant = event[0]  # _Candidate.instant
         if instant > until:
             break
-        changed = _apply(plan, dyn, s, instant, event) if instant > last else None
+        changed = _apply(plan, dyn, s, event) if instant > last else None
         if changed:
             s, change = changed
             last = instant
@@ -1807,18 +2337,15 @@ def history(plan: Plan, count: int, index: int, until: datetime | str) -> list[V
     return _evolve(plan, dyn, index, start, events, until_s)
 
 
-def _window_events(
-    dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]], age_at: Callable[[int], int]
-) -> bool:
+def _window_events(dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]]) -> bool:
     """Whether any candidate could be accepted (a necessary condition, checked before the
-    patient's history is replayed): deaths by age and sex, the others by their fixed rates."""
-    accept = dyn.death_accept[start.sample.sex]
-    for instant, _, w0, w2, _, _ in events:
-        kind = w0 >> 6
-        if kind < dyn.kind_cut[0]:
-            if w2 < accept[min(age_at(instant), MAX_AGE)]:
-                return True
-        elif w2 < (dyn.move_accept[2] if kind < dyn.kind_cut[1] else dyn.hospital_accept):
+    patient's history is replayed): each by its kind's accept cut for the patient's start (sex
+    and birth never change), in state -1: the highest of the states' death rates, as the
+    patient may move."""
+    s, kind_cut, kinds, cuts = start.sample._replace(state=-1), dyn.kind_cut, _EVENT_KINDS, dyn.cuts
+    for instant, _, kind_word, accept, _, _ in events:  # _Candidate's fields
+        k = bisect.bisect_right(kind_cut, kind_word)
+        if accept < kinds[k].accept(cuts[k], s, instant):
             return True
     return False
 
@@ -1933,7 +2460,7 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
             i = block * BLOCK + offset
             if a <= i < b:
                 start = _start(plan, dyn, count, i)
-                if _window_events(dyn, start, events, functools.partial(_age, start.sample.birth)):
+                if _window_events(dyn, start, events):
                     starts[i] = start
         for i in range(max(a, joiners.start), min(b, joiners.stop)):
             starts.setdefault(i, _start(plan, dyn, count, i))
@@ -1954,16 +2481,34 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
     return out
 
 
-class Window(NamedTuple):
-    """A snapshot or a change batch of the living population whose epoch is the plan's as-of:
-    what generate_patients(epoch=...) yields, the CLI prints and a Bronze(window=...) run
-    writes (its count then covers the indexes that exist at `until`: population_size)."""
-
+class _WindowFields(NamedTuple):
     epoch_count: int  # N: the population at the epoch
-    until: str  # T: the snapshot at T, or the end of the batch (since, until]
-    since: str | None = None  # S: the change batch (S, T] instead of the snapshot
+    until: datetime  # T: the snapshot at T, or the end of the batch (since, until]
+    since: datetime | None = None  # S: the change batch (S, T] instead of the snapshot
     latest: bool = False  # a batch holds each patient's last version only
     faults: Faults = NO_FAULTS
+
+
+class Window(_WindowFields):
+    """A snapshot or a change batch of the living population whose epoch is the plan's as-of:
+    what generate_patients(epoch=...) yields, the CLI prints and a Bronze(window=...) run
+    writes (its count then covers the indexes that exist at `until`: population_size).
+
+    until and since are given as datetimes or ISO-8601 text and kept as aware UTC datetimes
+    (parse_as_of, once, here): nothing downstream parses them again."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        epoch_count: int,
+        until: datetime | str,
+        since: datetime | str | None = None,
+        latest: bool = False,
+        faults: Faults = NO_FAULTS,
+    ) -> Window:
+        since = None if since is None else parse_as_of(since)
+        return super().__new__(cls, epoch_count, parse_as_of(until), since, latest, faults)
 
 
 def _window_versions(
@@ -2082,7 +2627,7 @@ class StayTables(NamedTuple):
     factors: tuple[float, ...]  # per hospital: see _hospital_factors
     readmit: Mapping[int, tuple[float, ...]]  # hospital -> 30-day readmission rate per cohort
     # (65+ cohort stays, COHORTS order), then the hospital-wide rate (every other stay)
-    cell_rates: tuple[float, ...]  # admissions per person-year per registry cell
+    month_chance: tuple[float, ...]  # per registry cell: P(an admission within 30 days)
     death_cuts: tuple[tuple[int, ...], tuple[int, ...]]  # under 65, 65+: see _death_stay
     post_acute: tuple[int, int]  # under 65, 65+: a 32-bit cut
     post_acute_cum: tuple[int, ...]  # over DISPOSITIONS[1:]
@@ -2303,7 +2848,10 @@ def _death_cuts(
     30 days before a death by chance, and m_c the rate, the deaths tied to a cohort-c stay are
     F_c = (m_c O_c - C_c) / (1 - m_c), split IN_STAY_OF_30_DAY_DEATHS in the stay."""
     lookback, month = plan.options["lookback_years"], 30 * 86400 / SECONDS_PER_YEAR
-    weights = [c - b for c, b in zip(plan.cell_cum, (0, *plan.cell_cum), strict=False)]
+    weights = [0] * len(plan.cells)  # the run's cell weights: the states' tables summed
+    for cum in plan.cell_cum:
+        for k, (c, b) in enumerate(zip(cum, (0, *cum), strict=False)):
+            weights[k] += c - b
     old = [k for k, (age, _, _) in enumerate(plan.cells) if age >= MEDICARE_AGE]
     deaths = sum(weights[k] for k in old if plan.cells[k][2])
     stays = sum(weights[k] * rates[k] * lookback / (2 if plan.cells[k][2] else 1) for k in old)
@@ -2348,7 +2896,7 @@ def _stay_tables(plan: Plan) -> StayTables:
         cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
         factors=_hospital_factors(plan, discharges),
         readmit=_readmission_rates(plan, ref),
-        cell_rates=tuple(rates),
+        month_chance=tuple(1.0 - math.exp(-r * 30 * 86400 / SECONDS_PER_YEAR) for r in rates),
         death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
         post_acute=tuple(_cut(p) for p in POST_ACUTE_SHARE),
         post_acute_cum=_cumulative(round(share * 1000) for *_, share in DISPOSITIONS[1:]),
@@ -2436,6 +2984,26 @@ def _disposition(t: StayTables, age: int, u: StayDraws) -> int:
     return 1 + _pick(t.post_acute_cum, (u.disposition << 32) // cut)  # uniform again below cut
 
 
+_COUNT_AT = 4 * PatientStayDraws._fields.index("count")  # its bytes in the table's hash
+_STAY_DRAWS = len(StayDraws._fields)
+
+
+def _stay_draws(plan: Plan, index: int, k: int) -> StayDraws:
+    """_stream(plan, StayDraws, index, k), with the message formatted at once (a stay's hot
+    path; a test keeps the two equal)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"stay-k|%d|%d" % (index, k))
+    return StayDraws._make(_raw_draws(hasher.digest())[:_STAY_DRAWS])
+
+
+def _stay_count_draw(plan: Plan, index: int) -> int:
+    """_stream(plan, PatientStayDraws, index).count without building the table (the hot path:
+    every patient asks; a test keeps the two equal)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"stays|%d" % index)
+    return int.from_bytes(hasher.digest()[_COUNT_AT : _COUNT_AT + 4], "little")
+
+
 def _death_stay(
     plan: Plan, t: StayTables, index: int, death: int, s: Sample, lo: int
 ) -> tuple[Stay, bool] | None:
@@ -2449,7 +3017,7 @@ def _death_stay(
     kind = bisect.bisect_right(cuts, death)
     if kind >= len(cuts):
         return None  # died away from hospital
-    u: StayDraws = _stream(plan, StayDraws, index, DEATH_STAY)
+    u = _stay_draws(plan, index, DEATH_STAY)
     n = len(MORT_30_COHORTS)
     hospital = _stay_hospital(plan, t, s, age, u)
     if kind == n:  # in hospital, another diagnosis: the mix (65+: without the cohorts)
@@ -2468,17 +3036,6 @@ def _death_stay(
     if stay.admitted < lo:
         return None
     return stay, stay.disposition >= 0 and _readmitted(t, s, stay, age, u)
-
-
-_COUNT_AT = 4 * PatientStayDraws._fields.index("count")  # its bytes in the table's hash
-
-
-def _stay_count_draw(plan: Plan, index: int) -> int:
-    """_stream(plan, PatientStayDraws, index).count without building the table (the hot path:
-    every patient asks; a test keeps the two equal)."""
-    hasher = plan.hasher.copy()
-    hasher.update(b"stays|%d" % index)
-    return int.from_bytes(hasher.digest()[_COUNT_AT : _COUNT_AT + 4], "little")
 
 
 def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
@@ -2541,7 +3098,7 @@ def _candidate_stay(
     """Candidate admission k of patient #index: uniform in the window (None before `lo`, the
     window's start or the birth), its hospital, diagnosis, length and disposition; and whether
     a readmission follows it (_readmitted)."""
-    u: StayDraws = _stream(plan, StayDraws, index, k)
+    u = _stay_draws(plan, index, k)
     admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
     if admitted < lo:
         return None
@@ -2562,7 +3119,7 @@ def _readmitted(t: StayTables, s: Sample, stay: Stay, age: int, u: StayDraws) ->
         return False
     cohort = t.diagnoses[stay.diagnosis].cohort
     rate = rates[COHORTS.index(cohort)] if cohort and age >= MEDICARE_AGE else rates[-1]
-    chance = 1.0 - math.exp(-t.cell_rates[s.cell] * 30 * 86400 / SECONDS_PER_YEAR)
+    chance = t.month_chance[s.cell]
     return u.readmitted < _cut(max(0.0, (rate - chance) / (1.0 - chance)))
 
 
@@ -2572,7 +3129,7 @@ def _readmission(plan: Plan, t: StayTables, s: Sample, first: Stay) -> tuple[Sta
     cohort's again (READMIT_SAME_COHORT) or one of the mix; and whether it is readmitted too
     (an index stay like any other: HRRP counts readmissions as index stays)."""
     k = first.k + READMISSION if first.k < DEATH_STAY else DEATH_STAY - 1
-    u: StayDraws = _stream(plan, StayDraws, first.index, k)
+    u = _stay_draws(plan, first.index, k)
     gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** READMIT_SKEW)
     admitted = first.discharged + max(3600, gap)
     age = _age(s.birth, admitted)
@@ -2921,7 +3478,7 @@ def generate_patient(
     Options are those of make_plan, e.g. profile="us-core" for a US Core Patient.
     """
     plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
-    return _model(plan.options["fhir_version"], "Patient").model_validate(build_record(plan, index))
+    return _model(plan.fhir_version.models, "Patient").model_validate(build_record(plan, index))
 
 
 def generate_patients(  # noqa: PLR0913 (the living population's arguments are keyword-only)
@@ -2952,9 +3509,7 @@ def generate_patients(  # noqa: PLR0913 (the living population's arguments are k
     if start:
         raise ValueError("a living population begins at #0: start must be 0 with epoch")
     plan = make_plan(draw_seed() if seed is None else seed, epoch, **options)
-    until = _iso_instant(parse_as_of(as_of))
-    since = None if since is None else _iso_instant(parse_as_of(since))
-    for v in _window_versions(plan, Window(count, until, since, latest, faults)):
+    for v in _window_versions(plan, Window(count, as_of, since, latest, faults)):
         yield version_record(plan, v)
 
 
@@ -2968,11 +3523,10 @@ def _check_index_range(start: Any, count: Any) -> None:
 
 
 @functools.cache
-def _model(fhir_version: str, resource_type: str) -> Any:
-    """The fhir.resources model class of a resource type in a FHIR version."""
+def _model(package: str, resource_type: str) -> Any:
+    """The fhir.resources model class of a resource type in a package (FhirVersion.models)."""
     import importlib
 
-    package = FHIR_VERSIONS[fhir_version].models
     return getattr(importlib.import_module(f"{package}.{resource_type.lower()}"), resource_type)
 
 
@@ -3094,7 +3648,7 @@ def _patient_writer(plan: Plan) -> Callable[[int, Sample, bytes], bytes]:
 
     def write(index: int, s: Sample, meta: bytes) -> bytes:
         # Sample's fields, unpacked by position: the hot path skips the named tuple
-        _, zip_, _, _, birth, gender, language, organization, died, _ = s
+        _, zip_, _, _, birth, gender, language, organization, died, _, _ = s
         k = birth - base
         born = dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, birth).encode()
         if died < 0:
@@ -3202,7 +3756,8 @@ def _version_writer(plan: Plan) -> Callable[[Version], bytes]:
     for index in range(8):  # as json_renderer: a field the fragments miss fails here
         s = sample(plan, index)
         epoch = Version(index, 1, 0, "epoch", s)
-        later = Version(index, 2, 4102444800, "move-zip", s._replace(birth=s.birth + 36500))
+        born = min(s.birth + 36500, date.max.toordinal())  # past the date table, and valid
+        later = Version(index, 2, 4102444800, "move-zip", s._replace(birth=born))
         if write_version(epoch) != render(index) or write_version(later) != dumps(
             version_record(plan, later)
         ):
@@ -3217,7 +3772,7 @@ class BronzeError(RuntimeError):
 def _validated(plan: Plan, record: dict[str, Any], index: int) -> dict[str, Any]:
     """The record, after fhir.resources accepted it; BronzeError naming the index if not."""
     try:
-        _model(plan.options["fhir_version"], record["resourceType"]).model_validate(record)
+        _model(plan.fhir_version.models, record["resourceType"]).model_validate(record)
     except Exception as e:  # pydantic's ValidationError, or anything the model raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BronzeError(f"patient #{index} failed FHIR validation: {first}") from None
@@ -3264,9 +3819,19 @@ def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, Stay
         return lambda i: (line(i), patient_stays_json(plan, i, sample(plan, i)))
     write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
 
+    count_cdf, hasher, at = _stay_tables(plan).count_cdf, plan.hasher, _COUNT_AT
+    at_cell, at_died = Sample._fields.index("cell"), Sample._fields.index("died")
+
     def render(i: int) -> tuple[bytes, StayLines]:
         s = _sample_tuple(plan, i)  # one sample for the patient and its stays
-        return write(i, s, meta_v1), patient_stays_json(plan, i, Sample._make(s))  # type: ignore[arg-type]
+        patient = write(i, s, meta_v1)  # type: ignore[arg-type]
+        cell, died = s[at_cell], s[at_died]  # Sample's fields by position (the hot path)
+        if died < 0:  # stays()'s own first test, inlined (_stay_count_draw): most patients
+            h = hasher.copy()
+            h.update(b"stays|%d" % i)
+            if int.from_bytes(h.digest()[at : at + 4], "little") < count_cdf[cell][0]:
+                return patient, []
+        return patient, patient_stays_json(plan, i, Sample._make(s))
 
     return render
 
@@ -3337,6 +3902,7 @@ S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's rep
 S3_CLAIM_SETTLE = 1.0  # seconds between the claim's PUT and its read-back
 GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
+PLAIN_RUN, SNAPSHOT_RUN, BATCH_RUN = "plain", "snapshot", "batch"  # what a run writes: Bronze.mode
 
 
 @dataclass(frozen=True)
@@ -3355,6 +3921,14 @@ class Bronze:
     endpoint_url: str | None = None
     token: str = ""  # tags this run's temp files, so an interrupted run can remove them
     window: Window | None = None  # a living population: count becomes the indexes at its until
+
+    @property
+    def mode(self) -> str:
+        """What the run writes, decided here only: PLAIN_RUN (no window), SNAPSHOT_RUN (a window's
+        state at its until, a layer like a plain one) or BATCH_RUN (a window's changes since)."""
+        if self.window is None:
+            return PLAIN_RUN
+        return SNAPSHOT_RUN if self.window.since is None else BATCH_RUN
 
 
 @dataclass(frozen=True)
@@ -3438,8 +4012,8 @@ def _ndjson_key(spec: Bronze, resource_type: str, n: int) -> str:
 
 
 def _organization_lines(plan: Plan) -> list[bytes]:
-    version = plan.options["fhir_version"]
-    return [orjson.dumps(organization_record(org, version)) + b"\n" for org in plan.organizations]
+    version = plan.fhir_version.organization
+    return [orjson.dumps(version(org)) + b"\n" for org in plan.organizations]
 
 
 def _unit_patients(plan: Plan, spec: Bronze, indexes: range) -> Iterator[tuple[int, bytes]]:
@@ -3469,7 +4043,7 @@ def _unit_records(plan: Plan, spec: Bronze, unit: int) -> int:
     indexes, w = unit_range(spec, unit), spec.window
     if w is None:
         return len(indexes)
-    dyn, until = _dynamics(plan), _seconds(parse_as_of(w.until))
+    dyn, until = _dynamics(plan), _seconds(w.until)
     gone = 0
     for i in range(max(indexes.start, w.epoch_count), indexes.stop):
         deleted = _start(plan, dyn, w.epoch_count, i).deleted
@@ -3655,11 +4229,24 @@ CDC_MANIFESTS = "cdc/_manifests"  # one manifest per batch: <since>_<until>.json
 CDC_RUN = "cdc/_run"  # a batch's identity while it is being written
 
 
-def _stamp(iso: str) -> str:
+def _stamp(dt: datetime) -> str:
     """A compact UTC time for keys: 20260301T000000Z (with .ffffff when it has a fraction)."""
-    dt = parse_as_of(iso)
     fraction = f".{dt.microsecond:06d}" if dt.microsecond else ""
     return dt.strftime("%Y%m%dT%H%M%S") + fraction + "Z"
+
+
+def _from_stamp(stamp: str) -> datetime:
+    """The time of a _stamp(); ValueError if it is not one."""
+    fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
+    return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
+
+
+def _batch_window(name: str) -> tuple[datetime, datetime]:
+    """(since, until) of a batch named <since>_<until>[.json]; ValueError if it is not one."""
+    since, sep, until = name.removesuffix(".json").partition("_")
+    if not sep:
+        raise ValueError(f"{name!r} is not <since>_<until>.json")
+    return _from_stamp(since), _from_stamp(until)
 
 
 def batch_name(spec: Bronze) -> str:
@@ -3672,7 +4259,7 @@ def batch_name(spec: Bronze) -> str:
 def _batch_folder(spec: Bronze, deleted: bool) -> str:
     """cdc/patient/ or cdc/patient_deleted/, Hive-partitioned by the delivery (until) date."""
     assert spec.window is not None
-    day = parse_as_of(spec.window.until).date().isoformat()
+    day = spec.window.until.date().isoformat()
     return f"cdc/patient{'_deleted' if deleted else ''}/ingest_date={day}"
 
 
@@ -3896,6 +4483,13 @@ class LocalStore:
         try:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
+            return None
+
+    def size(self, key: str) -> int | None:
+        """The size of key in bytes, None if it does not exist."""
+        try:
+            return (self.root / key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def list(self, folder: str) -> Iterator[str]:
@@ -4192,6 +4786,20 @@ class S3Store:
             except self.client.exceptions.NoSuchKey:
                 return None
 
+    def size(self, key: str) -> int | None:
+        """The size of key in bytes (a HEAD request), None if it does not exist."""
+        from botocore.exceptions import ClientError
+
+        with self._errors():
+            try:
+                return int(
+                    self.client.head_object(Bucket=self.bucket, Key=self.key(key))["ContentLength"]
+                )
+            except ClientError as e:
+                if _s3_error_code(e) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+
     def list(self, folder: str) -> Iterator[str]:
         """Keys (relative to the root) of every object under folder/."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -4275,20 +4883,20 @@ def _window_block(plan: Plan, indexes: int, w: Window | None) -> dict[str, Any]:
     if w is None:
         return {}
     return {
-        "as_of": w.until,
+        "as_of": _iso_instant(w.until),
         "count": w.epoch_count,
         "epoch": plan.last_updated,
         "indexes": indexes,
-        "since": w.since,
+        "since": None if w.since is None else _iso_instant(w.since),
         "versions": "latest" if w.latest else "all",
         "faults": w.faults._asdict(),
     }
 
 
 def _window_words(plan: Plan, w: Window) -> list[str]:
-    words = ["--epoch", plan.last_updated, "--as-of", w.until]
+    words = ["--epoch", plan.last_updated, "--as-of", _iso_instant(w.until)]
     if w.since is not None:
-        words += ["--since", w.since, "--versions", "latest" if w.latest else "all"]
+        words += ["--since", _iso_instant(w.since), "--versions", "latest" if w.latest else "all"]
         for name, rate in w.faults._asdict().items():
             words += [f"--{name.replace('_', '-')}", f"{rate:g}"] if rate else []
     return words
@@ -4327,7 +4935,7 @@ def _manifest(
     the reproducing request, output (and a batch's deleted), extension.fhirVersion, the
     generator block and any further extension."""
     manifest: dict[str, Any] = {
-        "transactionTime": plan.last_updated if spec.window is None else spec.window.until,
+        "transactionTime": _iso_instant(spec.window.until) if spec.window else plan.last_updated,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
         "output": output,
@@ -4336,7 +4944,7 @@ def _manifest(
         manifest["deleted"] = deleted
     manifest["error"] = []
     manifest["extension"] = {
-        "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
+        "fhirVersion": plan.fhir_version.number,
         "generator": generator_block(plan, spec),
         **extension,
     }
@@ -4357,9 +4965,9 @@ def batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[in
     assert w is not None
     files = FORMATS[spec.format].batch_output(spec, counts)
     batch = {
-        "since": w.since,
-        "until": w.until,
-        "ingestDate": parse_as_of(w.until).date().isoformat(),
+        "since": _iso_instant(w.since),
+        "until": _iso_instant(w.until),
+        "ingestDate": w.until.date().isoformat(),
         "versions": sum(c[0] for c in counts.values()),
         "deletions": sum(c[1] for c in counts.values()),
         "urlsRelativeTo": "the layer root",
@@ -4409,6 +5017,33 @@ def done_units(store: Store) -> frozenset[int]:
     return frozenset(int(name) for name in names if name.isdigit())
 
 
+def _done_marker(records: int, written: Sequence[tuple[str, int]]) -> bytes:
+    """A unit's done marker: its patients, its files, and the key and size of its first and
+    last file, the evidence a resumed run checks (cheaply: one stat or HEAD each)."""
+    check = dict([written[0], written[-1]]) if written else {}
+    marker = {"records": records, "files": len(written), "check": check}
+    return orjson.dumps(marker) + b"\n"
+
+
+def _is_done(store: Store, unit: int) -> bool:
+    """Whether unit's marker is one we wrote and the files it names are there, with their
+    sizes: a forged or older marker, or a deleted or truncated file, makes the unit redone
+    (a unit without files, all of whose joiners were deleted, is simply redone: nothing)."""
+    _, marker = _read_json(store, _done_key(unit))
+    marker = marker if isinstance(marker, dict) else {}
+    check, files = marker.get("check"), marker.get("files")
+    if not isinstance(check, dict) or type(files) is not int or files < 1:
+        return False
+    if len(check) != min(files, 2):
+        return False
+    return all(isinstance(k, str) and store.size(k) == size for k, size in check.items())
+
+
+def resumable_units(store: Store) -> frozenset[int]:
+    """The units of an interrupted run that a re-run may skip: a marker and its files."""
+    return frozenset(u for u in done_units(store) if _is_done(store, u))
+
+
 def _delete_run_markers(store: Store) -> None:
     """Delete _run/identity.json, then the done markers: a crash midway leaves only markers,
     which nothing resumes into and the next run removes too."""
@@ -4432,27 +5067,47 @@ def _refusal(store: Store, what: str) -> BronzeError:
     )
 
 
-def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
-    """The overwrite policy. Our own run (same generator block in the manifest or in
-    _run/identity.json) is resumed: returns the units its done markers say are finished. Another
-    run, or data with neither, is refused unless --overwrite, which deletes it first."""
-    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-    found, theirs = _manifest_generator(store)
-    started, identity = _read_json(store, RUN_IDENTITY)
+def _overwrite_policy(
+    store: Store, keys: tuple[str, str], ours: Any, overwrite: bool, delete: Callable[[], None]
+) -> tuple[bool, bool]:
+    """The one overwrite policy of layers and batches, over a (manifest, identity) key pair:
+    our own run (the same generator block in either) is kept; another run's (or an unreadable
+    one) is refused, or deleted first with overwrite. Returns whether (manifest, identity) of
+    ours are there."""
+    found, manifest = _read_json(store, keys[0])
+    try:
+        theirs = manifest["extension"]["generator"]
+    except (KeyError, TypeError):  # unreadable, or not one of our manifests
+        theirs = None
+    started, identity = _read_json(store, keys[1])
     foreign = None
     if found and theirs != ours:
         foreign = ("another run", theirs)
     elif started and identity != ours:
         foreign = ("another run's unfinished data", identity)
-    if foreign:
-        if not overwrite:
-            what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
-            raise _refusal(store, f"already holds {foreign[0]} ({what})")
-    elif found or started:
-        return done_units(store) if started else frozenset()
-    elif not any(next(store.list(f), None) for f in (*FOLDERS, *STAY_FOLDERS)):
+    if foreign is None:
+        return found, started
+    if not overwrite:
+        what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
+        label = keys[0].rsplit("/", 1)[-1].removesuffix(".json")
+        label = "" if keys[0] == MANIFEST else f"batch {label} of "
+        raise _refusal(store, f"already holds {label}{foreign[0]} ({what})")
+    delete()
+    return False, False
+
+
+def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
+    """The overwrite policy (_overwrite_policy) for a layer. Our own run is resumed: returns
+    the units its done markers say are finished. Another run, or data with neither manifest
+    nor identity, is refused unless --overwrite, which deletes it first."""
+    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
+    keys = (MANIFEST, RUN_IDENTITY)
+    found, started = _overwrite_policy(store, keys, ours, overwrite, lambda: _delete_run(store))
+    if found or started:
+        return resumable_units(store) if started else frozenset()
+    if not any(next(store.list(f), None) for f in (*FOLDERS, *STAY_FOLDERS)):
         return frozenset()
-    elif not overwrite:
+    if not overwrite:
         raise _refusal(
             store,
             f"holds patient/ or organization/ files without {MANIFEST} or {RUN_IDENTITY} "
@@ -4501,20 +5156,37 @@ def _finish_run(spec: Bronze, store: Store) -> None:
     store.remove_run_folder()
 
 
+class _Written:
+    """A store whose writes are noted: (key, size) of the first and last, for the marker."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.files: list[tuple[str, int]] = []
+
+    def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
+        size = self.store.write(key, data, content_type)
+        if self.files:
+            self.files[1:] = [(key, size)]
+        else:
+            self.files.append((key, size))
+        return size
+
+
 def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = None) -> UnitResult:
     """Write unit #unit, wait for its uploads, then its done marker; failed uploads are
     counted, not raised."""
-    if spec.window is not None and spec.window.since is not None:
+    if spec.mode == BATCH_RUN:
         return _write_batch_unit(plan, spec, store, unit, tick)
     files = size = 0
+    written = _Written(store)
     try:
-        files, size = FORMATS[spec.format].write_unit(plan, spec, store, unit, tick)
+        files, size = FORMATS[spec.format].write_unit(plan, spec, written, unit, tick)  # type: ignore[arg-type]
     except UploadFailed:
         pass  # drain() below counts it
     failed, first = store.drain()
     records = _unit_records(plan, spec, unit)  # a window leaves its deleted joiners out
     if not failed:  # only a fully written, drained unit may be skipped by a resumed run
-        store.write(_done_key(unit), f"{records}\n".encode(), "text/plain")
+        store.write(_done_key(unit), _done_marker(records, written.files), "application/json")
         failed, first = store.drain()
     return UnitResult(unit, records, files, size, failed, first)
 
@@ -4710,7 +5382,7 @@ def write_bronze(
     if spec.format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {spec.format!r}")
     spec = covering(plan, spec)
-    if spec.window is not None and spec.window.since is not None:
+    if spec.mode == BATCH_RUN:
         return write_batch(
             plan, spec, workers=workers, shard=shard, overwrite=overwrite, progress=progress
         )
@@ -4790,14 +5462,9 @@ def write_batch(
                 "batch belongs with the layer of its seed, count, epoch and options"
             )
         ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-        found, theirs = _read_json(store, manifest_key)
-        started_run, identity = _read_json(store, identity_key)
-        theirs = theirs.get("extension", {}).get("generator") if isinstance(theirs, dict) else None
-        if (found and theirs != ours) or (started_run and identity != ours):
-            if not overwrite:
-                raise _refusal(store, f"already holds batch {name} of another run")
-            _delete_batch(store, spec)
-            found = False
+        keys = (manifest_key, identity_key)
+        delete = functools.partial(_delete_batch, store, spec)
+        found, _ = _overwrite_policy(store, keys, ours, overwrite, delete)
         if not found:
             _claim(store, identity_key, identity_bytes(plan, spec))
         totals = _write_units(plan, spec, store, list(shard_units(spec, shard)), workers, progress)
@@ -4818,6 +5485,173 @@ def write_batch(
     return totals.summary(started, store, kept=0, organizations=0, deleted=deleted, batch=name)
 
 
+# -- layer continuation: a layer's next change batch, from its manifests (--continue)
+
+
+def _whole(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and low <= v <= high
+
+
+def _is_instant(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and parse_as_of(value) is not None
+    except ValueError:
+        return False
+
+
+def _bad_layer_field(block: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first field of a layer's generator block that --continue cannot use, with what it
+    must be; None if every field it reads is sound."""
+    gz, fmt = block.get("gzip"), block.get("format")
+    rolls = fmt in FORMATS and FORMATS[fmt].rolls_over
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+        ("seed", _whole(0, MAX_SEED), f"a whole number from 0 to {MAX_SEED}"),
+        ("count", _whole(1, MAX_INDEX + 1), "a whole number of patients, at least 1"),
+        ("start", lambda v: v is None or (type(v) is int and v == 0), "0: a population"),
+        ("format", lambda v: isinstance(v, str) and v in FORMATS, f"one of {', '.join(FORMATS)}"),
+        ("gzip", lambda v: type(v) is bool, "true or false"),
+        ("gzip_level", _whole(0, 9) if gz is True else (lambda v: v is None), "0-9 with gzip"),
+        ("records_per_file", _whole(1, MAX_INDEX + 1) if rolls else (lambda v: v is None), "≥ 1"),
+        ("as_of", _is_instant, "an ISO-8601 instant"),
+        ("epoch", lambda v: v is None or _is_instant(v), "an ISO-8601 instant"),
+    )
+    for name, ok, what in checks:
+        if not ok(block.get(name)):
+            return name, f"it must be {what}"
+    return None
+
+
+def _layer_options(options: Any) -> dict[str, Any]:
+    """A layer's options as its manifest holds them, if they are the canonical set this version
+    writes (make_plan takes them as they are); ValueError saying what is wrong otherwise."""
+    if not isinstance(options, dict) or set(options) != set(OPTION_DEFAULTS):
+        raise ValueError(f"it must be an object of {', '.join(OPTION_DEFAULTS)}")
+    try:
+        canonical = normalise_options(**options)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        for name in OPTION_DEFAULTS:  # the manifest's field, not a flag the user never gave
+            message = message.replace(f"--{name.replace('_', '-')}", f"options.{name}")
+        raise ValueError(message) from None
+    if orjson.loads(orjson.dumps(canonical)) != options:
+        raise ValueError("it is not in the form this version writes")
+    return options
+
+
+def _layer_block(store: Store) -> dict[str, Any]:
+    """The layer's generator block, every field --continue reads checked: BronzeError naming
+    the file and the field if one is missing, of another type or out of range."""
+    found, block = _manifest_generator(store)
+    where = f"{store.display()}/{MANIFEST}"
+    if not found:
+        raise BronzeError(f"{store.display()} has no {MANIFEST} of a population to continue")
+    if not isinstance(block, dict):
+        raise BronzeError(f"{where} has no readable extension.generator: it cannot be continued")
+    bad = _bad_layer_field(block)
+    if bad is None:
+        try:
+            block = {**block, "options": _layer_options(block.get("options"))}
+        except ValueError as e:
+            bad = ("options", str(e))
+    if bad is None and parse_as_of(block["as_of"]) < parse_as_of(
+        block.get("epoch") or block["as_of"]
+    ):
+        bad = ("as_of", "it must not be before extension.generator.epoch")
+    if bad is not None:
+        value = orjson.dumps(block.get(bad[0])).decode()
+        value = value if len(value) <= 40 else value[:37] + "..."
+        raise BronzeError(
+            f"{where}: extension.generator.{bad[0]} = {value} cannot be continued ({bad[1]})"
+        )
+    return block
+
+
+def _batches(store: Store) -> tuple[list[datetime], list[str]]:
+    """The untils of the layer's finished batches and the names of its unfinished ones;
+    BronzeError for a name this version did not write."""
+    names = [k.rsplit("/", 1)[-1] for k in store.list(CDC_MANIFESTS)]
+    unfinished = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in store.list(CDC_RUN)]
+    try:
+        for name in unfinished:
+            _batch_window(name)
+        return [_batch_window(n)[1] for n in names], unfinished
+    except ValueError as e:
+        raise BronzeError(f"{store.display()} has a batch this run cannot read: {e}") from None
+
+
+def delete_batch(spec: Bronze, name: str) -> None:
+    """Delete the batch <since>_<until> of the layer at spec.root (an unfinished one: its
+    files and identity); ValueError if name is not a batch name."""
+    since, until = _batch_window(name)
+    window = Window(0, until, since)
+    spec = replace(spec, window=window)
+    store = open_store(spec)
+    try:
+        _delete_batch(store, spec)
+    finally:
+        store.close()
+
+
+def _clear_unfinished(spec: Bronze, unfinished: list[str], ours: str, overwrite: bool) -> None:
+    """Unfinished batches other than ours (one that failed midway: its files are in a partition
+    already) are refused, or deleted with overwrite."""
+    for name in unfinished:
+        if name == ours:
+            continue
+        if not overwrite:
+            until = _iso_instant(_batch_window(name)[1])
+            raise BronzeError(
+                f"{spec.root} holds the unfinished batch {name}: finish it with the same "
+                f"command and --as-of {until}, or add --overwrite to delete it"
+            )
+        delete_batch(spec, name)
+
+
+def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bronze] | None:
+    """The next change batch of the layer at spec.root, as write_bronze takes it: the plan
+    (seed, epoch, options) and spec (format, gzip, records per file, epoch count) from the
+    layer's _manifest.json, the window's since from its newest batch (or its as-of); from spec
+    only the root, store settings and the window's until, versions and faults are used.
+
+    None if the layer is already at until. Unfinished batches of other windows are refused
+    (deleted with overwrite). ValueError for a window that cannot follow the layer;
+    BronzeError, naming the file and field, for a layer that cannot be continued."""
+    w = spec.window
+    if w is None:
+        raise ValueError("continue_layer needs spec.window (its until)")
+    until = w.until
+    store = open_store(spec)
+    try:
+        block = _layer_block(store)
+        ends, unfinished = _batches(store)
+    finally:
+        store.close()
+    since = max([parse_as_of(block["as_of"]), *ends])
+    if until < since:
+        raise ValueError(
+            f"--as-of {_iso_instant(until)} is before the layer's end, {_iso_instant(since)}"
+        )
+    ours = f"{_stamp(since)}_{_stamp(until)}"
+    _clear_unfinished(spec, unfinished, ours, overwrite)
+    if until == since:
+        return None
+    plan = make_plan(block["seed"], block.get("epoch") or block["as_of"], **block["options"])
+    window = w._replace(epoch_count=block["count"], since=since)
+    _check_faults(window.faults)
+    population_size(plan, window.epoch_count, until)  # within the index range by then
+    continued = replace(
+        spec,
+        count=block["count"],
+        start=0,
+        format=block["format"],
+        gzip=block["gzip"],
+        gzip_level=DEFAULT_GZIP_LEVEL if block["gzip_level"] is None else block["gzip_level"],
+        records_per_file=block["records_per_file"] or DEFAULT_RECORDS_PER_FILE,  # None: json
+        window=window,
+    )
+    return plan, covering(plan, continued)
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI: a thin argparse layer over the API above; main() only maps exceptions to exit codes
 # ---------------------------------------------------------------------------------------------
@@ -4836,7 +5670,9 @@ EPILOG = """examples:
       --as-of 2026-03-01T00:00:00Z                          the snapshot at as-of, NDJSON
   python fhir_patient_generator.py --count 1000 --seed 7 --epoch 2026-01-01T00:00:00Z \\
       --since 2026-02-28T00:00:00Z --as-of 2026-03-01T00:00:00Z     one day's change batch
-  python fhir_patient_generator.py --output ./lake/bronze --continue \\
+  python fhir_patient_generator.py --count 1000 --seed 7 --as-of 2026-01-01T00:00:00Z \\
+      --format ndjson --output ./lake/living        a layer at the epoch: its own root
+  python fhir_patient_generator.py --output ./lake/living --continue \\
       --as-of 2026-03-02T00:00:00Z                 the next batch of the layer (a daily job)
 """
 EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
@@ -5037,6 +5873,11 @@ def _check_bronze_args(args: argparse.Namespace) -> None:
         return
     if args.count is None:
         raise UsageError("--output needs --count")
+    _check_output_args(args)
+
+
+def _check_output_args(args: argparse.Namespace) -> None:
+    """--output, its store's flags and --overwrite: usage errors before any work."""
     try:
         check_root(args.output)
         if _scheme(args.output) == "s3":
@@ -5106,8 +5947,8 @@ def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
         raise UsageError(str(e)) from None
     return Window(
         epoch_count=args.count,
-        until=_iso_instant(until),
-        since=None if since is None else _iso_instant(since),
+        until=until,
+        since=since,
         latest=args.versions == "latest",
         faults=faults,
     )
@@ -5117,87 +5958,38 @@ CONTINUED = ("seed", "count", "epoch", "since", *OPTION_DEFAULTS, "format", "gzi
 CONTINUED += ("gzip_level", "records_per_file", "start")
 
 
-def _from_stamp(stamp: str) -> datetime:
-    """The time of a _stamp(); ValueError if it is not one."""
-    fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
-    return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
-
-
-def _batch_end(name: str) -> datetime:
-    """The until of a batch named <since>_<until>[.json]; ValueError if it is not one."""
-    since, sep, until = name.removesuffix(".json").partition("_")
-    if not sep:
-        raise ValueError(f"{name!r} is not <since>_<until>.json")
-    _from_stamp(since)
-    return _from_stamp(until)
-
-
-def _delete_unfinished(args: argparse.Namespace, name: str) -> None:
-    """--continue --overwrite: delete an interrupted batch (its files and identity)."""
-    since, _, until = name.partition("_")
-    window = Window(0, _iso_instant(_from_stamp(until)), _iso_instant(_from_stamp(since)))
-    spec = Bronze(root=args.output, count=1, endpoint_url=args.endpoint_url, window=window)
-    store = open_store(spec)
-    try:
-        _delete_batch(store, spec)
-    finally:
-        store.close()
-
-
-def _continue_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
-    """--continue: fill the population, format and --since in from the layer at --output (its
-    _manifest.json and the newest batch under cdc/_manifests/). False: nothing to write."""
+def _continued(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[Plan, Bronze] | None:
+    """--continue: the plan and spec of the layer's next batch (continue_layer), or None when
+    the layer is already at --as-of; usage errors for flags the layer decides."""
     if args.output is None or args.as_of is None:
         raise UsageError("--continue needs --output (the layer) and --as-of (the batch's end)")
     given = [n for n in CONTINUED if getattr(args, n) != parser.get_default(n)]
     if given:
         raise UsageError(f"--continue takes --{given[0].replace('_', '-')} from the layer")
+    _check_output_args(args)
     try:
-        until = parse_as_of(args.as_of)
+        faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
+        window = Window(0, args.as_of, None, args.versions == "latest", faults)
+        return continue_layer(
+            replace(_bronze_from_args(args, None), window=window), overwrite=args.overwrite
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
-    store = open_store(Bronze(root=args.output, count=1, endpoint_url=args.endpoint_url))
-    try:
-        found, block = _manifest_generator(store)
-        if not isinstance(block, dict) or block.get("start"):
-            what = "no readable _manifest.json" if found else f"no {MANIFEST}"
-            raise BronzeError(f"{store.display()} has {what} of a population to continue")
-        names = [k.rsplit("/", 1)[-1] for k in store.list(CDC_MANIFESTS)]
-        unfinished = [k.rsplit("/", 1)[-1] for k in store.list(CDC_RUN)]
-        since = max([parse_as_of(block.get("as_of")), *(_batch_end(n) for n in names)])
-    except ValueError as e:  # a manifest or batch name this version did not write
-        raise BronzeError(
-            f"{store.display()} has a batch manifest this run cannot read: {e}"
-        ) from None
-    finally:
-        store.close()
-    ours = f"{_stamp(_iso_instant(since))}_{_stamp(_iso_instant(until))}.json"
-    for name in unfinished:  # a batch that failed midway: its files are in a partition already
-        if name != ours and not args.overwrite:
-            raise BronzeError(
-                f"{args.output} holds the unfinished batch {name.removesuffix('.json')}: finish "
-                f"it with the same command and --as-of {_iso_instant(_batch_end(name))}, or "
-                "add --overwrite to delete it"
-            )
-        if name != ours:
-            _delete_unfinished(args, name.removesuffix(".json"))
-    for name in (*OPTION_DEFAULTS, "seed", "count", "format", "gzip", "gzip_level"):
-        value = block.get("options", {}).get(name, block.get(name))
-        setattr(args, name, ",".join(value) if isinstance(value, list) else value)
-    args.records_per_file = block.get("records_per_file")
-    args.gzip_level = args.gzip_level if args.gzip else None
-    args.epoch = block.get("epoch", block.get("as_of"))
-    args.since = _iso_instant(since)
-    return until != since
 
 
-def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | None) -> Bronze:
+def _bronze_from_args(
+    args: argparse.Namespace, plan: Plan | None, window: Window | None = None
+) -> Bronze:
+    """The spec --output and the bronze flags ask for (with a plan: covering its window)."""
+
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
 
     spec = Bronze(
         root=args.output.rstrip("/") or "/",
-        count=args.count,
+        count=args.count or 1,
         start=args.start,
         format=given(args.format, DEFAULT_FORMAT),
         gzip=args.gzip,
@@ -5209,7 +6001,7 @@ def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | Non
         token=str(os.getpid()),
         window=window,
     )
-    return covering(plan, spec)  # the progress bar counts the indexes a window covers
+    return spec if plan is None else covering(plan, spec)  # the bar counts a window's indexes
 
 
 def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -5241,9 +6033,8 @@ def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]
     return tick, close
 
 
-def _run_bronze(args: argparse.Namespace, plan: Plan, window: Window | None) -> None:
+def _run_bronze(args: argparse.Namespace, plan: Plan, spec: Bronze) -> None:
     """--output: write the bronze layer (or a change batch), then one summary line on stderr."""
-    spec = _bronze_from_args(args, plan, window)
     shard = args.shard or (0, 1)
     tick, close = None, None
     if not args.quiet and sys.stderr.isatty():
@@ -5267,7 +6058,7 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, window: Window | None) -> 
             close()
     seconds = summary["seconds"]
     part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    if "batch" in summary:
+    if spec.mode == BATCH_RUN:
         print(
             f"wrote batch {summary['batch']}{part}: {summary['records']:,} versions + "
             f"{summary['deleted']:,} deletions ({summary['files']:,} files, "
@@ -5330,10 +6121,15 @@ def run(argv: list[str] | None = None) -> None:
     """The whole command: parse, plan, write; raises UsageError, BronzeError, OSError."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.continue_ and not _continue_layer(args, parser):
-        print(
-            f"{args.output} is already at --as-of {args.as_of}: nothing to write", file=sys.stderr
-        )
+    if args.continue_:
+        continued = _continued(args, parser)
+        if continued is None:
+            print(
+                f"{args.output} is already at --as-of {args.as_of}: nothing to write",
+                file=sys.stderr,
+            )
+        else:
+            _run_bronze(args, *continued)
         return
     _check_bronze_args(args)
     _check_living_args(args)
@@ -5349,7 +6145,7 @@ def run(argv: list[str] | None = None) -> None:
     if args.output is None:
         _run_stdout(args, plan, window)
     else:
-        _run_bronze(args, plan, window)
+        _run_bronze(args, plan, _bronze_from_args(args, plan, window))
 
 
 def _interrupt(signum: int, frame: Any) -> None:

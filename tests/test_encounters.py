@@ -419,3 +419,9 @@ def test_stays_on_s3_have_the_local_keys_and_bytes(s3_throwaway_server, tmp_path
     stored = objects(s3_throwaway_server.client(), bucket, "lake")
     assert {k: (local / k).read_bytes() for k in tree(local)} == stored
     assert "encounter/Encounter.000003.ndjson.gz" in stored
+
+
+def test_the_stay_draws_are_the_named_table():
+    plan = g.make_plan(6, AS_OF, encounters=True)
+    for i, k in ((0, 0), (17, 3), (10**9, g.DEATH_STAY)):
+        assert g._stay_draws(plan, i, k) == g._stream(plan, g.StayDraws, i, k)
