@@ -527,31 +527,36 @@ def _hash_int(key: bytes, data: bytes, size: int = 64) -> int:
     return int.from_bytes(hashlib.blake2b(data, key=key, digest_size=size).digest(), "little")
 
 
-def _mix_uuid(x: int, mul: tuple[int, int, int]) -> int:
-    """A bijection of the 122-bit space (odd multiplies and xorshifts are invertible)."""
-    x = (x * mul[0]) & M122
+def _uuid_bytes(index: int, add: int, mul: tuple[int, int, int]) -> bytes:
+    """Patient #index's UUID as ASCII bytes (what the writers need): (index + add) through a
+    bijection of the 122-bit space (odd multiplies and xorshifts are invertible), its bits laid
+    out as an RFC 4122 version-4 UUID by one bytes format (the hot path: no calls, no join)."""
+    m1, m2, m3 = mul
+    x = ((index + add) & M122) * m1 & M122
     x ^= x >> 61
-    x = (x * mul[1]) & M122
+    x = x * m2 & M122
     x ^= x >> 59
-    x = (x * mul[2]) & M122
-    return x ^ (x >> 63)
+    x = x * m3 & M122
+    x ^= x >> 63
+    # 48 bits, the version 4, 12 bits, the variant 0b10 and 62 bits: 8-4-4-4-12 hex digits
+    return b"%08x-%04x-4%03x-%04x-%012x" % (
+        x >> 90,
+        x >> 74 & 0xFFFF,
+        x >> 62 & 0xFFF,
+        x >> 48 & 0x3FFF | 0x8000,
+        x & 0xFFFFFFFFFFFF,
+    )
 
 
-def _uuid_bytes(x: int) -> bytes:
-    """Lay 122 bits out as an RFC 4122 version-4 UUID, as ASCII bytes (what the writers need)."""
-    v = (x >> 74) << 80 | 4 << 76 | ((x >> 62) & 0xFFF) << 64 | 2 << 62 | (x & ((1 << 62) - 1))
-    h = b"%032x" % v
-    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
-
-
-def _mrn_number(index: int, add: int, mul: int) -> int:
-    """A keyed permutation of 0..10**10-1 (cycle-walking a 34-bit bijection): unique MRNs."""
+def _mrn_bytes(index: int, add: int, mul: int) -> bytes:
+    """Patient #index's MRN as ASCII bytes: a keyed permutation of the ten-digit numbers
+    (cycle-walking a 34-bit bijection), so MRNs never collide."""
     x = index
     while True:
-        x = ((x + add) * mul) & M34
+        x = (x + add) * mul & M34
         x ^= x >> 17
         if x < 10**10:
-            return x
+            return b"MC-%010d" % x
 
 
 def _add_years(d: date, years: int) -> date:
@@ -1154,12 +1159,12 @@ def sample(plan: Plan, index: int) -> Sample:
 
 def patient_id(plan: Plan, index: int) -> str:
     """Patient #index's UUID: a keyed bijection of the index, so ids never collide."""
-    return _uuid_bytes(_mix_uuid((index + plan.uuid_add) & M122, plan.uuid_mul)).decode()
+    return _uuid_bytes(index, plan.uuid_add, plan.uuid_mul).decode()
 
 
 def patient_mrn(plan: Plan, index: int) -> str:
     """Patient #index's MRN: a keyed permutation of the ten-digit numbers, so MRNs never collide."""
-    return "MC-%010d" % _mrn_number(index, plan.mrn_add, plan.mrn_mul)  # noqa: UP031
+    return _mrn_bytes(index, plan.mrn_add, plan.mrn_mul).decode()
 
 
 class Fields(NamedTuple):
@@ -2127,10 +2132,14 @@ def _fragments(plan: Plan) -> _Fragments:
     )
 
 
+_Writer = Callable[[Iterable[int], Iterable[tuple[Any, ...]], Iterable[bytes]], list[bytes]]
+
+
 @functools.lru_cache(maxsize=8)
-def _patient_writer(plan: Plan) -> Callable[[int, Sample, bytes], bytes]:
-    """(i, sample, meta JSON) -> the cms record's bytes from _fragments: what json_renderer and
-    the version writer both join; per patient only ids, dates and meta vary."""
+def _patient_writer(plan: Plan) -> _Writer:
+    """(indexes, samples, metas) -> the cms records' bytes, joined from _fragments: what
+    json_renderer, the bulk NDJSON blocks and the version writer all use; per patient only ids,
+    dates and meta vary. A block at a time: one call per block, not one per patient."""
     f = _fragments(plan)
     head, after_id, after_meta, after_mrn = f.head, f.after_id, f.after_meta, f.after_mrn
     genders, dates, alive, to_deceased, to_address = (
@@ -2143,35 +2152,56 @@ def _patient_writer(plan: Plan) -> Callable[[int, Sample, bytes], bytes]:
     addresses, languages, organizations = f.addresses, f.languages, f.organizations
     n_dates, base, join = len(dates), plan.dates_base, b"".join
     uuid_add, uuid_mul, mrn_add, mrn_mul = plan.uuid_add, plan.uuid_mul, plan.mrn_add, plan.mrn_mul
+    uuid_bytes, mrn_bytes = _uuid_bytes, _mrn_bytes
 
-    def write(index: int, s: Sample, meta: bytes) -> bytes:
-        # Sample's fields, unpacked by position: the hot path skips the named tuple
-        _, zip_, _, _, birth, gender, language, organization, died, _ = s
-        k = birth - base
-        born = dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, birth).encode()
-        if died < 0:
-            death = alive
-        else:
-            death = join((to_deceased, _deceased(died).encode(), to_address))
-        return join(
-            (
-                head,
-                _uuid_bytes(_mix_uuid((index + uuid_add) & M122, uuid_mul)),  # patient_id
-                after_id,
-                meta,
-                after_meta,
-                b"MC-%010d" % _mrn_number(index, mrn_add, mrn_mul),  # patient_mrn
-                after_mrn,
-                genders[gender],
-                born,
-                death,
-                addresses[zip_],
-                languages[language],
-                organizations[organization],
+    def write(
+        indexes: Iterable[int], samples: Iterable[tuple[Any, ...]], metas: Iterable[bytes]
+    ) -> list[bytes]:
+        out = []
+        append = out.append
+        for index, s, meta in zip(indexes, samples, metas, strict=False):  # metas may repeat
+            # Sample's fields, unpacked by position: the hot path skips the named tuple
+            _, zip_, _, _, birth, gender, language, organization, died, _ = s
+            k = birth - base
+            born = dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, birth).encode()
+            if died < 0:
+                death = alive
+            else:
+                death = join((to_deceased, _deceased(died).encode(), to_address))
+            append(
+                join(
+                    (
+                        head,
+                        uuid_bytes(index, uuid_add, uuid_mul),  # patient_id
+                        after_id,
+                        meta,
+                        after_meta,
+                        mrn_bytes(index, mrn_add, mrn_mul),  # patient_mrn
+                        after_mrn,
+                        genders[gender],
+                        born,
+                        death,
+                        addresses[zip_],
+                        languages[language],
+                        organizations[organization],
+                    )
+                )
             )
-        )
+        return out
 
     return write
+
+
+def _rendered_block(plan: Plan) -> Callable[[int, int], list[bytes]]:
+    """(lo, hi) -> patients #lo..#hi-1 as json_renderer renders them, one writer call a block."""
+    write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
+    sample_of = functools.partial(_sample_tuple, plan)
+
+    def block(lo: int, hi: int) -> list[bytes]:
+        indexes = range(lo, hi)
+        return write(indexes, map(sample_of, indexes), itertools.repeat(meta_v1))
+
+    return block
 
 
 @functools.lru_cache(maxsize=8)
@@ -2182,10 +2212,10 @@ def json_renderer(plan: Plan) -> Callable[[int], bytes]:
     dumps = orjson.dumps
     if not plan.profile.rendered:
         return lambda index: dumps(build_record(plan, index))
-    write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
+    block = _rendered_block(plan)
 
     def render(index: int) -> bytes:
-        return write(index, _sample_tuple(plan, index), meta_v1)  # type: ignore[arg-type]
+        return block(index, index + 1)[0]
 
     for index in range(8):  # a field or profile the fragments miss fails here, not in the data
         if render(index) != dumps(build_record(plan, index)):
@@ -2248,7 +2278,7 @@ def _version_writer(plan: Plan) -> Callable[[Version], bytes]:
         if v.change == "delete":
             return dumps(_delete_bundle(plan, v))
         meta = meta_v1 if v.change == "epoch" else dumps(_meta(v.number, _version_updated(plan, v)))
-        return write(v.index, v.sample, meta)
+        return write((v.index,), (v.sample,), (meta,))[0]
 
     render = json_renderer(plan)
     for index in range(8):  # as json_renderer: a field the fragments miss fails here
@@ -2309,10 +2339,15 @@ def ndjson_chunks(
     tick: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each)."""
-    line = _patient_line(plan, validate)
+    if validate or not plan.profile.rendered:
+        line = _patient_line(plan, validate)
+        block = lambda a, b: [line(i) for i in range(a, b)]  # noqa: E731
+    else:
+        json_renderer(plan)  # its self-check, once
+        block = _rendered_block(plan)
     for a in range(lo, hi, BATCH):
         b = min(a + BATCH, hi)
-        lines = [line(i) for i in range(a, b)]
+        lines = block(a, b)
         lines.append(b"")
         yield b"\n".join(lines)
         if tick:
