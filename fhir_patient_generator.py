@@ -320,6 +320,14 @@ def _hospitals(rows: list[dict[str, str]]) -> tuple[Mapping[str, str], ...]:
     return tuple({"id": i, **r} for i, r in zip(ids, rows, strict=True))
 
 
+def _interleave(columns: list[list[int]]) -> list[int]:
+    """Row by row: columns [a0 a1 ..], [b0 b1 ..] -> [a0 b0 .. a1 b1 ..] (slice assignments)."""
+    out = [0] * sum(map(len, columns))
+    for k, column in enumerate(columns):
+        out[k :: len(columns)] = column
+    return out
+
+
 def _hospital_candidates(
     data_dir: Path, zips: tuple[ZipRow, ...], hospitals: tuple[Mapping[str, str], ...]
 ) -> dict[str, array]:
@@ -345,8 +353,8 @@ def _hospital_candidates(
         cums.append(list(map(operator.add, cums[-1], general_weights[k::width])))
     cums.append(list(map(operator.add, cums[-1], _ints(kid_weights))))
     return {
-        "hospital_cand": array("H", itertools.chain.from_iterable(zip(*slots, strict=True))),
-        "hospital_cum": array("I", itertools.chain.from_iterable(zip(*cums, strict=True))),
+        "hospital_cand": array("H", _interleave(slots)),
+        "hospital_cum": array("I", _interleave(cums)),
     }
 
 
