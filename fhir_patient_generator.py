@@ -108,7 +108,7 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
     "fhir_version": "R4",  # what every written resource is valid in (FHIR_VERSIONS)
 }
 DEFAULT_FORMAT = "json"
-DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~75 MB plain, ~8 MB gzip) and work unit
+DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~81 MB plain, ~11 MB gzip) and work unit
 DEFAULT_CONCURRENCY = 16  # concurrent S3 uploads per process
 DEFAULT_GZIP_LEVEL = 1  # measured: level 6 halves NDJSON throughput for ~15% smaller files
 DEFAULT_WORKERS = 1
@@ -479,25 +479,31 @@ M34 = (1 << 34) - 1
 class Draws(NamedTuple):
     """The sixteen 32-bit uniform draws of patient #i (slot k = bits 32k..32k+31 of its hash).
 
-    The one table of which slot feeds what, and which profile reads it. A new field takes a
-    spare slot by renaming it; reusing a slot would make two fields depend on each other."""
+    The one table of which slot feeds what: the record's fields (and which profile reads them)
+    and the living population's uses (docs/living-population.md). Every slot is taken; a new
+    field takes new bits from a table of its own (MoreDraws, or a _draw_table for draws per
+    patient and k), never a slot here: reusing one would make two fields depend on each other.
+    Code reads the slots by these names only."""
 
     state: int  # all profiles: the state, in proportion to its population
     zip: int  # all: the ZIP within the state, in proportion to its population
-    cell: int  # all: the (age, sex, living or dead) cell of the registry
-    birth: int  # all, living cells: the birth day within the cell's year of birth
-    gender: int  # all: other / unknown, else the cell's sex
-    language: int  # all: the preferred language
-    organization: int  # all: the managing hospital among the ZIP's nearest (gravity weights)
-    death_age: int  # all, dead cells: the fraction of the year of age lived at death (f)
+    cell: int  # all: the (age, sex, living or dead) registry cell; a joiner: a birth's sex,
+    # an arrival's living cell
+    birth: int  # all, living cells: the birth day within the cell's year of birth (arrivals too)
+    gender: int  # all: other / unknown, else the cell's sex (joiners too)
+    language: int  # all: the preferred language (joiners too)
+    organization: int  # all: the managing hospital among the ZIP's nearest (gravity weights);
+    # a joiner: its hospital at its age on joining
+    death_age: int  # all, dead cells: the fraction of the year of age lived at death (f); a
+    # joiner entered in error: the day of its deletion
     death_time_low: int  # all, dead cells: the death instant in the window (64 bits: low and
-    death_time_high: int  # high halves)
+    death_time_high: int  # high halves); high half, a joiner: its place within its join slot
     race: int  # us-core: race x ethnicity row
     race_pair: int  # us-core: the pair of races of a "Two or more races" row
     given_name: int  # us-core
     family_name: int  # us-core
-    spare_14: int
-    spare_15: int
+    joiner_kind: int  # a joiner: a birth below _Dynamics.birth_cut, else an arrival
+    entered_in_error: int  # a joiner: entered in error (deleted later) below _Dynamics.error_cut
 
 
 _DRAW_BYTES = struct.Struct(f"<{len(Draws._fields)}I")
@@ -506,6 +512,43 @@ assert _DRAW_BYTES.size == 64, "one 512-bit BLAKE2b digest holds the draws"
 
 _raw_draws = _DRAW_BYTES.unpack  # a 64-byte digest as sixteen 32-bit draws, in Draws order
 _EPOCH_DAY = 719163  # date(1970, 1, 1).toordinal(): epoch seconds // 86400 + this = an ordinal
+_DRAW_TABLES: dict[bytes, type] = {}  # tag -> its table: filled by @_draw_table at import only
+
+
+def _draw_table(tag: bytes) -> Callable[[type], type]:
+    """Register a NamedTuple of named draws under its own hash tag (class decorator).
+
+    Patient #i's Draws are the keyed hash of i's 8 bytes; a table's draws for (i, k...) are the
+    keyed hash of b"<tag>|<i>|<k>..." (ASCII, never 8 bytes long: the tag has 5 bytes or more),
+    so every table is independent of Draws and of every other table, and of every other k.
+    Fields are filled from slot 0 on: a new field is appended, existing ones never move."""
+
+    def register(table: type) -> type:
+        fields = getattr(table, "_fields", None)
+        assert fields is not None and len(fields) <= len(Draws._fields), "16 draws per hash"
+        assert len(tag) >= 5 and b"|" not in tag and tag not in _DRAW_TABLES, tag
+        _DRAW_TABLES[tag] = table
+        table.tag = tag  # type: ignore[attr-defined]
+        return table
+
+    return register
+
+
+def _stream(plan: Plan, table: type[Any], index: int, *k: int) -> Any:
+    """`table`'s named draws for patient #index and k (any number of whole numbers: the k-th
+    stay, a version number...): an unbounded family of independent draws per patient, each
+    one hash, computed only where asked for (the bulk path never asks)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"|".join([table.tag, b"%d" % index, *(b"%d" % n for n in k)]))
+    return table._make(_raw_draws(hasher.digest())[: len(table._fields)])
+
+
+@_draw_table(b"patient-2")
+class MoreDraws(NamedTuple):
+    """Patient #i's next sixteen draws, for fields added after Draws was full: _stream(plan,
+    MoreDraws, i), one more hash computed only for the fields that read it. Append a field
+    here (with what it feeds and which profile reads it); never reorder or remove one (retire
+    it as unused_<k>), so no existing field's bits move. Empty so far."""
 
 
 def _digest(plan: Plan, index: int) -> bytes:
@@ -693,6 +736,7 @@ class Plan:
     gender_unknown: int
     profile: Profile
     tables: Any  # the profile's own tables (None for cms)
+    fhir_version: FhirVersion  # options["fhir_version"] resolved: its number, models, Organization
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self.identity == other.identity
@@ -989,6 +1033,7 @@ def _make_plan_cached(
         gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
         profile=profile,
         tables=profile.tables(ref),
+        fhir_version=FHIR_VERSIONS[opts["fhir_version"]],
     )
 
 
@@ -1415,10 +1460,14 @@ FHIR_VERSIONS: Mapping[str, FhirVersion] = {
 }
 
 
-def organization_record(org: Mapping[str, str], fhir_version: str = "R4") -> dict[str, Any]:
+def organization_record(
+    org: Mapping[str, str], fhir_version: str | FhirVersion = "R4"
+) -> dict[str, Any]:
     """The FHIR Organization of one of the plan's hospitals (plan.organizations), in the given
-    FHIR version."""
-    return FHIR_VERSIONS[fhir_version].organization(org)
+    FHIR version (a FHIR_VERSIONS name, or plan.fhir_version)."""
+    if not isinstance(fhir_version, FhirVersion):
+        fhir_version = FHIR_VERSIONS[fhir_version]
+    return fhir_version.organization(org)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1475,10 +1524,8 @@ class _Dynamics(NamedTuple):
 
     tile_hash: Any  # SHAKE-256 that has absorbed the plan key: tiles copy it
     poisson: Mapping[int, tuple[int, ...]]  # year length in days -> inverse CDF of candidates
-    kind_cut: tuple[int, int]  # w0 >> 6 below [0]: death, below [1]: move, else hospital
-    death_accept: Mapping[str, tuple[int, ...]]  # sex -> by age: accept a death if w2 < this
-    move_accept: tuple[int, int, int]  # cumulative w2 cuts: same county, other county, state
-    hospital_accept: int
+    kind_cut: tuple[int, ...]  # a candidate's kind word below [k] (and not [k-1]): kind k
+    cuts: tuple[Any, ...]  # by position in _EVENT_KINDS: that kind's acceptance thresholds
     zip_order: tuple[int, ...]  # the run's ZIP positions sorted by (state, county)
     zip_rank: Mapping[int, int]  # ZIP position -> rank in zip_order
     rank_cum: tuple[int, ...]  # rank_cum[r] = population of ranks < r (len + 1 entries)
@@ -1487,8 +1534,8 @@ class _Dynamics(NamedTuple):
     living_cum: tuple[int, ...]  # plan.cells' weights with the dead at 0 (newcomers' cells)
     newborn_cell: Mapping[str, int]  # sex -> the living age-0 cell (births), if in the ages
     join_rate: float  # joiners per epoch patient per year
-    birth_cut: int  # a joiner is a birth if spare_14 < this
-    error_cut: int  # a joiner was entered in error if spare_15 < this
+    birth_cut: int  # a joiner is a birth if Draws.joiner_kind < this
+    error_cut: int  # a joiner was entered in error if Draws.entered_in_error < this
     male_cut: int
     start: int  # E in whole seconds: changes happen after it
 
@@ -1521,64 +1568,6 @@ def _living_cum(plan: Plan) -> tuple[int, ...]:
     weights = (c - b for c, b in zip(plan.cell_cum, (0, *plan.cell_cum), strict=False))
     return _cumulative(
         0 if dead else w for (_, _, dead), w in zip(plan.cells, weights, strict=True)
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _dynamics(plan: Plan) -> _Dynamics:
-    """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
-    rates; in exact or integer arithmetic where a draw depends on them."""
-    ref = load_reference(plan.identity[3])
-    bound = DEATH_BOUND + MOVE_BOUND + HOSPITAL_BOUND
-    with localcontext() as ctx:
-        ctx.prec = 40
-        poisson = {
-            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
-            for days in (365, 366)
-        }
-        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())  # the same on every machine
-    top = max(max(ref.mx[s]) for s in SEXES)
-    if top >= DEATH_BOUND:
-        raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
-    move_rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
-    # ZIPs by (state, county): a county and a state are contiguous rank ranges
-    weights: dict[int, int] = {}
-    for positions, cum in zip(plan.zip_index, plan.zip_cum, strict=True):
-        for z, c, before in zip(positions, cum, (0, *cum), strict=False):
-            weights[z] = c - before
-    state_rank = {code: k for k, code in enumerate(plan.state_codes)}
-    order = sorted(weights, key=lambda z: (state_rank[plan.zips[z][3]], plan.zips[z][2], z))
-    county_span, state_span = [], []
-    for key, span in ((2, county_span), (3, state_span)):
-        lo = 0
-        for r in range(1, len(order) + 1):
-            if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
-                span.extend([(lo, r)] * (r - lo))
-                lo = r
-    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
-    newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
-    return _Dynamics(
-        tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
-        poisson=poisson,
-        kind_cut=(
-            round(DEATH_BOUND / bound * (1 << 26)),
-            round((DEATH_BOUND + MOVE_BOUND) / bound * (1 << 26)),
-        ),
-        death_accept={s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES},
-        move_accept=tuple(_cut(sum(move_rates[: k + 1]) / MOVE_BOUND) for k in range(3)),
-        hospital_accept=_cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND),
-        zip_order=tuple(order),
-        zip_rank={z: r for r, z in enumerate(order)},
-        rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
-        county_span=tuple(county_span),
-        state_span=tuple(state_span),
-        living_cum=_living_cum(plan),
-        newborn_cell=newborn,
-        join_rate=joins,
-        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
-        error_cut=_cut(ERROR_SHARE),
-        male_cut=_cut(MALE_AT_BIRTH),
-        start=_seconds(plan.as_of),
     )
 
 
@@ -1622,6 +1611,160 @@ def _move_zip(dyn: _Dynamics, z: int, kind: int, u32: int) -> int | None:
     return dyn.zip_order[bisect.bisect_right(cum, target) - 1]
 
 
+class _Candidate(NamedTuple):
+    """A candidate event of one patient, from five words of its tile (_tile); sorted, a
+    patient's candidates are in time order (ties: tile order). _candidates makes them plain
+    tuples in this order (a named one costs a microsecond each, and most are never accepted);
+    code reads them by these names, unpacked, or as _Candidate._make once one is accepted."""
+
+    instant: int  # w1: the instant within the tile's year
+    position: int  # where its words start in the tile
+    kind: int  # w0 >> 6: which kind, by _Dynamics.kind_cut (w0 % BLOCK: whose candidate)
+    accept: int  # w2: thinning, against the kind's accept cut (and a move's own kind)
+    place: int  # w3: where a move goes
+    hospital: int  # w4: the hospital a move or a hospital change gives
+
+
+class _EventKind(NamedTuple):
+    """A kind of event of the living population, the one place it is defined: the replay
+    (_apply) and the window pre-check (_window_events) both read the kinds from _EVENT_KINDS.
+
+    Candidates of all kinds come at the sum of the bounds per person-year, each kind taking its
+    bound's share of them; a candidate of a kind is accepted when its accept draw is below
+    accept(the kind's cuts, the patient, the instant), i.e. with probability rate / bound
+    (Lewis-Shedler thinning), then change() applies it."""
+
+    name: str  # what it is (a move's Version.change says which move)
+    bound: float  # candidates per person-year: the kind's rate must never exceed it
+    cuts: Callable[[Reference], Any]  # its acceptance thresholds, computed once per plan
+    accept: Callable[[Any, Sample, int], int]  # (cuts, patient, instant) -> accept below this
+    change: Callable[[Plan, _Dynamics, Any, Sample, _Candidate], tuple[Sample, str] | None]
+    # change: the accepted candidate applied: (the new sample, Version.change), or None when
+    # it changes nothing (nowhere to move, no other hospital)
+
+
+def _death_cuts(ref: Reference) -> Mapping[str, tuple[int, ...]]:
+    """Sex -> by age: a death candidate is accepted below m(x) / DEATH_BOUND."""
+    top = max(max(ref.mx[s]) for s in SEXES)
+    if top >= DEATH_BOUND:
+        raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
+    return {s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES}
+
+
+def _death_accept(cuts: Mapping[str, tuple[int, ...]], s: Sample, instant: int) -> int:
+    """The life table's m(x) at the patient's age at the instant, by sex."""
+    return cuts[s.sex][min(_age(s.birth, instant), MAX_AGE)]
+
+
+def _die(plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate) -> tuple[Sample, str]:
+    return s._replace(died=c.instant), "death"
+
+
+def _move_cuts(ref: Reference) -> tuple[int, ...]:
+    """Cumulative accept cuts: same county, another county of the state, another state (the
+    CPS shares as hazards -ln(1 - p), split pro rata; exact decimals, the same everywhere)."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())
+    rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
+    return tuple(_cut(sum(rates[: k + 1]) / MOVE_BOUND) for k in range(len(MOVE_SHARES)))
+
+
+def _move_accept(cuts: tuple[int, ...], s: Sample, instant: int) -> int:
+    return cuts[-1]  # any of the three moves
+
+
+def _move(
+    plan: Plan, dyn: _Dynamics, cuts: tuple[int, ...], s: Sample, c: _Candidate
+) -> tuple[Sample, str] | None:
+    """A move (which one: the accept draw against the cumulative cuts) to a ZIP in proportion
+    to population, and a hospital there (the age at the move allows)."""
+    move = bisect.bisect_right(cuts, c.accept)
+    z = _move_zip(dyn, s.zip, move, c.place)
+    if z is None:
+        return None
+    org = _hospital_at(plan, z, _age(s.birth, c.instant), c.hospital)
+    return s._replace(zip=z, organization=org), MOVE_KINDS[move]
+
+
+def _hospital_cuts(ref: Reference) -> int:
+    return _cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND)
+
+
+def _fixed_accept(cut: int, s: Sample, instant: int) -> int:
+    """A kind whose rate is the same for everyone: its cut is its accept threshold."""
+    return cut
+
+
+def _change_hospital(
+    plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate
+) -> tuple[Sample, str] | None:
+    """Another hospital among the ZIP's candidates (the age at the instant allows)."""
+    org = _hospital_at(plan, s.zip, _age(s.birth, c.instant), c.hospital, s.organization)
+    return None if org is None else (s._replace(organization=org), "hospital")
+
+
+# The event kinds, in the order they share a candidate's kind word. A kind's rate can change
+# within its bound without moving any other event; a new kind, a new bound or a new order
+# redraws every candidate (their number and kinds follow the bounds' total).
+_EVENT_KINDS: tuple[_EventKind, ...] = (
+    _EventKind("death", DEATH_BOUND, _death_cuts, _death_accept, _die),
+    _EventKind("move", MOVE_BOUND, _move_cuts, _move_accept, _move),
+    _EventKind("hospital", HOSPITAL_BOUND, _hospital_cuts, _fixed_accept, _change_hospital),
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _dynamics(plan: Plan) -> _Dynamics:
+    """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
+    rates; in exact or integer arithmetic where a draw depends on them."""
+    ref = load_reference(plan.identity[3])
+    bound = sum(kind.bound for kind in _EVENT_KINDS)
+    with localcontext() as ctx:
+        ctx.prec = 40
+        poisson = {
+            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
+            for days in (365, 366)
+        }
+    # ZIPs by (state, county): a county and a state are contiguous rank ranges
+    weights: dict[int, int] = {}
+    for positions, cum in zip(plan.zip_index, plan.zip_cum, strict=True):
+        for z, c, before in zip(positions, cum, (0, *cum), strict=False):
+            weights[z] = c - before
+    state_rank = {code: k for k, code in enumerate(plan.state_codes)}
+    order = sorted(weights, key=lambda z: (state_rank[plan.zips[z][3]], plan.zips[z][2], z))
+    county_span, state_span = [], []
+    for key, span in ((2, county_span), (3, state_span)):
+        lo = 0
+        for r in range(1, len(order) + 1):
+            if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
+                span.extend([(lo, r)] * (r - lo))
+                lo = r
+    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
+    newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
+    return _Dynamics(
+        tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
+        poisson=poisson,
+        kind_cut=tuple(  # the kinds share the kind word's 26 bits in proportion to their bounds
+            round(b / bound * (1 << 26))
+            for b in itertools.accumulate(kind.bound for kind in _EVENT_KINDS[:-1])
+        ),
+        cuts=tuple(kind.cuts(ref) for kind in _EVENT_KINDS),
+        zip_order=tuple(order),
+        zip_rank={z: r for r, z in enumerate(order)},
+        rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
+        county_span=tuple(county_span),
+        state_span=tuple(state_span),
+        living_cum=_living_cum(plan),
+        newborn_cell=newborn,
+        join_rate=joins,
+        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
+        error_cut=_cut(ERROR_SHARE),
+        male_cut=_cut(MALE_AT_BIRTH),
+        start=_seconds(plan.as_of),
+    )
+
+
 _TILE_WORDS = 5  # per candidate: offset and kind, instant, accept, place, hospital
 
 
@@ -1641,8 +1784,8 @@ def _year_start(year: int) -> int:
 
 
 def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[tuple[int, ...]]]:
-    """Offset in the block -> its candidates (instant, w0, w2, w3, w4) with lo < instant <= hi,
-    in time order (ties: tile order)."""
+    """Offset in the block -> its candidates (tuples in _Candidate's order) with lo < instant <=
+    hi, in time order (ties: tile order)."""
     out: dict[int, list[tuple[int, ...]]] = {}
     if hi <= lo:
         return out
@@ -1656,7 +1799,7 @@ def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[
             instant = start + (w[k + 1] * length >> 32)
             if lo < instant <= hi:
                 out.setdefault(w[k] % BLOCK, []).append(
-                    (instant, k, w[k], w[k + 2], w[k + 3], w[k + 4])
+                    (instant, k, w[k] >> 6, w[k + 2], w[k + 3], w[k + 4])
                 )
     for events in out.values():
         events.sort()
@@ -1671,7 +1814,7 @@ def _gap(dyn: _Dynamics, count: int) -> float:
 def _join_instant(plan: Plan, dyn: _Dynamics, count: int, index: int) -> int:
     """When joiner #index (index >= count) joins: the k-th of a steady stream, k = index - count,
     jittered within its slot by the joiner's own draw, so instants never decrease with k."""
-    u = _raw_draws(_digest(plan, index))[9]  # Draws.death_time_high: unused by the living
+    u = Draws._make(_raw_draws(_digest(plan, index))).death_time_high
     return dyn.start + 1 + int((index - count + u / 4294967296.0) * _gap(dyn, count))
 
 
@@ -1722,7 +1865,7 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
         return _Start(s, "epoch", dyn.start, None)
     u = Draws._make(s.draws)
     instant = _join_instant(plan, dyn, count, index)
-    if u.spare_14 < dyn.birth_cut:
+    if u.joiner_kind < dyn.birth_cut:
         change, sex = "birth", "male" if u.cell < dyn.male_cut else "female"
         cell, birth = dyn.newborn_cell[sex], instant // 86400 + _EPOCH_DAY
     else:
@@ -1735,36 +1878,23 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
     gender = _gender(plan, u.gender, sex)
     org = _hospital_at(plan, s.zip, _age(birth, instant), u.organization)
     deleted = None
-    if u.spare_15 < dyn.error_cut:
+    if u.entered_in_error < dyn.error_cut:
         deleted = instant + 86400 + (u.death_age * (ERROR_DAYS - 1) * 86400 >> 32)
     s = s._replace(cell=cell, sex=sex, birth=birth, gender=gender, organization=org, died=-1)
     return _Start(s, change, instant, deleted)
 
 
 def _apply(
-    plan: Plan, dyn: _Dynamics, s: Sample, instant: int, event: tuple[int, ...]
+    plan: Plan, dyn: _Dynamics, s: Sample, event: tuple[int, ...]
 ) -> tuple[Sample, str] | None:
-    """A candidate event (instant, tile position, w0, w2, w3, w4) applied to the patient as it
-    is: (the new sample, the change) if thinning accepts it and it changes something, else None."""
-    _, _, w0, w2, w3, w4 = event
-    kind = w0 >> 6
-    if kind < dyn.kind_cut[0]:
-        if w2 >= dyn.death_accept[s.sex][min(_age(s.birth, instant), MAX_AGE)]:
-            return None
-        return s._replace(died=instant), "death"
-    if kind < dyn.kind_cut[1]:
-        if w2 >= dyn.move_accept[2]:
-            return None
-        move = 0 if w2 < dyn.move_accept[0] else 1 if w2 < dyn.move_accept[1] else 2
-        z = _move_zip(dyn, s.zip, move, w3)
-        if z is None:
-            return None
-        org = _hospital_at(plan, z, _age(s.birth, instant), w4)
-        return s._replace(zip=z, organization=org), MOVE_KINDS[move]
-    if w2 >= dyn.hospital_accept:
+    """A candidate (_Candidate's fields) applied to the patient as it is: (the new sample, the
+    change) if thinning accepts it and it changes something, else None."""
+    instant, _, kind_word, accept, _, _ = event
+    k = bisect.bisect_right(dyn.kind_cut, kind_word)
+    kind, cuts = _EVENT_KINDS[k], dyn.cuts[k]
+    if accept >= kind.accept(cuts, s, instant):
         return None
-    org = _hospital_at(plan, s.zip, _age(s.birth, instant), w4, s.organization)
-    return None if org is None else (s._replace(organization=org), "hospital")
+    return kind.change(plan, dyn, cuts, s, _Candidate._make(event))
 
 
 def _evolve(
@@ -1779,10 +1909,10 @@ def _evolve(
         return []
     versions = [Version(index, 1, last, start.change, s)]
     for event in events if s.died < 0 and start.deleted is None else ():
-        instant = event[0]
+        instant = event[0]  # _Candidate.instant
         if instant > until:
             break
-        changed = _apply(plan, dyn, s, instant, event) if instant > last else None
+        changed = _apply(plan, dyn, s, event) if instant > last else None
         if changed:
             s, change = changed
             last = instant
@@ -1807,18 +1937,14 @@ def history(plan: Plan, count: int, index: int, until: datetime | str) -> list[V
     return _evolve(plan, dyn, index, start, events, until_s)
 
 
-def _window_events(
-    dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]], age_at: Callable[[int], int]
-) -> bool:
+def _window_events(dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]]) -> bool:
     """Whether any candidate could be accepted (a necessary condition, checked before the
-    patient's history is replayed): deaths by age and sex, the others by their fixed rates."""
-    accept = dyn.death_accept[start.sample.sex]
-    for instant, _, w0, w2, _, _ in events:
-        kind = w0 >> 6
-        if kind < dyn.kind_cut[0]:
-            if w2 < accept[min(age_at(instant), MAX_AGE)]:
-                return True
-        elif w2 < (dyn.move_accept[2] if kind < dyn.kind_cut[1] else dyn.hospital_accept):
+    patient's history is replayed): each by its kind's accept cut for the patient's start
+    (sex and birth never change)."""
+    s, kind_cut, kinds, cuts = start.sample, dyn.kind_cut, _EVENT_KINDS, dyn.cuts
+    for instant, _, kind_word, accept, _, _ in events:  # _Candidate's fields
+        k = bisect.bisect_right(kind_cut, kind_word)
+        if accept < kinds[k].accept(cuts[k], s, instant):
             return True
     return False
 
@@ -1861,19 +1987,35 @@ def _check_faults(faults: Faults) -> None:
         _check_range(name.replace("_", "-"), rate, 0, 1, False)
 
 
+@_draw_table(b"delivery")
+class _DeliveryDraws(NamedTuple):
+    """Delivery faults of version v: _stream(plan, _DeliveryDraws, v.index, v.number)."""
+
+    late: int  # the version arrives late
+    delay: int  # by 1..LATE_DAYS whole days
+    duplicate: int  # it is delivered twice
+    again: int  # the second time 0..DUPLICATE_DAYS days after the first
+
+
+@_draw_table(b"order")
+class _OrderDraws(NamedTuple):
+    """Line n of a batch (version v): _stream(plan, _OrderDraws, v.index, v.number, n)."""
+
+    moved: int  # the line is out of order
+    place: int  # where it goes in the batch
+
+
 def _deliveries(plan: Plan, faults: Faults, v: Version) -> tuple[int, ...]:
     """When version v is delivered: at its instant, or (late) 1..LATE_DAYS days later, and
     (duplicate) once more 0..DUPLICATE_DAYS days after that; drawn from (seed, index, version)."""
     if not (faults.late or faults.duplicate):
         return (v.instant,)
-    h = plan.hasher.copy()
-    h.update(b"delivery|%d|%d" % (v.index, v.number))
-    late, delay, dup, again = _raw_draws(h.digest())[:4]
+    u: _DeliveryDraws = _stream(plan, _DeliveryDraws, v.index, v.number)
     d = v.instant
-    if late < _cut(faults.late):
-        d += 86400 * (1 + (delay * LATE_DAYS >> 32))
-    if dup < _cut(faults.duplicate):
-        return (d, d + (again * (DUPLICATE_DAYS * 86400 + 1) >> 32))
+    if u.late < _cut(faults.late):
+        d += 86400 * (1 + (u.delay * LATE_DAYS >> 32))
+    if u.duplicate < _cut(faults.duplicate):
+        return (d, d + (u.again * (DUPLICATE_DAYS * 86400 + 1) >> 32))
     return (d,)
 
 
@@ -1881,10 +2023,8 @@ def _out_of_order(plan: Plan, rate: float, versions: list[Version]) -> list[Vers
     """A share `rate` of the lines moved to a random place in the batch (drawn per version)."""
     cut, keys = _cut(rate), []
     for n, v in enumerate(versions):
-        h = plan.hasher.copy()
-        h.update(b"order|%d|%d|%d" % (v.index, v.number, n))
-        u, place = _raw_draws(h.digest())[:2]
-        keys.append((place * len(versions) >> 32, 0, n) if u < cut else (n, 1, n))
+        u: _OrderDraws = _stream(plan, _OrderDraws, v.index, v.number, n)
+        keys.append((u.place * len(versions) >> 32, 0, n) if u.moved < cut else (n, 1, n))
     return [versions[k[2]] for k in sorted(keys)]
 
 
@@ -1919,7 +2059,7 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
             i = block * BLOCK + offset
             if a <= i < b:
                 start = _start(plan, dyn, count, i)
-                if _window_events(dyn, start, events, functools.partial(_age, start.sample.birth)):
+                if _window_events(dyn, start, events):
                     starts[i] = start
         for i in range(max(a, joiners.start), min(b, joiners.stop)):
             starts.setdefault(i, _start(plan, dyn, count, i))
@@ -1940,16 +2080,34 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
     return out
 
 
-class Window(NamedTuple):
-    """A snapshot or a change batch of the living population whose epoch is the plan's as-of:
-    what generate_patients(epoch=...) yields, the CLI prints and a Bronze(window=...) run
-    writes (its count then covers the indexes that exist at `until`: population_size)."""
-
+class _WindowFields(NamedTuple):
     epoch_count: int  # N: the population at the epoch
-    until: str  # T: the snapshot at T, or the end of the batch (since, until]
-    since: str | None = None  # S: the change batch (S, T] instead of the snapshot
+    until: datetime  # T: the snapshot at T, or the end of the batch (since, until]
+    since: datetime | None = None  # S: the change batch (S, T] instead of the snapshot
     latest: bool = False  # a batch holds each patient's last version only
     faults: Faults = NO_FAULTS
+
+
+class Window(_WindowFields):
+    """A snapshot or a change batch of the living population whose epoch is the plan's as-of:
+    what generate_patients(epoch=...) yields, the CLI prints and a Bronze(window=...) run
+    writes (its count then covers the indexes that exist at `until`: population_size).
+
+    until and since are given as datetimes or ISO-8601 text and kept as aware UTC datetimes
+    (parse_as_of, once, here): nothing downstream parses them again."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        epoch_count: int,
+        until: datetime | str,
+        since: datetime | str | None = None,
+        latest: bool = False,
+        faults: Faults = NO_FAULTS,
+    ) -> Window:
+        since = None if since is None else parse_as_of(since)
+        return super().__new__(cls, epoch_count, parse_as_of(until), since, latest, faults)
 
 
 def _window_versions(
@@ -1978,7 +2136,7 @@ def generate_patient(
     Options are those of make_plan, e.g. profile="us-core" for a US Core Patient.
     """
     plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
-    return _model(plan.options["fhir_version"], "Patient").model_validate(build_record(plan, index))
+    return _model(plan.fhir_version.models, "Patient").model_validate(build_record(plan, index))
 
 
 def generate_patients(  # noqa: PLR0913 (the living population's arguments are keyword-only)
@@ -2009,9 +2167,7 @@ def generate_patients(  # noqa: PLR0913 (the living population's arguments are k
     if start:
         raise ValueError("a living population begins at #0: start must be 0 with epoch")
     plan = make_plan(draw_seed() if seed is None else seed, epoch, **options)
-    until = _iso_instant(parse_as_of(as_of))
-    since = None if since is None else _iso_instant(parse_as_of(since))
-    for v in _window_versions(plan, Window(count, until, since, latest, faults)):
+    for v in _window_versions(plan, Window(count, as_of, since, latest, faults)):
         yield version_record(plan, v)
 
 
@@ -2025,11 +2181,10 @@ def _check_index_range(start: Any, count: Any) -> None:
 
 
 @functools.cache
-def _model(fhir_version: str, resource_type: str) -> Any:
-    """The fhir.resources model class of a resource type in a FHIR version."""
+def _model(package: str, resource_type: str) -> Any:
+    """The fhir.resources model class of a resource type in a package (FhirVersion.models)."""
     import importlib
 
-    package = FHIR_VERSIONS[fhir_version].models
     return getattr(importlib.import_module(f"{package}.{resource_type.lower()}"), resource_type)
 
 
@@ -2292,7 +2447,8 @@ def _version_writer(plan: Plan) -> Callable[[Version], bytes]:
     for index in range(8):  # as json_renderer: a field the fragments miss fails here
         s = sample(plan, index)
         epoch = Version(index, 1, 0, "epoch", s)
-        later = Version(index, 2, 4102444800, "move-zip", s._replace(birth=s.birth + 36500))
+        born = min(s.birth + 36500, date.max.toordinal())  # past the date table, and valid
+        later = Version(index, 2, 4102444800, "move-zip", s._replace(birth=born))
         if write_version(epoch) != render(index) or write_version(later) != dumps(
             version_record(plan, later)
         ):
@@ -2307,7 +2463,7 @@ class BronzeError(RuntimeError):
 def _validated(plan: Plan, record: dict[str, Any], index: int) -> dict[str, Any]:
     """The record, after fhir.resources accepted it; BronzeError naming the index if not."""
     try:
-        _model(plan.options["fhir_version"], record["resourceType"]).model_validate(record)
+        _model(plan.fhir_version.models, record["resourceType"]).model_validate(record)
     except Exception as e:  # pydantic's ValidationError, or anything the model raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BronzeError(f"patient #{index} failed FHIR validation: {first}") from None
@@ -2381,8 +2537,13 @@ S3_PROBE_ATTEMPTS = 2  # the bucket probe before any work fails faster
 # (the probe: 2 x 20 + <1 s). docs/bronze.md derives it; tests lower these module constants.
 S3_CONNECT_TIMEOUT = 5  # seconds to open a connection
 S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's reply comes in ~1 s
+# A server that ignores If-None-Match (rclone serve s3 1.75 does; AWS S3 and MinIO honour it) gets
+# a write-then-read-back claim instead: racing claims are told apart if each run's check and its
+# PUT lie closer together than this (docs/bronze.md, "Two runs, one folder").
+S3_CLAIM_SETTLE = 1.0  # seconds between the claim's PUT and its read-back
 GZIP_CONTENT_TYPE = "application/gzip"
 Tick = Callable[[int], None] | None  # progress callback: n more patients done
+PLAIN_RUN, SNAPSHOT_RUN, BATCH_RUN = "plain", "snapshot", "batch"  # what a run writes: Bronze.mode
 
 
 @dataclass(frozen=True)
@@ -2401,6 +2562,14 @@ class Bronze:
     endpoint_url: str | None = None
     token: str = ""  # tags this run's temp files, so an interrupted run can remove them
     window: Window | None = None  # a living population: count becomes the indexes at its until
+
+    @property
+    def mode(self) -> str:
+        """What the run writes, decided here only: PLAIN_RUN (no window), SNAPSHOT_RUN (a window's
+        state at its until, a layer like a plain one) or BATCH_RUN (a window's changes since)."""
+        if self.window is None:
+            return PLAIN_RUN
+        return SNAPSHOT_RUN if self.window.since is None else BATCH_RUN
 
 
 @dataclass(frozen=True)
@@ -2484,8 +2653,8 @@ def _ndjson_key(spec: Bronze, resource_type: str, n: int) -> str:
 
 
 def _organization_lines(plan: Plan) -> list[bytes]:
-    version = plan.options["fhir_version"]
-    return [orjson.dumps(organization_record(org, version)) + b"\n" for org in plan.organizations]
+    version = plan.fhir_version.organization
+    return [orjson.dumps(version(org)) + b"\n" for org in plan.organizations]
 
 
 def _unit_patients(plan: Plan, spec: Bronze, indexes: range) -> Iterator[tuple[int, bytes]]:
@@ -2515,7 +2684,7 @@ def _unit_records(plan: Plan, spec: Bronze, unit: int) -> int:
     indexes, w = unit_range(spec, unit), spec.window
     if w is None:
         return len(indexes)
-    dyn, until = _dynamics(plan), _seconds(parse_as_of(w.until))
+    dyn, until = _dynamics(plan), _seconds(w.until)
     gone = 0
     for i in range(max(indexes.start, w.epoch_count), indexes.stop):
         deleted = _start(plan, dyn, w.epoch_count, i).deleted
@@ -2604,11 +2773,24 @@ CDC_MANIFESTS = "cdc/_manifests"  # one manifest per batch: <since>_<until>.json
 CDC_RUN = "cdc/_run"  # a batch's identity while it is being written
 
 
-def _stamp(iso: str) -> str:
+def _stamp(dt: datetime) -> str:
     """A compact UTC time for keys: 20260301T000000Z (with .ffffff when it has a fraction)."""
-    dt = parse_as_of(iso)
     fraction = f".{dt.microsecond:06d}" if dt.microsecond else ""
     return dt.strftime("%Y%m%dT%H%M%S") + fraction + "Z"
+
+
+def _from_stamp(stamp: str) -> datetime:
+    """The time of a _stamp(); ValueError if it is not one."""
+    fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
+    return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
+
+
+def _batch_window(name: str) -> tuple[datetime, datetime]:
+    """(since, until) of a batch named <since>_<until>[.json]; ValueError if it is not one."""
+    since, sep, until = name.removesuffix(".json").partition("_")
+    if not sep:
+        raise ValueError(f"{name!r} is not <since>_<until>.json")
+    return _from_stamp(since), _from_stamp(until)
 
 
 def batch_name(spec: Bronze) -> str:
@@ -2621,7 +2803,7 @@ def batch_name(spec: Bronze) -> str:
 def _batch_folder(spec: Bronze, deleted: bool) -> str:
     """cdc/patient/ or cdc/patient_deleted/, Hive-partitioned by the delivery (until) date."""
     assert spec.window is not None
-    day = parse_as_of(spec.window.until).date().isoformat()
+    day = spec.window.until.date().isoformat()
     return f"cdc/patient{'_deleted' if deleted else ''}/ingest_date={day}"
 
 
@@ -2738,6 +2920,24 @@ class UploadFailed(BronzeError):
     """A store's earlier background write failed: stop the unit, drain() reports it."""
 
 
+def _process_start(pid: int) -> str | None:
+    """When process pid started (clock ticks since boot, /proc/<pid>/stat field 22), or None
+    if it is not running (gone, or a zombie: os.kill(pid, 0) succeeds on those) or there is
+    no /proc (not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+@functools.cache
+def _writer(pid: int) -> str:
+    """This process as a temp file names it: <pid>+<start time>, or <pid> without /proc."""
+    start = _process_start(pid)
+    return f"{pid}+{start}" if start is not None else str(pid)
+
+
 class LocalStore:
     """A local directory; every file is written to a temp file in _run/tmp/, then renamed into
     place (atomic: the same file system). Readers' globs (patient/*) never see a temp file."""
@@ -2767,8 +2967,9 @@ class LocalStore:
         self._remove_temp_files(self._is_stale)
 
     def _temp_path(self, key: str) -> Path:
-        """_run/tmp/<key with / as .>.tmp-<token>-<pid>@<host>: whose it is, for the sweeps."""
-        name = f"{key.replace('/', '.')}.tmp-{self.token}-{os.getpid()}@{self.host}"
+        """_run/tmp/<key with / as .>.tmp-<token>-<pid>[+<start>]@<host>: whose it is (the
+        writer's start time, where known, tells a recycled pid apart), for the sweeps."""
+        name = f"{key.replace('/', '.')}.tmp-{self.token}-{_writer(os.getpid())}@{self.host}"
         return self.root / RUN_TMP / name
 
     def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
@@ -2799,10 +3000,40 @@ class LocalStore:
             raise
         return size
 
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """Write key only if it does not exist yet: False if it does. Atomic, so of runs racing
+        for one key exactly one creates it: a hard link of a complete temp file (a reader never
+        sees half of it), or O_EXCL where the file system has no hard links."""
+        path, tmp = self.root / key, self._temp_path(key)
+        for folder in (path.parent, tmp.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (e.g. some network or FAT file systems)
+            try:
+                with open(path, "xb") as f:
+                    f.write(data)
+            except FileExistsError:
+                return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return True
+
     def read(self, key: str) -> bytes | None:
         try:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
+            return None
+
+    def size(self, key: str) -> int | None:
+        """The size of key in bytes, None if it does not exist."""
+        try:
+            return (self.root / key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def list(self, folder: str) -> Iterator[str]:
@@ -2819,29 +3050,35 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / key)
 
-    def _is_stale(self, token: str, pid: int, host: str) -> bool:
-        """A temp file of a dead process on this host (a sibling shard's live one is kept; so
-        are other hosts', which cannot be checked: they stay in _run/, unseen by readers)."""
-        if host != self.host or pid == os.getpid():
+    def _is_stale(self, token: str, writer: str, host: str) -> bool:
+        """A temp file of a dead writer on this host: its pid is gone, a zombie, or now another
+        process's (another start time). A sibling shard's live one is kept; so are other
+        hosts', which cannot be checked: they stay in _run/, unseen by readers."""
+        pid, _, start = writer.partition("+")
+        if host != self.host or int(pid) == os.getpid():
             return False
+        if _process_start(int(pid)) is not None:  # /proc: running, and since when
+            return bool(start) and start != _process_start(int(pid))
+        if Path("/proc/self/stat").exists():
+            return True  # /proc has no running process of that pid (gone or a zombie)
         try:
-            os.kill(pid, 0)
+            os.kill(int(pid), 0)
         except ProcessLookupError:
             return True
         except PermissionError:
             return False  # alive, another user's
         return False
 
-    def _remove_temp_files(self, which: Callable[[str, int, str], bool]) -> None:
-        """Remove the temp files in _run/tmp/ for which which(token, pid, host) holds."""
+    def _remove_temp_files(self, which: Callable[[str, str, str], bool]) -> None:
+        """Remove the temp files in _run/tmp/ for which which(token, writer, host) holds."""
         for key in list(self.list(RUN_TMP)):
-            match = re.search(r"\.tmp-(.+)-(\d+)@([^@/]+)$", key)
-            if match and which(match[1], int(match[2]), match[3]):
+            match = re.search(r"\.tmp-(.+)-(\d+(?:\+\d+)?)@([^@/]+)$", key)
+            if match and which(match[1], match[2], match[3]):
                 self.delete([key])
 
     def remove_temp_files(self) -> None:
         """Remove temp files of this run's processes (workers killed by Ctrl-C leave them)."""
-        self._remove_temp_files(lambda token, pid, host: token == self.token and host == self.host)
+        self._remove_temp_files(lambda token, _, host: token == self.token and host == self.host)
 
     def remove_run_folder(self) -> None:
         """Remove _run/ if it is empty (a sibling's temp file keeps it; it removes it later)."""
@@ -2856,17 +3093,44 @@ class LocalStore:
         pass
 
 
+# S3's general purpose bucket naming rules (docs.aws.amazon.com/AmazonS3/latest/userguide/
+# bucketnamingrules.html): 3-63 lowercase letters, digits, dots and hyphens, a letter or digit
+# at both ends, no "..", not an IPv4 address, no reserved prefix or suffix. botocore would
+# otherwise answer a bad name with a dump of its own regex.
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+BUCKET_RESERVED = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", ".mrap", "--x-s3"))
+
+
+def _bad_bucket_name(name: str) -> bool:
+    """Whether name breaks S3's bucket naming rules."""
+    return (
+        not BUCKET_NAME.fullmatch(name)
+        or ".." in name
+        or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name) is not None
+        or name.startswith(BUCKET_RESERVED[0])
+        or name.endswith(BUCKET_RESERVED[1])
+    )
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket."""
+    """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket or its name
+    breaks S3's naming rules."""
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     if not bucket:
         raise ValueError(f"{url!r} names no bucket (use s3://bucket/prefix)")
+    if _bad_bucket_name(bucket):
+        raise ValueError(
+            f"{bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots "
+            "and hyphens, a letter or digit at both ends, not an IP address)"
+        )
     return bucket, prefix.strip("/")
 
 
 def s3_endpoint(endpoint_url: str | None) -> str | None:
     """The custom S3 endpoint: endpoint_url, else $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL
     (None: AWS itself); ValueError unless it is http(s)://host[:port] (boto3 would trace back)."""
+    if endpoint_url is not None and not endpoint_url.strip():
+        raise ValueError("--endpoint-url is empty (leave it out for AWS S3)")
     given = (
         ("--endpoint-url", endpoint_url),
         ("AWS_ENDPOINT_URL_S3", os.environ.get("AWS_ENDPOINT_URL_S3")),
@@ -3022,6 +3286,35 @@ class S3Store:
         self.pool.submit(self._put, key, body, content_type or "application/octet-stream")
         return size
 
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """PUT key only if it does not exist (If-None-Match: *): False if it does. A server
+        that ignores the condition accepts a second such PUT too; then the claim is checked by
+        reading it back after S3_CLAIM_SETTLE seconds (a racing PUT would have replaced it)."""
+        from botocore.exceptions import ClientError
+
+        def put() -> bool:
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.key(key),
+                    Body=data,
+                    ContentType=content_type or "application/octet-stream",
+                    IfNoneMatch="*",
+                )
+            except ClientError as e:  # 412: it exists; 409: a concurrent conditional PUT won
+                if _s3_error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    return False
+                raise
+            return True
+
+        with self._errors():
+            if not put():
+                return False
+            if not put():
+                return True  # the server honours If-None-Match: the first PUT was exclusive
+            time.sleep(S3_CLAIM_SETTLE)
+            return self.read(key) == data
+
     def drain(self) -> tuple[int, str | None]:
         """Wait for queued PUTs; (failures, first failure) since the last drain."""
         with self.lock:
@@ -3036,6 +3329,20 @@ class S3Store:
                 return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
             except self.client.exceptions.NoSuchKey:
                 return None
+
+    def size(self, key: str) -> int | None:
+        """The size of key in bytes (a HEAD request), None if it does not exist."""
+        from botocore.exceptions import ClientError
+
+        with self._errors():
+            try:
+                return int(
+                    self.client.head_object(Bucket=self.bucket, Key=self.key(key))["ContentLength"]
+                )
+            except ClientError as e:
+                if _s3_error_code(e) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
 
     def list(self, folder: str) -> Iterator[str]:
         """Keys (relative to the root) of every object under folder/."""
@@ -3120,20 +3427,20 @@ def _window_block(plan: Plan, indexes: int, w: Window | None) -> dict[str, Any]:
     if w is None:
         return {}
     return {
-        "as_of": w.until,
+        "as_of": _iso_instant(w.until),
         "count": w.epoch_count,
         "epoch": plan.last_updated,
         "indexes": indexes,
-        "since": w.since,
+        "since": None if w.since is None else _iso_instant(w.since),
         "versions": "latest" if w.latest else "all",
         "faults": w.faults._asdict(),
     }
 
 
 def _window_words(plan: Plan, w: Window) -> list[str]:
-    words = ["--epoch", plan.last_updated, "--as-of", w.until]
+    words = ["--epoch", plan.last_updated, "--as-of", _iso_instant(w.until)]
     if w.since is not None:
-        words += ["--since", w.since, "--versions", "latest" if w.latest else "all"]
+        words += ["--since", _iso_instant(w.since), "--versions", "latest" if w.latest else "all"]
         for name, rate in w.faults._asdict().items():
             words += [f"--{name.replace('_', '-')}", f"{rate:g}"] if rate else []
     return words
@@ -3169,7 +3476,7 @@ def _manifest(
     the reproducing request, output (and a batch's deleted), extension.fhirVersion, the
     generator block and any further extension."""
     manifest: dict[str, Any] = {
-        "transactionTime": plan.last_updated if spec.window is None else spec.window.until,
+        "transactionTime": _iso_instant(spec.window.until) if spec.window else plan.last_updated,
         "request": request_line(plan, spec),
         "requiresAccessToken": False,
         "output": output,
@@ -3178,7 +3485,7 @@ def _manifest(
         manifest["deleted"] = deleted
     manifest["error"] = []
     manifest["extension"] = {
-        "fhirVersion": FHIR_VERSIONS[plan.options["fhir_version"]].number,
+        "fhirVersion": plan.fhir_version.number,
         "generator": generator_block(plan, spec),
         **extension,
     }
@@ -3199,9 +3506,9 @@ def batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[in
     assert w is not None
     files = FORMATS[spec.format].batch_output(spec, counts)
     batch = {
-        "since": w.since,
-        "until": w.until,
-        "ingestDate": parse_as_of(w.until).date().isoformat(),
+        "since": _iso_instant(w.since),
+        "until": _iso_instant(w.until),
+        "ingestDate": w.until.date().isoformat(),
         "versions": sum(c[0] for c in counts.values()),
         "deletions": sum(c[1] for c in counts.values()),
         "urlsRelativeTo": "the layer root",
@@ -3251,6 +3558,33 @@ def done_units(store: Store) -> frozenset[int]:
     return frozenset(int(name) for name in names if name.isdigit())
 
 
+def _done_marker(records: int, written: Sequence[tuple[str, int]]) -> bytes:
+    """A unit's done marker: its patients, its files, and the key and size of its first and
+    last file, the evidence a resumed run checks (cheaply: one stat or HEAD each)."""
+    check = dict([written[0], written[-1]]) if written else {}
+    marker = {"records": records, "files": len(written), "check": check}
+    return orjson.dumps(marker) + b"\n"
+
+
+def _is_done(store: Store, unit: int) -> bool:
+    """Whether unit's marker is one we wrote and the files it names are there, with their
+    sizes: a forged or older marker, or a deleted or truncated file, makes the unit redone
+    (a unit without files, all of whose joiners were deleted, is simply redone: nothing)."""
+    _, marker = _read_json(store, _done_key(unit))
+    marker = marker if isinstance(marker, dict) else {}
+    check, files = marker.get("check"), marker.get("files")
+    if not isinstance(check, dict) or type(files) is not int or files < 1:
+        return False
+    if len(check) != min(files, 2):
+        return False
+    return all(isinstance(k, str) and store.size(k) == size for k, size in check.items())
+
+
+def resumable_units(store: Store) -> frozenset[int]:
+    """The units of an interrupted run that a re-run may skip: a marker and its files."""
+    return frozenset(u for u in done_units(store) if _is_done(store, u))
+
+
 def _delete_run_markers(store: Store) -> None:
     """Delete _run/identity.json, then the done markers: a crash midway leaves only markers,
     which nothing resumes into and the next run removes too."""
@@ -3274,27 +3608,47 @@ def _refusal(store: Store, what: str) -> BronzeError:
     )
 
 
-def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
-    """The overwrite policy. Our own run (same generator block in the manifest or in
-    _run/identity.json) is resumed: returns the units its done markers say are finished. Another
-    run, or data with neither, is refused unless --overwrite, which deletes it first."""
-    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-    found, theirs = _manifest_generator(store)
-    started, identity = _read_json(store, RUN_IDENTITY)
+def _overwrite_policy(
+    store: Store, keys: tuple[str, str], ours: Any, overwrite: bool, delete: Callable[[], None]
+) -> tuple[bool, bool]:
+    """The one overwrite policy of layers and batches, over a (manifest, identity) key pair:
+    our own run (the same generator block in either) is kept; another run's (or an unreadable
+    one) is refused, or deleted first with overwrite. Returns whether (manifest, identity) of
+    ours are there."""
+    found, manifest = _read_json(store, keys[0])
+    try:
+        theirs = manifest["extension"]["generator"]
+    except (KeyError, TypeError):  # unreadable, or not one of our manifests
+        theirs = None
+    started, identity = _read_json(store, keys[1])
     foreign = None
     if found and theirs != ours:
         foreign = ("another run", theirs)
     elif started and identity != ours:
         foreign = ("another run's unfinished data", identity)
-    if foreign:
-        if not overwrite:
-            what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
-            raise _refusal(store, f"already holds {foreign[0]} ({what})")
-    elif found or started:
-        return done_units(store) if started else frozenset()
-    elif not any(next(store.list(f), None) for f in FOLDERS):
+    if foreign is None:
+        return found, started
+    if not overwrite:
+        what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
+        label = keys[0].rsplit("/", 1)[-1].removesuffix(".json")
+        label = "" if keys[0] == MANIFEST else f"batch {label} of "
+        raise _refusal(store, f"already holds {label}{foreign[0]} ({what})")
+    delete()
+    return False, False
+
+
+def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
+    """The overwrite policy (_overwrite_policy) for a layer. Our own run is resumed: returns
+    the units its done markers say are finished. Another run, or data with neither manifest
+    nor identity, is refused unless --overwrite, which deletes it first."""
+    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
+    keys = (MANIFEST, RUN_IDENTITY)
+    found, started = _overwrite_policy(store, keys, ours, overwrite, lambda: _delete_run(store))
+    if found or started:
+        return resumable_units(store) if started else frozenset()
+    if not any(next(store.list(f), None) for f in FOLDERS):
         return frozenset()
-    elif not overwrite:
+    if not overwrite:
         raise _refusal(
             store,
             f"holds patient/ or organization/ files without {MANIFEST} or {RUN_IDENTITY} "
@@ -3302,6 +3656,32 @@ def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> f
         )
     _delete_run(store)
     return frozenset()
+
+
+def _claim(store: Store, key: str, data: bytes) -> None:
+    """Claim the folder for this run by creating key (its identity), atomically: of runs racing
+    into one folder, one creates it and the others find another run's identity and refuse.
+    Our own identity (a re-run, a sibling shard) is kept; BronzeError for another run's."""
+    ours = orjson.loads(data)
+    if _read_json(store, key)[1] == ours or store.create(key, data, "application/json"):
+        return
+    found, theirs = _read_json(store, key)
+    if theirs != ours:
+        what = _describe(theirs) if found else "its identity is being written"
+        raise _refusal(store, f"was claimed at the same time by another run ({what})")
+
+
+def _claim_layer(plan: Plan, spec: Bronze, store: Store) -> None:
+    """Claim the layer (unless it is finished): _run/identity.json, then a second look for a
+    manifest, in case another run finished (and removed its identity) since the first."""
+    if store.read(MANIFEST) is not None:
+        return
+    _claim(store, RUN_IDENTITY, identity_bytes(plan, spec))
+    found, theirs = _manifest_generator(store)
+    if found and theirs != orjson.loads(identity_bytes(plan, spec)):
+        store.delete([RUN_IDENTITY])
+        what = "an unreadable file" if theirs is None else _describe(theirs)
+        raise _refusal(store, f"was finished just now by another run ({what})")
 
 
 def _finish_run(spec: Bronze, store: Store) -> None:
@@ -3317,20 +3697,37 @@ def _finish_run(spec: Bronze, store: Store) -> None:
     store.remove_run_folder()
 
 
+class _Written:
+    """A store whose writes are noted: (key, size) of the first and last, for the marker."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.files: list[tuple[str, int]] = []
+
+    def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
+        size = self.store.write(key, data, content_type)
+        if self.files:
+            self.files[1:] = [(key, size)]
+        else:
+            self.files.append((key, size))
+        return size
+
+
 def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = None) -> UnitResult:
     """Write unit #unit, wait for its uploads, then its done marker; failed uploads are
     counted, not raised."""
-    if spec.window is not None and spec.window.since is not None:
+    if spec.mode == BATCH_RUN:
         return _write_batch_unit(plan, spec, store, unit, tick)
     files = size = 0
+    written = _Written(store)
     try:
-        files, size = FORMATS[spec.format].write_unit(plan, spec, store, unit, tick)
+        files, size = FORMATS[spec.format].write_unit(plan, spec, written, unit, tick)  # type: ignore[arg-type]
     except UploadFailed:
         pass  # drain() below counts it
     failed, first = store.drain()
     records = _unit_records(plan, spec, unit)  # a window leaves its deleted joiners out
     if not failed:  # only a fully written, drained unit may be skipped by a resumed run
-        store.write(_done_key(unit), f"{records}\n".encode(), "text/plain")
+        store.write(_done_key(unit), _done_marker(records, written.files), "application/json")
         failed, first = store.drain()
     return UnitResult(unit, records, files, size, failed, first)
 
@@ -3368,13 +3765,43 @@ def _batch_counts(files: list[BatchFile]) -> tuple[int, int]:
     return sum(f.lines for f in files) - deleted, deleted
 
 
+EXIT_ORPHANED = 1  # a worker whose main process died
+
+
 @functools.cache
 def _worker_store(spec: Bronze) -> Store:
     return open_store(spec)  # one per worker process, kept for all its units
 
 
+PARENT_POLL = 0.5  # seconds between a worker's checks that the main process still lives
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the main process dies (kill -9, the OOM killer), so no worker runs
+    on unowned and a pipe reading the output ends: on Linux the kernel sends SIGKILL
+    (PR_SET_PDEATHSIG); everywhere a daemon thread polls os.getppid(), which changes when the
+    parent is gone (the orphan is re-parented)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(EXIT_ORPHANED)
+
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C for all
+    _exit_with_parent()
 
 
 def _worker_unit(plan: Plan, spec: Bronze, unit: int) -> UnitResult:
@@ -3497,7 +3924,7 @@ def write_bronze(
     if spec.format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {spec.format!r}")
     spec = covering(plan, spec)
-    if spec.window is not None and spec.window.since is not None:
+    if spec.mode == BATCH_RUN:
         return write_batch(
             plan, spec, workers=workers, shard=shard, overwrite=overwrite, progress=progress
         )
@@ -3506,8 +3933,7 @@ def write_bronze(
     try:
         store.prepare()
         done = check_existing(plan, spec, store, overwrite)
-        if store.read(MANIFEST) is None:  # claim the root before any data: re-runs resume
-            store.write(RUN_IDENTITY, identity_bytes(plan, spec), "application/json")
+        _claim_layer(plan, spec, store)  # before any data: re-runs resume, other runs refuse
         orgs = organization_files(plan, spec)
         org_bytes = sum(store.write(key, data, _content_type(spec)) for key, data in orgs)
         _drain_or_raise(store)
@@ -3578,16 +4004,11 @@ def write_batch(
                 "batch belongs with the layer of its seed, count, epoch and options"
             )
         ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-        found, theirs = _read_json(store, manifest_key)
-        started_run, identity = _read_json(store, identity_key)
-        theirs = theirs.get("extension", {}).get("generator") if isinstance(theirs, dict) else None
-        if (found and theirs != ours) or (started_run and identity != ours):
-            if not overwrite:
-                raise _refusal(store, f"already holds batch {name} of another run")
-            _delete_batch(store, spec)
-            found = False
+        keys = (manifest_key, identity_key)
+        delete = functools.partial(_delete_batch, store, spec)
+        found, _ = _overwrite_policy(store, keys, ours, overwrite, delete)
         if not found:
-            store.write(identity_key, identity_bytes(plan, spec), "application/json")
+            _claim(store, identity_key, identity_bytes(plan, spec))
         totals = _write_units(plan, spec, store, list(shard_units(spec, shard)), workers, progress)
         counts = dict(totals.units)
         for u in range(unit_count(spec)):  # other shards' units: counted, not written
@@ -3604,6 +4025,173 @@ def write_batch(
         store.close()
     deleted = sum(c[1] for c in totals.units.values())
     return totals.summary(started, store, kept=0, organizations=0, deleted=deleted, batch=name)
+
+
+# -- layer continuation: a layer's next change batch, from its manifests (--continue)
+
+
+def _whole(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and low <= v <= high
+
+
+def _is_instant(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and parse_as_of(value) is not None
+    except ValueError:
+        return False
+
+
+def _bad_layer_field(block: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first field of a layer's generator block that --continue cannot use, with what it
+    must be; None if every field it reads is sound."""
+    gz, fmt = block.get("gzip"), block.get("format")
+    rolls = fmt in FORMATS and FORMATS[fmt].rolls_over
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+        ("seed", _whole(0, MAX_SEED), f"a whole number from 0 to {MAX_SEED}"),
+        ("count", _whole(1, MAX_INDEX + 1), "a whole number of patients, at least 1"),
+        ("start", lambda v: v is None or (type(v) is int and v == 0), "0: a population"),
+        ("format", lambda v: isinstance(v, str) and v in FORMATS, f"one of {', '.join(FORMATS)}"),
+        ("gzip", lambda v: type(v) is bool, "true or false"),
+        ("gzip_level", _whole(0, 9) if gz is True else (lambda v: v is None), "0-9 with gzip"),
+        ("records_per_file", _whole(1, MAX_INDEX + 1) if rolls else (lambda v: v is None), "≥ 1"),
+        ("as_of", _is_instant, "an ISO-8601 instant"),
+        ("epoch", lambda v: v is None or _is_instant(v), "an ISO-8601 instant"),
+    )
+    for name, ok, what in checks:
+        if not ok(block.get(name)):
+            return name, f"it must be {what}"
+    return None
+
+
+def _layer_options(options: Any) -> dict[str, Any]:
+    """A layer's options as its manifest holds them, if they are the canonical set this version
+    writes (make_plan takes them as they are); ValueError saying what is wrong otherwise."""
+    if not isinstance(options, dict) or set(options) != set(OPTION_DEFAULTS):
+        raise ValueError(f"it must be an object of {', '.join(OPTION_DEFAULTS)}")
+    try:
+        canonical = normalise_options(**options)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        for name in OPTION_DEFAULTS:  # the manifest's field, not a flag the user never gave
+            message = message.replace(f"--{name.replace('_', '-')}", f"options.{name}")
+        raise ValueError(message) from None
+    if orjson.loads(orjson.dumps(canonical)) != options:
+        raise ValueError("it is not in the form this version writes")
+    return options
+
+
+def _layer_block(store: Store) -> dict[str, Any]:
+    """The layer's generator block, every field --continue reads checked: BronzeError naming
+    the file and the field if one is missing, of another type or out of range."""
+    found, block = _manifest_generator(store)
+    where = f"{store.display()}/{MANIFEST}"
+    if not found:
+        raise BronzeError(f"{store.display()} has no {MANIFEST} of a population to continue")
+    if not isinstance(block, dict):
+        raise BronzeError(f"{where} has no readable extension.generator: it cannot be continued")
+    bad = _bad_layer_field(block)
+    if bad is None:
+        try:
+            block = {**block, "options": _layer_options(block.get("options"))}
+        except ValueError as e:
+            bad = ("options", str(e))
+    if bad is None and parse_as_of(block["as_of"]) < parse_as_of(
+        block.get("epoch") or block["as_of"]
+    ):
+        bad = ("as_of", "it must not be before extension.generator.epoch")
+    if bad is not None:
+        value = orjson.dumps(block.get(bad[0])).decode()
+        value = value if len(value) <= 40 else value[:37] + "..."
+        raise BronzeError(
+            f"{where}: extension.generator.{bad[0]} = {value} cannot be continued ({bad[1]})"
+        )
+    return block
+
+
+def _batches(store: Store) -> tuple[list[datetime], list[str]]:
+    """The untils of the layer's finished batches and the names of its unfinished ones;
+    BronzeError for a name this version did not write."""
+    names = [k.rsplit("/", 1)[-1] for k in store.list(CDC_MANIFESTS)]
+    unfinished = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in store.list(CDC_RUN)]
+    try:
+        for name in unfinished:
+            _batch_window(name)
+        return [_batch_window(n)[1] for n in names], unfinished
+    except ValueError as e:
+        raise BronzeError(f"{store.display()} has a batch this run cannot read: {e}") from None
+
+
+def delete_batch(spec: Bronze, name: str) -> None:
+    """Delete the batch <since>_<until> of the layer at spec.root (an unfinished one: its
+    files and identity); ValueError if name is not a batch name."""
+    since, until = _batch_window(name)
+    window = Window(0, until, since)
+    spec = replace(spec, window=window)
+    store = open_store(spec)
+    try:
+        _delete_batch(store, spec)
+    finally:
+        store.close()
+
+
+def _clear_unfinished(spec: Bronze, unfinished: list[str], ours: str, overwrite: bool) -> None:
+    """Unfinished batches other than ours (one that failed midway: its files are in a partition
+    already) are refused, or deleted with overwrite."""
+    for name in unfinished:
+        if name == ours:
+            continue
+        if not overwrite:
+            until = _iso_instant(_batch_window(name)[1])
+            raise BronzeError(
+                f"{spec.root} holds the unfinished batch {name}: finish it with the same "
+                f"command and --as-of {until}, or add --overwrite to delete it"
+            )
+        delete_batch(spec, name)
+
+
+def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bronze] | None:
+    """The next change batch of the layer at spec.root, as write_bronze takes it: the plan
+    (seed, epoch, options) and spec (format, gzip, records per file, epoch count) from the
+    layer's _manifest.json, the window's since from its newest batch (or its as-of); from spec
+    only the root, store settings and the window's until, versions and faults are used.
+
+    None if the layer is already at until. Unfinished batches of other windows are refused
+    (deleted with overwrite). ValueError for a window that cannot follow the layer;
+    BronzeError, naming the file and field, for a layer that cannot be continued."""
+    w = spec.window
+    if w is None:
+        raise ValueError("continue_layer needs spec.window (its until)")
+    until = w.until
+    store = open_store(spec)
+    try:
+        block = _layer_block(store)
+        ends, unfinished = _batches(store)
+    finally:
+        store.close()
+    since = max([parse_as_of(block["as_of"]), *ends])
+    if until < since:
+        raise ValueError(
+            f"--as-of {_iso_instant(until)} is before the layer's end, {_iso_instant(since)}"
+        )
+    ours = f"{_stamp(since)}_{_stamp(until)}"
+    _clear_unfinished(spec, unfinished, ours, overwrite)
+    if until == since:
+        return None
+    plan = make_plan(block["seed"], block.get("epoch") or block["as_of"], **block["options"])
+    window = w._replace(epoch_count=block["count"], since=since)
+    _check_faults(window.faults)
+    population_size(plan, window.epoch_count, until)  # within the index range by then
+    continued = replace(
+        spec,
+        count=block["count"],
+        start=0,
+        format=block["format"],
+        gzip=block["gzip"],
+        gzip_level=DEFAULT_GZIP_LEVEL if block["gzip_level"] is None else block["gzip_level"],
+        records_per_file=block["records_per_file"] or DEFAULT_RECORDS_PER_FILE,  # None: json
+        window=window,
+    )
+    return plan, covering(plan, continued)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3624,7 +4212,9 @@ EPILOG = """examples:
       --as-of 2026-03-01T00:00:00Z                          the snapshot at as-of, NDJSON
   python fhir_patient_generator.py --count 1000 --seed 7 --epoch 2026-01-01T00:00:00Z \\
       --since 2026-02-28T00:00:00Z --as-of 2026-03-01T00:00:00Z     one day's change batch
-  python fhir_patient_generator.py --output ./lake/bronze --continue \\
+  python fhir_patient_generator.py --count 1000 --seed 7 --as-of 2026-01-01T00:00:00Z \\
+      --format ndjson --output ./lake/living        a layer at the epoch: its own root
+  python fhir_patient_generator.py --output ./lake/living --continue \\
       --as-of 2026-03-02T00:00:00Z                 the next batch of the layer (a daily job)
 """
 EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
@@ -3819,6 +4409,11 @@ def _check_bronze_args(args: argparse.Namespace) -> None:
         return
     if args.count is None:
         raise UsageError("--output needs --count")
+    _check_output_args(args)
+
+
+def _check_output_args(args: argparse.Namespace) -> None:
+    """--output, its store's flags and --overwrite: usage errors before any work."""
     try:
         check_root(args.output)
         if _scheme(args.output) == "s3":
@@ -3886,8 +4481,8 @@ def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
         raise UsageError(str(e)) from None
     return Window(
         epoch_count=args.count,
-        until=_iso_instant(until),
-        since=None if since is None else _iso_instant(since),
+        until=until,
+        since=since,
         latest=args.versions == "latest",
         faults=faults,
     )
@@ -3897,87 +4492,38 @@ CONTINUED = ("seed", "count", "epoch", "since", *OPTION_DEFAULTS, "format", "gzi
 CONTINUED += ("gzip_level", "records_per_file", "start")
 
 
-def _from_stamp(stamp: str) -> datetime:
-    """The time of a _stamp(); ValueError if it is not one."""
-    fmt = "%Y%m%dT%H%M%S.%fZ" if "." in stamp else "%Y%m%dT%H%M%SZ"
-    return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
-
-
-def _batch_end(name: str) -> datetime:
-    """The until of a batch named <since>_<until>[.json]; ValueError if it is not one."""
-    since, sep, until = name.removesuffix(".json").partition("_")
-    if not sep:
-        raise ValueError(f"{name!r} is not <since>_<until>.json")
-    _from_stamp(since)
-    return _from_stamp(until)
-
-
-def _delete_unfinished(args: argparse.Namespace, name: str) -> None:
-    """--continue --overwrite: delete an interrupted batch (its files and identity)."""
-    since, _, until = name.partition("_")
-    window = Window(0, _iso_instant(_from_stamp(until)), _iso_instant(_from_stamp(since)))
-    spec = Bronze(root=args.output, count=1, endpoint_url=args.endpoint_url, window=window)
-    store = open_store(spec)
-    try:
-        _delete_batch(store, spec)
-    finally:
-        store.close()
-
-
-def _continue_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
-    """--continue: fill the population, format and --since in from the layer at --output (its
-    _manifest.json and the newest batch under cdc/_manifests/). False: nothing to write."""
+def _continued(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[Plan, Bronze] | None:
+    """--continue: the plan and spec of the layer's next batch (continue_layer), or None when
+    the layer is already at --as-of; usage errors for flags the layer decides."""
     if args.output is None or args.as_of is None:
         raise UsageError("--continue needs --output (the layer) and --as-of (the batch's end)")
     given = [n for n in CONTINUED if getattr(args, n) != parser.get_default(n)]
     if given:
         raise UsageError(f"--continue takes --{given[0].replace('_', '-')} from the layer")
+    _check_output_args(args)
     try:
-        until = parse_as_of(args.as_of)
+        faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
+        window = Window(0, args.as_of, None, args.versions == "latest", faults)
+        return continue_layer(
+            replace(_bronze_from_args(args, None), window=window), overwrite=args.overwrite
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
-    store = open_store(Bronze(root=args.output, count=1, endpoint_url=args.endpoint_url))
-    try:
-        found, block = _manifest_generator(store)
-        if not isinstance(block, dict) or block.get("start"):
-            what = "no readable _manifest.json" if found else f"no {MANIFEST}"
-            raise BronzeError(f"{store.display()} has {what} of a population to continue")
-        names = [k.rsplit("/", 1)[-1] for k in store.list(CDC_MANIFESTS)]
-        unfinished = [k.rsplit("/", 1)[-1] for k in store.list(CDC_RUN)]
-        since = max([parse_as_of(block.get("as_of")), *(_batch_end(n) for n in names)])
-    except ValueError as e:  # a manifest or batch name this version did not write
-        raise BronzeError(
-            f"{store.display()} has a batch manifest this run cannot read: {e}"
-        ) from None
-    finally:
-        store.close()
-    ours = f"{_stamp(_iso_instant(since))}_{_stamp(_iso_instant(until))}.json"
-    for name in unfinished:  # a batch that failed midway: its files are in a partition already
-        if name != ours and not args.overwrite:
-            raise BronzeError(
-                f"{args.output} holds the unfinished batch {name.removesuffix('.json')}: finish "
-                f"it with the same command and --as-of {_iso_instant(_batch_end(name))}, or "
-                "add --overwrite to delete it"
-            )
-        if name != ours:
-            _delete_unfinished(args, name.removesuffix(".json"))
-    for name in (*OPTION_DEFAULTS, "seed", "count", "format", "gzip", "gzip_level"):
-        value = block.get("options", {}).get(name, block.get(name))
-        setattr(args, name, ",".join(value) if isinstance(value, list) else value)
-    args.records_per_file = block.get("records_per_file")
-    args.gzip_level = args.gzip_level if args.gzip else None
-    args.epoch = block.get("epoch", block.get("as_of"))
-    args.since = _iso_instant(since)
-    return until != since
 
 
-def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | None) -> Bronze:
+def _bronze_from_args(
+    args: argparse.Namespace, plan: Plan | None, window: Window | None = None
+) -> Bronze:
+    """The spec --output and the bronze flags ask for (with a plan: covering its window)."""
+
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
 
     spec = Bronze(
         root=args.output.rstrip("/") or "/",
-        count=args.count,
+        count=args.count or 1,
         start=args.start,
         format=given(args.format, DEFAULT_FORMAT),
         gzip=args.gzip,
@@ -3989,7 +4535,7 @@ def _bronze_from_args(args: argparse.Namespace, plan: Plan, window: Window | Non
         token=str(os.getpid()),
         window=window,
     )
-    return covering(plan, spec)  # the progress bar counts the indexes a window covers
+    return spec if plan is None else covering(plan, spec)  # the bar counts a window's indexes
 
 
 def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -4021,9 +4567,8 @@ def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]
     return tick, close
 
 
-def _run_bronze(args: argparse.Namespace, plan: Plan, window: Window | None) -> None:
+def _run_bronze(args: argparse.Namespace, plan: Plan, spec: Bronze) -> None:
     """--output: write the bronze layer (or a change batch), then one summary line on stderr."""
-    spec = _bronze_from_args(args, plan, window)
     shard = args.shard or (0, 1)
     tick, close = None, None
     if not args.quiet and sys.stderr.isatty():
@@ -4047,7 +4592,7 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, window: Window | None) -> 
             close()
     seconds = summary["seconds"]
     part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    if "batch" in summary:
+    if spec.mode == BATCH_RUN:
         print(
             f"wrote batch {summary['batch']}{part}: {summary['records']:,} versions + "
             f"{summary['deleted']:,} deletions ({summary['files']:,} files, "
@@ -4098,10 +4643,15 @@ def run(argv: list[str] | None = None) -> None:
     """The whole command: parse, plan, write; raises UsageError, BronzeError, OSError."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.continue_ and not _continue_layer(args, parser):
-        print(
-            f"{args.output} is already at --as-of {args.as_of}: nothing to write", file=sys.stderr
-        )
+    if args.continue_:
+        continued = _continued(args, parser)
+        if continued is None:
+            print(
+                f"{args.output} is already at --as-of {args.as_of}: nothing to write",
+                file=sys.stderr,
+            )
+        else:
+            _run_bronze(args, *continued)
         return
     _check_bronze_args(args)
     _check_living_args(args)
@@ -4117,7 +4667,7 @@ def run(argv: list[str] | None = None) -> None:
     if args.output is None:
         _run_stdout(args, plan, window)
     else:
-        _run_bronze(args, plan, window)
+        _run_bronze(args, plan, _bronze_from_args(args, plan, window))
 
 
 def _interrupt(signum: int, frame: Any) -> None:

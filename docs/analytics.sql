@@ -4,7 +4,7 @@
 -- Run it with the README's one-line Python command (the duckdb package), or with the separately
 -- installed DuckDB CLI: duckdb < docs/analytics.sql (tests/test_duckdb.py runs exactly this file).
 -- The globs read every layout: per-file JSON or NDJSON, plain or .gz. The columns are given, not
--- inferred (inferring a schema samples files); a missing deceasedDateTime (the living) is NULL.
+-- inferred (inferring a schema samples files), and a missing deceasedDateTime (the living) is NULL.
 
 -- name: views
 CREATE OR REPLACE VIEW patient AS

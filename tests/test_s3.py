@@ -257,7 +257,7 @@ def test_an_endpoint_that_drops_or_stalls_is_one_line_exit_1_in_bounded_time(mod
     with bad_listener(mode) as url:
         env = S3Endpoint(url, "test-key", "test-secret").env()
         started = time.monotonic()
-        result = finish(fast_cli(env, "--count", "5", "--output", "s3://b/x"), 60)
+        result = finish(fast_cli(env, "--count", "5", "--output", "s3://bucket/x"), 60)
         elapsed = time.monotonic() - started
     assert result.returncode == 1
     line = one_line(result)
@@ -301,7 +301,7 @@ def test_a_server_stopped_mid_run_ends_in_one_line_and_no_manifest(s3_throwaway_
 def test_an_endpoint_without_a_scheme_is_a_usage_error(where, tmp_path):
     bad = "127.0.0.1:9000"
     env = {"AWS_ENDPOINT_URL": "", "AWS_ENDPOINT_URL_S3": ""}
-    args = ["--count", "5", "--output", "s3://b/x"]
+    args = ["--count", "5", "--output", "s3://bucket/x"]
     if where == "--endpoint-url":
         args += ["--endpoint-url", bad]
     else:
@@ -310,4 +310,6 @@ def test_an_endpoint_without_a_scheme_is_a_usage_error(where, tmp_path):
     assert result.returncode == 2
     assert f"{where} '{bad}' is not an http(s) URL" in one_line(result)
     with pytest.raises(ValueError, match="not an http"):
-        g.write_bronze(g.make_plan(7, AS_OF), g.Bronze(root="s3://b/x", count=1, endpoint_url=bad))
+        g.write_bronze(
+            g.make_plan(7, AS_OF), g.Bronze(root="s3://bucket/x", count=1, endpoint_url=bad)
+        )
