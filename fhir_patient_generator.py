@@ -124,7 +124,7 @@ CCN_SYSTEM = "http://terminology.hl7.org/NamingSystem/CMSCertificationNumber"
 GENERAL_HOSPITAL_TYPES = ("Acute Care Hospitals", "Critical Access Hospitals")
 CHILDREN_HOSPITAL_TYPE = "Childrens"
 CHILD_AGE = 18  # younger patients may go to a children's hospital
-CANDIDATES = 6  # hospital_candidates.csv slots per ZIP: 5 general hospitals, then the children's
+CANDIDATES = 11  # hospital_candidates.csv slots per ZIP: 10 general hospitals, then the children's
 MAX_ID = 64  # FHIR id length
 # US Core Patient (5.0.1 and later; docs/us-core.md cites the pages these facts come from)
 US_CORE_PATIENT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
@@ -132,9 +132,11 @@ US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
 US_CORE_BIRTHSEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
 CDC_RACE_SYSTEM = "urn:oid:2.16.840.1.113883.6.238"  # CDC Race & Ethnicity (CDCREC)
+HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino": the preferred language depends on it
 # Identifier.system must be a URI under us-core; same namespace scheme as ORG_SYSTEM. The cms
 # profile keeps MRN_SYSTEM for backward compatibility; the MRN value is the same in both.
 US_CORE_MRN_SYSTEM = "urn:metriccare:mrn"
+HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino"
 OTHER_RACE_CODE = "2131-1"  # Census "Some Other Race": text only, no ombCategory (docs/us-core.md)
 OTHER_RACE_TEXT = "Other Race"
 TWO_OR_MORE_TEXT = "Two or more races"
@@ -180,8 +182,16 @@ class Reference:
     mx: Mapping[str, tuple[float, ...]]  # sex -> central death rate (deaths per person-year)
     ax: Mapping[str, tuple[float, ...]]  # sex -> mean years lived in the year of age at death
     languages: tuple[tuple[str, str, int], ...]  # (bcp47, display, national speakers)
-    language_cum: Mapping[str, tuple[int, ...]]  # state -> cumulative weights over languages
+    # state -> cumulative weights over languages, one table per (age band, Hispanic origin) at
+    # LANGUAGE_BANDS.index(band) * 2 + hispanic (language_lep.csv: limited English proficiency)
+    language_cum: Mapping[str, tuple[tuple[int, ...], ...]]
     race_ethnicity: Mapping[str, tuple[tuple[str, str, str, str, int], ...]]  # state -> rows
+    # The joint population (docs/population-model.md; tools/build_reference.py builds the tables)
+    state_age_sex: Mapping[str, Mapping[str, tuple[int, ...]]]  # state -> sex -> living by age
+    state_mx_ratio: Mapping[str, Mapping[str, tuple[float, ...]]]  # state -> sex -> k(x): m_s = k m
+    race_rows: tuple[tuple[str, str, str, str], ...]  # (race, code, ethnicity, code), state order
+    race_ratio: tuple[float, ...]  # per race row: death-rate ratio to the total (GBD 2019)
+    race_cum: Mapping[str, tuple[tuple[int, ...], ...]]  # state -> [race slot] -> cumulative
 
 
 def load_reference(data_dir: str | Path | None = None) -> Reference:
@@ -244,6 +254,7 @@ def _load_reference(data_dir: Path) -> Reference:
         race.setdefault(r["state"], []).append(
             (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
         )
+    joint = _joint_population(data_dir, race)
     return Reference(
         states=states,
         zips=zips,
@@ -258,8 +269,11 @@ def _load_reference(data_dir: Path) -> Reference:
             rows("languages_by_state_detail_acs2018.csv"),
             national,
             [code for code, *_ in states],
+            rows("language_lep.csv"),
+            _language_people(joint),
         ),
         race_ethnicity={k: tuple(v) for k, v in race.items()},
+        **joint,
     )
 
 
@@ -332,8 +346,9 @@ def _hospital_candidates(
     data_dir: Path, zips: tuple[ZipRow, ...], hospitals: tuple[Mapping[str, str], ...]
 ) -> dict[str, array]:
     """hospital_candidates.csv (tools/build_reference.py) as two flat arrays, CANDIDATES slots
-    per ZIP in zips.csv order: the 5 nearest general hospitals of the state, then the children's
-    hospital (weight 0, so never drawn, where there is none). Column-wise: 0.1 s, not 0.3."""
+    per ZIP in zips.csv order: the 10 nearest general hospitals in any state, then the
+    children's hospital (weight 0, so never drawn, where there is none); weights by discharges
+    over distance. Read column-wise (str.split and map in C: a third of csv's time)."""
     columns = _csv_columns(data_dir, "hospital_candidates.csv")
     codes, general, weights, kids, kid_weights = columns.values()
     if codes != [z[0] for z in zips]:
@@ -413,18 +428,15 @@ def _within_group_shares(
     return out
 
 
-def _language_cum(
+def _language_group_shares(
     by_state: list[dict[str, str]],
     detail: list[dict[str, str]],
     national: list[dict[str, str]],
     states: list[str],
-) -> dict[str, tuple[int, ...]]:
-    """state -> cumulative weights over languages.csv's rows: P(language | state) = sum over the
-    13 ACS 2017 C16001 groups g of P(g | state) x P(language | g), the latter from the state's
-    own ACS 2018 B16001 where published (38 states + DC), else national (languages.csv). States
-    without C16001 (PR) get the national table. Ages under 5, outside the ACS universe, use the
-    same table: the language of the state's households."""
-    keys = [_language_key(r) for r in national]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """state -> C16001 group -> {language key: share within the group}: from the state's own
+    ACS 2018 B16001 where published (38 states + DC), else national (languages.csv); the ACS
+    2017 C16001 group sizes place the residual 'und' (_within_group_shares)."""
     nat_detail = {_language_key(r): float(r["speakers_age5plus"]) for r in national}
     groups: dict[str, dict[str, float]] = {}
     for r in by_state:
@@ -434,18 +446,172 @@ def _language_cum(
         state_detail.setdefault(r["state"], {})[_language_key(r)] = float(r["speakers"])
     nat_groups = {g: sum(gs[g] for gs in groups.values()) for g in C16001_GROUPS}
     nat_shares = _within_group_shares(nat_groups, nat_detail)
-    out = {}
-    for st in states:
-        if st not in groups:
-            out[st] = tuple(itertools.accumulate(round(nat_detail[k]) for k in keys))
+    out = {
+        st: _within_group_shares(groups[st], state_detail[st])
+        if st in groups and st in state_detail
+        else nat_shares
+        for st in states
+    }
+    return out | {"US": nat_shares}
+
+
+# language_lep.csv's age bands (ACS B16004); children under 5 follow 5-17
+LANGUAGE_BANDS = ("5-17", "18-64", "65+")
+
+
+def _lep_scale(
+    lep: list[dict[str, str]], people: Mapping[str, Sequence[float]]
+) -> dict[str, float]:
+    """state -> the factor on its LEP shares that makes the LEP share of the generator's own
+    living 5+ (people: by cell, band * 2 + Hispanic) the ACS one (language_lep.csv's cells
+    weighted by their ACS population): the generator's ages (Census V2023) and Hispanic shares
+    (2020 P2) are not ACS 2018's, and the target is the state's LEP share."""
+    acs: dict[str, list[float]] = {}  # state -> [ACS LEP people, ACS people, ours LEP, ours]
+    for r in lep:
+        if r["state"] not in people:
             continue
-        gt, total = groups[st], sum(groups[st].values())
-        shares = _within_group_shares(gt, state_detail[st]) if st in state_detail else nat_shares
-        p = dict.fromkeys(keys, 0.0)
+        share = sum(int(r[g]) for g in C16001_GROUPS if g in r) / 1e9
+        ours = people[r["state"]][LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")]
+        t = acs.setdefault(r["state"], [0.0, 0.0, 0.0, 0.0])
+        t[0] += share * float(r["population"])
+        t[1] += float(r["population"])
+        t[2] += share * ours
+        t[3] += ours
+    return {st: (a / b) / (c / d) for st, (a, b, c, d) in acs.items() if c > 0 and d > 0}
+
+
+def _language_band(age: int) -> int:
+    """A whole age's band in LANGUAGE_BANDS."""
+    return 0 if age < 18 else 1 if age < 65 else 2
+
+
+def _language_cum(
+    by_state: list[dict[str, str]],
+    detail: list[dict[str, str]],
+    national: list[dict[str, str]],
+    states: list[str],
+    lep: list[dict[str, str]],
+    people: Mapping[str, Sequence[float]],
+) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """state -> per (band, Hispanic origin) cumulative weights over languages.csv's rows. The
+    preferred language is English unless the patient speaks English less than "very well"
+    (limited English proficiency, LEP): P(language | state, band, Hispanic) = P(LEP in C16001
+    group g | ...) x P(language | g, state), the first from language_lep.csv (built by
+    tools/build_reference.py from ACS 2018 C16001, B16004, B16006 and B01001I), the second the
+    group's speakers (_language_group_shares). States without a row (PR) use the US rows."""
+    keys = [_language_key(r) for r in national]
+    english = C16001_GROUPS["C16001_002E"][0]
+    shares = _language_group_shares(by_state, detail, national, states)
+    scale = _lep_scale(lep, people)
+    cells: dict[str, list[tuple[int, ...]]] = {}
+    for r in lep:
+        if r["state"] not in shares:
+            continue
+        p, k = dict.fromkeys(keys, 0.0), scale.get(r["state"], 1.0)
         for g, members in C16001_GROUPS.items():
-            for v in members:
-                p[v] += gt[g] / total * shares[g][v]
-        out[st] = tuple(itertools.accumulate(round(p[k] * 1e9) for k in keys))
+            if g in r:
+                for v in members:
+                    p[v] += k * int(r[g]) * shares[r["state"]][g][v]
+        p[english] = 1e9 - k * sum(int(r[g]) for g in C16001_GROUPS if g in r)
+        at = LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")
+        cells.setdefault(r["state"], [()] * 2 * len(LANGUAGE_BANDS))[at] = _cumulative(
+            round(p[k]) for k in keys
+        )
+    return {st: tuple(cells[st] if st in cells else cells["US"]) for st in states}
+
+
+# mortality_by_race.csv group of a race_ethnicity_by_state.csv row: Hispanic rows are "latino",
+# non-Hispanic ones by race code; GBD's "asian" includes Pacific Islanders; Census "Some Other
+# Race" and "Two or more races" have no GBD group and keep the total's rate (ratio 1).
+RACE_GROUPS: Mapping[str, str] = {
+    "2106-3": "white", "2054-5": "black", "1002-5": "aian", "2028-9": "asian", "2076-8": "asian",
+    "2131-1": "total", "": "total",
+}  # fmt: skip
+RACE_RATE_YEAR = "2019"  # mortality_by_race.csv's GBD rows: all five groups
+RACE_BANDS = (0, 5, 10, 15, 18, 20, 25, 30, 35, 45, 55, 65, 75, 85)  # ACS B01001A-I age bands
+
+
+def _race_slot(age: int, sex: str, dead: bool) -> int:
+    """The race table of a registry cell: (dead, sex, ACS band) in race_by_state_age.csv order."""
+    band = bisect.bisect_right(RACE_BANDS, age) - 1
+    return (dead * len(SEXES) + SEXES.index(sex)) * len(RACE_BANDS) + band
+
+
+def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """The joint population's compact tables: the living by state, sex and age (raked to the
+    national table); each state's mortality ratio k_s(x) = its SMR over the living-weighted
+    mean SMR of the 50 states + DC at that age and sex, so that m_s(x) = k_s(x) m(x) averages
+    to the national m(x) at every age (territories: k = 1); the race x ethnicity draws per
+    state and race slot, the dead's tilted by each row's death-rate ratio (the same deaths per
+    state, age and sex, shifted between races)."""
+    living: dict[str, dict[str, tuple[int, ...]]] = {}
+    for r in _csv_rows(data_dir, "state_age_sex.csv"):
+        living.setdefault(r["state"], {})[r["sex"]] = tuple(map(int, r["people"].split()))
+    smr = {r["state"]: float(r["smr"]) for r in _csv_rows(data_dir, "state_mortality.csv")}
+    ratio_by_state: dict[str, dict[str, tuple[float, ...]]] = {st: {} for st in living}
+    for sex in SEXES:
+        people = [sum(ages) for ages in zip(*(living[st][sex] for st in smr), strict=True)]
+        weighted = [
+            sum(ages)
+            for ages in zip(*([p * smr[st] for p in living[st][sex]] for st in smr), strict=True)
+        ]
+        mean = [w / p if p else 1.0 for w, p in zip(weighted, people, strict=True)]
+        for st in living:
+            k = smr.get(st, 0.0)
+            ratio_by_state[st][sex] = tuple(k / m if k else 1.0 for m in mean)
+    rows = tuple(row[:4] for row in next(iter(race.values())))
+    rates = {
+        r["group"]: float(r["age_standardized_death_rate_per_100k"])
+        for r in _csv_rows(data_dir, "mortality_by_race.csv")
+        if r["year"] == RACE_RATE_YEAR
+    }
+    race_ratio = tuple(
+        rates["latino" if eth_code == HISPANIC_CODE else RACE_GROUPS[code]] / rates["total"]
+        for _, code, _, eth_code in rows
+    )
+    per_mille = tuple(round(1000 * k) for k in race_ratio)
+    with open(data_dir / "race_by_state_age.csv", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        next(reader)
+        states, _, _, people = zip(*reader, strict=True)
+    flat, n, accumulate = list(map(int, " ".join(people).split())), len(rows), itertools.accumulate
+    living_cum: dict[str, list[tuple[int, ...]]] = {}
+    dead_cum: dict[str, list[tuple[int, ...]]] = {}
+    for k, st in enumerate(states):  # column-wise: one int() pass over the file
+        weights = flat[k * n : k * n + n]
+        living_cum.setdefault(st, []).append(tuple(accumulate(weights)))
+        dead_cum.setdefault(st, []).append(tuple(accumulate(map(operator.mul, weights, per_mille))))
+    for st, tables in living_cum.items():
+        if tuple(row[:4] for row in race[st]) != rows or len(tables) != len(SEXES) * len(
+            RACE_BANDS
+        ):
+            raise ValueError(f"race tables of {st} do not follow race_ethnicity_by_state.csv")
+    return {
+        "state_age_sex": living,
+        "state_mx_ratio": ratio_by_state,
+        "race_rows": rows,
+        "race_ratio": race_ratio,
+        "race_cum": {st: (*t, *dead_cum[st]) for st, t in living_cum.items()},
+    }
+
+
+def _language_people(joint: Mapping[str, Any]) -> dict[str, list[float]]:
+    """state -> the generator's living people 5+ by language cell (band * 2 + Hispanic): its
+    state age x sex table and the race rows drawn for each (sex, age band)."""
+    hispanic = [row[3] == HISPANIC_CODE for row in joint["race_rows"]]
+    out: dict[str, list[float]] = {}
+    for st, by_sex in joint["state_age_sex"].items():
+        cells = out.setdefault(st, [0.0] * 2 * len(LANGUAGE_BANDS))
+        for sex in SEXES:
+            for age in range(5, len(by_sex[sex])):
+                cum = joint["race_cum"][st][_race_slot(age, sex, False)]
+                share = (
+                    sum(c - b for c, b, h in zip(cum, (0, *cum), hispanic, strict=False) if h)
+                    / cum[-1]
+                )
+                band = _language_band(age) * 2
+                cells[band + 1] += by_sex[sex][age] * share
+                cells[band] += by_sex[sex][age] * (1 - share)
     return out
 
 
@@ -498,7 +664,8 @@ class Draws(NamedTuple):
     # joiner entered in error: the day of its deletion
     death_time_low: int  # all, dead cells: the death instant in the window (64 bits: low and
     death_time_high: int  # high halves); high half, a joiner: its place within its join slot
-    race: int  # us-core: race x ethnicity row
+    race: int  # all: race x ethnicity row, given state, age, sex and living or dead (joiners too);
+    # its Hispanic origin shapes the preferred language
     race_pair: int  # us-core: the pair of races of a "Two or more races" row
     given_name: int  # us-core
     family_name: int  # us-core
@@ -721,7 +888,10 @@ class Plan:
     organization_index: tuple[int, ...]  # positions in hospitals of the run's organizations
     organizations: tuple[Mapping[str, str], ...]  # every organization a patient can reference
     cells: tuple[tuple[int, str, bool], ...]  # (age on the record, sex, dead?) registry cells
-    cell_cum: tuple[int, ...]
+    cell_cum: tuple[tuple[int, ...], ...]  # by position in state_codes: the state's cell weights
+    race_cum: tuple[tuple[tuple[int, ...], ...], ...]  # [state][cell]: over race_rows
+    race_rows: tuple[tuple[str, str, str, str], ...]  # Reference.race_rows
+    race_hispanic: tuple[bool, ...]  # per race row: Hispanic or Latino?
     birth_low: tuple[int, ...]  # first possible birth ordinal per cell
     birth_span: tuple[int, ...]  # living cells: their possible birth days (0 for dead cells)
     death_power: tuple[float, ...]  # dead cells: k in f = u**k (0.0 marks a living cell)
@@ -729,9 +899,11 @@ class Plan:
     dates_base: int
     window_start: int  # epoch seconds
     window_span: int  # seconds in the window, as-of included
-    hospital_slots: tuple[int, ...]  # per cell: 5 general candidates, 6 under CHILD_AGE
+    hospital_slots: tuple[int, ...]  # per cell: 10 general candidates, 11 under CHILD_AGE
     languages: tuple[tuple[str, str], ...]
-    language_cum: tuple[tuple[int, ...], ...]  # by position in state_codes
+    # state position * 6 + language_slot[cell] + hispanic -> cumulative weights over languages
+    language_cum: tuple[tuple[int, ...], ...]
+    language_slot: tuple[int, ...]  # per cell: 2 * its age band in LANGUAGE_BANDS
     gender_other: int
     gender_unknown: int
     profile: Profile
@@ -923,50 +1095,85 @@ def _death_weights(
     return deaths
 
 
-def _registry_cells(ref: Reference, opts: Mapping[str, Any]) -> list[tuple[int, str, bool, int]]:
-    """(age on the record, sex, dead?, integer weight) for ages min..max; D is computed on the
-    whole population first. Life table: living P << 32 and dead round(D * 2**32), so the living
-    keep the Census ratios exactly. --mortality-rate p: within the selected ages the dead take
-    share p spread by D and the living 1 - p spread by Census (exact to 2**-32), so p is the
-    probability that a patient of the run is deceased, whatever the age filter."""
-    living = {sex: tuple(row[1 + k] for row in ref.age_sex) for k, sex in enumerate(SEXES)}
-    lookback, rate = opts["lookback_years"], opts["mortality_rate"]
-    deaths = {s: _death_weights(living[s], ref.mx[s], ref.ax[s][0], lookback) for s in SEXES}
+def _state_deaths(ref: Reference, lookback: float) -> dict[str, dict[str, list[float]]]:
+    """state -> sex -> D_s(x): the national D(x) (the recursion on the national table) shared
+    among the states in proportion to k_s(x) P_s(x), their living times their mortality ratio.
+    The ratios average 1 over the living at every age, so the states' deaths add up to D(x)
+    (the national calibration holds exactly) and a state's deaths per person-year at age x
+    are m(x) k_s(x), up to the small difference between its and the nation's person-years per
+    living person at that age."""
+    out: dict[str, dict[str, list[float]]] = {st: {} for st in ref.state_age_sex}
+    for k, sex in enumerate(SEXES):
+        national = tuple(row[1 + k] for row in ref.age_sex)
+        deaths = _death_weights(national, ref.mx[sex], ref.ax[sex][0], lookback)
+        per_person = [d / p if p else 0.0 for d, p in zip(deaths, national, strict=True)]
+        for st, by_sex in ref.state_age_sex.items():
+            ratio = ref.state_mx_ratio[st][sex]
+            out[st][sex] = [
+                d * r * p for d, r, p in zip(per_person, ratio, by_sex[sex], strict=True)
+            ]
+    return out
+
+
+def _registry_cells(
+    ref: Reference, opts: Mapping[str, Any]
+) -> tuple[list[tuple[int, str, bool]], list[list[int]]]:
+    """The cells (age on the record, sex, dead?) for ages min..max and, per state of the run,
+    their integer weights: the state's living (raked Census, state_age_sex.csv) and its dead
+    (_state_deaths, computed on the whole population first). Life table: living P << 32 and
+    dead round(D * 2**32), so the living keep the table's ratios exactly and the states add up
+    to the national table. --mortality-rate p: within the selected ages the dead take share p
+    (over all the run's states) spread by D and the living 1 - p spread by the table (exact to
+    2**-32), so p is the probability that a patient of the run is deceased, whatever the age
+    filter; the states keep their relative death rates."""
+    states, rate = opts["states"], opts["mortality_rate"]
+    living = {st: ref.state_age_sex[st] for st in states}
+    deaths = _state_deaths(ref, opts["lookback_years"])
     ages = range(opts["min_age"], opts["max_age"] + 1)
     one = 1 << 32
     live_scale, dead_share, dead_total = one, float(one), 1.0  # dead: D * dead_share / dead_total
     if rate is not None:
         live_scale = round((1.0 - rate) * one)
-        dead_share = rate * sum(living[s][x] for s in SEXES for x in ages) * one
-        dead_total = sum(deaths[s][x] for s in SEXES for x in ages)
-    cells = []
-    for age in ages:
-        for sex in SEXES:
-            cells.append((age, sex, False, living[sex][age] * live_scale))
-            cells.append((age, sex, True, round(dead_share * deaths[sex][age] / dead_total)))
-    if not any(weight for *_, weight in cells):
+        dead_share = rate * sum(living[st][s][x] for st in states for s in SEXES for x in ages)
+        dead_share *= one
+        dead_total = sum(deaths[st][s][x] for st in states for s in SEXES for x in ages)
+    cells = [(age, sex, dead) for age in ages for sex in SEXES for dead in (False, True)]
+    weights = [
+        [
+            living[st][sex][age] * live_scale
+            if not dead
+            else round(dead_share * deaths[st][sex][age] / dead_total)
+            for age, sex, dead in cells
+        ]
+        for st in states
+    ]
+    if not any(map(any, weights)):
         raise ValueError(f"ages {opts['min_age']}..{opts['max_age']} leave no population")
-    return cells
+    return cells, weights
 
 
 def _population(ref: Reference, opts: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
-    """The registry's cells with their weights and what sample() needs per cell: the birth range
-    of the living, the age-at-death exponent of the dead; the window; the dates table."""
-    cells = _registry_cells(ref, opts)
+    """The registry's cells with their weights per state (and the states' totals, which draw
+    the state) and what sample() needs per cell: the birth range of the living, the age-at-death
+    exponent of the dead, the race tables; the window; the dates table."""
+    cells, weights = _registry_cells(ref, opts)
     today = as_of.date()
     as_of_seconds = int(as_of.timestamp())
     window_start = as_of_seconds - round(opts["lookback_years"] * SECONDS_PER_YEAR)
     first_death_day = date.fromordinal(window_start // 86400 + _EPOCH_DAY)
     birth_low, birth_span, death_power = [], [], []
-    for age, sex, dead, _ in cells:
+    for age, sex, dead in cells:
         born_by = first_death_day if dead else today  # the earliest birth is age + 1 years before
         birth_low.append(_add_years(born_by, -(age + 1)).toordinal() + 1)
         birth_span.append(0 if dead else _add_years(today, -age).toordinal() - birth_low[-1] + 1)
         death_power.append(0.0 if not dead else _infant_power(ref.ax[sex][0]) if age == 0 else 1.0)
     dates_base = min(birth_low)
+    slots = [_race_slot(*cell) for cell in cells]
     return {
-        "cells": tuple(cell[:3] for cell in cells),
-        "cell_cum": _cumulative(weight for *_, weight in cells),
+        "state_cum": _cumulative(map(sum, weights)),
+        "cells": tuple(cells),
+        "cell_cum": tuple(_cumulative(w) for w in weights),
+        "race_cum": tuple(tuple(ref.race_cum[st][k] for k in slots) for st in opts["states"]),
         "birth_low": tuple(birth_low),
         "birth_span": tuple(birth_span),
         "death_power": tuple(death_power),
@@ -1002,7 +1209,6 @@ def _make_plan_cached(
     ).digest()
     key = master[:32]
     state_codes = opts["states"]
-    pops = {code: pop for code, _, pop, _ in ref.states}
     profile = PROFILES[opts["profile"]]
     population = _population(ref, opts, as_of)
     return Plan(
@@ -1015,7 +1221,6 @@ def _make_plan_cached(
         **_bijection_keys(key),
         last_updated=_iso_instant(as_of),
         state_codes=state_codes,
-        state_cum=_cumulative(pops[s] for s in state_codes),
         zips=ref.zips,
         zip_index=tuple(ref.state_zips[s][0] for s in state_codes),
         zip_cum=tuple(ref.state_zips[s][1] for s in state_codes),
@@ -1027,8 +1232,11 @@ def _make_plan_cached(
         hospital_slots=tuple(
             CANDIDATES if age < CHILD_AGE else CANDIDATES - 1 for age, _, _ in population["cells"]
         ),
+        race_rows=ref.race_rows,
+        race_hispanic=tuple(eth_code == HISPANIC_CODE for *_, eth_code in ref.race_rows),
         languages=tuple((code, display) for code, display, _ in ref.languages),
-        language_cum=tuple(ref.language_cum[s] for s in state_codes),
+        language_cum=tuple(t for s in state_codes for t in ref.language_cum[s]),
+        language_slot=tuple(2 * _language_band(age) for age, _, _ in population["cells"]),
         gender_other=round(GENDER_OTHER_SHARE * (1 << 32)),
         gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
         profile=profile,
@@ -1038,13 +1246,24 @@ def _make_plan_cached(
 
 
 def _organizations(ref: Reference, state_codes: tuple[str, ...]) -> dict[str, tuple[Any, ...]]:
-    """The run's organizations: every general and children's hospital of its states, in CMS
-    order (a patient's candidates are in their own state, so every reference resolves)."""
+    """The run's organizations, in CMS order: every general and children's hospital of its
+    states, and every hospital of another state that is a candidate of one of its ZIPs
+    (candidates cross state lines), so every reference resolves."""
     kinds, chosen = (*GENERAL_HOSPITAL_TYPES, CHILDREN_HOSPITAL_TYPE), set(state_codes)
+    cand, cum = ref.hospital_cand, ref.hospital_cum
+    used = set()
+    for state in state_codes:
+        for z in ref.state_zips[state][0]:
+            lo = z * CANDIDATES
+            used.update(
+                cand[k]
+                for k in range(lo, lo + CANDIDATES)
+                if cum[k] > (cum[k - 1] if k > lo else 0)
+            )
     index = tuple(
         i
         for i, h in enumerate(ref.hospitals)
-        if h["hospital_type"] in kinds and h["state"] in chosen
+        if i in used or (h["hospital_type"] in kinds and h["state"] in chosen)
     )
     return {"organization_index": index, "organizations": tuple(ref.hospitals[i] for i in index)}
 
@@ -1058,10 +1277,9 @@ def _no_tables(ref: Reference) -> None:
 
 
 class RaceTable(NamedTuple):
-    """One state's race x ethnicity draws (2020 Census P2 by state)."""
+    """One state's race x ethnicity rows as FHIR parts; sample() draws the row (Sample.race)."""
 
     rows: tuple[tuple[Any, ...], ...]  # (races|None, text, eth code, eth text, eth index)
-    cum: tuple[int, ...]
     pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...]  # by ethnicity index
     pair_cum: tuple[tuple[int, ...], ...]
 
@@ -1082,7 +1300,7 @@ def _faker_table(names: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int
 
 
 def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTable:
-    """One state's race x Hispanic-origin rows as draws.
+    """One state's race x Hispanic-origin rows as FHIR parts, in race_rows order.
 
     "Other Race" rows get no ombCategory (text only); "Two or more races" rows draw an unordered
     pair of distinct OMB races with weight w_a * w_b, w being the state's single-race population
@@ -1090,7 +1308,7 @@ def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTa
     """
     eth_index: dict[str, int] = {}
     omb: list[list[tuple[str, str, int]]] = []  # per ethnicity: (code, display, population)
-    rows, weights = [], []
+    rows = []
     for race, race_code, eth, eth_code, pop in race_rows:
         e = eth_index.setdefault(eth_code, len(eth_index))
         if e == len(omb):
@@ -1103,13 +1321,12 @@ def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTa
             races, text = ((race_code, race),), race
             omb[e].append((race_code, race, pop))
         rows.append((races, text, eth_code, eth, e))
-        weights.append(pop)
     pairs, pair_cum = [], []
     for cats in omb:
         combos = [(a, b) for i, a in enumerate(cats) for b in cats[i + 1 :]]
         pairs.append(tuple(((a[0], a[1]), (b[0], b[1])) for a, b in combos))
         pair_cum.append(_cumulative(a[2] * b[2] for a, b in combos))
-    return RaceTable(tuple(rows), _cumulative(weights), tuple(pairs), tuple(pair_cum))
+    return RaceTable(tuple(rows), tuple(pairs), tuple(pair_cum))
 
 
 def _us_core_tables(ref: Reference) -> UsCoreTables:
@@ -1146,6 +1363,7 @@ class Sample(NamedTuple):
     language: int  # position in plan.languages
     organization: int  # position in plan.hospitals
     died: int  # death instant in epoch seconds, -1 for the living
+    race: int  # position in plan.race_rows (race x Hispanic origin)
     draws: tuple[int, ...]  # the sixteen raw draws in Draws order: Draws._make(s.draws) names them
 
 
@@ -1168,6 +1386,9 @@ def _death(plan: Plan, cell: int, power: float, raw: tuple[int, ...]) -> tuple[i
     return last - days, died
 
 
+_RACE_SLOT = Draws._fields.index("race")
+
+
 def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     """sample()'s values as a plain tuple in Sample's field order (the renderer's hot path)."""
     if not 0 <= index <= MAX_INDEX:
@@ -1176,13 +1397,16 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     # The slots this function reads, named as in Draws (a test keeps the two in step); the
     # death slots are read by _death, the us-core ones by its record function.
     u_state, u_zip, u_cell, u_birth, u_gender, u_language, u_organization = raw[:7]
+    u_race = raw[_RACE_SLOT]
     bisect_right = bisect.bisect_right  # _pick, inlined: this is the hot loop
     cum = plan.state_cum
     s = bisect_right(cum, u_state * cum[-1] >> 32)
     cum = plan.zip_cum[s]
     z = plan.zip_index[s][bisect_right(cum, u_zip * cum[-1] >> 32)]
-    cum = plan.cell_cum
+    cum = plan.cell_cum[s]  # the state's own age x sex x living-or-dead table
     cell = bisect_right(cum, u_cell * cum[-1] >> 32)
+    cum = plan.race_cum[s][cell]  # race x ethnicity given state, age band, sex, living or dead
+    race = bisect_right(cum, u_race * cum[-1] >> 32)
     sex = plan.cells[cell][1]
     power = plan.death_power[cell]
     if power:
@@ -1190,19 +1414,28 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     else:
         birth, died = plan.birth_low[cell] + (u_birth * plan.birth_span[cell] >> 32), -1
     gender = _gender(plan, u_gender, sex)
-    cum = plan.language_cum[s]
+    # the language by state, age band and Hispanic origin (of the race row us-core prints)
+    cum = plan.language_cum[s * 6 + plan.language_slot[cell] + plan.race_hispanic[race]]
     language = bisect_right(cum, u_language * cum[-1] >> 32)
-    # the ZIP's candidates: slots lo..lo+4 for everyone, lo+5 (children's) under CHILD_AGE
+    # the ZIP's candidates: slots lo..lo+9 for everyone, lo+10 (children's) under CHILD_AGE
     cum, lo = plan.hospital_cum, z * CANDIDATES
     hi = lo + plan.hospital_slots[cell]
     org = plan.hospital_cand[bisect_right(cum, u_organization * cum[hi - 1] >> 32, lo, hi)]
-    return s, z, cell, sex, birth, gender, language, org, died, raw
+    return s, z, cell, sex, birth, gender, language, org, died, race, raw
 
 
 # _sample_tuple reads its slots by their Draws names (u_<name>): keep the two in step.
 assert [n for n in _sample_tuple.__code__.co_varnames if n.startswith("u_")] == [
-    "u_" + name for name in Draws._fields[:7]
+    "u_" + name for name in (*Draws._fields[:7], "race")
 ], "_sample_tuple's u_ names must follow the Draws table"
+
+
+def _language_at(plan: Plan, state: int, cell: int, race: int, raw: tuple[int, ...]) -> int:
+    """The language _sample_tuple draws for a patient of state position `state` in `cell` with
+    race row `race` (the living population draws it for a joiner's own state and age)."""
+    hispanic = plan.race_hispanic[race]
+    cum = plan.language_cum[state * 6 + plan.language_slot[cell] + hispanic]
+    return _pick(cum, Draws._make(raw).language)
 
 
 def sample(plan: Plan, index: int) -> Sample:
@@ -1339,7 +1572,7 @@ def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, 
     """The cms record plus US Core's parts, in FHIR element order (draws race..family_name)."""
     t: UsCoreTables = plan.tables
     u, race_table = Draws._make(s.draws), t.race[plan.state_codes[s.state]]
-    races, text, eth_code, eth_display, e = race_table.rows[_pick(race_table.cum, u.race)]
+    races, text, eth_code, eth_display, e = race_table.rows[s.race]
     if races is None:  # Two or more races
         races = race_table.pairs[e][_pick(race_table.pair_cum[e], u.race_pair)]
     given = t.given_names[s.sex][_pick(t.given_cum[s.sex], u.given_name)]
@@ -1483,10 +1716,18 @@ BLOCK = 64  # indexes per event tile: tile (block, year) holds the candidate eve
 # change without moving any other event. The life table's highest m(x) is 0.73 (men, 110).
 DEATH_BOUND, MOVE_BOUND, HOSPITAL_BOUND = 0.75, 0.30, 0.05
 # Share of people 1+ who moved in a year, CPS ASEC 2021: within the county, to another county of
-# the state, to another state (docs/living-population.md); hazards -ln(1 - p), split pro rata.
+# the state, to another state (docs/living-population.md); hazards -ln(1 - p), split pro rata,
+# then spread over ages by the ACS 2018 B07001 mover rates of each kind (movers_by_age_acs2018.csv)
+# so that each kind's total over the B07001 population 1+ stays the CPS one.
 MOVE_SHARES = (0.049, 0.019, 0.014)
 MOVE_KINDS = ("move-zip", "move-county", "move-state")
 HOSPITAL_CHANGE_RATE = 0.03  # per person-year without a move: an assumption (no published rate)
+# Deaths, births and arrivals by calendar year and state (issue 17): the life table's m(x) times
+# the year's national level (NCHS deaths per person, deaths_by_year_nchs.csv, over the life
+# table's year LIFE_TABLE_YEAR's); births and net international migration per person of each
+# state (Census V2025 components, population_components_v2025.csv). A calendar year y uses the
+# component year ending 30 June y; years outside the tables use the nearest year in them.
+LIFE_TABLE_YEAR = 2022  # HMD's US period life table (life_table_hmd2022_full.csv)
 BIRTH_RATE = 3_596_017 / 334_914_895  # NCHS final births 2023 / Census population 1 July 2023
 NEWCOMER_RATE = 2_800_000 / 340_110_988  # Census net international migration 2023-24 / 2024 pop.
 MALE_AT_BIRTH = 105 / 205  # the sex ratio at birth, about 105 boys per 100 girls
@@ -1519,6 +1760,66 @@ class Version(NamedTuple):
     sample: Sample  # the patient as of this version (after a delete: as it last was)
 
 
+class _YearRates(NamedTuple):
+    """The living population's rates that vary by calendar year, state or age (reference data;
+    BIRTH_RATE and NEWCOMER_RATE remain the documented national figures of 2023-24)."""
+
+    years: range  # the component years with data; others use the nearest
+    death_level: Mapping[int, float]  # year -> NCHS deaths per person / LIFE_TABLE_YEAR's
+    births: Mapping[tuple[str, int], float]  # (state, year) -> births per person-year
+    arrivals: Mapping[tuple[str, int], float]  # (state, year) -> net intl. migration per person
+    move_factor: tuple[tuple[float, ...], ...]  # by age: each kind's B07001 rate / its mean
+
+
+@functools.cache
+def _year_rates(data_dir: str | None) -> _YearRates:
+    """The tables behind _YearRates, read once per data folder."""
+    folder = Path(data_dir) if data_dir else DATA_DIR
+    components = [
+        r
+        for r in _csv_rows(folder, "population_components_v2025.csv")
+        if r["period"].startswith(f"{int(r['year']) - 1}-07-01")  # whole years (not 2020)
+    ]
+    years = sorted({int(r["year"]) for r in components})
+    people = {(r["state"], int(r["year"])): int(r["popestimate_jul1"]) for r in components}
+    deaths = _csv_rows(folder, "deaths_by_year_nchs.csv")
+    crude = {
+        int(r["year"]): int(r["us_resident_deaths_registered"]) / people["US", int(r["year"])]
+        for r in deaths
+        if ("US", int(r["year"])) in people
+    }
+    return _YearRates(
+        years=range(years[0], years[-1] + 1),
+        death_level={y: c / crude[LIFE_TABLE_YEAR] for y, c in crude.items()},
+        births={
+            (r["state"], int(r["year"])): int(r["births"]) / people[r["state"], int(r["year"])]
+            for r in components
+        },
+        arrivals={
+            (r["state"], int(r["year"])): max(0, int(r["net_international_migration"]))
+            / people[r["state"], int(r["year"])]
+            for r in components
+        },
+        move_factor=_move_factors(_csv_rows(folder, "movers_by_age_acs2018.csv")),
+    )
+
+
+def _move_factors(rows: list[dict[str, str]]) -> tuple[tuple[float, ...], ...]:
+    """By whole age 0..MAX_AGE: each move kind's ACS B07001 rate at that age over its rate in
+    the whole population 1+ (age 0 takes the 1-4 rate; "75 years and over" runs to MAX_AGE)."""
+    columns = ("moved_within_county", "moved_diff_county_same_state", "moved_from_diff_state")
+    people = sum(int(r["population_1plus"]) for r in rows)
+    mean = [sum(int(r[c]) for r in rows) / people for c in columns]
+    lows = [int(r["age_group"].split()[0]) for r in rows]
+    factors = [
+        tuple(
+            int(r[c]) / int(r["population_1plus"]) / m for c, m in zip(columns, mean, strict=True)
+        )
+        for r in rows
+    ]
+    return tuple(factors[bisect.bisect_right(lows, max(x, 1)) - 1] for x in range(MAX_AGE + 1))
+
+
 class _Dynamics(NamedTuple):
     """What the events of a plan need, precomputed once (tables; no state)."""
 
@@ -1528,13 +1829,21 @@ class _Dynamics(NamedTuple):
     cuts: tuple[Any, ...]  # by position in _EVENT_KINDS: that kind's acceptance thresholds
     zip_order: tuple[int, ...]  # the run's ZIP positions sorted by (state, county)
     zip_rank: Mapping[int, int]  # ZIP position -> rank in zip_order
+    state_index: Mapping[str, int]  # state code -> position in plan.state_codes
     rank_cum: tuple[int, ...]  # rank_cum[r] = population of ranks < r (len + 1 entries)
     county_span: tuple[tuple[int, int], ...]  # by rank: ranks of its county [lo, hi)
     state_span: tuple[tuple[int, int], ...]  # by rank: ranks of its state
-    living_cum: tuple[int, ...]  # plan.cells' weights with the dead at 0 (newcomers' cells)
+    living_cum: tuple[tuple[int, ...], ...]  # by state: cells with the dead at 0 (newcomers)
     newborn_cell: Mapping[str, int]  # sex -> the living age-0 cell (births), if in the ages
-    join_rate: float  # joiners per epoch patient per year
-    birth_cut: int  # a joiner is a birth if Draws.joiner_kind < this
+    # The joiners' clock, in segments (the epoch's year, then one per calendar year, the last
+    # one open): seconds after E where each begins, joiners per epoch patient before it, and
+    # joiners per epoch patient per second within it.
+    join_at: tuple[float, ...]
+    join_before: tuple[float, ...]
+    join_rate: tuple[float, ...]
+    birth_cut: tuple[int, ...]  # by segment: a joiner is a birth if Draws.joiner_kind < this
+    birth_states: tuple[tuple[int, ...], ...]  # by segment: cumulative births by state position
+    arrival_states: tuple[tuple[int, ...], ...]  # by segment: arrivals (net migration) likewise
     error_cut: int  # a joiner was entered in error if Draws.entered_in_error < this
     male_cut: int
     start: int  # E in whole seconds: changes happen after it
@@ -1563,12 +1872,94 @@ def _cut(p: float) -> int:
     return min(round(p * (1 << 32)), 1 << 32)
 
 
-def _living_cum(plan: Plan) -> tuple[int, ...]:
-    """The registry's cell weights with the dead cells at 0: newcomers are alive."""
-    weights = (c - b for c, b in zip(plan.cell_cum, (0, *plan.cell_cum), strict=False))
-    return _cumulative(
-        0 if dead else w for (_, _, dead), w in zip(plan.cells, weights, strict=True)
-    )
+def _living_cum(plan: Plan) -> tuple[tuple[int, ...], ...]:
+    """Each state's registry cell weights with the dead cells at 0: newcomers are alive."""
+    out = []
+    for cum in plan.cell_cum:
+        weights = (c - b for c, b in zip(cum, (0, *cum), strict=False))
+        out.append(
+            _cumulative(
+                0 if dead else w for (_, _, dead), w in zip(plan.cells, weights, strict=True)
+            )
+        )
+    return tuple(out)
+
+
+def _state_death_ratio(plan: Plan, ref: Reference) -> tuple[Mapping[str, tuple[float, ...]], ...]:
+    """By state position: sex -> by age, the state's mortality ratio k_s(x) (m_s = k_s m), the
+    registry's (Reference.state_mx_ratio); 1 where a state has none."""
+    one = {sex: (1.0,) * (MAX_AGE + 1) for sex in SEXES}
+    return tuple(ref.state_mx_ratio.get(code, one) for code in plan.state_codes)
+
+
+def _death_tables(
+    plan: Plan, ref: Reference, rates: _YearRates
+) -> dict[tuple[int, int], dict[str, tuple[int, ...]]]:
+    """(rate year, state position) -> sex -> by age: m(x) x the year's level x the state's
+    ratio k_s(x), per bound; state -1: the highest of the states. A rate above DEATH_BOUND (only
+    at the oldest ages of a high year or state) is capped at it."""
+    ratio, ages = _state_death_ratio(plan, ref), range(MAX_AGE + 1)
+    accept = {}
+    for y in rates.years:
+        level = rates.death_level[min(rates.death_level, key=lambda k: (abs(k - y), k))]
+        for k, r in enumerate(ratio):
+            accept[y, k] = {
+                sex: tuple(
+                    _cut(min(1.0, m * level * kx / DEATH_BOUND))
+                    for m, kx in zip(ref.mx[sex], r[sex], strict=True)
+                )
+                for sex in SEXES
+            }
+        accept[y, -1] = {
+            sex: tuple(max(accept[y, k][sex][x] for k in range(len(ratio))) for x in ages)
+            for sex in SEXES
+        }
+    return accept
+
+
+def _year_start(year: int) -> int:
+    return (date(year, 1, 1).toordinal() - _EPOCH_DAY) * 86400
+
+
+_JOIN_FIELDS = (
+    "join_at",
+    "join_before",
+    "join_rate",
+    "birth_cut",
+    "birth_states",
+    "arrival_states",
+)
+
+
+def _join_clock(plan: Plan, rates: _YearRates, start: int) -> dict[str, tuple[Any, ...]]:
+    """The joiners' segments (see _Dynamics): per calendar year from the epoch's to the last rate
+    year, births and arrivals per epoch patient summed over the run's states, each state
+    weighted by its population (states.csv, as the epoch draws it)."""
+    births_on = plan.options["min_age"] == 0
+    weights = [b - a for a, b in zip((0, *plan.state_cum), plan.state_cum, strict=False)]
+    first = date.fromordinal(start // 86400 + _EPOCH_DAY).year
+    out: dict[str, list[Any]] = {k: [] for k in _JOIN_FIELDS}
+    before, at = 0.0, 0.0
+    for year in range(first, max(first, rates.years[-1]) + 1):
+        y = min(max(year, rates.years[0]), rates.years[-1])
+        born = [
+            w * rates.births[code, y] if births_on else 0.0
+            for w, code in zip(weights, plan.state_codes, strict=True)
+        ]
+        came = [
+            w * rates.arrivals[code, y] for w, code in zip(weights, plan.state_codes, strict=True)
+        ]
+        per_year = (sum(born) + sum(came)) / sum(weights)
+        out["join_at"].append(at)
+        out["join_before"].append(before)
+        out["join_rate"].append(per_year / SECONDS_PER_YEAR)
+        out["birth_cut"].append(_cut(sum(born) / (sum(born) + sum(came))))
+        out["birth_states"].append(_cumulative(round(b * 1000) for b in born))
+        out["arrival_states"].append(_cumulative(round(c * 1000) for c in came))
+        end = _year_start(year + 1) - start if year < 9999 else float("inf")
+        before += (end - at) * out["join_rate"][-1]
+        at = float(end)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _age(birth: int, instant: int) -> int:
@@ -1636,58 +2027,89 @@ class _EventKind(NamedTuple):
 
     name: str  # what it is (a move's Version.change says which move)
     bound: float  # candidates per person-year: the kind's rate must never exceed it
-    cuts: Callable[[Reference], Any]  # its acceptance thresholds, computed once per plan
+    cuts: Callable[[Plan, Reference], Any]  # its acceptance thresholds, computed once per plan
     accept: Callable[[Any, Sample, int], int]  # (cuts, patient, instant) -> accept below this
     change: Callable[[Plan, _Dynamics, Any, Sample, _Candidate], tuple[Sample, str] | None]
     # change: the accepted candidate applied: (the new sample, Version.change), or None when
     # it changes nothing (nowhere to move, no other hospital)
 
 
-def _death_cuts(ref: Reference) -> Mapping[str, tuple[int, ...]]:
-    """Sex -> by age: a death candidate is accepted below m(x) / DEATH_BOUND."""
+class _DeathCuts(NamedTuple):
+    """A death candidate is accepted below table[rate year, state position][sex][age]: m(x) x
+    the state's ratio k_s(x) x the year's level, over DEATH_BOUND (_death_tables); state -1
+    holds the highest of the states (the window pre-check)."""
+
+    years: range  # the rate years: an instant's calendar year is clamped to them
+    table: Mapping[tuple[int, int], Mapping[str, tuple[int, ...]]]
+
+
+def _death_cuts(plan: Plan, ref: Reference) -> _DeathCuts:
+    """The death cuts by rate year, state, sex and age."""
     top = max(max(ref.mx[s]) for s in SEXES)
     if top >= DEATH_BOUND:
         raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
-    return {s: tuple(_cut(m / DEATH_BOUND) for m in ref.mx[s]) for s in SEXES}
+    rates = _year_rates(plan.identity[3])
+    return _DeathCuts(rates.years, _death_tables(plan, ref, rates))
 
 
-def _death_accept(cuts: Mapping[str, tuple[int, ...]], s: Sample, instant: int) -> int:
-    """The life table's m(x) at the patient's age at the instant, by sex."""
-    return cuts[s.sex][min(_age(s.birth, instant), MAX_AGE)]
+def _rate_year(years: range, instant: int) -> int:
+    """The rate year of an instant: its UTC calendar year, clamped to the years with rates."""
+    year = date.fromordinal(instant // 86400 + _EPOCH_DAY).year
+    return min(max(year, years[0]), years[-1])
+
+
+def _death_accept(cuts: _DeathCuts, s: Sample, instant: int) -> int:
+    """m(x) at the patient's age at the instant, by sex, state and calendar year."""
+    age = min(_age(s.birth, instant), MAX_AGE)
+    return cuts.table[_rate_year(cuts.years, instant), s.state][s.sex][age]
 
 
 def _die(plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate) -> tuple[Sample, str]:
     return s._replace(died=c.instant), "death"
 
 
-def _move_cuts(ref: Reference) -> tuple[int, ...]:
-    """Cumulative accept cuts: same county, another county of the state, another state (the
-    CPS shares as hazards -ln(1 - p), split pro rata; exact decimals, the same everywhere)."""
+def _move_cuts(plan: Plan, ref: Reference) -> tuple[tuple[int, ...], ...]:
+    """By age: cumulative accept cuts of the same county, another county of the state, another
+    state: the CPS shares as hazards -ln(1 - p) (exact decimals, the same everywhere), split pro
+    rata, each times its ACS B07001 factor at that age (_YearRates.move_factor)."""
     with localcontext() as ctx:
         ctx.prec = 40
         moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())
     rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
-    return tuple(_cut(sum(rates[: k + 1]) / MOVE_BOUND) for k in range(len(MOVE_SHARES)))
+    return tuple(
+        tuple(
+            _cut(
+                min(
+                    1.0,
+                    sum(r * f for r, f in zip(rates[: k + 1], factor, strict=False)) / MOVE_BOUND,
+                )
+            )
+            for k in range(len(MOVE_SHARES))
+        )
+        for factor in _year_rates(plan.identity[3]).move_factor
+    )
 
 
-def _move_accept(cuts: tuple[int, ...], s: Sample, instant: int) -> int:
-    return cuts[-1]  # any of the three moves
+def _move_accept(cuts: tuple[tuple[int, ...], ...], s: Sample, instant: int) -> int:
+    return cuts[min(_age(s.birth, instant), MAX_AGE)][-1]  # any of the three moves at that age
 
 
 def _move(
-    plan: Plan, dyn: _Dynamics, cuts: tuple[int, ...], s: Sample, c: _Candidate
+    plan: Plan, dyn: _Dynamics, cuts: tuple[tuple[int, ...], ...], s: Sample, c: _Candidate
 ) -> tuple[Sample, str] | None:
-    """A move (which one: the accept draw against the cumulative cuts) to a ZIP in proportion
-    to population, and a hospital there (the age at the move allows)."""
-    move = bisect.bisect_right(cuts, c.accept)
+    """A move (which one: the accept draw against the cumulative cuts of the age) to a ZIP in
+    proportion to population, and a hospital there (the age at the move allows)."""
+    age = min(_age(s.birth, c.instant), MAX_AGE)
+    move = bisect.bisect_right(cuts[age], c.accept)
     z = _move_zip(dyn, s.zip, move, c.place)
     if z is None:
         return None
-    org = _hospital_at(plan, z, _age(s.birth, c.instant), c.hospital)
-    return s._replace(zip=z, organization=org), MOVE_KINDS[move]
+    org = _hospital_at(plan, z, age, c.hospital)
+    state = dyn.state_index[plan.zips[z][3]]
+    return s._replace(state=state, zip=z, organization=org), MOVE_KINDS[move]
 
 
-def _hospital_cuts(ref: Reference) -> int:
+def _hospital_cuts(plan: Plan, ref: Reference) -> int:
     return _cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND)
 
 
@@ -1740,8 +2162,8 @@ def _dynamics(plan: Plan) -> _Dynamics:
             if r == len(order) or plan.zips[order[r]][key:] != plan.zips[order[lo]][key:]:
                 span.extend([(lo, r)] * (r - lo))
                 lo = r
-    joins = NEWCOMER_RATE + (BIRTH_RATE if plan.options["min_age"] == 0 else 0.0)
     newborn = {sex: k for k, (age, sex, dead) in enumerate(plan.cells) if age == 0 and not dead}
+    start = _seconds(plan.as_of)
     return _Dynamics(
         tile_hash=hashlib.shake_256(b"metriccare-events/1|" + plan.key),
         poisson=poisson,
@@ -1749,19 +2171,19 @@ def _dynamics(plan: Plan) -> _Dynamics:
             round(b / bound * (1 << 26))
             for b in itertools.accumulate(kind.bound for kind in _EVENT_KINDS[:-1])
         ),
-        cuts=tuple(kind.cuts(ref) for kind in _EVENT_KINDS),
+        cuts=tuple(kind.cuts(plan, ref) for kind in _EVENT_KINDS),
         zip_order=tuple(order),
         zip_rank={z: r for r, z in enumerate(order)},
+        state_index=state_rank,
         rank_cum=(0, *itertools.accumulate(weights[z] for z in order)),
         county_span=tuple(county_span),
         state_span=tuple(state_span),
         living_cum=_living_cum(plan),
         newborn_cell=newborn,
-        join_rate=joins,
-        birth_cut=_cut(BIRTH_RATE / joins) if plan.options["min_age"] == 0 else 0,
+        **_join_clock(plan, _year_rates(plan.identity[3]), start),
         error_cut=_cut(ERROR_SHARE),
         male_cut=_cut(MALE_AT_BIRTH),
-        start=_seconds(plan.as_of),
+        start=start,
     )
 
 
@@ -1777,10 +2199,6 @@ def _tile(dyn: _Dynamics, block: int, year: int) -> tuple[int, ...]:
     days = 366 if calendar.isleap(year) else 365
     k = bisect.bisect_right(dyn.poisson[days], int.from_bytes(h.digest(4), "little"))
     return struct.unpack(f"<{_TILE_WORDS * k}I", h.digest(4 + 4 * _TILE_WORDS * k)[4:])
-
-
-def _year_start(year: int) -> int:
-    return (date(year, 1, 1).toordinal() - _EPOCH_DAY) * 86400
 
 
 def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[tuple[int, ...]]]:
@@ -1806,16 +2224,24 @@ def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[
     return out
 
 
-def _gap(dyn: _Dynamics, count: int) -> float:
-    """Seconds between joiners: the epoch population times the joining rate, per second."""
-    return SECONDS_PER_YEAR / (count * dyn.join_rate)
+def _joined(dyn: _Dynamics, seconds: float) -> float:
+    """Expected joiners per epoch patient in the first `seconds` after the epoch."""
+    k = bisect.bisect_right(dyn.join_at, seconds) - 1
+    return dyn.join_before[k] + (seconds - dyn.join_at[k]) * dyn.join_rate[k]
+
+
+def _join_offset(dyn: _Dynamics, joined: float) -> float:
+    """The inverse of _joined: seconds after the epoch by which `joined` are expected."""
+    k = bisect.bisect_right(dyn.join_before, joined) - 1
+    return dyn.join_at[k] + (joined - dyn.join_before[k]) / dyn.join_rate[k]
 
 
 def _join_instant(plan: Plan, dyn: _Dynamics, count: int, index: int) -> int:
-    """When joiner #index (index >= count) joins: the k-th of a steady stream, k = index - count,
-    jittered within its slot by the joiner's own draw, so instants never decrease with k."""
+    """When joiner #index (index >= count) joins: the k-th of a stream whose rate follows each
+    calendar year's births and arrivals, k = index - count, jittered within its slot by the
+    joiner's own draw, so instants never decrease with k."""
     u = Draws._make(_raw_draws(_digest(plan, index))).death_time_high
-    return dyn.start + 1 + int((index - count + u / 4294967296.0) * _gap(dyn, count))
+    return dyn.start + 1 + int(_join_offset(dyn, (index - count + u / 4294967296.0) / count))
 
 
 def population_size(plan: Plan, count: int, until: datetime | str) -> int:
@@ -1829,7 +2255,7 @@ def _joiners_by(plan: Plan, dyn: _Dynamics, count: int, until: int) -> int:
     """The number of joiners k with join instant <= until (instants never decrease with k)."""
     if count <= 0 or until <= dyn.start:
         return 0
-    k = max(0, int((until - dyn.start) / _gap(dyn, count)) - 1)
+    k = max(0, int(count * _joined(dyn, until - dyn.start)) - 1)
     while k > 0 and _join_instant(plan, dyn, count, count + k - 1) > until:
         k -= 1
     while _join_instant(plan, dyn, count, count + k) <= until:
@@ -1865,22 +2291,38 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
         return _Start(s, "epoch", dyn.start, None)
     u = Draws._make(s.draws)
     instant = _join_instant(plan, dyn, count, index)
-    if u.joiner_kind < dyn.birth_cut:
+    segment = bisect.bisect_right(dyn.join_at, instant - dyn.start) - 1
+    if u.joiner_kind < dyn.birth_cut[segment]:
         change, sex = "birth", "male" if u.cell < dyn.male_cut else "female"
         cell, birth = dyn.newborn_cell[sex], instant // 86400 + _EPOCH_DAY
+        state = _pick(dyn.birth_states[segment], u.state)
     else:
         change = "arrival"
-        cell = _pick(dyn.living_cum, u.cell)
+        state = _pick(dyn.arrival_states[segment], u.state)
+        cell = _pick(dyn.living_cum[state], u.cell)  # the living of its state's ages
         sex, birth = (
             plan.cells[cell][1],
             plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32),
         )
+    z = plan.zip_index[state][_pick(plan.zip_cum[state], u.zip)]
     gender = _gender(plan, u.gender, sex)
-    org = _hospital_at(plan, s.zip, _age(birth, instant), u.organization)
+    org = _hospital_at(plan, z, _age(birth, instant), u.organization)
     deleted = None
     if u.entered_in_error < dyn.error_cut:
         deleted = instant + 86400 + (u.death_age * (ERROR_DAYS - 1) * 86400 >> 32)
-    s = s._replace(cell=cell, sex=sex, birth=birth, gender=gender, organization=org, died=-1)
+    race = _pick(plan.race_cum[state][cell], u.race)
+    s = s._replace(
+        state=state,
+        zip=z,
+        cell=cell,
+        sex=sex,
+        birth=birth,
+        gender=gender,
+        language=_language_at(plan, state, cell, race, s.draws),
+        organization=org,
+        died=-1,
+        race=race,
+    )
     return _Start(s, change, instant, deleted)
 
 
@@ -1939,9 +2381,10 @@ def history(plan: Plan, count: int, index: int, until: datetime | str) -> list[V
 
 def _window_events(dyn: _Dynamics, start: _Start, events: list[tuple[int, ...]]) -> bool:
     """Whether any candidate could be accepted (a necessary condition, checked before the
-    patient's history is replayed): each by its kind's accept cut for the patient's start
-    (sex and birth never change)."""
-    s, kind_cut, kinds, cuts = start.sample, dyn.kind_cut, _EVENT_KINDS, dyn.cuts
+    patient's history is replayed): each by its kind's accept cut for the patient's start (sex
+    and birth never change), in state -1: the highest of the states' death rates, as the
+    patient may move."""
+    s, kind_cut, kinds, cuts = start.sample._replace(state=-1), dyn.kind_cut, _EVENT_KINDS, dyn.cuts
     for instant, _, kind_word, accept, _, _ in events:  # _Candidate's fields
         k = bisect.bisect_right(kind_cut, kind_word)
         if accept < kinds[k].accept(cuts[k], s, instant):
@@ -2324,7 +2767,7 @@ def _patient_writer(plan: Plan) -> _Writer:
         append = out.append
         for index, s, meta in zip(indexes, samples, metas, strict=False):  # metas may repeat
             # Sample's fields, unpacked by position: the hot path skips the named tuple
-            _, zip_, _, _, birth, gender, language, organization, died, _ = s
+            _, zip_, _, _, birth, gender, language, organization, died, *_ = s
             k = birth - base
             born = dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, birth).encode()
             if died < 0:

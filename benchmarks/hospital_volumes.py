@@ -1,10 +1,12 @@
-"""Patients per hospital for N patients of the default run (the README's volume figures).
+"""Patients per hospital for N patients of the default run (the README's volume figures), and
+against HCRIS 2021 total discharges (reference_data/hospital_volumes.csv; issue 17's targets).
 
-python benchmarks/hospital_volumes.py [N]      # default 1,000,000 (~10 s)
+python benchmarks/hospital_volumes.py [N]      # default 1,000,000 (~15 s)
 """
 
 from __future__ import annotations
 
+import csv
 import statistics
 import sys
 from collections import Counter
@@ -18,7 +20,12 @@ import fhir_patient_generator as g  # noqa: E402
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     plan = g.make_plan(2025, "2025-10-13T02:22:22Z")
-    counts = Counter(g.sample(plan, i).organization for i in range(n))
+    counts: Counter = Counter()
+    crossed = 0
+    for i in range(n):
+        s = g.sample(plan, i)
+        counts[s.organization] += 1
+        crossed += plan.hospitals[s.organization]["state"] != plan.zips[s.zip][3]
     hospitals = plan.organization_index
     volumes = sorted(counts.get(h, 0) for h in hospitals)
     mean = statistics.fmean(volumes)
@@ -39,6 +46,29 @@ def main() -> None:
         print(f"  {kind:28} n={len(v):5,}  {share:4.1f}% of patients  median {v[len(v) // 2]}")
     for h, c in counts.most_common(3):
         print(f"  top: {plan.hospitals[h]['name']} ({plan.hospitals[h]['state']}) {c:,}")
+    hcris(plan, counts, crossed / n)
+
+
+def hcris(plan: g.Plan, counts: Counter, crossed: float) -> None:
+    """Our patients per general hospital against its HCRIS 2021 total discharges."""
+    path = Path(g.DATA_DIR) / "hospital_volumes.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        volume = {r["ccn"]: r["discharges"] for r in csv.DictReader(f)}
+    real = {
+        h: int(volume[plan.hospitals[h]["ccn"]])
+        for h in plan.organization_index
+        if plan.hospitals[h]["hospital_type"] in g.GENERAL_HOSPITAL_TYPES
+        and volume[plan.hospitals[h]["ccn"]]
+    }
+    r = statistics.correlation([real[h] for h in real], [counts.get(h, 0) for h in real])
+    top = sorted(real, key=lambda h: -real[h])[: len(real) // 10]
+    ours = sum(counts.get(h, 0) for h in top) / sum(counts.get(h, 0) for h in real)
+    theirs = sum(real[h] for h in top) / sum(real.values())
+    print(f"HCRIS 2021, {len(real):,} general hospitals with discharges:")
+    print(f"  Pearson(patients, discharges) {r:.3f}   (target >= 0.85)")
+    print(f"  top tenth by discharges: {100 * ours:.1f} % of patients, {100 * theirs:.1f} % of "
+          "discharges (target: within 5 points)")  # fmt: skip
+    print(f"  patients whose hospital is in another state: {100 * crossed:.2f} %")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ mkdir -p "$out"
 "${gen[@]}" > "$out/patient.txt"
 "${gen[@]}" --count 20 > "$out/patients.ndjson"
 "${gen[@]}" --count 5 --min-age 65 --mortality-rate 0.5 --states CA,NY > "$out/medicare_cohort.ndjson"
-# A tiny bronze layer (Vermont: 3 patients, its 14 hospitals): per-file JSON, organizations, manifest.
+# A tiny bronze layer (Vermont: 3 patients, the 48 hospitals its ZIPs may use, 34 of them across
+# the state line): per-file JSON, organizations, manifest.
 "${gen[@]}" --count 3 --states VT --output "$out/bronze" --quiet --overwrite
 # A living population (docs/living-population.md): the 2,000 patients of that as-of live on for
 # a year; the change batch of the year, every version (deaths, moves, joiners, one deletion).

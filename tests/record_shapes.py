@@ -56,19 +56,20 @@ def maximise_cms_fields(record: dict[str, Any], plan: g.Plan) -> dict[str, Any]:
 
 def hospital_shares(plan: g.Plan) -> dict[int, float]:
     """hospital position -> the exact probability that a patient of the plan is managed by it:
-    state x ZIP x (under CHILD_AGE or not) x the ZIP's candidate weights."""
-    cum = plan.cell_cum
-    child = (
-        sum(
-            b - a
-            for (age, _, _), a, b in zip(plan.cells, (0, *cum), cum, strict=False)
-            if age < g.CHILD_AGE
-        )
-        / cum[-1]
-    )
+    state x ZIP x (under CHILD_AGE or not, by the state's own cells) x the ZIP's candidate
+    weights."""
     out: Counter = Counter()
     states = plan.state_cum
     for s, (zips, zcum) in enumerate(zip(plan.zip_index, plan.zip_cum, strict=True)):
+        cum = plan.cell_cum[s]
+        child = (
+            sum(
+                b - a
+                for (age, _, _), a, b in zip(plan.cells, (0, *cum), cum, strict=False)
+                if age < g.CHILD_AGE
+            )
+            / cum[-1]
+        )
         p_state = (states[s] - (states[s - 1] if s else 0)) / states[-1]
         for k, z in enumerate(zips):
             p_zip = p_state * (zcum[k] - (zcum[k - 1] if k else 0)) / zcum[-1]

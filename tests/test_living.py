@@ -4,6 +4,7 @@ life table, the CPS move shares and the joining rates; every version keeps the i
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import Counter, defaultdict
@@ -19,6 +20,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.patient import Patient
+from test_realism import table
 
 import fhir_patient_generator as g
 
@@ -420,6 +422,71 @@ def age_pieces(birth_ordinal: int, a: int, b: int):
         a = end
 
 
+def year_age_pieces(birth_ordinal: int, a: int, b: int):
+    """(calendar year, whole age, seconds) pieces of [a, b)."""
+    while a < b:
+        year = datetime.fromtimestamp(a, UTC).year
+        end = min(b, int(datetime(year + 1, 1, 1, tzinfo=UTC).timestamp()))
+        for age, seconds in age_pieces(birth_ordinal, a, end):
+            yield year, age, seconds
+        a = end
+
+
+# The rates by year, state and age, computed here from the CSVs (not from the generator's tables):
+# Census V2025 component years (July to June; calendar year y uses the one ending in June y,
+# outside 2021-2025 the nearest), NCHS deaths by year over the life table's year 2022, and the
+# ACS B07001 mover rates by age of each kind over their mean.
+@functools.cache
+def components() -> dict[tuple[str, int], dict[str, str]]:
+    return {
+        (r["state"], int(r["year"])): r
+        for r in table("population_components_v2025.csv")
+        if r["period"].startswith(f"{int(r['year']) - 1}-07-01")
+    }
+
+
+def component_year(year: int) -> int:
+    return min(max(year, 2021), 2025)
+
+
+@functools.cache
+def death_level(year: int) -> float:
+    nchs = {
+        int(r["year"]): int(r["us_resident_deaths_registered"])
+        for r in table("deaths_by_year_nchs.csv")
+    }
+    crude = {
+        y: d / int(components()["US", y]["popestimate_jul1"])
+        for y, d in nchs.items()
+        if ("US", y) in components()
+    }
+    nearest = min(crude, key=lambda y: (abs(y - component_year(year)), y))
+    return crude[nearest] / crude[2022]
+
+
+def per_person(state: str, year: int, column: str) -> float:
+    r = components()[state, component_year(year)]
+    return max(0, int(r[column])) / int(r["popestimate_jul1"])
+
+
+@functools.cache
+def move_factors() -> dict[int, tuple[float, float, float]]:
+    """Whole age -> each move kind's B07001 rate at that age over its mean (ages 1+)."""
+    rows = table("movers_by_age_acs2018.csv")
+    kinds = ("moved_within_county", "moved_diff_county_same_state", "moved_from_diff_state")
+    people = sum(int(r["population_1plus"]) for r in rows)
+    mean = [sum(int(r[k]) for r in rows) / people for k in kinds]
+    out = {}
+    for r in rows:
+        lo = int(r["age_group"].split()[0])
+        hi = g.MAX_AGE if "over" in r["age_group"] else int(r["age_group"].split()[-2])
+        for age in range(0 if lo == 1 else lo, hi + 1):
+            out[age] = tuple(
+                int(r[k]) / int(r["population_1plus"]) / m for k, m in zip(kinds, mean, strict=True)
+            )
+    return out
+
+
 def segments(versions: list[g.Version], until: int):
     """(sample, start, end) of each stretch a patient lived in one state, up to its death,
     deletion or `until`; nothing for those dead at the epoch."""
@@ -474,18 +541,26 @@ def age_bands(edges: tuple[int, ...]) -> dict[int, tuple[int, int]]:
 
 def expected_counts(plan: g.Plan, people, until: int, band: dict) -> Counter:
     """Events expected from each patient's exposure: deaths by age band at the life table's
-    m(x), moves of each kind at its CPS hazard where there is somewhere to go, hospital changes
-    where another general hospital is a candidate (then at any age)."""
-    mx, options = g.load_reference().mx, move_options(plan)
+    m(x) times the state's ratio and the year's NCHS level, moves of each kind at its CPS hazard
+    times its B07001 age factor where there is somewhere to go (and all kinds by age band: the
+    age profile), hospital changes where another general hospital is a candidate (any age)."""
+    ref, options = g.load_reference(), move_options(plan)
+    mx, ratio = ref.mx, ref.state_mx_ratio  # the state's ratio k_s(x): tests/test_population.py
     moved = -math.log(1 - sum(g.MOVE_SHARES))
     hazards = [moved * share / sum(g.MOVE_SHARES) for share in g.MOVE_SHARES]
     out: Counter = Counter()
     for versions in people.values():
         for s, a, b in segments(versions, until):
-            for age, seconds in age_pieces(s.birth, a, b):
-                out["death", band[age]] += mx[s.sex][min(age, g.MAX_AGE)] * seconds
-            for kind, possible in zip(g.MOVE_KINDS, options(s.zip), strict=True):
-                out[kind, possible] += hazards[g.MOVE_KINDS.index(kind)] * (b - a)
+            possible = options(s.zip)
+            k = ratio[plan.zips[s.zip][3]][s.sex]
+            for year, age, seconds in year_age_pieces(s.birth, a, b):
+                m = mx[s.sex][min(age, g.MAX_AGE)] * k[min(age, g.MAX_AGE)] * death_level(year)
+                out["death", band[age]] += min(m, g.DEATH_BOUND) * seconds
+                factor = move_factors()[min(age, g.MAX_AGE)]
+                for k, kind in enumerate(g.MOVE_KINDS):
+                    rate = hazards[k] * factor[k] * seconds
+                    out[kind, possible[k]] += rate
+                    out["moves", band[age]] += rate if possible[k] else 0.0
             other = other_general_hospital(plan, s.zip, s.organization)
             out["hospital", other] += g.HOSPITAL_CHANGE_RATE * (b - a)
     return Counter({k: x / g.SECONDS_PER_YEAR for k, x in out.items()})
@@ -501,6 +576,7 @@ def observed_counts(plan: g.Plan, people, band: dict) -> Counter:
                 out["death", band[whole_years(date.fromordinal(s.birth), day_of(w.instant))]] += 1
             elif w.change in g.MOVE_KINDS:
                 out[w.change, options(s.zip)[g.MOVE_KINDS.index(w.change)]] += 1
+                out["moves", band[whole_years(date.fromordinal(s.birth), day_of(w.instant))]] += 1
             elif w.change == "hospital":
                 out["hospital", other_general_hospital(plan, s.zip, s.organization)] += 1
     return out
@@ -512,12 +588,13 @@ def day_of(instant: int) -> date:
 
 @pytest.mark.parametrize(
     "options, count, edges",
-    [({}, 40_000, (0, 45, 65)), ({"min_age": 65}, 25_000, (65, 75, 85, 95))],
+    [({}, 40_000, (0, 18, 25, 35, 45, 65)), ({"min_age": 65}, 25_000, (65, 75, 85, 95))],
     ids=["all-ages", "65-and-over"],
 )
 def test_deaths_moves_and_hospital_changes_happen_at_the_published_rates(options, count, edges):
-    """Two years: deaths per age band against the life table's m(x) over the exposure lived in
-    it, moves of each kind against the CPS hazards, hospital changes against their rate."""
+    """Two years: deaths per age band against the life table's m(x) x each year's NCHS level over
+    the exposure lived in it, moves of each kind against the CPS hazards spread by age as ACS
+    B07001's, moves by age band (the age profile), hospital changes against their rate."""
     plan, until = g.make_plan(31, E, **options), "2026-01-01T00:00:00Z"
     people = all_versions(plan, count, until)
     band = age_bands(edges)
@@ -526,7 +603,7 @@ def test_deaths_moves_and_hospital_changes_happen_at_the_published_rates(options
         expected_counts(plan, people, until_s, band),
         observed_counts(plan, people, band),
     )
-    checked = [("death", b) for b in sorted(set(band.values()))]
+    checked = [(key, b) for b in sorted(set(band.values())) for key in ("death", "moves")]
     checked += [(kind, True) for kind in g.MOVE_KINDS] + [("hospital", True)]
     for key in checked:
         sd = math.sqrt(expected[key])
@@ -537,16 +614,35 @@ def test_deaths_moves_and_hospital_changes_happen_at_the_published_rates(options
     assert expected["move-zip", False] > 0  # some live in one-ZIP counties
 
 
+def joining_rates(plan: g.Plan, year: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(births, arrivals) per epoch patient and year, by state: each run state's share of the
+    epoch (states.csv) x its V2025 births, resp. net international migration, per person."""
+    pops = {r["code"]: int(r["population"]) for r in table("states.csv")}
+    total = sum(pops[s] for s in plan.state_codes)
+    births = {
+        s: pops[s] / total * per_person(s, year, "births") if plan.options["min_age"] == 0 else 0.0
+        for s in plan.state_codes
+    }
+    arrivals = {
+        s: pops[s] / total * per_person(s, year, "net_international_migration")
+        for s in plan.state_codes
+    }
+    return births, arrivals
+
+
 @pytest.mark.parametrize("min_age", [0, 18])
 def test_joiners_arrive_at_the_published_rates(min_age):
-    """1,000,000 epoch patients for a year, the joiners alone (lo=count): how many, births among
-    them (none unless ages start at 0), boys among births, records entered in error deleted."""
+    """1,000,000 epoch patients for a year, the joiners alone (lo=count): how many (the year's
+    V2025 births and net international migration per person), births among them (none unless
+    ages start at 0) and by state (the state's births per person), boys among births, records
+    entered in error deleted."""
     plan, count = g.make_plan(36, E, min_age=min_age), 1_000_000
     until = int(datetime.fromisoformat(T).timestamp())
     later = plan_time(until + g.ERROR_DAYS * DAY)  # every error joined by T is deleted by then
     people = by_index(g.changes(plan, count, E, later, lo=count))
     joiners = [people[i] for i in range(count, g.population_size(plan, count, T))]
-    join_rate = g.NEWCOMER_RATE + (g.BIRTH_RATE if min_age == 0 else 0)
+    born, came = joining_rates(plan, EPOCH.year)  # E..T is the calendar year 2024
+    join_rate = sum(born.values()) + sum(came.values())
     years = (until - plan.as_of.timestamp()) / g.SECONDS_PER_YEAR
     assert abs(len(joiners) - count * join_rate * years) <= 2  # a steady stream
     first = [vs[0] for vs in joiners]
@@ -562,8 +658,14 @@ def test_joiners_arrive_at_the_published_rates(min_age):
     if min_age:
         assert births == []
     else:
-        check_share(len(births), len(joiners), g.BIRTH_RATE / join_rate)
+        check_share(len(births), len(joiners), sum(born.values()) / join_rate)
         check_share(sum(v.sample.sex == "male" for v in births), len(births), g.MALE_AT_BIRTH)
+        by_state = Counter(plan.zips[v.sample.zip][3] for v in births)
+        for state, rate in born.items():
+            check_share(by_state[state], len(births), rate / sum(born.values()))
+    by_state = Counter(plan.zips[v.sample.zip][3] for v in arrivals)
+    for state, rate in came.items():
+        check_share(by_state[state], len(arrivals), rate / sum(came.values()))
     deleted = [vs for vs in joiners if vs[-1].change == "delete"]
     check_share(len(deleted), len(joiners), g.ERROR_SHARE)
     assert all(DAY <= vs[-1].instant - vs[0].instant <= g.ERROR_DAYS * DAY for vs in deleted)

@@ -40,11 +40,12 @@ OMB_ETHNICITIES = {"2135-2": "Hispanic or Latino", "2186-5": "Not Hispanic or La
 BIRTH_SEX = {"F", "M", "UNK"}  # US Core 5.0.1 Birth Sex value set (6.x widened it)
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")  # RFC 3986 absolute URI, roughly
 DAR = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
-# cms output (seed 5, 5,000 records, NDJSON), re-pinned for the registry mortality model: the
-# profile option must leave it unchanged.
+# cms output (seed 5, 5,000 records, NDJSON), re-pinned for issue 17 (the joint population:
+# age, death and race by state; language by limited English proficiency; hospitals by discharges
+# across state lines): the profile option must leave it unchanged.
 CMS_GOLDEN = {
-    "default": "02c3958ee0b053f252fc17290376d90767ea7ed7ad9a3b7ecf957bed25703ac2",
-    "pr-ak-dc": "1e1b7ebdd8f09da35f45adf33998b2deeccf401656e6093722a5556a9275ec6c",
+    "default": "1bfbc0d88209d5d7588bd3a72a2984024d7f16030a28b0d10b7d788acdc318b4",
+    "pr-ak-dc": "d5762260429048e883b6c1e2a7d1a57ffa48cbe3a8b12b5a88a953056a6e928d",
 }
 
 
@@ -118,8 +119,8 @@ def table_row(record: dict) -> tuple[str, str]:
     return race_code, ethnicity["extension"][0]["valueCoding"]["code"]
 
 
-def within(observed: int, n: int, p: float, z: float = 4.5) -> bool:
-    return abs(observed - n * p) <= z * math.sqrt(n * p * (1 - p)) + 1
+def within(observed: int, n: int, p: float, z: float = 4.5, slack: float = 0.0) -> bool:
+    return abs(observed - n * p) <= z * math.sqrt(n * p * (1 - p)) + 1 + slack
 
 
 # --- structure and validity -------------------------------------------------------------------
@@ -220,8 +221,14 @@ def test_profile_is_validated_and_recorded_in_the_options():
 # --- distributions ------------------------------------------------------------------------------
 
 
+# The race x ethnicity fit by state, age and sex (tools/build_reference.py) meets the P2 totals
+# of each state to within this share (its margins, ACS 2018 and Census 2020, disagree slightly).
+FIT_SLACK = 0.002
+
+
 def test_race_and_ethnicity_follow_the_census_table_of_each_state():
-    """race x ethnicity x state against 2020 Census P2 (race_ethnicity_by_state.csv)."""
+    """race x ethnicity x state of the living against 2020 Census P2 (race_ethnicity_by_state.csv;
+    the dead lean to the races with higher death rates: tests/test_population.py)."""
     with open(ROOT / "reference_data" / "race_ethnicity_by_state.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     states = ("CA", "NM", "VT", "HI", "PR")
@@ -233,11 +240,13 @@ def test_race_and_ethnicity_follow_the_census_table_of_each_state():
     for st, recs in by_state.items():
         table = [r for r in rows if r["state"] == st]
         total = sum(int(r["population"]) for r in table)
-        counts = Counter(table_row(r) for r in recs)
+        living = [r for r in recs if "deceasedDateTime" not in r]
+        counts = Counter(table_row(r) for r in living)
         for row in table:
             p = int(row["population"]) / total
             observed = counts.pop((row["race_code"], row["ethnicity_code"]), 0)
-            assert within(observed, len(recs), p), (st, row["race"], row["ethnicity"], observed)
+            slack = FIT_SLACK * len(living)
+            assert within(observed, len(living), p, slack=slack), (st, row["race"], observed)
         assert not counts  # nothing outside the table
         check_race_pairs(recs, table)
 
