@@ -1251,15 +1251,17 @@ def _organizations(ref: Reference, state_codes: tuple[str, ...]) -> dict[str, tu
     (candidates cross state lines), so every reference resolves."""
     kinds, chosen = (*GENERAL_HOSPITAL_TYPES, CHILDREN_HOSPITAL_TYPE), set(state_codes)
     cand, cum = ref.hospital_cand, ref.hospital_cum
-    used = set()
+    # slot k is drawn if its weight is positive (cum[k] > the ZIP's previous cum, or 0 at a
+    # ZIP's first slot) and its ZIP is in the run: whole-array maps and compress, in C
+    prev = [0, *cum[:-1]]
+    prev[::CANDIDATES] = [0] * (len(cum) // CANDIDATES)
+    in_run = bytearray(len(cum) // CANDIDATES)
     for state in state_codes:
         for z in ref.state_zips[state][0]:
-            lo = z * CANDIDATES
-            used.update(
-                cand[k]
-                for k in range(lo, lo + CANDIDATES)
-                if cum[k] > (cum[k - 1] if k > lo else 0)
-            )
+            in_run[z] = 1
+    slot_in_run = itertools.chain.from_iterable(zip(*[in_run] * CANDIDATES, strict=True))
+    drawn = map(operator.and_, map(operator.gt, cum, prev), slot_in_run)
+    used = set(itertools.compress(cand, drawn))
     index = tuple(
         i
         for i, h in enumerate(ref.hospitals)
@@ -2767,7 +2769,7 @@ def _patient_writer(plan: Plan) -> _Writer:
         append = out.append
         for index, s, meta in zip(indexes, samples, metas, strict=False):  # metas may repeat
             # Sample's fields, unpacked by position: the hot path skips the named tuple
-            _, zip_, _, _, birth, gender, language, organization, died, *_ = s
+            _, zip_, _, _, birth, gender, language, organization, died, _, _ = s
             k = birth - base
             born = dates[k] if 0 <= k < n_dates else b'"%s"' % _date_text(plan, birth).encode()
             if died < 0:
