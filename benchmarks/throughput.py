@@ -6,6 +6,7 @@
     python benchmarks/throughput.py --rss-check --per-file --count 2000000  # per-file bronze
     python benchmarks/throughput.py --living     # a one-day change batch vs the snapshot (1M)
     python benchmarks/throughput.py --encounters # patients with their stays vs patients only
+    python benchmarks/throughput.py --baseline 393ba66  # this tree beside a revision, one core
 
 Every mode runs in its own subprocess, so each peak RSS (ru_maxrss from wait4) is that mode's
 own. In-process modes time their generation loop; CLI modes time the whole child process
@@ -22,6 +23,8 @@ import gzip
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -484,6 +487,115 @@ def encounters(count: int) -> None:
     print(f"\n{stays:,} stays ({stays / count:.3f} per patient); issue 18's budget: >= 40 %.")
 
 
+# ---------------------------------------------------------------------------------------------
+# --baseline REV: this tree's CLI beside a revision's, interleaved on one core, CPU-normalised
+# ---------------------------------------------------------------------------------------------
+
+BASELINE_REPEATS = 5  # runs of each side, interleaved A B A B ... (the VM is shared and noisy)
+STARTUP_REPEATS = 7
+
+
+def materialise(rev: str, folder: Path) -> Path:
+    """The revision's module and reference data (`git archive REV`) in folder; its CLI path."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "fhir_patient_generator.py", "reference_data"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {rev}: {archive.stderr.decode().strip()}")
+    folder.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder / "fhir_patient_generator.py"
+
+
+def run_pinned(command: list[str], core: int) -> dict[str, float]:
+    """Run a command pinned to one core, output discarded; CPU seconds (user + sys of the child,
+    from wait4), wall seconds and peak RSS in MB. A failure ends the benchmark."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=Path(command[1]).parent,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+    )
+    err = proc.stderr.read() if proc.stderr else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{err.decode()}")
+    return {
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "wall": wall,
+        "rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def bulk_command(cli: Path, count: int, output: Path) -> list[str]:
+    """The bulk NDJSON path: `--count N --format ndjson --output DIR` (a fresh DIR per run)."""
+    base = [sys.executable, str(cli), "--count", str(count), "--seed", str(SEED), "--as-of"]
+    return [*base, AS_OF, "--format", "ndjson", "--output", str(output), "--quiet"]
+
+
+def startup_command(cli: Path) -> list[str]:
+    """Start-up: one patient to stdout (imports, reference data, plan, renderer, one record)."""
+    return [sys.executable, str(cli), "--count", "1", "--seed", str(SEED), "--as-of", AS_OF]
+
+
+def baseline(rev: str, count: int, core: int, repeats: int) -> None:
+    """This tree's CLI and rev's CLI on the bulk NDJSON path and at start-up, interleaved,
+    pinned to one core; rates are patients per CPU second of the whole process (start-up
+    included), so other tenants of the VM cost wall time but not the figure."""
+    sides = {"this tree": CLI}
+    with tempfile.TemporaryDirectory(prefix="metriccare-baseline-") as tmp:
+        folder = Path(tmp)
+        sides[rev] = materialise(rev, folder / "rev")
+        bulk: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+        start: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+        for k in range(max(repeats, STARTUP_REPEATS)):
+            for side, cli in sides.items():
+                if k < repeats:
+                    out = folder / f"out-{k}"
+                    bulk[side].append(run_pinned(bulk_command(cli, count, out), core))
+                    shutil.rmtree(out)
+                if k < STARTUP_REPEATS:
+                    start[side].append(run_pinned(startup_command(cli), core))
+            print(f"  round {k + 1} done", file=sys.stderr)
+
+    def rate(runs: list[dict[str, float]]) -> tuple[float, float]:
+        per = [count / r["cpu"] for r in runs]
+        return statistics.median(per), max(per)
+
+    print(*environment(), sep="\n")
+    print(
+        f"- Command: `python benchmarks/throughput.py --baseline {rev} --count {count}` "
+        f"(core {core}, {repeats} interleaved runs of each side)\n"
+    )
+    print(
+        "| Side | Bulk NDJSON patients/CPU-s (median) | best | vs baseline (median) | "
+        "Peak RSS (MB) | Start-up `--count 1` CPU s (median) | wall s (median) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    base_median, _ = rate(bulk[rev])
+    for side in sides:
+        median, best = rate(bulk[side])
+        rss = max(r["rss_mb"] for r in bulk[side])
+        cpu0 = statistics.median(r["cpu"] for r in start[side])
+        wall0 = statistics.median(r["wall"] for r in start[side])
+        print(
+            f"| {side} | {median:,.0f} | {best:,.0f} | {median / base_median:.2f}x | "
+            f"{rss:.0f} | {cpu0:.3f} | {wall0:.3f} |"
+        )
+    pairs = [b["cpu"] / a["cpu"] for a, b in zip(bulk["this tree"], bulk[rev], strict=True)]
+    print(
+        f"\nBulk row: `--count {count:,} --format ndjson --output DIR`, whole process, rate = "
+        "patients / (user + sys CPU seconds of the child, wait4). Ratio of each interleaved "
+        f"pair (baseline CPU / ours): {', '.join(f'{p:.2f}' for p in pairs)}; "
+        f"median {statistics.median(pairs):.2f}x."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the benchmark, the RSS check, or one child mode."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -494,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-file", action="store_true", help="--rss-check: per-file JSON bronze")
     p.add_argument("--living", action="store_true", help="a one-day batch vs the snapshot (1M)")
     p.add_argument("--encounters", action="store_true", help="with stays vs without (200,000)")
+    p.add_argument("--baseline", metavar="REV", help="this tree beside git revision REV")
+    p.add_argument("--core", type=int, default=0, help="--baseline: the core to pin to")
+    p.add_argument("--repeats", type=int, default=BASELINE_REPEATS, help="--baseline: runs")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -503,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         rss_check(args.count or 10_000_000, args.target, args.per_file)
     elif args.encounters:
         encounters(args.count or (20_000 if args.quick else 200_000))
+    elif args.baseline:
+        baseline(args.baseline, args.count or 400_000, args.core, args.repeats)
     elif args.living:
         living(args.count or (100_000 if args.quick else 1_000_000))
     else:
