@@ -3240,7 +3240,7 @@ CONFIRMED = {
 
 def _stay_uuid(index: int, k: int, keys: tuple[int, tuple[int, int, int]]) -> str:
     add, mul = keys
-    return _uuid_bytes(_mix_uuid((index * MAX_STAYS + k + add) & M122, mul)).decode()
+    return _uuid_bytes(index * MAX_STAYS + k, add, mul).decode()
 
 
 def encounter_id(plan: Plan, index: int, k: int) -> str:
