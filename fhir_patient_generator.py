@@ -3921,7 +3921,7 @@ def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, Stay
 
     def render(i: int) -> tuple[bytes, StayLines]:
         s = _sample_tuple(plan, i)  # one sample for the patient and its stays
-        patient = write(i, s, meta_v1)  # type: ignore[arg-type]
+        patient = write((i,), (s,), (meta_v1,))[0]  # type: ignore[arg-type]
         cell, died = s[at_cell], s[at_died]  # Sample's fields by position (the hot path)
         if died < 0:  # stays()'s own first test, inlined (_stay_count_draw): most patients
             h = hasher.copy()
