@@ -5627,7 +5627,8 @@ def _bad_layer_field(block: Mapping[str, Any]) -> tuple[str, str] | None:
 def _layer_options(options: Any) -> dict[str, Any]:
     """A layer's options as its manifest holds them, if they are the canonical set this version
     writes (make_plan takes them as they are); ValueError saying what is wrong otherwise."""
-    if not isinstance(options, dict) or set(options) != set(OPTION_DEFAULTS):
+    optional = {"encounters"}  # recorded only when on (normalise_options leaves it out)
+    if not isinstance(options, dict) or not set(OPTION_DEFAULTS) - optional <= set(options):
         raise ValueError(f"it must be an object of {', '.join(OPTION_DEFAULTS)}")
     try:
         canonical = normalise_options(**options)
