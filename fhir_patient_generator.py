@@ -53,46 +53,30 @@ __version__ = "1.0.0"
 
 # The public API: exactly the README's API table.
 __all__ = [
-    "FHIR_VERSIONS",
-    "FORMATS",
-    "PROFILES",
     "Bronze",
     "BronzeError",
     "Faults",
     "Plan",
-    "Reference",
-    "Sample",
     "Version",
     "Window",
-    "Stay",
     "build_record",
     "changes",
-    "condition_record",
     "continue_layer",
-    "draw_seed",
-    "encounter_record",
     "generate_patient",
     "generate_patients",
     "history",
     "json_renderer",
-    "load_reference",
     "main",
     "make_plan",
     "ndjson_chunks",
-    "normalise_options",
     "organization_record",
-    "parse_as_of",
     "patient_id",
-    "patient_mrn",
-    "population_size",
-    "sample",
     "snapshot",
     "stay_json",
     "stays",
     "suggested_s3_key",
     "to_json",
     "version_json",
-    "version_record",
     "write_bronze",
 ]
 
@@ -100,15 +84,15 @@ __all__ = [
 # Constants: every default is defined here once; the API, argparse and the help text use them
 # ---------------------------------------------------------------------------------------------
 
-MAX_AGE = 110  # the life table's last row; nobody older is generated
-MAX_INDEX = 10**10 - 1  # MRNs are ten digits, one per index
-MAX_SEED = (1 << 64) - 1
-DEFAULT_BUCKET = "metriccare-dev"
-DEFAULT_PREFIX = "bronze/patient"
+_MAX_AGE = 110  # the life table's last row; nobody older is generated
+_MAX_INDEX = 10**10 - 1  # MRNs are ten digits, one per index
+_MAX_SEED = (1 << 64) - 1
+_DEFAULT_BUCKET = "metriccare-dev"
+_DEFAULT_PREFIX = "bronze/patient"
 # Generation options (make_plan's keyword arguments) and their defaults; None = not set.
-OPTION_DEFAULTS: Mapping[str, Any] = {
+_OPTION_DEFAULTS: Mapping[str, Any] = {
     "min_age": 0,
-    "max_age": MAX_AGE,
+    "max_age": _MAX_AGE,
     "states": None,  # the 50 states + DC
     "lookback_years": 3.0,
     "mortality_rate": None,  # the life table
@@ -116,47 +100,47 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
     "fhir_version": "R4",  # what every written resource is valid in (FHIR_VERSIONS)
     "encounters": False,  # each patient's inpatient stays too (recorded only when on)
 }
-DEFAULT_FORMAT = "json"
-DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~81 MB plain, ~11 MB gzip) and work unit
-DEFAULT_CONCURRENCY = 16  # concurrent S3 uploads per process
-DEFAULT_GZIP_LEVEL = 1  # measured: level 6 halves NDJSON throughput for ~15% smaller files
-DEFAULT_WORKERS = 1
+_DEFAULT_FORMAT = "json"
+_DEFAULT_RECORDS_PER_FILE = 100_000  # NDJSON roll-over (~81 MB plain, ~11 MB gzip) and work unit
+_DEFAULT_CONCURRENCY = 16  # concurrent S3 uploads per process
+_DEFAULT_GZIP_LEVEL = 1  # measured: level 6 halves NDJSON throughput for ~15% smaller files
+_DEFAULT_WORKERS = 1
 
-MRN_SYSTEM = "MetricCare-MRN"  # the seed README's identifier namespace
-ORG_SYSTEM = "urn:metriccare:organization"
+_MRN_SYSTEM = "MetricCare-MRN"  # the seed README's identifier namespace
+_ORG_SYSTEM = "urn:metriccare:organization"
 # CMS Certification Number: the preferred URI of HL7 Terminology's NamingSystem "CCN" (active
 # since 2021-11-01; OID 2.16.840.1.113883.4.336), the system Da Vinci HRex pins for CCNs.
-CCN_SYSTEM = "http://terminology.hl7.org/NamingSystem/CMSCertificationNumber"
+_CCN_SYSTEM = "http://terminology.hl7.org/NamingSystem/CMSCertificationNumber"
 # The CMS hospital types patients are managed by (README "Places and hospitals" says why):
 # general hospitals for everyone, children's hospitals as one more candidate under CHILD_AGE.
 # Psychiatric, VA, DoD, long-term and rural emergency hospitals are never used.
-GENERAL_HOSPITAL_TYPES = ("Acute Care Hospitals", "Critical Access Hospitals")
-CHILDREN_HOSPITAL_TYPE = "Childrens"
-CHILD_AGE = 18  # younger patients may go to a children's hospital
-CANDIDATES = 11  # hospital_candidates.csv slots per ZIP: 10 general hospitals, then the children's
-MAX_ID = 64  # FHIR id length
+_GENERAL_HOSPITAL_TYPES = ("Acute Care Hospitals", "Critical Access Hospitals")
+_CHILDREN_HOSPITAL_TYPE = "Childrens"
+_CHILD_AGE = 18  # younger patients may go to a children's hospital
+_CANDIDATES = 11  # hospital_candidates.csv slots per ZIP: 10 general hospitals, then the children's
+_MAX_ID = 64  # FHIR id length
 # US Core Patient (5.0.1 and later; docs/us-core.md cites the pages these facts come from)
-US_CORE_PATIENT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
-US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
-US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
-US_CORE_BIRTHSEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
-CDC_RACE_SYSTEM = "urn:oid:2.16.840.1.113883.6.238"  # CDC Race & Ethnicity (CDCREC)
-HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino": the preferred language depends on it
+_US_CORE_PATIENT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
+_US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+_US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+_US_CORE_BIRTHSEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
+_CDC_RACE_SYSTEM = "urn:oid:2.16.840.1.113883.6.238"  # CDC Race & Ethnicity (CDCREC)
+_HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino": the preferred language depends on it
 # Identifier.system must be a URI under us-core; same namespace scheme as ORG_SYSTEM. The cms
 # profile keeps MRN_SYSTEM for backward compatibility; the MRN value is the same in both.
-US_CORE_MRN_SYSTEM = "urn:metriccare:mrn"
-HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino"
-OTHER_RACE_CODE = "2131-1"  # Census "Some Other Race": text only, no ombCategory (docs/us-core.md)
-OTHER_RACE_TEXT = "Other Race"
-TWO_OR_MORE_TEXT = "Two or more races"
+_US_CORE_MRN_SYSTEM = "urn:metriccare:mrn"
+_HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino"
+_OTHER_RACE_CODE = "2131-1"  # Census "Some Other Race": text only, no ombCategory (docs/us-core.md)
+_OTHER_RACE_TEXT = "Other Race"
+_TWO_OR_MORE_TEXT = "Two or more races"
 # Shares of FHIR gender codes beyond sex. Modelling choices, not Census statistics: the Census
 # age x sex table has only male and female. Small, so sex-based metrics stay close to the table.
-GENDER_OTHER_SHARE = 0.003
-GENDER_UNKNOWN_SHARE = 0.001
+_GENDER_OTHER_SHARE = 0.003
+_GENDER_UNKNOWN_SHARE = 0.001
 
 # load_reference's default: reference_data/ beside the module in a clone, or the folder a wheel
 # installs beside it (pyproject.toml maps reference_data/ to fhir_patient_generator_data/).
-DATA_DIR = next(
+_DATA_DIR = next(
     (
         folder
         for name in ("reference_data", "fhir_patient_generator_data")
@@ -164,24 +148,24 @@ DATA_DIR = next(
     ),
     Path(__file__).resolve().with_name("reference_data"),
 )
-SECONDS_PER_YEAR = 365.2425 * 86400
-SEXES = ("male", "female")  # the Census and life-table sexes, in cell order
-LIFE_TABLE = ("qx", "mx", "ax")  # the life-table columns read, per sex
+_SECONDS_PER_YEAR = 365.2425 * 86400
+_SEXES = ("male", "female")  # the Census and life-table sexes, in cell order
+_LIFE_TABLE = ("qx", "mx", "ax")  # the life-table columns read, per sex
 
 # ---------------------------------------------------------------------------------------------
 # Reference data (reference_data/*.csv; sources and licences in reference_data/SOURCES.md)
 # ---------------------------------------------------------------------------------------------
 
 
-ZipRow = tuple[str, str, str, str]  # (ZIP, city, county, state)
+_ZipRow = tuple[str, str, str, str]  # (ZIP, city, county, state)
 
 
 @dataclass(frozen=True)
-class Reference:
+class _Reference:
     """The US reference tables, read once from a data directory and never changed."""
 
     states: tuple[tuple[str, str, int, bool], ...]  # (code, name, population, territory)
-    zips: tuple[ZipRow, ...]  # in ZIP order
+    zips: tuple[_ZipRow, ...]  # in ZIP order
     state_zips: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]  # positions, cum. pop.
     hospitals: tuple[Mapping[str, str], ...]  # every CMS hospital with its "id", CMS order
     hospital_cand: array  # ZIP z's candidates: slots CANDIDATES*z.. (positions in hospitals)
@@ -203,10 +187,10 @@ class Reference:
     race_cum: Mapping[str, tuple[tuple[int, ...], ...]]  # state -> [race slot] -> cumulative
 
 
-def load_reference(data_dir: str | Path | None = None) -> Reference:
+def _load_reference(data_dir: str | Path | None = None) -> _Reference:
     """The reference tables in data_dir (default DATA_DIR: reference_data/ next to this module,
     or its installed copy)."""
-    return _load_reference(Path(data_dir or DATA_DIR).resolve())
+    return _read_reference(Path(data_dir or _DATA_DIR).resolve())
 
 
 def _csv_rows(data_dir: Path, name: str) -> list[dict[str, str]]:
@@ -245,7 +229,7 @@ def _ints(texts: Iterable[str]) -> list[int]:
 
 
 @functools.cache
-def _load_reference(data_dir: Path) -> Reference:
+def _read_reference(data_dir: Path) -> _Reference:
     def rows(name: str) -> list[dict[str, str]]:
         return _csv_rows(data_dir, name)
 
@@ -256,7 +240,9 @@ def _load_reference(data_dir: Path) -> Reference:
     zips, state_zips = _zips(data_dir)
     hospitals = _hospitals(rows("hospitals.csv"))
     life = rows("life_table_hmd2022_full.csv")
-    column = {c: {s: tuple(float(r[f"{c}_{s}"]) for r in life) for s in SEXES} for c in LIFE_TABLE}
+    column = {
+        c: {s: tuple(float(r[f"{c}_{s}"]) for r in life) for s in _SEXES} for c in _LIFE_TABLE
+    }
     national = rows("languages.csv")
     race: dict[str, list[tuple[str, str, str, str, int]]] = {}
     for r in rows("race_ethnicity_by_state.csv"):
@@ -264,7 +250,7 @@ def _load_reference(data_dir: Path) -> Reference:
             (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
         )
     joint = _joint_population(data_dir, race)
-    return Reference(
+    return _Reference(
         states=states,
         zips=zips,
         state_zips=state_zips,
@@ -286,7 +272,7 @@ def _load_reference(data_dir: Path) -> Reference:
     )
 
 
-def _zips(data_dir: Path) -> tuple[tuple[ZipRow, ...], dict[str, tuple[tuple[int, ...], ...]]]:
+def _zips(data_dir: Path) -> tuple[tuple[_ZipRow, ...], dict[str, tuple[tuple[int, ...], ...]]]:
     """zips.csv with county names (counties.csv), and per state its ZIPs' positions and
     cumulative populations (a ZIP is drawn in proportion to its population within the state)."""
     counties = _csv_columns(data_dir, "counties.csv")
@@ -319,7 +305,7 @@ def _slug(text: str) -> str:
 def _org_id(state: str, name: str, *suffix: str) -> str:
     """org-<state>-<name slug>[-<suffix>...], the name cut at a word boundary to fit MAX_ID."""
     head, tail = f"org-{state.lower()}-", "".join("-" + _slug(p) for p in suffix)
-    room, name = MAX_ID - len(head) - len(tail), _slug(name)
+    room, name = _MAX_ID - len(head) - len(tail), _slug(name)
     if len(name) > room:
         cut = name[:room]
         name = (cut[: cut.rindex("-")] if name[room] != "-" and "-" in cut else cut).rstrip("-")
@@ -352,7 +338,7 @@ def _interleave(columns: list[list[int]]) -> list[int]:
 
 
 def _hospital_candidates(
-    data_dir: Path, zips: tuple[ZipRow, ...], hospitals: tuple[Mapping[str, str], ...]
+    data_dir: Path, zips: tuple[_ZipRow, ...], hospitals: tuple[Mapping[str, str], ...]
 ) -> dict[str, array]:
     """hospital_candidates.csv (tools/build_reference.py) as two flat arrays, CANDIDATES slots
     per ZIP in zips.csv order: the 10 nearest general hospitals in any state, then the
@@ -363,7 +349,7 @@ def _hospital_candidates(
     if codes != [z[0] for z in zips]:
         raise ValueError("hospital_candidates.csv does not list zips.csv's ZIPs: rebuild it")
     by_ccn = {h["ccn"]: i for i, h in enumerate(hospitals)}
-    width = CANDIDATES - 1
+    width = _CANDIDATES - 1
     general_slots = list(map(by_ccn.__getitem__, " ".join(general).split()))
     general_weights = _ints(weights)
     if len(general_slots) != width * len(codes) or len(general_weights) != len(general_slots):
@@ -384,7 +370,7 @@ def _hospital_candidates(
 
 # ACS C16001 language group -> the B16001 variables (languages.csv rows) it is made of; "und"
 # (languages.csv's residual of grouped categories) has a part in five of the groups.
-C16001_GROUPS: Mapping[str, tuple[str, ...]] = {
+_C16001_GROUPS: Mapping[str, tuple[str, ...]] = {
     "C16001_002E": ("B16001_002E",),  # English only
     "C16001_003E": ("B16001_003E",),  # Spanish
     "C16001_006E": ("B16001_006E", "B16001_009E"),  # French (incl. Cajun), Haitian
@@ -420,14 +406,14 @@ def _within_group_shares(
     scale = sum(detail.values()) / sum(groups.values())
     gaps = {
         g: max(0.0, groups[g] * scale - sum(detail.get(v, 0.0) for v in m if v != "und"))
-        for g, m in C16001_GROUPS.items()
+        for g, m in _C16001_GROUPS.items()
         if "und" in m
     }
     if not any(gaps.values()):
         gaps = dict.fromkeys(gaps, 1.0)
     gap_total = sum(gaps.values())
     out = {}
-    for g, members in C16001_GROUPS.items():
+    for g, members in _C16001_GROUPS.items():
         counts = {
             v: detail.get("und", 0.0) * gaps[g] / gap_total if v == "und" else detail.get(v, 0.0)
             for v in members
@@ -453,7 +439,7 @@ def _language_group_shares(
     state_detail: dict[str, dict[str, float]] = {}
     for r in detail:
         state_detail.setdefault(r["state"], {})[_language_key(r)] = float(r["speakers"])
-    nat_groups = {g: sum(gs[g] for gs in groups.values()) for g in C16001_GROUPS}
+    nat_groups = {g: sum(gs[g] for gs in groups.values()) for g in _C16001_GROUPS}
     nat_shares = _within_group_shares(nat_groups, nat_detail)
     out = {
         st: _within_group_shares(groups[st], state_detail[st])
@@ -465,7 +451,7 @@ def _language_group_shares(
 
 
 # language_lep.csv's age bands (ACS B16004); children under 5 follow 5-17
-LANGUAGE_BANDS = ("5-17", "18-64", "65+")
+_LANGUAGE_BANDS = ("5-17", "18-64", "65+")
 
 
 def _lep_scale(
@@ -479,8 +465,8 @@ def _lep_scale(
     for r in lep:
         if r["state"] not in people:
             continue
-        share = sum(int(r[g]) for g in C16001_GROUPS if g in r) / 1e9
-        ours = people[r["state"]][LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")]
+        share = sum(int(r[g]) for g in _C16001_GROUPS if g in r) / 1e9
+        ours = people[r["state"]][_LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")]
         t = acs.setdefault(r["state"], [0.0, 0.0, 0.0, 0.0])
         t[0] += share * float(r["population"])
         t[1] += float(r["population"])
@@ -509,7 +495,7 @@ def _language_cum(
     tools/build_reference.py from ACS 2018 C16001, B16004, B16006 and B01001I), the second the
     group's speakers (_language_group_shares). States without a row (PR) use the US rows."""
     keys = [_language_key(r) for r in national]
-    english = C16001_GROUPS["C16001_002E"][0]
+    english = _C16001_GROUPS["C16001_002E"][0]
     shares = _language_group_shares(by_state, detail, national, states)
     scale = _lep_scale(lep, people)
     cells: dict[str, list[tuple[int, ...]]] = {}
@@ -517,13 +503,13 @@ def _language_cum(
         if r["state"] not in shares:
             continue
         p, k = dict.fromkeys(keys, 0.0), scale.get(r["state"], 1.0)
-        for g, members in C16001_GROUPS.items():
+        for g, members in _C16001_GROUPS.items():
             if g in r:
                 for v in members:
                     p[v] += k * int(r[g]) * shares[r["state"]][g][v]
-        p[english] = 1e9 - k * sum(int(r[g]) for g in C16001_GROUPS if g in r)
-        at = LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")
-        cells.setdefault(r["state"], [()] * 2 * len(LANGUAGE_BANDS))[at] = _cumulative(
+        p[english] = 1e9 - k * sum(int(r[g]) for g in _C16001_GROUPS if g in r)
+        at = _LANGUAGE_BANDS.index(r["age_band"]) * 2 + (r["hispanic"] == "Y")
+        cells.setdefault(r["state"], [()] * 2 * len(_LANGUAGE_BANDS))[at] = _cumulative(
             round(p[k]) for k in keys
         )
     return {st: tuple(cells[st] if st in cells else cells["US"]) for st in states}
@@ -532,18 +518,18 @@ def _language_cum(
 # mortality_by_race.csv group of a race_ethnicity_by_state.csv row: Hispanic rows are "latino",
 # non-Hispanic ones by race code; GBD's "asian" includes Pacific Islanders; Census "Some Other
 # Race" and "Two or more races" have no GBD group and keep the total's rate (ratio 1).
-RACE_GROUPS: Mapping[str, str] = {
+_RACE_GROUPS: Mapping[str, str] = {
     "2106-3": "white", "2054-5": "black", "1002-5": "aian", "2028-9": "asian", "2076-8": "asian",
     "2131-1": "total", "": "total",
 }  # fmt: skip
-RACE_RATE_YEAR = "2019"  # mortality_by_race.csv's GBD rows: all five groups
-RACE_BANDS = (0, 5, 10, 15, 18, 20, 25, 30, 35, 45, 55, 65, 75, 85)  # ACS B01001A-I age bands
+_RACE_RATE_YEAR = "2019"  # mortality_by_race.csv's GBD rows: all five groups
+_RACE_BANDS = (0, 5, 10, 15, 18, 20, 25, 30, 35, 45, 55, 65, 75, 85)  # ACS B01001A-I age bands
 
 
 def _race_slot(age: int, sex: str, dead: bool) -> int:
     """The race table of a registry cell: (dead, sex, ACS band) in race_by_state_age.csv order."""
-    band = bisect.bisect_right(RACE_BANDS, age) - 1
-    return (dead * len(SEXES) + SEXES.index(sex)) * len(RACE_BANDS) + band
+    band = bisect.bisect_right(_RACE_BANDS, age) - 1
+    return (dead * len(_SEXES) + _SEXES.index(sex)) * len(_RACE_BANDS) + band
 
 
 def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str, Any]:
@@ -558,7 +544,7 @@ def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str
         living.setdefault(r["state"], {})[r["sex"]] = tuple(map(int, r["people"].split()))
     smr = {r["state"]: float(r["smr"]) for r in _csv_rows(data_dir, "state_mortality.csv")}
     ratio_by_state: dict[str, dict[str, tuple[float, ...]]] = {st: {} for st in living}
-    for sex in SEXES:
+    for sex in _SEXES:
         people = [sum(ages) for ages in zip(*(living[st][sex] for st in smr), strict=True)]
         weighted = [
             sum(ages)
@@ -572,10 +558,10 @@ def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str
     rates = {
         r["group"]: float(r["age_standardized_death_rate_per_100k"])
         for r in _csv_rows(data_dir, "mortality_by_race.csv")
-        if r["year"] == RACE_RATE_YEAR
+        if r["year"] == _RACE_RATE_YEAR
     }
     race_ratio = tuple(
-        rates["latino" if eth_code == HISPANIC_CODE else RACE_GROUPS[code]] / rates["total"]
+        rates["latino" if eth_code == _HISPANIC_CODE else _RACE_GROUPS[code]] / rates["total"]
         for _, code, _, eth_code in rows
     )
     per_mille = tuple(round(1000 * k) for k in race_ratio)
@@ -590,7 +576,7 @@ def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str
         weights = flat[k * n : k * n + n]
         living_cum.setdefault(st, []).append(tuple(accumulate(weights)))
         dead_cum.setdefault(st, []).append(tuple(accumulate(map(operator.mul, weights, per_mille))))
-    slots = len(SEXES) * len(RACE_BANDS)  # living tables per state (as many dead ones)
+    slots = len(_SEXES) * len(_RACE_BANDS)  # living tables per state (as many dead ones)
     for st, tables in living_cum.items():
         if tuple(row[:4] for row in race[st]) != rows or len(tables) != slots:
             raise ValueError(f"race tables of {st} do not follow race_ethnicity_by_state.csv")
@@ -606,11 +592,11 @@ def _joint_population(data_dir: Path, race: Mapping[str, list[Any]]) -> dict[str
 def _language_people(joint: Mapping[str, Any]) -> dict[str, list[float]]:
     """state -> the generator's living people 5+ by language cell (band * 2 + Hispanic): its
     state age x sex table and the race rows drawn for each (sex, age band)."""
-    hispanic = [row[3] == HISPANIC_CODE for row in joint["race_rows"]]
+    hispanic = [row[3] == _HISPANIC_CODE for row in joint["race_rows"]]
     out: dict[str, list[float]] = {}
     for st, by_sex in joint["state_age_sex"].items():
-        cells = out.setdefault(st, [0.0] * 2 * len(LANGUAGE_BANDS))
-        for sex in SEXES:
+        cells = out.setdefault(st, [0.0] * 2 * len(_LANGUAGE_BANDS))
+        for sex in _SEXES:
             for age in range(5, len(by_sex[sex])):
                 cum = joint["race_cum"][st][_race_slot(age, sex, False)]
                 share = (
@@ -630,14 +616,14 @@ def _expand_open_age(
     out = [(int(r["age"]), int(r["male"]), int(r["female"])) for r in rows if r["age"] != "100+"]
     top = next(r for r in rows if r["age"] == "100+")
     split: dict[str, list[int]] = {}
-    for sex in SEXES:
+    for sex in _SEXES:
         alive, survivors = 1.0, []
-        for age in range(100, MAX_AGE + 1):
+        for age in range(100, _MAX_AGE + 1):
             survivors.append(alive)
             alive *= 1.0 - qx[sex][age]
         total, count = sum(survivors), int(top[sex])
         split[sex] = [round(count * s / total) for s in survivors]
-    out += [(100 + k, split["male"][k], split["female"][k]) for k in range(MAX_AGE - 99)]
+    out += [(100 + k, split["male"][k], split["female"][k]) for k in range(_MAX_AGE - 99)]
     return tuple(out)
 
 
@@ -645,12 +631,12 @@ def _expand_open_age(
 # Draws: one keyed hash per patient gives every random bit; integer weights make picks exact
 # ---------------------------------------------------------------------------------------------
 
-M32 = (1 << 32) - 1
-M122 = (1 << 122) - 1
-M34 = (1 << 34) - 1
+_M32 = (1 << 32) - 1
+_M122 = (1 << 122) - 1
+_M34 = (1 << 34) - 1
 
 
-class Draws(NamedTuple):
+class _Draws(NamedTuple):
     """The sixteen 32-bit uniform draws of patient #i (slot k = bits 32k..32k+31 of its hash).
 
     The one table of which slot feeds what: the record's fields (and which profile reads them)
@@ -681,7 +667,7 @@ class Draws(NamedTuple):
     entered_in_error: int  # a joiner: entered in error (deleted later) below _Dynamics.error_cut
 
 
-_DRAW_BYTES = struct.Struct(f"<{len(Draws._fields)}I")
+_DRAW_BYTES = struct.Struct(f"<{len(_Draws._fields)}I")
 assert _DRAW_BYTES.size == 64, "one 512-bit BLAKE2b digest holds the draws"
 
 
@@ -700,7 +686,7 @@ def _draw_table(tag: bytes) -> Callable[[type], type]:
 
     def register(table: type) -> type:
         fields = getattr(table, "_fields", None)
-        assert fields is not None and len(fields) <= len(Draws._fields), "16 draws per hash"
+        assert fields is not None and len(fields) <= len(_Draws._fields), "16 draws per hash"
         assert len(tag) >= 5 and b"|" not in tag and tag not in _DRAW_TABLES, tag
         _DRAW_TABLES[tag] = table
         table.tag = tag  # type: ignore[attr-defined]
@@ -719,7 +705,7 @@ def _stream(plan: Plan, table: type[Any], index: int, *k: int) -> Any:
 
 
 @_draw_table(b"patient-2")
-class MoreDraws(NamedTuple):
+class _MoreDraws(NamedTuple):
     """Patient #i's next sixteen draws, for fields added after Draws was full: _stream(plan,
     MoreDraws, i), one more hash computed only for the fields that read it. Append a field
     here (with what it feeds and which profile reads it); never reorder or remove one (retire
@@ -758,11 +744,11 @@ def _uuid_bytes(index: int, add: int, mul: tuple[int, int, int]) -> bytes:
     bijection of the 122-bit space (odd multiplies and xorshifts are invertible), its bits laid
     out as an RFC 4122 version-4 UUID by one bytes format (the hot path: no calls, no join)."""
     m1, m2, m3 = mul
-    x = ((index + add) & M122) * m1 & M122
+    x = ((index + add) & _M122) * m1 & _M122
     x ^= x >> 61
-    x = x * m2 & M122
+    x = x * m2 & _M122
     x ^= x >> 59
-    x = x * m3 & M122
+    x = x * m3 & _M122
     x ^= x >> 63
     # 48 bits, the version 4, 12 bits, the variant 0b10 and 62 bits: 8-4-4-4-12 hex digits
     return b"%08x-%04x-4%03x-%04x-%012x" % (
@@ -779,7 +765,7 @@ def _mrn_bytes(index: int, add: int, mul: int) -> bytes:
     (cycle-walking a 34-bit bijection), so MRNs never collide."""
     x = index
     while True:
-        x = (x + add) * mul & M34
+        x = (x + add) * mul & _M34
         x ^= x >> 17
         if x < 10**10:
             return b"MC-%010d" % x
@@ -817,7 +803,7 @@ def _iso_instant(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime(fmt)
 
 
-def parse_as_of(value: datetime | str | None) -> datetime:
+def _parse_as_of(value: datetime | str | None) -> datetime:
     """An aware UTC datetime from a datetime or ISO-8601 text (naive means UTC; None means now);
     ValueError outside 2010-01-01 .. 9999-12-31T23:59:59.999999 UTC (the supported range)."""
     if value is None:
@@ -835,15 +821,15 @@ def parse_as_of(value: datetime | str | None) -> datetime:
         utc = value.astimezone(UTC)
     except OverflowError:  # the offset moves it past 9999-12-31 or before 0001-01-01
         utc = None
-    if utc is None or utc.year < 1900 + MAX_AGE:
+    if utc is None or utc.year < 1900 + _MAX_AGE:
         raise ValueError(
             f"as-of {value.isoformat()} is out of range: in UTC it must fall in "
-            f"{1900 + MAX_AGE}-01-01 .. 9999-12-31"
+            f"{1900 + _MAX_AGE}-01-01 .. 9999-12-31"
         )
     return utc
 
 
-def draw_seed() -> int:
+def _draw_seed() -> int:
     """A fresh random seed (report it, so the run can be repeated)."""
     return secrets.randbits(63)
 
@@ -854,15 +840,15 @@ def draw_seed() -> int:
 
 
 @dataclass(frozen=True)
-class Profile:
+class _Profile:
     """A record profile as a value: its own tables and how it turns the cms record into its own.
 
     The registry PROFILES (end of the record section) names them; a new profile is one entry
     there plus its two functions."""
 
     name: str
-    tables: Callable[[Reference], Any]  # built once per plan, kept as plan.tables
-    record: Callable[[Plan, dict[str, Any], Sample], dict[str, Any]]  # cms record -> this one
+    tables: Callable[[_Reference], Any]  # built once per plan, kept as plan.tables
+    record: Callable[[Plan, dict[str, Any], _Sample], dict[str, Any]]  # cms record -> this one
     rendered: bool  # True: json_renderer writes it from pre-serialised fragments (cms shape)
     fhir_versions: tuple[str, ...]  # the FHIR versions its guide exists for
 
@@ -887,7 +873,7 @@ class Plan:
     last_updated: str
     state_codes: tuple[str, ...]
     state_cum: tuple[int, ...]
-    zips: tuple[ZipRow, ...]  # Reference.zips: (ZIP, city, county, state)
+    zips: tuple[_ZipRow, ...]  # Reference.zips: (ZIP, city, county, state)
     zip_index: tuple[tuple[int, ...], ...]  # by position in state_codes: positions in zips
     zip_cum: tuple[tuple[int, ...], ...]  # their cumulative populations
     hospitals: tuple[Mapping[str, str], ...]  # Reference.hospitals (all CMS rows)
@@ -914,9 +900,9 @@ class Plan:
     language_slot: tuple[int, ...]  # per cell: 2 * its age band in LANGUAGE_BANDS
     gender_other: int
     gender_unknown: int
-    profile: Profile
+    profile: _Profile
     tables: Any  # the profile's own tables (None for cms)
-    fhir_version: FhirVersion  # options["fhir_version"] resolved: its number, models, Organization
+    fhir_version: _FhirVersion  # options["fhir_version"] resolved: its number, models, Organization
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self.identity == other.identity
@@ -942,8 +928,8 @@ class Plan:
 
 
 def _check_age(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AGE:
-        raise ValueError(f"--{name} must be a whole number from 0 to {MAX_AGE}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_AGE:
+        raise ValueError(f"--{name} must be a whole number from 0 to {_MAX_AGE}, not {value!r}")
     return value
 
 
@@ -968,7 +954,7 @@ def _check_flag(name: str, value: Any) -> bool:
     return value
 
 
-def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tuple[str, ...]:
+def _normalise_states(states: str | Iterable[str] | None, ref: _Reference) -> tuple[str, ...]:
     known = {code for code, _, _, _ in ref.states}
     if states is None:
         return tuple(code for code, _, _, territory in ref.states if not territory)
@@ -987,24 +973,24 @@ def _normalise_states(states: str | Iterable[str] | None, ref: Reference) -> tup
     return tuple(code for code, _, _, _ in ref.states if code in codes)
 
 
-def normalise_options(*, data_dir: str | Path | None = None, **options: Any) -> dict[str, Any]:
+def _normalise_options(*, data_dir: str | Path | None = None, **options: Any) -> dict[str, Any]:
     """Check generation options (OPTION_DEFAULTS names them) and return all of them in canonical
     form, as manifests record them; ValueError says what is wrong."""
-    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    unknown = sorted(set(options) - set(_OPTION_DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} (known: {', '.join(OPTION_DEFAULTS)})")
-    o = {**OPTION_DEFAULTS, **options}
+        raise ValueError(f"unknown option {unknown[0]!r} (known: {', '.join(_OPTION_DEFAULTS)})")
+    o = {**_OPTION_DEFAULTS, **options}
     min_age, max_age = _check_age("min-age", o["min_age"]), _check_age("max-age", o["max_age"])
     if min_age > max_age:
         raise ValueError(f"--min-age {min_age} is greater than --max-age {max_age}")
     rate = o["mortality_rate"]
-    if o["profile"] not in PROFILES:
-        raise ValueError(f"--profile must be one of {', '.join(PROFILES)}, not {o['profile']!r}")
-    version = FHIR_VERSIONS.get(o["fhir_version"])
+    if o["profile"] not in _PROFILES:
+        raise ValueError(f"--profile must be one of {', '.join(_PROFILES)}, not {o['profile']!r}")
+    version = _FHIR_VERSIONS.get(o["fhir_version"])
     if version is None:
-        choices = ", ".join(FHIR_VERSIONS)
+        choices = ", ".join(_FHIR_VERSIONS)
         raise ValueError(f"--fhir-version must be one of {choices}, not {o['fhir_version']!r}")
-    versions = PROFILES[o["profile"]].fhir_versions
+    versions = _PROFILES[o["profile"]].fhir_versions
     if o["fhir_version"] not in versions:
         raise ValueError(
             f"--profile {o['profile']} exists for FHIR {', '.join(versions)} only, "
@@ -1013,7 +999,7 @@ def normalise_options(*, data_dir: str | Path | None = None, **options: Any) -> 
     return {
         "min_age": min_age,
         "max_age": max_age,
-        "states": _normalise_states(o["states"], load_reference(data_dir)),
+        "states": _normalise_states(o["states"], _load_reference(data_dir)),
         "lookback_years": _check_range("lookback-years", o["lookback_years"], 0, 100, True),
         "mortality_rate": None
         if rate is None
@@ -1035,11 +1021,11 @@ def make_plan(
     """Check inputs and precompute everything fixed for a run; cached for repeated calls.
 
     Options are OPTION_DEFAULTS' names; data_dir is the reference data (default: bundled)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"seed must be a whole number from 0 to 2**64-1, not {seed!r}")
-    opts = normalise_options(data_dir=data_dir, **options)
+    opts = _normalise_options(data_dir=data_dir, **options)
     where = None if data_dir is None else str(Path(data_dir).resolve())
-    return _make_plan_cached(seed, parse_as_of(as_of), tuple(opts.items()), where)
+    return _make_plan_cached(seed, _parse_as_of(as_of), tuple(opts.items()), where)
 
 
 # -- the registry: the people alive at as-of (Census) plus those who died in the look-back window
@@ -1105,16 +1091,16 @@ def _death_weights(
     live = [_live_kernel(j, lookback) for j in range(reach + 1)]
     dead = [_dead_kernel(d, lookback) for d in range(reach + 1)]
     infant = _dead_kernel(0, lookback, _infant_power(a0))
-    deaths = [0.0] * (MAX_AGE + 1)
-    for x in range(MAX_AGE, -1, -1):
-        top = min(MAX_AGE, x + reach)
+    deaths = [0.0] * (_MAX_AGE + 1)
+    for x in range(_MAX_AGE, -1, -1):
+        top = min(_MAX_AGE, x + reach)
         exposure = sum(living[a] * live[a - x] for a in range(x, top + 1))
         exposure += sum(deaths[x + d] * dead[d] for d in range(1, top - x + 1))
         deaths[x] = mx[x] * exposure / (1.0 - mx[x] * (infant if x == 0 else dead[0]))
     return deaths
 
 
-def _state_deaths(ref: Reference, lookback: float) -> dict[str, dict[str, list[float]]]:
+def _state_deaths(ref: _Reference, lookback: float) -> dict[str, dict[str, list[float]]]:
     """state -> sex -> D_s(x): the national D(x) (the recursion on the national table) shared
     among the states in proportion to k_s(x) P_s(x), their living times their mortality ratio.
     The ratios average 1 over the living at every age, so the states' deaths add up to D(x)
@@ -1122,7 +1108,7 @@ def _state_deaths(ref: Reference, lookback: float) -> dict[str, dict[str, list[f
     are m(x) k_s(x), up to the small difference between its and the nation's person-years per
     living person at that age."""
     out: dict[str, dict[str, list[float]]] = {st: {} for st in ref.state_age_sex}
-    for k, sex in enumerate(SEXES):
+    for k, sex in enumerate(_SEXES):
         national = tuple(row[1 + k] for row in ref.age_sex)
         deaths = _death_weights(national, ref.mx[sex], ref.ax[sex][0], lookback)
         per_person = [d / p if p else 0.0 for d, p in zip(deaths, national, strict=True)]
@@ -1135,7 +1121,7 @@ def _state_deaths(ref: Reference, lookback: float) -> dict[str, dict[str, list[f
 
 
 def _registry_cells(
-    ref: Reference, opts: Mapping[str, Any]
+    ref: _Reference, opts: Mapping[str, Any]
 ) -> tuple[list[tuple[int, str, bool]], list[list[int]]]:
     """The cells (age on the record, sex, dead?) for ages min..max and, per state of the run,
     their integer weights: the state's living (raked Census, state_age_sex.csv) and its dead
@@ -1153,10 +1139,10 @@ def _registry_cells(
     live_scale, dead_share, dead_total = one, float(one), 1.0  # dead: D * dead_share / dead_total
     if rate is not None:
         live_scale = round((1.0 - rate) * one)
-        dead_share = rate * sum(living[st][s][x] for st in states for s in SEXES for x in ages)
+        dead_share = rate * sum(living[st][s][x] for st in states for s in _SEXES for x in ages)
         dead_share *= one
-        dead_total = sum(deaths[st][s][x] for st in states for s in SEXES for x in ages)
-    cells = [(age, sex, dead) for age in ages for sex in SEXES for dead in (False, True)]
+        dead_total = sum(deaths[st][s][x] for st in states for s in _SEXES for x in ages)
+    cells = [(age, sex, dead) for age in ages for sex in _SEXES for dead in (False, True)]
     weights = [
         [
             living[st][sex][age] * live_scale
@@ -1171,14 +1157,14 @@ def _registry_cells(
     return cells, weights
 
 
-def _population(ref: Reference, opts: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
+def _population(ref: _Reference, opts: Mapping[str, Any], as_of: datetime) -> dict[str, Any]:
     """The registry's cells with their weights per state (and the states' totals, which draw
     the state) and what sample() needs per cell: the birth range of the living, the age-at-death
     exponent of the dead, the race tables; the window; the dates table."""
     cells, weights = _registry_cells(ref, opts)
     today = as_of.date()
     as_of_seconds = int(as_of.timestamp())
-    window_start = as_of_seconds - round(opts["lookback_years"] * SECONDS_PER_YEAR)
+    window_start = as_of_seconds - round(opts["lookback_years"] * _SECONDS_PER_YEAR)
     first_death_day = date.fromordinal(window_start // 86400 + _EPOCH_DAY)
     birth_low, birth_span, death_power = [], [], []
     for age, sex, dead in cells:
@@ -1206,14 +1192,14 @@ def _population(ref: Reference, opts: Mapping[str, Any], as_of: datetime) -> dic
 def _bijection_keys(key: bytes) -> dict[str, Any]:
     """The keyed constants of the id and MRN bijections."""
     return {
-        "uuid_add": _hash_int(key, b"uuid-add", 16) & M122,
+        "uuid_add": _hash_int(key, b"uuid-add", 16) & _M122,
         "uuid_mul": (
-            _hash_int(key, b"uuid-mul-1", 16) & M122 | 1,
-            _hash_int(key, b"uuid-mul-2", 16) & M122 | 1,
-            _hash_int(key, b"uuid-mul-3", 16) & M122 | 1,
+            _hash_int(key, b"uuid-mul-1", 16) & _M122 | 1,
+            _hash_int(key, b"uuid-mul-2", 16) & _M122 | 1,
+            _hash_int(key, b"uuid-mul-3", 16) & _M122 | 1,
         ),
-        "mrn_add": _hash_int(key, b"mrn-add", 8) & M34,
-        "mrn_mul": _hash_int(key, b"mrn-mul", 8) & M34 | 1,
+        "mrn_add": _hash_int(key, b"mrn-add", 8) & _M34,
+        "mrn_mul": _hash_int(key, b"mrn-mul", 8) & _M34 | 1,
     }
 
 
@@ -1222,13 +1208,13 @@ def _make_plan_cached(
     seed: int, as_of: datetime, options: tuple[tuple[str, Any], ...], data_dir: str | None
 ) -> Plan:
     opts = dict(options)
-    ref = load_reference(data_dir)
+    ref = _load_reference(data_dir)
     master = hashlib.blake2b(
         b"metriccare-fhir-patient/1|" + seed.to_bytes(8, "little"), digest_size=64
     ).digest()
     key = master[:32]
     state_codes = opts["states"]
-    profile = PROFILES[opts["profile"]]
+    profile = _PROFILES[opts["profile"]]
     population = _population(ref, opts, as_of)
     return Plan(
         seed=seed,
@@ -1249,36 +1235,37 @@ def _make_plan_cached(
         **_organizations(ref, state_codes),
         **population,
         hospital_slots=tuple(
-            CANDIDATES if age < CHILD_AGE else CANDIDATES - 1 for age, _, _ in population["cells"]
+            _CANDIDATES if age < _CHILD_AGE else _CANDIDATES - 1
+            for age, _, _ in population["cells"]
         ),
         race_rows=ref.race_rows,
-        race_hispanic=tuple(eth_code == HISPANIC_CODE for *_, eth_code in ref.race_rows),
+        race_hispanic=tuple(eth_code == _HISPANIC_CODE for *_, eth_code in ref.race_rows),
         languages=tuple((code, display) for code, display, _ in ref.languages),
         language_cum=tuple(t for s in state_codes for t in ref.language_cum[s]),
         language_slot=tuple(2 * _language_band(age) for age, _, _ in population["cells"]),
-        gender_other=round(GENDER_OTHER_SHARE * (1 << 32)),
-        gender_unknown=round((GENDER_OTHER_SHARE + GENDER_UNKNOWN_SHARE) * (1 << 32)),
+        gender_other=round(_GENDER_OTHER_SHARE * (1 << 32)),
+        gender_unknown=round((_GENDER_OTHER_SHARE + _GENDER_UNKNOWN_SHARE) * (1 << 32)),
         profile=profile,
         tables=profile.tables(ref),
-        fhir_version=FHIR_VERSIONS[opts["fhir_version"]],
+        fhir_version=_FHIR_VERSIONS[opts["fhir_version"]],
     )
 
 
-def _organizations(ref: Reference, state_codes: tuple[str, ...]) -> dict[str, tuple[Any, ...]]:
+def _organizations(ref: _Reference, state_codes: tuple[str, ...]) -> dict[str, tuple[Any, ...]]:
     """The run's organizations, in CMS order: every general and children's hospital of its
     states, and every hospital of another state that is a candidate of one of its ZIPs
     (candidates cross state lines), so every reference resolves."""
-    kinds, chosen = (*GENERAL_HOSPITAL_TYPES, CHILDREN_HOSPITAL_TYPE), set(state_codes)
+    kinds, chosen = (*_GENERAL_HOSPITAL_TYPES, _CHILDREN_HOSPITAL_TYPE), set(state_codes)
     cand, cum = ref.hospital_cand, ref.hospital_cum
     # slot k is drawn if its weight is positive (cum[k] > the ZIP's previous cum, or 0 at a
     # ZIP's first slot) and its ZIP is in the run: whole-array maps and compress, in C
     prev = [0, *cum[:-1]]
-    prev[::CANDIDATES] = [0] * (len(cum) // CANDIDATES)
-    in_run = bytearray(len(cum) // CANDIDATES)
+    prev[::_CANDIDATES] = [0] * (len(cum) // _CANDIDATES)
+    in_run = bytearray(len(cum) // _CANDIDATES)
     for state in state_codes:
         for z in ref.state_zips[state][0]:
             in_run[z] = 1
-    slot_in_run = itertools.chain.from_iterable(zip(*[in_run] * CANDIDATES, strict=True))
+    slot_in_run = itertools.chain.from_iterable(zip(*[in_run] * _CANDIDATES, strict=True))
     drawn = map(operator.and_, map(operator.gt, cum, prev), slot_in_run)
     used = set(itertools.compress(cand, drawn))
     index = tuple(
@@ -1292,12 +1279,12 @@ def _organizations(ref: Reference, state_codes: tuple[str, ...]) -> dict[str, tu
 # -- the profiles' tables
 
 
-def _no_tables(ref: Reference) -> None:
+def _no_tables(ref: _Reference) -> None:
     """The cms profile needs no tables beyond the plan's own."""
     return None
 
 
-class RaceTable(NamedTuple):
+class _RaceTable(NamedTuple):
     """One state's race x ethnicity rows as FHIR parts; sample() draws the row (Sample.race)."""
 
     rows: tuple[tuple[Any, ...], ...]  # (races|None, text, eth code, eth text, eth index)
@@ -1305,10 +1292,10 @@ class RaceTable(NamedTuple):
     pair_cum: tuple[tuple[int, ...], ...]
 
 
-class UsCoreTables(NamedTuple):
+class _UsCoreTables(NamedTuple):
     """What the us-core profile draws from: race x ethnicity by state, names."""
 
-    race: Mapping[str, RaceTable]  # state code -> its table
+    race: Mapping[str, _RaceTable]  # state code -> its table
     family_names: tuple[str, ...]
     family_cum: tuple[int, ...]
     given_names: Mapping[str, tuple[str, ...]]  # sex -> names
@@ -1320,7 +1307,7 @@ def _faker_table(names: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int
     return tuple(names), _cumulative(round(w * 1e9) for w in names.values())
 
 
-def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTable:
+def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> _RaceTable:
     """One state's race x Hispanic-origin rows as FHIR parts, in race_rows order.
 
     "Other Race" rows get no ombCategory (text only); "Two or more races" rows draw an unordered
@@ -1335,9 +1322,9 @@ def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTa
         if e == len(omb):
             omb.append([])
         if not race_code:  # Two or more races: the pair is drawn per record
-            races, text = None, TWO_OR_MORE_TEXT
-        elif race_code == OTHER_RACE_CODE:
-            races, text = (), OTHER_RACE_TEXT
+            races, text = None, _TWO_OR_MORE_TEXT
+        elif race_code == _OTHER_RACE_CODE:
+            races, text = (), _OTHER_RACE_TEXT
         else:
             races, text = ((race_code, race),), race
             omb[e].append((race_code, race, pop))
@@ -1347,10 +1334,10 @@ def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> RaceTa
         combos = [(a, b) for i, a in enumerate(cats) for b in cats[i + 1 :]]
         pairs.append(tuple(((a[0], a[1]), (b[0], b[1])) for a, b in combos))
         pair_cum.append(_cumulative(a[2] * b[2] for a, b in combos))
-    return RaceTable(tuple(rows), tuple(pairs), tuple(pair_cum))
+    return _RaceTable(tuple(rows), tuple(pairs), tuple(pair_cum))
 
 
-def _us_core_tables(ref: Reference) -> UsCoreTables:
+def _us_core_tables(ref: _Reference) -> _UsCoreTables:
     """Census race x Hispanic origin by state (race_ethnicity_by_state.csv) and Faker's en_US
     names."""
     from faker.providers.person.en_US import Provider as FakerPerson
@@ -1358,7 +1345,7 @@ def _us_core_tables(ref: Reference) -> UsCoreTables:
     family_names, family_cum = _faker_table(FakerPerson.last_names)
     male, male_cum = _faker_table(FakerPerson.first_names_male)
     female, female_cum = _faker_table(FakerPerson.first_names_female)
-    return UsCoreTables(
+    return _UsCoreTables(
         race={state: _race_table(rows) for state, rows in ref.race_ethnicity.items()},
         family_names=family_names,
         family_cum=family_cum,
@@ -1372,7 +1359,7 @@ def _us_core_tables(ref: Reference) -> UsCoreTables:
 # ---------------------------------------------------------------------------------------------
 
 
-class Sample(NamedTuple):
+class _Sample(NamedTuple):
     """What patient #i is, before any JSON: positions into the plan's tables, by name."""
 
     state: int  # position in plan.state_codes
@@ -1392,7 +1379,7 @@ def _death(plan: Plan, cell: int, power: float, raw: tuple[int, ...]) -> tuple[i
     """A dead cell's (birth ordinal, death instant): the instant uniform in the window, then the
     birth date that makes the calendar age at death exactly the cell's age x and floor(f * span)
     days, f = (u / 2**32)**power the part of year x lived, span = the days of that year of age."""
-    u = Draws._make(raw)
+    u = _Draws._make(raw)
     died = plan.window_start + (
         (u.death_time_low | u.death_time_high << 32) * plan.window_span >> 64
     )
@@ -1407,13 +1394,13 @@ def _death(plan: Plan, cell: int, power: float, raw: tuple[int, ...]) -> tuple[i
     return last - days, died
 
 
-_RACE_SLOT = Draws._fields.index("race")
+_RACE_SLOT = _Draws._fields.index("race")
 
 
 def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     """sample()'s values as a plain tuple in Sample's field order (the renderer's hot path)."""
-    if not 0 <= index <= MAX_INDEX:
-        raise ValueError(f"patient index must be from 0 to {MAX_INDEX}, not {index}")
+    if not 0 <= index <= _MAX_INDEX:
+        raise ValueError(f"patient index must be from 0 to {_MAX_INDEX}, not {index}")
     raw = _raw_draws(_digest(plan, index))
     # The slots this function reads, named as in Draws (a test keeps the two in step); the
     # death slots are read by _death, the us-core ones by its record function.
@@ -1439,7 +1426,7 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
     cum = plan.language_cum[s * 6 + plan.language_slot[cell] + plan.race_hispanic[race]]
     language = bisect_right(cum, u_language * cum[-1] >> 32)
     # the ZIP's candidates: slots lo..lo+9 for everyone, lo+10 (children's) under CHILD_AGE
-    cum, lo = plan.hospital_cum, z * CANDIDATES
+    cum, lo = plan.hospital_cum, z * _CANDIDATES
     hi = lo + plan.hospital_slots[cell]
     org = plan.hospital_cand[bisect_right(cum, u_organization * cum[hi - 1] >> 32, lo, hi)]
     return s, z, cell, sex, birth, gender, language, org, died, race, raw
@@ -1447,7 +1434,7 @@ def _sample_tuple(plan: Plan, index: int) -> tuple[Any, ...]:
 
 # _sample_tuple reads its slots by their Draws names (u_<name>): keep the two in step.
 assert [n for n in _sample_tuple.__code__.co_varnames if n.startswith("u_")] == [
-    "u_" + name for name in (*Draws._fields[:7], "race")
+    "u_" + name for name in (*_Draws._fields[:7], "race")
 ], "_sample_tuple's u_ names must follow the Draws table"
 
 
@@ -1456,12 +1443,12 @@ def _language_at(plan: Plan, state: int, cell: int, race: int, raw: tuple[int, .
     race row `race` (the living population draws it for a joiner's own state and age)."""
     hispanic = plan.race_hispanic[race]
     cum = plan.language_cum[state * 6 + plan.language_slot[cell] + hispanic]
-    return _pick(cum, Draws._make(raw).language)
+    return _pick(cum, _Draws._make(raw).language)
 
 
-def sample(plan: Plan, index: int) -> Sample:
+def _sample(plan: Plan, index: int) -> _Sample:
     """Patient #index's draws, mapped onto the plan's tables: one hash, no record."""
-    return Sample._make(_sample_tuple(plan, index))
+    return _Sample._make(_sample_tuple(plan, index))
 
 
 def patient_id(plan: Plan, index: int) -> str:
@@ -1469,12 +1456,12 @@ def patient_id(plan: Plan, index: int) -> str:
     return _uuid_bytes(index, plan.uuid_add, plan.uuid_mul).decode()
 
 
-def patient_mrn(plan: Plan, index: int) -> str:
+def _patient_mrn(plan: Plan, index: int) -> str:
     """Patient #index's MRN: a keyed permutation of the ten-digit numbers, so MRNs never collide."""
     return _mrn_bytes(index, plan.mrn_add, plan.mrn_mul).decode()
 
 
-class Fields(NamedTuple):
+class _Fields(NamedTuple):
     """The parts of a cms record that vary between patients, JSON-ready, in record order."""
 
     id: str
@@ -1492,7 +1479,7 @@ def _deceased(died: int) -> str:
     return _iso_instant(datetime.fromtimestamp(died, UTC))  # whole seconds: no fraction
 
 
-def _address(zip_row: ZipRow) -> list[dict[str, str]]:
+def _address(zip_row: _ZipRow) -> list[dict[str, str]]:
     """A real ZIP's address: GeoNames place name, Census county, state, ZIP (no street line)."""
     code, city, county, state = zip_row
     return [
@@ -1527,12 +1514,12 @@ def _meta(version: int, last_updated: str) -> dict[str, str]:
     return {"versionId": str(version), "lastUpdated": last_updated}
 
 
-def _fields(plan: Plan, index: int, s: Sample, meta: dict[str, str] | None = None) -> Fields:
+def _fields(plan: Plan, index: int, s: _Sample, meta: dict[str, str] | None = None) -> _Fields:
     """Patient #index's varying parts from its sample (version 1 at as-of unless `meta`)."""
-    return Fields(
+    return _Fields(
         id=patient_id(plan, index),
         meta=meta or _meta(1, plan.last_updated),
-        mrn=patient_mrn(plan, index),
+        mrn=_patient_mrn(plan, index),
         gender=s.gender,
         birth_date=_date_text(plan, s.birth),
         deceased=None if s.died < 0 else _deceased(s.died),
@@ -1542,7 +1529,7 @@ def _fields(plan: Plan, index: int, s: Sample, meta: dict[str, str] | None = Non
     )
 
 
-def _assemble(plan: Plan, f: Fields) -> dict[str, Any]:
+def _assemble(plan: Plan, f: _Fields) -> dict[str, Any]:
     """The cms Patient's shape, in FHIR element order: the one place it is written down
     (json_renderer derives its byte template from it, by field name)."""
     record: dict[str, Any] = {
@@ -1562,7 +1549,7 @@ def _assemble(plan: Plan, f: Fields) -> dict[str, Any]:
                     ],
                     "text": "Medical Record Number",
                 },
-                "system": MRN_SYSTEM,
+                "system": _MRN_SYSTEM,
                 "value": f.mrn,
             }
         ],
@@ -1580,20 +1567,20 @@ def _assemble(plan: Plan, f: Fields) -> dict[str, Any]:
 
 def build_record(plan: Plan, index: int) -> dict[str, Any]:
     """Patient #index of the plan as a plain dict: the canonical form every writer serialises."""
-    s = sample(plan, index)
+    s = _sample(plan, index)
     return plan.profile.record(plan, _assemble(plan, _fields(plan, index, s)), s)
 
 
-def _cms_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]:
+def _cms_record(plan: Plan, record: dict[str, Any], s: _Sample) -> dict[str, Any]:
     """The cms profile is the seed's record as assembled."""
     return record
 
 
-def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, Any]:
+def _us_core_record(plan: Plan, record: dict[str, Any], s: _Sample) -> dict[str, Any]:
     """The cms record plus US Core's parts, in FHIR element order (the race row is Sample.race;
     draws race_pair..family_name)."""
-    t: UsCoreTables = plan.tables
-    u, race_table = Draws._make(s.draws), t.race[plan.state_codes[s.state]]
+    t: _UsCoreTables = plan.tables
+    u, race_table = _Draws._make(s.draws), t.race[plan.state_codes[s.state]]
     races, text, eth_code, eth_display, e = race_table.rows[s.race]
     if races is None:  # Two or more races
         races = race_table.pairs[e][_pick(race_table.pair_cum[e], u.race_pair)]
@@ -1601,31 +1588,31 @@ def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, 
     family = t.family_names[_pick(t.family_cum, u.family_name)]
     # Codings carry no display: the required text says it, and records stay nearer 1.5 KB.
     race = [
-        {"url": "ombCategory", "valueCoding": {"system": CDC_RACE_SYSTEM, "code": c}}
+        {"url": "ombCategory", "valueCoding": {"system": _CDC_RACE_SYSTEM, "code": c}}
         for c, _ in races
     ]
     race.append({"url": "text", "valueString": text})
     identifier = record["identifier"]
-    identifier[0]["system"] = US_CORE_MRN_SYSTEM
+    identifier[0]["system"] = _US_CORE_MRN_SYSTEM
     out: dict[str, Any] = {
         "resourceType": "Patient",
         "id": record["id"],
-        "meta": {**record["meta"], "profile": [US_CORE_PATIENT]},
+        "meta": {**record["meta"], "profile": [_US_CORE_PATIENT]},
         # Extension's element order is id, extension, url, value[x]: a complex extension's
         # `extension` comes before its `url`, as fhir.resources writes it (same JSON round trip).
         "extension": [
-            {"extension": race, "url": US_CORE_RACE},
+            {"extension": race, "url": _US_CORE_RACE},
             {
                 "extension": [
                     {
                         "url": "ombCategory",
-                        "valueCoding": {"system": CDC_RACE_SYSTEM, "code": eth_code},
+                        "valueCoding": {"system": _CDC_RACE_SYSTEM, "code": eth_code},
                     },
                     {"url": "text", "valueString": eth_display},
                 ],
-                "url": US_CORE_ETHNICITY,
+                "url": _US_CORE_ETHNICITY,
             },
-            {"url": US_CORE_BIRTHSEX, "valueCode": "F" if s.sex == "female" else "M"},
+            {"url": _US_CORE_BIRTHSEX, "valueCode": "F" if s.sex == "female" else "M"},
         ],
         "identifier": identifier,
         "active": True,
@@ -1636,12 +1623,12 @@ def _us_core_record(plan: Plan, record: dict[str, Any], s: Sample) -> dict[str, 
 
 
 # The profile registry (--profile): name -> tables, record function, renderer support.
-PROFILES: Mapping[str, Profile] = {
-    "cms": Profile(
+_PROFILES: Mapping[str, _Profile] = {
+    "cms": _Profile(
         "cms", tables=_no_tables, record=_cms_record, rendered=True, fhir_versions=("R4", "R5")
     ),
     # US Core 5.0.1 and later are R4 implementation guides
-    "us-core": Profile(
+    "us-core": _Profile(
         "us-core",
         tables=_us_core_tables,
         record=_us_core_record,
@@ -1658,8 +1645,8 @@ def _organization_head(org: Mapping[str, str]) -> dict[str, Any]:
         "resourceType": "Organization",
         "id": org["id"],
         "identifier": [
-            {"system": ORG_SYSTEM, "value": org["id"]},
-            {"system": CCN_SYSTEM, "value": org["ccn"]},
+            {"system": _ORG_SYSTEM, "value": org["id"]},
+            {"system": _CCN_SYSTEM, "value": org["ccn"]},
         ],
         "active": True,
         "type": [
@@ -1700,7 +1687,7 @@ def _organization_r5(org: Mapping[str, str]) -> dict[str, Any]:
     return {**_organization_head(org), "contact": [{"address": _organization_address(org)}]}
 
 
-class FhirVersion(NamedTuple):
+class _FhirVersion(NamedTuple):
     """A FHIR version a run can declare: its number, fhir.resources models, Organization form."""
 
     number: str  # as FHIR writes it (CapabilityStatement.fhirVersion)
@@ -1709,19 +1696,19 @@ class FhirVersion(NamedTuple):
 
 
 # --fhir-version: Patient JSON is the same in R4 and R5; Organization differs.
-FHIR_VERSIONS: Mapping[str, FhirVersion] = {
-    "R4": FhirVersion("4.0.1", "fhir.resources.R4B", _organization_r4),
-    "R5": FhirVersion("5.0.0", "fhir.resources", _organization_r5),
+_FHIR_VERSIONS: Mapping[str, _FhirVersion] = {
+    "R4": _FhirVersion("4.0.1", "fhir.resources.R4B", _organization_r4),
+    "R5": _FhirVersion("5.0.0", "fhir.resources", _organization_r5),
 }
 
 
 def organization_record(
-    org: Mapping[str, str], fhir_version: str | FhirVersion = "R4"
+    org: Mapping[str, str], fhir_version: str | _FhirVersion = "R4"
 ) -> dict[str, Any]:
     """The FHIR Organization of one of the plan's hospitals (plan.organizations), in the given
     FHIR version (a FHIR_VERSIONS name, or plan.fhir_version)."""
-    if not isinstance(fhir_version, FhirVersion):
-        fhir_version = FHIR_VERSIONS[fhir_version]
+    if not isinstance(fhir_version, _FhirVersion):
+        fhir_version = _FHIR_VERSIONS[fhir_version]
     return fhir_version.organization(org)
 
 
@@ -1732,32 +1719,32 @@ def organization_record(
 # joiner's also of the epoch count N, whose size sets the joining rate (docs/living-population.md)
 # ---------------------------------------------------------------------------------------------
 
-BLOCK = 64  # indexes per event tile: tile (block, year) holds the candidate events of 64 patients
+_BLOCK = 64  # indexes per event tile: tile (block, year) holds the candidate events of 64 patients
 # Thinning bounds, per person-year: candidates come at these rates and each is accepted with
 # probability rate / bound (Lewis-Shedler), so every rate up to its bound is exact and a rate can
 # change without moving any other event. The life table's highest m(x) is 0.73 (men, 110).
-DEATH_BOUND, MOVE_BOUND, HOSPITAL_BOUND = 0.75, 0.30, 0.05
+_DEATH_BOUND, _MOVE_BOUND, _HOSPITAL_BOUND = 0.75, 0.30, 0.05
 # Share of people 1+ who moved in a year, CPS ASEC 2021: within the county, to another county of
 # the state, to another state (docs/living-population.md); hazards -ln(1 - p), split pro rata,
 # then spread over ages by the ACS 2018 B07001 mover rates of each kind (movers_by_age_acs2018.csv)
 # so that each kind's total over the B07001 population 1+ stays the CPS one.
-MOVE_SHARES = (0.049, 0.019, 0.014)
-MOVE_KINDS = ("move-zip", "move-county", "move-state")
-HOSPITAL_CHANGE_RATE = 0.03  # per person-year without a move: an assumption (no published rate)
+_MOVE_SHARES = (0.049, 0.019, 0.014)
+_MOVE_KINDS = ("move-zip", "move-county", "move-state")
+_HOSPITAL_CHANGE_RATE = 0.03  # per person-year without a move: an assumption (no published rate)
 # Deaths, births and arrivals by calendar year and state (issue 17): the life table's m(x) times
 # the year's national level (NCHS deaths per person, deaths_by_year_nchs.csv, over the life
 # table's year LIFE_TABLE_YEAR's); births and net international migration per person of each
 # state (Census V2025 components, population_components_v2025.csv). A calendar year y uses the
 # component year ending 30 June y; years outside the tables use the nearest year in them.
-LIFE_TABLE_YEAR = 2022  # HMD's US period life table (life_table_hmd2022_full.csv)
-BIRTH_RATE = 3_596_017 / 334_914_895  # NCHS final births 2023 / Census population 1 July 2023
-NEWCOMER_RATE = 2_800_000 / 340_110_988  # Census net international migration 2023-24 / 2024 pop.
-MALE_AT_BIRTH = 105 / 205  # the sex ratio at birth, about 105 boys per 100 girls
-ERROR_SHARE = 0.01  # new registrations entered in error (an assumption), deleted later:
-ERROR_DAYS = 28  # 1..28 days after they were entered (an assumption)
-LATE_DAYS = 7  # delivery faults: a late version arrives 1..7 whole days after its instant,
-DUPLICATE_DAYS = 3  # a duplicate 0..3 days after the first delivery
-MAX_DELAY = 86400 * (LATE_DAYS + DUPLICATE_DAYS)  # how far back a batch looks for deliveries
+_LIFE_TABLE_YEAR = 2022  # HMD's US period life table (life_table_hmd2022_full.csv)
+_BIRTH_RATE = 3_596_017 / 334_914_895  # NCHS final births 2023 / Census population 1 July 2023
+_NEWCOMER_RATE = 2_800_000 / 340_110_988  # Census net international migration 2023-24 / 2024 pop.
+_MALE_AT_BIRTH = 105 / 205  # the sex ratio at birth, about 105 boys per 100 girls
+_ERROR_SHARE = 0.01  # new registrations entered in error (an assumption), deleted later:
+_ERROR_DAYS = 28  # 1..28 days after they were entered (an assumption)
+_LATE_DAYS = 7  # delivery faults: a late version arrives 1..7 whole days after its instant,
+_DUPLICATE_DAYS = 3  # a duplicate 0..3 days after the first delivery
+_MAX_DELAY = 86400 * (_LATE_DAYS + _DUPLICATE_DAYS)  # how far back a batch looks for deliveries
 
 
 class Faults(NamedTuple):
@@ -1769,7 +1756,7 @@ class Faults(NamedTuple):
     out_of_order: float = 0.0
 
 
-NO_FAULTS = Faults()
+_NO_FAULTS = Faults()
 
 
 class Version(NamedTuple):
@@ -1779,7 +1766,7 @@ class Version(NamedTuple):
     number: int  # meta.versionId
     instant: int  # epoch seconds of the change; version 1 of an epoch patient: E (as-of)
     change: str  # epoch, birth, arrival, death, move-zip, move-county, move-state, hospital, delete
-    sample: Sample  # the patient as of this version (after a delete: as it last was)
+    sample: _Sample  # the patient as of this version (after a delete: as it last was)
 
 
 class _YearRates(NamedTuple):
@@ -1796,7 +1783,7 @@ class _YearRates(NamedTuple):
 @functools.cache
 def _year_rates(data_dir: str | None) -> _YearRates:
     """The tables behind _YearRates, read once per data folder."""
-    folder = Path(data_dir) if data_dir else DATA_DIR
+    folder = Path(data_dir) if data_dir else _DATA_DIR
     components = [
         r
         for r in _csv_rows(folder, "population_components_v2025.csv")
@@ -1812,7 +1799,7 @@ def _year_rates(data_dir: str | None) -> _YearRates:
     }
     return _YearRates(
         years=range(years[0], years[-1] + 1),
-        death_level={y: c / crude[LIFE_TABLE_YEAR] for y, c in crude.items()},
+        death_level={y: c / crude[_LIFE_TABLE_YEAR] for y, c in crude.items()},
         births={
             (r["state"], int(r["year"])): int(r["births"]) / people[r["state"], int(r["year"])]
             for r in components
@@ -1839,7 +1826,7 @@ def _move_factors(rows: list[dict[str, str]]) -> tuple[tuple[float, ...], ...]:
         )
         for r in rows
     ]
-    return tuple(factors[bisect.bisect_right(lows, max(x, 1)) - 1] for x in range(MAX_AGE + 1))
+    return tuple(factors[bisect.bisect_right(lows, max(x, 1)) - 1] for x in range(_MAX_AGE + 1))
 
 
 class _Dynamics(NamedTuple):
@@ -1907,34 +1894,34 @@ def _living_cum(plan: Plan) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
-def _state_death_ratio(plan: Plan, ref: Reference) -> tuple[Mapping[str, tuple[float, ...]], ...]:
+def _state_death_ratio(plan: Plan, ref: _Reference) -> tuple[Mapping[str, tuple[float, ...]], ...]:
     """By state position: sex -> by age, the state's mortality ratio k_s(x) (m_s = k_s m), the
     registry's (Reference.state_mx_ratio); 1 where a state has none."""
-    one = {sex: (1.0,) * (MAX_AGE + 1) for sex in SEXES}
+    one = {sex: (1.0,) * (_MAX_AGE + 1) for sex in _SEXES}
     return tuple(ref.state_mx_ratio.get(code, one) for code in plan.state_codes)
 
 
 def _death_tables(
-    plan: Plan, ref: Reference, rates: _YearRates
+    plan: Plan, ref: _Reference, rates: _YearRates
 ) -> dict[tuple[int, int], dict[str, tuple[int, ...]]]:
     """(rate year, state position) -> sex -> by age: m(x) x the year's level x the state's
     ratio k_s(x), per bound; state -1: the highest of the states. A rate above DEATH_BOUND (only
     at the oldest ages of a high year or state) is capped at it."""
-    ratio, ages = _state_death_ratio(plan, ref), range(MAX_AGE + 1)
+    ratio, ages = _state_death_ratio(plan, ref), range(_MAX_AGE + 1)
     accept = {}
     for y in rates.years:
         level = rates.death_level[min(rates.death_level, key=lambda k: (abs(k - y), k))]
         for k, r in enumerate(ratio):
             accept[y, k] = {
                 sex: tuple(
-                    _cut(min(1.0, m * level * kx / DEATH_BOUND))
+                    _cut(min(1.0, m * level * kx / _DEATH_BOUND))
                     for m, kx in zip(ref.mx[sex], r[sex], strict=True)
                 )
-                for sex in SEXES
+                for sex in _SEXES
             }
         accept[y, -1] = {
             sex: tuple(max(accept[y, k][sex][x] for k in range(len(ratio))) for x in ages)
-            for sex in SEXES
+            for sex in _SEXES
         }
     return accept
 
@@ -1974,7 +1961,7 @@ def _join_clock(plan: Plan, rates: _YearRates, start: int) -> dict[str, tuple[An
         per_year = (sum(born) + sum(came)) / sum(weights)
         out["join_at"].append(at)
         out["join_before"].append(before)
-        out["join_rate"].append(per_year / SECONDS_PER_YEAR)
+        out["join_rate"].append(per_year / _SECONDS_PER_YEAR)
         out["birth_cut"].append(_cut(sum(born) / (sum(born) + sum(came))))
         out["birth_states"].append(_cumulative(round(b * 1000) for b in born))
         out["arrival_states"].append(_cumulative(round(c * 1000) for c in came))
@@ -1994,8 +1981,8 @@ def _hospital_at(plan: Plan, z: int, age: int, u32: int, exclude: int = -1) -> i
     """A hospital for someone aged `age` in ZIP position z, as sample() draws it (the ZIP's
     nearest, gravity weights; the children's hospital under CHILD_AGE), without `exclude`;
     None if nothing is left."""
-    lo, cum, cand = z * CANDIDATES, plan.hospital_cum, plan.hospital_cand
-    slots = range(lo, lo + (CANDIDATES if age < CHILD_AGE else CANDIDATES - 1))
+    lo, cum, cand = z * _CANDIDATES, plan.hospital_cum, plan.hospital_cand
+    slots = range(lo, lo + (_CANDIDATES if age < _CHILD_AGE else _CANDIDATES - 1))
     weights = [0 if cand[k] == exclude else cum[k] - (cum[k - 1] if k > lo else 0) for k in slots]
     total = sum(weights)
     if not total:
@@ -2049,9 +2036,9 @@ class _EventKind(NamedTuple):
 
     name: str  # what it is (a move's Version.change says which move)
     bound: float  # candidates per person-year: the kind's rate must never exceed it
-    cuts: Callable[[Plan, Reference], Any]  # its acceptance thresholds, computed once per plan
-    accept: Callable[[Any, Sample, int], int]  # (cuts, patient, instant) -> accept below this
-    change: Callable[[Plan, _Dynamics, Any, Sample, _Candidate], tuple[Sample, str] | None]
+    cuts: Callable[[Plan, _Reference], Any]  # its acceptance thresholds, computed once per plan
+    accept: Callable[[Any, _Sample, int], int]  # (cuts, patient, instant) -> accept below this
+    change: Callable[[Plan, _Dynamics, Any, _Sample, _Candidate], tuple[_Sample, str] | None]
     # change: the accepted candidate applied: (the new sample, Version.change), or None when
     # it changes nothing (nowhere to move, no other hospital)
 
@@ -2065,10 +2052,10 @@ class _DeathCuts(NamedTuple):
     table: Mapping[tuple[int, int], Mapping[str, tuple[int, ...]]]
 
 
-def _death_cuts(plan: Plan, ref: Reference) -> _DeathCuts:
+def _death_cuts(plan: Plan, ref: _Reference) -> _DeathCuts:
     """The death cuts by rate year, state, sex and age."""
-    top = max(max(ref.mx[s]) for s in SEXES)
-    if top >= DEATH_BOUND:
+    top = max(max(ref.mx[s]) for s in _SEXES)
+    if top >= _DEATH_BOUND:
         raise ValueError(f"the life table's m(x) reaches {top}: raise DEATH_BOUND above it")
     rates = _year_rates(plan.identity[3])
     return _DeathCuts(rates.years, _death_tables(plan, ref, rates))
@@ -2080,69 +2067,69 @@ def _rate_year(years: range, instant: int) -> int:
     return min(max(year, years[0]), years[-1])
 
 
-def _death_accept(cuts: _DeathCuts, s: Sample, instant: int) -> int:
+def _death_accept(cuts: _DeathCuts, s: _Sample, instant: int) -> int:
     """m(x) at the patient's age at the instant, by sex, state and calendar year."""
-    age = min(_age(s.birth, instant), MAX_AGE)
+    age = min(_age(s.birth, instant), _MAX_AGE)
     return cuts.table[_rate_year(cuts.years, instant), s.state][s.sex][age]
 
 
-def _die(plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate) -> tuple[Sample, str]:
+def _die(plan: Plan, dyn: _Dynamics, cuts: Any, s: _Sample, c: _Candidate) -> tuple[_Sample, str]:
     return s._replace(died=c.instant), "death"
 
 
-def _move_cuts(plan: Plan, ref: Reference) -> tuple[tuple[int, ...], ...]:
+def _move_cuts(plan: Plan, ref: _Reference) -> tuple[tuple[int, ...], ...]:
     """By age: cumulative accept cuts of the same county, another county of the state, another
     state: the CPS shares as hazards -ln(1 - p) (exact decimals, the same everywhere), split pro
     rata, each times its ACS B07001 factor at that age (_YearRates.move_factor)."""
     with localcontext() as ctx:
         ctx.prec = 40
-        moved = float(-(1 - Decimal(str(sum(MOVE_SHARES)))).ln())
-    rates = [moved * share / sum(MOVE_SHARES) for share in MOVE_SHARES]
+        moved = float(-(1 - Decimal(str(sum(_MOVE_SHARES)))).ln())
+    rates = [moved * share / sum(_MOVE_SHARES) for share in _MOVE_SHARES]
     return tuple(
         tuple(
             _cut(
                 min(
                     1.0,
-                    sum(r * f for r, f in zip(rates[: k + 1], factor, strict=False)) / MOVE_BOUND,
+                    sum(r * f for r, f in zip(rates[: k + 1], factor, strict=False)) / _MOVE_BOUND,
                 )
             )
-            for k in range(len(MOVE_SHARES))
+            for k in range(len(_MOVE_SHARES))
         )
         for factor in _year_rates(plan.identity[3]).move_factor
     )
 
 
-def _move_accept(cuts: tuple[tuple[int, ...], ...], s: Sample, instant: int) -> int:
-    return cuts[min(_age(s.birth, instant), MAX_AGE)][-1]  # any of the three moves at that age
+def _move_accept(cuts: tuple[tuple[int, ...], ...], s: _Sample, instant: int) -> int:
+    return cuts[min(_age(s.birth, instant), _MAX_AGE)][-1]  # any of the three moves at that age
 
 
 def _move(
-    plan: Plan, dyn: _Dynamics, cuts: tuple[tuple[int, ...], ...], s: Sample, c: _Candidate
-) -> tuple[Sample, str] | None:
+    plan: Plan, dyn: _Dynamics, cuts: tuple[tuple[int, ...], ...], s: _Sample, c: _Candidate
+) -> tuple[_Sample, str] | None:
     """A move (which one: the accept draw against the cumulative cuts of the age) to a ZIP in
     proportion to population, and a hospital there (the age at the move allows)."""
-    age = min(_age(s.birth, c.instant), MAX_AGE)
+    age = min(_age(s.birth, c.instant), _MAX_AGE)
     move = bisect.bisect_right(cuts[age], c.accept)
     z = _move_zip(dyn, s.zip, move, c.place)
     if z is None:
         return None
     org = _hospital_at(plan, z, age, c.hospital)
     state = dyn.state_index[plan.zips[z][3]]
-    return s._replace(state=state, zip=z, organization=org), MOVE_KINDS[move]
+    return s._replace(state=state, zip=z, organization=org), _MOVE_KINDS[move]
 
 
-def _hospital_cuts(plan: Plan, ref: Reference) -> int:
-    return _cut(HOSPITAL_CHANGE_RATE / HOSPITAL_BOUND)
+def _hospital_cuts(plan: Plan, ref: _Reference) -> int:
+    return _cut(_HOSPITAL_CHANGE_RATE / _HOSPITAL_BOUND)
 
 
-def _fixed_accept(cut: int, s: Sample, instant: int) -> int:
+def _fixed_accept(cut: int, s: _Sample, instant: int) -> int:
     """A kind whose rate is the same for everyone: its cut is its accept threshold."""
     return cut
 
 
 def _change_hospital(
-    plan: Plan, dyn: _Dynamics, cuts: Any, s: Sample, c: _Candidate
-) -> tuple[Sample, str] | None:
+    plan: Plan, dyn: _Dynamics, cuts: Any, s: _Sample, c: _Candidate
+) -> tuple[_Sample, str] | None:
     """Another hospital among the ZIP's candidates (the age at the instant allows)."""
     org = _hospital_at(plan, s.zip, _age(s.birth, c.instant), c.hospital, s.organization)
     return None if org is None else (s._replace(organization=org), "hospital")
@@ -2152,9 +2139,9 @@ def _change_hospital(
 # within its bound without moving any other event; a new kind, a new bound or a new order
 # redraws every candidate (their number and kinds follow the bounds' total).
 _EVENT_KINDS: tuple[_EventKind, ...] = (
-    _EventKind("death", DEATH_BOUND, _death_cuts, _death_accept, _die),
-    _EventKind("move", MOVE_BOUND, _move_cuts, _move_accept, _move),
-    _EventKind("hospital", HOSPITAL_BOUND, _hospital_cuts, _fixed_accept, _change_hospital),
+    _EventKind("death", _DEATH_BOUND, _death_cuts, _death_accept, _die),
+    _EventKind("move", _MOVE_BOUND, _move_cuts, _move_accept, _move),
+    _EventKind("hospital", _HOSPITAL_BOUND, _hospital_cuts, _fixed_accept, _change_hospital),
 )
 
 
@@ -2162,12 +2149,12 @@ _EVENT_KINDS: tuple[_EventKind, ...] = (
 def _dynamics(plan: Plan) -> _Dynamics:
     """The plan's event tables: thinning cuts, ZIP ranks by (state, county), the joiners'
     rates; in exact or integer arithmetic where a draw depends on them."""
-    ref = load_reference(plan.identity[3])
+    ref = _load_reference(plan.identity[3])
     bound = sum(kind.bound for kind in _EVENT_KINDS)
     with localcontext() as ctx:
         ctx.prec = 40
         poisson = {
-            days: _poisson_cdf(Decimal(BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
+            days: _poisson_cdf(Decimal(_BLOCK) * Decimal(str(bound)) * days / Decimal("365.2425"))
             for days in (365, 366)
         }
     # ZIPs by (state, county): a county and a state are contiguous rank ranges
@@ -2203,8 +2190,8 @@ def _dynamics(plan: Plan) -> _Dynamics:
         living_cum=_living_cum(plan),
         newborn_cell=newborn,
         **_join_clock(plan, _year_rates(plan.identity[3]), start),
-        error_cut=_cut(ERROR_SHARE),
-        male_cut=_cut(MALE_AT_BIRTH),
+        error_cut=_cut(_ERROR_SHARE),
+        male_cut=_cut(_MALE_AT_BIRTH),
         start=start,
     )
 
@@ -2238,7 +2225,7 @@ def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[
         for k in range(0, len(w), _TILE_WORDS):
             instant = start + (w[k + 1] * length >> 32)
             if lo < instant <= hi:
-                out.setdefault(w[k] % BLOCK, []).append(
+                out.setdefault(w[k] % _BLOCK, []).append(
                     (instant, k, w[k] >> 6, w[k + 2], w[k + 3], w[k + 4])
                 )
     for events in out.values():
@@ -2262,14 +2249,14 @@ def _join_instant(plan: Plan, dyn: _Dynamics, count: int, index: int) -> int:
     """When joiner #index (index >= count) joins: the k-th of a stream whose rate follows each
     calendar year's births and arrivals, k = index - count, jittered within its slot by the
     joiner's own draw, so instants never decrease with k."""
-    u = Draws._make(_raw_draws(_digest(plan, index))).death_time_high
+    u = _Draws._make(_raw_draws(_digest(plan, index))).death_time_high
     return dyn.start + 1 + int(_join_offset(dyn, (index - count + u / 4294967296.0) / count))
 
 
-def population_size(plan: Plan, count: int, until: datetime | str) -> int:
+def _population_size(plan: Plan, count: int, until: datetime | str) -> int:
     """How many indexes exist by `until` (>= the epoch, plan.as_of): the epoch's count plus the
     joiners so far (deleted ones included: indexes are never reused)."""
-    dyn, until_s = _dynamics(plan), _seconds(parse_as_of(until))
+    dyn, until_s = _dynamics(plan), _seconds(_parse_as_of(until))
     return count + _joiners_by(plan, dyn, count, until_s)
 
 
@@ -2282,9 +2269,9 @@ def _joiners_by(plan: Plan, dyn: _Dynamics, count: int, until: int) -> int:
         k -= 1
     while _join_instant(plan, dyn, count, count + k) <= until:
         k += 1
-    if count + k - 1 > MAX_INDEX:
+    if count + k - 1 > _MAX_INDEX:
         when = _iso_instant(datetime.fromtimestamp(until, UTC))
-        raise ValueError(f"by {when} the population outgrows the index range 0..{MAX_INDEX}")
+        raise ValueError(f"by {when} the population outgrows the index range 0..{_MAX_INDEX}")
     return k
 
 
@@ -2298,7 +2285,7 @@ def _joiners_between(plan: Plan, dyn: _Dynamics, count: int, lo: int, hi: int) -
 class _Start(NamedTuple):
     """How patient #index begins: version 1's sample, change and instant, and its deletion."""
 
-    sample: Sample
+    sample: _Sample
     change: str  # epoch, birth or arrival
     instant: int
     deleted: int | None  # the instant a record entered in error is deleted
@@ -2308,10 +2295,10 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
     """Version 1 of patient #index: an epoch patient as sample() has it; a joiner (index >=
     count) drawn from its own hash: a birth (age 0 on its join day) or an arrival (a living
     registry cell), living in the ZIP its draws give, at the hospital its age there allows."""
-    s = sample(plan, index)
+    s = _sample(plan, index)
     if index < count:
         return _Start(s, "epoch", dyn.start, None)
-    u = Draws._make(s.draws)
+    u = _Draws._make(s.draws)
     instant = _join_instant(plan, dyn, count, index)
     segment = bisect.bisect_right(dyn.join_at, instant - dyn.start) - 1
     if u.joiner_kind < dyn.birth_cut[segment]:
@@ -2331,7 +2318,7 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
     org = _hospital_at(plan, z, _age(birth, instant), u.organization)
     deleted = None
     if u.entered_in_error < dyn.error_cut:
-        deleted = instant + 86400 + (u.death_age * (ERROR_DAYS - 1) * 86400 >> 32)
+        deleted = instant + 86400 + (u.death_age * (_ERROR_DAYS - 1) * 86400 >> 32)
     race = _pick(plan.race_cum[state][cell], u.race)
     s = s._replace(
         state=state,
@@ -2349,8 +2336,8 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
 
 
 def _apply(
-    plan: Plan, dyn: _Dynamics, s: Sample, event: tuple[int, ...]
-) -> tuple[Sample, str] | None:
+    plan: Plan, dyn: _Dynamics, s: _Sample, event: tuple[int, ...]
+) -> tuple[_Sample, str] | None:
     """A candidate (_Candidate's fields) applied to the patient as it is: (the new sample, the
     change) if thinning accepts it and it changes something, else None."""
     instant, _, kind_word, accept, _, _ = event
@@ -2391,13 +2378,13 @@ def _evolve(
 def history(plan: Plan, count: int, index: int, until: datetime | str) -> list[Version]:
     """Every version of patient #index up to `until` (>= the epoch, plan.as_of), oldest first;
     empty for a joiner that has not joined yet. `count` is the epoch population."""
-    until = parse_as_of(until)
+    until = _parse_as_of(until)
     _check_window(plan, None, until)
     dyn, until_s = _dynamics(plan), _seconds(until)
     if index >= count and (count <= 0 or index >= count + _joiners_by(plan, dyn, count, until_s)):
         return []  # a joiner yet to come (none without an epoch population)
     start = _start(plan, dyn, count, index)
-    events = _candidates(dyn, index // BLOCK, start.instant, until_s).get(index % BLOCK, [])
+    events = _candidates(dyn, index // _BLOCK, start.instant, until_s).get(index % _BLOCK, [])
     return _evolve(plan, dyn, index, start, events, until_s)
 
 
@@ -2420,16 +2407,16 @@ def snapshot(
     """The population at `until` (>= the epoch, plan.as_of): the latest version of every patient
     with an index in [lo, hi) that exists then and is not deleted, in index order. With until at
     the epoch it is exactly the epoch's patients #0..#count-1, version 1."""
-    until = parse_as_of(until)
+    until = _parse_as_of(until)
     _check_window(plan, None, until)
     dyn, until_s = _dynamics(plan), _seconds(until)
     n = count + _joiners_by(plan, dyn, count, until_s)
     hi = n if hi is None else min(hi, n)
-    for block in range(lo // BLOCK, -(-hi // BLOCK)):
+    for block in range(lo // _BLOCK, -(-hi // _BLOCK)):
         events = _candidates(dyn, block, dyn.start, until_s)
-        for i in range(max(lo, block * BLOCK), min(hi, block * BLOCK + BLOCK)):
+        for i in range(max(lo, block * _BLOCK), min(hi, block * _BLOCK + _BLOCK)):
             start = _start(plan, dyn, count, i)
-            mine = events.get(i % BLOCK)
+            mine = events.get(i % _BLOCK)
             if mine is None and start.deleted is None:  # most patients: nothing happened
                 yield Version(i, 1, start.instant, start.change, start.sample)
                 continue
@@ -2478,9 +2465,9 @@ def _deliveries(plan: Plan, faults: Faults, v: Version) -> tuple[int, ...]:
     u: _DeliveryDraws = _stream(plan, _DeliveryDraws, v.index, v.number)
     d = v.instant
     if u.late < _cut(faults.late):
-        d += 86400 * (1 + (u.delay * LATE_DAYS >> 32))
+        d += 86400 * (1 + (u.delay * _LATE_DAYS >> 32))
     if u.duplicate < _cut(faults.duplicate):
-        return (d, d + (u.again * (DUPLICATE_DAYS * 86400 + 1) >> 32))
+        return (d, d + (u.again * (_DUPLICATE_DAYS * 86400 + 1) >> 32))
     return (d,)
 
 
@@ -2502,26 +2489,26 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
     lo: int = 0,
     hi: int | None = None,
     latest: bool = False,
-    faults: Faults = NO_FAULTS,
+    faults: Faults = _NO_FAULTS,
 ) -> list[Version]:
     """The change batch (since, until] for indexes in [lo, hi): every version delivered in it
     (with no faults: whose instant is in it), in index then version order, or with latest=True
     only each patient's last one. Deletions are versions whose change is "delete"."""
-    since, until = parse_as_of(since), parse_as_of(until)
+    since, until = _parse_as_of(since), _parse_as_of(until)
     _check_window(plan, since, until)
     _check_faults(faults)
     dyn, since_s, until_s = _dynamics(plan), _seconds(since), _seconds(until)
-    scan = since_s - (MAX_DELAY if faults.late or faults.duplicate else 0)
+    scan = since_s - (_MAX_DELAY if faults.late or faults.duplicate else 0)
     n = count + _joiners_by(plan, dyn, count, until_s)
     hi = n if hi is None else min(hi, n)
-    joiners = _joiners_between(plan, dyn, count, scan - ERROR_DAYS * 86400, until_s)
+    joiners = _joiners_between(plan, dyn, count, scan - _ERROR_DAYS * 86400, until_s)
     out: list[Version] = []
-    for block in range(lo // BLOCK, -(-hi // BLOCK)):
-        a, b = max(lo, block * BLOCK), min(hi, block * BLOCK + BLOCK)
+    for block in range(lo // _BLOCK, -(-hi // _BLOCK)):
+        a, b = max(lo, block * _BLOCK), min(hi, block * _BLOCK + _BLOCK)
         window = _candidates(dyn, block, max(scan, dyn.start), until_s)
         starts = {}
         for offset, events in sorted(window.items()):
-            i = block * BLOCK + offset
+            i = block * _BLOCK + offset
             if a <= i < b:
                 start = _start(plan, dyn, count, i)
                 if _window_events(dyn, start, events):
@@ -2531,7 +2518,7 @@ def changes(  # noqa: PLR0913 (the window and lo.. are keyword-only)
         history = _candidates(dyn, block, dyn.start, until_s) if starts else {}
         for i in sorted(starts):
             start = starts[i]
-            events = history.get(i % BLOCK, [])  # _evolve skips those before the start
+            events = history.get(i % _BLOCK, [])  # _evolve skips those before the start
             mine = [
                 v
                 for v in _evolve(plan, dyn, i, start, events, until_s)
@@ -2550,7 +2537,7 @@ class _WindowFields(NamedTuple):
     until: datetime  # T: the snapshot at T, or the end of the batch (since, until]
     since: datetime | None = None  # S: the change batch (S, T] instead of the snapshot
     latest: bool = False  # a batch holds each patient's last version only
-    faults: Faults = NO_FAULTS
+    faults: Faults = _NO_FAULTS
 
 
 class Window(_WindowFields):
@@ -2569,10 +2556,10 @@ class Window(_WindowFields):
         until: datetime | str,
         since: datetime | str | None = None,
         latest: bool = False,
-        faults: Faults = NO_FAULTS,
+        faults: Faults = _NO_FAULTS,
     ) -> Window:
-        since = None if since is None else parse_as_of(since)
-        return super().__new__(cls, epoch_count, parse_as_of(until), since, latest, faults)
+        since = None if since is None else _parse_as_of(since)
+        return super().__new__(cls, epoch_count, _parse_as_of(until), since, latest, faults)
 
 
 def _window_versions(
@@ -2594,45 +2581,45 @@ def _window_versions(
 # (seed, index, options) and its sample: the Patient's own bytes never depend on them
 # ---------------------------------------------------------------------------------------------
 
-STAY_SYSTEM = "urn:metriccare:stay"  # Encounter.identifier: <MRN>-<stay number k>
-ICD10CM_SYSTEM = "http://hl7.org/fhir/sid/icd-10-cm"
-ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-DISPOSITION_SYSTEM = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
-US_CORE_ENCOUNTER = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-encounter"
-US_CORE_CONDITION = (
+_STAY_SYSTEM = "urn:metriccare:stay"  # Encounter.identifier: <MRN>-<stay number k>
+_ICD10CM_SYSTEM = "http://hl7.org/fhir/sid/icd-10-cm"
+_ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+_DISPOSITION_SYSTEM = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
+_US_CORE_ENCOUNTER = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-encounter"
+_US_CORE_CONDITION = (
     "http://hl7.org/fhir/us/core/StructureDefinition/us-core-condition-encounter-diagnosis"
 )
-MAX_STAYS = 128  # stay numbers k per patient: 0..30 the admissions process; k + READMISSION
-READMISSION = 31  # the readmission after stay k (up to 3 in a row: 31..123); 127 the death's
-DEATH_STAY = MAX_STAYS - 1
-READMISSION_LIMIT = 3 * READMISSION  # a stay numbered from here on is not readmitted again
-MEDICARE_AGE = 65  # the HRRP cohorts and MORT-30 are measured on patients 65 and older
-COHORTS = ("AMI", "HF", "PN", "COPD", "CABG", "HIP-KNEE")  # HRRP FY2025, hrrp_fy2025.csv
+_MAX_STAYS = 128  # stay numbers k per patient: 0..30 the admissions process; k + READMISSION
+_READMISSION = 31  # the readmission after stay k (up to 3 in a row: 31..123); 127 the death's
+_DEATH_STAY = _MAX_STAYS - 1
+_READMISSION_LIMIT = 3 * _READMISSION  # a stay numbered from here on is not readmitted again
+_MEDICARE_AGE = 65  # the HRRP cohorts and MORT-30 are measured on patients 65 and older
+_COHORTS = ("AMI", "HF", "PN", "COPD", "CABG", "HIP-KNEE")  # HRRP FY2025, hrrp_fy2025.csv
 # An assumption (no national figure at hand): half of the 30-day deaths after an admission of a
 # MORT_30_COHORTS cohort happen during that stay, half after discharge.
-IN_STAY_OF_30_DAY_DEATHS = 0.5
+_IN_STAY_OF_30_DAY_DEATHS = 0.5
 # The cohorts with a CMS 30-day mortality measure (MORT-30, cms_national.csv: mort30_<cohort>)
-MORT_30_COHORTS = ("AMI", "HF", "PN", "COPD", "CABG")
-OWN_HOSPITAL_SHARE = 0.70  # an assumption: a stay is at the managing organization this often
+_MORT_30_COHORTS = ("AMI", "HF", "PN", "COPD", "CABG")
+_OWN_HOSPITAL_SHARE = 0.70  # an assumption: a stay is at the managing organization this often
 # Readmissions (issue 19): assumptions where no national figure is at hand
-READMIT_SAME_HOSPITAL = 0.80  # a readmission returns to the index stay's hospital this often
-READMIT_SAME_COHORT = 0.35  # after a cohort stay, its principal diagnosis is the cohort's again
-READMIT_SKEW = 1.5  # the gap is 30 days x u**1.5: front-loaded, 38 % within the first week
+_READMIT_SAME_HOSPITAL = 0.80  # a readmission returns to the index stay's hospital this often
+_READMIT_SAME_COHORT = 0.35  # after a cohort stay, its principal diagnosis is the cohort's again
+_READMIT_SKEW = 1.5  # the gap is 30 days x u**1.5: front-loaded, 38 % within the first week
 # Discharged alive: post-acute care (HCUP Statistical Brief #205, all payers 2013): 41.7 % of
 # Medicare stays and 11.7 % of privately insured ones went to post-acute care (65+ and under 65
 # here), of which 50 % to home health, 40 % to skilled nursing, the rest to other facilities.
-POST_ACUTE_SHARE = (0.117, 0.417)  # under MEDICARE_AGE, at or over it
-DISPOSITIONS = (  # (code, display, text, share of post-acute discharges); "home" takes the rest
+_POST_ACUTE_SHARE = (0.117, 0.417)  # under MEDICARE_AGE, at or over it
+_DISPOSITIONS = (  # (code, display, text, share of post-acute discharges); "home" takes the rest
     ("home", "Home", "Home", 0.0),
     ("home", "Home", "Home with home health care", 0.50),
     ("snf", "Skilled nursing facility", "Skilled nursing facility", 0.40),
     ("other-hcf", "Other healthcare facility", "Other post-acute facility", 0.10),
 )
-EXPIRED = ("exp", "Expired", "Expired")
+_EXPIRED = ("exp", "Expired", "Expired")
 
 
 @_draw_table(b"stay-k")
-class StayDraws(NamedTuple):
+class _StayDraws(NamedTuple):
     """The draws of stay k of patient #i: _stream(plan, StayDraws, i, k); k = DEATH_STAY for
     the stay tied to the death. Append new fields; never move one."""
 
@@ -2649,14 +2636,14 @@ class StayDraws(NamedTuple):
 
 
 @_draw_table(b"stays")
-class PatientStayDraws(NamedTuple):
+class _PatientStayDraws(NamedTuple):
     """The draws of patient #i's stays as a whole: _stream(plan, PatientStayDraws, i)."""
 
     count: int  # candidate admissions in the window (Poisson)
     death: int  # the death: in hospital, after a cohort stay, or away from hospital
 
 
-class Stay(NamedTuple):
+class _Stay(NamedTuple):
     """One inpatient stay of patient #index: positions into the plan's and the stay tables."""
 
     index: int
@@ -2668,7 +2655,7 @@ class Stay(NamedTuple):
     disposition: int  # position in DISPOSITIONS, or -1: expired
 
 
-class Diagnosis(NamedTuple):
+class _Diagnosis(NamedTuple):
     """A principal diagnosis: ICD-10-CM code and text, its MS-DRG and the lognormal of its LOS."""
 
     code: str
@@ -2679,11 +2666,11 @@ class Diagnosis(NamedTuple):
     sigma: float  # sqrt(2 ln(AMLOS / GMLOS)): the lognormal's mean is then AMLOS
 
 
-class StayTables(NamedTuple):
+class _StayTables(NamedTuple):
     """What a plan's stays draw from, built once per plan (only when --encounters is on)."""
 
     count_cdf: tuple[tuple[int, ...], ...]  # by cell: the Poisson CDF of candidate admissions
-    diagnoses: tuple[Diagnosis, ...]
+    diagnoses: tuple[_Diagnosis, ...]
     mix_cum: tuple[tuple[int, ...], ...]  # by (age band, sex): weights of the mix's rows
     mix_rows: tuple[tuple[int, ...], ...]  # their positions in diagnoses (65+: no cohort rows)
     cohort_dx: tuple[int, ...]  # by cohort (COHORTS order): its row in diagnoses
@@ -2701,8 +2688,8 @@ class StayTables(NamedTuple):
 
 
 # inpatient_dx.csv's age bands (stays per 100,000 persons a year): first age, column
-AGE_BANDS = (0, 1, 18, 45, MEDICARE_AGE, 75)
-RATE_COLUMNS = ("rate_0", "rate_1_17", "rate_18_44", "rate_45_64", "rate_65_74", "rate_75_plus")
+_AGE_BANDS = (0, 1, 18, 45, _MEDICARE_AGE, 75)
+_RATE_COLUMNS = ("rate_0", "rate_1_17", "rate_18_44", "rate_45_64", "rate_65_74", "rate_75_plus")
 
 
 def _stay_reference(data_dir: Path) -> dict[str, Any]:
@@ -2780,10 +2767,10 @@ def _hospital_factors(plan: Plan, discharges: list[float]) -> tuple[float, ...]:
     pull = [0.0] * len(plan.hospitals)
     for positions, zcum in zip(plan.zip_index, plan.zip_cum, strict=True):
         for z, c, before in zip(positions, zcum, (0, *zcum), strict=False):
-            lo = z * CANDIDATES
-            share = (c - before) / cum[lo + CANDIDATES - 1]
+            lo = z * _CANDIDATES
+            share = (c - before) / cum[lo + _CANDIDATES - 1]
             previous = 0
-            for k in range(lo, lo + CANDIDATES):
+            for k in range(lo, lo + _CANDIDATES):
                 pull[cand[k]] += (cum[k] - previous) * share
                 previous = cum[k]
     return tuple(d / p if p else 0.0 for d, p in zip(discharges, pull, strict=True))
@@ -2795,14 +2782,14 @@ def _readmission_rates(plan: Plan, ref: Mapping[str, Any]) -> dict[int, tuple[fl
     national pooled rate), then its hospital-wide rate: CMS's national 14.6 % x the mean of its
     excess readmission ratios (1 where it has none)."""
     national = ref["national"]
-    pooled = [national[f"hrrp_pooled_observed_{c.lower().replace('-', '_')}"] for c in COHORTS]
+    pooled = [national[f"hrrp_pooled_observed_{c.lower().replace('-', '_')}"] for c in _COHORTS]
     wide = national["readm30_hosp_wide"]
     out = {}
     for k in plan.organization_index:
         own = ref["readmissions"].get(plan.hospitals[k]["ccn"], {})
         rates = [
             next((x for x in own.get(c, (None, None))[:2] if x is not None), pooled[n])
-            for n, c in enumerate(COHORTS)
+            for n, c in enumerate(_COHORTS)
         ]
         errs = [v[2] for v in own.values() if v[2] is not None]
         out[k] = (*rates, wide * (sum(errs) / len(errs) if errs else 1.0))
@@ -2820,32 +2807,32 @@ def _cohort_cuts(
     positions = {h["ccn"]: k for k, h in enumerate(plan.hospitals)}
     in_hrrp = [positions[c] for c in hrrp if c in positions]
     total = sum(discharges[k] for k in in_hrrp)
-    pooled = {c: sum(hrrp[plan.hospitals[k]["ccn"]].get(c, 0) for k in in_hrrp) for c in COHORTS}
+    pooled = {c: sum(hrrp[plan.hospitals[k]["ccn"]].get(c, 0) for k in in_hrrp) for c in _COHORTS}
     out = {}
     for k in plan.organization_index:
         h = plan.hospitals[k]
-        if h["hospital_type"] == CHILDREN_HOSPITAL_TYPE:
-            share = [0.0] * len(COHORTS)
+        if h["hospital_type"] == _CHILDREN_HOSPITAL_TYPE:
+            share = [0.0] * len(_COHORTS)
         elif h["ccn"] in hrrp and discharges[k] > 0:
             own = hrrp[h["ccn"]]
             share = [
-                shares[c] * (own.get(c, 0) / discharges[k]) / (pooled[c] / total) for c in COHORTS
+                shares[c] * (own.get(c, 0) / discharges[k]) / (pooled[c] / total) for c in _COHORTS
             ]
         else:
-            share = [shares[c] for c in COHORTS]
+            share = [shares[c] for c in _COHORTS]
         scale = min(1.0, 0.95 / sum(share)) if sum(share) else 1.0  # room for the other rows
         out[k] = tuple(_cut(x) for x in itertools.accumulate(s * scale for s in share))
     return out
 
 
-def _diagnoses(rows: list[dict[str, str]]) -> tuple[Diagnosis, ...]:
+def _diagnoses(rows: list[dict[str, str]]) -> tuple[_Diagnosis, ...]:
     """inpatient_dx.csv's rows as Diagnosis (the lognormal of LOS from GMLOS and AMLOS)."""
     out = []
     for r in rows:
         gmlos, amlos = float(r["gmlos"]), float(r["amlos"])
         sigma = math.sqrt(2.0 * math.log(amlos / gmlos)) if amlos > gmlos else 0.0
         out.append(
-            Diagnosis(r["icd10"], r["display"], r["drg"], r["cohort"], math.log(gmlos), sigma)
+            _Diagnosis(r["icd10"], r["display"], r["drg"], r["cohort"], math.log(gmlos), sigma)
         )
     return tuple(out)
 
@@ -2854,14 +2841,14 @@ def _mixes(rows: list[dict[str, str]]) -> tuple[list[tuple[int, ...]], list[tupl
     """By (age band, sex): the rows with a rate there (female-only rows for women only; 65+
     without the cohort rows, whose volumes come per hospital) and their integer weights."""
     positions, cums = [], []
-    for band, column in enumerate(RATE_COLUMNS):
-        for sex in SEXES:
+    for band, column in enumerate(_RATE_COLUMNS):
+        for sex in _SEXES:
             chosen = [
                 (k, round(float(r[column]) * 1000))
                 for k, r in enumerate(rows)
                 if r[column]
                 and (r["sex"] != "F" or sex == "female")
-                and not (AGE_BANDS[band] >= MEDICARE_AGE and r["cohort"])
+                and not (_AGE_BANDS[band] >= _MEDICARE_AGE and r["cohort"])
             ]
             positions.append(tuple(k for k, _ in chosen))
             cums.append(_cumulative(w for _, w in chosen))
@@ -2877,16 +2864,16 @@ def _cohort_shares(
     hip/knee have no published age rate)."""
     anchor = ("AMI", "HF")
     stays = together = 0.0
-    for age, male, female in age_sex[MEDICARE_AGE:]:
-        column = RATE_COLUMNS[bisect.bisect_right(AGE_BANDS, age) - 1]
-        for sex, people in zip(SEXES, (male, female), strict=True):
+    for age, male, female in age_sex[_MEDICARE_AGE:]:
+        column = _RATE_COLUMNS[bisect.bisect_right(_AGE_BANDS, age) - 1]
+        for sex, people in zip(_SEXES, (male, female), strict=True):
             stays += people * _admission_rate(ref["rates"], age, sex)
         together += (male + female) * sum(
             float(r[column] or 0) / 1e5 for r in ref["dx"] if r["cohort"] in anchor
         )
-    pooled = {c: sum(h.get(c, 0) for h in ref["hrrp"].values()) for c in COHORTS}
+    pooled = {c: sum(h.get(c, 0) for h in ref["hrrp"].values()) for c in _COHORTS}
     scale = together / stays / sum(pooled[c] for c in anchor)
-    return {c: pooled[c] * scale for c in COHORTS}
+    return {c: pooled[c] * scale for c in _COHORTS}
 
 
 def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[float]:
@@ -2911,23 +2898,23 @@ def _death_cuts(
     MORT-30: with O_c the expected ordinary admissions of cohort c, C_c those that fall within
     30 days before a death by chance, and m_c the rate, the deaths tied to a cohort-c stay are
     F_c = (m_c O_c - C_c) / (1 - m_c), split IN_STAY_OF_30_DAY_DEATHS in the stay."""
-    lookback, month = plan.options["lookback_years"], 30 * 86400 / SECONDS_PER_YEAR
+    lookback, month = plan.options["lookback_years"], 30 * 86400 / _SECONDS_PER_YEAR
     weights = [0] * len(plan.cells)  # the run's cell weights: the states' tables summed
     for cum in plan.cell_cum:
         for k, (c, b) in enumerate(zip(cum, (0, *cum), strict=False)):
             weights[k] += c - b
-    old = [k for k, (age, _, _) in enumerate(plan.cells) if age >= MEDICARE_AGE]
+    old = [k for k, (age, _, _) in enumerate(plan.cells) if age >= _MEDICARE_AGE]
     deaths = sum(weights[k] for k in old if plan.cells[k][2])
     stays = sum(weights[k] * rates[k] * lookback / (2 if plan.cells[k][2] else 1) for k in old)
     chance = sum(weights[k] * rates[k] * month for k in old if plan.cells[k][2])
     in_hospital = national["inhospital_death_share"]
     tied = []
-    for c in MORT_30_COHORTS:
+    for c in _MORT_30_COHORTS:
         m = national[f"mort30_{c.lower()}"]
         tied.append(max(0.0, (m * stays - chance) * shares[c] / (1 - m)) / deaths if deaths else 0)
-    in_stay = [IN_STAY_OF_30_DAY_DEATHS * f for f in tied]
+    in_stay = [_IN_STAY_OF_30_DAY_DEATHS * f for f in tied]
     other = max(0.0, in_hospital - sum(in_stay))
-    after = [(1 - IN_STAY_OF_30_DAY_DEATHS) * f for f in tied]
+    after = [(1 - _IN_STAY_OF_30_DAY_DEATHS) * f for f in tied]
     young = (*[0.0] * len(tied), in_hospital, *[0.0] * len(tied))
     old_kinds = (*in_stay, other, *after)
     return (
@@ -2937,11 +2924,11 @@ def _death_cuts(
 
 
 @functools.lru_cache(maxsize=8)
-def _stay_tables(plan: Plan) -> StayTables:
+def _stay_tables(plan: Plan) -> _StayTables:
     """The plan's stay tables (about a second, once per plan and process)."""
     data_dir = plan.identity[3]
-    ref = _stay_reference(Path(data_dir or DATA_DIR).resolve())
-    shares = _cohort_shares(ref, load_reference(data_dir).age_sex)
+    ref = _stay_reference(Path(data_dir or _DATA_DIR).resolve())
+    shares = _cohort_shares(ref, _load_reference(data_dir).age_sex)
     diagnoses = _diagnoses(ref["dx"])
     mix_rows, mix_cum = _mixes(ref["dx"])
     rates = _cell_rates(plan, ref["rates"])
@@ -2951,20 +2938,22 @@ def _stay_tables(plan: Plan) -> StayTables:
         count_cdf = tuple(_poisson_cdf(Decimal(repr(rate)) * lookback) for rate in rates)
     discharges = _discharges(plan.hospitals, ref["volumes"])
     key = plan.key
-    return StayTables(
+    return _StayTables(
         count_cdf=count_cdf,
         diagnoses=diagnoses,
         mix_cum=tuple(mix_cum),
         mix_rows=tuple(mix_rows),
-        cohort_dx=tuple(next(k for k, d in enumerate(diagnoses) if d.cohort == c) for c in COHORTS),
+        cohort_dx=tuple(
+            next(k for k, d in enumerate(diagnoses) if d.cohort == c) for c in _COHORTS
+        ),
         cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
         factors=_hospital_factors(plan, discharges),
         readmit=_readmission_rates(plan, ref),
-        month_chance=tuple(1.0 - math.exp(-r * 30 * 86400 / SECONDS_PER_YEAR) for r in rates),
+        month_chance=tuple(1.0 - math.exp(-r * 30 * 86400 / _SECONDS_PER_YEAR) for r in rates),
         death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
-        post_acute=tuple(_cut(p) for p in POST_ACUTE_SHARE),
-        post_acute_cum=_cumulative(round(share * 1000) for *_, share in DISPOSITIONS[1:]),
-        own_cut=_cut(OWN_HOSPITAL_SHARE),
+        post_acute=tuple(_cut(p) for p in _POST_ACUTE_SHARE),
+        post_acute_cum=_cumulative(round(share * 1000) for *_, share in _DISPOSITIONS[1:]),
+        own_cut=_cut(_OWN_HOSPITAL_SHARE),
         encounter_keys=_uuid_keys(key, b"encounter"),
         condition_keys=_uuid_keys(key, b"condition"),
     )
@@ -2973,12 +2962,12 @@ def _stay_tables(plan: Plan) -> StayTables:
 def _uuid_keys(key: bytes, tag: bytes) -> tuple[int, tuple[int, int, int]]:
     """A resource type's own keyed UUID bijection (as the patients' in _bijection_keys)."""
     return (
-        _hash_int(key, tag + b"-uuid-add", 16) & M122,
-        tuple(_hash_int(key, tag + b"-uuid-mul-%d" % n, 16) & M122 | 1 for n in (1, 2, 3)),
+        _hash_int(key, tag + b"-uuid-add", 16) & _M122,
+        tuple(_hash_int(key, tag + b"-uuid-mul-%d" % n, 16) & _M122 | 1 for n in (1, 2, 3)),
     )
 
 
-def _stay_hospital(plan: Plan, t: StayTables, s: Sample, age: int, u: StayDraws) -> int:
+def _stay_hospital(plan: Plan, t: _StayTables, s: _Sample, age: int, u: _StayDraws) -> int:
     """The stay's hospital: the managing organization OWN_HOSPITAL_SHARE of the time, else
     another of the ZIP's candidates, by gravity weight x t.factors (the children's hospital
     under CHILD_AGE)."""
@@ -2988,11 +2977,11 @@ def _stay_hospital(plan: Plan, t: StayTables, s: Sample, age: int, u: StayDraws)
 
 
 def _other_candidate(
-    plan: Plan, t: StayTables, s: Sample, age: int, u32: int, exclude: int
+    plan: Plan, t: _StayTables, s: _Sample, age: int, u32: int, exclude: int
 ) -> int | None:
     """One of the ZIP's candidates but `exclude`, by gravity weight x t.factors; None if none."""
-    lo = s.zip * CANDIDATES
-    slots = range(lo, lo + (CANDIDATES if age < CHILD_AGE else CANDIDATES - 1))
+    lo = s.zip * _CANDIDATES
+    slots = range(lo, lo + (_CANDIDATES if age < _CHILD_AGE else _CANDIDATES - 1))
     cand, cum, factors = plan.hospital_cand, plan.hospital_cum, t.factors
     weights = [  # integers: the same draw on every machine
         0
@@ -3011,53 +3000,55 @@ def _other_candidate(
     raise AssertionError("unreachable: v < total")
 
 
-def _stay_diagnosis(t: StayTables, s: Sample, hospital: int, age: int, u: StayDraws) -> int:
+def _stay_diagnosis(t: _StayTables, s: _Sample, hospital: int, age: int, u: _StayDraws) -> int:
     """The principal diagnosis: for 65+ an HRRP cohort at the hospital's cuts, else a row of
     the national mix of the age band and sex."""
-    if age >= MEDICARE_AGE:
+    if age >= _MEDICARE_AGE:
         cuts = t.cohort_cuts.get(hospital, ())
         if cuts and u.cohort < cuts[-1]:
             return t.cohort_dx[bisect.bisect_right(cuts, u.cohort)]
-    mix = 2 * (bisect.bisect_right(AGE_BANDS, age) - 1) + (s.sex == "female")
+    mix = 2 * (bisect.bisect_right(_AGE_BANDS, age) - 1) + (s.sex == "female")
     return t.mix_rows[mix][_pick(t.mix_cum[mix], u.diagnosis)]
 
 
-NORMAL_STEPS = 4096  # the standard normal's quantiles at j / 4096, interpolated between
+_NORMAL_STEPS = 4096  # the standard normal's quantiles at j / 4096, interpolated between
 # (a stay's LOS quantile: the table costs 12 ms once, inv_cdf several microseconds per stay)
-NORMAL_Z = tuple(statistics.NormalDist().inv_cdf(j / NORMAL_STEPS) for j in range(1, NORMAL_STEPS))
-MAX_LOS = 365 * 86400  # a stay lasts at most a year
-MIN_LOS = 3600  # and at least an hour
+_NORMAL_Z = tuple(
+    statistics.NormalDist().inv_cdf(j / _NORMAL_STEPS) for j in range(1, _NORMAL_STEPS)
+)
+_MAX_LOS = 365 * 86400  # a stay lasts at most a year
+_MIN_LOS = 3600  # and at least an hour
 
 
-def _los(d: Diagnosis, u: StayDraws) -> int:
+def _los(d: _Diagnosis, u: _StayDraws) -> int:
     """Seconds in hospital: lognormal with the DRG's geometric mean (median) and arithmetic
     mean (Table 5 GMLOS and AMLOS); the normal quantile interpolated in NORMAL_Z (the
     outermost 1/4096 on either side are held at its ends: +-3.4 standard deviations)."""
-    x = min(max(u.los * NORMAL_STEPS / 4294967296.0, 1.0), NORMAL_STEPS - 1.0) - 1.0
-    j = min(int(x), NORMAL_STEPS - 3)
-    z = NORMAL_Z[j] + (x - j) * (NORMAL_Z[j + 1] - NORMAL_Z[j])
+    x = min(max(u.los * _NORMAL_STEPS / 4294967296.0, 1.0), _NORMAL_STEPS - 1.0) - 1.0
+    j = min(int(x), _NORMAL_STEPS - 3)
+    z = _NORMAL_Z[j] + (x - j) * (_NORMAL_Z[j + 1] - _NORMAL_Z[j])
     days = math.exp(d.mu + d.sigma * z)
-    return max(MIN_LOS, min(MAX_LOS, round(days * 86400)))
+    return max(_MIN_LOS, min(_MAX_LOS, round(days * 86400)))
 
 
-def _disposition(t: StayTables, age: int, u: StayDraws) -> int:
+def _disposition(t: _StayTables, age: int, u: _StayDraws) -> int:
     """Where a patient discharged alive goes (DISPOSITIONS), by the post-acute share of the age."""
-    cut = t.post_acute[age >= MEDICARE_AGE]
+    cut = t.post_acute[age >= _MEDICARE_AGE]
     if u.disposition >= cut:
         return 0
     return 1 + _pick(t.post_acute_cum, (u.disposition << 32) // cut)  # uniform again below cut
 
 
-_COUNT_AT = 4 * PatientStayDraws._fields.index("count")  # its bytes in the table's hash
-_STAY_DRAWS = len(StayDraws._fields)
+_COUNT_AT = 4 * _PatientStayDraws._fields.index("count")  # its bytes in the table's hash
+_STAY_DRAWS = len(_StayDraws._fields)
 
 
-def _stay_draws(plan: Plan, index: int, k: int) -> StayDraws:
+def _stay_draws(plan: Plan, index: int, k: int) -> _StayDraws:
     """_stream(plan, StayDraws, index, k), with the message formatted at once (a stay's hot
     path; a test keeps the two equal)."""
     hasher = plan.hasher.copy()
     hasher.update(b"stay-k|%d|%d" % (index, k))
-    return StayDraws._make(_raw_draws(hasher.digest())[:_STAY_DRAWS])
+    return _StayDraws._make(_raw_draws(hasher.digest())[:_STAY_DRAWS])
 
 
 def _stay_count_draw(plan: Plan, index: int) -> int:
@@ -3069,50 +3060,50 @@ def _stay_count_draw(plan: Plan, index: int) -> int:
 
 
 def _death_stay(
-    plan: Plan, t: StayTables, index: int, death: int, s: Sample, lo: int
-) -> tuple[Stay, bool] | None:
+    plan: Plan, t: _StayTables, index: int, death: int, s: _Sample, lo: int
+) -> tuple[_Stay, bool] | None:
     """The stay tied to the patient's death (k = DEATH_STAY), if any: the death's kind from
     t.death_cuts by the age at death. In hospital: the stay ends at the death (expired);
     after a MORT_30_COHORTS stay: admitted within 30 days before the death and
     discharged alive before it, and then perhaps readmitted (the flag) before the death. None
     if the stay would begin before the window (or birth). `death` is PatientStayDraws.death."""
     age = plan.cells[s.cell][0]
-    cuts = t.death_cuts[age >= MEDICARE_AGE]
+    cuts = t.death_cuts[age >= _MEDICARE_AGE]
     kind = bisect.bisect_right(cuts, death)
     if kind >= len(cuts):
         return None  # died away from hospital
-    u = _stay_draws(plan, index, DEATH_STAY)
-    n = len(MORT_30_COHORTS)
+    u = _stay_draws(plan, index, _DEATH_STAY)
+    n = len(_MORT_30_COHORTS)
     hospital = _stay_hospital(plan, t, s, age, u)
     if kind == n:  # in hospital, another diagnosis: the mix (65+: without the cohorts)
         diagnosis = _stay_diagnosis(t, s, -1, age, u)
     else:
-        diagnosis = t.cohort_dx[COHORTS.index(MORT_30_COHORTS[kind % (n + 1)])]
+        diagnosis = t.cohort_dx[_COHORTS.index(_MORT_30_COHORTS[kind % (n + 1)])]
     los = _los(t.diagnoses[diagnosis], u)
     if kind <= n:  # dies in the stay
         admitted = s.died - los
-        stay = Stay(index, DEATH_STAY, admitted, s.died, hospital, diagnosis, -1)
+        stay = _Stay(index, _DEATH_STAY, admitted, s.died, hospital, diagnosis, -1)
     else:  # discharged alive, dies within 30 days of the admission
         los = min(los, 29 * 86400)
         admitted = s.died - los - 1 - ((30 * 86400 - los - 1) * u.admitted >> 32)
         disposition = _disposition(t, age, u)
-        stay = Stay(index, DEATH_STAY, admitted, admitted + los, hospital, diagnosis, disposition)
+        stay = _Stay(index, _DEATH_STAY, admitted, admitted + los, hospital, diagnosis, disposition)
     if stay.admitted < lo:
         return None
     return stay, stay.disposition >= 0 and _readmitted(t, s, stay, age, u)
 
 
-def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
+def stays(plan: Plan, index: int, s: _Sample | None = None) -> list[_Stay]:
     """Patient #index's inpatient stays in the look-back window, in time order: candidate
     admissions at the rate of its age and sex (Poisson over the window, kept while the patient
     lives there), plus the stay its death is tied to; no two overlap, none outlives the patient
     or the window. `s` is the patient's sample (computed if not given)."""
     t = _stay_tables(plan)
     if s is None:
-        s = sample(plan, index)
+        s = _sample(plan, index)
     if s.died < 0 and _stay_count_draw(plan, index) < t.count_cdf[s.cell][0]:
         return []  # most patients: no candidate admission, no death
-    u: PatientStayDraws = _stream(plan, PatientStayDraws, index)
+    u: _PatientStayDraws = _stream(plan, _PatientStayDraws, index)
     n = bisect.bisect_right(t.count_cdf[s.cell], u.count)
     lo = max(plan.window_start, (s.birth - _EPOCH_DAY) * 86400)
     hi = plan.window_start + plan.window_span - 1 if s.died < 0 else s.died  # as-of or death
@@ -3121,7 +3112,7 @@ def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
         kept.append(last[0])
         if last[1]:
             readmitted.append(last[0])
-    for k in range(min(n, READMISSION)):
+    for k in range(min(n, _READMISSION)):
         found = _candidate_stay(plan, t, index, k, s, lo)
         if found is None or found[0].discharged >= hi:
             continue  # before the window or birth; past the death or as-of
@@ -3134,7 +3125,7 @@ def stays(plan: Plan, index: int, s: Sample | None = None) -> list[Stay]:
 
 
 def _add_readmissions(
-    plan: Plan, t: StayTables, s: Sample, kept: list[Stay], readmitted: list[Stay], hi: int
+    plan: Plan, t: _StayTables, s: _Sample, kept: list[_Stay], readmitted: list[_Stay], hi: int
 ) -> None:
     """Add the readmissions of the `readmitted` stays to `kept`, in time order; a readmission
     may be readmitted in turn (up to READMISSION_LIMIT). One that would end after the death
@@ -3147,18 +3138,18 @@ def _add_readmissions(
             again, more = again._replace(discharged=s.died, disposition=-1), False
         if again.discharged <= hi and again.admitted < hi and _fits(again, kept):
             kept.append(again)
-            if more and again.k < READMISSION_LIMIT:
+            if more and again.k < _READMISSION_LIMIT:
                 readmitted.append(again)
 
 
-def _fits(stay: Stay, kept: list[Stay]) -> bool:
+def _fits(stay: _Stay, kept: list[_Stay]) -> bool:
     """Whether the stay overlaps none of `kept` (a patient is in one hospital at a time)."""
     return not any(a <= stay.discharged and stay.admitted <= b for _, _, a, b, *_ in kept)
 
 
 def _candidate_stay(
-    plan: Plan, t: StayTables, index: int, k: int, s: Sample, lo: int
-) -> tuple[Stay, bool] | None:
+    plan: Plan, t: _StayTables, index: int, k: int, s: _Sample, lo: int
+) -> tuple[_Stay, bool] | None:
     """Candidate admission k of patient #index: uniform in the window (None before `lo`, the
     window's start or the birth), its hospital, diagnosis, length and disposition; and whether
     a readmission follows it (_readmitted)."""
@@ -3170,11 +3161,11 @@ def _candidate_stay(
     hospital = _stay_hospital(plan, t, s, age, u)
     diagnosis = _stay_diagnosis(t, s, hospital, age, u)
     discharged = admitted + _los(t.diagnoses[diagnosis], u)
-    stay = Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
+    stay = _Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
     return stay, _readmitted(t, s, stay, age, u)
 
 
-def _readmitted(t: StayTables, s: Sample, stay: Stay, age: int, u: StayDraws) -> bool:
+def _readmitted(t: _StayTables, s: _Sample, stay: _Stay, age: int, u: _StayDraws) -> bool:
     """Whether an unplanned readmission within 30 days follows the stay: at the hospital's HRRP
     rate for a cohort stay of a patient 65+, else its hospital-wide rate, less the chance that
     the admissions process readmits the patient anyway (its rate over 30 days)."""
@@ -3182,29 +3173,31 @@ def _readmitted(t: StayTables, s: Sample, stay: Stay, age: int, u: StayDraws) ->
     if rates is None:
         return False
     cohort = t.diagnoses[stay.diagnosis].cohort
-    rate = rates[COHORTS.index(cohort)] if cohort and age >= MEDICARE_AGE else rates[-1]
+    rate = rates[_COHORTS.index(cohort)] if cohort and age >= _MEDICARE_AGE else rates[-1]
     chance = t.month_chance[s.cell]
     return u.readmitted < _cut(max(0.0, (rate - chance) / (1.0 - chance)))
 
 
-def _readmission(plan: Plan, t: StayTables, s: Sample, first: Stay) -> tuple[Stay, bool]:
+def _readmission(plan: Plan, t: _StayTables, s: _Sample, first: _Stay) -> tuple[_Stay, bool]:
     """The readmission after stay `first` (k + READMISSION): admitted 1 hour to 30 days after its
     discharge (front-loaded), mostly at the same hospital, its principal diagnosis the index
     cohort's again (READMIT_SAME_COHORT) or one of the mix; and whether it is readmitted too
     (an index stay like any other: HRRP counts readmissions as index stays)."""
-    k = first.k + READMISSION if first.k < DEATH_STAY else DEATH_STAY - 1
+    k = first.k + _READMISSION if first.k < _DEATH_STAY else _DEATH_STAY - 1
     u = _stay_draws(plan, first.index, k)
-    gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** READMIT_SKEW)
+    gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** _READMIT_SKEW)
     admitted = first.discharged + max(3600, gap)
     age = _age(s.birth, admitted)
     hospital = first.hospital
-    if u.own >= _cut(READMIT_SAME_HOSPITAL):
+    if u.own >= _cut(_READMIT_SAME_HOSPITAL):
         hospital = _other_candidate(plan, t, s, age, u.hospital, first.hospital) or hospital
     diagnosis = first.diagnosis
-    if not t.diagnoses[diagnosis].cohort or u.cohort >= _cut(READMIT_SAME_COHORT):
+    if not t.diagnoses[diagnosis].cohort or u.cohort >= _cut(_READMIT_SAME_COHORT):
         diagnosis = _stay_diagnosis(t, s, -1, age, u)  # the mix (65+: not a cohort)
     discharged = admitted + _los(t.diagnoses[diagnosis], u)
-    again = Stay(first.index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
+    again = _Stay(
+        first.index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u)
+    )
     return again, _readmitted(t, s, again, age, u)
 
 
@@ -3212,23 +3205,23 @@ def _readmission(plan: Plan, t: StayTables, s: Sample, first: Stay) -> tuple[Sta
 
 # --profile -> the US Core profiles its stays claim (None: the plain FHIR resources). US Core
 # Encounter also requires a type: SNOMED CT 32485007 |Hospital admission (procedure)|.
-STAY_PROFILES: Mapping[str, tuple[str, str] | None] = {
+_STAY_PROFILES: Mapping[str, tuple[str, str] | None] = {
     "cms": None,
-    "us-core": (US_CORE_ENCOUNTER, US_CORE_CONDITION),
+    "us-core": (_US_CORE_ENCOUNTER, _US_CORE_CONDITION),
 }
-HOSPITAL_ADMISSION = {"system": "http://snomed.info/sct", "code": "32485007"}
-INPATIENT_CLASS = {"system": ACT_CODE_SYSTEM, "code": "IMP"}  # inpatient encounter
-ENCOUNTER_DIAGNOSIS = {
+_HOSPITAL_ADMISSION = {"system": "http://snomed.info/sct", "code": "32485007"}
+_INPATIENT_CLASS = {"system": _ACT_CODE_SYSTEM, "code": "IMP"}  # inpatient encounter
+_ENCOUNTER_DIAGNOSIS = {
     "system": "http://terminology.hl7.org/CodeSystem/condition-category",
     "code": "encounter-diagnosis",
     "display": "Encounter Diagnosis",
 }
-DISCHARGE_DIAGNOSIS = {
+_DISCHARGE_DIAGNOSIS = {
     "system": "http://terminology.hl7.org/CodeSystem/diagnosis-role",
     "code": "DD",
 }
-CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-CONFIRMED = {
+_CLINICAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+_CONFIRMED = {
     "coding": [
         {
             "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
@@ -3240,16 +3233,16 @@ CONFIRMED = {
 
 def _stay_uuid(index: int, k: int, keys: tuple[int, tuple[int, int, int]]) -> str:
     add, mul = keys
-    return _uuid_bytes(index * MAX_STAYS + k, add, mul).decode()
+    return _uuid_bytes(index * _MAX_STAYS + k, add, mul).decode()
 
 
-def encounter_id(plan: Plan, index: int, k: int) -> str:
+def _encounter_id(plan: Plan, index: int, k: int) -> str:
     """Stay k of patient #index's Encounter id: a keyed bijection of index x MAX_STAYS + k, so
     ids never collide (the Condition has its own: condition_id)."""
     return _stay_uuid(index, k, _stay_tables(plan).encounter_keys)
 
 
-def condition_id(plan: Plan, index: int, k: int) -> str:
+def _condition_id(plan: Plan, index: int, k: int) -> str:
     """The id of stay k's principal-diagnosis Condition (its own keyed bijection)."""
     return _stay_uuid(index, k, _stay_tables(plan).condition_keys)
 
@@ -3270,7 +3263,7 @@ def _stay_meta(plan: Plan, profile: str | None) -> dict[str, Any]:
     return meta
 
 
-class StayRefs(NamedTuple):
+class _StayRefs(NamedTuple):
     """The ids a stay's two resources carry (computed once per stay on the bulk path)."""
 
     patient: str  # patient_id
@@ -3279,30 +3272,30 @@ class StayRefs(NamedTuple):
     condition: str
 
 
-def stay_refs(
-    plan: Plan, stay: Stay, patient: str | None = None, mrn: str | None = None
-) -> StayRefs:
+def _stay_refs(
+    plan: Plan, stay: _Stay, patient: str | None = None, mrn: str | None = None
+) -> _StayRefs:
     """A stay's ids; the patient's id and MRN may be given (the same for all its stays)."""
     t = _stay_tables(plan)
-    return StayRefs(
+    return _StayRefs(
         patient or patient_id(plan, stay.index),
-        mrn or patient_mrn(plan, stay.index),
+        mrn or _patient_mrn(plan, stay.index),
         _stay_uuid(stay.index, stay.k, t.encounter_keys),
         _stay_uuid(stay.index, stay.k, t.condition_keys),
     )
 
 
 def _disposition_json(disposition: int) -> dict[str, Any]:
-    code, _, text = (DISPOSITIONS[disposition] if disposition >= 0 else EXPIRED)[:3]
+    code, _, text = (_DISPOSITIONS[disposition] if disposition >= 0 else _EXPIRED)[:3]
     return {
         "dischargeDisposition": {
-            "coding": [{"system": DISPOSITION_SYSTEM, "code": code}],
+            "coding": [{"system": _DISPOSITION_SYSTEM, "code": code}],
             "text": text,  # tells home health from home (one code)
         }
     }
 
 
-class EncounterFields(NamedTuple):
+class _EncounterFields(NamedTuple):
     """The parts of an Encounter that vary between stays, JSON-ready (whole values)."""
 
     id: str
@@ -3315,7 +3308,7 @@ class EncounterFields(NamedTuple):
     provider: str  # Organization/<id>
 
 
-class ConditionFields(NamedTuple):
+class _ConditionFields(NamedTuple):
     """The parts of a Condition that vary between stays, JSON-ready (whole values)."""
 
     id: str
@@ -3326,10 +3319,12 @@ class ConditionFields(NamedTuple):
     onset: str
 
 
-def _stay_fields(plan: Plan, stay: Stay, refs: StayRefs) -> tuple[EncounterFields, ConditionFields]:
+def _stay_fields(
+    plan: Plan, stay: _Stay, refs: _StayRefs
+) -> tuple[_EncounterFields, _ConditionFields]:
     d = _stay_tables(plan).diagnoses[stay.diagnosis]
     start, subject = _instant(plan, stay.admitted), "Patient/" + refs.patient
-    encounter = EncounterFields(
+    encounter = _EncounterFields(
         id=refs.encounter,
         identifier=f"{refs.mrn}-{stay.k + 1:02d}",
         subject=subject,
@@ -3339,10 +3334,10 @@ def _stay_fields(plan: Plan, stay: Stay, refs: StayRefs) -> tuple[EncounterField
         disposition=_disposition_json(stay.disposition),
         provider="Organization/" + plan.hospitals[stay.hospital]["id"],
     )
-    condition = ConditionFields(
+    condition = _ConditionFields(
         id=refs.condition,
         status="active" if stay.disposition < 0 else "resolved",
-        code={"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display},
+        code={"system": _ICD10CM_SYSTEM, "code": d.code, "display": d.display},
         subject=subject,
         encounter="Encounter/" + refs.encounter,
         onset=start,
@@ -3350,36 +3345,36 @@ def _stay_fields(plan: Plan, stay: Stay, refs: StayRefs) -> tuple[EncounterField
     return encounter, condition
 
 
-def _encounter(plan: Plan, f: EncounterFields) -> dict[str, Any]:
+def _encounter(plan: Plan, f: _EncounterFields) -> dict[str, Any]:
     """The Encounter's shape in FHIR element order (R4; R5 where declared; US Core's type and
     profile under us-core): the one place it is written down (_stay_writer splits it)."""
-    profiles = STAY_PROFILES[plan.profile.name]
+    profiles = _STAY_PROFILES[plan.profile.name]
     record: dict[str, Any] = {
         "resourceType": "Encounter",
         "id": f.id,
         "meta": _stay_meta(plan, profiles and profiles[0]),
-        "identifier": [{"system": STAY_SYSTEM, "value": f.identifier}],
+        "identifier": [{"system": _STAY_SYSTEM, "value": f.identifier}],
     }
     period = {"start": f.start, "end": f.end}
     if plan.options["fhir_version"] == "R5":  # R5 renamed and reshaped these elements
         record.update(
             status="completed",
-            **{"class": [{"coding": [INPATIENT_CLASS]}]},
+            **{"class": [{"coding": [_INPATIENT_CLASS]}]},
             subject={"reference": f.subject},
             serviceProvider={"reference": f.provider},
             actualPeriod=period,
             diagnosis=[
                 {
                     "condition": [{"reference": {"reference": f.condition}}],
-                    "use": [{"coding": [DISCHARGE_DIAGNOSIS]}],
+                    "use": [{"coding": [_DISCHARGE_DIAGNOSIS]}],
                 }
             ],
             admission=f.disposition,
         )
         return record
-    record.update(status="finished", **{"class": INPATIENT_CLASS})
+    record.update(status="finished", **{"class": _INPATIENT_CLASS})
     if profiles:
-        record["type"] = [{"coding": [HOSPITAL_ADMISSION]}]
+        record["type"] = [{"coding": [_HOSPITAL_ADMISSION]}]
     record.update(
         subject={"reference": f.subject},
         period=period,
@@ -3390,16 +3385,16 @@ def _encounter(plan: Plan, f: EncounterFields) -> dict[str, Any]:
     return record
 
 
-def _condition(plan: Plan, f: ConditionFields) -> dict[str, Any]:
+def _condition(plan: Plan, f: _ConditionFields) -> dict[str, Any]:
     """The Condition's shape in FHIR element order (US Core's profile under us-core)."""
-    profiles = STAY_PROFILES[plan.profile.name]
+    profiles = _STAY_PROFILES[plan.profile.name]
     return {
         "resourceType": "Condition",
         "id": f.id,
         "meta": _stay_meta(plan, profiles and profiles[1]),
-        "clinicalStatus": {"coding": [{"system": CLINICAL_SYSTEM, "code": f.status}]},
-        "verificationStatus": CONFIRMED,
-        "category": [{"coding": [ENCOUNTER_DIAGNOSIS]}],
+        "clinicalStatus": {"coding": [{"system": _CLINICAL_SYSTEM, "code": f.status}]},
+        "verificationStatus": _CONFIRMED,
+        "category": [{"coding": [_ENCOUNTER_DIAGNOSIS]}],
         "code": {"coding": [f.code]},
         "subject": {"reference": f.subject},
         "encounter": {"reference": f.encounter},
@@ -3407,18 +3402,18 @@ def _condition(plan: Plan, f: ConditionFields) -> dict[str, Any]:
     }
 
 
-def encounter_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
+def _encounter_record(plan: Plan, stay: _Stay, refs: _StayRefs | None = None) -> dict[str, Any]:
     """A stay's Encounter (R4, or R5 where the run declares it; US Core Encounter under
     --profile us-core): status finished, class IMP, the period, the principal diagnosis, the
     discharge disposition, the hospital."""
-    return _encounter(plan, _stay_fields(plan, stay, refs or stay_refs(plan, stay))[0])
+    return _encounter(plan, _stay_fields(plan, stay, refs or _stay_refs(plan, stay))[0])
 
 
-def condition_record(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> dict[str, Any]:
+def _condition_record(plan: Plan, stay: _Stay, refs: _StayRefs | None = None) -> dict[str, Any]:
     """A stay's principal diagnosis as a Condition (ICD-10-CM, encounter-diagnosis; US Core
     Condition Encounter Diagnosis under --profile us-core): active if the stay ended in death,
     else resolved; its onset is the admission."""
-    return _condition(plan, _stay_fields(plan, stay, refs or stay_refs(plan, stay))[1])
+    return _condition(plan, _stay_fields(plan, stay, refs or _stay_refs(plan, stay))[1])
 
 
 _MARK_SPLIT_STAYS = re.compile(rb'"\\u0000(\w+)"')  # a marker as orjson writes it
@@ -3457,25 +3452,26 @@ def _splicer(
 
 
 @functools.lru_cache(maxsize=8)
-def _stay_writer(plan: Plan) -> Callable[[Stay, StayRefs], tuple[bytes, bytes]]:
+def _stay_writer(plan: Plan) -> Callable[[_Stay, _StayRefs], tuple[bytes, bytes]]:
     """(stay, refs) -> the Encounter's and Condition's bytes, equal to orjson.dumps of
     encounter_record / condition_record, spliced from pre-serialised parts (the bulk path);
     checked against the dict path when built."""
     t, dumps = _stay_tables(plan), orjson.dumps
     encounter, condition = (
-        _splicer(_encounter, EncounterFields, plan),
-        _splicer(_condition, ConditionFields, plan),
+        _splicer(_encounter, _EncounterFields, plan),
+        _splicer(_condition, _ConditionFields, plan),
     )
-    dispositions = {k: dumps(_disposition_json(k)) for k in range(-1, len(DISPOSITIONS))}
+    dispositions = {k: dumps(_disposition_json(k)) for k in range(-1, len(_DISPOSITIONS))}
     codes = [
-        dumps({"system": ICD10CM_SYSTEM, "code": d.code, "display": d.display}) for d in t.diagnoses
+        dumps({"system": _ICD10CM_SYSTEM, "code": d.code, "display": d.display})
+        for d in t.diagnoses
     ]
     providers = {
         k: b'"Organization/%s"' % plan.hospitals[k]["id"].encode() for k in plan.organization_index
     }
     status = (b'"active"', b'"resolved"')
 
-    def write(stay: Stay, refs: StayRefs) -> tuple[bytes, bytes]:
+    def write(stay: _Stay, refs: _StayRefs) -> tuple[bytes, bytes]:
         # ids, MRNs, org ids and instants are [-.:0-9A-Za-z] text: no escaping, fixed quotes
         eid, cid = refs.encounter.encode(), refs.condition.encode()
         subject = b'"Patient/%s"' % refs.patient.encode()
@@ -3504,28 +3500,28 @@ def _stay_writer(plan: Plan) -> Callable[[Stay, StayRefs], tuple[bytes, bytes]]:
 
     for index in range(64):  # as json_renderer: a field the template misses fails here
         for stay in stays(plan, index):
-            refs = stay_refs(plan, stay)
+            refs = _stay_refs(plan, stay)
             if write(stay, refs) != (
-                dumps(encounter_record(plan, stay, refs)),
-                dumps(condition_record(plan, stay, refs)),
+                dumps(_encounter_record(plan, stay, refs)),
+                dumps(_condition_record(plan, stay, refs)),
             ):
                 raise AssertionError(f"_stay_writer's bytes differ from the dict path (#{index})")
     return write
 
 
-def stay_json(plan: Plan, stay: Stay, refs: StayRefs | None = None) -> tuple[bytes, bytes]:
+def stay_json(plan: Plan, stay: _Stay, refs: _StayRefs | None = None) -> tuple[bytes, bytes]:
     """A stay's Encounter and Condition as compact JSON bytes (what every writer writes),
     equal to orjson.dumps of encounter_record and condition_record."""
-    return _stay_writer(plan)(stay, refs or stay_refs(plan, stay))
+    return _stay_writer(plan)(stay, refs or _stay_refs(plan, stay))
 
 
-def patient_stays_json(plan: Plan, index: int, s: Sample) -> list[tuple[bytes, bytes]]:
+def _patient_stays_json(plan: Plan, index: int, s: _Sample) -> list[tuple[bytes, bytes]]:
     """Patient #index's stays as (Encounter, Condition) JSON pairs, in time order (sample s)."""
     found = stays(plan, index, s)
     if not found:
         return []
-    write, pid, mrn = _stay_writer(plan), patient_id(plan, index), patient_mrn(plan, index)
-    return [write(stay, stay_refs(plan, stay, pid, mrn)) for stay in found]
+    write, pid, mrn = _stay_writer(plan), patient_id(plan, index), _patient_mrn(plan, index)
+    return [write(stay, _stay_refs(plan, stay, pid, mrn)) for stay in found]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3541,7 +3537,7 @@ def generate_patient(
 
     Options are those of make_plan, e.g. profile="us-core" for a US Core Patient.
     """
-    plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
+    plan = make_plan(_draw_seed() if seed is None else seed, as_of, **options)
     return _model(plan.fhir_version.models, "Patient").model_validate(build_record(plan, index))
 
 
@@ -3554,7 +3550,7 @@ def generate_patients(  # noqa: PLR0913 (the living population's arguments are k
     epoch: datetime | str | None = None,
     since: datetime | str | None = None,
     latest: bool = False,
-    faults: Faults = NO_FAULTS,
+    faults: Faults = _NO_FAULTS,
     **options: Any,
 ) -> Iterator[dict[str, Any]]:
     """Patients #start .. #start+count-1 as plain dicts, lazily (constant memory).
@@ -3564,7 +3560,7 @@ def generate_patients(  # noqa: PLR0913 (the living population's arguments are k
     (S, as_of]: new versions, and deletions as Bundle dicts (see changes())."""
     _check_index_range(start, count)
     if epoch is None and since is None:
-        plan = make_plan(draw_seed() if seed is None else seed, as_of, **options)
+        plan = make_plan(_draw_seed() if seed is None else seed, as_of, **options)
         for index in range(start, start + count):
             yield build_record(plan, index)
         return
@@ -3572,9 +3568,9 @@ def generate_patients(  # noqa: PLR0913 (the living population's arguments are k
         raise ValueError("since needs epoch (the time the population is defined at)")
     if start:
         raise ValueError("a living population begins at #0: start must be 0 with epoch")
-    plan = make_plan(draw_seed() if seed is None else seed, epoch, **options)
+    plan = make_plan(_draw_seed() if seed is None else seed, epoch, **options)
     for v in _window_versions(plan, Window(count, as_of, since, latest, faults)):
-        yield version_record(plan, v)
+        yield _version_record(plan, v)
 
 
 def _check_index_range(start: Any, count: Any) -> None:
@@ -3582,8 +3578,8 @@ def _check_index_range(start: Any, count: Any) -> None:
     for name, value in (("count", count), ("start", start)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a whole number >= 0, not {value!r}")
-    if start + count - 1 > MAX_INDEX:
-        raise ValueError(f"--start and --count must keep indexes within 0..{MAX_INDEX}")
+    if start + count - 1 > _MAX_INDEX:
+        raise ValueError(f"--start and --count must keep indexes within 0..{_MAX_INDEX}")
 
 
 @functools.cache
@@ -3612,7 +3608,7 @@ def _patient_file_name(patient_id: str) -> str:
 
 
 def suggested_s3_key(
-    patient: Any, bucket: str = DEFAULT_BUCKET, prefix: str = DEFAULT_PREFIX
+    patient: Any, bucket: str = _DEFAULT_BUCKET, prefix: str = _DEFAULT_PREFIX
 ) -> str:
     """The bronze-layer object URL for a Patient model or dict: s3://bucket/prefix/patient_<id>.json."""
     pid = patient["id"] if isinstance(patient, dict) else patient.id
@@ -3626,12 +3622,12 @@ _MARK_SPLIT = re.compile(rb'"\\u0000(\w+)"')  # how orjson writes a marker
 
 def _template(plan: Plan, deceased: bool) -> tuple[bytes, dict[str, bytes]]:
     """The cms record's bytes around its fields: (head, {field: the bytes after it})."""
-    marks = Fields._make(_MARK + name for name in Fields._fields)
+    marks = _Fields._make(_MARK + name for name in _Fields._fields)
     if not deceased:
         marks = marks._replace(deceased=None)
     head, *rest = _MARK_SPLIT.split(orjson.dumps(_assemble(plan, marks)))
     names = [name.decode() for name in rest[::2]]
-    expected = [n for n in Fields._fields if deceased or n != "deceased"]
+    expected = [n for n in _Fields._fields if deceased or n != "deceased"]
     if names != expected or any(b"\\u0000" in part for part in (head, *rest)):
         raise AssertionError(f"the record template has fields {names}, not {expected}")
     return head, dict(zip(names, rest[1::2], strict=True))
@@ -3821,7 +3817,7 @@ def _delete_bundle(plan: Plan, v: Version) -> dict[str, Any]:
     }
 
 
-def version_record(plan: Plan, v: Version) -> dict[str, Any]:
+def _version_record(plan: Plan, v: Version) -> dict[str, Any]:
     """A version as a plain dict: the Patient as it then was, or a deletion's Bundle."""
     if v.change == "delete":
         return _delete_bundle(plan, v)
@@ -3840,7 +3836,7 @@ def _version_writer(plan: Plan) -> Callable[[Version], bytes]:
     version's own sample and meta; checked against the dict path when built."""
     dumps = orjson.dumps
     if not plan.profile.rendered:
-        return lambda v: dumps(version_record(plan, v))
+        return lambda v: dumps(_version_record(plan, v))
     write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
 
     def write_version(v: Version) -> bytes:
@@ -3851,12 +3847,12 @@ def _version_writer(plan: Plan) -> Callable[[Version], bytes]:
 
     render = json_renderer(plan)
     for index in range(8):  # as json_renderer: a field the fragments miss fails here
-        s = sample(plan, index)
+        s = _sample(plan, index)
         epoch = Version(index, 1, 0, "epoch", s)
         born = min(s.birth + 36500, date.max.toordinal())  # past the date table, and valid
         later = Version(index, 2, 4102444800, "move-zip", s._replace(birth=born))
         if write_version(epoch) != render(index) or write_version(later) != dumps(
-            version_record(plan, later)
+            _version_record(plan, later)
         ):
             raise AssertionError(f"_version_writer's bytes differ from the dict path (#{index})")
     return write_version
@@ -3886,26 +3882,26 @@ def _patient_line(plan: Plan, validate: bool) -> Callable[[int], bytes]:
 def _version_line(plan: Plan, validate: bool) -> Callable[[Version], bytes]:
     """v -> a version's JSON as every writer writes it; through fhir.resources first if asked."""
     if validate:
-        return lambda v: orjson.dumps(_validated(plan, version_record(plan, v), v.index))
+        return lambda v: orjson.dumps(_validated(plan, _version_record(plan, v), v.index))
     return _version_writer(plan)
 
 
-StayLines = list[tuple[bytes, bytes]]  # a patient's stays: (Encounter, Condition) JSON pairs
+_StayLines = list[tuple[bytes, bytes]]  # a patient's stays: (Encounter, Condition) JSON pairs
 
 
-def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, StayLines]]:
+def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, _StayLines]]:
     """i -> (patient #i's JSON, its stays' JSON pairs) as every writer writes them, from one
     sample; every resource through fhir.resources first if asked (--encounters runs)."""
     if validate:
 
-        def checked(i: int) -> tuple[bytes, StayLines]:
-            s, pairs = sample(plan, i), []
+        def checked(i: int) -> tuple[bytes, _StayLines]:
+            s, pairs = _sample(plan, i), []
             for stay in stays(plan, i, s):
-                refs = stay_refs(plan, stay)
+                refs = _stay_refs(plan, stay)
                 pairs.append(
                     tuple(
                         orjson.dumps(_validated(plan, record(plan, stay, refs), i))
-                        for record in (encounter_record, condition_record)
+                        for record in (_encounter_record, _condition_record)
                     )
                 )
             return orjson.dumps(_validated(plan, build_record(plan, i), i)), pairs
@@ -3913,13 +3909,13 @@ def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, Stay
         return checked
     line = json_renderer(plan)
     if not plan.profile.rendered:
-        return lambda i: (line(i), patient_stays_json(plan, i, sample(plan, i)))
+        return lambda i: (line(i), _patient_stays_json(plan, i, _sample(plan, i)))
     write, meta_v1 = _patient_writer(plan), _fragments(plan).meta_v1
 
     count_cdf, hasher, at = _stay_tables(plan).count_cdf, plan.hasher, _COUNT_AT
-    at_cell, at_died = Sample._fields.index("cell"), Sample._fields.index("died")
+    at_cell, at_died = _Sample._fields.index("cell"), _Sample._fields.index("died")
 
-    def render(i: int) -> tuple[bytes, StayLines]:
+    def render(i: int) -> tuple[bytes, _StayLines]:
         s = _sample_tuple(plan, i)  # one sample for the patient and its stays
         patient = write((i,), (s,), (meta_v1,))[0]  # type: ignore[arg-type]
         cell, died = s[at_cell], s[at_died]  # Sample's fields by position (the hot path)
@@ -3928,7 +3924,7 @@ def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, Stay
             h.update(b"stays|%d" % i)
             if int.from_bytes(h.digest()[at : at + 4], "little") < count_cdf[cell][0]:
                 return patient, []
-        return patient, patient_stays_json(plan, i, Sample._make(s))
+        return patient, _patient_stays_json(plan, i, _Sample._make(s))
 
     return render
 
@@ -3945,13 +3941,13 @@ def _patient_and_stays(plan: Plan, validate: bool) -> Callable[[int], bytes]:
     return lines
 
 
-BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
+_BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
 
 
 def _ndjson(lines: Iterable[bytes]) -> Iterator[bytes]:
     """Lines as NDJSON chunks of BATCH lines (one join and one write each)."""
     lines = iter(lines)
-    while chunk := list(itertools.islice(lines, BATCH)):
+    while chunk := list(itertools.islice(lines, _BATCH)):
         chunk.append(b"")
         yield b"\n".join(chunk)
 
@@ -3970,8 +3966,8 @@ def ndjson_chunks(
     else:
         json_renderer(plan)  # its self-check, once
         block = _rendered_block(plan)
-    for a in range(lo, hi, BATCH):
-        b = min(a + BATCH, hi)
+    for a in range(lo, hi, _BATCH):
+        b = min(a + _BATCH, hi)
         lines = block(a, b)
         lines.append(b"")
         yield b"\n".join(lines)
@@ -3983,28 +3979,32 @@ def ndjson_chunks(
 # The bronze layer: formats (how records become files) x stores (where bytes go), and the run
 # ---------------------------------------------------------------------------------------------
 
-MANIFEST = "_manifest.json"  # Athena and Glue skip names starting with "_" or "."
-FOLDERS = ("patient", "organization")  # the layer's data folders, one per resource type
+_MANIFEST = "_manifest.json"  # Athena and Glue skip names starting with "_" or "."
+_FOLDERS = ("patient", "organization")  # the layer's data folders, one per resource type
 # An unfinished run's bookkeeping (identity, done markers, local temp files); readers skip "_"
 # names, and the run that completes the layer removes it.
-RUN_DIR = "_run"
-RUN_IDENTITY = f"{RUN_DIR}/identity.json"  # the run's generator block, written before any data
-RUN_DONE = f"{RUN_DIR}/done"  # one marker per finished unit: _run/done/<unit:06d>
-RUN_TMP = f"{RUN_DIR}/tmp"  # local temp files: never inside a folder that readers glob
-S3_MAX_ATTEMPTS = 5  # botocore "standard" retries of transient errors per request
-S3_PROBE_ATTEMPTS = 2  # the bucket probe before any work fails faster
+_RUN_DIR = "_run"
+_RUN_IDENTITY = f"{_RUN_DIR}/identity.json"  # the run's generator block, written before any data
+_RUN_DONE = f"{_RUN_DIR}/done"  # one marker per finished unit: _run/done/<unit:06d>
+_RUN_TMP = f"{_RUN_DIR}/tmp"  # local temp files: never inside a folder that readers glob
+_S3_MAX_ATTEMPTS = 5  # botocore "standard" retries of transient errors per request
+_S3_PROBE_ATTEMPTS = 2  # the bucket probe before any work fails faster
 # A silent endpoint (stalled, SIGSTOPped) costs a request at most attempts x (connect + read)
 # plus the retry back-off: 5 x (5 + 15) + <1 s ~ 101 s, so a stall ends a run within ~2 min
 # (the probe: 2 x 20 + <1 s). docs/bronze.md derives it; tests lower these module constants.
-S3_CONNECT_TIMEOUT = 5  # seconds to open a connection
-S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's reply comes in ~1 s
+_S3_CONNECT_TIMEOUT = 5  # seconds to open a connection
+_S3_READ_TIMEOUT = 15  # seconds any socket read (or write) may wait; a PUT's reply comes in ~1 s
 # A server that ignores If-None-Match (rclone serve s3 1.75 does; AWS S3 and MinIO honour it) gets
 # a write-then-read-back claim instead: racing claims are told apart if each run's check and its
 # PUT lie closer together than this (docs/bronze.md, "Two runs, one folder").
-S3_CLAIM_SETTLE = 1.0  # seconds between the claim's PUT and its read-back
-GZIP_CONTENT_TYPE = "application/gzip"
-Tick = Callable[[int], None] | None  # progress callback: n more patients done
-PLAIN_RUN, SNAPSHOT_RUN, BATCH_RUN = "plain", "snapshot", "batch"  # what a run writes: Bronze.mode
+_S3_CLAIM_SETTLE = 1.0  # seconds between the claim's PUT and its read-back
+_GZIP_CONTENT_TYPE = "application/gzip"
+_Tick = Callable[[int], None] | None  # progress callback: n more patients done
+_PLAIN_RUN, _SNAPSHOT_RUN, _BATCH_RUN = (
+    "plain",
+    "snapshot",
+    "batch",
+)  # what a run writes: Bronze.mode
 
 
 @dataclass(frozen=True)
@@ -4014,12 +4014,12 @@ class Bronze:
     root: str  # a local directory or s3://bucket/prefix: the layer root
     count: int
     start: int = 0
-    format: str = DEFAULT_FORMAT
+    format: str = _DEFAULT_FORMAT
     gzip: bool = False
-    gzip_level: int = DEFAULT_GZIP_LEVEL
-    records_per_file: int = DEFAULT_RECORDS_PER_FILE
+    gzip_level: int = _DEFAULT_GZIP_LEVEL
+    records_per_file: int = _DEFAULT_RECORDS_PER_FILE
     validate: bool = False
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int = _DEFAULT_CONCURRENCY
     endpoint_url: str | None = None
     token: str = ""  # tags this run's temp files, so an interrupted run can remove them
     window: Window | None = None  # a living population: count becomes the indexes at its until
@@ -4029,12 +4029,12 @@ class Bronze:
         """What the run writes, decided here only: PLAIN_RUN (no window), SNAPSHOT_RUN (a window's
         state at its until, a layer like a plain one) or BATCH_RUN (a window's changes since)."""
         if self.window is None:
-            return PLAIN_RUN
-        return SNAPSHOT_RUN if self.window.since is None else BATCH_RUN
+            return _PLAIN_RUN
+        return _SNAPSHOT_RUN if self.window.since is None else _BATCH_RUN
 
 
 @dataclass(frozen=True)
-class UnitResult:
+class _UnitResult:
     """What writing one unit (an index range) produced."""
 
     unit: int
@@ -4046,30 +4046,30 @@ class UnitResult:
     deleted: int = 0  # a change batch's deletions
 
 
-def covering(plan: Plan, spec: Bronze) -> Bronze:
+def _covering(plan: Plan, spec: Bronze) -> Bronze:
     """The spec as a run writes it: with a window, its count is the indexes that exist at the
     window's until (population_size) and it starts at #0; without, unchanged."""
     w = spec.window
     if w is None:
         return spec
-    return replace(spec, count=population_size(plan, w.epoch_count, w.until), start=0)
+    return replace(spec, count=_population_size(plan, w.epoch_count, w.until), start=0)
 
 
-def unit_count(spec: Bronze) -> int:
+def _unit_count(spec: Bronze) -> int:
     """How many work units the run has: ceil(count / records_per_file)."""
     return -(-spec.count // spec.records_per_file)
 
 
-def unit_range(spec: Bronze, unit: int) -> range:
+def _unit_range(spec: Bronze, unit: int) -> range:
     """The indexes of unit #unit (0-based); NDJSON file n = unit + 1 holds exactly these."""
     lo = spec.start + unit * spec.records_per_file
     return range(lo, min(lo + spec.records_per_file, spec.start + spec.count))
 
 
-def shard_units(spec: Bronze, shard: tuple[int, int]) -> range:
+def _shard_units(spec: Bronze, shard: tuple[int, int]) -> range:
     """Units of shard K/N: every N-th unit from K (round robin keeps shards within one unit)."""
     k, n = shard
-    return range(k, unit_count(spec), n)
+    return range(k, _unit_count(spec), n)
 
 
 def _suffix(spec: Bronze) -> str:
@@ -4090,22 +4090,22 @@ def _gzip_chunks(chunks: Iterable[bytes], level: int) -> Iterator[bytes]:
 
 
 @dataclass(frozen=True)
-class Format:
+class _Format:
     """An output format: its content type, how a unit of patients and the organizations
     become files, and what the manifest lists."""
 
     name: str
     content_type: str  # of an uncompressed file
-    write_unit: Callable[[Plan, Bronze, Store, int, Tick], tuple[int, int]]  # -> files, bytes
+    write_unit: Callable[[Plan, Bronze, _Store, int, _Tick], tuple[int, int]]  # -> files, bytes
     organization_files: Callable[[Plan, Bronze], list[tuple[str, bytes]]]
     manifest_output: Callable[[Plan, Bronze], list[dict[str, Any]]]  # url: relative key
     rolls_over: bool  # records_per_file splits files (it always splits work units)
-    batch_files: Callable[[Plan, Bronze, int, list[Version]], list[BatchFile]]
+    batch_files: Callable[[Plan, Bronze, int, list[Version]], list[_BatchFile]]
     batch_output: Callable[[Bronze, Mapping[int, tuple[int, int]]], dict[str, list[Any]]]
 
 
 def _content_type(spec: Bronze) -> str:
-    return GZIP_CONTENT_TYPE if spec.gzip else FORMATS[spec.format].content_type
+    return _GZIP_CONTENT_TYPE if spec.gzip else _FORMATS[spec.format].content_type
 
 
 def _ndjson_key(spec: Bronze, resource_type: str, n: int) -> str:
@@ -4130,7 +4130,7 @@ def _unit_patients(plan: Plan, spec: Bronze, indexes: range) -> Iterator[tuple[i
     return ((v.index, line(v)) for v in versions)
 
 
-def _unit_chunks(plan: Plan, spec: Bronze, indexes: range, tick: Tick) -> Iterator[bytes]:
+def _unit_chunks(plan: Plan, spec: Bronze, indexes: range, tick: _Tick) -> Iterator[bytes]:
     """A unit's patients as NDJSON chunks of BATCH lines."""
     if spec.window is None:  # the hot path
         yield from ndjson_chunks(plan, indexes.start, indexes.stop, spec.validate, tick)
@@ -4142,7 +4142,7 @@ def _unit_chunks(plan: Plan, spec: Bronze, indexes: range, tick: Tick) -> Iterat
 
 def _unit_records(plan: Plan, spec: Bronze, unit: int) -> int:
     """How many patients unit #unit writes: its indexes, less a window's deleted joiners."""
-    indexes, w = unit_range(spec, unit), spec.window
+    indexes, w = _unit_range(spec, unit), spec.window
     if w is None:
         return len(indexes)
     dyn, until = _dynamics(plan), _seconds(w.until)
@@ -4156,8 +4156,8 @@ def _unit_records(plan: Plan, spec: Bronze, unit: int) -> int:
 # -- inpatient stays (--encounters): a unit's stays go to encounter/ and condition/ beside its
 #    patients, in the same format; the run, the stores and the resume logic are unchanged
 
-STAY_TYPES = ("Encounter", "Condition")  # resource types of a stay, in StayLines order
-STAY_FOLDERS = tuple(kind.lower() for kind in STAY_TYPES)
+_STAY_TYPES = ("Encounter", "Condition")  # resource types of a stay, in StayLines order
+_STAY_FOLDERS = tuple(kind.lower() for kind in _STAY_TYPES)
 
 
 def _stays_on(plan: Plan) -> bool:
@@ -4165,15 +4165,15 @@ def _stays_on(plan: Plan) -> bool:
 
 
 def _unit_with_stays(
-    plan: Plan, spec: Bronze, indexes: range, tick: Tick
-) -> tuple[Iterator[list[bytes]], StayLines]:
+    plan: Plan, spec: Bronze, indexes: range, tick: _Tick
+) -> tuple[Iterator[list[bytes]], _StayLines]:
     """A unit's patient lines in batches of BATCH, and the list their stays fill as the
     batches are consumed (one sample per patient serves both)."""
     both, pairs = _stays_line(plan, spec.validate), []
 
     def batches() -> Iterator[list[bytes]]:
-        for a in range(indexes.start, indexes.stop, BATCH):
-            b = min(a + BATCH, indexes.stop)
+        for a in range(indexes.start, indexes.stop, _BATCH):
+            b = min(a + _BATCH, indexes.stop)
             lines = []
             for i in range(a, b):
                 patient, mine = both(i)
@@ -4187,31 +4187,31 @@ def _unit_with_stays(
 
 
 def _ndjson_stays_unit(
-    plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick
+    plan: Plan, spec: Bronze, store: _Store, unit: int, tick: _Tick
 ) -> tuple[int, int]:
     """Unit u with stays: patient/Patient.<u+1>.ndjson, then encounter/Encounter.<u+1>.ndjson
     and condition/Condition.<u+1>.ndjson (written even when empty: the manifest lists them)."""
-    batches, pairs = _unit_with_stays(plan, spec, unit_range(spec, unit), tick)
+    batches, pairs = _unit_with_stays(plan, spec, _unit_range(spec, unit), tick)
     chunks: Iterable[bytes] = (b"\n".join([*lines, b""]) for lines in batches)
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
     size = store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
-    for n, kind in enumerate(STAY_TYPES):
+    for n, kind in enumerate(_STAY_TYPES):
         data = b"".join(pair[n] + b"\n" for pair in pairs)
         if spec.gzip:
             data = zlib.compress(data, spec.gzip_level, wbits=31)
         size += store.write(_ndjson_key(spec, kind, unit + 1), data, _content_type(spec))
-    return 1 + len(STAY_TYPES), size
+    return 1 + len(_STAY_TYPES), size
 
 
 def _json_stays_unit(
-    plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick
+    plan: Plan, spec: Bronze, store: _Store, unit: int, tick: _Tick
 ) -> tuple[int, int]:
     """Unit u with stays: a file per patient, then one per Encounter and per Condition
     (encounter/encounter_<id>.json, condition/condition_<id>.json)."""
-    batches, pairs = _unit_with_stays(plan, spec, unit_range(spec, unit), tick)
+    batches, pairs = _unit_with_stays(plan, spec, _unit_range(spec, unit), tick)
     suffix, content_type, files, size = _suffix(spec), _content_type(spec), 0, 0
-    start = unit_range(spec, unit).start
+    start = _unit_range(spec, unit).start
     for lines in batches:
         for i, line in enumerate(lines, start):
             files += 1
@@ -4219,7 +4219,7 @@ def _json_stays_unit(
             size += store.write(key, _json_file(spec, line), content_type)
         start += len(lines)
         for pair in pairs:
-            for data, folder in zip(pair, STAY_FOLDERS, strict=True):
+            for data, folder in zip(pair, _STAY_FOLDERS, strict=True):
                 files += 1
                 rid = data[data.index(b'"id":"') + 6 :].split(b'"', 1)[0].decode()
                 key = f"{folder}/{folder}_{rid}.json{suffix}"
@@ -4237,19 +4237,21 @@ def _stays_manifest(spec: Bronze, per_unit: bool) -> list[dict[str, Any]]:
     """The manifest's stay entries: per NDJSON file (like the patients'), or per folder. They
     carry no count (optional in Bulk Data): counting would take a second pass over the run."""
     if not per_unit:
-        return [{"type": kind, "url": f"{kind.lower()}/"} for kind in STAY_TYPES]
+        return [{"type": kind, "url": f"{kind.lower()}/"} for kind in _STAY_TYPES]
     return [
         {"type": kind, "url": _ndjson_key(spec, kind, u + 1)}
-        for kind in STAY_TYPES
-        for u in range(unit_count(spec))
+        for kind in _STAY_TYPES
+        for u in range(_unit_count(spec))
     ]
 
 
-def _ndjson_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
+def _ndjson_unit(
+    plan: Plan, spec: Bronze, store: _Store, unit: int, tick: _Tick
+) -> tuple[int, int]:
     """Unit u is the file patient/Patient.<u+1>.ndjson, one resource per line."""
     if _stays_on(plan):
         return _ndjson_stays_unit(plan, spec, store, unit, tick)
-    chunks: Iterable[bytes] = _unit_chunks(plan, spec, unit_range(spec, unit), tick)
+    chunks: Iterable[bytes] = _unit_chunks(plan, spec, _unit_range(spec, unit), tick)
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
     return 1, store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
@@ -4267,7 +4269,7 @@ def _ndjson_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
             "url": _ndjson_key(spec, "Patient", u + 1),
             "count": _unit_records(plan, spec, u),
         }
-        for u in range(unit_count(spec))
+        for u in range(_unit_count(spec))
     ]
     output.append(
         {
@@ -4279,11 +4281,11 @@ def _ndjson_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
     return output + (_stays_manifest(spec, per_unit=True) if _stays_on(plan) else [])
 
 
-def _json_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> tuple[int, int]:
+def _json_unit(plan: Plan, spec: Bronze, store: _Store, unit: int, tick: _Tick) -> tuple[int, int]:
     """One compact single-line file per patient, named exactly as suggested_s3_key() names it."""
     if _stays_on(plan):
         return _json_stays_unit(plan, spec, store, unit, tick)
-    indexes = unit_range(spec, unit)
+    indexes = _unit_range(spec, unit)
     suffix, total, files = _suffix(spec), 0, 0
     content_type = _content_type(spec)
     for files, (i, line) in enumerate(_unit_patients(plan, spec, indexes), 1):  # noqa: B007
@@ -4292,10 +4294,10 @@ def _json_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) ->
             data = zlib.compress(data, spec.gzip_level, wbits=31)
         key = f"patient/{_patient_file_name(patient_id(plan, i))}{suffix}"
         total += store.write(key, data, content_type)
-        if tick and files % BATCH == 0:
-            tick(BATCH)
+        if tick and files % _BATCH == 0:
+            tick(_BATCH)
     if tick:
-        tick(len(indexes) - files + files % BATCH)
+        tick(len(indexes) - files + files % _BATCH)
     return files, total
 
 
@@ -4312,7 +4314,7 @@ def _json_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
         {
             "type": "Patient",
             "url": "patient/",
-            "count": sum(_unit_records(plan, spec, u) for u in range(unit_count(spec)))
+            "count": sum(_unit_records(plan, spec, u) for u in range(_unit_count(spec)))
             if spec.window
             else spec.count,
         },
@@ -4327,8 +4329,8 @@ def _json_manifest(plan: Plan, spec: Bronze) -> list[dict[str, Any]]:
 
 # -- change batches (a window with since): appended under cdc/, never over an earlier object
 
-CDC_MANIFESTS = "cdc/_manifests"  # one manifest per batch: <since>_<until>.json, written last
-CDC_RUN = "cdc/_run"  # a batch's identity while it is being written
+_CDC_MANIFESTS = "cdc/_manifests"  # one manifest per batch: <since>_<until>.json, written last
+_CDC_RUN = "cdc/_run"  # a batch's identity while it is being written
 
 
 def _stamp(dt: datetime) -> str:
@@ -4351,7 +4353,7 @@ def _batch_window(name: str) -> tuple[datetime, datetime]:
     return _from_stamp(since), _from_stamp(until)
 
 
-def batch_name(spec: Bronze) -> str:
+def _batch_name(spec: Bronze) -> str:
     """The batch's name, <since>_<until>: every key of the batch starts with it in its folder."""
     w = spec.window
     assert w is not None and w.since is not None
@@ -4366,10 +4368,10 @@ def _batch_folder(spec: Bronze, deleted: bool) -> str:
 
 
 def _batch_key(spec: Bronze, deleted: bool, name: str) -> str:
-    return f"{_batch_folder(spec, deleted)}/{batch_name(spec)}.{name}{_suffix(spec)}"
+    return f"{_batch_folder(spec, deleted)}/{_batch_name(spec)}.{name}{_suffix(spec)}"
 
 
-class BatchFile(NamedTuple):
+class _BatchFile(NamedTuple):
     """One file of a change batch: its key, bytes (uncompressed), lines, and whether it holds
     deletions."""
 
@@ -4381,7 +4383,7 @@ class BatchFile(NamedTuple):
 
 def _ndjson_batch_files(
     plan: Plan, spec: Bronze, unit: int, versions: list[Version]
-) -> list[BatchFile]:
+) -> list[_BatchFile]:
     """A unit's new versions as <name>.Patient.<u+1>.ndjson, its deletions (Bulk Data: one
     transaction Bundle per line) as <name>.Bundle.<u+1>.ndjson; no file for none."""
     files, line = [], _version_line(plan, spec.validate)
@@ -4389,13 +4391,13 @@ def _ndjson_batch_files(
         lines = [line(v) for v in versions if (v.change == "delete") == deleted]
         if lines:
             key = _batch_key(spec, deleted, f"{kind}.{unit + 1:06d}.ndjson")
-            files.append(BatchFile(key, b"\n".join([*lines, b""]), len(lines), deleted))
+            files.append(_BatchFile(key, b"\n".join([*lines, b""]), len(lines), deleted))
     return files
 
 
 def _json_batch_files(
     plan: Plan, spec: Bronze, unit: int, versions: list[Version]
-) -> list[BatchFile]:
+) -> list[_BatchFile]:
     """A file per version: <name>.patient_<id>_v<k>.json, deletions <name>.delete_<id>_v<k>.json
     (a duplicate delivery within one batch is the same object)."""
     files, line = {}, _version_line(plan, spec.validate)
@@ -4403,7 +4405,7 @@ def _json_batch_files(
         deleted = v.change == "delete"
         name = f"{'delete' if deleted else 'patient'}_{patient_id(plan, v.index)}_v{v.number}.json"
         key = _batch_key(spec, deleted, name)
-        files[key] = BatchFile(key, line(v) + b"\n", 1, deleted)
+        files[key] = _BatchFile(key, line(v) + b"\n", 1, deleted)
     return list(files.values())
 
 
@@ -4427,7 +4429,7 @@ def _ndjson_batch_output(
 
 def _json_batch_output(spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> dict[str, list[Any]]:
     """Per-file JSON: one entry per resource type, whose url is the key prefix of its files."""
-    name = batch_name(spec)
+    name = _batch_name(spec)
     out: dict[str, list[Any]] = {"output": [], "deleted": []}
     for k, deleted, kind in ((0, False, "Patient"), (1, True, "Bundle")):
         n = sum(c[k] for c in counts.values())
@@ -4437,8 +4439,8 @@ def _json_batch_output(spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> d
     return out
 
 
-FORMATS: Mapping[str, Format] = {
-    "json": Format(
+_FORMATS: Mapping[str, _Format] = {
+    "json": _Format(
         "json",
         content_type="application/fhir+json",
         write_unit=_json_unit,
@@ -4448,7 +4450,7 @@ FORMATS: Mapping[str, Format] = {
         batch_files=_json_batch_files,
         batch_output=_json_batch_output,
     ),
-    "ndjson": Format(
+    "ndjson": _Format(
         "ndjson",
         content_type="application/fhir+ndjson",
         write_unit=_ndjson_unit,
@@ -4461,10 +4463,10 @@ FORMATS: Mapping[str, Format] = {
 }
 
 
-def organization_files(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
+def _organization_files(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
     """(key, bytes) of every organization of the plan, in the run's format: the same for all
     shards and workers, so every managingOrganization.reference resolves."""
-    files = FORMATS[spec.format].organization_files(plan, spec)
+    files = _FORMATS[spec.format].organization_files(plan, spec)
     if spec.gzip:
         files = [(key, zlib.compress(data, spec.gzip_level, wbits=31)) for key, data in files]
     return files
@@ -4474,7 +4476,7 @@ def organization_files(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
 #    relative to the layer root; every failure of a store is a BronzeError.
 
 
-class UploadFailed(BronzeError):
+class _UploadFailed(BronzeError):
     """A store's earlier background write failed: stop the unit, drain() reports it."""
 
 
@@ -4496,7 +4498,7 @@ def _writer(pid: int) -> str:
     return f"{pid}+{start}" if start is not None else str(pid)
 
 
-class LocalStore:
+class _LocalStore:
     """A local directory; every file is written to a temp file in _run/tmp/, then renamed into
     place (atomic: the same file system). Readers' globs (patient/*) never see a temp file."""
 
@@ -4520,7 +4522,7 @@ class LocalStore:
         """Create the folders and remove stale temp files (those of dead writers)."""
         if self.root.exists() and not self.root.is_dir():
             raise BronzeError(f"--output {self.root} exists and is not a directory")
-        for folder in (*FOLDERS, RUN_TMP):
+        for folder in (*_FOLDERS, _RUN_TMP):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self._remove_temp_files(self._is_stale)
 
@@ -4528,7 +4530,7 @@ class LocalStore:
         """_run/tmp/<key with / as .>.tmp-<token>-<pid>[+<start>]@<host>: whose it is (the
         writer's start time, where known, tells a recycled pid apart), for the sweeps."""
         name = f"{key.replace('/', '.')}.tmp-{self.token}-{_writer(os.getpid())}@{self.host}"
-        return self.root / RUN_TMP / name
+        return self.root / _RUN_TMP / name
 
     def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
         """Write all chunks to a temp file, then os.replace (no fsync: atomic against crashes
@@ -4629,7 +4631,7 @@ class LocalStore:
 
     def _remove_temp_files(self, which: Callable[[str, str, str], bool]) -> None:
         """Remove the temp files in _run/tmp/ for which which(token, writer, host) holds."""
-        for key in list(self.list(RUN_TMP)):
+        for key in list(self.list(_RUN_TMP)):
             match = re.search(r"\.tmp-(.+)-(\d+(?:\+\d+)?)@([^@/]+)$", key)
             if match and which(match[1], match[2], match[3]):
                 self.delete([key])
@@ -4640,7 +4642,7 @@ class LocalStore:
 
     def remove_run_folder(self) -> None:
         """Remove _run/ if it is empty (a sibling's temp file keeps it; it removes it later)."""
-        for folder in (RUN_TMP, RUN_DONE, RUN_DIR):
+        for folder in (_RUN_TMP, _RUN_DONE, _RUN_DIR):
             with contextlib.suppress(OSError):
                 (self.root / folder).rmdir()
 
@@ -4655,22 +4657,25 @@ class LocalStore:
 # bucketnamingrules.html): 3-63 lowercase letters, digits, dots and hyphens, a letter or digit
 # at both ends, no "..", not an IPv4 address, no reserved prefix or suffix. botocore would
 # otherwise answer a bad name with a dump of its own regex.
-BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-BUCKET_RESERVED = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", ".mrap", "--x-s3"))
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_BUCKET_RESERVED = (
+    ("xn--", "sthree-", "amzn-s3-demo-"),
+    ("-s3alias", "--ol-s3", ".mrap", "--x-s3"),
+)
 
 
 def _bad_bucket_name(name: str) -> bool:
     """Whether name breaks S3's bucket naming rules."""
     return (
-        not BUCKET_NAME.fullmatch(name)
+        not _BUCKET_NAME.fullmatch(name)
         or ".." in name
         or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name) is not None
-        or name.startswith(BUCKET_RESERVED[0])
-        or name.endswith(BUCKET_RESERVED[1])
+        or name.startswith(_BUCKET_RESERVED[0])
+        or name.endswith(_BUCKET_RESERVED[1])
     )
 
 
-def parse_s3_url(url: str) -> tuple[str, str]:
+def _parse_s3_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of s3://bucket/prefix; ValueError if there is no bucket or its name
     breaks S3's naming rules."""
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
@@ -4684,7 +4689,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def s3_endpoint(endpoint_url: str | None) -> str | None:
+def _s3_endpoint(endpoint_url: str | None) -> str | None:
     """The custom S3 endpoint: endpoint_url, else $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL
     (None: AWS itself); ValueError unless it is http(s)://host[:port] (boto3 would trace back)."""
     if endpoint_url is not None and not endpoint_url.strip():
@@ -4717,12 +4722,12 @@ def _s3_client(endpoint_url: str | None, pool: int, attempts: int) -> Any:
         from botocore.config import Config
     except ImportError:
         raise BronzeError("s3:// output needs boto3: pip install boto3") from None
-    custom = s3_endpoint(endpoint_url)
+    custom = _s3_endpoint(endpoint_url)
     config = Config(
         retries={"total_max_attempts": attempts, "mode": "standard"},
         max_pool_connections=max(10, pool),
-        connect_timeout=S3_CONNECT_TIMEOUT,
-        read_timeout=S3_READ_TIMEOUT,
+        connect_timeout=_S3_CONNECT_TIMEOUT,
+        read_timeout=_S3_READ_TIMEOUT,
         s3={"addressing_style": "path"} if custom else {},  # S3-compatible stores want paths
     )
     # endpoint_url=None lets boto3 read AWS_ENDPOINT_URL(_S3) itself.
@@ -4747,14 +4752,14 @@ def _s3_reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-class S3Store:
+class _S3Store:
     """An S3 (or S3-compatible) prefix; PUTs run on a thread pool and are atomic by nature."""
 
     def __init__(self, spec: Bronze) -> None:
-        self.bucket, self.prefix = parse_s3_url(spec.root)
+        self.bucket, self.prefix = _parse_s3_url(spec.root)
         self.endpoint_url = spec.endpoint_url
-        self.endpoint = s3_endpoint(spec.endpoint_url) or "AWS S3"  # ValueError if malformed
-        self.client = _s3_client(spec.endpoint_url, spec.concurrency, S3_MAX_ATTEMPTS)
+        self.endpoint = _s3_endpoint(spec.endpoint_url) or "AWS S3"  # ValueError if malformed
+        self.client = _s3_client(spec.endpoint_url, spec.concurrency, _S3_MAX_ATTEMPTS)
         self.pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix="s3-put")
         self.slots = threading.BoundedSemaphore(2 * spec.concurrency)  # bounds memory in flight
         self.lock = threading.Lock()
@@ -4765,7 +4770,7 @@ class S3Store:
 
     @staticmethod
     def check_root(root: str) -> None:
-        parse_s3_url(root)
+        _parse_s3_url(root)
 
     def key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -4804,7 +4809,7 @@ class S3Store:
 
     def prepare(self) -> None:
         """Fail fast, with one line, on a missing bucket, bad credentials or a dead endpoint."""
-        probe = _s3_client(self.endpoint_url, 1, S3_PROBE_ATTEMPTS)
+        probe = _s3_client(self.endpoint_url, 1, _S3_PROBE_ATTEMPTS)
         with self._errors():
             probe.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1)
 
@@ -4830,7 +4835,7 @@ class S3Store:
     def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
         """Queue one PUT; a streamed body is spooled (to disk beyond 16 MB) first."""
         if self.first_failure is not None:
-            raise UploadFailed(self.first_failure)
+            raise _UploadFailed(self.first_failure)
         if isinstance(data, bytes):
             body: Any = data
             size = len(data)
@@ -4870,7 +4875,7 @@ class S3Store:
                 return False
             if not put():
                 return True  # the server honours If-None-Match: the first PUT was exclusive
-            time.sleep(S3_CLAIM_SETTLE)
+            time.sleep(_S3_CLAIM_SETTLE)
             return self.read(key) == data
 
     def drain(self) -> tuple[int, str | None]:
@@ -4933,10 +4938,10 @@ class S3Store:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-Store = LocalStore | S3Store
+_Store = _LocalStore | _S3Store
 
 # The store registry: URL scheme -> store; a root without a scheme is a local directory.
-STORES: Mapping[str, type[LocalStore] | type[S3Store]] = {"file": LocalStore, "s3": S3Store}
+_STORES: Mapping[str, type[_LocalStore] | type[_S3Store]] = {"file": _LocalStore, "s3": _S3Store}
 
 
 def _scheme(root: str) -> str:
@@ -4944,24 +4949,24 @@ def _scheme(root: str) -> str:
     return match[1].lower() if match else "file"
 
 
-def check_root(root: str) -> None:
+def _check_root(root: str) -> None:
     """ValueError unless root is a directory or a URL of a known store (s3://bucket/prefix)."""
-    store = STORES.get(_scheme(root))
+    store = _STORES.get(_scheme(root))
     if store is None:
         raise ValueError(f"--output must be a directory or s3://bucket/prefix, not {root!r}")
     store.check_root(root)
 
 
-def open_store(spec: Bronze) -> Store:
+def _open_store(spec: Bronze) -> _Store:
     """The store for spec.root (boto3 is imported only for s3://)."""
-    check_root(spec.root)
-    return STORES[_scheme(spec.root)](spec)
+    _check_root(spec.root)
+    return _STORES[_scheme(spec.root)](spec)
 
 
 # -- the run: manifest, overwrite policy, units in this process or on worker processes
 
 
-def generator_block(plan: Plan, spec: Bronze) -> dict[str, Any]:
+def _generator_block(plan: Plan, spec: Bronze) -> dict[str, Any]:
     """Everything the bytes depend on: equal blocks mean the same run (re-runs are allowed)."""
     return {
         "name": "fhir_patient_generator",
@@ -4972,7 +4977,7 @@ def generator_block(plan: Plan, spec: Bronze) -> dict[str, Any]:
         "format": spec.format,
         "gzip": spec.gzip,
         "gzip_level": spec.gzip_level if spec.gzip else None,
-        "records_per_file": spec.records_per_file if FORMATS[spec.format].rolls_over else None,
+        "records_per_file": spec.records_per_file if _FORMATS[spec.format].rolls_over else None,
         "count": spec.count,
         "start": spec.start,
         **_window_block(plan, spec.count, spec.window),
@@ -5004,7 +5009,7 @@ def _window_words(plan: Plan, w: Window) -> list[str]:
     return words
 
 
-def request_line(plan: Plan, spec: Bronze) -> str:
+def _request_line(plan: Plan, spec: Bronze) -> str:
     """The CLI command that reproduces the run, all options spelled out; add --output ROOT."""
     w = spec.window
     count = spec.count if w is None else w.epoch_count
@@ -5023,7 +5028,7 @@ def request_line(plan: Plan, spec: Bronze) -> str:
             value = ",".join(map(str, value))
         words += [f"--{name.replace('_', '-')}", str(value)]
     words += ["--format", spec.format]  # no --output: the same run may live anywhere
-    if FORMATS[spec.format].rolls_over:
+    if _FORMATS[spec.format].rolls_over:
         words += ["--records-per-file", str(spec.records_per_file)]
     if spec.gzip:
         words += ["--gzip", "--gzip-level", str(spec.gzip_level)]
@@ -5038,7 +5043,7 @@ def _manifest(
     generator block and any further extension."""
     manifest: dict[str, Any] = {
         "transactionTime": _iso_instant(spec.window.until) if spec.window else plan.last_updated,
-        "request": request_line(plan, spec),
+        "request": _request_line(plan, spec),
         "requiresAccessToken": False,
         "output": output,
     }
@@ -5047,25 +5052,25 @@ def _manifest(
     manifest["error"] = []
     manifest["extension"] = {
         "fhirVersion": plan.fhir_version.number,
-        "generator": generator_block(plan, spec),
+        "generator": _generator_block(plan, spec),
         **extension,
     }
     return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def manifest_bytes(plan: Plan, spec: Bronze) -> bytes:
+def _manifest_bytes(plan: Plan, spec: Bronze) -> bytes:
     """A layer's manifest: the same bytes from every shard, every re-run and every store
     (output urls are relative to the manifest)."""
-    return _manifest(plan, spec, FORMATS[spec.format].manifest_output(plan, spec))
+    return _manifest(plan, spec, _FORMATS[spec.format].manifest_output(plan, spec))
 
 
-def batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> bytes:
+def _batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> bytes:
     """A change batch's manifest (as for a Bulk Data _since export): output its new versions,
     deleted its DELETE Bundles, urls relative to the layer root; `counts` is (versions,
     deletions) for every unit."""
     w = spec.window
     assert w is not None
-    files = FORMATS[spec.format].batch_output(spec, counts)
+    files = _FORMATS[spec.format].batch_output(spec, counts)
     batch = {
         "since": _iso_instant(w.since),
         "until": _iso_instant(w.until),
@@ -5084,7 +5089,7 @@ def _describe(block: Any) -> str:
     return ", ".join(f"{k} {block.get(k)}" for k in keys)
 
 
-def _read_json(store: Store, key: str) -> tuple[bool, Any]:
+def _read_json(store: _Store, key: str) -> tuple[bool, Any]:
     """(whether key exists, its parsed JSON or None if unreadable)."""
     data = store.read(key)
     if data is None:
@@ -5095,27 +5100,27 @@ def _read_json(store: Store, key: str) -> tuple[bool, Any]:
         return True, None
 
 
-def _manifest_generator(store: Store) -> tuple[bool, Any]:
+def _manifest_generator(store: _Store) -> tuple[bool, Any]:
     """(whether a manifest exists, its generator block or None if unreadable)."""
-    found, manifest = _read_json(store, MANIFEST)
+    found, manifest = _read_json(store, _MANIFEST)
     try:
         return found, manifest["extension"]["generator"] if found else None
     except (KeyError, TypeError):
         return True, None
 
 
-def identity_bytes(plan: Plan, spec: Bronze) -> bytes:
+def _identity_bytes(plan: Plan, spec: Bronze) -> bytes:
     """_run/identity.json: the generator block, so a re-run recognises its own unfinished run."""
-    return orjson.dumps(generator_block(plan, spec), option=orjson.OPT_INDENT_2) + b"\n"
+    return orjson.dumps(_generator_block(plan, spec), option=orjson.OPT_INDENT_2) + b"\n"
 
 
 def _done_key(unit: int) -> str:
-    return f"{RUN_DONE}/{unit:06d}"
+    return f"{_RUN_DONE}/{unit:06d}"
 
 
-def done_units(store: Store) -> frozenset[int]:
+def _done_units(store: _Store) -> frozenset[int]:
     """Units with a done marker (at most count / records_per_file keys to list)."""
-    names = (key.rsplit("/", 1)[-1] for key in store.list(RUN_DONE))
+    names = (key.rsplit("/", 1)[-1] for key in store.list(_RUN_DONE))
     return frozenset(int(name) for name in names if name.isdigit())
 
 
@@ -5127,7 +5132,7 @@ def _done_marker(records: int, written: Sequence[tuple[str, int]]) -> bytes:
     return orjson.dumps(marker) + b"\n"
 
 
-def _is_done(store: Store, unit: int) -> bool:
+def _is_done(store: _Store, unit: int) -> bool:
     """Whether unit's marker is one we wrote and the files it names are there, with their
     sizes: a forged or older marker, or a deleted or truncated file, makes the unit redone
     (a unit without files, all of whose joiners were deleted, is simply redone: nothing)."""
@@ -5141,36 +5146,36 @@ def _is_done(store: Store, unit: int) -> bool:
     return all(isinstance(k, str) and store.size(k) == size for k, size in check.items())
 
 
-def _resumable_units(store: Store) -> frozenset[int]:
+def _resumable_units(store: _Store) -> frozenset[int]:
     """The units of an interrupted run that a re-run may skip: a marker and its files."""
-    return frozenset(u for u in done_units(store) if _is_done(store, u))
+    return frozenset(u for u in _done_units(store) if _is_done(store, u))
 
 
-def _delete_run_markers(store: Store) -> None:
+def _delete_run_markers(store: _Store) -> None:
     """Delete _run/identity.json, then the done markers: a crash midway leaves only markers,
     which nothing resumes into and the next run removes too."""
-    store.delete([RUN_IDENTITY])
-    store.delete(list(store.list(RUN_DONE)))
+    store.delete([_RUN_IDENTITY])
+    store.delete(list(store.list(_RUN_DONE)))
 
 
-def _delete_run(store: Store) -> None:
+def _delete_run(store: _Store) -> None:
     """Delete the manifest first (no manifest may describe half-deleted files), then the run's
     identity and markers (nothing may resume into half-deleted files), then the data."""
-    store.delete([MANIFEST])
+    store.delete([_MANIFEST])
     _delete_run_markers(store)
-    for folder in (*FOLDERS, *STAY_FOLDERS):
+    for folder in (*_FOLDERS, *_STAY_FOLDERS):
         store.delete(store.list(folder))
     store.prepare()
 
 
-def _refusal(store: Store, what: str) -> BronzeError:
+def _refusal(store: _Store, what: str) -> BronzeError:
     return BronzeError(
         f"{store.display()} {what}; use --overwrite to replace it, or another --output"
     )
 
 
 def _overwrite_policy(
-    store: Store, keys: tuple[str, str], ours: Any, overwrite: bool, delete: Callable[[], None]
+    store: _Store, keys: tuple[str, str], ours: Any, overwrite: bool, delete: Callable[[], None]
 ) -> tuple[bool, bool]:
     """The one overwrite policy of layers and batches, over a (manifest, identity) key pair:
     our own run (the same generator block in either) is kept; another run's (or an unreadable
@@ -5192,34 +5197,34 @@ def _overwrite_policy(
     if not overwrite:
         what = "an unreadable file" if foreign[1] is None else _describe(foreign[1])
         label = keys[0].rsplit("/", 1)[-1].removesuffix(".json")
-        label = "" if keys[0] == MANIFEST else f"batch {label} of "
+        label = "" if keys[0] == _MANIFEST else f"batch {label} of "
         raise _refusal(store, f"already holds {label}{foreign[0]} ({what})")
     delete()
     return False, False
 
 
-def check_existing(plan: Plan, spec: Bronze, store: Store, overwrite: bool) -> frozenset[int]:
+def _check_existing(plan: Plan, spec: Bronze, store: _Store, overwrite: bool) -> frozenset[int]:
     """The overwrite policy (_overwrite_policy) for a layer. Our own run is resumed: returns
     the units its done markers say are finished. Another run, or data with neither manifest
     nor identity, is refused unless --overwrite, which deletes it first."""
-    ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
-    keys = (MANIFEST, RUN_IDENTITY)
+    ours = orjson.loads(orjson.dumps(_generator_block(plan, spec)))
+    keys = (_MANIFEST, _RUN_IDENTITY)
     found, started = _overwrite_policy(store, keys, ours, overwrite, lambda: _delete_run(store))
     if found or started:
         return _resumable_units(store) if started else frozenset()
-    if not any(next(store.list(f), None) for f in (*FOLDERS, *STAY_FOLDERS)):
+    if not any(next(store.list(f), None) for f in (*_FOLDERS, *_STAY_FOLDERS)):
         return frozenset()
     if not overwrite:
         raise _refusal(
             store,
-            f"holds patient/ or organization/ files without {MANIFEST} or {RUN_IDENTITY} "
+            f"holds patient/ or organization/ files without {_MANIFEST} or {_RUN_IDENTITY} "
             "(a foreign run, or one of an older version)",
         )
     _delete_run(store)
     return frozenset()
 
 
-def _claim(store: Store, key: str, data: bytes) -> None:
+def _claim(store: _Store, key: str, data: bytes) -> None:
     """Claim the folder for this run by creating key (its identity), atomically: of runs racing
     into one folder, one creates it and the others find another run's identity and refuse.
     Our own identity (a re-run, a sibling shard) is kept; BronzeError for another run's."""
@@ -5232,26 +5237,26 @@ def _claim(store: Store, key: str, data: bytes) -> None:
         raise _refusal(store, f"was claimed at the same time by another run ({what})")
 
 
-def _claim_layer(plan: Plan, spec: Bronze, store: Store) -> None:
+def _claim_layer(plan: Plan, spec: Bronze, store: _Store) -> None:
     """Claim the layer (unless it is finished): _run/identity.json, then a second look for a
     manifest, in case another run finished (and removed its identity) since the first."""
-    if store.read(MANIFEST) is not None:
+    if store.read(_MANIFEST) is not None:
         return
-    _claim(store, RUN_IDENTITY, identity_bytes(plan, spec))
+    _claim(store, _RUN_IDENTITY, _identity_bytes(plan, spec))
     found, theirs = _manifest_generator(store)
-    if found and theirs != orjson.loads(identity_bytes(plan, spec)):
-        store.delete([RUN_IDENTITY])
+    if found and theirs != orjson.loads(_identity_bytes(plan, spec)):
+        store.delete([_RUN_IDENTITY])
         what = "an unreadable file" if theirs is None else _describe(theirs)
         raise _refusal(store, f"was finished just now by another run ({what})")
 
 
-def _finish_run(spec: Bronze, store: Store) -> None:
+def _finish_run(spec: Bronze, store: _Store) -> None:
     """After the manifest: remove this process's temp files; if every unit is done (or a
     sibling shard already began this), remove _run/ — identity first, so a crash midway leaves
     only markers, which the next run removes too."""
     store.remove_temp_files()
-    if store.read(RUN_IDENTITY) is not None and not done_units(store).issuperset(
-        range(unit_count(spec))
+    if store.read(_RUN_IDENTITY) is not None and not _done_units(store).issuperset(
+        range(_unit_count(spec))
     ):
         return  # sibling shards are still writing units: the last one to finish removes _run/
     _delete_run_markers(store)
@@ -5261,7 +5266,7 @@ def _finish_run(spec: Bronze, store: Store) -> None:
 class _Written:
     """A store whose writes are noted: (key, size) of the first and last, for the marker."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: _Store) -> None:
         self.store = store
         self.files: list[tuple[str, int]] = []
 
@@ -5274,34 +5279,38 @@ class _Written:
         return size
 
 
-def write_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick = None) -> UnitResult:
+def _write_unit(
+    plan: Plan, spec: Bronze, store: _Store, unit: int, tick: _Tick = None
+) -> _UnitResult:
     """Write unit #unit, wait for its uploads, then its done marker; failed uploads are
     counted, not raised."""
-    if spec.mode == BATCH_RUN:
+    if spec.mode == _BATCH_RUN:
         return _write_batch_unit(plan, spec, store, unit, tick)
     files = size = 0
     written = _Written(store)
     try:
-        files, size = FORMATS[spec.format].write_unit(plan, spec, written, unit, tick)  # type: ignore[arg-type]
-    except UploadFailed:
+        files, size = _FORMATS[spec.format].write_unit(plan, spec, written, unit, tick)  # type: ignore[arg-type]
+    except _UploadFailed:
         pass  # drain() below counts it
     failed, first = store.drain()
     records = _unit_records(plan, spec, unit)  # a window leaves its deleted joiners out
     if not failed:  # only a fully written, drained unit may be skipped by a resumed run
         store.write(_done_key(unit), _done_marker(records, written.files), "application/json")
         failed, first = store.drain()
-    return UnitResult(unit, records, files, size, failed, first)
+    return _UnitResult(unit, records, files, size, failed, first)
 
 
-def _batch_unit_files(plan: Plan, spec: Bronze, unit: int) -> list[BatchFile]:
+def _batch_unit_files(plan: Plan, spec: Bronze, unit: int) -> list[_BatchFile]:
     """A change batch's unit as files: its indexes' versions delivered in the window."""
-    w, indexes = spec.window, unit_range(spec, unit)
+    w, indexes = spec.window, _unit_range(spec, unit)
     assert w is not None and w.since is not None
     versions = list(_window_versions(plan, w, indexes.start, indexes.stop))
-    return FORMATS[spec.format].batch_files(plan, spec, unit, versions)
+    return _FORMATS[spec.format].batch_files(plan, spec, unit, versions)
 
 
-def _write_batch_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: Tick) -> UnitResult:
+def _write_batch_unit(
+    plan: Plan, spec: Bronze, store: _Store, unit: int, tick: _Tick
+) -> _UnitResult:
     """A change batch's unit: its files (none if nothing changed); a re-run writes the same
     bytes, so it needs no done marker."""
     files = _batch_unit_files(plan, spec, unit)
@@ -5311,30 +5320,30 @@ def _write_batch_unit(plan: Plan, spec: Bronze, store: Store, unit: int, tick: T
             if spec.gzip:
                 data = zlib.compress(data, spec.gzip_level, wbits=31)
             size += store.write(key, data, _content_type(spec))
-    except UploadFailed:
+    except _UploadFailed:
         pass  # drain() below counts it
     failed, first = store.drain()
     if tick:
-        tick(len(unit_range(spec, unit)))
+        tick(len(_unit_range(spec, unit)))
     records, deleted = _batch_counts(files)
-    return UnitResult(unit, records, len(files), size, failed, first, deleted)
+    return _UnitResult(unit, records, len(files), size, failed, first, deleted)
 
 
-def _batch_counts(files: list[BatchFile]) -> tuple[int, int]:
+def _batch_counts(files: list[_BatchFile]) -> tuple[int, int]:
     """(versions, deletions) in a unit's files."""
     deleted = sum(f.lines for f in files if f.deleted)
     return sum(f.lines for f in files) - deleted, deleted
 
 
-EXIT_ORPHANED = 1  # a worker whose main process died
+_EXIT_ORPHANED = 1  # a worker whose main process died
 
 
 @functools.cache
-def _worker_store(spec: Bronze) -> Store:
-    return open_store(spec)  # one per worker process, kept for all its units
+def _worker_store(spec: Bronze) -> _Store:
+    return _open_store(spec)  # one per worker process, kept for all its units
 
 
-PARENT_POLL = 0.5  # seconds between a worker's checks that the main process still lives
+_PARENT_POLL = 0.5  # seconds between a worker's checks that the main process still lives
 
 
 def _exit_with_parent() -> None:
@@ -5352,11 +5361,11 @@ def _exit_with_parent() -> None:
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(PARENT_POLL)
-        os._exit(EXIT_ORPHANED)
+            time.sleep(_PARENT_POLL)
+        os._exit(_EXIT_ORPHANED)
 
     if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(EXIT_ORPHANED)
+        os._exit(_EXIT_ORPHANED)
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
@@ -5365,14 +5374,18 @@ def _worker_init() -> None:
     _exit_with_parent()
 
 
-def _worker_unit(plan: Plan, spec: Bronze, unit: int) -> UnitResult:
+def _worker_unit(plan: Plan, spec: Bronze, unit: int) -> _UnitResult:
     """A worker process's task: write one unit (the plan arrives pickled; equal plans share
     json_renderer's cache, so fragments are built once per process)."""
-    return write_unit(plan, spec, _worker_store(spec), unit)
+    return _write_unit(plan, spec, _worker_store(spec), unit)
 
 
 def _run_pool(
-    plan: Plan, spec: Bronze, units: Sequence[int], workers: int, done: Callable[[UnitResult], bool]
+    plan: Plan,
+    spec: Bronze,
+    units: Sequence[int],
+    workers: int,
+    done: Callable[[_UnitResult], bool],
 ) -> None:
     """Units on `workers` spawned processes, a few queued each; done() False stops the run."""
     import multiprocessing  # imported here: multiprocessing costs start-up of every other run
@@ -5401,7 +5414,7 @@ def _run_pool(
         raise
 
 
-def _drain_or_raise(store: Store) -> None:
+def _drain_or_raise(store: _Store) -> None:
     """Wait for queued uploads; any failure ends the run with the count and the first key."""
     failed, first = store.drain()
     if failed:
@@ -5419,7 +5432,7 @@ class _Totals:
     first_failure: str | None = None
     units: dict[int, tuple[int, int]] = field(default_factory=dict)  # (records, deleted)
 
-    def add(self, result: UnitResult) -> bool:
+    def add(self, result: _UnitResult) -> bool:
         """Count a finished unit; False when it failed (the run stops)."""
         self.units[result.unit] = (result.records, result.deleted)
         self.records += result.records
@@ -5429,7 +5442,7 @@ class _Totals:
         self.first_failure = self.first_failure or result.first_failure
         return not result.failed
 
-    def summary(self, started: float, store: Store, **extra: Any) -> dict[str, Any]:
+    def summary(self, started: float, store: _Store, **extra: Any) -> dict[str, Any]:
         """The counts a run returns for its summary line, with the run's own extras."""
         return {
             "records": self.records,
@@ -5443,14 +5456,14 @@ class _Totals:
 
 
 def _write_units(
-    plan: Plan, spec: Bronze, store: Store, units: Sequence[int], workers: int, progress: Tick
+    plan: Plan, spec: Bronze, store: _Store, units: Sequence[int], workers: int, progress: _Tick
 ) -> _Totals:
     """The patient units, here or on a pool; temp files of killed workers are removed."""
     totals = _Totals()
     try:
         if workers > 1 and len(units) > 1:
 
-            def done(result: UnitResult) -> bool:
+            def done(result: _UnitResult) -> bool:
                 if progress:  # pooled: ticks come per unit, not per batch
                     progress(result.records)
                 return totals.add(result)
@@ -5458,7 +5471,7 @@ def _write_units(
             _run_pool(plan, spec, units, min(workers, len(units)), done)
         else:
             for u in units:
-                if not totals.add(write_unit(plan, spec, store, u, progress)):
+                if not totals.add(_write_unit(plan, spec, store, u, progress)):
                     break
     finally:
         store.remove_temp_files()
@@ -5471,10 +5484,10 @@ def write_bronze(
     plan: Plan,
     spec: Bronze,
     *,
-    workers: int = DEFAULT_WORKERS,
+    workers: int = _DEFAULT_WORKERS,
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
-    progress: Tick = None,
+    progress: _Tick = None,
 ) -> dict[str, Any]:
     """Write shard K/N of the run: its identity, all organizations, its patient units (those
     an interrupted run of ours did not finish), then the manifest; then remove _run/.
@@ -5482,30 +5495,30 @@ def write_bronze(
     Returns counts for the summary; raises BronzeError (one line) on a failure. With a window,
     spec.count is set to the indexes that exist at its until (the epoch count is the window's),
     and a window with a since writes that change batch instead (write_batch)."""
-    if spec.format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {spec.format!r}")
-    spec = covering(plan, spec)
-    if spec.mode == BATCH_RUN:
-        return write_batch(
+    if spec.format not in _FORMATS:
+        raise ValueError(f"format must be one of {', '.join(_FORMATS)}, not {spec.format!r}")
+    spec = _covering(plan, spec)
+    if spec.mode == _BATCH_RUN:
+        return _write_batch(
             plan, spec, workers=workers, shard=shard, overwrite=overwrite, progress=progress
         )
     started = time.perf_counter()
-    store = open_store(spec)
+    store = _open_store(spec)
     try:
         store.prepare()
-        done = check_existing(plan, spec, store, overwrite)
+        done = _check_existing(plan, spec, store, overwrite)
         _claim_layer(plan, spec, store)  # before any data: re-runs resume, other runs refuse
-        orgs = organization_files(plan, spec)
+        orgs = _organization_files(plan, spec)
         org_bytes = sum(store.write(key, data, _content_type(spec)) for key, data in orgs)
         _drain_or_raise(store)
-        units = [u for u in shard_units(spec, shard) if u not in done]
-        kept_units = [u for u in shard_units(spec, shard) if u in done]
+        units = [u for u in _shard_units(spec, shard) if u not in done]
+        kept_units = [u for u in _shard_units(spec, shard) if u in done]
         if progress and kept_units:  # the bar counts indexes
-            progress(sum(len(unit_range(spec, u)) for u in kept_units))
+            progress(sum(len(_unit_range(spec, u)) for u in kept_units))
         kept = sum(_unit_records(plan, spec, u) for u in kept_units)  # the summary, patients
         totals = _write_units(plan, spec, store, units, workers, progress)
-        manifest = manifest_bytes(plan, spec)
-        totals.bytes += org_bytes + store.write(MANIFEST, manifest, "application/json")
+        manifest = _manifest_bytes(plan, spec)
+        totals.bytes += org_bytes + store.write(_MANIFEST, manifest, "application/json")
         totals.files += len(orgs) + 1
         _drain_or_raise(store)
         _finish_run(spec, store)
@@ -5528,24 +5541,24 @@ def _same_population(block: Any, plan: Plan, epoch_count: int) -> bool:
     )
 
 
-def _delete_batch(store: Store, spec: Bronze) -> None:
+def _delete_batch_files(store: _Store, spec: Bronze) -> None:
     """Delete one batch: its manifest first, then its identity and files (by their name)."""
-    name = batch_name(spec)
-    store.delete([f"{CDC_MANIFESTS}/{name}.json"])
-    store.delete([f"{CDC_RUN}/{name}.json"])
+    name = _batch_name(spec)
+    store.delete([f"{_CDC_MANIFESTS}/{name}.json"])
+    store.delete([f"{_CDC_RUN}/{name}.json"])
     for deleted in (False, True):
         folder = _batch_folder(spec, deleted)
         store.delete([k for k in store.list(folder) if k.rsplit("/", 1)[-1].startswith(name + ".")])
 
 
-def write_batch(
+def _write_batch(
     plan: Plan,
     spec: Bronze,
     *,
-    workers: int = DEFAULT_WORKERS,
+    workers: int = _DEFAULT_WORKERS,
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
-    progress: Tick = None,
+    progress: _Tick = None,
 ) -> dict[str, Any]:
     """Append the change batch (since, until] of spec.window to the layer: its identity, its
     units' files, then its manifest. Refused if the layer holds another population, or (unless
@@ -5553,9 +5566,9 @@ def write_batch(
     w = spec.window
     assert w is not None and w.since is not None
     started = time.perf_counter()
-    name = batch_name(spec)
-    manifest_key, identity_key = f"{CDC_MANIFESTS}/{name}.json", f"{CDC_RUN}/{name}.json"
-    store = open_store(spec)
+    name = _batch_name(spec)
+    manifest_key, identity_key = f"{_CDC_MANIFESTS}/{name}.json", f"{_CDC_RUN}/{name}.json"
+    store = _open_store(spec)
     try:
         store.prepare()
         found, layer = _manifest_generator(store)
@@ -5564,18 +5577,18 @@ def write_batch(
                 f"{store.display()} holds another population ({_describe(layer)}): a change "
                 "batch belongs with the layer of its seed, count, epoch and options"
             )
-        ours = orjson.loads(orjson.dumps(generator_block(plan, spec)))
+        ours = orjson.loads(orjson.dumps(_generator_block(plan, spec)))
         keys = (manifest_key, identity_key)
-        delete = functools.partial(_delete_batch, store, spec)
+        delete = functools.partial(_delete_batch_files, store, spec)
         found, _ = _overwrite_policy(store, keys, ours, overwrite, delete)
         if not found:
-            _claim(store, identity_key, identity_bytes(plan, spec))
-        totals = _write_units(plan, spec, store, list(shard_units(spec, shard)), workers, progress)
+            _claim(store, identity_key, _identity_bytes(plan, spec))
+        totals = _write_units(plan, spec, store, list(_shard_units(spec, shard)), workers, progress)
         counts = dict(totals.units)
-        for u in range(unit_count(spec)):  # other shards' units: counted, not written
+        for u in range(_unit_count(spec)):  # other shards' units: counted, not written
             if u not in counts:
                 counts[u] = _batch_counts(_batch_unit_files(plan, spec, u))
-        manifest = batch_manifest_bytes(plan, spec, counts)
+        manifest = _batch_manifest_bytes(plan, spec, counts)
         totals.bytes += store.write(manifest_key, manifest, "application/json")
         totals.files += 1
         _drain_or_raise(store)
@@ -5597,7 +5610,7 @@ def _whole(low: int, high: int) -> Callable[[Any], bool]:
 
 def _is_instant(value: Any) -> bool:
     try:
-        return isinstance(value, str) and parse_as_of(value) is not None
+        return isinstance(value, str) and _parse_as_of(value) is not None
     except ValueError:
         return False
 
@@ -5606,15 +5619,15 @@ def _bad_layer_field(block: Mapping[str, Any]) -> tuple[str, str] | None:
     """The first field of a layer's generator block that --continue cannot use, with what it
     must be; None if every field it reads is sound."""
     gz, fmt = block.get("gzip"), block.get("format")
-    rolls = fmt in FORMATS and FORMATS[fmt].rolls_over
+    rolls = fmt in _FORMATS and _FORMATS[fmt].rolls_over
     checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-        ("seed", _whole(0, MAX_SEED), f"a whole number from 0 to {MAX_SEED}"),
-        ("count", _whole(1, MAX_INDEX + 1), "a whole number of patients, at least 1"),
+        ("seed", _whole(0, _MAX_SEED), f"a whole number from 0 to {_MAX_SEED}"),
+        ("count", _whole(1, _MAX_INDEX + 1), "a whole number of patients, at least 1"),
         ("start", lambda v: v is None or (type(v) is int and v == 0), "0: a population"),
-        ("format", lambda v: isinstance(v, str) and v in FORMATS, f"one of {', '.join(FORMATS)}"),
+        ("format", lambda v: isinstance(v, str) and v in _FORMATS, f"one of {', '.join(_FORMATS)}"),
         ("gzip", lambda v: type(v) is bool, "true or false"),
         ("gzip_level", _whole(0, 9) if gz is True else (lambda v: v is None), "0-9 with gzip"),
-        ("records_per_file", _whole(1, MAX_INDEX + 1) if rolls else (lambda v: v is None), "≥ 1"),
+        ("records_per_file", _whole(1, _MAX_INDEX + 1) if rolls else (lambda v: v is None), "≥ 1"),
         ("as_of", _is_instant, "an ISO-8601 instant"),
         ("epoch", lambda v: v is None or _is_instant(v), "an ISO-8601 instant"),
     )
@@ -5628,13 +5641,13 @@ def _layer_options(options: Any) -> dict[str, Any]:
     """A layer's options as its manifest holds them, if they are the canonical set this version
     writes (make_plan takes them as they are); ValueError saying what is wrong otherwise."""
     optional = {"encounters"}  # recorded only when on (normalise_options leaves it out)
-    if not isinstance(options, dict) or not set(OPTION_DEFAULTS) - optional <= set(options):
-        raise ValueError(f"it must be an object of {', '.join(OPTION_DEFAULTS)}")
+    if not isinstance(options, dict) or not set(_OPTION_DEFAULTS) - optional <= set(options):
+        raise ValueError(f"it must be an object of {', '.join(_OPTION_DEFAULTS)}")
     try:
-        canonical = normalise_options(**options)
+        canonical = _normalise_options(**options)
     except (ValueError, TypeError) as e:
         message = str(e)
-        for name in OPTION_DEFAULTS:  # the manifest's field, not a flag the user never gave
+        for name in _OPTION_DEFAULTS:  # the manifest's field, not a flag the user never gave
             message = message.replace(f"--{name.replace('_', '-')}", f"options.{name}")
         raise ValueError(message) from None
     if orjson.loads(orjson.dumps(canonical)) != options:
@@ -5642,13 +5655,13 @@ def _layer_options(options: Any) -> dict[str, Any]:
     return options
 
 
-def _layer_block(store: Store) -> dict[str, Any]:
+def _layer_block(store: _Store) -> dict[str, Any]:
     """The layer's generator block, every field --continue reads checked: BronzeError naming
     the file and the field if one is missing, of another type or out of range."""
     found, block = _manifest_generator(store)
-    where = f"{store.display()}/{MANIFEST}"
+    where = f"{store.display()}/{_MANIFEST}"
     if not found:
-        raise BronzeError(f"{store.display()} has no {MANIFEST} of a population to continue")
+        raise BronzeError(f"{store.display()} has no {_MANIFEST} of a population to continue")
     if not isinstance(block, dict):
         raise BronzeError(f"{where} has no readable extension.generator: it cannot be continued")
     bad = _bad_layer_field(block)
@@ -5657,7 +5670,7 @@ def _layer_block(store: Store) -> dict[str, Any]:
             block = {**block, "options": _layer_options(block.get("options"))}
         except ValueError as e:
             bad = ("options", str(e))
-    if bad is None and parse_as_of(block["as_of"]) < parse_as_of(
+    if bad is None and _parse_as_of(block["as_of"]) < _parse_as_of(
         block.get("epoch") or block["as_of"]
     ):
         bad = ("as_of", "it must not be before extension.generator.epoch")
@@ -5670,11 +5683,11 @@ def _layer_block(store: Store) -> dict[str, Any]:
     return block
 
 
-def _batches(store: Store) -> tuple[list[datetime], list[str]]:
+def _batches(store: _Store) -> tuple[list[datetime], list[str]]:
     """The untils of the layer's finished batches and the names of its unfinished ones;
     BronzeError for a name this version did not write."""
-    names = [k.rsplit("/", 1)[-1] for k in store.list(CDC_MANIFESTS)]
-    unfinished = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in store.list(CDC_RUN)]
+    names = [k.rsplit("/", 1)[-1] for k in store.list(_CDC_MANIFESTS)]
+    unfinished = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in store.list(_CDC_RUN)]
     try:
         for name in unfinished:
             _batch_window(name)
@@ -5683,15 +5696,15 @@ def _batches(store: Store) -> tuple[list[datetime], list[str]]:
         raise BronzeError(f"{store.display()} has a batch this run cannot read: {e}") from None
 
 
-def delete_batch(spec: Bronze, name: str) -> None:
+def _delete_batch(spec: Bronze, name: str) -> None:
     """Delete the batch <since>_<until> of the layer at spec.root (an unfinished one: its
     files and identity); ValueError if name is not a batch name."""
     since, until = _batch_window(name)
     window = Window(0, until, since)
     spec = replace(spec, window=window)
-    store = open_store(spec)
+    store = _open_store(spec)
     try:
-        _delete_batch(store, spec)
+        _delete_batch_files(store, spec)
     finally:
         store.close()
 
@@ -5708,7 +5721,7 @@ def _clear_unfinished(spec: Bronze, unfinished: list[str], ours: str, overwrite:
                 f"{spec.root} holds the unfinished batch {name}: finish it with the same "
                 f"command and --as-of {until}, or add --overwrite to delete it"
             )
-        delete_batch(spec, name)
+        _delete_batch(spec, name)
 
 
 def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bronze] | None:
@@ -5724,13 +5737,13 @@ def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bron
     if w is None:
         raise ValueError("continue_layer needs spec.window (its until)")
     until = w.until
-    store = open_store(spec)
+    store = _open_store(spec)
     try:
         block = _layer_block(store)
         ends, unfinished = _batches(store)
     finally:
         store.close()
-    since = max([parse_as_of(block["as_of"]), *ends])
+    since = max([_parse_as_of(block["as_of"]), *ends])
     if until < since:
         raise ValueError(
             f"--as-of {_iso_instant(until)} is before the layer's end, {_iso_instant(since)}"
@@ -5742,25 +5755,25 @@ def continue_layer(spec: Bronze, *, overwrite: bool = False) -> tuple[Plan, Bron
     plan = make_plan(block["seed"], block.get("epoch") or block["as_of"], **block["options"])
     window = w._replace(epoch_count=block["count"], since=since)
     _check_faults(window.faults)
-    population_size(plan, window.epoch_count, until)  # within the index range by then
+    _population_size(plan, window.epoch_count, until)  # within the index range by then
     continued = replace(
         spec,
         count=block["count"],
         start=0,
         format=block["format"],
         gzip=block["gzip"],
-        gzip_level=DEFAULT_GZIP_LEVEL if block["gzip_level"] is None else block["gzip_level"],
-        records_per_file=block["records_per_file"] or DEFAULT_RECORDS_PER_FILE,  # None: json
+        gzip_level=_DEFAULT_GZIP_LEVEL if block["gzip_level"] is None else block["gzip_level"],
+        records_per_file=block["records_per_file"] or _DEFAULT_RECORDS_PER_FILE,  # None: json
         window=window,
     )
-    return plan, covering(plan, continued)
+    return plan, _covering(plan, continued)
 
 
 # ---------------------------------------------------------------------------------------------
 # CLI: a thin argparse layer over the API above; main() only maps exceptions to exit codes
 # ---------------------------------------------------------------------------------------------
 
-EPILOG = """examples:
+_EPILOG = """examples:
   python fhir_patient_generator.py                         one patient, pretty JSON + S3 key
   python fhir_patient_generator.py --seed 42 --as-of 2025-10-13T02:22:22Z
   python fhir_patient_generator.py --count 1000 --seed 7 > patients.ndjson
@@ -5779,19 +5792,19 @@ EPILOG = """examples:
   python fhir_patient_generator.py --output ./lake/living --continue \\
       --as-of 2026-03-02T00:00:00Z                 the next batch of the layer (a daily job)
 """
-EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
+_EXIT_USAGE, _EXIT_RUNTIME, _EXIT_INTERRUPTED = 2, 1, 130
 # The bronze options: each needs --output (a None or False value means "not given").
-BRONZE_FLAGS = ("format", "gzip", "gzip_level", "records_per_file", "overwrite", "workers")
-BRONZE_FLAGS += ("shard", "concurrency", "endpoint_url", "quiet")
+_BRONZE_FLAGS = ("format", "gzip", "gzip_level", "records_per_file", "overwrite", "workers")
+_BRONZE_FLAGS += ("shard", "concurrency", "endpoint_url", "quiet")
 
 
-class UsageError(ValueError):
+class _UsageError(ValueError):
     """Bad command-line input: one line on stderr, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors are usage errors too
-        raise UsageError(message)
+        raise _UsageError(message)
 
 
 def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -5817,18 +5830,20 @@ def _shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     """The command-line interface (defaults come from OPTION_DEFAULTS and the DEFAULT_ names)."""
     p = _Parser(
         prog="fhir_patient_generator.py",
         description="Generate realistic, reproducible FHIR Patient resources for CMS metrics.",
-        epilog=EPILOG,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d = OPTION_DEFAULTS
+    d = _OPTION_DEFAULTS
     add = p.add_argument
     add("--version", action="version", version=f"%(prog)s {__version__}")
-    add("--seed", type=_int_in(0, MAX_SEED), metavar="INT", help="seed (default: random, reported)")
+    add(
+        "--seed", type=_int_in(0, _MAX_SEED), metavar="INT", help="seed (default: random, reported)"
+    )
     add(
         "--as-of",
         metavar="ISO",
@@ -5839,12 +5854,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--start",
         "--start-index",
-        type=_int_in(0, MAX_INDEX),
+        type=_int_in(0, _MAX_INDEX),
         default=0,
         metavar="I",
         help="index of the first patient (default %(default)s)",
     )
-    age = _int_in(0, MAX_AGE)
+    age = _int_in(0, _MAX_AGE)
     add(
         "--min-age",
         type=age,
@@ -5875,14 +5890,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--profile",
-        choices=PROFILES,
+        choices=_PROFILES,
         default=d["profile"],
         help="cms: the compact seed record (default); us-core: adds name, race, ethnicity and "
         "birth sex as a US Core Patient",
     )
     add(
         "--fhir-version",
-        choices=FHIR_VERSIONS,
+        choices=_FHIR_VERSIONS,
         default=d["fhir_version"],
         help="the FHIR version every written resource is valid in (default %(default)s; "
         "the API returns the matching fhir.resources models)",
@@ -5893,8 +5908,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also each patient's inpatient stays in the look-back window: an Encounter and "
         "its principal-diagnosis Condition per stay (docs/encounters.md)",
     )
-    add("--bucket", default=DEFAULT_BUCKET, help="bucket of the suggested key (%(default)s)")
-    add("--prefix", default=DEFAULT_PREFIX, help="prefix of the suggested key (%(default)s)")
+    add("--bucket", default=_DEFAULT_BUCKET, help="bucket of the suggested key (%(default)s)")
+    add("--prefix", default=_DEFAULT_PREFIX, help="prefix of the suggested key (%(default)s)")
     add(
         "--validate",
         action="store_true",
@@ -5946,23 +5961,23 @@ def _add_bronze_arguments(p: argparse.ArgumentParser) -> None:
     )
     add(
         "--format",
-        choices=FORMATS,
-        help=f"json: a file per patient (default {DEFAULT_FORMAT}); ndjson",
+        choices=_FORMATS,
+        help=f"json: a file per patient (default {_DEFAULT_FORMAT}); ndjson",
     )
     add("--gzip", action="store_true", help="gzip every file (.json.gz, .ndjson.gz)")
-    add("--gzip-level", type=_int_in(0, 9), help=f"zlib level 0-9 (default {DEFAULT_GZIP_LEVEL})")
+    add("--gzip-level", type=_int_in(0, 9), help=f"zlib level 0-9 (default {_DEFAULT_GZIP_LEVEL})")
     add(
         "--records-per-file",
         type=_int_in(1),
-        help=f"patients per NDJSON file and per work unit (default {DEFAULT_RECORDS_PER_FILE:,})",
+        help=f"patients per NDJSON file and per work unit (default {_DEFAULT_RECORDS_PER_FILE:,})",
     )
     add("--overwrite", action="store_true", help="replace another run found at --output")
-    add("--workers", type=_int_in(1), metavar="N", help=f"processes (default {DEFAULT_WORKERS})")
+    add("--workers", type=_int_in(1), metavar="N", help=f"processes (default {_DEFAULT_WORKERS})")
     add("--shard", type=_shard, metavar="K/N", help="write only shard K of N, e.g. 0/4 (of units)")
     add(
         "--concurrency",
         type=_int_in(1),
-        help=f"concurrent S3 uploads per process (default {DEFAULT_CONCURRENCY})",
+        help=f"concurrent S3 uploads per process (default {_DEFAULT_CONCURRENCY})",
     )
     add("--endpoint-url", metavar="URL", help="S3-compatible endpoint (else $AWS_ENDPOINT_URL)")
     add("--quiet", action="store_true", help="no progress bar (the summary stays)")
@@ -5971,69 +5986,69 @@ def _add_bronze_arguments(p: argparse.ArgumentParser) -> None:
 def _check_bronze_args(args: argparse.Namespace) -> None:
     """Bad combinations of the bronze options are usage errors."""
     if args.output is None:
-        given = [n for n in BRONZE_FLAGS if getattr(args, n) not in (None, False)]
+        given = [n for n in _BRONZE_FLAGS if getattr(args, n) not in (None, False)]
         if given:
-            raise UsageError(f"--{given[0].replace('_', '-')} needs --output")
+            raise _UsageError(f"--{given[0].replace('_', '-')} needs --output")
         return
     if args.count is None:
-        raise UsageError("--output needs --count")
+        raise _UsageError("--output needs --count")
     _check_output_args(args)
 
 
 def _check_output_args(args: argparse.Namespace) -> None:
     """--output, its store's flags and --overwrite: usage errors before any work."""
     try:
-        check_root(args.output)
+        _check_root(args.output)
         if _scheme(args.output) == "s3":
-            s3_endpoint(args.endpoint_url)  # a URL without a scheme: before any work
+            _s3_endpoint(args.endpoint_url)  # a URL without a scheme: before any work
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise _UsageError(str(e)) from None
     if args.overwrite and args.shard and args.shard[1] > 1:
-        raise UsageError(
+        raise _UsageError(
             "--overwrite cannot be combined with --shard (clear the output once first)"
         )
     if args.gzip_level is not None and not args.gzip:
-        raise UsageError("--gzip-level needs --gzip")
+        raise _UsageError("--gzip-level needs --gzip")
 
 
-FAULT_FLAGS = ("late", "duplicate", "out_of_order")
+_FAULT_FLAGS = ("late", "duplicate", "out_of_order")
 
 
 def _check_living_args(args: argparse.Namespace) -> None:
     """Bad combinations of the living population's options are usage errors."""
-    batch = [n for n in ("versions", *FAULT_FLAGS) if getattr(args, n) is not None]
+    batch = [n for n in ("versions", *_FAULT_FLAGS) if getattr(args, n) is not None]
     if args.since is not None and args.epoch is None:
-        raise UsageError("--since needs --epoch (the time the population is defined at)")
+        raise _UsageError("--since needs --epoch (the time the population is defined at)")
     if batch and args.since is None:
-        raise UsageError(f"--{batch[0].replace('_', '-')} needs --since (it shapes a batch)")
+        raise _UsageError(f"--{batch[0].replace('_', '-')} needs --since (it shapes a batch)")
     if args.epoch is not None and args.count is None:
-        raise UsageError("--epoch needs --count (the population at the epoch)")
+        raise _UsageError("--epoch needs --count (the population at the epoch)")
     if args.epoch is not None and args.encounters:
-        raise UsageError("--encounters cannot be combined with --epoch yet (docs/encounters.md)")
+        raise _UsageError("--encounters cannot be combined with --epoch yet (docs/encounters.md)")
     if args.epoch is not None and args.start:
-        raise UsageError("--start cannot be combined with --epoch: a population begins at #0")
+        raise _UsageError("--start cannot be combined with --epoch: a population begins at #0")
 
 
 def _time_arg(flag: str, value: str) -> datetime:
     """parse_as_of for --epoch or --since: its message names the flag."""
     try:
-        return parse_as_of(value)
+        return _parse_as_of(value)
     except ValueError as e:
         raise ValueError(f"--{flag}: {e}") from None
 
 
 def _plan_from_args(args: argparse.Namespace) -> Plan:
     """The run's plan (at --epoch if given, else at --as-of); bad values are usage errors."""
-    options = {name: getattr(args, name) for name in OPTION_DEFAULTS}
+    options = {name: getattr(args, name) for name in _OPTION_DEFAULTS}
     try:
         _check_index_range(args.start, args.count or 1)
         return make_plan(
-            draw_seed() if args.seed is None else args.seed,
-            parse_as_of(args.as_of) if args.epoch is None else _time_arg("epoch", args.epoch),
+            _draw_seed() if args.seed is None else args.seed,
+            _parse_as_of(args.as_of) if args.epoch is None else _time_arg("epoch", args.epoch),
             **options,
         )
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise _UsageError(str(e)) from None
 
 
 def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
@@ -6041,14 +6056,14 @@ def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
     if args.epoch is None:
         return None
     try:
-        until = parse_as_of(args.as_of)
+        until = _parse_as_of(args.as_of)
         since = None if args.since is None else _time_arg("since", args.since)
-        faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
+        faults = Faults(*(getattr(args, n) or 0.0 for n in _FAULT_FLAGS))
         _check_faults(faults)
         _check_window(plan, since, until)
-        population_size(plan, args.count, until)  # within the index range by then
+        _population_size(plan, args.count, until)  # within the index range by then
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise _UsageError(str(e)) from None
     return Window(
         epoch_count=args.count,
         until=until,
@@ -6058,8 +6073,8 @@ def _window_from_args(args: argparse.Namespace, plan: Plan) -> Window | None:
     )
 
 
-CONTINUED = ("seed", "count", "epoch", "since", *OPTION_DEFAULTS, "format", "gzip")
-CONTINUED += ("gzip_level", "records_per_file", "start")
+_CONTINUED = ("seed", "count", "epoch", "since", *_OPTION_DEFAULTS, "format", "gzip")
+_CONTINUED += ("gzip_level", "records_per_file", "start")
 
 
 def _continued(
@@ -6068,19 +6083,19 @@ def _continued(
     """--continue: the plan and spec of the layer's next batch (continue_layer), or None when
     the layer is already at --as-of; usage errors for flags the layer decides."""
     if args.output is None or args.as_of is None:
-        raise UsageError("--continue needs --output (the layer) and --as-of (the batch's end)")
-    given = [n for n in CONTINUED if getattr(args, n) != parser.get_default(n)]
+        raise _UsageError("--continue needs --output (the layer) and --as-of (the batch's end)")
+    given = [n for n in _CONTINUED if getattr(args, n) != parser.get_default(n)]
     if given:
-        raise UsageError(f"--continue takes --{given[0].replace('_', '-')} from the layer")
+        raise _UsageError(f"--continue takes --{given[0].replace('_', '-')} from the layer")
     _check_output_args(args)
     try:
-        faults = Faults(*(getattr(args, n) or 0.0 for n in FAULT_FLAGS))
+        faults = Faults(*(getattr(args, n) or 0.0 for n in _FAULT_FLAGS))
         window = Window(0, args.as_of, None, args.versions == "latest", faults)
         return continue_layer(
             replace(_bronze_from_args(args, None), window=window), overwrite=args.overwrite
         )
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise _UsageError(str(e)) from None
 
 
 def _bronze_from_args(
@@ -6095,17 +6110,17 @@ def _bronze_from_args(
         root=args.output.rstrip("/") or "/",
         count=args.count or 1,
         start=args.start,
-        format=given(args.format, DEFAULT_FORMAT),
+        format=given(args.format, _DEFAULT_FORMAT),
         gzip=args.gzip,
-        gzip_level=given(args.gzip_level, DEFAULT_GZIP_LEVEL),
-        records_per_file=given(args.records_per_file, DEFAULT_RECORDS_PER_FILE),
+        gzip_level=given(args.gzip_level, _DEFAULT_GZIP_LEVEL),
+        records_per_file=given(args.records_per_file, _DEFAULT_RECORDS_PER_FILE),
         validate=args.validate,
-        concurrency=given(args.concurrency, DEFAULT_CONCURRENCY),
+        concurrency=given(args.concurrency, _DEFAULT_CONCURRENCY),
         endpoint_url=args.endpoint_url,
         token=str(os.getpid()),
         window=window,
     )
-    return spec if plan is None else covering(plan, spec)  # the bar counts a window's indexes
+    return spec if plan is None else _covering(plan, spec)  # the bar counts a window's indexes
 
 
 def _progress_bar(total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
@@ -6142,13 +6157,13 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, spec: Bronze) -> None:
     shard = args.shard or (0, 1)
     tick, close = None, None
     if not args.quiet and sys.stderr.isatty():
-        shard_records = sum(len(unit_range(spec, u)) for u in shard_units(spec, shard))
+        shard_records = sum(len(_unit_range(spec, u)) for u in _shard_units(spec, shard))
         tick, close = _progress_bar(max(shard_records, 1))
     try:
         summary = write_bronze(
             plan,
             spec,
-            workers=args.workers or DEFAULT_WORKERS,
+            workers=args.workers or _DEFAULT_WORKERS,
             shard=shard,
             overwrite=args.overwrite,
             progress=tick,
@@ -6162,7 +6177,7 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, spec: Bronze) -> None:
             close()
     seconds = summary["seconds"]
     part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    if spec.mode == BATCH_RUN:
+    if spec.mode == _BATCH_RUN:
         print(
             f"wrote batch {summary['batch']}{part}: {summary['records']:,} versions + "
             f"{summary['deleted']:,} deletions ({summary['files']:,} files, "
@@ -6183,9 +6198,9 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, spec: Bronze) -> None:
 def _window_chunks(plan: Plan, w: Window, validate: bool) -> Iterator[bytes]:
     """A snapshot or batch as NDJSON chunks, computed DEFAULT_RECORDS_PER_FILE indexes at a
     time (as a bronze run's units: --out-of-order moves lines within such a range)."""
-    n, line = population_size(plan, w.epoch_count, w.until), _version_line(plan, validate)
-    for lo in range(0, n, DEFAULT_RECORDS_PER_FILE):
-        hi = min(lo + DEFAULT_RECORDS_PER_FILE, n)
+    n, line = _population_size(plan, w.epoch_count, w.until), _version_line(plan, validate)
+    for lo in range(0, n, _DEFAULT_RECORDS_PER_FILE):
+        hi = min(lo + _DEFAULT_RECORDS_PER_FILE, n)
         yield from _ndjson(map(line, _window_versions(plan, w, lo, hi)))
 
 
@@ -6203,7 +6218,7 @@ def _run_stdout(args: argparse.Namespace, plan: Plan, window: Window | None) -> 
             f"Suggested S3 Path: {suggested_s3_key(record, args.bucket, args.prefix)}\n"
         )
         for pair in (
-            patient_stays_json(plan, args.start, sample(plan, args.start))
+            _patient_stays_json(plan, args.start, _sample(plan, args.start))
             if _stays_on(plan)
             else ()
         ):
@@ -6221,9 +6236,9 @@ def _run_stdout(args: argparse.Namespace, plan: Plan, window: Window | None) -> 
     sys.stdout.flush()
 
 
-def run(argv: list[str] | None = None) -> None:
+def _run(argv: list[str] | None = None) -> None:
     """The whole command: parse, plan, write; raises UsageError, BronzeError, OSError."""
-    parser = build_parser()
+    parser = _build_parser()
     args = parser.parse_args(argv)
     if args.continue_:
         continued = _continued(args, parser)
@@ -6262,20 +6277,20 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
-        run(argv)
-    except UsageError as e:
+        _run(argv)
+    except _UsageError as e:
         print(f"{prog}: error: {e} (see --help)", file=sys.stderr)
-        return EXIT_USAGE
+        return _EXIT_USAGE
     except BrokenPipeError:  # e.g. piped into `head`: not an error of ours
         sys.stderr.close()
         return 0
     except (BronzeError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return EXIT_RUNTIME
+        return _EXIT_RUNTIME
     except KeyboardInterrupt as e:
         # KeyboardInterrupt() is truthy but prints as "": say what happened
         print(f"{prog}: error: {str(e) or 'interrupted'}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _EXIT_INTERRUPTED
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

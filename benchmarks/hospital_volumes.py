@@ -23,7 +23,7 @@ def main() -> None:
     counts: Counter = Counter()
     crossed = 0
     for i in range(n):
-        s = g.sample(plan, i)
+        s = g._sample(plan, i)
         counts[s.organization] += 1
         crossed += plan.hospitals[s.organization]["state"] != plan.zips[s.zip][3]
     hospitals = plan.organization_index
@@ -51,13 +51,13 @@ def main() -> None:
 
 def hcris(plan: g.Plan, counts: Counter, crossed: float) -> None:
     """Our patients per general hospital against its HCRIS 2021 total discharges."""
-    path = Path(g.DATA_DIR) / "hospital_volumes.csv"
+    path = Path(g._DATA_DIR) / "hospital_volumes.csv"
     with open(path, newline="", encoding="utf-8") as f:
         volume = {r["ccn"]: r["discharges"] for r in csv.DictReader(f)}
     real = {
         h: int(volume[plan.hospitals[h]["ccn"]])
         for h in plan.organization_index
-        if plan.hospitals[h]["hospital_type"] in g.GENERAL_HOSPITAL_TYPES
+        if plan.hospitals[h]["hospital_type"] in g._GENERAL_HOSPITAL_TYPES
         and volume[plan.hospitals[h]["ccn"]]
     }
     r = statistics.correlation([real[h] for h in real], [counts.get(h, 0) for h in real])

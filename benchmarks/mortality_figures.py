@@ -31,7 +31,7 @@ def registry(n: int, seed: int) -> None:
     dead = living = older = 0
     years = 0.0
     for i in range(n):
-        s = g.sample(plan, i)
+        s = g._sample(plan, i)
         age, _, is_dead = plan.cells[s.cell]
         birth = (s.birth - EPOCH) * 86400
         years += ((s.died if is_dead else as_of) - max(birth, plan.window_start)) / YEAR
@@ -50,7 +50,7 @@ def neonatal(n: int, seed: int) -> None:
     plan = g.make_plan(seed, AS_OF, mortality_rate=1.0, max_age=0)
     early = 0
     for i in range(n):
-        s = g.sample(plan, i)
+        s = g._sample(plan, i)
         days = (s.died // 86400 + EPOCH) - s.birth
         early += days < 28
     p = early / n

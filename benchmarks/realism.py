@@ -70,7 +70,7 @@ def table(name: str) -> list[dict[str, str]]:
 def group_of(row: tuple[str, str, str, str]) -> str | None:
     """The GBD group of a race row: Hispanic rows are latino, others by race (or none)."""
     _, code, _, eth_code = row
-    return "latino" if eth_code == g.HISPANIC_CODE else RACE_GROUP.get(code)
+    return "latino" if eth_code == g._HISPANIC_CODE else RACE_GROUP.get(code)
 
 
 def std_group(age: int) -> int:
@@ -121,7 +121,7 @@ def measure(n: int, seed: int) -> dict:
     english = next(k for k, (code, _) in enumerate(plan.languages) if code == "en")
     spanish = next(k for k, (code, _) in enumerate(plan.languages) if code == "es")
     for i in range(n):
-        s = g.sample(plan, i)
+        s = g._sample(plan, i)
         state = plan.state_codes[s.state]
         age, sex, dead = plan.cells[s.cell]
         count_language_and_hospital(m, plan, s, (english, spanish))
@@ -134,7 +134,7 @@ def measure(n: int, seed: int) -> dict:
         a, t = int((lo - birth) / YEAR), lo
         while t < end:
             top = min(end, birth + (a + 1) * YEAR)
-            k = std_group(min(a, g.MAX_AGE))
+            k = std_group(min(a, g._MAX_AGE))
             m["gpy"]["all", k] += (top - t) / YEAR
             if group:
                 m["gpy"][group, k] += (top - t) / YEAR
@@ -156,7 +156,7 @@ def measure(n: int, seed: int) -> dict:
 
 
 def count_language_and_hospital(
-    m: dict, plan: g.Plan, s: g.Sample, languages: tuple[int, int]
+    m: dict, plan: g.Plan, s: g._Sample, languages: tuple[int, int]
 ) -> None:
     """One patient's part of the language and hospital figures (languages: en, es positions)."""
     english, spanish = languages
@@ -256,7 +256,7 @@ def report_age_sex(m: dict) -> None:
     census = Counter()
     for r in table("age_sex.csv"):
         age = 100 if r["age"] == "100+" else int(r["age"])
-        for sex in g.SEXES:
+        for sex in g._SEXES:
             census[sex, min(age // 10, 10)] += int(r[sex])
     n, total = sum(m["living"].values()), sum(census.values())
     chi2 = sum((m["living"][k] - n * c / total) ** 2 / (n * c / total) for k, c in census.items())
@@ -299,7 +299,7 @@ def report_hospitals(m: dict, plan: g.Plan, n: int) -> None:
     real = {
         h: int(volume[plan.hospitals[h]["ccn"]])
         for h in plan.organization_index
-        if plan.hospitals[h]["hospital_type"] in g.GENERAL_HOSPITAL_TYPES
+        if plan.hospitals[h]["hospital_type"] in g._GENERAL_HOSPITAL_TYPES
         and volume[plan.hospitals[h]["ccn"]]
     }
     r = pearson([real[h] for h in real], [m["org"][h] for h in real])
@@ -334,12 +334,12 @@ LIVING_BANDS = ((0, 18), (18, 25), (25, 35), (35, 45), (45, 65), (65, 75), (75, 
 def report_living(n: int, seed: int) -> None:
     """A one-year change batch of n epoch patients: births by state, movers by age, deaths."""
     plan = g.make_plan(seed, AS_OF)
-    start = g.parse_as_of(AS_OF).timestamp()
-    until = g.parse_as_of("2026-10-13T02:22:22Z")
+    start = g._parse_as_of(AS_OF).timestamp()
+    until = g._parse_as_of("2026-10-13T02:22:22Z")
     births, py, moves, deaths = Counter(), Counter(), Counter(), 0
     epoch_py = 0.0
     for v in g.snapshot(plan, n, until, 0, n):  # the epoch patients' exposure, to a fair degree:
-        s = g.sample(plan, v.index)  # age at E, alive at E
+        s = g._sample(plan, v.index)  # age at E, alive at E
         age, _, dead = plan.cells[s.cell]
         if not dead:
             band = next(b for b in LIVING_BANDS if b[0] <= age < b[1])
@@ -350,7 +350,7 @@ def report_living(n: int, seed: int) -> None:
         state = plan.zips[v.sample.zip][3]
         if v.change == "birth":
             births[state] += 1
-        elif v.change in g.MOVE_KINDS:
+        elif v.change in g._MOVE_KINDS:
             age = (v.instant // 86400 + EPOCH - v.sample.birth) / 365.2425
             moves[next(b for b in LIVING_BANDS if b[0] <= age < b[1])] += 1
         elif v.change == "death" and v.index < n:

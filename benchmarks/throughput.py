@@ -119,6 +119,8 @@ def generate_patient_path(count: int) -> int:
     """The module's validated-model path, one generate_patient() call per patient."""
     import fhir_patient_generator as g
 
+    # Private names used here (internals this file checks or drives directly): _start
+
     return sum(len(g.generate_patient(SEED, i, AS_OF).model_dump_json()) for i in range(count))
 
 

@@ -46,6 +46,8 @@ def import_generator() -> ModuleType:
     """Import fhir_patient_generator with its reference_data/ readable, wherever it came from."""
     try:
         import fhir_patient_generator as g
+
+    # Private names used here (internals this file checks or drives directly): _DATA_DIR
     except ImportError:  # run from a checkout without --py-files: use the repository's module
         sys.path.append(str(REPO_ROOT))
         import fhir_patient_generator as g
@@ -63,7 +65,7 @@ def reference_data_dir(g: ModuleType) -> Path:
     (--py-files, Glue --extra-py-files) that path is not a folder, so the CSVs are extracted
     once per process and passed to make_plan(data_dir=...). The module is never patched.
     """
-    data_dir = Path(g.DATA_DIR)
+    data_dir = Path(g._DATA_DIR)
     if data_dir.is_dir():
         return data_dir
     loader = getattr(g, "__loader__", None)

@@ -8,6 +8,9 @@ from typing import Any
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _CANDIDATES,
+# _CHILDREN_HOSPITAL_TYPE, _CHILD_AGE, _GENERAL_HOSPITAL_TYPES, _load_reference
+
 # Top-level keys in FHIR element order (deceasedDateTime only when deceased).
 PATIENT_KEYS = [
     "resourceType",
@@ -29,13 +32,13 @@ US_CORE_KEYS = PATIENT_KEYS[:3] + ["extension"] + PATIENT_KEYS[3:5] + ["name"] +
 def maximise_cms_fields(record: dict[str, Any], plan: g.Plan) -> dict[str, Any]:
     """Longest ZIP city, county, hospital (id + name), language and gender, and a death date,
     set into `record` (the longest of each, even where no real ZIP has them all at once)."""
-    ref = g.load_reference()
+    ref = g._load_reference()
     longest_city = max((z[1] for z in ref.zips), key=len)
     longest_county = max((z[2] for z in ref.zips), key=len)
     used = [
         h
         for h in ref.hospitals
-        if h["hospital_type"] in (*g.GENERAL_HOSPITAL_TYPES, g.CHILDREN_HOSPITAL_TYPE)
+        if h["hospital_type"] in (*g._GENERAL_HOSPITAL_TYPES, g._CHILDREN_HOSPITAL_TYPE)
     ]
     longest_org = max(used, key=lambda o: len(o["id"]) + len(o["name"].encode()))
     code, display, _ = max(ref.languages, key=lambda lang: 2 * len(lang[1]) + len(lang[0]))
@@ -66,21 +69,21 @@ def hospital_shares(plan: g.Plan) -> dict[int, float]:
             sum(
                 b - a
                 for (age, _, _), a, b in zip(plan.cells, (0, *cum), cum, strict=False)
-                if age < g.CHILD_AGE
+                if age < g._CHILD_AGE
             )
             / cum[-1]
         )
         p_state = (states[s] - (states[s - 1] if s else 0)) / states[-1]
         for k, z in enumerate(zips):
             p_zip = p_state * (zcum[k] - (zcum[k - 1] if k else 0)) / zcum[-1]
-            lo = z * g.CANDIDATES
+            lo = z * g._CANDIDATES
             w = [plan.hospital_cum[lo]] + [
                 plan.hospital_cum[lo + j] - plan.hospital_cum[lo + j - 1]
-                for j in range(1, g.CANDIDATES)
+                for j in range(1, g._CANDIDATES)
             ]
             adult, kid = sum(w[:-1]), sum(w)
-            for j in range(g.CANDIDATES):
+            for j in range(g._CANDIDATES):
                 h = plan.hospital_cand[lo + j]
-                share = (1 - child) * (w[j] / adult if j < g.CANDIDATES - 1 else 0.0)
+                share = (1 - child) * (w[j] / adult if j < g._CANDIDATES - 1 else 0.0)
                 out[h] += p_zip * (share + child * w[j] / kid)
     return {h: p for h, p in out.items() if p > 0}

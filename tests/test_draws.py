@@ -13,6 +13,9 @@ import pytest
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _DRAW_TABLES,
+# _DeliveryDraws, _Draws, _draw_table, _sample, _stream
+
 SOURCE = inspect.getsource(g)
 PLAN = g.make_plan(11, "2025-01-01T00:00:00Z")
 
@@ -21,7 +24,7 @@ def test_every_draws_slot_is_read_by_its_name_and_none_by_number():
     # _sample_tuple unpacks its slots as u_<name> (an import-time assert ties them to Draws),
     # the others read u.<name> from Draws._make.
     body = SOURCE[SOURCE.index("_DRAW_BYTES = ") :]
-    for name in g.Draws._fields:
+    for name in g._Draws._fields:
         assert re.search(rf"\bu(_|\.){name}\b", body), f"Draws.{name} is read nowhere"
     assert not re.search(r"_raw_draws\([^)]*\)\)?\[\s*:?\s*\d", SOURCE), "a slot read by number"
     assert not re.search(r"\bspare_\d", SOURCE), "a spare slot left in the code"
@@ -69,7 +72,7 @@ def test_appending_a_field_moves_no_existing_draw():
 
 def test_streams_are_independent_of_each_other_and_of_the_patients_draws():
     index = 3
-    draws = set(g.sample(PLAN, index).draws)
+    draws = set(g._sample(PLAN, index).draws)
     seen: set[int] = set()
     for k in range(1000):
         u = g._stream(PLAN, Wide, index, k)

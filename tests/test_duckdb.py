@@ -12,6 +12,9 @@ from bronze_util import AS_OF, ROOT
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _condition_record,
+# _encounter_record
+
 SQL = (ROOT / "docs" / "analytics.sql").read_text()
 PLAN = g.make_plan(7, AS_OF, mortality_rate=0.05)
 
@@ -122,7 +125,7 @@ def _expected_stays(plan: g.Plan, count: int) -> list[dict]:
         born = date.fromisoformat(record["birthDate"])
         died = record.get("deceasedDateTime")
         for stay in g.stays(plan, i):
-            e, c = g.encounter_record(plan, stay), g.condition_record(plan, stay)
+            e, c = g._encounter_record(plan, stay), g._condition_record(plan, stay)
             start = datetime.fromisoformat(e["period"]["start"])
             end = datetime.fromisoformat(e["period"]["end"])
             code = c["code"]["coding"][0]["code"]

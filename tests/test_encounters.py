@@ -23,6 +23,11 @@ from fhir.resources.R4B.encounter import Encounter as EncounterR4B
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _COHORTS, _DEATH_STAY,
+# _DISPOSITIONS, _EPOCH_DAY, _MAX_INDEX, _PatientStayDraws, _SECONDS_PER_YEAR, _Stay, _StayDraws,
+# _US_CORE_CONDITION, _US_CORE_ENCOUNTER, _age, _condition_record, _encounter_record, _sample,
+# _stay_count_draw, _stay_draws, _stay_tables, _stream
+
 DAY = 86400
 
 
@@ -90,8 +95,8 @@ def test_every_stay_resource_is_valid(tmp_path, version, profile):
             assert independent(resource) == [], resource
             assert len(text) < 1000
     if profile == "us-core":
-        assert {e["meta"]["profile"][0] for e in got["Encounter"]} == {g.US_CORE_ENCOUNTER}
-        assert {c["meta"]["profile"][0] for c in got["Condition"]} == {g.US_CORE_CONDITION}
+        assert {e["meta"]["profile"][0] for e in got["Encounter"]} == {g._US_CORE_ENCOUNTER}
+        assert {c["meta"]["profile"][0] for c in got["Condition"]} == {g._US_CORE_CONDITION}
         assert all(e["type"][0]["coding"][0]["code"] == "32485007" for e in got["Encounter"])
 
 
@@ -103,9 +108,9 @@ def test_worst_case_resources_are_under_1000_bytes():
         t = g._stay_tables(plan)
         hospital = max(plan.organization_index, key=lambda k: len(plan.hospitals[k]["id"]))
         dx = max(range(len(t.diagnoses)), key=lambda k: len(t.diagnoses[k].display))
-        for disposition in range(-1, len(g.DISPOSITIONS)):
-            stay = g.Stay(
-                g.MAX_INDEX, g.DEATH_STAY, plan.window_start, plan.window_start + 300 * DAY,
+        for disposition in range(-1, len(g._DISPOSITIONS)):
+            stay = g._Stay(
+                g._MAX_INDEX, g._DEATH_STAY, plan.window_start, plan.window_start + 300 * DAY,
                 hospital, dx, disposition,
             )  # fmt: skip
             encounter, condition = g.stay_json(plan, stay)
@@ -213,7 +218,7 @@ def _population(seed: int, count: int, **options):
     plan = g.make_plan(seed, AS_OF, encounters=True, **options)
     out = []
     for i in range(count):
-        s = g.sample(plan, i)
+        s = g._sample(plan, i)
         out.append((s, g.stays(plan, i, s)))
     return plan, out
 
@@ -235,7 +240,7 @@ def test_admissions_alos_and_in_hospital_deaths_follow_the_tables():
         young = plan.cells[s.cell][0] < 60
         for group, chosen in (("old", old), ("young", young)):
             if chosen:
-                years[group] += max(0, end - start) / g.SECONDS_PER_YEAR
+                years[group] += max(0, end - start) / g._SECONDS_PER_YEAR
                 admissions[group] += len(found)
         los += [(x.discharged - x.admitted) / DAY for x in found]
         deaths += s.died >= 0
@@ -286,7 +291,7 @@ def test_cohort_stays_follow_each_hospitals_hrrp_volume():
     high HF volume relative to their size get more HF stays per stay than those with a low one."""
     plan = g.make_plan(13, AS_OF, encounters=True, states="NY")
     t = g._stay_tables(plan)
-    hf = g.COHORTS.index("HF")
+    hf = g._COHORTS.index("HF")
     shares = sorted(
         (cuts[hf] - (cuts[hf - 1] if hf else 0), k) for k, cuts in t.cohort_cuts.items() if cuts[-1]
     )
@@ -299,13 +304,13 @@ def test_the_hot_paths_equal_the_named_ones():
     orjson.dumps of the records (also checked when the writer is built)."""
     plan = g.make_plan(5, AS_OF, encounters=True, min_age=70)
     for i in range(3000):
-        assert g._stay_count_draw(plan, i) == g._stream(plan, g.PatientStayDraws, i).count
+        assert g._stay_count_draw(plan, i) == g._stream(plan, g._PatientStayDraws, i).count
     found = [stay for i in range(500) for stay in g.stays(plan, i)]
     assert len(found) > 100
     for stay in found:
         encounter, condition = g.stay_json(plan, stay)
-        assert encounter == orjson.dumps(g.encounter_record(plan, stay))
-        assert condition == orjson.dumps(g.condition_record(plan, stay))
+        assert encounter == orjson.dumps(g._encounter_record(plan, stay))
+        assert condition == orjson.dumps(g._condition_record(plan, stay))
 
 
 # -- readmissions (issue 19)
@@ -357,7 +362,7 @@ def test_hospitals_with_higher_hrrp_rates_readmit_more():
     readmit more in the output than those in its bottom third."""
     plan, people = _population(22, 40_000, min_age=65, states="NY")
     t = g._stay_tables(plan)
-    hf = g.COHORTS.index("HF")
+    hf = g._COHORTS.index("HF")
     published = {}
     for r in csv.DictReader(open(ROOT / "reference_data" / "hrrp_fy2025.csv")):
         if r["cohort"] == "HF" and r["observed_rate"]:
@@ -423,5 +428,5 @@ def test_stays_on_s3_have_the_local_keys_and_bytes(s3_throwaway_server, tmp_path
 
 def test_the_stay_draws_are_the_named_table():
     plan = g.make_plan(6, AS_OF, encounters=True)
-    for i, k in ((0, 0), (17, 3), (10**9, g.DEATH_STAY)):
-        assert g._stay_draws(plan, i, k) == g._stream(plan, g.StayDraws, i, k)
+    for i, k in ((0, 0), (17, 3), (10**9, g._DEATH_STAY)):
+        assert g._stay_draws(plan, i, k) == g._stream(plan, g._StayDraws, i, k)

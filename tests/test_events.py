@@ -9,18 +9,21 @@ from datetime import datetime
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _Candidate,
+# _EVENT_KINDS, _MOVE_KINDS, _candidates, _dynamics, _population_size
+
 E = "2024-01-01T00:00:00Z"
 SINCE, UNTIL = "2024-03-01T00:00:00Z", "2025-06-01T00:00:00Z"
 STARTS = {"birth", "arrival", "delete"}  # changes that are not events of the table
 
 
 def kind_of(change: str) -> str:
-    return "move" if change in g.MOVE_KINDS else change
+    return "move" if change in g._MOVE_KINDS else change
 
 
 def test_changes_are_the_histories_versions_for_every_event_kind():
     plan, count = g.make_plan(31, E), 4_000
-    n = g.population_size(plan, count, UNTIL)
+    n = g._population_size(plan, count, UNTIL)
     lo, hi = (datetime.fromisoformat(t).timestamp() for t in (SINCE, UNTIL))
     expected = [
         v

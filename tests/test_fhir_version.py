@@ -16,6 +16,8 @@ from fhir.resources.R4B.patient import Patient as PatientR4B
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _normalise_options
+
 
 def r4_issues(resource: dict) -> list[str]:
     """fhirkit-rs (FHIR 4.0.1, Rust, not built on fhir.resources): error messages."""
@@ -84,7 +86,7 @@ def test_the_patient_bytes_do_not_depend_on_the_version():
 def test_the_api_returns_the_models_of_the_declared_version():
     assert isinstance(g.generate_patient(3, 0, AS_OF), PatientR4B)  # R4 is the default
     assert isinstance(g.generate_patient(3, 0, AS_OF, fhir_version="R5"), PatientR5)
-    assert g.normalise_options()["fhir_version"] == "R4"
+    assert g._normalise_options()["fhir_version"] == "R4"
 
 
 def test_us_core_is_an_r4_guide_and_a_bad_version_is_usage_error():

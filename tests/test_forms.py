@@ -8,6 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _FHIR_VERSIONS,
+# _window_versions
+
 E = "2024-01-01T00:00:00Z"
 
 
@@ -42,7 +45,7 @@ def test_a_bad_window_time_is_a_value_error_when_the_window_is_made():
 
 
 def test_the_fhir_version_is_resolved_once_into_the_plan():
-    for name, version in g.FHIR_VERSIONS.items():
+    for name, version in g._FHIR_VERSIONS.items():
         plan = g.make_plan(1, E, fhir_version=name)
         assert plan.fhir_version is version
         org = plan.organizations[0]

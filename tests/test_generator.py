@@ -20,6 +20,9 @@ from record_shapes import PATIENT_KEYS, hospital_shares, maximise_cms_fields
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _MAX_AGE, _MAX_INDEX,
+# _PROFILES, _load_reference, _parse_as_of, _patient_mrn
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "fhir_patient_generator.py"
 AS_OF = "2025-10-13T02:22:22Z"
@@ -135,7 +138,7 @@ def test_worst_case_record_is_under_1_kb():
     """Longest city, county, hospital, language and gender, deceased, microsecond timestamp:
     still < 1,024 B (976 B)."""
     plan = g.make_plan(0, "2025-10-13T02:22:22.245910Z")
-    record = maximise_cms_fields(g.build_record(plan, g.MAX_INDEX), plan)
+    record = maximise_cms_fields(g.build_record(plan, g._MAX_INDEX), plan)
     size = len(orjson.dumps(record))
     assert size < 1024, size
 
@@ -150,7 +153,7 @@ def test_sampled_records_are_under_1_kb():
 
 def test_ids_are_version_4_uuids_and_ids_and_mrns_never_repeat():
     plan = g.make_plan(123, AS_OF)
-    indexes = list(range(100_000)) + list(range(g.MAX_INDEX - 50_000, g.MAX_INDEX + 1))
+    indexes = list(range(100_000)) + list(range(g._MAX_INDEX - 50_000, g._MAX_INDEX + 1))
     ids, mrns = set(), set()
     for index in indexes:
         record = g.build_record(plan, index)
@@ -164,7 +167,7 @@ def test_ids_are_version_4_uuids_and_ids_and_mrns_never_repeat():
 def test_the_mrn_map_is_a_permutation_of_ten_digit_numbers():
     # The same cycle-walking construction on a small domain can be checked exhaustively.
     plan = g.make_plan(8, AS_OF)
-    numbers = [int(g.patient_mrn(plan, i).removeprefix("MC-")) for i in range(200_000)]
+    numbers = [int(g._patient_mrn(plan, i).removeprefix("MC-")) for i in range(200_000)]
     assert len(set(numbers)) == len(numbers) and all(0 <= n < 10**10 for n in numbers)
 
 
@@ -181,7 +184,7 @@ def test_the_uuid_is_an_invertible_mix_of_the_index():
             x = y ^ (x >> s)
         return x
 
-    for index in [0, 1, 2, 12345, 2**32 + 7, g.MAX_INDEX]:
+    for index in [0, 1, 2, 12345, 2**32 + 7, g._MAX_INDEX]:
         v = uuid.UUID(g.patient_id(plan, index)).int
         y = (v >> 80) << 74 | ((v >> 64) & 0xFFF) << 62 | (v & ((1 << 62) - 1))
         y = unxorshift(y, 63) * pow(m3, -1, 2**122) & mask
@@ -237,7 +240,7 @@ def test_generate_patients_is_lazy():
 def test_no_record_is_impossible():
     as_of = datetime(2025, 10, 13, 2, 22, 22, tzinfo=UTC)
     plan = g.make_plan(21, as_of, mortality_rate=0.3, lookback_years=2.5)
-    zips = set(g.load_reference().zips)
+    zips = set(g._load_reference().zips)
     org_by_id = {o["id"]: o for o in plan.organizations}
     window_start = as_of.timestamp() - 2.5 * 365.2425 * 86400
     for index in range(20_000):
@@ -245,7 +248,7 @@ def test_no_record_is_impossible():
         born = date.fromisoformat(r["birthDate"])
         died = datetime.fromisoformat(r.get("deceasedDateTime", as_of.isoformat()))
         age = (died.date() - born).days / 365.2425  # at as-of, or at death for the deceased
-        assert 0 <= age < g.MAX_AGE + 1
+        assert 0 <= age < g._MAX_AGE + 1
         assert born <= died.date() <= as_of.date()
         state, a = r["address"][0]["state"], r["address"][0]
         assert (a["postalCode"], a["city"], a["district"], state) in zips
@@ -296,7 +299,7 @@ def test_bad_seed_index_and_as_of_raise_value_error():
     with pytest.raises(ValueError):
         g.make_plan(1, "yesterday")
     with pytest.raises(ValueError):
-        g.build_record(g.make_plan(1, AS_OF), g.MAX_INDEX + 1)
+        g.build_record(g.make_plan(1, AS_OF), g._MAX_INDEX + 1)
 
 
 @pytest.mark.parametrize(
@@ -306,7 +309,7 @@ def test_bad_seed_index_and_as_of_raise_value_error():
 def test_as_of_outside_the_supported_range_is_a_value_error(as_of):
     """Offsets that overflow datetime in UTC raise ValueError (not OverflowError), API and CLI."""
     with pytest.raises(ValueError, match="out of range"):
-        g.parse_as_of(as_of)
+        g._parse_as_of(as_of)
     with pytest.raises(ValueError, match="out of range"):
         g.make_plan(1, datetime.fromisoformat(as_of))
     result = run_cli("--as-of", as_of, "--seed", "1")
@@ -318,7 +321,7 @@ def test_as_of_outside_the_supported_range_is_a_value_error(as_of):
 def test_the_last_supported_as_of_builds_patients():
     """As-of 9999-12-31T23:59:59.999999Z: birth and death tables and the window still work."""
     as_of = "9999-12-31T23:59:59.999999Z"
-    for profile in g.PROFILES:
+    for profile in g._PROFILES:
         plan = g.make_plan(5, as_of, profile=profile, mortality_rate=0.5)
         records = [g.build_record(plan, i) for i in range(500)]
         assert b"".join(g.ndjson_chunks(plan, 0, 500)) == b"".join(
@@ -455,7 +458,7 @@ def test_a_pickled_plan_builds_the_same_records():
 
     plan = g.make_plan(31, AS_OF, profile="us-core", states="TX")
     copy = pickle.loads(pickle.dumps(plan))
-    for index in (0, 1, 999, g.MAX_INDEX):
+    for index in (0, 1, 999, g._MAX_INDEX):
         assert orjson.dumps(g.build_record(copy, index)) == orjson.dumps(
             g.build_record(plan, index)
         )
@@ -497,7 +500,7 @@ def test_the_json_renderer_writes_the_bytes_orjson_writes_for_the_dict(options, 
     for seed in (0, 2**64 - 1):
         plan = g.make_plan(seed, as_of, **options)
         render = g.json_renderer(plan)
-        for i in [*range(3000), g.MAX_INDEX - 1, g.MAX_INDEX]:
+        for i in [*range(3000), g._MAX_INDEX - 1, g._MAX_INDEX]:
             assert render(i) == orjson.dumps(g.build_record(plan, i)), (seed, i)
 
 

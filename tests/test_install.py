@@ -40,7 +40,7 @@ def test_a_built_wheel_imports_and_runs_outside_the_repository(tmp_path):
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = (
-        "import fhir_patient_generator as g; print(g.__file__); print(g.DATA_DIR); "
+        "import fhir_patient_generator as g; print(g.__file__); print(g._DATA_DIR); "
         f"print(g.generate_patient(seed=42, as_of='{AS_OF}').id)"
     )
     out = subprocess.run(

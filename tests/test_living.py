@@ -24,6 +24,11 @@ from test_realism import table
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _CANDIDATES,
+# _DEATH_BOUND, _DUPLICATE_DAYS, _ERROR_DAYS, _ERROR_SHARE, _HOSPITAL_CHANGE_RATE, _LATE_DAYS,
+# _MALE_AT_BIRTH, _MAX_AGE, _MAX_DELAY, _MOVE_KINDS, _MOVE_SHARES, _NO_FAULTS, _SECONDS_PER_YEAR,
+# _load_reference, _population_size, _version_record
+
 E = "2024-01-01T00:00:00Z"  # the epoch most tests define the population at (a leap year)
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 T = "2025-01-01T00:00:00Z"  # one year on
@@ -151,15 +156,15 @@ def batch_files(tmp_path: Path, plan: g.Plan, count: int, edges: list[str], faul
 
 def test_monthly_batches_merged_into_duckdb_balance_with_the_snapshot(tmp_path):
     plan, count = g.make_plan(21, E), 12_000
-    files = batch_files(tmp_path, plan, count, months(EPOCH, 12), g.NO_FAULTS)
+    files = batch_files(tmp_path, plan, count, months(EPOCH, 12), g._NO_FAULTS)
     merged, latest = duckdb_ledger(files, cutoff=T)
     expected = lines(plan, g.snapshot(plan, count, T))
     assert_ledger_is(merged, expected)
     assert_ledger_is(latest, expected)
     # the year had every kind of change, deletions included, and joiners
     kinds = Counter(v.change for v in g.changes(plan, count, E, T))
-    assert set(kinds) == {"birth", "arrival", "death", "hospital", "delete", *g.MOVE_KINDS}
-    assert len(expected) == g.population_size(plan, count, T) - kinds["delete"]
+    assert set(kinds) == {"birth", "arrival", "death", "hospital", "delete", *g._MOVE_KINDS}
+    assert len(expected) == g._population_size(plan, count, T) - kinds["delete"]
 
 
 # --- 2: the ledger in Delta Lake (delta-rs) ----------------------------------------------------
@@ -231,7 +236,7 @@ def test_faulty_deliveries_balance_once_the_delay_has_passed(tmp_path, faults):
     at lastUpdated <= T: the ledger is the snapshot at T."""
     plan, count = g.make_plan(23, E), 8_000
     cut = EPOCH + timedelta(days=200, seconds=12_345)  # T, not on a batch edge
-    end = cut + timedelta(seconds=g.MAX_DELAY)
+    end = cut + timedelta(seconds=g._MAX_DELAY)
     edges = [EPOCH + timedelta(weeks=k) for k in range(60) if EPOCH + timedelta(weeks=k) < end]
     edges = [iso(d) for d in [*edges, end]]
     files = batch_files(tmp_path, plan, count, edges, faults)
@@ -257,10 +262,10 @@ def test_the_faults_really_happen():
     deliveries: dict[tuple[int, int], list[float]] = defaultdict(list)  # version -> batch ends
     for (a, b), batch in zip(windows, batches, strict=True):
         for v in batch:
-            assert v.instant <= b and v.instant + g.MAX_DELAY > a  # within the delay, never early
+            assert v.instant <= b and v.instant + g._MAX_DELAY > a  # within the delay, never early
             deliveries[v.index, v.number].append(b)
     late = sum(v.instant <= a for (a, _), vs in zip(windows, batches, strict=True) for v in vs)
-    settled = g.changes(plan, count, E, iso(edges[-1] - timedelta(seconds=g.MAX_DELAY)))
+    settled = g.changes(plan, count, E, iso(edges[-1] - timedelta(seconds=g._MAX_DELAY)))
     assert all(1 <= len(deliveries[v.index, v.number]) <= 2 for v in settled)
     assert late > 0
     check_share(sum(len(deliveries[v.index, v.number]) == 2 for v in settled), len(settled), 0.05)
@@ -295,11 +300,11 @@ def test_late_and_duplicate_deliveries_keep_to_their_delays():
             else:
                 first[key] = day
                 late[day - (v.instant - start - 1) // DAY] += 1
-    assert set(late) == set(range(g.LATE_DAYS + 1))
-    assert set(again) == set(range(g.DUPLICATE_DAYS + 1))
+    assert set(late) == set(range(g._LATE_DAYS + 1))
+    assert set(again) == set(range(g._DUPLICATE_DAYS + 1))
     n = sum(late.values())
     check_share(n - late[0], n, faults.late)
-    settled = g.changes(plan, count, E, plan_time(start + days * DAY - g.MAX_DELAY))
+    settled = g.changes(plan, count, E, plan_time(start + days * DAY - g._MAX_DELAY))
     assert all((v.index, v.number) in first for v in settled)  # every version arrives
     check_share(sum(first[v.index, v.number] is None for v in settled), len(settled), 0.5)
 
@@ -308,7 +313,7 @@ def test_without_faults_a_batch_is_the_versions_whose_instant_is_in_it():
     """Checked against history() of every patient, not against changes() itself."""
     plan, count = g.make_plan(25, E), 3_000
     edges = months(EPOCH, 12)
-    n = g.population_size(plan, count, T)
+    n = g._population_size(plan, count, T)
     histories = [g.history(plan, count, i, T) for i in range(n)]
     assert not g.history(plan, count, n, T)  # the next joiner has not joined yet
     for a, b in itertools.pairwise(edges):
@@ -344,7 +349,7 @@ def test_batches_compose_and_repeat():
     whole = g.changes(plan, count, S, U, faults=faults)
     assert Counter(lines(plan, parts)) == Counter(lines(plan, whole))
     # the same call, the same bytes (out of order too)
-    for faults in (g.NO_FAULTS, FAULTS):
+    for faults in (g._NO_FAULTS, FAULTS):
         once = lines(plan, g.changes(plan, count, S, U, faults=faults))
         assert once == lines(plan, g.changes(plan, count, S, U, faults=faults))
     assert lines(plan, g.snapshot(plan, count, U)) == lines(plan, g.snapshot(plan, count, U))
@@ -352,9 +357,9 @@ def test_batches_compose_and_repeat():
 
 def test_index_ranges_concatenate():
     plan, count = g.make_plan(27, E), 5_000
-    n = g.population_size(plan, count, U)
+    n = g._population_size(plan, count, U)
     cuts = [0, 1000, 3333, count, count + 7, n + 50]  # not on BLOCK edges; into the joiners
-    for faults in (g.NO_FAULTS, FAULTS._replace(out_of_order=0.0)):
+    for faults in (g._NO_FAULTS, FAULTS._replace(out_of_order=0.0)):
         whole = g.changes(plan, count, S, U, faults=faults)
         parts = [
             g.changes(plan, count, S, U, lo=a, hi=b, faults=faults)
@@ -377,8 +382,8 @@ def test_the_epoch_patients_events_do_not_depend_on_the_epoch_count():
         g.snapshot(plan, 2 * count, U, hi=count)
     )
     # the joiners do depend on it: twice the epoch, twice the joiners
-    j1 = g.population_size(plan, count, U) - count
-    j2 = g.population_size(plan, 2 * count, U) - 2 * count
+    j1 = g._population_size(plan, count, U) - count
+    j2 = g._population_size(plan, 2 * count, U) - 2 * count
     assert abs(j2 - 2 * j1) <= 3
 
 
@@ -386,12 +391,12 @@ def test_generate_patients_yields_the_versions_as_dicts():
     plan, count = g.make_plan(29, E), 2_000
     snap = list(g.generate_patients(count, 29, 0, U, epoch=E))
     assert snap == [orjson.loads(b) for b in lines(plan, g.snapshot(plan, count, U))]
-    for latest, faults in ((False, g.NO_FAULTS), (True, g.NO_FAULTS), (False, FAULTS)):
+    for latest, faults in ((False, g._NO_FAULTS), (True, g._NO_FAULTS), (False, FAULTS)):
         batch = list(
             g.generate_patients(count, 29, 0, U, epoch=E, since=S, latest=latest, faults=faults)
         )
         versions = g.changes(plan, count, S, U, latest=latest, faults=faults)
-        assert batch == [g.version_record(plan, v) for v in versions]
+        assert batch == [g._version_record(plan, v) for v in versions]
         assert [orjson.dumps(r) for r in batch] == lines(plan, versions)
 
 
@@ -479,7 +484,7 @@ def move_factors() -> dict[int, tuple[float, float, float]]:
     out = {}
     for r in rows:
         lo = int(r["age_group"].split()[0])
-        hi = g.MAX_AGE if "over" in r["age_group"] else int(r["age_group"].split()[-2])
+        hi = g._MAX_AGE if "over" in r["age_group"] else int(r["age_group"].split()[-2])
         for age in range(0 if lo == 1 else lo, hi + 1):
             out[age] = tuple(
                 int(r[k]) / int(r["population_1plus"]) / m for k, m in zip(kinds, mean, strict=True)
@@ -522,10 +527,10 @@ def move_options(plan: g.Plan):
 def other_general_hospital(plan: g.Plan, z: int, org: int) -> bool:
     """Whether ZIP position z has a general hospital candidate of positive weight besides org:
     then a hospital change can go somewhere at every age."""
-    lo, cum = z * g.CANDIDATES, plan.hospital_cum
+    lo, cum = z * g._CANDIDATES, plan.hospital_cum
     return any(
         plan.hospital_cand[k] != org and cum[k] > (cum[k - 1] if k > lo else 0)
-        for k in range(lo, lo + g.CANDIDATES - 1)
+        for k in range(lo, lo + g._CANDIDATES - 1)
     )
 
 
@@ -535,7 +540,7 @@ def within(observed: float, expected: float, sd: float) -> bool:
 
 def age_bands(edges: tuple[int, ...]) -> dict[int, tuple[int, int]]:
     """Whole age -> its band (lo, hi), the last band open to MAX_AGE."""
-    bands = itertools.pairwise((*edges, g.MAX_AGE + 1))
+    bands = itertools.pairwise((*edges, g._MAX_AGE + 1))
     return {age: (a, b) for a, b in bands for age in range(a, b)}
 
 
@@ -544,26 +549,26 @@ def expected_counts(plan: g.Plan, people, until: int, band: dict) -> Counter:
     m(x) times the state's ratio and the year's NCHS level, moves of each kind at its CPS hazard
     times its B07001 age factor where there is somewhere to go (and all kinds by age band: the
     age profile), hospital changes where another general hospital is a candidate (any age)."""
-    ref, options = g.load_reference(), move_options(plan)
+    ref, options = g._load_reference(), move_options(plan)
     mx, ratio = ref.mx, ref.state_mx_ratio  # the state's ratio k_s(x): tests/test_population.py
-    moved = -math.log(1 - sum(g.MOVE_SHARES))
-    hazards = [moved * share / sum(g.MOVE_SHARES) for share in g.MOVE_SHARES]
+    moved = -math.log(1 - sum(g._MOVE_SHARES))
+    hazards = [moved * share / sum(g._MOVE_SHARES) for share in g._MOVE_SHARES]
     out: Counter = Counter()
     for versions in people.values():
         for s, a, b in segments(versions, until):
             possible = options(s.zip)
             kx = ratio[plan.zips[s.zip][3]][s.sex]
             for year, age, seconds in year_age_pieces(s.birth, a, b):
-                m = mx[s.sex][min(age, g.MAX_AGE)] * kx[min(age, g.MAX_AGE)] * death_level(year)
-                out["death", band[age]] += min(m, g.DEATH_BOUND) * seconds
-                factor = move_factors()[min(age, g.MAX_AGE)]
-                for k, kind in enumerate(g.MOVE_KINDS):
+                m = mx[s.sex][min(age, g._MAX_AGE)] * kx[min(age, g._MAX_AGE)] * death_level(year)
+                out["death", band[age]] += min(m, g._DEATH_BOUND) * seconds
+                factor = move_factors()[min(age, g._MAX_AGE)]
+                for k, kind in enumerate(g._MOVE_KINDS):
                     rate = hazards[k] * factor[k] * seconds
                     out[kind, possible[k]] += rate
                     out["moves", band[age]] += rate if possible[k] else 0.0
             other = other_general_hospital(plan, s.zip, s.organization)
-            out["hospital", other] += g.HOSPITAL_CHANGE_RATE * (b - a)
-    return Counter({k: x / g.SECONDS_PER_YEAR for k, x in out.items()})
+            out["hospital", other] += g._HOSPITAL_CHANGE_RATE * (b - a)
+    return Counter({k: x / g._SECONDS_PER_YEAR for k, x in out.items()})
 
 
 def observed_counts(plan: g.Plan, people, band: dict) -> Counter:
@@ -574,8 +579,8 @@ def observed_counts(plan: g.Plan, people, band: dict) -> Counter:
             s = v.sample
             if w.change == "death":
                 out["death", band[whole_years(date.fromordinal(s.birth), day_of(w.instant))]] += 1
-            elif w.change in g.MOVE_KINDS:
-                out[w.change, options(s.zip)[g.MOVE_KINDS.index(w.change)]] += 1
+            elif w.change in g._MOVE_KINDS:
+                out[w.change, options(s.zip)[g._MOVE_KINDS.index(w.change)]] += 1
                 out["moves", band[whole_years(date.fromordinal(s.birth), day_of(w.instant))]] += 1
             elif w.change == "hospital":
                 out["hospital", other_general_hospital(plan, s.zip, s.organization)] += 1
@@ -604,13 +609,13 @@ def test_deaths_moves_and_hospital_changes_happen_at_the_published_rates(options
         observed_counts(plan, people, band),
     )
     checked = [(key, b) for b in sorted(set(band.values())) for key in ("death", "moves")]
-    checked += [(kind, True) for kind in g.MOVE_KINDS] + [("hospital", True)]
+    checked += [(kind, True) for kind in g._MOVE_KINDS] + [("hospital", True)]
     for key in checked:
         sd = math.sqrt(expected[key])
         assert within(observed[key], expected[key], sd), (key, observed[key], expected[key])
     assert expected["death", band[edges[-1]]] > 100  # enough to see a wrong rate
     # no move where there is nowhere to go (a one-ZIP county, a one-county state)
-    assert [observed[kind, False] for kind in g.MOVE_KINDS] == [0, 0, 0]
+    assert [observed[kind, False] for kind in g._MOVE_KINDS] == [0, 0, 0]
     assert expected["move-zip", False] > 0  # some live in one-ZIP counties
 
 
@@ -639,12 +644,12 @@ def test_joiners_arrive_at_the_published_rates(min_age):
     entered in error deleted."""
     plan, count = g.make_plan(36, E, min_age=min_age), 1_000_000
     until = int(datetime.fromisoformat(T).timestamp())
-    later = plan_time(until + g.ERROR_DAYS * DAY)  # every error joined by T is deleted by then
+    later = plan_time(until + g._ERROR_DAYS * DAY)  # every error joined by T is deleted by then
     people = by_index(g.changes(plan, count, E, later, lo=count))
-    joiners = [people[i] for i in range(count, g.population_size(plan, count, T))]
+    joiners = [people[i] for i in range(count, g._population_size(plan, count, T))]
     born, came = joining_rates(plan, EPOCH.year)  # E..T is the calendar year 2024
     join_rate = sum(born.values()) + sum(came.values())
-    years = (until - plan.as_of.timestamp()) / g.SECONDS_PER_YEAR
+    years = (until - plan.as_of.timestamp()) / g._SECONDS_PER_YEAR
     assert abs(len(joiners) - count * join_rate * years) <= 2  # a steady stream
     first = [vs[0] for vs in joiners]
     assert all(a.instant <= b.instant for a, b in itertools.pairwise(first))
@@ -655,12 +660,12 @@ def test_joiners_arrive_at_the_published_rates(min_age):
     assert all(v.sample.birth == day_of(v.instant).toordinal() for v in births)
     for v in arrivals:
         age = whole_years(date.fromordinal(v.sample.birth), day_of(v.instant))
-        assert min_age <= age <= g.MAX_AGE + 1
+        assert min_age <= age <= g._MAX_AGE + 1
     if min_age:
         assert births == []
     else:
         check_share(len(births), len(joiners), sum(born.values()) / join_rate)
-        check_share(sum(v.sample.sex == "male" for v in births), len(births), g.MALE_AT_BIRTH)
+        check_share(sum(v.sample.sex == "male" for v in births), len(births), g._MALE_AT_BIRTH)
         by_state = Counter(plan.zips[v.sample.zip][3] for v in births)
         for state, rate in born.items():
             check_share(by_state[state], len(births), rate / sum(born.values()))
@@ -668,8 +673,8 @@ def test_joiners_arrive_at_the_published_rates(min_age):
     for state, rate in came.items():
         check_share(by_state[state], len(arrivals), rate / sum(came.values()))
     deleted = [vs for vs in joiners if vs[-1].change == "delete"]
-    check_share(len(deleted), len(joiners), g.ERROR_SHARE)
-    assert all(DAY <= vs[-1].instant - vs[0].instant <= g.ERROR_DAYS * DAY for vs in deleted)
+    check_share(len(deleted), len(joiners), g._ERROR_SHARE)
+    assert all(DAY <= vs[-1].instant - vs[0].instant <= g._ERROR_DAYS * DAY for vs in deleted)
 
 
 def plan_time(instant: int) -> str:
@@ -770,7 +775,7 @@ def check_patient(plan: g.Plan, count: int, versions: list[g.Version], context) 
         assert len(versions) == 1  # dead at the epoch: no events
     if versions[-1].change == "delete":  # entered in error: created, then deleted, nothing else
         assert len(versions) == 2
-        assert DAY <= versions[-1].instant - first.instant <= g.ERROR_DAYS * DAY
+        assert DAY <= versions[-1].instant - first.instant <= g._ERROR_DAYS * DAY
 
 
 def validation_sample(people: dict[int, list[g.Version]], n: int = 200) -> list[g.Version]:
@@ -790,13 +795,13 @@ def validation_sample(people: dict[int, list[g.Version]], n: int = 200) -> list[
 def test_every_version_keeps_the_invariants():
     plan, count = g.make_plan(32, E6), 10_000
     people = all_versions(plan, count, UNTIL6)
-    zips = {row[0]: row for row in g.load_reference().zips}
+    zips = {row[0]: row for row in g._load_reference().zips}
     orgs = {"Organization/" + o["id"] for o in plan.organizations}
     for versions in people.values():
         check_patient(plan, count, versions, (zips, orgs))
     kinds = Counter(v.change for vs in people.values() for v in vs)
     assert kinds.keys() == {"epoch", "birth", "arrival", "death", "hospital", "delete"} | set(
-        g.MOVE_KINDS
+        g._MOVE_KINDS
     )
     # deleted ids never come back, however long one waits
     deleted = {i for i, vs in people.items() if vs[-1].change == "delete"}
@@ -822,7 +827,7 @@ def test_a_record_entered_in_error_gets_no_event_before_its_deletion():
     plan, count, index = g.make_plan(7, E), 30_000_000, 30_560_386
     versions = g.history(plan, count, index, "2025-03-01T00:00:00Z")
     assert [v.change for v in versions] == ["birth", "delete"]
-    zips = {row[0]: row for row in g.load_reference().zips}
+    zips = {row[0]: row for row in g._load_reference().zips}
     orgs = {"Organization/" + o["id"] for o in plan.organizations}
     check_patient(plan, count, versions, (zips, orgs))
     batch = g.changes(plan, count, E, "2025-03-01T00:00:00Z", lo=index, hi=index + 1)
@@ -838,7 +843,7 @@ def test_the_snapshot_at_the_epoch_is_todays_records():
     assert [(v.index, v.number, v.change) for v in snap] == [(i, 1, "epoch") for i in range(count)]
     render = g.json_renderer(plan)
     assert lines(plan, snap) == [render(i) for i in range(count)]
-    assert g.population_size(plan, count, E) == count
+    assert g._population_size(plan, count, E) == count
     assert g.changes(plan, count, E, E) == []
     assert list(g.generate_patients(count, 33, 0, E, epoch=E)) == [
         g.build_record(plan, i) for i in range(count)

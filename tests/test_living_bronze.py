@@ -18,6 +18,9 @@ from bronze_util import AS_OF, ROOT, SCRIPT, one_line, tree
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _MAX_INDEX,
+# _batch_name, _identity_bytes, _population_size
+
 COUNT = "20000"
 POPULATION = ("--seed", "7", "--count", COUNT)
 ENDS = ("2025-11-01T00:00:00Z", "2026-01-01T00:00:00Z", "2026-04-01T00:00:00Z")
@@ -263,7 +266,7 @@ def test_worst_case_version_is_under_1_kb():
     from record_shapes import maximise_cms_fields
 
     plan = g.make_plan(0, "2025-10-13T02:22:22.245910Z")
-    record = maximise_cms_fields(g.build_record(plan, g.MAX_INDEX), plan)
+    record = maximise_cms_fields(g.build_record(plan, g._MAX_INDEX), plan)
     record["meta"] = {"versionId": "999999", "lastUpdated": "2099-12-31T23:59:59Z"}
     assert len(orjson.dumps(record)) < 1024
 
@@ -278,11 +281,11 @@ def test_continue_finishes_or_refuses_an_interrupted_batch(tmp_path):
     end = "2026-01-01T00:00:00Z"
     plan = g.make_plan(7, AS_OF)
     window = g.Window(3000, end, AS_OF)
-    spec = g.Bronze(root=str(lake), count=g.population_size(plan, 3000, end), format="ndjson",
+    spec = g.Bronze(root=str(lake), count=g._population_size(plan, 3000, end), format="ndjson",
                     window=window)  # fmt: skip
-    name = g.batch_name(spec)
+    name = g._batch_name(spec)
     (lake / "cdc" / "_run").mkdir(parents=True)
-    (lake / "cdc" / "_run" / f"{name}.json").write_bytes(g.identity_bytes(plan, spec))
+    (lake / "cdc" / "_run" / f"{name}.json").write_bytes(g._identity_bytes(plan, spec))
     partial = lake / "cdc" / "patient" / "ingest_date=2026-01-01" / f"{name}.Patient.000001.ndjson"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b'{"truncated"')

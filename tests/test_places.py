@@ -23,6 +23,9 @@ from test_realism import AS_OF, assert_share, table
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _CANDIDATES,
+# _CCN_SYSTEM, _load_reference, _sample
+
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF_DATE = date.fromisoformat(AS_OF[:10])
 GENERAL = ("Acute Care Hospitals", "Critical Access Hospitals")
@@ -107,7 +110,7 @@ def test_each_hospital_is_among_the_nearest_whatever_the_state_line():
     where = t.hospital_locations(hospitals, zips)
     point = {h["ccn"]: (zips[i].lat, zips[i].lng) for h, i in zip(hospitals, where, strict=True)}
     kind = {h["ccn"]: h for h in hospitals}
-    ccn_of = {h["id"]: h["ccn"] for h in g.load_reference().hospitals}
+    ccn_of = {h["id"]: h["ccn"] for h in g._load_reference().hospitals}
     zip_point = {z.zip: (z.lat, z.lng) for z in zips}
     by_type = defaultdict(list)
     for h in hospitals:
@@ -117,7 +120,7 @@ def test_each_hospital_is_among_the_nearest_whatever_the_state_line():
     children = crossed = 0
     ranked_at = {}
     for i in range(20_000):
-        s, r = g.sample(plan, i), g.build_record(plan, i)
+        s, r = g._sample(plan, i), g.build_record(plan, i)
         a = r["address"][0]
         ccn = ccn_of[r["managingOrganization"]["reference"].removeprefix("Organization/")]
         here = zip_point[a["postalCode"]]
@@ -132,7 +135,7 @@ def test_each_hospital_is_among_the_nearest_whatever_the_state_line():
         else:
             assert h["hospital_type"] in GENERAL
             if a["postalCode"] not in ranked_at:
-                ranked_at[a["postalCode"]] = sorted(dist(c) for c in general)[g.CANDIDATES - 2]
+                ranked_at[a["postalCode"]] = sorted(dist(c) for c in general)[g._CANDIDATES - 2]
             assert dist(ccn) <= ranked_at[a["postalCode"]] + 1e-9, (a, ccn)
     assert children > 100
     assert 0 < crossed < 0.2 * 20_000, crossed
@@ -144,7 +147,7 @@ def test_patients_per_hospital_follow_hcris_discharges():
     within 5 points of their share of discharges (44.5 %)."""
     plan = g.make_plan(8, AS_OF)
     n = 300_000
-    counts = Counter(g.sample(plan, i).organization for i in range(n))
+    counts = Counter(g._sample(plan, i).organization for i in range(n))
     volume = {r["ccn"]: r["discharges"] for r in table("hospital_volumes.csv")}
     real = {
         h: int(volume[plan.hospitals[h]["ccn"]])
@@ -173,7 +176,7 @@ def test_every_reference_resolves_in_the_runs_organization_output(tmp_path):
         org = orgs[r["managingOrganization"]["reference"].removeprefix("Organization/")]
         assert org["name"] == r["managingOrganization"]["display"]
         crossed += org["address"][0]["state"] != r["address"][0]["state"]
-        ccn = [i["value"] for i in org["identifier"] if i["system"] == g.CCN_SYSTEM]
+        ccn = [i["value"] for i in org["identifier"] if i["system"] == g._CCN_SYSTEM]
         assert len(ccn) == 1 and len(ccn[0]) == 6
     assert crossed > 0
 
@@ -182,12 +185,12 @@ def test_organizations_are_the_general_and_childrens_hospitals_with_stable_reada
     plan = g.make_plan(1, AS_OF)
     kinds = Counter(o["hospital_type"] for o in plan.organizations)
     assert set(kinds) == {*GENERAL, "Childrens"} and sum(kinds.values()) == 4526
-    ids = [h["id"] for h in g.load_reference().hospitals]
+    ids = [h["id"] for h in g._load_reference().hospitals]
     assert len(set(ids)) == len(ids) == 5426
     assert all(len(i) <= 64 and i.startswith("org-") for i in ids)
     assert all(c.isascii() and (c.islower() or c.isdigit() or c == "-") for i in ids for c in i)
     # pinned: ids are a function of the CMS file, not of the seed or options
-    by_ccn = {h["ccn"]: h["id"] for h in g.load_reference().hospitals}
+    by_ccn = {h["ccn"]: h["id"] for h in g._load_reference().hospitals}
     assert by_ccn["330194"] == "org-ny-maimonides-medical-center"
     assert next(
         o["id"] for o in g.make_plan(99, AS_OF, states="NY").organizations if o["state"] == "NY"
@@ -199,7 +202,7 @@ def test_hospital_volumes_are_far_from_uniform():
     hospital is several times what equal volumes would show by sampling noise alone."""
     plan = g.make_plan(8, AS_OF)
     n = 200_000
-    counts = Counter(g.sample(plan, i).organization for i in range(n))
+    counts = Counter(g._sample(plan, i).organization for i in range(n))
     volumes = [counts.get(i, 0) for i in plan.organization_index]
     mean = statistics.fmean(volumes)
     cv = statistics.pstdev(volumes) / mean

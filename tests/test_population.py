@@ -19,6 +19,9 @@ import pytest
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _HISPANIC_CODE, _SEXES,
+# _death_weights, _load_reference, _sample
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "reference_data"
 AS_OF = "2025-10-13T02:22:22Z"
@@ -64,8 +67,8 @@ def test_the_population_tables_are_a_fresh_build(tmp_path):
 def test_the_states_add_up_to_the_national_table_and_keep_their_populations(plan):
     """Living weights summed over the states are the national age x sex table (one scale, up
     to rounding of the raked people); each state's living total is its 2020 population."""
-    national = {sex: [row[1 + k] for row in g.load_reference().age_sex] for k, sex in
-                enumerate(g.SEXES)}  # fmt: skip
+    national = {sex: [row[1 + k] for row in g._load_reference().age_sex] for k, sex in
+                enumerate(g._SEXES)}  # fmt: skip
     pops = {r["code"]: int(r["population"]) for r in table("states.csv")}
     total = {(age, sex): 0 for age, sex, _ in plan.cells}
     for s, cum in enumerate(plan.cell_cum):
@@ -83,12 +86,12 @@ def test_the_states_add_up_to_the_national_table_and_keep_their_populations(plan
 def test_the_dead_keep_the_national_calibration_at_every_age(plan):
     """Deaths per living person summed over the states are the national model's D(x) / P(x):
     state ratios average 1 over the living at every age and sex."""
-    ref = g.load_reference()
+    ref = g._load_reference()
     dead, living = Counter(), Counter()
     for cum in plan.cell_cum:
         for (age, sex, is_dead), w in zip(plan.cells, weights(cum), strict=True):
             (dead if is_dead else living)[age, sex] += w
-    for k, sex in enumerate(g.SEXES):
+    for k, sex in enumerate(g._SEXES):
         people = tuple(row[1 + k] for row in ref.age_sex)
         d = g._death_weights(people, ref.mx[sex], ref.ax[sex][0], 3.0)
         for age in range(0, 100):
@@ -133,7 +136,7 @@ def test_age_structure_follows_each_states_table(plan):
         expected.append(p)
     old, alive = Counter(), Counter()
     for i in range(N):
-        s = g.sample(plan, i)
+        s = g._sample(plan, i)
         age, _, dead = plan.cells[s.cell]
         if not dead:
             alive[s.state] += 1
@@ -172,7 +175,7 @@ def test_hispanic_shares_of_children_and_65_plus_follow_acs(plan):
                 )
     counts = {"kids": [0, 0], "old": [0, 0]}
     for i in range(N):
-        s = g.sample(plan, i)
+        s = g._sample(plan, i)
         age, _, dead = plan.cells[s.cell]
         key = "kids" if age < 18 else "old" if age >= 65 else None
         if key and not dead:
@@ -197,7 +200,7 @@ def test_age_adjusted_death_rates_by_race_follow_gbd_ratios(plan):
     rates = {r["group"]: float(r["age_standardized_death_rate_per_100k"])
              for r in table("mortality_by_race.csv") if r["year"] == "2019"}  # fmt: skip
     groups = [
-        "latino" if eth == g.HISPANIC_CODE else GBD.get(code) for _, code, _, eth in plan.race_rows
+        "latino" if eth == g._HISPANIC_CODE else GBD.get(code) for _, code, _, eth in plan.race_rows
     ]
     dead, living = Counter(), Counter()
     for s, cum in enumerate(plan.cell_cum):
@@ -224,7 +227,7 @@ def test_the_dead_draw_their_race_from_the_tilted_tables():
     living at the same ages (55-64, one ACS band: ratio 1.22), Asian ones a smaller (0.56)."""
     plan = g.make_plan(3, AS_OF, mortality_rate=1.0, min_age=55, max_age=64)
     n = 50_000
-    counts = Counter(g.sample(plan, i).race for i in range(n))
+    counts = Counter(g._sample(plan, i).race for i in range(n))
     shares = expected_shares(plan, lambda a, d: d)
     for j, p in shares.items():
         assert abs(counts[j] - n * p) <= Z * math.sqrt(n * p * (1 - p)) + 1, plan.race_rows[j]

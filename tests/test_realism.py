@@ -23,6 +23,9 @@ import pytest
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _GENDER_OTHER_SHARE,
+# _GENDER_UNKNOWN_SHARE, _MAX_AGE, _sample
+
 DATA = Path(__file__).resolve().parents[1] / "reference_data"
 AS_OF = "2025-10-13T02:22:22Z"
 N = 200_000
@@ -69,11 +72,11 @@ def test_sex_and_gender_shares(sample):
     female = sum(int(r["female"]) for r in rows)
     counts = Counter(r["gender"] for r in sample if "deceasedDateTime" not in r)
     n = counts.total()  # the living (the Census table); the dead are more often men
-    binary = 1 - g.GENDER_OTHER_SHARE - g.GENDER_UNKNOWN_SHARE
+    binary = 1 - g._GENDER_OTHER_SHARE - g._GENDER_UNKNOWN_SHARE
     assert_share(counts["male"], n, binary * male / (male + female), "male")
     assert_share(counts["female"], n, binary * female / (male + female), "female")
-    assert_share(counts["other"], n, g.GENDER_OTHER_SHARE, "other")
-    assert_share(counts["unknown"], n, g.GENDER_UNKNOWN_SHARE, "unknown")
+    assert_share(counts["other"], n, g._GENDER_OTHER_SHARE, "other")
+    assert_share(counts["unknown"], n, g._GENDER_UNKNOWN_SHARE, "unknown")
 
 
 def test_ages_of_the_living_follow_the_census_age_table(sample):
@@ -126,7 +129,7 @@ def test_preferred_language_is_limited_english_proficiency_nationally():
 # --- mortality: the registry of the living and the dead of the window ----------------------------
 
 SEXES = ("male", "female")
-BANDS = [(lo, lo + 9) for lo in range(0, 100, 10)] + [(100, g.MAX_AGE)]
+BANDS = [(lo, lo + 9) for lo in range(0, 100, 10)] + [(100, g._MAX_AGE)]
 YEAR = 365.2425 * 86400  # seconds; the auditor's year
 REGISTRY_N = 1_000_000  # sample() is ~3 us: a few seconds
 LOOKBACK = 3.0
@@ -155,8 +158,8 @@ def add_exposure(py: list[float], birth: float, start: float, end: float) -> Non
     lo, hi = (start - birth) / YEAR, (end - birth) / YEAR
     age = int(lo)
     while age < hi:
-        top = hi if age >= g.MAX_AGE else min(hi, age + 1.0)
-        py[min(age, g.MAX_AGE)] += top - max(lo, float(age))
+        top = hi if age >= g._MAX_AGE else min(hi, age + 1.0)
+        py[min(age, g._MAX_AGE)] += top - max(lo, float(age))
         age += 1
 
 
@@ -166,11 +169,11 @@ def registry() -> dict:
     auditor measures on 1M registry members (birth at 00:00 UTC of the birth date)."""
     plan = g.make_plan(2026, AS_OF)
     as_of = plan.window_start + plan.window_span - 1
-    deaths = {s: [0] * (g.MAX_AGE + 1) for s in SEXES}
-    living = {s: [0] * (g.MAX_AGE + 1) for s in SEXES}
-    py = {s: [0.0] * (g.MAX_AGE + 1) for s in SEXES}
+    deaths = {s: [0] * (g._MAX_AGE + 1) for s in SEXES}
+    living = {s: [0] * (g._MAX_AGE + 1) for s in SEXES}
+    py = {s: [0.0] * (g._MAX_AGE + 1) for s in SEXES}
     for i in range(REGISTRY_N):
-        s = g.sample(plan, i)
+        s = g._sample(plan, i)
         age, sex, dead = plan.cells[s.cell]
         birth = (s.birth - 719163) * 86400
         end = s.died if dead else as_of
@@ -215,7 +218,7 @@ def test_the_living_are_the_census_age_sex_table(registry):
     assert chi2 < 46.8, chi2
     rows = table("age_sex.csv")
     old = sum(int(r["total"]) for r in rows if r["age"] == "100+" or int(r["age"]) >= 65)
-    older = sum(registry["living"][s][x] for s in SEXES for x in range(65, g.MAX_AGE + 1))
+    older = sum(registry["living"][s][x] for s in SEXES for x in range(65, g._MAX_AGE + 1))
     p = old / sum(int(r["total"]) for r in rows)
     assert abs(older / n - p) < 4 * math.sqrt(p * (1 - p) / n), (older / n, p)
 

@@ -23,6 +23,9 @@ from test_s3 import objects
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _bronze_from_args,
+# _build_parser, _identity_bytes, _open_store, _plan_from_args, _write_unit
+
 RACE = ["--as-of", AS_OF, "--count", "40", "--format", "ndjson", "--records-per-file", "10"]
 
 
@@ -269,11 +272,11 @@ def test_a_change_batch_at_the_end_of_the_date_range_is_written_and_continued(tm
 
 def unfinished(root: Path, seed: int = 7) -> None:
     """The state a run killed before its first unit leaves: its identity only."""
-    args = g.build_parser().parse_args([*RACE, "--seed", str(seed), "--output", str(root)])
+    args = g._build_parser().parse_args([*RACE, "--seed", str(seed), "--output", str(root)])
     plan = g._plan_from_args(args)  # private: the CLI's own plan and spec for these flags
     spec = g._bronze_from_args(args, plan, None)
     (root / "_run" / "done").mkdir(parents=True)
-    (root / "_run" / "identity.json").write_bytes(g.identity_bytes(plan, spec))
+    (root / "_run" / "identity.json").write_bytes(g._identity_bytes(plan, spec))
 
 
 @pytest.mark.parametrize(
@@ -303,8 +306,8 @@ def test_a_real_done_marker_still_resumes(tmp_path):
     unfinished(root)
     plan = g.make_plan(7, AS_OF)
     spec = g.Bronze(root=str(root), count=40, format="ndjson", records_per_file=10)
-    store = g.open_store(spec)
-    g.write_unit(plan, spec, store, 1)
+    store = g._open_store(spec)
+    g._write_unit(plan, spec, store, 1)
     unit = root / "patient" / "Patient.000002.ndjson"
     before = unit.stat().st_mtime_ns
     err = io.StringIO()

@@ -18,6 +18,9 @@ from test_s3 import objects, s3_cli
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _done_marker,
+# _identity_bytes
+
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """The CLI with BASE seed and as-of, running in the background."""
@@ -111,7 +114,7 @@ def test_another_runs_unfinished_data_is_refused_ours_resumes_overwrite_replaces
     (root / "_manifest.json").unlink()
     spec = g.Bronze(root=str(root), count=1000, format="ndjson", records_per_file=300)
     (root / "_run" / "done").mkdir(parents=True)
-    (root / "_run" / "identity.json").write_bytes(g.identity_bytes(g.make_plan(7, AS_OF), spec))
+    (root / "_run" / "identity.json").write_bytes(g._identity_bytes(g.make_plan(7, AS_OF), spec))
     key = "patient/Patient.000002.ndjson"  # unit 1's file, as its marker names it (private)
     marker = g._done_marker(300, [(key, (root / key).stat().st_size)])
     (root / "_run" / "done" / "000001").write_bytes(marker)
@@ -129,7 +132,7 @@ def test_another_runs_unfinished_data_is_refused_ours_resumes_overwrite_replaces
 
     (root / "_manifest.json").unlink()  # unfinished again, then replaced by another run
     (root / "_run").mkdir()
-    (root / "_run" / "identity.json").write_bytes(g.identity_bytes(g.make_plan(7, AS_OF), spec))
+    (root / "_run" / "identity.json").write_bytes(g._identity_bytes(g.make_plan(7, AS_OF), spec))
     new = ("--count", "50", "--seed", "8")
     replaced = run_cli(*new, "--output", str(root), "--overwrite")
     assert replaced.returncode == 0, replaced.stderr

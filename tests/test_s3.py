@@ -21,6 +21,9 @@ from s3server import S3Endpoint, S3Server
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _S3_CONNECT_TIMEOUT,
+# _S3_MAX_ATTEMPTS, _S3_READ_TIMEOUT, _s3_client
+
 NDJSON = ("--count", "5000", "--format", "ndjson", "--gzip", "--records-per-file", "2000")
 
 
@@ -245,10 +248,10 @@ def bad_listener(mode: str) -> Iterator[str]:
 
 def test_default_s3_timeouts_bound_a_stall_to_about_two_minutes():
     """The documented bound (docs/bronze.md): attempts x (connect + read) + back-off < 2 min."""
-    config = g._s3_client("http://127.0.0.1:9", 1, g.S3_MAX_ATTEMPTS).meta.config
+    config = g._s3_client("http://127.0.0.1:9", 1, g._S3_MAX_ATTEMPTS).meta.config
     assert (config.connect_timeout, config.read_timeout) == (5, 15)
-    assert config.retries["total_max_attempts"] == g.S3_MAX_ATTEMPTS == 5
-    assert g.S3_MAX_ATTEMPTS * (g.S3_CONNECT_TIMEOUT + g.S3_READ_TIMEOUT) + 1 <= 120
+    assert config.retries["total_max_attempts"] == g._S3_MAX_ATTEMPTS == 5
+    assert g._S3_MAX_ATTEMPTS * (g._S3_CONNECT_TIMEOUT + g._S3_READ_TIMEOUT) + 1 <= 120
     assert "101 s" in (ROOT / "docs" / "bronze.md").read_text()
 
 

@@ -25,6 +25,10 @@ from test_generator import AS_OF, GENDER_CODES, ROOT, check_bindings, run_cli
 
 import fhir_patient_generator as g
 
+# Private names used here (internals this file checks or drives directly): _MAX_INDEX,
+# _OTHER_RACE_CODE, _OTHER_RACE_TEXT, _TWO_OR_MORE_TEXT, _US_CORE_BIRTHSEX, _US_CORE_ETHNICITY,
+# _US_CORE_MRN_SYSTEM, _US_CORE_PATIENT, _US_CORE_RACE, _normalise_options, _sample
+
 CDC = "urn:oid:2.16.840.1.113883.6.238"
 NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
 # What we emit in ombCategory: the five OMB races (a strict subset of US Core's OMB Race
@@ -71,7 +75,7 @@ def complex_parts(ext: dict) -> tuple[list[dict], list[str]]:
 def check_us_core(record: dict) -> None:
     """US Core Patient rules checked by hand: cardinalities, us-core-6, extensions, bindings."""
     assert [k for k in US_CORE_KEYS if k in record] == list(record)
-    assert g.US_CORE_PATIENT in record["meta"]["profile"]
+    assert g._US_CORE_PATIENT in record["meta"]["profile"]
     assert len(record["identifier"]) >= 1
     for ident in record["identifier"]:
         assert URI.match(ident["system"]) and ident["value"]
@@ -83,7 +87,7 @@ def check_us_core(record: dict) -> None:
         assert name["use"] == "official" and all(s.strip() for s in name["given"])
     assert record["gender"] in GENDER_CODES
     by_url = Counter(e["url"] for e in record["extension"])
-    assert by_url == {g.US_CORE_RACE: 1, g.US_CORE_ETHNICITY: 1, g.US_CORE_BIRTHSEX: 1}
+    assert by_url == {g._US_CORE_RACE: 1, g._US_CORE_ETHNICITY: 1, g._US_CORE_BIRTHSEX: 1}
     race, ethnicity, birthsex = record["extension"]
     codings, _ = complex_parts(race)
     assert len(codings) <= 5
@@ -108,11 +112,11 @@ def table_row(record: dict) -> tuple[str, str]:
     codes = [s["valueCoding"]["code"] for s in race["extension"] if s["url"] == "ombCategory"]
     text = race["extension"][-1]["valueString"]
     if len(codes) == 2:
-        assert text == g.TWO_OR_MORE_TEXT
+        assert text == g._TWO_OR_MORE_TEXT
         race_code = ""
     elif not codes:
-        assert text == g.OTHER_RACE_TEXT
-        race_code = g.OTHER_RACE_CODE
+        assert text == g._OTHER_RACE_TEXT
+        race_code = g._OTHER_RACE_CODE
     else:
         race_code = codes[0]
         assert text == OMB_RACES[race_code]
@@ -203,16 +207,16 @@ def test_cms_fields_are_the_same_in_both_profiles():
     cms, us = g.make_plan(9, AS_OF, mortality_rate=0.3), us_core_plan(9, mortality_rate=0.3)
     for index in range(2000):
         a, b = g.build_record(cms, index), g.build_record(us, index)
-        assert b["meta"] == {**a["meta"], "profile": [g.US_CORE_PATIENT]}
-        assert b["identifier"] == [{**a["identifier"][0], "system": g.US_CORE_MRN_SYSTEM}]
+        assert b["meta"] == {**a["meta"], "profile": [g._US_CORE_PATIENT]}
+        assert b["identifier"] == [{**a["identifier"][0], "system": g._US_CORE_MRN_SYSTEM}]
         shared = [k for k in a if k not in ("meta", "identifier")]
         assert orjson.dumps({k: b[k] for k in shared}) == orjson.dumps({k: a[k] for k in shared})
         assert set(b) - set(a) == {"extension", "name"}
 
 
 def test_profile_is_validated_and_recorded_in_the_options():
-    assert g.normalise_options()["profile"] == "cms"
-    assert g.normalise_options(profile="us-core")["profile"] == "us-core"
+    assert g._normalise_options()["profile"] == "cms"
+    assert g._normalise_options(profile="us-core")["profile"] == "us-core"
     for bad in ("US-Core", "uscore", "", None):
         with pytest.raises(ValueError, match="--profile"):
             g.make_plan(1, AS_OF, profile=bad)
@@ -299,7 +303,7 @@ def test_every_gender_gets_the_name_and_birth_sex_of_its_underlying_sex():
     checked = Counter()
     for index in range(60_000):
         record = g.build_record(plan, index)
-        sex = g.sample(plan, index).sex
+        sex = g._sample(plan, index).sex
         assert record["extension"][2]["valueCode"] == {"male": "M", "female": "F"}[sex]
         assert record["name"][0]["given"][0] in names[sex]
         checked[record["gender"] if record["gender"] in ("other", "unknown") else "binary"] += 1
@@ -340,7 +344,7 @@ def test_worst_case_us_core_record_is_under_1_81_kib():
     """Longest names, two longest races, the cms worst case (city, county, hospital, language,
     deceased)."""
     plan = us_core_plan(0, "2025-10-13T02:22:22.245910Z")
-    record = maximise_cms_fields(g.build_record(plan, g.MAX_INDEX), plan)
+    record = maximise_cms_fields(g.build_record(plan, g._MAX_INDEX), plan)
     pair = max(
         (p for t in plan.tables.race.values() for pairs in t.pairs for p in pairs),
         key=lambda p: sum(len(c) + len(d) for c, d in p),
@@ -348,7 +352,7 @@ def test_worst_case_us_core_record_is_under_1_81_kib():
     given = max((n for names in plan.tables.given_names.values() for n in names), key=len)
     record["extension"][0]["extension"] = [
         {"url": "ombCategory", "valueCoding": {"system": CDC, "code": c}} for c, _ in pair
-    ] + [{"url": "text", "valueString": g.TWO_OR_MORE_TEXT}]
+    ] + [{"url": "text", "valueString": g._TWO_OR_MORE_TEXT}]
     eth = max(OMB_ETHNICITIES.items(), key=lambda kv: len(kv[1]))
     record["extension"][1]["extension"][0]["valueCoding"]["code"] = eth[0]
     record["extension"][1]["extension"][1]["valueString"] = eth[1]
