@@ -1984,6 +1984,12 @@ def _hospital_at(plan: Plan, z: int, age: int, u32: int, exclude: int = -1) -> i
     lo, cum, cand = z * _CANDIDATES, plan.hospital_cum, plan.hospital_cand
     slots = range(lo, lo + (_CANDIDATES if age < _CHILD_AGE else _CANDIDATES - 1))
     weights = [0 if cand[k] == exclude else cum[k] - (cum[k - 1] if k > lo else 0) for k in slots]
+    return _weighted_slot(cand, slots, weights, u32)
+
+
+def _weighted_slot(cand: Sequence[int], slots: range, weights: list[int], u32: int) -> int | None:
+    """cand[k] for a slot k drawn in proportion to its integer weight from 32 uniform bits;
+    None when every weight is 0 (the hospital draws of moves and of stays share it)."""
     total = sum(weights)
     if not total:
         return None
@@ -2989,15 +2995,7 @@ def _other_candidate(
         else round((cum[k] - (cum[k - 1] if k > lo else 0)) * factors[cand[k]])
         for k in slots
     ]
-    total = sum(weights)
-    if not total:
-        return None
-    v = u32 * total >> 32
-    for k, weight in zip(slots, weights, strict=True):
-        if v < weight:
-            return cand[k]
-        v -= weight
-    raise AssertionError("unreachable: v < total")
+    return _weighted_slot(cand, slots, weights, u32)
 
 
 def _stay_diagnosis(t: _StayTables, s: _Sample, hospital: int, age: int, u: _StayDraws) -> int:

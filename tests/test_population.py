@@ -9,13 +9,12 @@ The 1,000,000-patient figures against the real ones are in benchmarks/realism.py
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from test_places import tool as build_reference  # tools/build_reference.py as a module
 
 import fhir_patient_generator as g
 
@@ -41,16 +40,6 @@ def table(name: str) -> list[dict[str, str]]:
 
 def weights(cum: tuple[int, ...]) -> list[int]:
     return [c - b for c, b in zip(cum, (0, *cum), strict=False)]
-
-
-def build_reference():
-    spec = importlib.util.spec_from_file_location(
-        "build_reference", ROOT / "tools" / "build_reference.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_reference"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
