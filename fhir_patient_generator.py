@@ -7,9 +7,10 @@ Patient #i is a pure function of (seed, i, as_of, options): every random bit a r
 from one keyed BLAKE2b hash of its index, so any process, in any order, writes the same bytes.
 
 Read top to bottom (docs/architecture.md draws the map): constants -> reference data -> draws ->
-plan and profiles -> record -> living population (events after an epoch) -> rendering -> bronze
-layer (formats, stores, run, change batches) -> CLI. Data flows one way; nothing below a section
-is used above it, and no module state changes after import.
+profiles and FHIR versions -> plan -> record -> living population (events after an epoch) ->
+inpatient stays -> rendering -> bronze layer (formats, stores, run, change batches) -> CLI. Data
+flows one way; nothing below a section is used above it (type hints aside), and no module state
+changes after import.
 """
 
 from __future__ import annotations
@@ -155,6 +156,11 @@ _LIFE_TABLE = ("qx", "mx", "ax")  # the life-table columns read, per sex
 # ---------------------------------------------------------------------------------------------
 # Reference data (reference_data/*.csv; sources and licences in reference_data/SOURCES.md)
 # ---------------------------------------------------------------------------------------------
+
+
+def _cumulative(weights: Iterable[int]) -> tuple[int, ...]:
+    """Running totals of integer weights: the tables _pick draws from."""
+    return tuple(itertools.accumulate(weights))
 
 
 _ZipRow = tuple[str, str, str, str]  # (ZIP, city, county, state)
@@ -726,10 +732,6 @@ def _gender(plan: Plan, u32: int, sex: str) -> str:
     return "unknown" if u32 < plan.gender_unknown else sex
 
 
-def _cumulative(weights: Iterable[int]) -> tuple[int, ...]:
-    return tuple(itertools.accumulate(weights))
-
-
 def _pick(cum: tuple[int, ...], u32: int) -> int:
     """Index drawn in proportion to the weights behind `cum`, from 32 uniform bits."""
     return bisect.bisect_right(cum, (u32 * cum[-1]) >> 32)
@@ -835,7 +837,7 @@ def _draw_seed() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Plan and profiles: everything fixed for a run, precomputed once so each record is cheap
+# Profiles and FHIR versions: what a record looks like (cms, us-core) and what it is valid in
 # ---------------------------------------------------------------------------------------------
 
 
@@ -843,14 +845,235 @@ def _draw_seed() -> int:
 class _Profile:
     """A record profile as a value: its own tables and how it turns the cms record into its own.
 
-    The registry PROFILES (end of the record section) names them; a new profile is one entry
-    there plus its two functions."""
+    The registry _PROFILES (below the profiles' functions) names them; a new profile is one
+    entry there plus its two functions."""
 
     name: str
     tables: Callable[[_Reference], Any]  # built once per plan, kept as plan.tables
     record: Callable[[Plan, dict[str, Any], _Sample], dict[str, Any]]  # cms record -> this one
     rendered: bool  # True: json_renderer writes it from pre-serialised fragments (cms shape)
     fhir_versions: tuple[str, ...]  # the FHIR versions its guide exists for
+
+
+def _no_tables(ref: _Reference) -> None:
+    """The cms profile needs no tables beyond the plan's own."""
+    return None
+
+
+class _RaceTable(NamedTuple):
+    """One state's race x ethnicity rows as FHIR parts; sample() draws the row (Sample.race)."""
+
+    rows: tuple[tuple[Any, ...], ...]  # (races|None, text, eth code, eth text, eth index)
+    pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...]  # by ethnicity index
+    pair_cum: tuple[tuple[int, ...], ...]
+
+
+class _UsCoreTables(NamedTuple):
+    """What the us-core profile draws from: race x ethnicity by state, names."""
+
+    race: Mapping[str, _RaceTable]  # state code -> its table
+    family_names: tuple[str, ...]
+    family_cum: tuple[int, ...]
+    given_names: Mapping[str, tuple[str, ...]]  # sex -> names
+    given_cum: Mapping[str, tuple[int, ...]]
+
+
+def _faker_table(names: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Names and integer cumulative weights from a Faker name -> frequency table (9 decimals)."""
+    return tuple(names), _cumulative(round(w * 1e9) for w in names.values())
+
+
+def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> _RaceTable:
+    """One state's race x Hispanic-origin rows as FHIR parts, in race_rows order.
+
+    "Other Race" rows get no ombCategory (text only); "Two or more races" rows draw an unordered
+    pair of distinct OMB races with weight w_a * w_b, w being the state's single-race population
+    in the same Hispanic-origin group.
+    """
+    eth_index: dict[str, int] = {}
+    omb: list[list[tuple[str, str, int]]] = []  # per ethnicity: (code, display, population)
+    rows = []
+    for race, race_code, eth, eth_code, pop in race_rows:
+        e = eth_index.setdefault(eth_code, len(eth_index))
+        if e == len(omb):
+            omb.append([])
+        if not race_code:  # Two or more races: the pair is drawn per record
+            races, text = None, _TWO_OR_MORE_TEXT
+        elif race_code == _OTHER_RACE_CODE:
+            races, text = (), _OTHER_RACE_TEXT
+        else:
+            races, text = ((race_code, race),), race
+            omb[e].append((race_code, race, pop))
+        rows.append((races, text, eth_code, eth, e))
+    pairs, pair_cum = [], []
+    for cats in omb:
+        combos = [(a, b) for i, a in enumerate(cats) for b in cats[i + 1 :]]
+        pairs.append(tuple(((a[0], a[1]), (b[0], b[1])) for a, b in combos))
+        pair_cum.append(_cumulative(a[2] * b[2] for a, b in combos))
+    return _RaceTable(tuple(rows), tuple(pairs), tuple(pair_cum))
+
+
+def _us_core_tables(ref: _Reference) -> _UsCoreTables:
+    """Census race x Hispanic origin by state (race_ethnicity_by_state.csv) and Faker's en_US
+    names."""
+    from faker.providers.person.en_US import Provider as FakerPerson
+
+    family_names, family_cum = _faker_table(FakerPerson.last_names)
+    male, male_cum = _faker_table(FakerPerson.first_names_male)
+    female, female_cum = _faker_table(FakerPerson.first_names_female)
+    return _UsCoreTables(
+        race={state: _race_table(rows) for state, rows in ref.race_ethnicity.items()},
+        family_names=family_names,
+        family_cum=family_cum,
+        given_names={"male": male, "female": female},
+        given_cum={"male": male_cum, "female": female_cum},
+    )
+
+
+def _cms_record(plan: Plan, record: dict[str, Any], s: _Sample) -> dict[str, Any]:
+    """The cms profile is the seed's record as assembled."""
+    return record
+
+
+def _us_core_record(plan: Plan, record: dict[str, Any], s: _Sample) -> dict[str, Any]:
+    """The cms record plus US Core's parts, in FHIR element order (the race row is Sample.race;
+    draws race_pair..family_name)."""
+    t: _UsCoreTables = plan.tables
+    u, race_table = _Draws._make(s.draws), t.race[plan.state_codes[s.state]]
+    races, text, eth_code, eth_display, e = race_table.rows[s.race]
+    if races is None:  # Two or more races
+        races = race_table.pairs[e][_pick(race_table.pair_cum[e], u.race_pair)]
+    given = t.given_names[s.sex][_pick(t.given_cum[s.sex], u.given_name)]
+    family = t.family_names[_pick(t.family_cum, u.family_name)]
+    # Codings carry no display: the required text says it, and records stay nearer 1.5 KB.
+    race = [
+        {"url": "ombCategory", "valueCoding": {"system": _CDC_RACE_SYSTEM, "code": c}}
+        for c, _ in races
+    ]
+    race.append({"url": "text", "valueString": text})
+    identifier = record["identifier"]
+    identifier[0]["system"] = _US_CORE_MRN_SYSTEM
+    out: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": record["id"],
+        "meta": {**record["meta"], "profile": [_US_CORE_PATIENT]},
+        # Extension's element order is id, extension, url, value[x]: a complex extension's
+        # `extension` comes before its `url`, as fhir.resources writes it (same JSON round trip).
+        "extension": [
+            {"extension": race, "url": _US_CORE_RACE},
+            {
+                "extension": [
+                    {
+                        "url": "ombCategory",
+                        "valueCoding": {"system": _CDC_RACE_SYSTEM, "code": eth_code},
+                    },
+                    {"url": "text", "valueString": eth_display},
+                ],
+                "url": _US_CORE_ETHNICITY,
+            },
+            {"url": _US_CORE_BIRTHSEX, "valueCode": "F" if s.sex == "female" else "M"},
+        ],
+        "identifier": identifier,
+        "active": True,
+        "name": [{"use": "official", "family": family, "given": [given]}],
+    }
+    out.update(itertools.islice(record.items(), 5, None))  # gender onwards, as in cms
+    return out
+
+
+# The profile registry (--profile): name -> tables, record function, renderer support.
+_PROFILES: Mapping[str, _Profile] = {
+    "cms": _Profile(
+        "cms", tables=_no_tables, record=_cms_record, rendered=True, fhir_versions=("R4", "R5")
+    ),
+    # US Core 5.0.1 and later are R4 implementation guides
+    "us-core": _Profile(
+        "us-core",
+        tables=_us_core_tables,
+        record=_us_core_record,
+        rendered=False,
+        fhir_versions=("R4",),
+    ),
+}
+
+
+def _organization_head(org: Mapping[str, str]) -> dict[str, Any]:
+    """The Organization elements that R4 and R5 share, in element order (up to name): the
+    readable id, the CMS Certification Number, and the CMS hospital type as the type's text."""
+    return {
+        "resourceType": "Organization",
+        "id": org["id"],
+        "identifier": [
+            {"system": _ORG_SYSTEM, "value": org["id"]},
+            {"system": _CCN_SYSTEM, "value": org["ccn"]},
+        ],
+        "active": True,
+        "type": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                        "code": "prov",
+                        "display": "Healthcare Provider",
+                    }
+                ],
+                "text": org["hospital_type"],
+            }
+        ],
+        "name": org["name"],
+    }
+
+
+def _organization_address(org: Mapping[str, str]) -> dict[str, Any]:
+    """The hospital's CMS address, verbatim (CMS writes it in capitals; county without suffix)."""
+    return {
+        "line": [org["address"]],
+        "city": org["city"],
+        "district": org["county"],
+        "state": org["state"],
+        "postalCode": org["zip"],
+        "country": "USA",
+    }
+
+
+def _organization_r4(org: Mapping[str, str]) -> dict[str, Any]:
+    """R4 (and R4B): Organization.address."""
+    return {**_organization_head(org), "address": [_organization_address(org)]}
+
+
+def _organization_r5(org: Mapping[str, str]) -> dict[str, Any]:
+    """R5 moved the address into Organization.contact (ExtendedContactDetail.address)."""
+    return {**_organization_head(org), "contact": [{"address": _organization_address(org)}]}
+
+
+class _FhirVersion(NamedTuple):
+    """A FHIR version a run can declare: its number, fhir.resources models, Organization form."""
+
+    number: str  # as FHIR writes it (CapabilityStatement.fhirVersion)
+    models: str  # the fhir.resources package whose models match it (R4B stands in for R4)
+    organization: Callable[[Mapping[str, str]], dict[str, Any]]
+
+
+# --fhir-version: Patient JSON is the same in R4 and R5; Organization differs.
+_FHIR_VERSIONS: Mapping[str, _FhirVersion] = {
+    "R4": _FhirVersion("4.0.1", "fhir.resources.R4B", _organization_r4),
+    "R5": _FhirVersion("5.0.0", "fhir.resources", _organization_r5),
+}
+
+
+def organization_record(
+    org: Mapping[str, str], fhir_version: str | _FhirVersion = "R4"
+) -> dict[str, Any]:
+    """The FHIR Organization of one of the plan's hospitals (plan.organizations), in the given
+    FHIR version (a FHIR_VERSIONS name, or plan.fhir_version)."""
+    if not isinstance(fhir_version, _FhirVersion):
+        fhir_version = _FHIR_VERSIONS[fhir_version]
+    return fhir_version.organization(org)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: everything fixed for a run, precomputed once so each record is cheap
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, eq=False)
@@ -1279,81 +1502,6 @@ def _organizations(ref: _Reference, state_codes: tuple[str, ...]) -> dict[str, t
 # -- the profiles' tables
 
 
-def _no_tables(ref: _Reference) -> None:
-    """The cms profile needs no tables beyond the plan's own."""
-    return None
-
-
-class _RaceTable(NamedTuple):
-    """One state's race x ethnicity rows as FHIR parts; sample() draws the row (Sample.race)."""
-
-    rows: tuple[tuple[Any, ...], ...]  # (races|None, text, eth code, eth text, eth index)
-    pairs: tuple[tuple[tuple[tuple[str, str], ...], ...], ...]  # by ethnicity index
-    pair_cum: tuple[tuple[int, ...], ...]
-
-
-class _UsCoreTables(NamedTuple):
-    """What the us-core profile draws from: race x ethnicity by state, names."""
-
-    race: Mapping[str, _RaceTable]  # state code -> its table
-    family_names: tuple[str, ...]
-    family_cum: tuple[int, ...]
-    given_names: Mapping[str, tuple[str, ...]]  # sex -> names
-    given_cum: Mapping[str, tuple[int, ...]]
-
-
-def _faker_table(names: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Names and integer cumulative weights from a Faker name -> frequency table (9 decimals)."""
-    return tuple(names), _cumulative(round(w * 1e9) for w in names.values())
-
-
-def _race_table(race_rows: tuple[tuple[str, str, str, str, int], ...]) -> _RaceTable:
-    """One state's race x Hispanic-origin rows as FHIR parts, in race_rows order.
-
-    "Other Race" rows get no ombCategory (text only); "Two or more races" rows draw an unordered
-    pair of distinct OMB races with weight w_a * w_b, w being the state's single-race population
-    in the same Hispanic-origin group.
-    """
-    eth_index: dict[str, int] = {}
-    omb: list[list[tuple[str, str, int]]] = []  # per ethnicity: (code, display, population)
-    rows = []
-    for race, race_code, eth, eth_code, pop in race_rows:
-        e = eth_index.setdefault(eth_code, len(eth_index))
-        if e == len(omb):
-            omb.append([])
-        if not race_code:  # Two or more races: the pair is drawn per record
-            races, text = None, _TWO_OR_MORE_TEXT
-        elif race_code == _OTHER_RACE_CODE:
-            races, text = (), _OTHER_RACE_TEXT
-        else:
-            races, text = ((race_code, race),), race
-            omb[e].append((race_code, race, pop))
-        rows.append((races, text, eth_code, eth, e))
-    pairs, pair_cum = [], []
-    for cats in omb:
-        combos = [(a, b) for i, a in enumerate(cats) for b in cats[i + 1 :]]
-        pairs.append(tuple(((a[0], a[1]), (b[0], b[1])) for a, b in combos))
-        pair_cum.append(_cumulative(a[2] * b[2] for a, b in combos))
-    return _RaceTable(tuple(rows), tuple(pairs), tuple(pair_cum))
-
-
-def _us_core_tables(ref: _Reference) -> _UsCoreTables:
-    """Census race x Hispanic origin by state (race_ethnicity_by_state.csv) and Faker's en_US
-    names."""
-    from faker.providers.person.en_US import Provider as FakerPerson
-
-    family_names, family_cum = _faker_table(FakerPerson.last_names)
-    male, male_cum = _faker_table(FakerPerson.first_names_male)
-    female, female_cum = _faker_table(FakerPerson.first_names_female)
-    return _UsCoreTables(
-        race={state: _race_table(rows) for state, rows in ref.race_ethnicity.items()},
-        family_names=family_names,
-        family_cum=family_cum,
-        given_names={"male": male, "female": female},
-        given_cum={"male": male_cum, "female": female_cum},
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # The record: sample(plan, i) draws patient #i, build_record(plan, i) is it as a plain dict
 # ---------------------------------------------------------------------------------------------
@@ -1569,147 +1717,6 @@ def build_record(plan: Plan, index: int) -> dict[str, Any]:
     """Patient #index of the plan as a plain dict: the canonical form every writer serialises."""
     s = _sample(plan, index)
     return plan.profile.record(plan, _assemble(plan, _fields(plan, index, s)), s)
-
-
-def _cms_record(plan: Plan, record: dict[str, Any], s: _Sample) -> dict[str, Any]:
-    """The cms profile is the seed's record as assembled."""
-    return record
-
-
-def _us_core_record(plan: Plan, record: dict[str, Any], s: _Sample) -> dict[str, Any]:
-    """The cms record plus US Core's parts, in FHIR element order (the race row is Sample.race;
-    draws race_pair..family_name)."""
-    t: _UsCoreTables = plan.tables
-    u, race_table = _Draws._make(s.draws), t.race[plan.state_codes[s.state]]
-    races, text, eth_code, eth_display, e = race_table.rows[s.race]
-    if races is None:  # Two or more races
-        races = race_table.pairs[e][_pick(race_table.pair_cum[e], u.race_pair)]
-    given = t.given_names[s.sex][_pick(t.given_cum[s.sex], u.given_name)]
-    family = t.family_names[_pick(t.family_cum, u.family_name)]
-    # Codings carry no display: the required text says it, and records stay nearer 1.5 KB.
-    race = [
-        {"url": "ombCategory", "valueCoding": {"system": _CDC_RACE_SYSTEM, "code": c}}
-        for c, _ in races
-    ]
-    race.append({"url": "text", "valueString": text})
-    identifier = record["identifier"]
-    identifier[0]["system"] = _US_CORE_MRN_SYSTEM
-    out: dict[str, Any] = {
-        "resourceType": "Patient",
-        "id": record["id"],
-        "meta": {**record["meta"], "profile": [_US_CORE_PATIENT]},
-        # Extension's element order is id, extension, url, value[x]: a complex extension's
-        # `extension` comes before its `url`, as fhir.resources writes it (same JSON round trip).
-        "extension": [
-            {"extension": race, "url": _US_CORE_RACE},
-            {
-                "extension": [
-                    {
-                        "url": "ombCategory",
-                        "valueCoding": {"system": _CDC_RACE_SYSTEM, "code": eth_code},
-                    },
-                    {"url": "text", "valueString": eth_display},
-                ],
-                "url": _US_CORE_ETHNICITY,
-            },
-            {"url": _US_CORE_BIRTHSEX, "valueCode": "F" if s.sex == "female" else "M"},
-        ],
-        "identifier": identifier,
-        "active": True,
-        "name": [{"use": "official", "family": family, "given": [given]}],
-    }
-    out.update(itertools.islice(record.items(), 5, None))  # gender onwards, as in cms
-    return out
-
-
-# The profile registry (--profile): name -> tables, record function, renderer support.
-_PROFILES: Mapping[str, _Profile] = {
-    "cms": _Profile(
-        "cms", tables=_no_tables, record=_cms_record, rendered=True, fhir_versions=("R4", "R5")
-    ),
-    # US Core 5.0.1 and later are R4 implementation guides
-    "us-core": _Profile(
-        "us-core",
-        tables=_us_core_tables,
-        record=_us_core_record,
-        rendered=False,
-        fhir_versions=("R4",),
-    ),
-}
-
-
-def _organization_head(org: Mapping[str, str]) -> dict[str, Any]:
-    """The Organization elements that R4 and R5 share, in element order (up to name): the
-    readable id, the CMS Certification Number, and the CMS hospital type as the type's text."""
-    return {
-        "resourceType": "Organization",
-        "id": org["id"],
-        "identifier": [
-            {"system": _ORG_SYSTEM, "value": org["id"]},
-            {"system": _CCN_SYSTEM, "value": org["ccn"]},
-        ],
-        "active": True,
-        "type": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/organization-type",
-                        "code": "prov",
-                        "display": "Healthcare Provider",
-                    }
-                ],
-                "text": org["hospital_type"],
-            }
-        ],
-        "name": org["name"],
-    }
-
-
-def _organization_address(org: Mapping[str, str]) -> dict[str, Any]:
-    """The hospital's CMS address, verbatim (CMS writes it in capitals; county without suffix)."""
-    return {
-        "line": [org["address"]],
-        "city": org["city"],
-        "district": org["county"],
-        "state": org["state"],
-        "postalCode": org["zip"],
-        "country": "USA",
-    }
-
-
-def _organization_r4(org: Mapping[str, str]) -> dict[str, Any]:
-    """R4 (and R4B): Organization.address."""
-    return {**_organization_head(org), "address": [_organization_address(org)]}
-
-
-def _organization_r5(org: Mapping[str, str]) -> dict[str, Any]:
-    """R5 moved the address into Organization.contact (ExtendedContactDetail.address)."""
-    return {**_organization_head(org), "contact": [{"address": _organization_address(org)}]}
-
-
-class _FhirVersion(NamedTuple):
-    """A FHIR version a run can declare: its number, fhir.resources models, Organization form."""
-
-    number: str  # as FHIR writes it (CapabilityStatement.fhirVersion)
-    models: str  # the fhir.resources package whose models match it (R4B stands in for R4)
-    organization: Callable[[Mapping[str, str]], dict[str, Any]]
-
-
-# --fhir-version: Patient JSON is the same in R4 and R5; Organization differs.
-_FHIR_VERSIONS: Mapping[str, _FhirVersion] = {
-    "R4": _FhirVersion("4.0.1", "fhir.resources.R4B", _organization_r4),
-    "R5": _FhirVersion("5.0.0", "fhir.resources", _organization_r5),
-}
-
-
-def organization_record(
-    org: Mapping[str, str], fhir_version: str | _FhirVersion = "R4"
-) -> dict[str, Any]:
-    """The FHIR Organization of one of the plan's hospitals (plan.organizations), in the given
-    FHIR version (a FHIR_VERSIONS name, or plan.fhir_version)."""
-    if not isinstance(fhir_version, _FhirVersion):
-        fhir_version = _FHIR_VERSIONS[fhir_version]
-    return fhir_version.organization(org)
 
 
 # ---------------------------------------------------------------------------------------------
