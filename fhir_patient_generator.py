@@ -3623,7 +3623,9 @@ def _hai_records(plan: Plan, stay: _Stay, refs: _StayRefs) -> list[dict[str, Any
     ]
 
 
-def _with_hais(plan: Plan, stay: _Stay, refs: _StayRefs, pair: tuple[bytes, bytes]) -> Any:
+def _with_hais(
+    plan: Plan, stay: _Stay, refs: _StayRefs, pair: tuple[bytes, bytes]
+) -> tuple[bytes, bytes]:
     """(Encounter, Condition) bytes -> the same with the stay's HAI Conditions' lines joined
     after the principal Condition (the writers split them again where a file is per record)."""
     extra = _hai_records(plan, stay, refs)
