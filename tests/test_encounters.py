@@ -481,6 +481,10 @@ def test_every_hai_condition_is_valid_and_small(tmp_path, monkeypatch, version, 
                     max(plan.organization_index), 0, -1)  # fmt: skip
     refs = g._stay_refs(plan, worst)
     assert all(len(orjson.dumps(c)) < 1000 for c in g._hai_records(plan, worst, refs))
+    checked, fast = g._stays_line(plan, True), g._stays_line(plan, False)  # --validate's path
+    both = [(checked(i), fast(i)) for i in range(150)]
+    assert all(a == b for a, b in both)
+    assert any(b"T80.211A" in lines for _, (_, pairs) in both for _, lines in pairs)
     if (version, profile) == ("R4", "cms"):  # the per-file writer splits a stay's lines
         for fmt in ("json", "ndjson"):
             spec = g.Bronze(root=str(tmp_path / fmt), count=150, format=fmt)
