@@ -3520,13 +3520,138 @@ def stay_json(plan: Plan, stay: _Stay, refs: _StayRefs | None = None) -> tuple[b
     return _stay_writer(plan)(stay, refs or _stay_refs(plan, stay))
 
 
+# Hospital-acquired infections (issue 19): NHSN events during a stay as more Conditions of its
+# Encounter, at each hospital's CMS incidence (docs/encounters.md). A stay without one keeps
+# every byte it had; an infection is recorded without changing its stay (a documented limit)
+
+_HAI_ONSET_DAY = 3  # NHSN's hospital-onset rule: day 1 is the admission day
+_HAI_KEYS = 8  # HAI Condition ids: a keyed bijection of (index x MAX_STAYS + k) x 8 + kind
+# CMS's incidences count infections per patient day over every day of a stay, while an onset
+# can only fall on day 3 or later: the chance per day at risk is scaled by patient days / days
+# at risk of the generator's own stays (1.43 at 80+, 1.47 at all ages, docs/encounters.md), so
+# the incidence per patient day is the hospital's
+_HAI_AT_RISK_SCALE = 1.45
+
+
+@_draw_table(b"hai-k")
+class _HaiDraws(NamedTuple):
+    """The HAI draws of stay k of patient #i: _stream(plan, HaiDraws, i, k); per kind (in
+    hai_baselines.csv order) whether it happens, then when. Append new fields; never move one."""
+
+    clabsi: int
+    cauti: int
+    ssi_colon: int
+    ssi_hyst: int
+    cdi: int
+    mrsa: int
+    clabsi_onset: int
+    cauti_onset: int
+    ssi_colon_onset: int
+    ssi_hyst_onset: int
+    cdi_onset: int
+    mrsa_onset: int
+
+
+class _HaiTables(NamedTuple):
+    """What a plan's HAIs draw from (built once per plan, only when --encounters is on)."""
+
+    codes: tuple[dict[str, str], ...]  # per kind: the ICD-10-CM coding
+    rates: Mapping[int, tuple[float, ...]]  # hospital position -> per kind: per day at risk
+    keys: tuple[int, tuple[int, int, int]]  # the HAI Conditions' id bijection
+
+
+@functools.lru_cache(maxsize=8)
+def _hai_tables(plan: Plan) -> _HaiTables:
+    """Per hospital and kind: incidence per patient day = hai_baselines.csv's national incidence
+    at an SIR of 1 x the hospital's SIR in hac_sir_fy2024.csv (blank or absent: 1.0)."""
+    data_dir = Path(plan.identity[3] or _DATA_DIR).resolve()
+    kinds = _csv_rows(data_dir, "hai_baselines.csv")
+    sirs = {r["ccn"]: r for r in _csv_rows(data_dir, "hac_sir_fy2024.csv")}
+    rates = {}
+    for k, hospital in enumerate(plan.hospitals):
+        row = sirs.get(hospital["ccn"], {})
+        rates[k] = tuple(
+            float(kind["per_1000_patient_days_sir1"])
+            * float(row.get(kind["sir_column"]) or 1.0)
+            * _HAI_AT_RISK_SCALE
+            / 1000
+            for kind in kinds
+        )
+    return _HaiTables(
+        codes=tuple(
+            {"system": _ICD10CM_SYSTEM, "code": r["icd10"], "display": r["display"]} for r in kinds
+        ),
+        rates=rates,
+        keys=_uuid_keys(plan.key, b"hai-condition"),
+    )
+
+
+def _hai_onsets(plan: Plan, stay: _Stay) -> list[tuple[int, int]]:
+    """Stay's infections as (kind, onset instant): kind j happens with chance = incidence per
+    patient day x AT_RISK_SCALE x the days at risk (from the start of day 3 to the discharge),
+    its onset uniform over them; at most one of each kind per stay."""
+    at_risk_from = (stay.admitted // 86400 + _HAI_ONSET_DAY - 1) * 86400
+    risk = stay.discharged - at_risk_from
+    if risk <= 0:
+        return []
+    u: _HaiDraws = _stream(plan, _HaiDraws, stay.index, stay.k)
+    rates, n = _hai_tables(plan).rates[stay.hospital], len(_HaiDraws._fields) // 2
+    found = []
+    for j, rate in enumerate(rates):
+        if u[j] < rate * risk / 86400 * 4294967296.0:
+            found.append((j, at_risk_from + u[n + j] * risk // 4294967296))
+    return found
+
+
+def _hai_id(plan: Plan, stay: _Stay, kind: int) -> str:
+    """The id of stay's HAI Condition of `kind` (its own keyed bijection: never collides)."""
+    add, mul = _hai_tables(plan).keys
+    n = (stay.index * _MAX_STAYS + stay.k) * _HAI_KEYS + kind
+    return _uuid_bytes(n, add, mul).decode()
+
+
+def _hai_records(plan: Plan, stay: _Stay, refs: _StayRefs) -> list[dict[str, Any]]:
+    """Stay's HAIs as Conditions (encounter-diagnosis of its Encounter, onset on day 3 or
+    later, before the discharge; active if the stay ended in death, else resolved)."""
+    codes = _hai_tables(plan).codes
+    return [
+        _condition(
+            plan,
+            _ConditionFields(
+                id=_hai_id(plan, stay, kind),
+                status="active" if stay.disposition < 0 else "resolved",
+                code=codes[kind],
+                subject="Patient/" + refs.patient,
+                encounter="Encounter/" + refs.encounter,
+                onset=_instant(plan, onset),
+            ),
+        )
+        for kind, onset in _hai_onsets(plan, stay)
+    ]
+
+
+def _with_hais(
+    plan: Plan, stay: _Stay, refs: _StayRefs, pair: tuple[bytes, bytes]
+) -> tuple[bytes, bytes]:
+    """(Encounter, Condition) bytes -> the same with the stay's HAI Conditions' lines joined
+    after the principal Condition (the writers split them again where a file is per record)."""
+    extra = _hai_records(plan, stay, refs)
+    if not extra:
+        return pair
+    return pair[0], b"\n".join([pair[1], *map(orjson.dumps, extra)])
+
+
 def _patient_stays_json(plan: Plan, index: int, s: _Sample) -> list[tuple[bytes, bytes]]:
     """Patient #index's stays as (Encounter, Condition) JSON pairs, in time order (sample s)."""
     found = stays(plan, index, s)
     if not found:
         return []
     write, pid, mrn = _stay_writer(plan), patient_id(plan, index), _patient_mrn(plan, index)
-    return [write(stay, _stay_refs(plan, stay, pid, mrn)) for stay in found]
+    pairs = []
+    for stay in found:
+        refs = _stay_refs(plan, stay, pid, mrn)
+        pairs.append(_with_hais(plan, stay, refs, write(stay, refs)))
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3903,12 +4028,15 @@ def _stays_line(plan: Plan, validate: bool) -> Callable[[int], tuple[bytes, _Sta
             s, pairs = _sample(plan, i), []
             for stay in stays(plan, i, s):
                 refs = _stay_refs(plan, stay)
-                pairs.append(
-                    tuple(
-                        orjson.dumps(_validated(plan, record(plan, stay, refs), i))
-                        for record in (_encounter_record, _condition_record)
+                encounter, *conditions = (
+                    orjson.dumps(_validated(plan, record, i))
+                    for record in (
+                        _encounter_record(plan, stay, refs),
+                        _condition_record(plan, stay, refs),
+                        *_hai_records(plan, stay, refs),
                     )
                 )
+                pairs.append((encounter, b"\n".join(conditions)))
             return orjson.dumps(_validated(plan, build_record(plan, i), i)), pairs
 
         return checked
@@ -4224,11 +4352,12 @@ def _json_stays_unit(
             size += store.write(key, _json_file(spec, line), content_type)
         start += len(lines)
         for pair in pairs:
-            for data, folder in zip(pair, _STAY_FOLDERS, strict=True):
-                files += 1
-                rid = data[data.index(b'"id":"') + 6 :].split(b'"', 1)[0].decode()
-                key = f"{folder}/{folder}_{rid}.json{suffix}"
-                size += store.write(key, _json_file(spec, data), content_type)
+            for lines, folder in zip(pair, _STAY_FOLDERS, strict=True):
+                for data in lines.split(b"\n"):  # a Condition and its stay's HAIs
+                    files += 1
+                    rid = data[data.index(b'"id":"') + 6 :].split(b'"', 1)[0].decode()
+                    key = f"{folder}/{folder}_{rid}.json{suffix}"
+                    size += store.write(key, _json_file(spec, data), content_type)
         pairs.clear()
     return files, size
 
@@ -6227,7 +6356,7 @@ def _run_stdout(args: argparse.Namespace, plan: Plan, window: Window | None) -> 
             if _stays_on(plan)
             else ()
         ):
-            for data in pair:
+            for data in b"\n".join(pair).split(b"\n"):  # HAIs follow their Condition
                 sys.stdout.write(to_json(orjson.loads(data), pretty=True) + "\n")
     elif _stays_on(plan):  # each patient's line, then its stays' (Encounter, Condition, ...)
         lines = _patient_and_stays(plan, args.validate)

@@ -116,6 +116,9 @@ def _years(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
+HAI_KINDS = ("CLABSI", "CAUTI", "SSI", "SSI", "CDI", "MRSA")  # hai_baselines.csv order -> SQL
+
+
 def _expected_stays(plan: g.Plan, count: int) -> list[dict]:
     """Every stay of patients 0..count-1 as the SQL's stay view should see it, from the API."""
     ccn = {o["id"]: o["ccn"] for o in plan.organizations}
@@ -132,9 +135,10 @@ def _expected_stays(plan: g.Plan, count: int) -> list[dict]:
             age = _years(born, start.date())
             cohort = next((k for k, v in COHORTS.items() if code.startswith(v)), None)
             code_ = e["hospitalization"]["dischargeDisposition"]["coding"][0]["code"]
+            hais = [HAI_KINDS[j] for j, _ in g._hai_onsets(plan, stay)]  # issue 19
             out.append({
                 "patient": i, "ccn": ccn[e["serviceProvider"]["reference"][13:]], "age": age,
-                "admitted": start, "discharged": end,
+                "hais": hais, "admitted": start, "discharged": end,
                 "days": max(1, (end.date() - start.date()).days),
                 "cohort": cohort if age >= 65 else None, "died_in_hospital": code_ == "exp",
                 "died": died and datetime.fromisoformat(died),
@@ -223,6 +227,10 @@ def test_stay_queries_match_the_generated_stays(tmp_path, fmt, gz, count):
     assert run("hai_onset_check") == [(0,)]
     hai = run("hai_per_hospital")
     assert {r[0] for r in hai} == set(c for c, _ in per_hospital)
+    infections = Counter((s["ccn"], kind) for s in expected for kind in s["hais"])
+    assert {(c, kind): n for c, kind, _, n, *_ in hai if n} == infections
+    assert fmt == "json" or sum(infections.values()) > 0  # 12,000 patients: some HAIs
+    assert all(days == per_hospital[c, "days"] for c, _, days, *_ in hai)
     assert run("stay_dangling_references") == [(0, 0)]
     if fmt == "json":  # the check can fail: drop one Encounter file, rebuild the stay table
         next((tmp_path / "encounter").glob("encounter_*.json*")).unlink()
