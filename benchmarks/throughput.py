@@ -119,8 +119,6 @@ def generate_patient_path(count: int) -> int:
     """The module's validated-model path, one generate_patient() call per patient."""
     import fhir_patient_generator as g
 
-    # Private names used here (internals this file checks or drives directly): _start
-
     return sum(len(g.generate_patient(SEED, i, AS_OF).model_dump_json()) for i in range(count))
 
 
@@ -414,7 +412,7 @@ def living(count: int) -> None:
     g.json_renderer(plan)  # built once, outside the timings, as a run does
     since, until = LIVING_DAY
     sampled = [0]
-    start = g._start
+    start = g._start  # private: the living population's version-1 step, counted here
 
     def counting_start(*args: Any) -> Any:
         sampled[0] += 1

@@ -43,11 +43,12 @@ FROM_CHECKOUT = False  # whether import_generator() fell back to the repository'
 
 
 def import_generator() -> ModuleType:
-    """Import fhir_patient_generator with its reference_data/ readable, wherever it came from."""
+    """Import fhir_patient_generator with its reference_data/ readable, wherever it came from.
+
+    Two private names of the module are used here, as a deployment helper must: _DATA_DIR (where
+    its reference data lies) and _MAX_INDEX (the highest patient index)."""
     try:
         import fhir_patient_generator as g
-
-    # Private names used here (internals this file checks or drives directly): _DATA_DIR
     except ImportError:  # run from a checkout without --py-files: use the repository's module
         sys.path.append(str(REPO_ROOT))
         import fhir_patient_generator as g
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         plan = make_plan(args.seed, args.as_of, generation_options(args))
-        if args.start < 0 or args.start + args.count - 1 > import_generator().MAX_INDEX:
+        if args.start < 0 or args.start + args.count - 1 > import_generator()._MAX_INDEX:
             raise ValueError("--start and --count must keep indexes within 0..MAX_INDEX")
     except ValueError as e:
         print(f"spark_generate.py: error: {e}", file=sys.stderr)

@@ -186,8 +186,8 @@ def test_s3_output_without_boto3_says_how_to_install_it(monkeypatch):
 # --- endpoints that stall, drop connections, or are not URLs --------------------------------
 
 # Timeouts for CLI runs in these tests (the defaults, 5 s / 15 s x 5 attempts, would take ~75 s).
-FAST = {"S3_CONNECT_TIMEOUT": 1, "S3_READ_TIMEOUT": 2, "S3_MAX_ATTEMPTS": 2}
-FAST_BOUND = FAST["S3_MAX_ATTEMPTS"] * (FAST["S3_CONNECT_TIMEOUT"] + FAST["S3_READ_TIMEOUT"]) + 1
+FAST = {"_S3_CONNECT_TIMEOUT": 1, "_S3_READ_TIMEOUT": 2, "_S3_MAX_ATTEMPTS": 2}
+FAST_BOUND = FAST["_S3_MAX_ATTEMPTS"] * (FAST["_S3_CONNECT_TIMEOUT"] + FAST["_S3_READ_TIMEOUT"]) + 1
 
 
 def fast_cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
