@@ -3595,11 +3595,14 @@ def _hai_onsets(plan: Plan, stay: _Stay) -> list[tuple[int, int]]:
     if risk <= 0:
         return []
     u: _HaiDraws = _stream(plan, _HaiDraws, stay.index, stay.k)
-    rates, n = _hai_tables(plan).rates[stay.hospital], len(_HaiDraws._fields) // 2
+    # by name, in hai_baselines.csv's row order (the rates' order): whether, then when
+    happens = (u.clabsi, u.cauti, u.ssi_colon, u.ssi_hyst, u.cdi, u.mrsa)
+    onsets = (u.clabsi_onset, u.cauti_onset, u.ssi_colon_onset, u.ssi_hyst_onset)
+    onsets += (u.cdi_onset, u.mrsa_onset)
     found = []
-    for j, rate in enumerate(rates):
-        if u[j] < rate * risk / 86400 * 4294967296.0:
-            found.append((j, at_risk_from + u[n + j] * risk // 4294967296))
+    for j, rate in enumerate(_hai_tables(plan).rates[stay.hospital]):
+        if happens[j] < rate * risk / 86400 * 4294967296.0:
+            found.append((j, at_risk_from + onsets[j] * risk // 4294967296))
     return found
 
 
