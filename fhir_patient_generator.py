@@ -22,6 +22,7 @@ import contextlib
 import csv
 import functools
 import hashlib
+import heapq
 import itertools
 import math
 import operator
@@ -3162,11 +3163,22 @@ def _candidate_stay(
     admitted = plan.window_start + (u.admitted * plan.window_span >> 32)
     if admitted < lo:
         return None
+    return _admitted_stay(plan, t, s, _Stay(index, k, admitted, admitted, -1, -1, -1), u)
+
+
+def _admitted_stay(
+    plan: Plan, t: _StayTables, s: _Sample, stay: _Stay, u: _StayDraws
+) -> tuple[_Stay, bool]:
+    """A stay of which only the patient, number and admission instant are set, completed: its
+    hospital, diagnosis, length and disposition (the patient as `s` has it); and whether a
+    readmission follows it (_readmitted). The living population's admissions use it too."""
+    admitted = stay.admitted
     age = _age(s.birth, admitted)
     hospital = _stay_hospital(plan, t, s, age, u)
     diagnosis = _stay_diagnosis(t, s, hospital, age, u)
     discharged = admitted + _los(t.diagnoses[diagnosis], u)
-    stay = _Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
+    disposition = _disposition(t, age, u)
+    stay = _Stay(stay.index, stay.k, admitted, discharged, hospital, diagnosis, disposition)
     return stay, _readmitted(t, s, stay, age, u)
 
 
@@ -3183,12 +3195,20 @@ def _readmitted(t: _StayTables, s: _Sample, stay: _Stay, age: int, u: _StayDraws
     return u.readmitted < _cut(max(0.0, (rate - chance) / (1.0 - chance)))
 
 
+def _readmission_number(k: int) -> int:
+    """The stay number of the readmission after stay k: k + READMISSION, DEATH_STAY - 1 after
+    the death's stay, k + 1 after a living population's stay (k >= MAX_STAYS: its chain)."""
+    if k >= _MAX_STAYS:
+        return k + 1
+    return k + _READMISSION if k < _DEATH_STAY else _DEATH_STAY - 1
+
+
 def _readmission(plan: Plan, t: _StayTables, s: _Sample, first: _Stay) -> tuple[_Stay, bool]:
     """The readmission after stay `first` (k + READMISSION): admitted 1 hour to 30 days after its
     discharge (front-loaded), mostly at the same hospital, its principal diagnosis the index
     cohort's again (READMIT_SAME_COHORT) or one of the mix; and whether it is readmitted too
     (an index stay like any other: HRRP counts readmissions as index stays)."""
-    k = first.k + _READMISSION if first.k < _DEATH_STAY else _DEATH_STAY - 1
+    k = _readmission_number(first.k)
     u = _stay_draws(plan, first.index, k)
     gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** _READMIT_SKEW)
     admitted = first.discharged + max(3600, gap)
@@ -3236,9 +3256,22 @@ _CONFIRMED = {
 }
 
 
+# Serials of the living population's stays (k >= MAX_STAYS) start here, above every index x
+# MAX_STAYS + k of the look-back window's stays: the two never meet in an id bijection
+_LIVE_SERIAL = 1 << 100
+
+
+def _stay_serial(index: int, k: int) -> int:
+    """What a stay's id bijections map: index x MAX_STAYS + k, or for a living population's
+    stay (k < 2**40 from _live_stay_number) LIVE_SERIAL + index x 2**40 + k: unique per stay."""
+    if k < _MAX_STAYS:
+        return index * _MAX_STAYS + k
+    return _LIVE_SERIAL + (index << 40) + k
+
+
 def _stay_uuid(index: int, k: int, keys: tuple[int, tuple[int, int, int]]) -> str:
     add, mul = keys
-    return _uuid_bytes(index * _MAX_STAYS + k, add, mul).decode()
+    return _uuid_bytes(_stay_serial(index, k), add, mul).decode()
 
 
 def _encounter_id(plan: Plan, index: int, k: int) -> str:
@@ -3609,7 +3642,7 @@ def _hai_onsets(plan: Plan, stay: _Stay) -> list[tuple[int, int]]:
 def _hai_id(plan: Plan, stay: _Stay, kind: int) -> str:
     """The id of stay's HAI Condition of `kind` (its own keyed bijection: never collides)."""
     add, mul = _hai_tables(plan).keys
-    n = (stay.index * _MAX_STAYS + stay.k) * _HAI_KEYS + kind
+    n = _stay_serial(stay.index, stay.k) * _HAI_KEYS + kind
     return _uuid_bytes(n, add, mul).decode()
 
 
@@ -3655,6 +3688,262 @@ def _patient_stays_json(plan: Plan, index: int, s: _Sample) -> list[tuple[bytes,
         refs = _stay_refs(plan, stay, pid, mrn)
         pairs.append(_with_hais(plan, stay, refs, write(stay, refs)))
     return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# The living population's stays (--encounters with --epoch, issue 18): after the epoch E an
+# admission is an event of the patient like a move, from candidate tiles thinned by the age and
+# sex rate of inpatient_rates.csv; each stay is delivered in the change batch that holds its
+# discharge (a stay tied to a death: the death's instant). Patient #i's stays are a pure function
+# of (seed, i, E, options), like its versions (docs/living-population.md, "Inpatient stays")
+# ---------------------------------------------------------------------------------------------
+
+# Candidate admissions per person-year: above the highest rate of inpatient_rates.csv (0.439,
+# men 95+), so thinning gives every age's rate exactly (a test checks the bound holds)
+_ADMISSION_BOUND = 0.45
+_ADMISSION_WORDS = 3  # per candidate: w0 % BLOCK its offset, w1 its instant in the year, w2 accept
+_ADMISSION_SLOTS = 256  # candidates per tile at most (the Poisson table ends below; checked)
+_CHAIN_DEPTH = 4  # a living stay number holds an index admission and up to 3 readmissions
+# A chain (an index stay and its readmissions) ends within this of its index admission: a stay
+# that would be discharged later is not made, so a batch looks back only this far for stays
+_CHAIN_SPAN = 400 * 86400
+
+
+class _LiveStay(NamedTuple):
+    """A stay of the living population and when it is delivered: its discharge, or for a stay
+    tied to the death (and one that ends in it) the death's instant."""
+
+    delivered: int
+    stay: _Stay
+
+
+class _AdmissionTables(NamedTuple):
+    """What the living population's admissions draw from (built once per plan)."""
+
+    tile_hash: Any  # SHAKE-256 that has absorbed the plan key: tiles copy it
+    poisson: Mapping[int, tuple[int, ...]]  # year length in days -> inverse CDF of candidates
+    accept: Mapping[str, tuple[int, ...]]  # sex -> by whole age: 32-bit cut of rate / bound
+
+
+@functools.lru_cache(maxsize=8)
+def _admission_tables(plan: Plan) -> _AdmissionTables:
+    """The admission tiles' Poisson tables and the thinning cuts by sex and age."""
+    rates = _stay_reference(Path(plan.identity[3] or _DATA_DIR).resolve())["rates"]
+    top = max(rate for *_, rate in rates)
+    if top >= _ADMISSION_BOUND:
+        raise ValueError(f"an admission rate reaches {top}: raise ADMISSION_BOUND above it")
+    with localcontext() as ctx:
+        ctx.prec = 40
+        poisson = {
+            days: _poisson_cdf(
+                Decimal(_BLOCK) * Decimal(str(_ADMISSION_BOUND)) * days / Decimal("365.2425")
+            )
+            for days in (365, 366)
+        }
+    if max(map(len, poisson.values())) > _ADMISSION_SLOTS:
+        raise AssertionError("an admission tile may outgrow ADMISSION_SLOTS")
+    return _AdmissionTables(
+        tile_hash=hashlib.shake_256(b"metriccare-admissions/1|" + plan.key),
+        poisson=poisson,
+        accept={
+            sex: tuple(
+                _cut(_admission_rate(rates, age, sex) / _ADMISSION_BOUND)
+                for age in range(_MAX_AGE + 1)
+            )
+            for sex in _SEXES
+        },
+    )
+
+
+def _live_stay_number(year: int, slot: int) -> int:
+    """The stay number k of candidate `slot` of a tile of `year` (its readmissions k + 1, ...):
+    from MAX_STAYS up, below 2**40, unique per patient (_stay_serial makes the ids)."""
+    return _MAX_STAYS + (year * _ADMISSION_SLOTS + slot) * _CHAIN_DEPTH
+
+
+def _admission_tile(a: _AdmissionTables, block: int, year: int) -> tuple[int, ...]:
+    """The candidate admissions of indexes block*BLOCK .. +BLOCK-1 in a UTC calendar year:
+    three 32-bit words each (w0 % BLOCK: whose; w1: the instant in the year; w2: accept). A
+    function of (seed, block, year) only, as the events' tiles (_tile)."""
+    h = a.tile_hash.copy()
+    h.update(block.to_bytes(8, "little") + year.to_bytes(2, "little"))
+    days = 366 if calendar.isleap(year) else 365
+    k = bisect.bisect_right(a.poisson[days], int.from_bytes(h.digest(4), "little"))
+    return struct.unpack(f"<{_ADMISSION_WORDS * k}I", h.digest(4 + 4 * _ADMISSION_WORDS * k)[4:])
+
+
+def _admissions(
+    a: _AdmissionTables, block: int, lo: int, hi: int
+) -> dict[int, list[tuple[int, int, int]]]:
+    """Offset in the block -> its candidate admissions (instant, stay number, accept word) with
+    lo < instant <= hi, in time order."""
+    out: dict[int, list[tuple[int, int, int]]] = {}
+    if hi <= lo:
+        return out
+    first = date.fromordinal((lo + 1) // 86400 + _EPOCH_DAY).year
+    last = date.fromordinal(hi // 86400 + _EPOCH_DAY).year
+    for year in range(first, last + 1):
+        start = _year_start(year)
+        length = (366 if calendar.isleap(year) else 365) * 86400
+        w = _admission_tile(a, block, year)
+        for j in range(0, len(w), _ADMISSION_WORDS):
+            instant = start + (w[j + 1] * length >> 32)
+            if lo < instant <= hi:
+                k = _live_stay_number(year, j // _ADMISSION_WORDS)
+                out.setdefault(w[j] % _BLOCK, []).append((instant, k, w[j + 2]))
+    for found in out.values():
+        found.sort()
+    return out
+
+
+def _sample_at(versions: list[Version], instant: int) -> _Sample:
+    """The patient as it is at `instant` (>= its first version): its last version by then."""
+    k = bisect.bisect_right([v.instant for v in versions], instant) - 1
+    return versions[max(k, 0)].sample
+
+
+def _readmit_at(
+    plan: Plan, t: _StayTables, versions: list[Version], stay: _Stay
+) -> tuple[_Stay, bool]:
+    """The readmission after `stay` for the patient as it is at the readmission's admission."""
+    s = _sample_at(versions, stay.discharged)
+    again, more = _readmission(plan, t, s, stay)
+    later = _sample_at(versions, again.admitted)
+    return (again, more) if later is s else _readmission(plan, t, later, stay)
+
+
+def _admission_chain(
+    plan: Plan, versions: list[Version], admissions: list[tuple[int, int, int]], end: int
+) -> list[_Stay]:
+    """The stays a patient is admitted to before `end` (the death, or just past the window),
+    in time order: the accepted candidates (thinning by the age at the instant and the sex) and
+    their readmissions, each made for the patient as it is at its admission; a stay that begins
+    while an earlier one lasts is not made (nor its readmissions), nor one discharged more than
+    CHAIN_SPAN after its chain's index admission. Earlier stays alone decide a stay's fate, so
+    the list up to any instant never depends on how far the window reaches."""
+    t, first = _stay_tables(plan), versions[0].sample
+    cut = _admission_tables(plan).accept[first.sex]
+    heap: list[tuple[int, int, _Stay | None, int, bool]] = [
+        (instant, k, None, instant, False)
+        for instant, k, accept in admissions
+        if instant < end and accept < cut[min(_age(first.birth, instant), _MAX_AGE)]
+    ]
+    heapq.heapify(heap)
+    kept: list[_Stay] = []
+    while heap:
+        admitted, k, stay, chain, more = heapq.heappop(heap)
+        if kept and admitted <= kept[-1].discharged:
+            continue  # in hospital already
+        if stay is None:
+            partial = _Stay(versions[0].index, k, admitted, admitted, -1, -1, -1)
+            stay, more = _admitted_stay(
+                plan,
+                t,
+                _sample_at(versions, admitted),
+                partial,
+                _stay_draws(plan, partial.index, k),
+            )
+        if stay.discharged - chain > _CHAIN_SPAN:
+            continue
+        kept.append(stay)
+        if more and (stay.k - _MAX_STAYS) % _CHAIN_DEPTH < _CHAIN_DEPTH - 1:
+            again, again_more = _readmit_at(plan, t, versions, stay)
+            if again.admitted < end:
+                heapq.heappush(heap, (again.admitted, again.k, again, chain, again_more))
+    return kept
+
+
+def _death_stays(plan: Plan, versions: list[Version], kept: list[_Stay]) -> list[_Stay]:
+    """The stays tied to a death after the epoch (the look-back window's rule, _death_stay: in
+    hospital, or after a MORT-30 cohort stay and perhaps its readmission), kept if they overlap
+    none of the patient's other stays (those were delivered before the death was known)."""
+    t, s, index = _stay_tables(plan), versions[-1].sample, versions[0].index
+    u: _PatientStayDraws = _stream(plan, _PatientStayDraws, index)
+    found = _death_stay(plan, t, index, u.death, s, versions[0].instant)
+    if found is None or not _fits(found[0], kept):
+        return []
+    out = [found[0]]
+    if found[1]:
+        again, _ = _readmission(plan, t, s, found[0])
+        if again.admitted < s.died <= again.discharged:
+            again = again._replace(discharged=s.died, disposition=-1)
+        if again.admitted < s.died and again.discharged <= s.died and _fits(again, kept):
+            out.append(again)
+    return out
+
+
+def _live_stays(
+    plan: Plan,
+    start: _Start,
+    versions: list[Version],
+    admissions: list[tuple[int, int, int]],
+    until: int,
+) -> list[_LiveStay]:
+    """A patient's stays after the epoch delivered by `until`, in time order, from its
+    history up to `until` and its candidate admissions up to it. None for a record entered in
+    error (a duplicate: the person's stays go to their real record) or a patient dead at the
+    epoch. A stay that would outlast the death is not made, except a readmission, which ends in
+    the death (expired), as in the look-back window."""
+    if not versions or start.deleted is not None or versions[0].sample.died >= 0:
+        return []
+    died = versions[-1].sample.died if versions[-1].sample.died >= 0 else None
+    end = until + 1 if died is None else died
+    out = []
+    for stay in _admission_chain(plan, versions, admissions, end):
+        if died is None or stay.discharged < died:
+            if stay.discharged <= until:
+                out.append(_LiveStay(stay.discharged, stay))
+        elif (stay.k - _MAX_STAYS) % _CHAIN_DEPTH:  # a readmission: the patient dies in it
+            out.append(_LiveStay(died, stay._replace(discharged=died, disposition=-1)))
+    if died is not None:
+        kept = [ls.stay for ls in out]
+        out += [_LiveStay(died, stay) for stay in _death_stays(plan, versions, kept)]
+    return sorted(out, key=lambda ls: ls.stay.admitted)
+
+
+def living_stays(plan: Plan, count: int, index: int, until: datetime | str) -> list[_LiveStay]:
+    """Patient #index's inpatient stays after the epoch (plan.as_of) delivered by `until`, in
+    time order, each with its delivery instant (the discharge, or the death a stay is tied
+    to). `count` is the epoch population. Its stays in the look-back window before the epoch
+    are stays(plan, index), as the epoch's registry has them. The plan needs encounters=True."""
+    w = Window(count, until)
+    return _window_stays(plan, w, index, index + 1).get(index, [])
+
+
+def _window_stays(
+    plan: Plan, w: Window, lo: int = 0, hi: int | None = None
+) -> dict[int, list[_LiveStay]]:
+    """Index in [lo, hi) -> its stays after the epoch in the window, in time order: a batch's
+    delivered in (since, until], a snapshot's delivered by until. Only patients with a
+    candidate admission since CHAIN_SPAN before the window (stays that end in it began after
+    that) or a candidate event in it (a death) are replayed."""
+    _check_window(plan, w.since, w.until)
+    dyn, until = _dynamics(plan), _seconds(w.until)
+    since = dyn.start if w.since is None else _seconds(w.since)
+    count, tables = w.epoch_count, _admission_tables(plan)
+    n = count + _joiners_by(plan, dyn, count, until)
+    hi = n if hi is None else min(hi, n)
+    out: dict[int, list[_LiveStay]] = {}
+    for block in range(lo // _BLOCK, -(-hi // _BLOCK)):
+        recent = _admissions(tables, block, max(dyn.start, since - _CHAIN_SPAN), until)
+        who = set(recent) | set(_candidates(dyn, block, since, until))
+        who = {o for o in who if lo <= block * _BLOCK + o < hi}
+        if not who:
+            continue
+        admissions = _admissions(tables, block, dyn.start, until)
+        events = _candidates(dyn, block, dyn.start, until)
+        for offset in sorted(who):
+            i = block * _BLOCK + offset
+            start = _start(plan, dyn, count, i)
+            versions = _evolve(plan, dyn, i, start, events.get(offset, []), until)
+            mine = [
+                ls
+                for ls in _live_stays(plan, start, versions, admissions.get(offset, []), until)
+                if since < ls.delivered
+            ]
+            if mine:
+                out[i] = mine
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4075,6 +4364,37 @@ def _patient_and_stays(plan: Plan, validate: bool) -> Callable[[int], bytes]:
         return b"\n".join([patient, *itertools.chain.from_iterable(pairs)])
 
     return lines
+
+
+def _live_stay_pairs(plan: Plan, found: list[_LiveStay], validate: bool) -> _StayLines:
+    """A patient's living stays as (Encounter, Condition and its HAIs) JSON, as the look-back
+    window's stays are written but with meta.lastUpdated the delivery instant."""
+    if not found:
+        return []
+    index = found[0].stay.index
+    write, pid, mrn = _stay_writer(plan), patient_id(plan, index), _patient_mrn(plan, index)
+    epoch = b'"lastUpdated":"%s"' % plan.last_updated.encode()
+    pairs = []
+    for ls in found:
+        refs = _stay_refs(plan, ls.stay, pid, mrn)
+        stamp = _instant(plan, ls.delivered)
+        if validate:
+            encounter, *conditions = (
+                orjson.dumps(
+                    _validated(plan, {**r, "meta": {**r["meta"], "lastUpdated": stamp}}, index)
+                )
+                for r in (
+                    _encounter_record(plan, ls.stay, refs),
+                    _condition_record(plan, ls.stay, refs),
+                    *_hai_records(plan, ls.stay, refs),
+                )
+            )
+            pairs.append((encounter, b"\n".join(conditions)))
+            continue
+        new = b'"lastUpdated":"%s"' % stamp.encode()
+        pair = _with_hais(plan, ls.stay, refs, write(ls.stay, refs))
+        pairs.append((pair[0].replace(epoch, new, 1), pair[1].replace(epoch, new)))
+    return pairs
 
 
 _BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
