@@ -4500,6 +4500,7 @@ class _UnitResult:
     failed: int = 0
     first_failure: str | None = None
     deleted: int = 0  # a change batch's deletions
+    stays: tuple[int, ...] = (0, 0)  # a change batch's Encounters and Conditions
 
 
 def _covering(plan: Plan, spec: Bronze) -> Bronze:
@@ -4557,7 +4558,7 @@ class _Format:
     manifest_output: Callable[[Plan, Bronze], list[dict[str, Any]]]  # url: relative key
     rolls_over: bool  # records_per_file splits files (it always splits work units)
     batch_files: Callable[[Plan, Bronze, int, list[Version]], list[_BatchFile]]
-    batch_output: Callable[[Bronze, Mapping[int, tuple[int, int]]], dict[str, list[Any]]]
+    batch_output: Callable[[Bronze, Mapping[int, Any]], dict[str, list[Any]]]  # _BatchCounts
 
 
 def _content_type(spec: Bronze) -> str:
@@ -4620,20 +4621,46 @@ def _stays_on(plan: Plan) -> bool:
     return bool(plan.options.get("encounters"))
 
 
+def _window_patients_and_stays(
+    plan: Plan, w: Window, indexes: range, validate: bool
+) -> Iterator[tuple[int, bytes, _StayLines]]:
+    """A snapshot's patients in [indexes): (index, its latest version's JSON, its stays: those
+    of the epoch's look-back window as the epoch layer has them, then those after the epoch
+    delivered by the snapshot's until)."""
+    line, both = _version_line(plan, validate), _stays_line(plan, validate)
+    live = _window_stays(plan, w, indexes.start, indexes.stop)
+    for v in snapshot(plan, w.epoch_count, w.until, indexes.start, indexes.stop):
+        pairs = both(v.index)[1] if v.index < w.epoch_count else []
+        yield v.index, line(v), pairs + _live_stay_pairs(plan, live.get(v.index, []), validate)
+
+
 def _unit_with_stays(
     plan: Plan, spec: Bronze, indexes: range, tick: _Tick
-) -> tuple[Iterator[list[bytes]], _StayLines]:
-    """A unit's patient lines in batches of BATCH, and the list their stays fill as the
-    batches are consumed (one sample per patient serves both)."""
-    both, pairs = _stays_line(plan, spec.validate), []
+) -> tuple[Iterator[list[tuple[int, bytes]]], _StayLines]:
+    """A unit's (index, patient line) in batches of BATCH, and the list their stays fill as
+    the batches are consumed (one sample per patient serves both); with a window, its
+    snapshot's patients and stays."""
+    pairs: _StayLines = []
+    if spec.window is not None:
+        found = _window_patients_and_stays(plan, spec.window, indexes, spec.validate)
 
-    def batches() -> Iterator[list[bytes]]:
+        def window_batches() -> Iterator[list[tuple[int, bytes]]]:
+            while chunk := list(itertools.islice(found, _BATCH)):
+                yield [(i, patient) for i, patient, _ in chunk]
+                pairs.extend(itertools.chain.from_iterable(mine for *_, mine in chunk))
+            if tick:
+                tick(len(indexes))
+
+        return window_batches(), pairs
+    both = _stays_line(plan, spec.validate)
+
+    def batches() -> Iterator[list[tuple[int, bytes]]]:
         for a in range(indexes.start, indexes.stop, _BATCH):
             b = min(a + _BATCH, indexes.stop)
             lines = []
             for i in range(a, b):
                 patient, mine = both(i)
-                lines.append(patient)
+                lines.append((i, patient))
                 pairs.extend(mine)
             yield lines
             if tick:
@@ -4648,7 +4675,7 @@ def _ndjson_stays_unit(
     """Unit u with stays: patient/Patient.<u+1>.ndjson, then encounter/Encounter.<u+1>.ndjson
     and condition/Condition.<u+1>.ndjson (written even when empty: the manifest lists them)."""
     batches, pairs = _unit_with_stays(plan, spec, _unit_range(spec, unit), tick)
-    chunks: Iterable[bytes] = (b"\n".join([*lines, b""]) for lines in batches)
+    chunks: Iterable[bytes] = (b"\n".join([*(x for _, x in lines), b""]) for lines in batches)
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
     size = store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
@@ -4667,13 +4694,11 @@ def _json_stays_unit(
     (encounter/encounter_<id>.json, condition/condition_<id>.json)."""
     batches, pairs = _unit_with_stays(plan, spec, _unit_range(spec, unit), tick)
     suffix, content_type, files, size = _suffix(spec), _content_type(spec), 0, 0
-    start = _unit_range(spec, unit).start
     for lines in batches:
-        for i, line in enumerate(lines, start):
+        for i, line in lines:
             files += 1
             key = f"patient/{_patient_file_name(patient_id(plan, i))}{suffix}"
             size += store.write(key, _json_file(spec, line), content_type)
-        start += len(lines)
         for pair in pairs:
             for lines, folder in zip(pair, _STAY_FOLDERS, strict=True):
                 for data in lines.split(b"\n"):  # a Condition and its stay's HAIs
@@ -4830,12 +4855,13 @@ def _batch_key(spec: Bronze, deleted: bool, name: str) -> str:
 
 class _BatchFile(NamedTuple):
     """One file of a change batch: its key, bytes (uncompressed), lines, and whether it holds
-    deletions."""
+    deletions; and its resource type (Encounter, Condition: a batch's stays)."""
 
     key: str
     data: bytes
     lines: int
     deleted: bool
+    resource: str = "Patient"
 
 
 def _ndjson_batch_files(
@@ -4866,10 +4892,39 @@ def _json_batch_files(
     return list(files.values())
 
 
-def _ndjson_batch_output(
-    spec: Bronze, counts: Mapping[int, tuple[int, int]]
-) -> dict[str, list[Any]]:
-    """The manifest's output and deleted: one entry per file, url relative to the layer root."""
+def _stay_batch_key(spec: Bronze, kind: str, name: str) -> str:
+    """cdc/encounter/ or cdc/condition/ (kind: Encounter, Condition), as _batch_key."""
+    assert spec.window is not None
+    day = spec.window.until.date().isoformat()
+    return f"cdc/{kind.lower()}/ingest_date={day}/{_batch_name(spec)}.{name}{_suffix(spec)}"
+
+
+def _batch_stay_files(spec: Bronze, unit: int, pairs: _StayLines) -> list[_BatchFile]:
+    """A unit's stays delivered in the batch: NDJSON <name>.Encounter.<u+1>.ndjson and
+    <name>.Condition.<u+1>.ndjson (principal Conditions and HAIs; no file for none), or per-file
+    JSON <name>.encounter_<id>.json and <name>.condition_<id>.json."""
+    files = []
+    for n, kind in enumerate(_STAY_TYPES):
+        lines = [line for pair in pairs for line in pair[n].split(b"\n")]
+        if not lines:
+            continue
+        if _FORMATS[spec.format].rolls_over:
+            key = _stay_batch_key(spec, kind, f"{kind}.{unit + 1:06d}.ndjson")
+            files.append(_BatchFile(key, b"\n".join([*lines, b""]), len(lines), False, kind))
+            continue
+        for line in lines:
+            rid = line[line.index(b'"id":"') + 6 :].split(b'"', 1)[0].decode()
+            key = _stay_batch_key(spec, kind, f"{kind.lower()}_{rid}.json")
+            files.append(_BatchFile(key, line + b"\n", 1, False, kind))
+    return files
+
+
+_BatchCounts = tuple[int, int, int, int]  # a unit's versions, deletions, Encounters, Conditions
+
+
+def _ndjson_batch_output(spec: Bronze, counts: Mapping[int, _BatchCounts]) -> dict[str, list[Any]]:
+    """The manifest's output and deleted: one entry per file, url relative to the layer root
+    (the Patient files, then the Encounter and Condition files of a batch with stays)."""
     out: dict[str, list[Any]] = {"output": [], "deleted": []}
     for unit in sorted(counts):
         for n, deleted, kind in (
@@ -4881,10 +4936,15 @@ def _ndjson_batch_output(
                 out["deleted" if deleted else "output"].append(
                     {"type": kind, "url": key, "count": n}
                 )
+    for k, kind in enumerate(_STAY_TYPES, 2):
+        for unit in sorted(counts):
+            if counts[unit][k]:
+                key = _stay_batch_key(spec, kind, f"{kind}.{unit + 1:06d}.ndjson")
+                out["output"].append({"type": kind, "url": key, "count": counts[unit][k]})
     return out
 
 
-def _json_batch_output(spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> dict[str, list[Any]]:
+def _json_batch_output(spec: Bronze, counts: Mapping[int, _BatchCounts]) -> dict[str, list[Any]]:
     """Per-file JSON: one entry per resource type, whose url is the key prefix of its files."""
     name = _batch_name(spec)
     out: dict[str, list[Any]] = {"output": [], "deleted": []}
@@ -4893,6 +4953,11 @@ def _json_batch_output(spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> d
         if n:
             url = f"{_batch_folder(spec, deleted)}/{name}."
             out["deleted" if deleted else "output"].append({"type": kind, "url": url, "count": n})
+    for k, kind in enumerate(_STAY_TYPES, 2):
+        n = sum(c[k] for c in counts.values())
+        if n:
+            url = _stay_batch_key(replace(spec, gzip=False), kind, "")
+            out["output"].append({"type": kind, "url": url, "count": n})
     return out
 
 
@@ -5521,10 +5586,10 @@ def _manifest_bytes(plan: Plan, spec: Bronze) -> bytes:
     return _manifest(plan, spec, _FORMATS[spec.format].manifest_output(plan, spec))
 
 
-def _batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[int, int]]) -> bytes:
-    """A change batch's manifest (as for a Bulk Data _since export): output its new versions,
-    deleted its DELETE Bundles, urls relative to the layer root; `counts` is (versions,
-    deletions) for every unit."""
+def _batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[int, ...]]) -> bytes:
+    """A change batch's manifest (as for a Bulk Data _since export): output its new versions
+    (and with --encounters the stays delivered in it), deleted its DELETE Bundles, urls
+    relative to the layer root; `counts` is _BatchCounts for every unit."""
     w = spec.window
     assert w is not None
     files = _FORMATS[spec.format].batch_output(spec, counts)
@@ -5536,6 +5601,9 @@ def _batch_manifest_bytes(plan: Plan, spec: Bronze, counts: Mapping[int, tuple[i
         "deletions": sum(c[1] for c in counts.values()),
         "urlsRelativeTo": "the layer root",
     }
+    if _stays_on(plan):
+        batch["encounters"] = sum(c[2] for c in counts.values())
+        batch["conditions"] = sum(c[3] for c in counts.values())
     return _manifest(plan, spec, files["output"], files["deleted"], batch=batch)
 
 
@@ -5762,7 +5830,12 @@ def _batch_unit_files(plan: Plan, spec: Bronze, unit: int) -> list[_BatchFile]:
     w, indexes = spec.window, _unit_range(spec, unit)
     assert w is not None and w.since is not None
     versions = list(_window_versions(plan, w, indexes.start, indexes.stop))
-    return _FORMATS[spec.format].batch_files(plan, spec, unit, versions)
+    files = _FORMATS[spec.format].batch_files(plan, spec, unit, versions)
+    if _stays_on(plan):
+        found = _window_stays(plan, w, indexes.start, indexes.stop)
+        pairs = [p for i in sorted(found) for p in _live_stay_pairs(plan, found[i], spec.validate)]
+        files += _batch_stay_files(spec, unit, pairs)
+    return files
 
 
 def _write_batch_unit(
@@ -5773,7 +5846,7 @@ def _write_batch_unit(
     files = _batch_unit_files(plan, spec, unit)
     size = 0
     try:
-        for key, data, _, _ in files:
+        for key, data, *_ in files:
             if spec.gzip:
                 data = zlib.compress(data, spec.gzip_level, wbits=31)
             size += store.write(key, data, _content_type(spec))
@@ -5782,14 +5855,21 @@ def _write_batch_unit(
     failed, first = store.drain()
     if tick:
         tick(len(_unit_range(spec, unit)))
-    records, deleted = _batch_counts(files)
-    return _UnitResult(unit, records, len(files), size, failed, first, deleted)
+    records, deleted, *stays = _batch_counts(files)
+    return _UnitResult(unit, records, len(files), size, failed, first, deleted, tuple(stays))
 
 
-def _batch_counts(files: list[_BatchFile]) -> tuple[int, int]:
-    """(versions, deletions) in a unit's files."""
-    deleted = sum(f.lines for f in files if f.deleted)
-    return sum(f.lines for f in files) - deleted, deleted
+def _batch_counts(files: list[_BatchFile]) -> _BatchCounts:
+    """(versions, deletions, Encounters, Conditions) in a unit's files."""
+    n = {(f.resource, f.deleted): 0 for f in files}
+    for f in files:
+        n[f.resource, f.deleted] += f.lines
+    return (
+        n.get(("Patient", False), 0),
+        n.get(("Patient", True), 0),
+        n.get(("Encounter", False), 0),
+        n.get(("Condition", False), 0),
+    )
 
 
 _EXIT_ORPHANED = 1  # a worker whose main process died
@@ -5887,11 +5967,11 @@ class _Totals:
     bytes: int = 0
     failed: int = 0
     first_failure: str | None = None
-    units: dict[int, tuple[int, int]] = field(default_factory=dict)  # (records, deleted)
+    units: dict[int, tuple[int, ...]] = field(default_factory=dict)  # _BatchCounts
 
     def add(self, result: _UnitResult) -> bool:
         """Count a finished unit; False when it failed (the run stops)."""
-        self.units[result.unit] = (result.records, result.deleted)
+        self.units[result.unit] = (result.records, result.deleted, *result.stays)
         self.records += result.records
         self.files += result.files
         self.bytes += result.bytes
@@ -6003,8 +6083,9 @@ def _delete_batch_files(store: _Store, spec: Bronze) -> None:
     name = _batch_name(spec)
     store.delete([f"{_CDC_MANIFESTS}/{name}.json"])
     store.delete([f"{_CDC_RUN}/{name}.json"])
-    for deleted in (False, True):
-        folder = _batch_folder(spec, deleted)
+    folders = [_batch_folder(spec, deleted) for deleted in (False, True)]
+    folders += [_stay_batch_key(spec, kind, "").rsplit("/", 1)[0] for kind in _STAY_TYPES]
+    for folder in folders:  # the stays' folders too (a batch written with --encounters)
         store.delete([k for k in store.list(folder) if k.rsplit("/", 1)[-1].startswith(name + ".")])
 
 
@@ -6055,7 +6136,10 @@ def _write_batch(
     finally:
         store.close()
     deleted = sum(c[1] for c in totals.units.values())
-    return totals.summary(started, store, kept=0, organizations=0, deleted=deleted, batch=name)
+    stays = sum(c[2] for c in totals.units.values())  # Encounters written by this shard
+    return totals.summary(
+        started, store, kept=0, organizations=0, deleted=deleted, batch=name, stays=stays
+    )
 
 
 # -- layer continuation: a layer's next change batch, from its manifests (--continue)
@@ -6480,8 +6564,6 @@ def _check_living_args(args: argparse.Namespace) -> None:
         raise _UsageError(f"--{batch[0].replace('_', '-')} needs --since (it shapes a batch)")
     if args.epoch is not None and args.count is None:
         raise _UsageError("--epoch needs --count (the population at the epoch)")
-    if args.epoch is not None and args.encounters:
-        raise _UsageError("--encounters cannot be combined with --epoch yet (docs/encounters.md)")
     if args.epoch is not None and args.start:
         raise _UsageError("--start cannot be combined with --epoch: a population begins at #0")
 
@@ -6635,9 +6717,10 @@ def _run_bronze(args: argparse.Namespace, plan: Plan, spec: Bronze) -> None:
     seconds = summary["seconds"]
     part = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
     if spec.mode == _BATCH_RUN:
+        stays = f" + {summary['stays']:,} stays" if _stays_on(plan) else ""
         print(
             f"wrote batch {summary['batch']}{part}: {summary['records']:,} versions + "
-            f"{summary['deleted']:,} deletions ({summary['files']:,} files, "
+            f"{summary['deleted']:,} deletions{stays} ({summary['files']:,} files, "
             f"{summary['bytes'] / 1e6:,.1f} MB) to {summary['root']} in {seconds:.2f} s",
             file=sys.stderr,
         )
@@ -6658,7 +6741,28 @@ def _window_chunks(plan: Plan, w: Window, validate: bool) -> Iterator[bytes]:
     n, line = _population_size(plan, w.epoch_count, w.until), _version_line(plan, validate)
     for lo in range(0, n, _DEFAULT_RECORDS_PER_FILE):
         hi = min(lo + _DEFAULT_RECORDS_PER_FILE, n)
+        if _stays_on(plan):
+            yield from _ndjson(_window_lines_with_stays(plan, w, range(lo, hi), validate))
+            continue
         yield from _ndjson(map(line, _window_versions(plan, w, lo, hi)))
+
+
+def _window_lines_with_stays(
+    plan: Plan, w: Window, indexes: range, validate: bool
+) -> Iterator[bytes]:
+    """--encounters on stdout: a snapshot's patients each followed by its stays' lines; a
+    batch's versions of the range, then the range's stays delivered in it, in index order."""
+    if w.since is None:
+        for _, patient, pairs in _window_patients_and_stays(plan, w, indexes, validate):
+            yield patient
+            yield from itertools.chain.from_iterable(pairs)
+        return
+    versions = _window_versions(plan, w, indexes.start, indexes.stop)
+    yield from map(_version_line(plan, validate), versions)
+    found = _window_stays(plan, w, indexes.start, indexes.stop)
+    for i in sorted(found):
+        for pair in _live_stay_pairs(plan, found[i], validate):
+            yield from pair
 
 
 def _run_stdout(args: argparse.Namespace, plan: Plan, window: Window | None) -> None:
