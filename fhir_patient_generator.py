@@ -3816,17 +3816,18 @@ def _admission_chain(
     plan: Plan, versions: list[Version], admissions: list[tuple[int, int, int]], end: int
 ) -> list[_Stay]:
     """The stays a patient is admitted to before `end` (the death, or just past the window),
-    in time order: the accepted candidates (thinning by the age at the instant and the sex) and
-    their readmissions, each made for the patient as it is at its admission; a stay that begins
-    while an earlier one lasts is not made (nor its readmissions), nor one discharged more than
-    CHAIN_SPAN after its chain's index admission. Earlier stays alone decide a stay's fate, so
+    in time order: the accepted candidates after it joins (thinning by the age at the instant
+    and the sex) and their readmissions, each made for the patient as it is at its admission;
+    a stay that begins while an earlier one lasts is not made (nor its readmissions), nor one
+    discharged more than CHAIN_SPAN after its chain's index admission. Earlier stays alone decide a stay's fate, so
     the list up to any instant never depends on how far the window reaches."""
     t, first = _stay_tables(plan), versions[0].sample
     cut = _admission_tables(plan).accept[first.sex]
     heap: list[tuple[int, int, _Stay | None, int, bool]] = [
         (instant, k, None, instant, False)
         for instant, k, accept in admissions
-        if instant < end and accept < cut[min(_age(first.birth, instant), _MAX_AGE)]
+        if versions[0].instant < instant < end
+        and accept < cut[min(_age(first.birth, instant), _MAX_AGE)]
     ]
     heapq.heapify(heap)
     kept: list[_Stay] = []

@@ -216,11 +216,6 @@ def test_per_file_json_and_gzip_hold_the_same_stays(tmp_path):
     assert "--encounters" in manifest["request"]
 
 
-def test_encounters_with_a_living_population_is_a_usage_error():
-    result = run_cli("--count", "10", "--epoch", AS_OF, "--encounters")
-    assert result.returncode == 2 and "--encounters" in one_line(result)
-
-
 # -- rates (the API: one plan, many patients)
 
 
