@@ -15,7 +15,7 @@ import fhirkit
 import fhirpy_types_r5
 import orjson
 import pytest
-from bronze_util import AS_OF, ROOT, one_line, records, run_cli, tree
+from bronze_util import AS_OF, ROOT, records, run_cli, tree
 from fhir.resources.condition import Condition as ConditionR5
 from fhir.resources.encounter import Encounter as EncounterR5
 from fhir.resources.R4B.condition import Condition as ConditionR4B
