@@ -3707,6 +3707,7 @@ _CHAIN_DEPTH = 4  # a living stay number holds an index admission and up to 3 re
 # A chain (an index stay and its readmissions) ends within this of its index admission: a stay
 # that would be discharged later is not made, so a batch looks back only this far for stays
 _CHAIN_SPAN = 400 * 86400
+_LOS_SHIFT = 22  # a batch's pre-check bounds a stay's length by its LOS draw's top 10 bits
 
 
 class _LiveStay(NamedTuple):
@@ -3723,6 +3724,8 @@ class _AdmissionTables(NamedTuple):
     tile_hash: Any  # SHAKE-256 that has absorbed the plan key: tiles copy it
     poisson: Mapping[int, tuple[int, ...]]  # year length in days -> inverse CDF of candidates
     accept: Mapping[str, tuple[int, ...]]  # sex -> by whole age: 32-bit cut of rate / bound
+    los_bound: tuple[int, ...]  # by StayDraws.los >> LOS_SHIFT: no diagnosis keeps one longer
+    readmit_cut: int  # StayDraws.readmitted at or above this: no hospital readmits the stay
 
 
 @functools.lru_cache(maxsize=8)
@@ -3742,6 +3745,12 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         }
     if max(map(len, poisson.values())) > _ADMISSION_SLOTS:
         raise AssertionError("an admission tile may outgrow ADMISSION_SLOTS")
+    t = _stay_tables(plan)
+    top_draw = _StayDraws._make([0] * len(_StayDraws._fields))  # _los is monotone in the draw
+    los_bound = tuple(
+        max(_los(d, top_draw._replace(los=((j + 1) << _LOS_SHIFT) - 1)) for d in t.diagnoses)
+        for j in range(1 << (32 - _LOS_SHIFT))
+    )
     return _AdmissionTables(
         tile_hash=hashlib.shake_256(b"metriccare-admissions/1|" + plan.key),
         poisson=poisson,
@@ -3752,6 +3761,8 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
             )
             for sex in _SEXES
         },
+        los_bound=los_bound,
+        readmit_cut=_cut(max((max(rates) for rates in t.readmit.values()), default=0.0)),
     )
 
 
@@ -3796,6 +3807,24 @@ def _admissions(
     return out
 
 
+def _chain_reaches(
+    plan: Plan, a: _AdmissionTables, index: int, k: int, admitted: int, at: int
+) -> bool:
+    """Whether the chain of candidate admission k (admitted then) might hold a stay discharged
+    after `at`, from its draws alone (no sample): each stay at most los_bound long, each
+    readmission (possible while the draw is below readmit_cut) at most 30 days after."""
+    end = admitted
+    for r in range(_CHAIN_DEPTH):
+        u = _stay_draws(plan, index, k + r)
+        end += a.los_bound[u.los >> _LOS_SHIFT]
+        if end > at:
+            return True
+        if u.readmitted >= a.readmit_cut:
+            return False
+        end += 30 * 86400  # _readmission's gap
+    return False
+
+
 def _sample_at(versions: list[Version], instant: int) -> _Sample:
     """The patient as it is at `instant` (>= its first version): its last version by then."""
     k = bisect.bisect_right([v.instant for v in versions], instant) - 1
@@ -3819,8 +3848,9 @@ def _admission_chain(
     in time order: the accepted candidates after it joins (thinning by the age at the instant
     and the sex) and their readmissions, each made for the patient as it is at its admission;
     a stay that begins while an earlier one lasts is not made (nor its readmissions), nor one
-    discharged more than CHAIN_SPAN after its chain's index admission. Earlier stays alone decide a stay's fate, so
-    the list up to any instant never depends on how far the window reaches."""
+    discharged more than CHAIN_SPAN after its chain's index admission. Earlier stays alone
+    decide a stay's fate, so the list up to any instant never depends on how far the window
+    reaches."""
     t, first = _stay_tables(plan), versions[0].sample
     cut = _admission_tables(plan).accept[first.sex]
     heap: list[tuple[int, int, _Stay | None, int, bool]] = [
@@ -3916,8 +3946,8 @@ def _window_stays(
 ) -> dict[int, list[_LiveStay]]:
     """Index in [lo, hi) -> its stays after the epoch in the window, in time order: a batch's
     delivered in (since, until], a snapshot's delivered by until. Only patients with a
-    candidate admission since CHAIN_SPAN before the window (stays that end in it began after
-    that) or a candidate event in it (a death) are replayed."""
+    candidate admission in it, or one since CHAIN_SPAN before it whose chain might reach it
+    (_chain_reaches), or a candidate event in it (a death) are replayed."""
     _check_window(plan, w.since, w.until)
     dyn, until = _dynamics(plan), _seconds(w.until)
     since = dyn.start if w.since is None else _seconds(w.since)
@@ -3927,7 +3957,14 @@ def _window_stays(
     out: dict[int, list[_LiveStay]] = {}
     for block in range(lo // _BLOCK, -(-hi // _BLOCK)):
         recent = _admissions(tables, block, max(dyn.start, since - _CHAIN_SPAN), until)
-        who = set(recent) | set(_candidates(dyn, block, since, until))
+        who = set(_candidates(dyn, block, since, until))
+        for offset, found in recent.items():
+            i = block * _BLOCK + offset
+            if any(
+                instant > since or _chain_reaches(plan, tables, i, k, instant, since)
+                for instant, k, _ in found
+            ):
+                who.add(offset)
         who = {o for o in who if lo <= block * _BLOCK + o < hi}
         if not who:
             continue
@@ -4396,6 +4433,12 @@ def _live_stay_pairs(plan: Plan, found: list[_LiveStay], validate: bool) -> _Sta
         pair = _with_hais(plan, ls.stay, refs, write(ls.stay, refs))
         pairs.append((pair[0].replace(epoch, new, 1), pair[1].replace(epoch, new)))
     return pairs
+
+
+def living_stay_json(plan: Plan, found: _LiveStay) -> tuple[bytes, bytes]:
+    """A stay of living_stays() as a change batch writes it: its Encounter's JSON bytes, and its
+    Condition's followed by its HAI Conditions' lines; meta.lastUpdated is the delivery."""
+    return _live_stay_pairs(plan, [found], False)[0]
 
 
 _BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
