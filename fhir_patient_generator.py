@@ -3811,17 +3811,17 @@ def _chain_reaches(
     plan: Plan, a: _AdmissionTables, index: int, k: int, admitted: int, at: int
 ) -> bool:
     """Whether the chain of candidate admission k (admitted then) might hold a stay discharged
-    after `at`, from its draws alone (no sample): each stay at most los_bound long, each
-    readmission (possible while the draw is below readmit_cut) at most 30 days after."""
-    end = admitted
-    for r in range(_CHAIN_DEPTH):
-        u = _stay_draws(plan, index, k + r)
+    after `at`, from its draws alone (no sample): each stay at most los_bound long, a
+    readmission (possible while the draw is below readmit_cut) after _readmission's own gap."""
+    end, u = admitted, _stay_draws(plan, index, k)
+    for r in range(1, _CHAIN_DEPTH + 1):
         end += a.los_bound[u.los >> _LOS_SHIFT]
         if end > at:
             return True
-        if u.readmitted >= a.readmit_cut:
+        if r == _CHAIN_DEPTH or u.readmitted >= a.readmit_cut:
             return False
-        end += 30 * 86400  # _readmission's gap
+        u = _stay_draws(plan, index, k + r)  # the readmission's draws: its gap, as _readmission
+        end += max(3600, round(30 * 86400 * (u.admitted / 4294967296.0) ** _READMIT_SKEW))
     return False
 
 
@@ -3941,13 +3941,40 @@ def living_stays(plan: Plan, count: int, index: int, until: datetime | str) -> l
     return _window_stays(plan, w, index, index + 1).get(index, [])
 
 
+def _window_suspects(
+    plan: Plan, dyn: _Dynamics, block: int, since: int, until: int
+) -> dict[int, list[tuple[int, int, int]] | None]:
+    """Offset in the block -> the candidate admissions whose chains might reach (since, until]
+    (admitted in it, or since CHAIN_SPAN before it and _chain_reaches), or None for a death
+    candidate in the window (a stay may be tied to it): the patients a window may concern."""
+    tables, out = _admission_tables(plan), {}
+    recent = _admissions(tables, block, max(dyn.start, since - _CHAIN_SPAN), until)
+    for offset, found in recent.items():
+        i = block * _BLOCK + offset
+        reach = [
+            c for c in found if c[0] > since or _chain_reaches(plan, tables, i, c[1], c[0], since)
+        ]
+        if reach:
+            out[offset] = reach
+    for offset, events in _candidates(dyn, block, since, until).items():
+        if any(kind < dyn.kind_cut[0] for _, _, kind, *_ in events):  # kind 0: death
+            out[offset] = None
+    return out
+
+
+def _accepts_any(plan: Plan, s: _Sample, found: list[tuple[int, int, int]]) -> bool:
+    """Whether thinning accepts any of these candidate admissions (sex and birth never change)."""
+    cut = _admission_tables(plan).accept[s.sex]
+    return any(accept < cut[min(_age(s.birth, instant), _MAX_AGE)] for instant, _, accept in found)
+
+
 def _window_stays(
     plan: Plan, w: Window, lo: int = 0, hi: int | None = None
 ) -> dict[int, list[_LiveStay]]:
     """Index in [lo, hi) -> its stays after the epoch in the window, in time order: a batch's
-    delivered in (since, until], a snapshot's delivered by until. Only patients with a
-    candidate admission in it, or one since CHAIN_SPAN before it whose chain might reach it
-    (_chain_reaches), or a candidate event in it (a death) are replayed."""
+    delivered in (since, until], a snapshot's delivered by until. Only the patients of
+    _window_suspects are replayed, and of those with no death candidate only the ones thinning
+    accepts a suspect admission of: a one-day batch replays about 1 % of the population."""
     _check_window(plan, w.since, w.until)
     dyn, until = _dynamics(plan), _seconds(w.until)
     since = dyn.start if w.since is None else _seconds(w.since)
@@ -3956,27 +3983,23 @@ def _window_stays(
     hi = n if hi is None else min(hi, n)
     out: dict[int, list[_LiveStay]] = {}
     for block in range(lo // _BLOCK, -(-hi // _BLOCK)):
-        recent = _admissions(tables, block, max(dyn.start, since - _CHAIN_SPAN), until)
-        who = set(_candidates(dyn, block, since, until))
-        for offset, found in recent.items():
+        history: tuple[dict[int, Any], dict[int, Any]] | None = None
+        for offset, found in sorted(_window_suspects(plan, dyn, block, since, until).items()):
             i = block * _BLOCK + offset
-            if any(
-                instant > since or _chain_reaches(plan, tables, i, k, instant, since)
-                for instant, k, _ in found
-            ):
-                who.add(offset)
-        who = {o for o in who if lo <= block * _BLOCK + o < hi}
-        if not who:
-            continue
-        admissions = _admissions(tables, block, dyn.start, until)
-        events = _candidates(dyn, block, dyn.start, until)
-        for offset in sorted(who):
-            i = block * _BLOCK + offset
+            if not lo <= i < hi:
+                continue
             start = _start(plan, dyn, count, i)
-            versions = _evolve(plan, dyn, i, start, events.get(offset, []), until)
+            if found is not None and not _accepts_any(plan, start.sample, found):
+                continue
+            if history is None:  # the block's candidates since the epoch, once
+                history = (
+                    _admissions(tables, block, dyn.start, until),
+                    _candidates(dyn, block, dyn.start, until),
+                )
+            versions = _evolve(plan, dyn, i, start, history[1].get(offset, []), until)
             mine = [
                 ls
-                for ls in _live_stays(plan, start, versions, admissions.get(offset, []), until)
+                for ls in _live_stays(plan, start, versions, history[0].get(offset, []), until)
                 if since < ls.delivered
             ]
             if mine:
