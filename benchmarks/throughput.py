@@ -5,6 +5,7 @@
     python benchmarks/throughput.py --rss-check  # stream 10,000,000 patients, report peak RSS
     python benchmarks/throughput.py --rss-check --per-file --count 2000000  # per-file bronze
     python benchmarks/throughput.py --living     # a one-day change batch vs the snapshot (1M)
+    python benchmarks/throughput.py --living-stays  # a one-day batch with and without stays (1M)
     python benchmarks/throughput.py --encounters # patients with their stays vs patients only
     python benchmarks/throughput.py --baseline 393ba66  # this tree beside a revision, one core
 
@@ -458,6 +459,47 @@ def living(count: int) -> None:
     )
 
 
+def living_stays(count: int) -> None:
+    """Issue 18's change batches with stays: the one-day batch of LIVING_DAY with and without
+    --encounters (versions, then the stays delivered that day), each written as NDJSON to
+    /dev/null as the CLI writes a batch; best of ENCOUNTER_REPEATS, the two alternating."""
+    sys.path.insert(0, str(ROOT))
+    import fhir_patient_generator as g
+
+    since, until = LIVING_DAY
+    window = g.Window(count, until, since)
+    plans = {flag: g.make_plan(SEED, LIVING_EPOCH, encounters=flag) for flag in (False, True)}
+    for plan in plans.values():  # tables built once, outside the timings, as a run does
+        g.json_renderer(plan)
+    g._admission_tables(plans[True])  # private: the admissions' tables
+    g._stay_writer(plans[True])  # private: the stays' renderer
+    best: dict[bool, tuple[float, int, int]] = {}
+    with open(os.devnull, "wb") as out:
+        for _ in range(ENCOUNTER_REPEATS):
+            for flag, plan in plans.items():
+                t = time.perf_counter()
+                versions = g.changes(plan, count, since, until)
+                for v in versions:
+                    out.write(g.version_json(plan, v) + b"\n")
+                stays = g._window_stays(plan, window) if flag else {}  # private: the batch's
+                for found in stays.values():
+                    for one in found:
+                        out.write(b"\n".join(g.living_stay_json(plan, one)) + b"\n")
+                seconds = time.perf_counter() - t
+                n = sum(map(len, stays.values()))
+                if flag not in best or seconds < best[flag][0]:
+                    best[flag] = (seconds, len(versions), n)
+    print(*environment(), sep="\n")
+    print(f"- Population: {count:,} patients at epoch {LIVING_EPOCH}, seed {SEED}\n")
+    print("| One-day batch " + f"({since}, {until}] | Versions | Stays | Seconds (best of "
+          f"{ENCOUNTER_REPEATS}) |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    for flag, (seconds, versions, n) in best.items():
+        what = "with" if flag else "without"
+        print(f"| {what} --encounters | {versions:,} | {n:,} | {seconds:.2f} |")
+    print(f"\nWith stays / without: {best[True][0] / best[False][0]:.1f}x")
+
+
 ENCOUNTER_REPEATS = 3  # best of three each, the two runs alternating (the VM is shared)
 
 
@@ -606,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-file", action="store_true", help="--rss-check: per-file JSON bronze")
     p.add_argument("--living", action="store_true", help="a one-day batch vs the snapshot (1M)")
     p.add_argument("--encounters", action="store_true", help="with stays vs without (200,000)")
+    p.add_argument("--living-stays", action="store_true", help="a one-day batch with stays (1M)")
     p.add_argument("--baseline", metavar="REV", help="this tree beside git revision REV")
     p.add_argument("--core", type=int, default=0, help="--baseline: the core to pin to")
     p.add_argument("--repeats", type=int, default=BASELINE_REPEATS, help="--baseline: runs")
@@ -616,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.count, Path(args.dir))
     elif args.rss_check:
         rss_check(args.count or 10_000_000, args.target, args.per_file)
+    elif args.living_stays:
+        living_stays(args.count or (100_000 if args.quick else 1_000_000))
     elif args.encounters:
         encounters(args.count or (20_000 if args.quick else 200_000))
     elif args.baseline:
