@@ -8,13 +8,15 @@ shards or the store; an interrupted batch is finished by --continue."""
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from collections import defaultdict
 from datetime import datetime
 
 import duckdb
 import orjson
 import pytest
-from bronze_util import one_line, tree
+from bronze_util import ROOT, one_line, tree
 from test_living_bronze import cli, ok
 
 import fhir_patient_generator as g
@@ -87,6 +89,26 @@ def test_the_epoch_layer_and_its_batches_hold_the_snapshots_stays(tmp_path):
         assert seconds(e["meta"]["lastUpdated"]) >= seconds(e["period"]["end"])
     for c in map(orjson.loads, ndjson(map(type(lake), files["Condition"]))):
         assert c["encounter"]["reference"].removeprefix("Encounter/") in ids
+    # docs/living-population.md's DuckDB script, as printed: silver = the snapshot, stays too
+    doc = (ROOT / "docs" / "living-population.md").read_text()
+    script = doc.split("### DuckDB (MERGE INTO")[1].split("```python\n")[1].split("```")[0]
+    (tmp_path / "silver_duckdb.py").write_text(script)
+    db = tmp_path / "silver.duckdb"
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "silver_duckdb.py"), str(lake), "infinity", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    silver = duckdb.connect(str(db), read_only=True)
+    for kind in ("patient", "encounter", "condition"):
+        table = "patient_current" if kind == "patient" else kind
+        got = {
+            orjson.dumps(orjson.loads(r[0]))
+            for r in silver.sql(f"SELECT resource FROM {table}").fetchall()
+        }
+        assert got == set(ndjson(sorted((snap / kind).glob("*.ndjson")))), kind
 
 
 def test_no_stay_before_joining_after_death_or_overlapping(tmp_path):
