@@ -4713,8 +4713,8 @@ def _unit_with_stays(
 
         def window_batches() -> Iterator[list[tuple[int, bytes]]]:
             while chunk := list(itertools.islice(found, _BATCH)):
-                yield [(i, patient) for i, patient, _ in chunk]
                 pairs.extend(itertools.chain.from_iterable(mine for *_, mine in chunk))
+                yield [(i, patient) for i, patient, _ in chunk]
             if tick:
                 tick(len(indexes))
 

@@ -245,3 +245,21 @@ def test_continue_finishes_an_interrupted_batch_with_stays(tmp_path):
     assert refused.returncode == 1 and f"unfinished batch {name}" in one_line(refused)
     ok(cli("--output", str(lake), "--continue", "--as-of", end))
     assert tree(lake) == tree(clean)
+
+
+def test_the_snapshot_at_the_epoch_is_the_plain_layer_and_validate_changes_no_byte(tmp_path):
+    """--epoch E --as-of E --encounters writes the data files of --as-of E --encounters, byte
+    for byte; a batch with stays is the same with --validate (every resource through
+    fhir.resources) as without."""
+    common = ("--seed", "7", "--count", "1200", "--encounters", "--states", "RI", "--format",
+              "json", "--gzip")  # fmt: skip
+    ok(cli(*common, "--as-of", EPOCH, "--output", str(tmp_path / "plain")))
+    ok(cli(*common, "--epoch", EPOCH, "--as-of", EPOCH, "--output", str(tmp_path / "snap")))
+    plain, snap = tree(tmp_path / "plain"), tree(tmp_path / "snap")
+    data = {k: v for k, v in plain.items() if not k.startswith("_")}
+    assert any(k.startswith("encounter/") for k in data)
+    assert data == {k: v for k, v in snap.items() if not k.startswith("_")}
+    batch = ("--seed", "7", "--count", "1200", "--encounters", "--states", "RI", "--epoch", EPOCH,
+             "--since", EPOCH, "--as-of", "2026-06-01T00:00:00Z")  # fmt: skip
+    fast, checked = ok_stdout(cli(*batch)), ok_stdout(cli(*batch, "--validate"))
+    assert '"Encounter"' in fast and fast == checked
