@@ -3807,21 +3807,36 @@ def _admissions(
     return out
 
 
+# Where the pre-check's three draws lie in a stay's hash (StayDraws order, 32-bit words)
+_ADMITTED_AT, _LOS_AT, _READMITTED_AT = (
+    _StayDraws._fields.index(name) for name in ("admitted", "los", "readmitted")
+)
+
+
+def _chain_words(plan: Plan, index: int, k: int) -> tuple[int, int, int]:
+    """(admitted, los, readmitted) of _stay_draws(plan, index, k), without the table (the
+    pre-check's hot path: every candidate of the last weeks asks; a test keeps them equal)."""
+    hasher = plan.hasher.copy()
+    hasher.update(b"stay-k|%d|%d" % (index, k))
+    words = _raw_draws(hasher.digest())
+    return words[_ADMITTED_AT], words[_LOS_AT], words[_READMITTED_AT]
+
+
 def _chain_reaches(
     plan: Plan, a: _AdmissionTables, index: int, k: int, admitted: int, at: int
 ) -> bool:
     """Whether the chain of candidate admission k (admitted then) might hold a stay discharged
     after `at`, from its draws alone (no sample): each stay at most los_bound long, a
     readmission (possible while the draw is below readmit_cut) after _readmission's own gap."""
-    end, u = admitted, _stay_draws(plan, index, k)
+    end, (_, los, readmitted) = admitted, _chain_words(plan, index, k)
     for r in range(1, _CHAIN_DEPTH + 1):
-        end += a.los_bound[u.los >> _LOS_SHIFT]
+        end += a.los_bound[los >> _LOS_SHIFT]
         if end > at:
             return True
-        if r == _CHAIN_DEPTH or u.readmitted >= a.readmit_cut:
+        if r == _CHAIN_DEPTH or readmitted >= a.readmit_cut:
             return False
-        u = _stay_draws(plan, index, k + r)  # the readmission's draws: its gap, as _readmission
-        end += max(3600, round(30 * 86400 * (u.admitted / 4294967296.0) ** _READMIT_SKEW))
+        gap, los, readmitted = _chain_words(plan, index, k + r)  # the readmission's draws
+        end += max(3600, round(30 * 86400 * (gap / 4294967296.0) ** _READMIT_SKEW))
     return False
 
 
