@@ -3203,13 +3203,16 @@ def _readmission_number(k: int) -> int:
     return k + _READMISSION if k < _DEATH_STAY else _DEATH_STAY - 1
 
 
-def _readmission(plan: Plan, t: _StayTables, s: _Sample, first: _Stay) -> tuple[_Stay, bool]:
+def _readmission(
+    plan: Plan, t: _StayTables, s: _Sample, first: _Stay, u: _StayDraws | None = None
+) -> tuple[_Stay, bool]:
     """The readmission after stay `first` (k + READMISSION): admitted 1 hour to 30 days after its
     discharge (front-loaded), mostly at the same hospital, its principal diagnosis the index
     cohort's again (READMIT_SAME_COHORT) or one of the mix; and whether it is readmitted too
-    (an index stay like any other: HRRP counts readmissions as index stays)."""
+    (an index stay like any other: HRRP counts readmissions as index stays). `u`: its draws
+    (default _stay_draws of its number; the living population's come partly from a tile)."""
     k = _readmission_number(first.k)
-    u = _stay_draws(plan, first.index, k)
+    u = u or _stay_draws(plan, first.index, k)
     gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** _READMIT_SKEW)
     admitted = first.discharged + max(3600, gap)
     age = _age(s.birth, admitted)
@@ -3701,7 +3704,12 @@ def _patient_stays_json(plan: Plan, index: int, s: _Sample) -> list[tuple[bytes,
 # Candidate admissions per person-year: above the highest rate of inpatient_rates.csv (0.439,
 # men 95+), so thinning gives every age's rate exactly (a test checks the bound holds)
 _ADMISSION_BOUND = 0.45
-_ADMISSION_WORDS = 3  # per candidate: w0 % BLOCK its offset, w1 its instant in the year, w2 accept
+# Words per candidate: w0 % BLOCK its offset, w1 its instant in the year, w2 accept; then per
+# stay r = 0..3 of its chain (the index stay, its readmissions) the StayDraws admitted (the
+# readmission's gap; unused for r = 0), los and readmitted, so that a batch can bound when a
+# chain ends from the tile alone
+_ADMISSION_WORDS = 15
+_CHAIN_WORDS = ("admitted", "los", "readmitted")  # the StayDraws fields a tile holds per stay
 _ADMISSION_SLOTS = 256  # candidates per tile at most (the Poisson table ends below; checked)
 _CHAIN_DEPTH = 4  # a living stay number holds an index admission and up to 3 readmissions
 # A chain (an index stay and its readmissions) ends within this of its index admission: a stay
@@ -3774,8 +3782,9 @@ def _live_stay_number(year: int, slot: int) -> int:
 
 def _admission_tile(a: _AdmissionTables, block: int, year: int) -> tuple[int, ...]:
     """The candidate admissions of indexes block*BLOCK .. +BLOCK-1 in a UTC calendar year:
-    three 32-bit words each (w0 % BLOCK: whose; w1: the instant in the year; w2: accept). A
-    function of (seed, block, year) only, as the events' tiles (_tile)."""
+    ADMISSION_WORDS 32-bit words each (w0 % BLOCK: whose; w1: the instant in the year; w2:
+    accept; then its chain's CHAIN_WORDS). A function of (seed, block, year) only, as the
+    events' tiles (_tile)."""
     h = a.tile_hash.copy()
     h.update(block.to_bytes(8, "little") + year.to_bytes(2, "little"))
     days = 366 if calendar.isleap(year) else 365
@@ -3783,12 +3792,13 @@ def _admission_tile(a: _AdmissionTables, block: int, year: int) -> tuple[int, ..
     return struct.unpack(f"<{_ADMISSION_WORDS * k}I", h.digest(4 + 4 * _ADMISSION_WORDS * k)[4:])
 
 
-def _admissions(
-    a: _AdmissionTables, block: int, lo: int, hi: int
-) -> dict[int, list[tuple[int, int, int]]]:
-    """Offset in the block -> its candidate admissions (instant, stay number, accept word) with
-    lo < instant <= hi, in time order."""
-    out: dict[int, list[tuple[int, int, int]]] = {}
+_Admission = tuple[int, int, int, tuple[int, ...]]  # instant, stay number, accept, chain words
+
+
+def _admissions(a: _AdmissionTables, block: int, lo: int, hi: int) -> dict[int, list[_Admission]]:
+    """Offset in the block -> its candidate admissions (instant, stay number, accept word, the
+    chain's words) with lo < instant <= hi, in time order."""
+    out: dict[int, list[_Admission]] = {}
     if hi <= lo:
         return out
     first = date.fromordinal((lo + 1) // 86400 + _EPOCH_DAY).year
@@ -3801,43 +3811,35 @@ def _admissions(
             instant = start + (w[j + 1] * length >> 32)
             if lo < instant <= hi:
                 k = _live_stay_number(year, j // _ADMISSION_WORDS)
-                out.setdefault(w[j] % _BLOCK, []).append((instant, k, w[j + 2]))
+                chain = w[j + 3 : j + _ADMISSION_WORDS]
+                out.setdefault(w[j] % _BLOCK, []).append((instant, k, w[j + 2], chain))
     for found in out.values():
         found.sort()
     return out
 
 
-# Where the pre-check's three draws lie in a stay's hash (StayDraws order, 32-bit words)
-_ADMITTED_AT, _LOS_AT, _READMITTED_AT = (
-    _StayDraws._fields.index(name) for name in ("admitted", "los", "readmitted")
-)
-
-
-def _chain_words(plan: Plan, index: int, k: int) -> tuple[int, int, int]:
-    """(admitted, los, readmitted) of _stay_draws(plan, index, k), without the table (the
-    pre-check's hot path: every candidate of the last weeks asks; a test keeps them equal)."""
-    hasher = plan.hasher.copy()
-    hasher.update(b"stay-k|%d|%d" % (index, k))
-    words = _raw_draws(hasher.digest())
-    return words[_ADMITTED_AT], words[_LOS_AT], words[_READMITTED_AT]
-
-
-def _chain_reaches(
-    plan: Plan, a: _AdmissionTables, index: int, k: int, admitted: int, at: int
-) -> bool:
-    """Whether the chain of candidate admission k (admitted then) might hold a stay discharged
-    after `at`, from its draws alone (no sample): each stay at most los_bound long, a
+def _chain_reaches(a: _AdmissionTables, admitted: int, chain: tuple[int, ...], at: int) -> bool:
+    """Whether the chain of a candidate admission (admitted then, its tile's chain words) might
+    hold a stay discharged after `at`, from the tile alone: each stay at most los_bound long, a
     readmission (possible while the draw is below readmit_cut) after _readmission's own gap."""
-    end, (_, los, readmitted) = admitted, _chain_words(plan, index, k)
-    for r in range(1, _CHAIN_DEPTH + 1):
-        end += a.los_bound[los >> _LOS_SHIFT]
+    end = admitted
+    for r in range(0, 3 * _CHAIN_DEPTH, 3):
+        if r:  # the readmission's gap, as _readmission computes it
+            end += max(3600, round(30 * 86400 * (chain[r] / 4294967296.0) ** _READMIT_SKEW))
+        end += a.los_bound[chain[r + 1] >> _LOS_SHIFT]
         if end > at:
             return True
-        if r == _CHAIN_DEPTH or readmitted >= a.readmit_cut:
+        if chain[r + 2] >= a.readmit_cut:
             return False
-        gap, los, readmitted = _chain_words(plan, index, k + r)  # the readmission's draws
-        end += max(3600, round(30 * 86400 * (gap / 4294967296.0) ** _READMIT_SKEW))
     return False
+
+
+def _live_draws(plan: Plan, index: int, k: int, chain: tuple[int, ...]) -> _StayDraws:
+    """Living stay k's draws: _stay_draws(plan, index, k) with its chain's words from the tile
+    (k's place in the chain: r = (k - MAX_STAYS) % CHAIN_DEPTH)."""
+    r = 3 * ((k - _MAX_STAYS) % _CHAIN_DEPTH)
+    words = dict(zip(_CHAIN_WORDS, chain[r : r + 3], strict=True))
+    return _stay_draws(plan, index, k)._replace(**words)
 
 
 def _sample_at(versions: list[Version], instant: int) -> _Sample:
@@ -3847,17 +3849,19 @@ def _sample_at(versions: list[Version], instant: int) -> _Sample:
 
 
 def _readmit_at(
-    plan: Plan, t: _StayTables, versions: list[Version], stay: _Stay
+    plan: Plan, versions: list[Version], stay: _Stay, chain: tuple[int, ...]
 ) -> tuple[_Stay, bool]:
-    """The readmission after `stay` for the patient as it is at the readmission's admission."""
-    s = _sample_at(versions, stay.discharged)
-    again, more = _readmission(plan, t, s, stay)
+    """The readmission after living stay `stay` (its chain's words from the tile) for the
+    patient as it is at the readmission's admission."""
+    t, s = _stay_tables(plan), _sample_at(versions, stay.discharged)
+    u = _live_draws(plan, stay.index, _readmission_number(stay.k), chain)
+    again, more = _readmission(plan, t, s, stay, u)
     later = _sample_at(versions, again.admitted)
-    return (again, more) if later is s else _readmission(plan, t, later, stay)
+    return (again, more) if later is s else _readmission(plan, t, later, stay, u)
 
 
 def _admission_chain(
-    plan: Plan, versions: list[Version], admissions: list[tuple[int, int, int]], end: int
+    plan: Plan, versions: list[Version], admissions: list[_Admission], end: int
 ) -> list[_Stay]:
     """The stays a patient is admitted to before `end` (the death, or just past the window),
     in time order: the accepted candidates after it joins (thinning by the age at the instant
@@ -3866,36 +3870,33 @@ def _admission_chain(
     discharged more than CHAIN_SPAN after its chain's index admission. Earlier stays alone
     decide a stay's fate, so the list up to any instant never depends on how far the window
     reaches."""
-    t, first = _stay_tables(plan), versions[0].sample
+    t, first, index = _stay_tables(plan), versions[0].sample, versions[0].index
     cut = _admission_tables(plan).accept[first.sex]
-    heap: list[tuple[int, int, _Stay | None, int, bool]] = [
-        (instant, k, None, instant, False)
-        for instant, k, accept in admissions
+    # (admission, stay number, the stay once made, its chain's index admission, whether it is
+    # readmitted, the chain's words): (admission, number) is unique, so tuples never tie
+    heap: list[tuple[int, int, _Stay | None, int, bool, tuple[int, ...]]] = [
+        (instant, k, None, instant, False, chain)
+        for instant, k, accept, chain in admissions
         if versions[0].instant < instant < end
         and accept < cut[min(_age(first.birth, instant), _MAX_AGE)]
     ]
     heapq.heapify(heap)
     kept: list[_Stay] = []
     while heap:
-        admitted, k, stay, chain, more = heapq.heappop(heap)
+        admitted, k, stay, start, more, chain = heapq.heappop(heap)
         if kept and admitted <= kept[-1].discharged:
             continue  # in hospital already
         if stay is None:
-            partial = _Stay(versions[0].index, k, admitted, admitted, -1, -1, -1)
-            stay, more = _admitted_stay(
-                plan,
-                t,
-                _sample_at(versions, admitted),
-                partial,
-                _stay_draws(plan, partial.index, k),
-            )
-        if stay.discharged - chain > _CHAIN_SPAN:
+            partial = _Stay(index, k, admitted, admitted, -1, -1, -1)
+            s, u = _sample_at(versions, admitted), _live_draws(plan, index, k, chain)
+            stay, more = _admitted_stay(plan, t, s, partial, u)
+        if stay.discharged - start > _CHAIN_SPAN:
             continue
         kept.append(stay)
         if more and (stay.k - _MAX_STAYS) % _CHAIN_DEPTH < _CHAIN_DEPTH - 1:
-            again, again_more = _readmit_at(plan, t, versions, stay)
+            again, again_more = _readmit_at(plan, versions, stay, chain)
             if again.admitted < end:
-                heapq.heappush(heap, (again.admitted, again.k, again, chain, again_more))
+                heapq.heappush(heap, (again.admitted, again.k, again, start, again_more, chain))
     return kept
 
 
@@ -3922,7 +3923,7 @@ def _live_stays(
     plan: Plan,
     start: _Start,
     versions: list[Version],
-    admissions: list[tuple[int, int, int]],
+    admissions: list[_Admission],
     until: int,
 ) -> list[_LiveStay]:
     """A patient's stays after the epoch delivered by `until`, in time order, from its
@@ -3958,29 +3959,27 @@ def living_stays(plan: Plan, count: int, index: int, until: datetime | str) -> l
 
 def _window_suspects(
     plan: Plan, dyn: _Dynamics, block: int, since: int, until: int
-) -> dict[int, list[tuple[int, int, int]] | None]:
+) -> tuple[dict[int, list[_Admission] | None], dict[int, list[_Admission]]]:
     """Offset in the block -> the candidate admissions whose chains might reach (since, until]
     (admitted in it, or since CHAIN_SPAN before it and _chain_reaches), or None for a death
-    candidate in the window (a stay may be tied to it): the patients a window may concern."""
+    candidate in the window (a stay may be tied to it): the patients a window may concern;
+    and the block's candidate admissions read for it (from CHAIN_SPAN before the window)."""
     tables, out = _admission_tables(plan), {}
     recent = _admissions(tables, block, max(dyn.start, since - _CHAIN_SPAN), until)
     for offset, found in recent.items():
-        i = block * _BLOCK + offset
-        reach = [
-            c for c in found if c[0] > since or _chain_reaches(plan, tables, i, c[1], c[0], since)
-        ]
+        reach = [c for c in found if c[0] > since or _chain_reaches(tables, c[0], c[3], since)]
         if reach:
             out[offset] = reach
     for offset, events in _candidates(dyn, block, since, until).items():
         if any(kind < dyn.kind_cut[0] for _, _, kind, *_ in events):  # kind 0: death
             out[offset] = None
-    return out
+    return out, recent
 
 
-def _accepts_any(plan: Plan, s: _Sample, found: list[tuple[int, int, int]]) -> bool:
+def _accepts_any(plan: Plan, s: _Sample, found: list[_Admission]) -> bool:
     """Whether thinning accepts any of these candidate admissions (sex and birth never change)."""
     cut = _admission_tables(plan).accept[s.sex]
-    return any(accept < cut[min(_age(s.birth, instant), _MAX_AGE)] for instant, _, accept in found)
+    return any(accept < cut[min(_age(s.birth, when), _MAX_AGE)] for when, _, accept, _ in found)
 
 
 def _window_stays(
@@ -3999,7 +3998,8 @@ def _window_stays(
     out: dict[int, list[_LiveStay]] = {}
     for block in range(lo // _BLOCK, -(-hi // _BLOCK)):
         history: tuple[dict[int, Any], dict[int, Any]] | None = None
-        for offset, found in sorted(_window_suspects(plan, dyn, block, since, until).items()):
+        suspects, recent = _window_suspects(plan, dyn, block, since, until)
+        for offset, found in sorted(suspects.items()):
             i = block * _BLOCK + offset
             if not lo <= i < hi:
                 continue
@@ -4008,7 +4008,9 @@ def _window_stays(
                 continue
             if history is None:  # the block's candidates since the epoch, once
                 history = (
-                    _admissions(tables, block, dyn.start, until),
+                    recent
+                    if since - _CHAIN_SPAN <= dyn.start  # read from the epoch already
+                    else _admissions(tables, block, dyn.start, until),
                     _candidates(dyn, block, dyn.start, until),
                 )
             versions = _evolve(plan, dyn, i, start, history[1].get(offset, []), until)
