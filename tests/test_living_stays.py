@@ -89,6 +89,16 @@ def test_the_epoch_layer_and_its_batches_hold_the_snapshots_stays(tmp_path):
         assert seconds(e["meta"]["lastUpdated"]) >= seconds(e["period"]["end"])
     for c in map(orjson.loads, ndjson(map(type(lake), files["Condition"]))):
         assert c["encounter"]["reference"].removeprefix("Encounter/") in ids
+    # docs/analytics.sql on the snapshot with stays after the epoch: every section runs, and
+    # its integrity checks find no dangling reference and no infection before day 3
+    from test_duckdb import statements
+
+    found = {}
+    for name, parts in statements(snap).items():
+        for statement in parts:
+            found[name] = con.execute(statement).fetchall()
+    assert found["dangling_references"] == [(0,)] and found["hai_onset_check"] == [(0,)]
+    assert found["stay_dangling_references"] == [(0, 0)] and found["alos_per_hospital"]
     # docs/living-population.md's DuckDB script, as printed: silver = the snapshot, stays too
     doc = (ROOT / "docs" / "living-population.md").read_text()
     script = doc.split("### DuckDB (MERGE INTO")[1].split("```python\n")[1].split("```")[0]
