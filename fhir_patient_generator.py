@@ -3713,8 +3713,10 @@ _CHAIN_WORDS = ("admitted", "los", "readmitted")  # the StayDraws fields a tile 
 _ADMISSION_SLOTS = 256  # candidates per tile at most (the Poisson table ends below; checked)
 _CHAIN_DEPTH = 4  # a living stay number holds an index admission and up to 3 readmissions
 # A chain (an index stay and its readmissions) ends within this of its index admission: a stay
-# that would be discharged later is not made, so a batch looks back only this far for stays
-_CHAIN_SPAN = 400 * 86400
+# that would be discharged later is not made, so a batch looks back only this far for stays.
+# Of 15,884 chains of the look-back window (seed 3, 60,000 patients) 46 outlast 60 days, 3 90
+# days, none 120 days (stays last at most a year, but rarely more than weeks)
+_CHAIN_SPAN = 120 * 86400
 _LOS_SHIFT = 22  # a batch's pre-check bounds a stay's length by its LOS draw's top 10 bits
 
 
