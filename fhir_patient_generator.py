@@ -68,6 +68,8 @@ __all__ = [
     "generate_patients",
     "history",
     "json_renderer",
+    "living_stay_json",
+    "living_stays",
     "main",
     "make_plan",
     "ndjson_chunks",
@@ -6533,7 +6535,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--encounters",
         action="store_true",
         help="also each patient's inpatient stays in the look-back window: an Encounter and "
-        "its principal-diagnosis Condition per stay (docs/encounters.md)",
+        "its principal-diagnosis Condition per stay (docs/encounters.md); with --epoch also "
+        "those after it, each in the change batch of its discharge",
     )
     add("--bucket", default=_DEFAULT_BUCKET, help="bucket of the suggested key (%(default)s)")
     add("--prefix", default=_DEFAULT_PREFIX, help="prefix of the suggested key (%(default)s)")
