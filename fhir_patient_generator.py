@@ -48,6 +48,7 @@ from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 
 __version__ = "1.0.0"
@@ -771,6 +772,99 @@ def _mrn_bytes(index: int, add: int, mul: int) -> bytes:
         x ^= x >> 17
         if x < 10**10:
             return b"MC-%010d" % x
+
+
+def _limbs(value: int) -> tuple[int, int, int, int]:
+    """A number below 2**128 as four 32-bit limbs, least significant first."""
+    return tuple(value >> 32 * k & _M32 for k in range(4))  # type: ignore[return-value]
+
+
+def _mul122(a: list[Any], m: tuple[int, int, int, int]) -> list[Any]:
+    """a * m mod 2**122 on 32-bit limbs (uint64 arrays): _uuid_bytes's odd multiply, for a block.
+    Each limb product is split in its 32-bit halves, so no column sum overflows 64 bits; the top
+    limb only needs its product mod 2**64 (its low 26 bits are kept)."""
+    a0, a1, a2, a3 = a
+    m0, m1, m2, m3 = (np.uint64(v) for v in m)
+    mask, w = np.uint64(_M32), np.uint64(32)
+    p00, p01, p10 = a0 * m0, a0 * m1, a1 * m0
+    p02, p11, p20 = a0 * m2, a1 * m1, a2 * m0
+    c0 = p00 & mask
+    c1 = (p00 >> w) + (p01 & mask) + (p10 & mask)
+    c2 = (p01 >> w) + (p10 >> w) + (p02 & mask) + (p11 & mask) + (p20 & mask) + (c1 >> w)
+    c3 = (p02 >> w) + (p11 >> w) + (p20 >> w) + a0 * m3 + a1 * m2 + a2 * m1 + a3 * m0
+    c3 = c3 + (c2 >> w) & np.uint64((1 << 26) - 1)
+    return [c0, c1 & mask, c2 & mask, c3]
+
+
+def _xor_shift(a: list[Any], shift: int) -> list[Any]:
+    """x ^ (x >> shift) on 32-bit limbs (a 122-bit x)."""
+    q, r = divmod(shift, 32)
+    out = []
+    for k, limb in enumerate(a):
+        if k + q > 3:
+            out.append(limb)
+            continue
+        moved = a[k + q] >> np.uint64(r)
+        if r and k + q + 1 <= 3:
+            moved |= a[k + q + 1] << np.uint64(32 - r) & np.uint64(_M32)
+        out.append(limb ^ moved)
+    return out
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def _hex_digits(values: Any, digits: int) -> Any:
+    """(n, digits) ASCII hex digits of n numbers, most significant first."""
+    shifts = np.arange(4 * (digits - 1), -1, -4, dtype=np.uint64)
+    return _HEX[(values[:, None] >> shifts) & np.uint64(15)]
+
+
+def _uuid_block(indexes: Any, add: int, mul: tuple[int, int, int]) -> Any:
+    """_uuid_bytes for a block of indexes (uint64): an (n, 36) uint8 array of the UUIDs' ASCII."""
+    a = _limbs(add)
+    mask, w = np.uint64(_M32), np.uint64(32)
+    c0 = (indexes & mask) + np.uint64(a[0])
+    c1 = (indexes >> w) + np.uint64(a[1]) + (c0 >> w)
+    c2 = np.uint64(a[2]) + (c1 >> w)
+    c3 = np.uint64(a[3]) + (c2 >> w) & np.uint64((1 << 26) - 1)
+    x = [c0 & mask, c1 & mask, c2 & mask, c3]
+    for m, shift in zip(mul, (61, 59, 63), strict=True):
+        x = _xor_shift(_mul122(x, _limbs(m)), shift)
+    high = x[3] << w | x[2]  # bits 64..121
+    low = x[1] << w | x[0]  # bits 0..63
+    out = np.empty((len(indexes), 36), np.uint8)
+    out[:, [8, 13, 18, 23]] = ord("-")
+    out[:, 14] = ord("4")
+    out[:, 0:8] = _hex_digits(high >> np.uint64(26), 8)
+    out[:, 9:13] = _hex_digits(high >> np.uint64(10) & np.uint64(0xFFFF), 4)
+    bits = (high << np.uint64(2) | low >> np.uint64(62)) & np.uint64(0xFFF)
+    out[:, 15:18] = _hex_digits(bits, 3)
+    out[:, 19:23] = _hex_digits(low >> np.uint64(48) & np.uint64(0x3FFF) | np.uint64(0x8000), 4)
+    out[:, 24:36] = _hex_digits(low & np.uint64(0xFFFFFFFFFFFF), 12)
+    return out
+
+
+_DIGITS = np.frombuffer(b"0123456789", np.uint8)
+
+
+def _mrn_block(indexes: Any, add: int, mul: int) -> Any:
+    """_mrn_bytes for a block of indexes (uint64): an (n, 13) uint8 array of "MC-" and the
+    ten digits. The cycle walk repeats for those still at or above 10**10."""
+    x, todo = indexes.copy(), np.arange(len(indexes))
+    found = np.empty(len(indexes), np.uint64)
+    add_, mul_, m34 = np.uint64(add), np.uint64(mul), np.uint64(_M34)
+    while len(todo):
+        x = (x + add_) * mul_ & m34  # the product wraps at 2**64: its low 34 bits are exact
+        x ^= x >> np.uint64(17)
+        ok = x < np.uint64(10**10)
+        found[todo[ok]] = x[ok]
+        todo, x = todo[~ok], x[~ok]
+    out = np.empty((len(indexes), 13), np.uint8)
+    out[:, :3] = np.frombuffer(b"MC-", np.uint8)
+    powers = np.uint64(10) ** np.arange(9, -1, -1, dtype=np.uint64)
+    out[:, 3:] = _DIGITS[found[:, None] // powers % np.uint64(10)]
+    return out
 
 
 def _add_years(d: date, years: int) -> date:
@@ -1607,6 +1701,168 @@ def patient_id(plan: Plan, index: int) -> str:
 def _patient_mrn(plan: Plan, index: int) -> str:
     """Patient #index's MRN: a keyed permutation of the ten-digit numbers, so MRNs never collide."""
     return _mrn_bytes(index, plan.mrn_add, plan.mrn_mul).decode()
+
+
+# -- block sampling: the bulk path draws a block of patients at once with numpy, the same
+#    values _sample_tuple gives one by one (tests/test_block.py compares them index by index):
+#    one hash per patient still, then every table lookup over the whole block
+
+
+class _BlockTables(NamedTuple):
+    """The plan's sampling tables as numpy arrays (built once per plan, only on the bulk path).
+
+    A per-state (or per-row) cumulative table is laid end to end as one non-decreasing uint64
+    array, each table shifted by the totals before it (`*_base`): then one searchsorted over the
+    block is bisect_right within every patient's own table. Short tables (race, language,
+    hospital candidates) are rows of a matrix: the count of entries <= x is bisect_right."""
+
+    state_cum: Any  # uint64, the state weights
+    zip_flat: Any  # every state's ZIP cumulative weights, end to end
+    zip_base: Any  # per state: the total of the states before it (the shift of its table)
+    zip_start: Any  # per state: where its table starts in zip_flat
+    zip_total: Any  # per state: its table's total
+    zip_index: Any  # int64, zip_flat position -> position in plan.zips
+    cell_flat: Any  # every state's cell weights, end to end (as zip_*)
+    cell_base: Any
+    cell_start: Any
+    cell_total: Any
+    race_rows: Any  # (states * cells, race rows) cumulative weights, row = state * cells + cell
+    race_hispanic: Any  # per race row: 1 for Hispanic or Latino
+    language_rows: Any  # (states * 6, languages): Plan.language_cum as a matrix
+    language_slot: Any  # per cell
+    hospital_cum: Any  # (ZIPs, CANDIDATES): Plan.hospital_cum by ZIP
+    hospital_cand: Any  # (ZIPs, CANDIDATES): Plan.hospital_cand by ZIP
+    hospital_slots: Any  # per cell: 10 or 11 candidates
+    birth_low: Any  # int64 per cell
+    birth_span: Any  # uint64 per cell
+    dead: Any  # bool per cell
+    sex_female: Any  # bool per cell
+
+
+def _end_to_end(tables: Sequence[Sequence[int]]) -> tuple[Any, Any, Any, Any]:
+    """Cumulative tables laid end to end, each shifted by the totals before it: (flat array,
+    shift per table, start per table, total per table). The grand total must fit 63 bits."""
+    totals = [t[-1] for t in tables]
+    shift = [0, *itertools.accumulate(totals)][:-1]
+    assert sum(totals) < 1 << 63, "the tables' totals overflow 64-bit searchsorted"
+    flat = np.fromiter((v + b for t, b in zip(tables, shift, strict=True) for v in t), np.uint64)
+    starts = [0, *itertools.accumulate(len(t) for t in tables)][:-1]
+    return (
+        flat,
+        np.array(shift, np.uint64),
+        np.array(starts, np.int64),
+        np.array(totals, np.uint64),
+    )
+
+
+def _matrix(rows: Sequence[Sequence[int]]) -> Any:
+    """Equal-length cumulative tables as a uint64 matrix (one table a row)."""
+    return np.array(rows, np.uint64).reshape(len(rows), len(rows[0]) if rows else 0)
+
+
+def _by_zip(slots: array, dtype: Any) -> Any:
+    """A per-ZIP array of CANDIDATES slots as a (ZIPs, CANDIDATES) matrix."""
+    return np.frombuffer(slots, slots.typecode).astype(dtype).reshape(-1, _CANDIDATES)
+
+
+@functools.lru_cache(maxsize=8)
+def _block_tables(plan: Plan) -> _BlockTables:
+    zip_flat, zip_base, zip_start, zip_total = _end_to_end(plan.zip_cum)
+    cell_flat, cell_base, cell_start, cell_total = _end_to_end(plan.cell_cum)
+    cells = plan.cells
+    return _BlockTables(
+        state_cum=np.array(plan.state_cum, np.uint64),
+        zip_flat=zip_flat,
+        zip_base=zip_base,
+        zip_start=zip_start,
+        zip_total=zip_total,
+        zip_index=np.fromiter(itertools.chain.from_iterable(plan.zip_index), np.int64),
+        cell_flat=cell_flat,
+        cell_base=cell_base,
+        cell_start=cell_start,
+        cell_total=cell_total,
+        race_rows=_matrix([row for per_state in plan.race_cum for row in per_state]),
+        race_hispanic=np.array(plan.race_hispanic, np.int64),
+        language_rows=_matrix(plan.language_cum),
+        language_slot=np.array(plan.language_slot, np.int64),
+        hospital_cum=_by_zip(plan.hospital_cum, np.uint64),
+        hospital_cand=_by_zip(plan.hospital_cand, np.int64),
+        hospital_slots=np.array(plan.hospital_slots, np.int64),
+        birth_low=np.array(plan.birth_low, np.int64),
+        birth_span=np.array(plan.birth_span, np.uint64),
+        dead=np.array([bool(p) for p in plan.death_power]),
+        sex_female=np.array([sex == "female" for _, sex, _ in cells]),
+    )
+
+
+def _scaled(u: Any, total: Any) -> Any:
+    """(u * total) >> 32 for 32-bit draws u and totals below 2**64, exactly, in uint64: the
+    draw's point on [0, total), as _pick computes it with Python integers."""
+    high, low = total >> np.uint64(32), total & np.uint64(_M32)
+    return u * high + (u * low >> np.uint64(32))
+
+
+def _bisect_rows(rows: Any, x: Any) -> Any:
+    """bisect_right(row, x) for every (row, x) pair: the count of entries <= x."""
+    return (rows <= x[:, None]).sum(axis=1)
+
+
+class _Block(NamedTuple):
+    """Patients #lo..#hi-1 as _Sample's columns (numpy arrays; `died` -1 for the living)."""
+
+    state: Any
+    zip: Any
+    cell: Any
+    female: Any  # the cell's sex is female
+    birth: Any
+    gender: Any  # 0 the cell's sex, 1 other, 2 unknown
+    language: Any
+    organization: Any
+    died: Any
+    race: Any
+
+
+def _block_draws(plan: Plan, lo: int, hi: int) -> Any:
+    """The sixteen raw draws of patients #lo..#hi-1: a (hi - lo, 16) uint64 array."""
+    if not 0 <= lo <= hi <= _MAX_INDEX + 1:
+        raise ValueError(f"patient indexes must be from 0 to {_MAX_INDEX}, not {lo}..{hi - 1}")
+    copy, digests = plan.hasher.copy, []
+    append = digests.append
+    for index in range(lo, hi):
+        h = copy()
+        h.update(index.to_bytes(8, "little"))
+        append(h.digest())
+    raw = np.frombuffer(b"".join(digests), "<u4").reshape(hi - lo, len(_Draws._fields))
+    return raw.astype(np.uint64)
+
+
+def _sample_block(plan: Plan, lo: int, hi: int) -> _Block:
+    """_sample_tuple for patients #lo..#hi-1 at once, as columns: the same values."""
+    t, raw = _block_tables(plan), _block_draws(plan, lo, hi)
+    u = _Draws._make(raw.T)  # each slot a column, by its Draws name
+    s = np.searchsorted(t.state_cum, _scaled(u.state, t.state_cum[-1]), "right")
+    at = np.searchsorted(t.zip_flat, t.zip_base[s] + _scaled(u.zip, t.zip_total[s]), "right")
+    z = t.zip_index[at]
+    x = t.cell_base[s] + _scaled(u.cell, t.cell_total[s])
+    cell = np.searchsorted(t.cell_flat, x, "right") - t.cell_start[s]
+    rows = t.race_rows[s * len(plan.cells) + cell]
+    race = _bisect_rows(rows, _scaled(u.race, rows[:, -1]))
+    rows = t.language_rows[s * 6 + t.language_slot[cell] + t.race_hispanic[race]]
+    language = _bisect_rows(rows, _scaled(u.language, rows[:, -1]))
+    slots = t.hospital_slots[cell]
+    cum = t.hospital_cum[z]
+    total = cum[np.arange(len(z)), slots - 1]
+    within = _bisect_rows(cum, _scaled(u.organization, total))  # never reaches slots: x < total
+    org = t.hospital_cand[z, within]
+    birth = t.birth_low[cell] + (u.birth * t.birth_span[cell] >> np.uint64(32)).astype(np.int64)
+    died = np.full(len(z), -1, np.int64)
+    for k in np.flatnonzero(t.dead[cell]).tolist():  # the dead (~3 %): one by one, as _death
+        c = int(cell[k])
+        birth[k], died[k] = _death(plan, c, plan.death_power[c], tuple(raw[k].tolist()))
+    gender = np.where(
+        u.gender < plan.gender_other, 1, np.where(u.gender < plan.gender_unknown, 2, 0)
+    )
+    return _Block(s, z, cell, t.sex_female[cell], birth, gender, language, org, died, race)
 
 
 class _Fields(NamedTuple):
@@ -3902,6 +4158,79 @@ def _rendered_block(plan: Plan) -> Callable[[int, int], list[bytes]]:
     return block
 
 
+def _iso_date_block(ordinals: Any) -> Any:
+    """(n, 10) ASCII of the ISO dates of proleptic ordinals (years 1 to 9999, as isoformat)."""
+    days = (ordinals - _EPOCH_DAY).astype("datetime64[D]")
+    months = days.astype("datetime64[M]")
+    years = months.astype("datetime64[Y]")
+    fields = (
+        (years.astype(np.int64) + 1970, 4),
+        ((months - years).astype(np.int64) + 1, 2),
+        ((days - months).astype(np.int64) + 1, 2),
+    )
+    out = np.empty((len(ordinals), 10), np.uint8)
+    out[:, [4, 7]] = ord("-")
+    at = 0
+    for values, width in fields:
+        powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+        out[:, at : at + width] = _DIGITS[values[:, None] // powers % 10]
+        at += width + 1
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
+    """(lo, hi) -> patients #lo..#hi-1 as NDJSON (each line as json_renderer renders it), from
+    one _sample_block: the ids, meta and MRN of the block are one fixed-width uint8 matrix (a row
+    a patient), gender and birth date one fragment kept per (gender, date), so per patient only
+    a slice and five pre-serialised fragments are joined, the whole block in one join (the bulk
+    path; tests/test_block.py compares it with json_renderer)."""
+    f = _fragments(plan)
+    fixed = (f.head, 36, f.after_id + f.meta_v1 + f.after_meta, 13, f.after_mrn)
+    at = list(itertools.accumulate([0, *(p if isinstance(p, int) else len(p) for p in fixed)]))
+    template, width = np.zeros(at[-1], np.uint8), at[-1]
+    for start, part in zip(at, fixed, strict=False):
+        if not isinstance(part, int):
+            template[start : start + len(part)] = np.frombuffer(part, np.uint8)
+    genders = [f.genders[g] for g in ("male", "female", "other", "unknown")]
+    dates, base = f.dates, plan.dates_base
+
+    def gender_date(key: int) -> bytes:  # key: birth ordinal * 4 + gender
+        k = (key >> 2) - base
+        born = dates[k] if 0 <= k < len(dates) else b'"%s"' % _date_text(plan, key >> 2).encode()
+        return genders[key & 3] + born
+
+    born_as, addresses, languages = _Memo(gender_date), f.addresses, f.languages
+    organizations = _Memo(lambda h: f.organizations[h] + b"\n")
+    to_deceased, to_address, alive = f.to_deceased, f.to_address, f.alive
+
+    def block(lo: int, hi: int) -> bytes:
+        b, n = _sample_block(plan, lo, hi), hi - lo
+        indexes = np.arange(lo, hi, dtype=np.uint64)
+        rows = np.empty((n, width), np.uint8)
+        rows[:] = template
+        rows[:, at[1] : at[2]] = _uuid_block(indexes, plan.uuid_add, plan.uuid_mul)
+        rows[:, at[3] : at[4]] = _mrn_block(indexes, plan.mrn_add, plan.mrn_mul)
+        heads = rows.tobytes()
+        deaths = [alive] * n
+        for k in np.flatnonzero(b.died >= 0).tolist():  # the dead (~3 %): their instant
+            deaths[k] = b"".join((to_deceased, _deceased(int(b.died[k])).encode(), to_address))
+        gender = np.where(b.gender == 0, b.female, b.gender + 1)
+        parts: list[bytes] = [b""] * (6 * n)
+        parts[0::6] = map(
+            heads.__getitem__,
+            map(slice, range(0, n * width, width), range(width, n * width + 1, width)),
+        )
+        parts[1::6] = map(born_as.__getitem__, (b.birth * 4 + gender).tolist())
+        parts[2::6] = deaths
+        parts[3::6] = map(addresses.__getitem__, b.zip.tolist())
+        parts[4::6] = map(languages.__getitem__, b.language.tolist())
+        parts[5::6] = map(organizations.__getitem__, b.organization.tolist())
+        return b"".join(parts)
+
+    return block
+
+
 @functools.lru_cache(maxsize=8)
 def json_renderer(plan: Plan) -> Callable[[int], bytes]:
     """A function i -> patient #i as compact JSON bytes, equal to orjson.dumps(build_record(plan,
@@ -4098,15 +4427,13 @@ def ndjson_chunks(
     """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each)."""
     if validate or not plan.profile.rendered:
         line = _patient_line(plan, validate)
-        block = lambda a, b: [line(i) for i in range(a, b)]  # noqa: E731
+        chunk = lambda a, b: b"".join([line(i) + b"\n" for i in range(a, b)])  # noqa: E731
     else:
         json_renderer(plan)  # its self-check, once
-        block = _rendered_block(plan)
+        chunk = _ndjson_block(plan)
     for a in range(lo, hi, _BATCH):
         b = min(a + _BATCH, hi)
-        lines = block(a, b)
-        lines.append(b"")
-        yield b"\n".join(lines)
+        yield chunk(a, b)
         if tick:
             tick(b - a)
 

@@ -1,0 +1,102 @@
+"""The bulk path's block sampling (numpy over a block of indexes) gives every patient exactly the
+values and bytes of the one-at-a-time path: same draws, same table lookups, same ids and JSON."""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+
+import numpy as np
+import pytest
+
+import fhir_patient_generator as g
+
+# Private names used here (the two paths this file compares): _MAX_INDEX, _iso_date_block,
+# _mrn_block, _mrn_bytes, _ndjson_block, _sample_block, _sample_tuple, _uuid_block, _uuid_bytes
+
+PLANS = {
+    "default": dict(seed=42, as_of="2025-10-13T02:22:22Z"),
+    "few-states-leap-day": dict(seed=7, as_of="2020-02-29T23:59:59Z", states="VT,TX,AK"),
+    "old-only-r5": dict(seed=3, as_of="2010-01-01T00:00:00Z", min_age=80, fhir_version="R5"),
+    "children-long-lookback": dict(
+        seed=2**64 - 1,
+        as_of="2024-06-30T12:00:00Z",
+        max_age=17,
+        lookback_years=10,
+        mortality_rate=0.05,
+    ),
+    "end-of-range": dict(seed=0, as_of="9999-12-31T00:00:00Z"),
+}
+STARTS = (0, 123_457, g._MAX_INDEX + 1 - 1500)  # a block at each end of the index range
+
+
+@pytest.fixture(scope="module", params=sorted(PLANS))
+def plan(request):
+    return g.make_plan(**PLANS[request.param])
+
+
+def test_every_column_of_a_block_equals_the_one_at_a_time_sample(plan):
+    for lo in STARTS:
+        block = g._sample_block(plan, lo, lo + 1500)
+        for k, index in enumerate(range(lo, lo + 1500)):
+            s = g._sample_tuple(plan, index)
+            sex = "female" if block.female[k] else "male"
+            gender = (sex, "other", "unknown")[int(block.gender[k])]
+            got = (
+                int(block.state[k]),
+                int(block.zip[k]),
+                int(block.cell[k]),
+                sex,
+                int(block.birth[k]),
+                gender,
+                int(block.language[k]),
+                int(block.organization[k]),
+                int(block.died[k]),
+                int(block.race[k]),
+            )
+            assert got == s[:-1], f"patient #{index}"
+
+
+def test_a_block_of_ndjson_is_the_renderer_s_lines_byte_for_byte(plan):
+    render, chunk = g.json_renderer(plan), g._ndjson_block(plan)
+    for lo in STARTS:
+        expected = b"".join(render(i) + b"\n" for i in range(lo, lo + 1500))
+        assert chunk(lo, lo + 1500) == expected
+    assert chunk(10, 10) == b""
+    assert chunk(7, 8) == render(7) + b"\n"
+
+
+def test_the_bulk_path_writes_what_the_renderer_renders():
+    plan = g.make_plan(**PLANS["default"])
+    render = g.json_renderer(plan)
+    chunks = list(g.ndjson_chunks(plan, 995, 3010))
+    assert len(chunks) == 3  # 995..1994, 1995..2994, 2995..3009: one chunk per BATCH records
+    assert b"".join(chunks) == b"".join(render(i) + b"\n" for i in range(995, 3010))
+
+
+def test_block_ids_equal_the_one_at_a_time_uuids_and_mrns():
+    plan = g.make_plan(**PLANS["default"])
+    rng = random.Random(5)
+    indexes = [0, 1, 2**32 - 1, 2**32, g._MAX_INDEX, *rng.sample(range(g._MAX_INDEX), 3000)]
+    column = np.array(indexes, np.uint64)
+    uuids = g._uuid_block(column, plan.uuid_add, plan.uuid_mul)
+    mrns = g._mrn_block(column, plan.mrn_add, plan.mrn_mul)
+    for k, index in enumerate(indexes):
+        assert uuids[k].tobytes() == g._uuid_bytes(index, plan.uuid_add, plan.uuid_mul)
+        assert mrns[k].tobytes() == g._mrn_bytes(index, plan.mrn_add, plan.mrn_mul)
+
+
+def test_block_dates_are_iso_dates_across_the_whole_calendar():
+    rng = random.Random(9)
+    ordinals = [
+        1,
+        365,
+        366,
+        date(1900, 2, 28).toordinal(),
+        date(2000, 2, 29).toordinal(),
+        date.max.toordinal(),
+        *rng.sample(range(1, date.max.toordinal()), 5000),
+    ]
+    text = g._iso_date_block(np.array(ordinals, np.int64))
+    for k, ordinal in enumerate(ordinals):
+        assert text[k].tobytes().decode() == date.fromordinal(ordinal).isoformat()
