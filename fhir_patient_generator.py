@@ -20,9 +20,11 @@ import bisect
 import calendar
 import contextlib
 import csv
+import dataclasses
 import functools
 import hashlib
 import itertools
+import marshal
 import math
 import operator
 import os
@@ -48,8 +50,23 @@ from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import orjson
+
+
+class _LazyModule:
+    """A module imported on first use, then put in its place among the module's globals: numpy
+    serves only the bulk path, so a one-patient run or an API call starts without it."""
+
+    def __init__(self, name: str, alias: str) -> None:
+        self.name, self.alias = name, alias
+
+    def __getattr__(self, attr: str) -> Any:
+        module = __import__(self.name)
+        globals()[self.alias] = module
+        return getattr(module, attr)
+
+
+np: Any = _LazyModule("numpy", "np")
 
 __version__ = "1.0.0"
 
@@ -177,6 +194,7 @@ class _Reference:
     hospitals: tuple[Mapping[str, str], ...]  # every CMS hospital with its "id", CMS order
     hospital_cand: array  # ZIP z's candidates: slots CANDIDATES*z.. (positions in hospitals)
     hospital_cum: array  # their cumulative integer weights, restarting at each ZIP
+    state_hospitals: Mapping[str, tuple[int, ...]]  # state -> the hospitals its ZIPs can draw
     age_sex: tuple[tuple[int, int, int], ...]  # (age, male, female) for ages 0..MAX_AGE
     qx: Mapping[str, tuple[float, ...]]  # sex -> probability of dying within a year, by age
     mx: Mapping[str, tuple[float, ...]]  # sex -> central death rate (deaths per person-year)
@@ -235,8 +253,52 @@ def _ints(texts: Iterable[str]) -> list[int]:
     return numbers
 
 
+# The tables above as marshal data (a tenth of the CSVs' parse time at start-up), written by
+# tools/build_reference.py and used only while its key, the hash of every CSV beside it, holds:
+# edited CSVs are read as CSVs. A test rebuilds it from the CSVs and compares (marshal holds
+# plain values only: loading it runs no code, unlike pickle).
+_REFERENCE_CACHE = "reference.marshal"
+
+
+def _reference_key(data_dir: Path) -> bytes:
+    """The hash of _Reference's field names and every CSV in data_dir (names and bytes)."""
+    names = ",".join(f.name for f in dataclasses.fields(_Reference))
+    h = hashlib.blake2b(names.encode(), digest_size=32)
+    for path in sorted(data_dir.glob("*.csv")):
+        h.update(b"%s\0%d\0" % (path.name.encode(), path.stat().st_size))
+        h.update(path.read_bytes())
+    return h.digest()
+
+
+def _reference_marshal(ref: _Reference, data_dir: Path) -> bytes:
+    """ref as marshal data under data_dir's key (arrays as (typecode, bytes))."""
+    fields = {
+        f.name: (v.typecode, v.tobytes()) if isinstance(v := getattr(ref, f.name), array) else v
+        for f in dataclasses.fields(_Reference)
+    }
+    return marshal.dumps({"key": _reference_key(data_dir), "fields": fields})
+
+
+def _cached_reference(data_dir: Path) -> _Reference | None:
+    """The tables from data_dir's marshal file, or None if it is missing, unreadable or stale."""
+    try:
+        blob = marshal.loads((data_dir / _REFERENCE_CACHE).read_bytes())
+        if blob["key"] != _reference_key(data_dir):
+            return None
+        fields = blob["fields"]
+        for name in ("hospital_cand", "hospital_cum"):
+            fields[name] = array(*fields[name])
+        return _Reference(**fields)
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
+
+
 @functools.cache
 def _read_reference(data_dir: Path) -> _Reference:
+    return _cached_reference(data_dir) or _parse_reference(data_dir)
+
+
+def _parse_reference(data_dir: Path) -> _Reference:
     def rows(name: str) -> list[dict[str, str]]:
         return _csv_rows(data_dir, name)
 
@@ -257,12 +319,14 @@ def _read_reference(data_dir: Path) -> _Reference:
             (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
         )
     joint = _joint_population(data_dir, race)
+    candidates = _hospital_candidates(data_dir, zips, hospitals)
     return _Reference(
         states=states,
         zips=zips,
         state_zips=state_zips,
         hospitals=hospitals,
-        **_hospital_candidates(data_dir, zips, hospitals),
+        **candidates,
+        state_hospitals=_state_hospitals(state_zips, **candidates),
         age_sex=_expand_open_age(rows("age_sex.csv"), column["qx"]),
         **column,
         languages=tuple((r["bcp47"], r["display"], int(r["speakers_age5plus"])) for r in national),
@@ -373,6 +437,28 @@ def _hospital_candidates(
         "hospital_cand": array("H", _interleave(slots)),
         "hospital_cum": array("I", _interleave(cums)),
     }
+
+
+def _state_hospitals(
+    state_zips: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+    hospital_cand: array,
+    hospital_cum: array,
+) -> dict[str, tuple[int, ...]]:
+    """state -> the hospitals (positions) its ZIPs can draw: the candidate slots of positive
+    weight (cum above the ZIP's previous slot, or above 0 at its first), in any state."""
+    out = {}
+    for state, (positions, _) in state_zips.items():
+        used = set()
+        for z in positions:
+            lo = z * _CANDIDATES
+            cum = hospital_cum[lo : lo + _CANDIDATES]
+            used.update(
+                hospital_cand[lo + k]
+                for k, (c, before) in enumerate(zip(cum, [0, *cum[:-1]], strict=True))
+                if c > before
+            )
+        out[state] = tuple(sorted(used))
+    return out
 
 
 # ACS C16001 language group -> the B16001 variables (languages.csv rows) it is made of; "und"
@@ -811,13 +897,13 @@ def _xor_shift(a: list[Any], shift: int) -> list[Any]:
     return out
 
 
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+_HEX = b"0123456789abcdef"  # ASCII by value: index a uint8 view with the digits
 
 
 def _hex_digits(values: Any, digits: int) -> Any:
     """(n, digits) ASCII hex digits of n numbers, most significant first."""
     shifts = np.arange(4 * (digits - 1), -1, -4, dtype=np.uint64)
-    return _HEX[(values[:, None] >> shifts) & np.uint64(15)]
+    return np.frombuffer(_HEX, np.uint8)[(values[:, None] >> shifts) & np.uint64(15)]
 
 
 def _uuid_block(indexes: Any, add: int, mul: tuple[int, int, int]) -> Any:
@@ -845,7 +931,7 @@ def _uuid_block(indexes: Any, add: int, mul: tuple[int, int, int]) -> Any:
     return out
 
 
-_DIGITS = np.frombuffer(b"0123456789", np.uint8)
+_DIGITS = b"0123456789"
 
 
 def _mrn_block(indexes: Any, add: int, mul: int) -> Any:
@@ -863,7 +949,7 @@ def _mrn_block(indexes: Any, add: int, mul: int) -> Any:
     out = np.empty((len(indexes), 13), np.uint8)
     out[:, :3] = np.frombuffer(b"MC-", np.uint8)
     powers = np.uint64(10) ** np.arange(9, -1, -1, dtype=np.uint64)
-    out[:, 3:] = _DIGITS[found[:, None] // powers % np.uint64(10)]
+    out[:, 3:] = np.frombuffer(_DIGITS, np.uint8)[found[:, None] // powers % np.uint64(10)]
     return out
 
 
@@ -1573,18 +1659,7 @@ def _organizations(ref: _Reference, state_codes: tuple[str, ...]) -> dict[str, t
     states, and every hospital of another state that is a candidate of one of its ZIPs
     (candidates cross state lines), so every reference resolves."""
     kinds, chosen = (*_GENERAL_HOSPITAL_TYPES, _CHILDREN_HOSPITAL_TYPE), set(state_codes)
-    cand, cum = ref.hospital_cand, ref.hospital_cum
-    # slot k is drawn if its weight is positive (cum[k] > the ZIP's previous cum, or 0 at a
-    # ZIP's first slot) and its ZIP is in the run: whole-array maps and compress, in C
-    prev = [0, *cum[:-1]]
-    prev[::_CANDIDATES] = [0] * (len(cum) // _CANDIDATES)
-    in_run = bytearray(len(cum) // _CANDIDATES)
-    for state in state_codes:
-        for z in ref.state_zips[state][0]:
-            in_run[z] = 1
-    slot_in_run = itertools.chain.from_iterable(zip(*[in_run] * _CANDIDATES, strict=True))
-    drawn = map(operator.and_, map(operator.gt, cum, prev), slot_in_run)
-    used = set(itertools.compress(cand, drawn))
+    used = set().union(*(ref.state_hospitals[state] for state in state_codes))
     index = tuple(
         i
         for i, h in enumerate(ref.hospitals)
@@ -1730,8 +1805,8 @@ class _BlockTables(NamedTuple):
     race_hispanic: Any  # per race row: 1 for Hispanic or Latino
     language_rows: Any  # (states * 6, languages): Plan.language_cum as a matrix
     language_slot: Any  # per cell
-    hospital_cum: Any  # (ZIPs, CANDIDATES): Plan.hospital_cum by ZIP
-    hospital_cand: Any  # (ZIPs, CANDIDATES): Plan.hospital_cand by ZIP
+    hospital_cum: Any  # (ZIPs, CANDIDATES): Plan.hospital_cum by ZIP (a view of its array)
+    hospital_cand: Any  # (ZIPs, CANDIDATES): Plan.hospital_cand by ZIP (a view)
     hospital_slots: Any  # per cell: 10 or 11 candidates
     birth_low: Any  # int64 per cell
     birth_span: Any  # uint64 per cell
@@ -1756,13 +1831,15 @@ def _end_to_end(tables: Sequence[Sequence[int]]) -> tuple[Any, Any, Any, Any]:
 
 
 def _matrix(rows: Sequence[Sequence[int]]) -> Any:
-    """Equal-length cumulative tables as a uint64 matrix (one table a row)."""
-    return np.array(rows, np.uint64).reshape(len(rows), len(rows[0]) if rows else 0)
+    """Equal-length cumulative tables as a matrix (one table a row), uint32 where they fit."""
+    top = max((row[-1] for row in rows), default=0)
+    dtype = np.uint32 if top <= _M32 else np.uint64
+    return np.array(rows, dtype).reshape(len(rows), len(rows[0]) if rows else 0)
 
 
-def _by_zip(slots: array, dtype: Any) -> Any:
-    """A per-ZIP array of CANDIDATES slots as a (ZIPs, CANDIDATES) matrix."""
-    return np.frombuffer(slots, slots.typecode).astype(dtype).reshape(-1, _CANDIDATES)
+def _by_zip(slots: array) -> Any:
+    """A per-ZIP array of CANDIDATES slots as a (ZIPs, CANDIDATES) matrix: a view, no copy."""
+    return np.frombuffer(slots, slots.typecode).reshape(-1, _CANDIDATES)
 
 
 @functools.lru_cache(maxsize=8)
@@ -1785,8 +1862,8 @@ def _block_tables(plan: Plan) -> _BlockTables:
         race_hispanic=np.array(plan.race_hispanic, np.int64),
         language_rows=_matrix(plan.language_cum),
         language_slot=np.array(plan.language_slot, np.int64),
-        hospital_cum=_by_zip(plan.hospital_cum, np.uint64),
-        hospital_cand=_by_zip(plan.hospital_cand, np.int64),
+        hospital_cum=_by_zip(plan.hospital_cum),
+        hospital_cand=_by_zip(plan.hospital_cand),
         hospital_slots=np.array(plan.hospital_slots, np.int64),
         birth_low=np.array(plan.birth_low, np.int64),
         birth_span=np.array(plan.birth_span, np.uint64),
@@ -1798,6 +1875,7 @@ def _block_tables(plan: Plan) -> _BlockTables:
 def _scaled(u: Any, total: Any) -> Any:
     """(u * total) >> 32 for 32-bit draws u and totals below 2**64, exactly, in uint64: the
     draw's point on [0, total), as _pick computes it with Python integers."""
+    total = np.asarray(total, np.uint64)
     high, low = total >> np.uint64(32), total & np.uint64(_M32)
     return u * high + (u * low >> np.uint64(32))
 
@@ -4173,7 +4251,7 @@ def _iso_date_block(ordinals: Any) -> Any:
     at = 0
     for values, width in fields:
         powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-        out[:, at : at + width] = _DIGITS[values[:, None] // powers % 10]
+        out[:, at : at + width] = np.frombuffer(_DIGITS, np.uint8)[values[:, None] // powers % 10]
         at += width + 1
     return out
 
@@ -4181,28 +4259,23 @@ def _iso_date_block(ordinals: Any) -> Any:
 @functools.lru_cache(maxsize=8)
 def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
     """(lo, hi) -> patients #lo..#hi-1 as NDJSON (each line as json_renderer renders it), from
-    one _sample_block: the ids, meta and MRN of the block are one fixed-width uint8 matrix (a row
-    a patient), gender and birth date one fragment kept per (gender, date), so per patient only
-    a slice and five pre-serialised fragments are joined, the whole block in one join (the bulk
-    path; tests/test_block.py compares it with json_renderer)."""
+    one _sample_block: the ids, meta, MRN and birth date of the block are one fixed-width uint8
+    matrix (a row a patient), so per patient only two slices of it and five pre-serialised
+    fragments (gender, death, ZIP, language, hospital) remain, the whole block in one join (the
+    bulk path; tests/test_block.py compares it with json_renderer)."""
     f = _fragments(plan)
-    fixed = (f.head, 36, f.after_id + f.meta_v1 + f.after_meta, 13, f.after_mrn)
+    fixed = (f.head, 36, f.after_id + f.meta_v1 + f.after_meta, 13, f.after_mrn, 12)
     at = list(itertools.accumulate([0, *(p if isinstance(p, int) else len(p) for p in fixed)]))
     template, width = np.zeros(at[-1], np.uint8), at[-1]
     for start, part in zip(at, fixed, strict=False):
         if not isinstance(part, int):
             template[start : start + len(part)] = np.frombuffer(part, np.uint8)
+    template[at[5]] = template[at[6] - 1] = ord('"')  # the birth date's quotes
     genders = [f.genders[g] for g in ("male", "female", "other", "unknown")]
-    dates, base = f.dates, plan.dates_base
-
-    def gender_date(key: int) -> bytes:  # key: birth ordinal * 4 + gender
-        k = (key >> 2) - base
-        born = dates[k] if 0 <= k < len(dates) else b'"%s"' % _date_text(plan, key >> 2).encode()
-        return genders[key & 3] + born
-
-    born_as, addresses, languages = _Memo(gender_date), f.addresses, f.languages
+    addresses, languages = f.addresses, f.languages
     organizations = _Memo(lambda h: f.organizations[h] + b"\n")
     to_deceased, to_address, alive = f.to_deceased, f.to_address, f.alive
+    head = at[5]  # a row: the record up to its gender, then the quoted birth date
 
     def block(lo: int, hi: int) -> bytes:
         b, n = _sample_block(plan, lo, hi), hi - lo
@@ -4211,21 +4284,21 @@ def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
         rows[:] = template
         rows[:, at[1] : at[2]] = _uuid_block(indexes, plan.uuid_add, plan.uuid_mul)
         rows[:, at[3] : at[4]] = _mrn_block(indexes, plan.mrn_add, plan.mrn_mul)
-        heads = rows.tobytes()
+        rows[:, at[5] + 1 : at[6] - 1] = _iso_date_block(b.birth)
+        flat, starts = rows.tobytes(), range(0, n * width, width)
         deaths = [alive] * n
         for k in np.flatnonzero(b.died >= 0).tolist():  # the dead (~3 %): their instant
             deaths[k] = b"".join((to_deceased, _deceased(int(b.died[k])).encode(), to_address))
-        gender = np.where(b.gender == 0, b.female, b.gender + 1)
-        parts: list[bytes] = [b""] * (6 * n)
-        parts[0::6] = map(
-            heads.__getitem__,
-            map(slice, range(0, n * width, width), range(width, n * width + 1, width)),
-        )
-        parts[1::6] = map(born_as.__getitem__, (b.birth * 4 + gender).tolist())
-        parts[2::6] = deaths
-        parts[3::6] = map(addresses.__getitem__, b.zip.tolist())
-        parts[4::6] = map(languages.__getitem__, b.language.tolist())
-        parts[5::6] = map(organizations.__getitem__, b.organization.tolist())
+        parts: list[bytes] = [b""] * (7 * n)
+        parts[0::7] = map(flat.__getitem__, map(slice, starts, range(head, n * width, width)))
+        gender = np.where(b.gender == 0, b.female, b.gender + 1).tolist()
+        parts[1::7] = map(genders.__getitem__, gender)
+        ends = range(width, n * width + 1, width)
+        parts[2::7] = map(flat.__getitem__, map(slice, range(head, n * width, width), ends))
+        parts[3::7] = deaths
+        parts[4::7] = map(addresses.__getitem__, b.zip.tolist())
+        parts[5::7] = map(languages.__getitem__, b.language.tolist())
+        parts[6::7] = map(organizations.__getitem__, b.organization.tolist())
         return b"".join(parts)
 
     return block
@@ -4407,6 +4480,7 @@ def _patient_and_stays(plan: Plan, validate: bool) -> Callable[[int], bytes]:
 
 
 _BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
+_BLOCK_MIN = 10_000  # fewer patients render one by one: numpy and its tables would cost more
 
 
 def _ndjson(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -4425,7 +4499,7 @@ def ndjson_chunks(
     tick: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each)."""
-    if validate or not plan.profile.rendered:
+    if validate or not plan.profile.rendered or hi - lo < _BLOCK_MIN:
         line = _patient_line(plan, validate)
         chunk = lambda a, b: b"".join([line(i) + b"\n" for i in range(a, b)])  # noqa: E731
     else:

@@ -66,12 +66,18 @@ def test_a_block_of_ndjson_is_the_renderer_s_lines_byte_for_byte(plan):
     assert chunk(7, 8) == render(7) + b"\n"
 
 
-def test_the_bulk_path_writes_what_the_renderer_renders():
+def test_the_bulk_path_writes_what_the_renderer_renders(monkeypatch):
     plan = g.make_plan(**PLANS["default"])
     render = g.json_renderer(plan)
-    chunks = list(g.ndjson_chunks(plan, 995, 3010))
-    assert len(chunks) == 3  # 995..1994, 1995..2994, 2995..3009: one chunk per BATCH records
-    assert b"".join(chunks) == b"".join(render(i) + b"\n" for i in range(995, 3010))
+    blocks = []
+    block = g._ndjson_block(plan)
+    monkeypatch.setattr(g, "_ndjson_block", lambda p: lambda a, b: blocks.append(a) or block(a, b))
+    hi = 995 + g._BLOCK_MIN + 2015
+    chunks = list(g.ndjson_chunks(plan, 995, hi))
+    assert len(chunks) == len(blocks) == -(-(hi - 995) // g._BATCH)  # a chunk per BATCH records
+    assert b"".join(chunks) == b"".join(render(i) + b"\n" for i in range(995, hi))
+    small = list(g.ndjson_chunks(plan, 0, g._BLOCK_MIN - 1))  # one by one: no block
+    assert len(blocks) == len(chunks) and len(small) == -(-(g._BLOCK_MIN - 1) // g._BATCH)
 
 
 def test_block_ids_equal_the_one_at_a_time_uuids_and_mrns():
