@@ -349,9 +349,12 @@ def _zips(data_dir: Path) -> tuple[tuple[_ZipRow, ...], dict[str, tuple[tuple[in
     counties = _csv_columns(data_dir, "counties.csv")
     county = dict(zip(counties["county_fips"], counties["county_name"], strict=True))
     column = _csv_columns(data_dir, "zips.csv")  # column-wise: map and zip run in C
-    states, populations = column["state"], _ints(column["population"])
+    shared = {}.setdefault  # one str per distinct state or city name (33,000 rows, ~1/3 the names)
+    states = [shared(st, st) for st in column["state"]]
+    populations = _ints(column["population"])
     counties_ = map(county.__getitem__, column["county_fips"])
-    zips = tuple(zip(column["zip"], column["city"], counties_, states, strict=True))
+    cities = [shared(city, city) for city in column["city"]]
+    zips = tuple(zip(column["zip"], cities, counties_, states, strict=True))
     positions: dict[str, list[int]] = {}
     for z, state in enumerate(states):
         positions.setdefault(state, []).append(z)
@@ -4122,7 +4125,7 @@ class _Fragments(NamedTuple):
     meta_v1: bytes  # version 1's meta at as-of
     after_mrn: bytes
     genders: Mapping[str, bytes]
-    dates: list[bytes]  # quoted ISO dates by ordinal - plan.dates_base
+    dates: Mapping[int, bytes]  # quoted ISO dates by ordinal - plan.dates_base, made on first use
     alive: bytes  # what follows birthDate for the living
     to_deceased: bytes  # birthDate's closing quote up to the deceasedDateTime's opening quote
     to_address: bytes
@@ -4152,7 +4155,7 @@ def _fragments(plan: Plan) -> _Fragments:
         meta_v1=dumps(_meta(1, plan.last_updated)),
         after_mrn=b'"' + after["mrn"],
         genders={g: dumps(g) + after["gender"] for g in ("male", "female", "other", "unknown")},
-        dates=('"' + '"\n"'.join(plan.dates) + '"').encode().split(b"\n"),
+        dates=_Memo(lambda k: b'"%s"' % plan.dates[k].encode()),
         alive=alive_after["birth_date"],
         to_deceased=after["birth_date"] + b'"',
         to_address=b'"' + after["deceased"],
@@ -4182,7 +4185,7 @@ def _patient_writer(plan: Plan) -> _Writer:
         f.to_address,
     )
     addresses, languages, organizations = f.addresses, f.languages, f.organizations
-    n_dates, base, join = len(dates), plan.dates_base, b"".join
+    n_dates, base, join = len(plan.dates), plan.dates_base, b"".join
     uuid_add, uuid_mul, mrn_add, mrn_mul = plan.uuid_add, plan.uuid_mul, plan.mrn_add, plan.mrn_mul
     uuid_bytes, mrn_bytes = _uuid_bytes, _mrn_bytes
 
