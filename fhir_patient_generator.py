@@ -4259,49 +4259,76 @@ def _iso_date_block(ordinals: Any) -> Any:
     return out
 
 
+def _iso_instant_block(seconds: Any) -> Any:
+    """(n, 20) ASCII of whole-second UTC instants as _deceased writes them (years 1000-9999)."""
+    days, rest = np.divmod(seconds, 86400)
+    out = np.empty((len(seconds), 20), np.uint8)
+    out[:, :10] = _iso_date_block(days + _EPOCH_DAY)
+    out[:, [10, 13, 16, 19]] = np.frombuffer(b"T::Z", np.uint8)
+    digits = np.frombuffer(_DIGITS, np.uint8)
+    for at, value in ((11, rest // 3600), (14, rest // 60 % 60), (17, rest % 60)):
+        out[:, at], out[:, at + 1] = digits[value // 10], digits[value % 10]
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
     """(lo, hi) -> patients #lo..#hi-1 as NDJSON (each line as json_renderer renders it), from
-    one _sample_block: the ids, meta, MRN and birth date of the block are one fixed-width uint8
-    matrix (a row a patient), so per patient only two slices of it and five pre-serialised
-    fragments (gender, death, ZIP, language, hospital) remain, the whole block in one join (the
-    bulk path; tests/test_block.py compares it with json_renderer)."""
+    one _sample_block. Each record up to its address (ids, meta, MRN, gender, birth date and
+    death) is the start of a row of one uint8 matrix: the fixed part at the same place in every
+    row, then the gender, date and death bytes of the row's kind (gender x living or dead),
+    so per patient only a slice of it and three pre-serialised fragments (ZIP, language,
+    hospital) remain, the whole block in one join (the bulk path; tests/test_block.py compares
+    it with json_renderer)."""
     f = _fragments(plan)
-    fixed = (f.head, 36, f.after_id + f.meta_v1 + f.after_meta, 13, f.after_mrn, 12)
+    fixed = (f.head, 36, f.after_id + f.meta_v1 + f.after_meta, 13, f.after_mrn)
     at = list(itertools.accumulate([0, *(p if isinstance(p, int) else len(p) for p in fixed)]))
-    template, width = np.zeros(at[-1], np.uint8), at[-1]
+    genders = [f.genders[g] for g in ("male", "female", "other", "unknown")]
+    instant = b"\0" * 20
+    deaths = (f.alive, f.to_deceased + instant + f.to_address)
+    # a row's kind k = gender * 2 + dead: its bytes after the fixed part, with room for the
+    # birth date (and the death instant), which each row fills in
+    kinds = [g + b'"' + b"\0" * 10 + b'"' + d for g in genders for d in deaths]
+    width = at[-1] + max(map(len, kinds))
+    template = np.zeros(width, np.uint8)
     for start, part in zip(at, fixed, strict=False):
         if not isinstance(part, int):
             template[start : start + len(part)] = np.frombuffer(part, np.uint8)
-    template[at[5]] = template[at[6] - 1] = ord('"')  # the birth date's quotes
-    genders = [f.genders[g] for g in ("male", "female", "other", "unknown")]
+    tails = np.zeros((len(kinds), width - at[-1]), np.uint8)
+    for k, tail in enumerate(kinds):
+        tails[k, : len(tail)] = np.frombuffer(tail, np.uint8)
+    lengths = np.array([at[-1] + len(tail) for tail in kinds], np.int64)
+    date_at = [at[-1] + len(g) + 1 for g in genders]  # the birth date's first digit, by gender
+    instant_at = [d + 11 + len(f.to_deceased) for d in date_at]
     addresses, languages = f.addresses, f.languages
     organizations = _Memo(lambda h: f.organizations[h] + b"\n")
-    to_deceased, to_address, alive = f.to_deceased, f.to_address, f.alive
-    head = at[5]  # a row: the record up to its gender, then the quoted birth date
 
     def block(lo: int, hi: int) -> bytes:
         b, n = _sample_block(plan, lo, hi), hi - lo
         indexes = np.arange(lo, hi, dtype=np.uint64)
+        gender = np.where(b.gender == 0, b.female, b.gender + 1)
+        dead = b.died >= 0
+        kind = gender * 2 + dead
         rows = np.empty((n, width), np.uint8)
         rows[:] = template
         rows[:, at[1] : at[2]] = _uuid_block(indexes, plan.uuid_add, plan.uuid_mul)
         rows[:, at[3] : at[4]] = _mrn_block(indexes, plan.mrn_add, plan.mrn_mul)
-        rows[:, at[5] + 1 : at[6] - 1] = _iso_date_block(b.birth)
-        flat, starts = rows.tobytes(), range(0, n * width, width)
-        deaths = [alive] * n
-        for k in np.flatnonzero(b.died >= 0).tolist():  # the dead (~3 %): their instant
-            deaths[k] = b"".join((to_deceased, _deceased(int(b.died[k])).encode(), to_address))
-        parts: list[bytes] = [b""] * (7 * n)
-        parts[0::7] = map(flat.__getitem__, map(slice, starts, range(head, n * width, width)))
-        gender = np.where(b.gender == 0, b.female, b.gender + 1).tolist()
-        parts[1::7] = map(genders.__getitem__, gender)
-        ends = range(width, n * width + 1, width)
-        parts[2::7] = map(flat.__getitem__, map(slice, range(head, n * width, width), ends))
-        parts[3::7] = deaths
-        parts[4::7] = map(addresses.__getitem__, b.zip.tolist())
-        parts[5::7] = map(languages.__getitem__, b.language.tolist())
-        parts[6::7] = map(organizations.__getitem__, b.organization.tolist())
+        rows[:, at[-1] :] = tails[kind]
+        born, died = _iso_date_block(b.birth), _iso_instant_block(b.died[dead])
+        died_kind = kind[dead]
+        for g, start in enumerate(date_at):  # the dates sit after the gender: by gender
+            of = gender == g
+            if of.any():
+                rows[of, start : start + 10] = born[of]
+                at_died = died_kind // 2 == g
+                rows[dead & of, instant_at[g] : instant_at[g] + 20] = died[at_died]
+        ends = (np.arange(0, n * width, width) + lengths[kind]).tolist()
+        flat = rows.tobytes()
+        parts: list[bytes] = [b""] * (4 * n)
+        parts[0::4] = map(flat.__getitem__, map(slice, range(0, n * width, width), ends))
+        parts[1::4] = map(addresses.__getitem__, b.zip.tolist())
+        parts[2::4] = map(languages.__getitem__, b.language.tolist())
+        parts[3::4] = map(organizations.__getitem__, b.organization.tolist())
         return b"".join(parts)
 
     return block
@@ -4484,6 +4511,7 @@ def _patient_and_stays(plan: Plan, validate: bool) -> Callable[[int], bytes]:
 
 _BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
 _BLOCK_MIN = 10_000  # fewer patients render one by one: numpy and its tables would cost more
+_BLOCK = 4_000  # patients per numpy block (and chunk) on the bulk path: ~2.3 MB of NDJSON
 
 
 def _ndjson(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -4501,15 +4529,17 @@ def ndjson_chunks(
     validate: bool = False,
     tick: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
-    """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each)."""
+    """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each), or
+    BLOCK records per chunk sampled and rendered as one numpy block (_ndjson_block) when there
+    are BLOCK_MIN or more: the same bytes either way."""
     if validate or not plan.profile.rendered or hi - lo < _BLOCK_MIN:
-        line = _patient_line(plan, validate)
+        line, step = _patient_line(plan, validate), _BATCH
         chunk = lambda a, b: b"".join([line(i) + b"\n" for i in range(a, b)])  # noqa: E731
     else:
         json_renderer(plan)  # its self-check, once
-        chunk = _ndjson_block(plan)
-    for a in range(lo, hi, _BATCH):
-        b = min(a + _BATCH, hi)
+        chunk, step = _ndjson_block(plan), _BLOCK
+    for a in range(lo, hi, step):
+        b = min(a + step, hi)
         yield chunk(a, b)
         if tick:
             tick(b - a)

@@ -74,7 +74,7 @@ def test_the_bulk_path_writes_what_the_renderer_renders(monkeypatch):
     monkeypatch.setattr(g, "_ndjson_block", lambda p: lambda a, b: blocks.append(a) or block(a, b))
     hi = 995 + g._BLOCK_MIN + 2015
     chunks = list(g.ndjson_chunks(plan, 995, hi))
-    assert len(chunks) == len(blocks) == -(-(hi - 995) // g._BATCH)  # a chunk per BATCH records
+    assert len(chunks) == len(blocks) == -(-(hi - 995) // g._BLOCK)  # a chunk per BLOCK records
     assert b"".join(chunks) == b"".join(render(i) + b"\n" for i in range(995, hi))
     small = list(g.ndjson_chunks(plan, 0, g._BLOCK_MIN - 1))  # one by one: no block
     assert len(blocks) == len(chunks) and len(small) == -(-(g._BLOCK_MIN - 1) // g._BATCH)
