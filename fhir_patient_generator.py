@@ -148,7 +148,6 @@ _HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino": the preferred language
 # Identifier.system must be a URI under us-core; same namespace scheme as ORG_SYSTEM. The cms
 # profile keeps MRN_SYSTEM for backward compatibility; the MRN value is the same in both.
 _US_CORE_MRN_SYSTEM = "urn:metriccare:mrn"
-_HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino"
 _OTHER_RACE_CODE = "2131-1"  # Census "Some Other Race": text only, no ombCategory (docs/us-core.md)
 _OTHER_RACE_TEXT = "Other Race"
 _TWO_OR_MORE_TEXT = "Two or more races"
@@ -3236,7 +3235,7 @@ def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[fl
     ]
 
 
-def _death_cuts(
+def _death_kind_cuts(
     plan: Plan, rates: list[float], shares: Mapping[str, float], national: Mapping[str, float]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Cumulative 32-bit cuts over a death's kinds, under 65 and 65+: in hospital after an
@@ -3300,7 +3299,7 @@ def _stay_tables(plan: Plan) -> _StayTables:
         factors=_hospital_factors(plan, discharges),
         readmit=_readmission_rates(plan, ref),
         month_chance=tuple(1.0 - math.exp(-r * 30 * 86400 / _SECONDS_PER_YEAR) for r in rates),
-        death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
+        death_cuts=_death_kind_cuts(plan, rates, shares, ref["national"]),
         post_acute=tuple(_cut(p) for p in _POST_ACUTE_SHARE),
         post_acute_cum=_cumulative(round(share * 1000) for *_, share in _DISPOSITIONS[1:]),
         own_cut=_cut(_OWN_HOSPITAL_SHARE),
@@ -4323,8 +4322,8 @@ def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
                 at_died = died_kind // 2 == g
                 rows[dead & of, instant_at[g] : instant_at[g] + 20] = died[at_died]
         ends = (np.arange(0, n * width, width) + lengths[kind]).tolist()
-        flat = rows.tobytes()
-        parts: list[bytes] = [b""] * (4 * n)
+        flat = memoryview(rows.reshape(-1))  # sliced without a copy; join reads the views
+        parts: list[Any] = [b""] * (4 * n)
         parts[0::4] = map(flat.__getitem__, map(slice, range(0, n * width, width), ends))
         parts[1::4] = map(addresses.__getitem__, b.zip.tolist())
         parts[2::4] = map(languages.__getitem__, b.language.tolist())
@@ -4511,7 +4510,7 @@ def _patient_and_stays(plan: Plan, validate: bool) -> Callable[[int], bytes]:
 
 _BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
 _BLOCK_MIN = 10_000  # fewer patients render one by one: numpy and its tables would cost more
-_BLOCK = 4_000  # patients per numpy block (and chunk) on the bulk path: ~2.3 MB of NDJSON
+_NUMPY_BLOCK = 2_000  # patients per numpy block (and chunk) on the bulk path: ~1.1 MB of NDJSON
 
 
 def _ndjson(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -4530,14 +4529,14 @@ def ndjson_chunks(
     tick: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each), or
-    BLOCK records per chunk sampled and rendered as one numpy block (_ndjson_block) when there
+    NUMPY_BLOCK records per chunk sampled and rendered as one numpy block (_ndjson_block) when there
     are BLOCK_MIN or more: the same bytes either way."""
     if validate or not plan.profile.rendered or hi - lo < _BLOCK_MIN:
         line, step = _patient_line(plan, validate), _BATCH
         chunk = lambda a, b: b"".join([line(i) + b"\n" for i in range(a, b)])  # noqa: E731
     else:
         json_renderer(plan)  # its self-check, once
-        chunk, step = _ndjson_block(plan), _BLOCK
+        chunk, step = _ndjson_block(plan), _NUMPY_BLOCK
     for a in range(lo, hi, step):
         b = min(a + step, hi)
         yield chunk(a, b)

@@ -3,6 +3,9 @@ values and bytes of the one-at-a-time path: same draws, same table lookups, same
 
 from __future__ import annotations
 
+import ast
+import collections
+import inspect
 import random
 from datetime import date
 
@@ -74,7 +77,7 @@ def test_the_bulk_path_writes_what_the_renderer_renders(monkeypatch):
     monkeypatch.setattr(g, "_ndjson_block", lambda p: lambda a, b: blocks.append(a) or block(a, b))
     hi = 995 + g._BLOCK_MIN + 2015
     chunks = list(g.ndjson_chunks(plan, 995, hi))
-    assert len(chunks) == len(blocks) == -(-(hi - 995) // g._BLOCK)  # a chunk per BLOCK records
+    assert len(chunks) == len(blocks) == -(-(hi - 995) // g._NUMPY_BLOCK)  # a chunk per NUMPY_BLOCK
     assert b"".join(chunks) == b"".join(render(i) + b"\n" for i in range(995, hi))
     small = list(g.ndjson_chunks(plan, 0, g._BLOCK_MIN - 1))  # one by one: no block
     assert len(blocks) == len(chunks) and len(small) == -(-(g._BLOCK_MIN - 1) // g._BATCH)
@@ -106,3 +109,18 @@ def test_block_dates_are_iso_dates_across_the_whole_calendar():
     text = g._iso_date_block(np.array(ordinals, np.int64))
     for k, ordinal in enumerate(ordinals):
         assert text[k].tobytes().decode() == date.fromordinal(ordinal).isoformat()
+
+
+def test_no_module_level_name_is_defined_twice():
+    # a second definition silently replaces the first for every later caller (the numpy block
+    # size once took the living population's event-tile size, _BLOCK, this way)
+    tree = ast.parse(inspect.getsource(g))
+    names = collections.Counter()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names[node.name] += 1
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    assert [name for name, count in names.items() if count > 1] == []
