@@ -4330,6 +4330,9 @@ def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
         parts[3::4] = map(organizations.__getitem__, b.organization.tolist())
         return b"".join(parts)
 
+    # a field the block misses (or places wrong) fails here, when the block is built
+    if block(0, 256) != b"".join(line + b"\n" for line in _rendered_block(plan)(0, 256)):
+        raise AssertionError("_ndjson_block's bytes differ from json_renderer's (#0..#255)")
     return block
 
 
