@@ -124,3 +124,15 @@ def test_no_module_level_name_is_defined_twice():
             for target in targets:
                 names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
     assert [name for name, count in names.items() if count > 1] == []
+
+
+def test_the_block_refuses_to_build_when_it_differs_from_the_renderer(monkeypatch):
+    plan = g.make_plan(**PLANS["default"])
+    one_by_one = g._rendered_block(plan)
+
+    def changed(p):
+        return lambda lo, hi: [line.replace(b'"male"', b'"MALE"') for line in one_by_one(lo, hi)]
+
+    monkeypatch.setattr(g, "_rendered_block", changed)
+    with pytest.raises(AssertionError, match="differ from json_renderer"):
+        g._ndjson_block.__wrapped__(plan)
