@@ -1821,7 +1821,8 @@ def _end_to_end(tables: Sequence[Sequence[int]]) -> tuple[Any, Any, Any, Any]:
     shift per table, start per table, total per table). The grand total must fit 63 bits."""
     totals = [t[-1] for t in tables]
     shift = [0, *itertools.accumulate(totals)][:-1]
-    assert sum(totals) < 1 << 63, "the tables' totals overflow 64-bit searchsorted"
+    if sum(totals) >= 1 << 63:
+        raise ValueError("the weight tables' totals overflow the block's 64-bit searchsorted")
     flat = np.fromiter((v + b for t, b in zip(tables, shift, strict=True) for v in t), np.uint64)
     starts = [0, *itertools.accumulate(len(t) for t in tables)][:-1]
     return (
@@ -4259,7 +4260,8 @@ def _iso_date_block(ordinals: Any) -> Any:
 
 
 def _iso_instant_block(seconds: Any) -> Any:
-    """(n, 20) ASCII of whole-second UTC instants as _deceased writes them (years 1000-9999)."""
+    """(n, 20) ASCII of whole-second UTC instants as _deceased writes them, for years 1000-9999
+    (deaths fall after as-of, at least 2010, less a look-back of at most 100 years)."""
     days, rest = np.divmod(seconds, 86400)
     out = np.empty((len(seconds), 20), np.uint8)
     out[:, :10] = _iso_date_block(days + _EPOCH_DAY)
