@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -5051,6 +5051,45 @@ def _organization_files(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
 #    relative to the layer root; every failure of a store is a BronzeError.
 
 
+class _Store(Protocol):
+    """Where a layer's bytes go: what the run, the resume logic and the batches call, and all a
+    new store implements (then one entry in STORES). Keys are relative to the layer root."""
+
+    def __init__(self, spec: Bronze) -> None: ...
+
+    @staticmethod
+    def check_root(root: str) -> None:
+        """ValueError (a usage error) unless root is a valid root for this store."""
+
+    def display(self) -> str: ...  # the root as the run's summary line shows it
+
+    def url(self, key: str) -> str: ...  # a key as an absolute URL (manifests list them)
+
+    def prepare(self) -> None: ...  # reach the root (create it, probe the bucket) before work
+
+    def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
+        """Write key whole (readers never see part of it); the bytes written."""
+
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """Write key only if it does not exist yet (the run's claim); False if it did."""
+
+    def read(self, key: str) -> bytes | None: ...  # None if the key does not exist
+
+    def size(self, key: str) -> int | None: ...  # None if the key does not exist
+
+    def list(self, folder: str) -> Iterator[str]: ...  # the keys under folder/
+
+    def delete(self, keys: Iterable[str]) -> None: ...
+
+    def remove_temp_files(self) -> None: ...  # dead writers' leftovers (local stores)
+
+    def remove_run_folder(self) -> None: ...  # the emptied _run/ bookkeeping folder
+
+    def drain(self) -> tuple[int, str | None]: ...  # wait for background writes: (bytes, error)
+
+    def close(self) -> None: ...
+
+
 class _UploadFailed(BronzeError):
     """A store's earlier background write failed: stop the unit, drain() reports it."""
 
@@ -5513,10 +5552,8 @@ class _S3Store:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-_Store = _LocalStore | _S3Store
-
 # The store registry: URL scheme -> store; a root without a scheme is a local directory.
-_STORES: Mapping[str, type[_LocalStore] | type[_S3Store]] = {"file": _LocalStore, "s3": _S3Store}
+_STORES: Mapping[str, type[_Store]] = {"file": _LocalStore, "s3": _S3Store}
 
 
 def _scheme(root: str) -> str:

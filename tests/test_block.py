@@ -14,8 +14,10 @@ import pytest
 
 import fhir_patient_generator as g
 
-# Private names used here (the two paths this file compares): _MAX_INDEX, _iso_date_block,
-# _mrn_block, _mrn_bytes, _ndjson_block, _sample_block, _sample_tuple, _uuid_block, _uuid_bytes
+# Private names used here (the two paths this file compares): _BATCH, _BLOCK_MIN, _MAX_INDEX,
+# _NUMPY_BLOCK,
+# _iso_date_block, _mrn_block, _mrn_bytes, _ndjson_block, _rendered_block, _sample_block,
+# _sample_tuple, _uuid_block, _uuid_bytes
 
 PLANS = {
     "default": dict(seed=42, as_of="2025-10-13T02:22:22Z"),
