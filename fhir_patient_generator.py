@@ -399,7 +399,10 @@ def _hospitals(rows: list[dict[str, str]]) -> tuple[Mapping[str, str], ...]:
         ]
     if len(set(ids)) != len(ids):
         raise ValueError("hospitals.csv: organization ids are not unique")
-    return tuple({"id": i, **r} for i, r in zip(ids, rows, strict=True))
+    shared = {}.setdefault  # one str per distinct value (states, types, cities repeat)
+    return tuple(
+        {"id": i, **{k: shared(v, v) for k, v in r.items()}} for i, r in zip(ids, rows, strict=True)
+    )
 
 
 def _interleave(columns: list[list[int]]) -> list[int]:
