@@ -86,8 +86,6 @@ __all__ = [
     "generate_patients",
     "history",
     "json_renderer",
-    "living_stay_json",
-    "living_stays",
     "main",
     "make_plan",
     "ndjson_chunks",
@@ -4292,7 +4290,7 @@ def _live_stays(
     return sorted(out, key=lambda ls: ls.stay.admitted)
 
 
-def living_stays(plan: Plan, count: int, index: int, until: datetime | str) -> list[_LiveStay]:
+def _living_stays(plan: Plan, count: int, index: int, until: datetime | str) -> list[_LiveStay]:
     """Patient #index's inpatient stays after the epoch (plan.as_of) delivered by `until`, in
     time order, each with its delivery instant (the discharge, or the death a stay is tied
     to). `count` is the epoch population. Its stays in the look-back window before the epoch
@@ -4918,8 +4916,8 @@ def _live_stay_pairs(plan: Plan, found: list[_LiveStay], validate: bool) -> _Sta
     return pairs
 
 
-def living_stay_json(plan: Plan, found: _LiveStay) -> tuple[bytes, bytes]:
-    """A stay of living_stays() as a change batch writes it: its Encounter's JSON bytes, and its
+def _living_stay_json(plan: Plan, found: _LiveStay) -> tuple[bytes, bytes]:
+    """A stay of _living_stays() as a change batch writes it: its Encounter's JSON bytes, and its
     Condition's followed by its HAI Conditions' lines; meta.lastUpdated is the delivery."""
     return _live_stay_pairs(plan, [found], False)[0]
 

@@ -474,7 +474,7 @@ def living_stays(count: int) -> None:
     for plan in plans.values():  # tables built once, outside the timings, as a run does
         g.json_renderer(plan)
     g._admission_tables(plans[True])  # private: the admissions' tables
-    g._stay_writer(plans[True])  # private: the stays' renderer
+    g._stay_writer(plans[True])  # private: the stays' renderer (and _living_stay_json below)
     best: dict[tuple[tuple[str, str], bool], tuple[float, int, int]] = {}
     with open(os.devnull, "wb") as out:
         for _ in range(ENCOUNTER_REPEATS):
@@ -488,7 +488,7 @@ def living_stays(count: int) -> None:
                 stays = g._window_stays(plan, window) if flag else {}  # private: the batch's
                 for found in stays.values():
                     for one in found:
-                        out.write(b"\n".join(g.living_stay_json(plan, one)) + b"\n")
+                        out.write(b"\n".join(g._living_stay_json(plan, one)) + b"\n")
                 seconds = time.perf_counter() - t
                 n = sum(map(len, stays.values()))
                 if (day, flag) not in best or seconds < best[day, flag][0]:

@@ -22,7 +22,8 @@ from test_living_bronze import cli, ok
 import fhir_patient_generator as g
 
 # Private names used here (internals this file checks or drives directly): _MAX_STAYS,
-# _admission_tables, _batch_name, _identity_bytes, _population_size, _window_stays, history
+# _admission_tables, _batch_name, _identity_bytes, _living_stays, _population_size,
+# _window_stays
 
 EPOCH = "2026-01-01T00:00:00Z"
 POPULATION = ("--seed", "7", "--count", "4000", "--encounters", "--states", "VT,NH")
@@ -153,6 +154,8 @@ def test_no_stay_before_joining_after_death_or_overlapping(tmp_path):
                 deaths_in_hospital += s.disposition < 0
             assert ls.delivered == (died if tied or s.disposition < 0 else s.discharged)
         joiners_with_stays += i >= count and bool(mine)
+        if mine and i % 7 == 0:  # the per-patient helper gives the same
+            assert g._living_stays(plan, count, i, until) == mine
     assert deaths_in_hospital > 5 and joiners_with_stays > 0
     # the batch (S, T] holds exactly the stays delivered in it
     since = "2027-03-01T00:00:00Z"
