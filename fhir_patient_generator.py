@@ -3121,6 +3121,8 @@ def stays(plan: Plan, index: int, s: _Sample | None = None) -> list[_Stay]:
             readmitted.append(last[0])
     for k in range(min(n, _READMISSION)):
         found = _candidate_stay(plan, t, index, k, s, lo)
+        if found is not None:  # lengthened by its infections, if any (issue 19)
+            found = _infected(plan, found[0], lo), found[1]
         if found is None or found[0].discharged >= hi:
             continue  # before the window or birth; past the death or as-of
         if _fits(found[0], kept):  # unless it overlaps a stay of a lower number
@@ -3173,7 +3175,6 @@ def _candidate_stay(
     diagnosis = _stay_diagnosis(t, s, hospital, age, u)
     discharged = admitted + _los(t.diagnoses[diagnosis], u)
     stay = _Stay(index, k, admitted, discharged, hospital, diagnosis, _disposition(t, age, u))
-    stay = _infected(plan, stay, lo)  # lengthened by its infections, if any
     return stay, _readmitted(t, s, stay, age, u)
 
 
