@@ -2666,7 +2666,9 @@ class _Stay(NamedTuple):
     hospital: int  # position in plan.hospitals
     diagnosis: int  # position in StayTables.diagnoses
     disposition: int  # position in DISPOSITIONS, or -1: expired
-    hais: tuple[tuple[int, int], ...] = ()  # (issue 19) its infections: (kind, onset instant)
+    # (issue 19) its infections as (kind, onset instant), drawn by _infected; None: not drawn
+    # (a stay made outside stays(): _hai_onsets draws them on its bounds, without their effects)
+    hais: tuple[tuple[int, int], ...] | None = None
 
 
 class _Diagnosis(NamedTuple):
@@ -3647,7 +3649,7 @@ def _infected(plan: Plan, stay: _Stay, lo: int) -> _Stay:
     stay where they were drawn: on day 3 or later and before the discharge still."""
     hais = _hai_draw(plan, stay)
     if not hais:
-        return stay
+        return stay._replace(hais=())
     extra = sum(_hai_tables(plan).extra[j] for j, _ in hais)
     if stay.disposition < 0 or stay.k == _DEATH_STAY:
         return stay._replace(admitted=min(stay.admitted, max(lo, stay.admitted - extra)), hais=hais)
@@ -3655,8 +3657,9 @@ def _infected(plan: Plan, stay: _Stay, lo: int) -> _Stay:
 
 
 def _hai_onsets(plan: Plan, stay: _Stay) -> list[tuple[int, int]]:
-    """Stay's infections as (kind, onset instant), as stays() drew them (_infected)."""
-    return list(stay.hais)
+    """Stay's infections as (kind, onset instant): as stays() drew them (_infected), or, for a
+    stay whose infections were never drawn, _hai_draw on its bounds as they are."""
+    return list(_hai_draw(plan, stay) if stay.hais is None else stay.hais)
 
 
 def _hai_id(plan: Plan, stay: _Stay, kind: int) -> str:

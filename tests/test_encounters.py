@@ -579,7 +579,7 @@ def test_an_infection_lengthens_its_stay_by_its_attributable_days(monkeypatch):
                     stay.disposition < 0 and stay.discharged < base.discharged  # ended at death
                 )
                 continue
-            assert base.hais == () and g._hai_draw(plan, base) == stay.hais
+            assert base.hais is None and g._hai_draw(plan, base) == stay.hais
             more = sum(extra[j] for j, _ in stay.hais)
             if base.disposition < 0 or stay.k == g._DEATH_STAY:
                 assert stay.discharged == base.discharged
