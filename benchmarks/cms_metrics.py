@@ -335,6 +335,18 @@ def readmission_by_hospital(
         line(f"Pearson hospital-wide readm. vs HRRP ({len(big):,} >= {at_least})",
              pearson([wide[c][1] / wide[c][0] for c in big], [hrrp[c] for c in big]), "-",
              "all index stays; HRRP observed, all cohorts")  # fmt: skip
+    # What bounds it: the model's rate for the non-cohort stays (CMS's 14.6 % x the hospital's
+    # mean excess readmission ratio) against HRRP's observed rates, and the synthetic rates
+    # against that model rate (the sampling noise of a few hundred index stays)
+    plan = g.make_plan(7, AS_OF, encounters=True)
+    model = {plan.hospitals[k]["ccn"]: r[-1] for k, r in g._stay_tables(plan).readmit.items()}
+    big = [c for c in wide if c in hrrp and c in model and wide[c][0] >= least]
+    line(f"  model hospital-wide rate vs HRRP ({len(big):,})",
+         pearson([model[c] for c in big], [hrrp[c] for c in big]), "-",
+         "14.6 % x mean ERR vs HRRP observed: the ceiling")  # fmt: skip
+    line(f"  hospital-wide readm. vs model rate ({len(big):,})",
+         pearson([wide[c][1] / wide[c][0] for c in big], [model[c] for c in big]), "-",
+         "sampling noise of the index stays")  # fmt: skip
     both = [c for c in ours if c in hrrp]
     ranked = sorted(both, key=lambda c: hrrp[c])
     third = len(ranked) // 3
