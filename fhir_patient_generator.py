@@ -2892,14 +2892,30 @@ def _cohort_shares(
     return {c: pooled[c] * scale for c in _COHORTS}
 
 
+# The share of all stays that the admissions process makes, by age band (first age, share):
+# inpatient_rates.csv counts every stay, and readmissions and the stays tied to a death come on
+# top of the process, so its rate is the table's x 1 / (1 + rho) - D / B, with rho the
+# readmissions per other stay and D / B the death-tied stays per admission of the band as the
+# generator made them at the table's rate (seed 7, 1,000,000 patients, main 9a8ddeb: rho 0.166,
+# 0.156, 0.155, 0.153, 0.143, 0.118; D / B 0.004, 0.007, 0.020, 0.052, 0.071, 0.144; shares
+# 0.853, 0.859, 0.846, 0.816, 0.804, 0.751), then from 18 on x the table's rate / the rate those
+# made (seed 7, 300,000 patients; a cell's rate is taken at its middle age, a stay counts at its
+# own): under 18 the table's newborn rate reaches the 1-year-olds too, so it stays as measured
+_ADMISSION_PROCESS_SHARE = ((0, 0.853), (18, 0.863), (45, 0.850), (65, 0.837), (75, 0.859),
+                            (85, 0.795))  # fmt: skip
+
+
 def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[float]:
     """Admissions per person-year per registry cell, at the age the cell's people had in the
-    middle of their time in the window: the living L/2 years younger, the dead L/4."""
+    middle of their time in the window (the living L/2 years younger, the dead L/4): the
+    table's rate x ADMISSION_PROCESS_SHARE of that age, so that all stays match the table."""
     lookback = plan.options["lookback_years"]
-    return [
-        _admission_rate(rates, max(0, round(age - lookback / (4 if dead else 2))), sex)
-        for age, sex, dead in plan.cells
-    ]
+    out = []
+    for age, sex, dead in plan.cells:
+        at = max(0, round(age - lookback / (4 if dead else 2)))
+        share = next(x for first, x in reversed(_ADMISSION_PROCESS_SHARE) if at >= first)
+        out.append(_admission_rate(rates, at, sex) * share)
+    return out
 
 
 def _death_cuts(
