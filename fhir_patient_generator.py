@@ -20,9 +20,11 @@ import bisect
 import calendar
 import contextlib
 import csv
+import dataclasses
 import functools
 import hashlib
 import itertools
+import marshal
 import math
 import operator
 import os
@@ -46,9 +48,25 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
+
+
+class _LazyModule:
+    """A module imported on first use, then put in its place among the module's globals: numpy
+    serves only the bulk path, so a one-patient run or an API call starts without it."""
+
+    def __init__(self, name: str, alias: str) -> None:
+        self.name, self.alias = name, alias
+
+    def __getattr__(self, attr: str) -> Any:
+        module = __import__(self.name)
+        globals()[self.alias] = module
+        return getattr(module, attr)
+
+
+np: Any = _LazyModule("numpy", "np")
 
 __version__ = "1.0.0"
 
@@ -130,7 +148,6 @@ _HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino": the preferred language
 # Identifier.system must be a URI under us-core; same namespace scheme as ORG_SYSTEM. The cms
 # profile keeps MRN_SYSTEM for backward compatibility; the MRN value is the same in both.
 _US_CORE_MRN_SYSTEM = "urn:metriccare:mrn"
-_HISPANIC_CODE = "2135-2"  # CDCREC "Hispanic or Latino"
 _OTHER_RACE_CODE = "2131-1"  # Census "Some Other Race": text only, no ombCategory (docs/us-core.md)
 _OTHER_RACE_TEXT = "Other Race"
 _TWO_OR_MORE_TEXT = "Two or more races"
@@ -176,6 +193,7 @@ class _Reference:
     hospitals: tuple[Mapping[str, str], ...]  # every CMS hospital with its "id", CMS order
     hospital_cand: array  # ZIP z's candidates: slots CANDIDATES*z.. (positions in hospitals)
     hospital_cum: array  # their cumulative integer weights, restarting at each ZIP
+    state_hospitals: Mapping[str, tuple[int, ...]]  # state -> the hospitals its ZIPs can draw
     age_sex: tuple[tuple[int, int, int], ...]  # (age, male, female) for ages 0..MAX_AGE
     qx: Mapping[str, tuple[float, ...]]  # sex -> probability of dying within a year, by age
     mx: Mapping[str, tuple[float, ...]]  # sex -> central death rate (deaths per person-year)
@@ -234,8 +252,52 @@ def _ints(texts: Iterable[str]) -> list[int]:
     return numbers
 
 
+# The tables above as marshal data (a tenth of the CSVs' parse time at start-up), written by
+# tools/build_reference.py and used only while its key, the hash of every CSV beside it, holds:
+# edited CSVs are read as CSVs. A test rebuilds it from the CSVs and compares (marshal holds
+# plain values only: loading it runs no code, unlike pickle).
+_REFERENCE_CACHE = "reference.marshal"
+
+
+def _reference_key(data_dir: Path) -> bytes:
+    """The hash of _Reference's field names and every CSV in data_dir (names and bytes)."""
+    names = ",".join(f.name for f in dataclasses.fields(_Reference))
+    h = hashlib.blake2b(names.encode(), digest_size=32)
+    for path in sorted(data_dir.glob("*.csv")):
+        h.update(b"%s\0%d\0" % (path.name.encode(), path.stat().st_size))
+        h.update(path.read_bytes())
+    return h.digest()
+
+
+def _reference_marshal(ref: _Reference, data_dir: Path) -> bytes:
+    """ref as marshal data under data_dir's key (arrays as (typecode, bytes))."""
+    fields = {
+        f.name: (v.typecode, v.tobytes()) if isinstance(v := getattr(ref, f.name), array) else v
+        for f in dataclasses.fields(_Reference)
+    }
+    return marshal.dumps({"key": _reference_key(data_dir), "fields": fields})
+
+
+def _cached_reference(data_dir: Path) -> _Reference | None:
+    """The tables from data_dir's marshal file, or None if it is missing, unreadable or stale."""
+    try:
+        blob = marshal.loads((data_dir / _REFERENCE_CACHE).read_bytes())
+        if blob["key"] != _reference_key(data_dir):
+            return None
+        fields = blob["fields"]
+        for name in ("hospital_cand", "hospital_cum"):
+            fields[name] = array(*fields[name])
+        return _Reference(**fields)
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
+
+
 @functools.cache
 def _read_reference(data_dir: Path) -> _Reference:
+    return _cached_reference(data_dir) or _parse_reference(data_dir)
+
+
+def _parse_reference(data_dir: Path) -> _Reference:
     def rows(name: str) -> list[dict[str, str]]:
         return _csv_rows(data_dir, name)
 
@@ -256,12 +318,14 @@ def _read_reference(data_dir: Path) -> _Reference:
             (r["race"], r["race_code"], r["ethnicity"], r["ethnicity_code"], int(r["population"]))
         )
     joint = _joint_population(data_dir, race)
+    candidates = _hospital_candidates(data_dir, zips, hospitals)
     return _Reference(
         states=states,
         zips=zips,
         state_zips=state_zips,
         hospitals=hospitals,
-        **_hospital_candidates(data_dir, zips, hospitals),
+        **candidates,
+        state_hospitals=_state_hospitals(state_zips, **candidates),
         age_sex=_expand_open_age(rows("age_sex.csv"), column["qx"]),
         **column,
         languages=tuple((r["bcp47"], r["display"], int(r["speakers_age5plus"])) for r in national),
@@ -284,9 +348,12 @@ def _zips(data_dir: Path) -> tuple[tuple[_ZipRow, ...], dict[str, tuple[tuple[in
     counties = _csv_columns(data_dir, "counties.csv")
     county = dict(zip(counties["county_fips"], counties["county_name"], strict=True))
     column = _csv_columns(data_dir, "zips.csv")  # column-wise: map and zip run in C
-    states, populations = column["state"], _ints(column["population"])
+    shared = {}.setdefault  # one str per distinct state or city name (33,000 rows, ~1/3 the names)
+    states = [shared(st, st) for st in column["state"]]
+    populations = _ints(column["population"])
     counties_ = map(county.__getitem__, column["county_fips"])
-    zips = tuple(zip(column["zip"], column["city"], counties_, states, strict=True))
+    cities = [shared(city, city) for city in column["city"]]
+    zips = tuple(zip(column["zip"], cities, counties_, states, strict=True))
     positions: dict[str, list[int]] = {}
     for z, state in enumerate(states):
         positions.setdefault(state, []).append(z)
@@ -332,7 +399,10 @@ def _hospitals(rows: list[dict[str, str]]) -> tuple[Mapping[str, str], ...]:
         ]
     if len(set(ids)) != len(ids):
         raise ValueError("hospitals.csv: organization ids are not unique")
-    return tuple({"id": i, **r} for i, r in zip(ids, rows, strict=True))
+    shared = {}.setdefault  # one str per distinct value (states, types, cities repeat)
+    return tuple(
+        {"id": i, **{k: shared(v, v) for k, v in r.items()}} for i, r in zip(ids, rows, strict=True)
+    )
 
 
 def _interleave(columns: list[list[int]]) -> list[int]:
@@ -372,6 +442,28 @@ def _hospital_candidates(
         "hospital_cand": array("H", _interleave(slots)),
         "hospital_cum": array("I", _interleave(cums)),
     }
+
+
+def _state_hospitals(
+    state_zips: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+    hospital_cand: array,
+    hospital_cum: array,
+) -> dict[str, tuple[int, ...]]:
+    """state -> the hospitals (positions) its ZIPs can draw: the candidate slots of positive
+    weight (cum above the ZIP's previous slot, or above 0 at its first), in any state."""
+    out = {}
+    for state, (positions, _) in state_zips.items():
+        used = set()
+        for z in positions:
+            lo = z * _CANDIDATES
+            cum = hospital_cum[lo : lo + _CANDIDATES]
+            used.update(
+                hospital_cand[lo + k]
+                for k, (c, before) in enumerate(zip(cum, [0, *cum[:-1]], strict=True))
+                if c > before
+            )
+        out[state] = tuple(sorted(used))
+    return out
 
 
 # ACS C16001 language group -> the B16001 variables (languages.csv rows) it is made of; "und"
@@ -771,6 +863,99 @@ def _mrn_bytes(index: int, add: int, mul: int) -> bytes:
         x ^= x >> 17
         if x < 10**10:
             return b"MC-%010d" % x
+
+
+def _limbs(value: int) -> tuple[int, int, int, int]:
+    """A number below 2**128 as four 32-bit limbs, least significant first."""
+    return tuple(value >> 32 * k & _M32 for k in range(4))  # type: ignore[return-value]
+
+
+def _mul122(a: list[Any], m: tuple[int, int, int, int]) -> list[Any]:
+    """a * m mod 2**122 on 32-bit limbs (uint64 arrays): _uuid_bytes's odd multiply, for a block.
+    Each limb product is split in its 32-bit halves, so no column sum overflows 64 bits; the top
+    limb only needs its product mod 2**64 (its low 26 bits are kept)."""
+    a0, a1, a2, a3 = a
+    m0, m1, m2, m3 = (np.uint64(v) for v in m)
+    mask, w = np.uint64(_M32), np.uint64(32)
+    p00, p01, p10 = a0 * m0, a0 * m1, a1 * m0
+    p02, p11, p20 = a0 * m2, a1 * m1, a2 * m0
+    c0 = p00 & mask
+    c1 = (p00 >> w) + (p01 & mask) + (p10 & mask)
+    c2 = (p01 >> w) + (p10 >> w) + (p02 & mask) + (p11 & mask) + (p20 & mask) + (c1 >> w)
+    c3 = (p02 >> w) + (p11 >> w) + (p20 >> w) + a0 * m3 + a1 * m2 + a2 * m1 + a3 * m0
+    c3 = c3 + (c2 >> w) & np.uint64((1 << 26) - 1)
+    return [c0, c1 & mask, c2 & mask, c3]
+
+
+def _xor_shift(a: list[Any], shift: int) -> list[Any]:
+    """x ^ (x >> shift) on 32-bit limbs (a 122-bit x)."""
+    q, r = divmod(shift, 32)
+    out = []
+    for k, limb in enumerate(a):
+        if k + q > 3:
+            out.append(limb)
+            continue
+        moved = a[k + q] >> np.uint64(r)
+        if r and k + q + 1 <= 3:
+            moved |= a[k + q + 1] << np.uint64(32 - r) & np.uint64(_M32)
+        out.append(limb ^ moved)
+    return out
+
+
+_HEX = b"0123456789abcdef"  # ASCII by value: index a uint8 view with the digits
+
+
+def _hex_digits(values: Any, digits: int) -> Any:
+    """(n, digits) ASCII hex digits of n numbers, most significant first."""
+    shifts = np.arange(4 * (digits - 1), -1, -4, dtype=np.uint64)
+    return np.frombuffer(_HEX, np.uint8)[(values[:, None] >> shifts) & np.uint64(15)]
+
+
+def _uuid_block(indexes: Any, add: int, mul: tuple[int, int, int]) -> Any:
+    """_uuid_bytes for a block of indexes (uint64): an (n, 36) uint8 array of the UUIDs' ASCII."""
+    a = _limbs(add)
+    mask, w = np.uint64(_M32), np.uint64(32)
+    c0 = (indexes & mask) + np.uint64(a[0])
+    c1 = (indexes >> w) + np.uint64(a[1]) + (c0 >> w)
+    c2 = np.uint64(a[2]) + (c1 >> w)
+    c3 = np.uint64(a[3]) + (c2 >> w) & np.uint64((1 << 26) - 1)
+    x = [c0 & mask, c1 & mask, c2 & mask, c3]
+    for m, shift in zip(mul, (61, 59, 63), strict=True):
+        x = _xor_shift(_mul122(x, _limbs(m)), shift)
+    high = x[3] << w | x[2]  # bits 64..121
+    low = x[1] << w | x[0]  # bits 0..63
+    out = np.empty((len(indexes), 36), np.uint8)
+    out[:, [8, 13, 18, 23]] = ord("-")
+    out[:, 14] = ord("4")
+    out[:, 0:8] = _hex_digits(high >> np.uint64(26), 8)
+    out[:, 9:13] = _hex_digits(high >> np.uint64(10) & np.uint64(0xFFFF), 4)
+    bits = (high << np.uint64(2) | low >> np.uint64(62)) & np.uint64(0xFFF)
+    out[:, 15:18] = _hex_digits(bits, 3)
+    out[:, 19:23] = _hex_digits(low >> np.uint64(48) & np.uint64(0x3FFF) | np.uint64(0x8000), 4)
+    out[:, 24:36] = _hex_digits(low & np.uint64(0xFFFFFFFFFFFF), 12)
+    return out
+
+
+_DIGITS = b"0123456789"
+
+
+def _mrn_block(indexes: Any, add: int, mul: int) -> Any:
+    """_mrn_bytes for a block of indexes (uint64): an (n, 13) uint8 array of "MC-" and the
+    ten digits. The cycle walk repeats for those still at or above 10**10."""
+    x, todo = indexes.copy(), np.arange(len(indexes))
+    found = np.empty(len(indexes), np.uint64)
+    add_, mul_, m34 = np.uint64(add), np.uint64(mul), np.uint64(_M34)
+    while len(todo):
+        x = (x + add_) * mul_ & m34  # the product wraps at 2**64: its low 34 bits are exact
+        x ^= x >> np.uint64(17)
+        ok = x < np.uint64(10**10)
+        found[todo[ok]] = x[ok]
+        todo, x = todo[~ok], x[~ok]
+    out = np.empty((len(indexes), 13), np.uint8)
+    out[:, :3] = np.frombuffer(b"MC-", np.uint8)
+    powers = np.uint64(10) ** np.arange(9, -1, -1, dtype=np.uint64)
+    out[:, 3:] = np.frombuffer(_DIGITS, np.uint8)[found[:, None] // powers % np.uint64(10)]
+    return out
 
 
 def _add_years(d: date, years: int) -> date:
@@ -1479,18 +1664,7 @@ def _organizations(ref: _Reference, state_codes: tuple[str, ...]) -> dict[str, t
     states, and every hospital of another state that is a candidate of one of its ZIPs
     (candidates cross state lines), so every reference resolves."""
     kinds, chosen = (*_GENERAL_HOSPITAL_TYPES, _CHILDREN_HOSPITAL_TYPE), set(state_codes)
-    cand, cum = ref.hospital_cand, ref.hospital_cum
-    # slot k is drawn if its weight is positive (cum[k] > the ZIP's previous cum, or 0 at a
-    # ZIP's first slot) and its ZIP is in the run: whole-array maps and compress, in C
-    prev = [0, *cum[:-1]]
-    prev[::_CANDIDATES] = [0] * (len(cum) // _CANDIDATES)
-    in_run = bytearray(len(cum) // _CANDIDATES)
-    for state in state_codes:
-        for z in ref.state_zips[state][0]:
-            in_run[z] = 1
-    slot_in_run = itertools.chain.from_iterable(zip(*[in_run] * _CANDIDATES, strict=True))
-    drawn = map(operator.and_, map(operator.gt, cum, prev), slot_in_run)
-    used = set(itertools.compress(cand, drawn))
+    used = set().union(*(ref.state_hospitals[state] for state in state_codes))
     index = tuple(
         i
         for i, h in enumerate(ref.hospitals)
@@ -1607,6 +1781,172 @@ def patient_id(plan: Plan, index: int) -> str:
 def _patient_mrn(plan: Plan, index: int) -> str:
     """Patient #index's MRN: a keyed permutation of the ten-digit numbers, so MRNs never collide."""
     return _mrn_bytes(index, plan.mrn_add, plan.mrn_mul).decode()
+
+
+# -- block sampling: the bulk path draws a block of patients at once with numpy, the same
+#    values _sample_tuple gives one by one (tests/test_block.py compares them index by index):
+#    one hash per patient still, then every table lookup over the whole block
+
+
+class _BlockTables(NamedTuple):
+    """The plan's sampling tables as numpy arrays (built once per plan, only on the bulk path).
+
+    A per-state (or per-row) cumulative table is laid end to end as one non-decreasing uint64
+    array, each table shifted by the totals before it (`*_base`): then one searchsorted over the
+    block is bisect_right within every patient's own table. Short tables (race, language,
+    hospital candidates) are rows of a matrix: the count of entries <= x is bisect_right."""
+
+    state_cum: Any  # uint64, the state weights
+    zip_flat: Any  # every state's ZIP cumulative weights, end to end
+    zip_base: Any  # per state: the total of the states before it (the shift of its table)
+    zip_start: Any  # per state: where its table starts in zip_flat
+    zip_total: Any  # per state: its table's total
+    zip_index: Any  # int64, zip_flat position -> position in plan.zips
+    cell_flat: Any  # every state's cell weights, end to end (as zip_*)
+    cell_base: Any
+    cell_start: Any
+    cell_total: Any
+    race_rows: Any  # (states * cells, race rows) cumulative weights, row = state * cells + cell
+    race_hispanic: Any  # per race row: 1 for Hispanic or Latino
+    language_rows: Any  # (states * 6, languages): Plan.language_cum as a matrix
+    language_slot: Any  # per cell
+    hospital_cum: Any  # (ZIPs, CANDIDATES): Plan.hospital_cum by ZIP (a view of its array)
+    hospital_cand: Any  # (ZIPs, CANDIDATES): Plan.hospital_cand by ZIP (a view)
+    hospital_slots: Any  # per cell: 10 or 11 candidates
+    birth_low: Any  # int64 per cell
+    birth_span: Any  # uint64 per cell
+    dead: Any  # bool per cell
+    sex_female: Any  # bool per cell
+
+
+def _end_to_end(tables: Sequence[Sequence[int]]) -> tuple[Any, Any, Any, Any]:
+    """Cumulative tables laid end to end, each shifted by the totals before it: (flat array,
+    shift per table, start per table, total per table). The grand total must fit 63 bits."""
+    totals = [t[-1] for t in tables]
+    shift = [0, *itertools.accumulate(totals)][:-1]
+    if sum(totals) >= 1 << 63:
+        raise ValueError("the weight tables' totals overflow the block's 64-bit searchsorted")
+    flat = np.fromiter((v + b for t, b in zip(tables, shift, strict=True) for v in t), np.uint64)
+    starts = [0, *itertools.accumulate(len(t) for t in tables)][:-1]
+    return (
+        flat,
+        np.array(shift, np.uint64),
+        np.array(starts, np.int64),
+        np.array(totals, np.uint64),
+    )
+
+
+def _matrix(rows: Sequence[Sequence[int]]) -> Any:
+    """Equal-length cumulative tables as a matrix (one table a row), uint32 where they fit."""
+    top = max((row[-1] for row in rows), default=0)
+    dtype = np.uint32 if top <= _M32 else np.uint64
+    return np.array(rows, dtype).reshape(len(rows), len(rows[0]) if rows else 0)
+
+
+def _by_zip(slots: array) -> Any:
+    """A per-ZIP array of CANDIDATES slots as a (ZIPs, CANDIDATES) matrix: a view, no copy."""
+    return np.frombuffer(slots, slots.typecode).reshape(-1, _CANDIDATES)
+
+
+@functools.lru_cache(maxsize=8)
+def _block_tables(plan: Plan) -> _BlockTables:
+    zip_flat, zip_base, zip_start, zip_total = _end_to_end(plan.zip_cum)
+    cell_flat, cell_base, cell_start, cell_total = _end_to_end(plan.cell_cum)
+    cells = plan.cells
+    return _BlockTables(
+        state_cum=np.array(plan.state_cum, np.uint64),
+        zip_flat=zip_flat,
+        zip_base=zip_base,
+        zip_start=zip_start,
+        zip_total=zip_total,
+        zip_index=np.fromiter(itertools.chain.from_iterable(plan.zip_index), np.int64),
+        cell_flat=cell_flat,
+        cell_base=cell_base,
+        cell_start=cell_start,
+        cell_total=cell_total,
+        race_rows=_matrix([row for per_state in plan.race_cum for row in per_state]),
+        race_hispanic=np.array(plan.race_hispanic, np.int64),
+        language_rows=_matrix(plan.language_cum),
+        language_slot=np.array(plan.language_slot, np.int64),
+        hospital_cum=_by_zip(plan.hospital_cum),
+        hospital_cand=_by_zip(plan.hospital_cand),
+        hospital_slots=np.array(plan.hospital_slots, np.int64),
+        birth_low=np.array(plan.birth_low, np.int64),
+        birth_span=np.array(plan.birth_span, np.uint64),
+        dead=np.array([bool(p) for p in plan.death_power]),
+        sex_female=np.array([sex == "female" for _, sex, _ in cells]),
+    )
+
+
+def _scaled(u: Any, total: Any) -> Any:
+    """(u * total) >> 32 for 32-bit draws u and totals below 2**64, exactly, in uint64: the
+    draw's point on [0, total), as _pick computes it with Python integers."""
+    total = np.asarray(total, np.uint64)
+    high, low = total >> np.uint64(32), total & np.uint64(_M32)
+    return u * high + (u * low >> np.uint64(32))
+
+
+def _bisect_rows(rows: Any, x: Any) -> Any:
+    """bisect_right(row, x) for every (row, x) pair: the count of entries <= x."""
+    return (rows <= x[:, None]).sum(axis=1)
+
+
+class _Block(NamedTuple):
+    """Patients #lo..#hi-1 as _Sample's columns (numpy arrays; `died` -1 for the living)."""
+
+    state: Any
+    zip: Any
+    cell: Any
+    female: Any  # the cell's sex is female
+    birth: Any
+    gender: Any  # 0 the cell's sex, 1 other, 2 unknown
+    language: Any
+    organization: Any
+    died: Any
+    race: Any
+
+
+def _block_draws(plan: Plan, lo: int, hi: int) -> Any:
+    """The sixteen raw draws of patients #lo..#hi-1: a (hi - lo, 16) uint64 array."""
+    if not 0 <= lo <= hi <= _MAX_INDEX + 1:
+        raise ValueError(f"patient indexes must be from 0 to {_MAX_INDEX}, not {lo}..{hi - 1}")
+    copy, digests = plan.hasher.copy, []
+    append = digests.append
+    for index in range(lo, hi):
+        h = copy()
+        h.update(index.to_bytes(8, "little"))
+        append(h.digest())
+    raw = np.frombuffer(b"".join(digests), "<u4").reshape(hi - lo, len(_Draws._fields))
+    return raw.astype(np.uint64)
+
+
+def _sample_block(plan: Plan, lo: int, hi: int) -> _Block:
+    """_sample_tuple for patients #lo..#hi-1 at once, as columns: the same values."""
+    t, raw = _block_tables(plan), _block_draws(plan, lo, hi)
+    u = _Draws._make(raw.T)  # each slot a column, by its Draws name
+    s = np.searchsorted(t.state_cum, _scaled(u.state, t.state_cum[-1]), "right")
+    at = np.searchsorted(t.zip_flat, t.zip_base[s] + _scaled(u.zip, t.zip_total[s]), "right")
+    z = t.zip_index[at]
+    x = t.cell_base[s] + _scaled(u.cell, t.cell_total[s])
+    cell = np.searchsorted(t.cell_flat, x, "right") - t.cell_start[s]
+    rows = t.race_rows[s * len(plan.cells) + cell]
+    race = _bisect_rows(rows, _scaled(u.race, rows[:, -1]))
+    rows = t.language_rows[s * 6 + t.language_slot[cell] + t.race_hispanic[race]]
+    language = _bisect_rows(rows, _scaled(u.language, rows[:, -1]))
+    slots = t.hospital_slots[cell]
+    cum = t.hospital_cum[z]
+    total = cum[np.arange(len(z)), slots - 1]
+    within = _bisect_rows(cum, _scaled(u.organization, total))  # never reaches slots: x < total
+    org = t.hospital_cand[z, within]
+    birth = t.birth_low[cell] + (u.birth * t.birth_span[cell] >> np.uint64(32)).astype(np.int64)
+    died = np.full(len(z), -1, np.int64)
+    for k in np.flatnonzero(t.dead[cell]).tolist():  # the dead (~3 %): one by one, as _death
+        c = int(cell[k])
+        birth[k], died[k] = _death(plan, c, plan.death_power[c], tuple(raw[k].tolist()))
+    gender = np.where(
+        u.gender < plan.gender_other, 1, np.where(u.gender < plan.gender_unknown, 2, 0)
+    )
+    return _Block(s, z, cell, t.sex_female[cell], birth, gender, language, org, died, race)
 
 
 class _Fields(NamedTuple):
@@ -2918,7 +3258,7 @@ def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[fl
     return out
 
 
-def _death_cuts(
+def _death_kind_cuts(
     plan: Plan, rates: list[float], shares: Mapping[str, float], national: Mapping[str, float]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Cumulative 32-bit cuts over a death's kinds, under 65 and 65+: in hospital after an
@@ -2982,7 +3322,7 @@ def _stay_tables(plan: Plan) -> _StayTables:
         factors=_hospital_factors(plan, discharges),
         readmit=_readmission_rates(plan, ref),
         month_chance=tuple(1.0 - math.exp(-r * 30 * 86400 / _SECONDS_PER_YEAR) for r in rates),
-        death_cuts=_death_cuts(plan, rates, shares, ref["national"]),
+        death_cuts=_death_kind_cuts(plan, rates, shares, ref["national"]),
         post_acute=tuple(_cut(p) for p in _POST_ACUTE_SHARE),
         post_acute_cum=_cumulative(round(share * 1000) for *_, share in _DISPOSITIONS[1:]),
         own_cut=_cut(_OWN_HOSPITAL_SHARE),
@@ -3860,7 +4200,7 @@ class _Fragments(NamedTuple):
     meta_v1: bytes  # version 1's meta at as-of
     after_mrn: bytes
     genders: Mapping[str, bytes]
-    dates: list[bytes]  # quoted ISO dates by ordinal - plan.dates_base
+    dates: Mapping[int, bytes]  # quoted ISO dates by ordinal - plan.dates_base, made on first use
     alive: bytes  # what follows birthDate for the living
     to_deceased: bytes  # birthDate's closing quote up to the deceasedDateTime's opening quote
     to_address: bytes
@@ -3890,7 +4230,7 @@ def _fragments(plan: Plan) -> _Fragments:
         meta_v1=dumps(_meta(1, plan.last_updated)),
         after_mrn=b'"' + after["mrn"],
         genders={g: dumps(g) + after["gender"] for g in ("male", "female", "other", "unknown")},
-        dates=('"' + '"\n"'.join(plan.dates) + '"').encode().split(b"\n"),
+        dates=_Memo(lambda k: b'"%s"' % plan.dates[k].encode()),
         alive=alive_after["birth_date"],
         to_deceased=after["birth_date"] + b'"',
         to_address=b'"' + after["deceased"],
@@ -3920,7 +4260,7 @@ def _patient_writer(plan: Plan) -> _Writer:
         f.to_address,
     )
     addresses, languages, organizations = f.addresses, f.languages, f.organizations
-    n_dates, base, join = len(dates), plan.dates_base, b"".join
+    n_dates, base, join = len(plan.dates), plan.dates_base, b"".join
     uuid_add, uuid_mul, mrn_add, mrn_mul = plan.uuid_add, plan.uuid_mul, plan.mrn_add, plan.mrn_mul
     uuid_bytes, mrn_bytes = _uuid_bytes, _mrn_bytes
 
@@ -3971,6 +4311,105 @@ def _rendered_block(plan: Plan) -> Callable[[int, int], list[bytes]]:
         indexes = range(lo, hi)
         return write(indexes, map(sample_of, indexes), itertools.repeat(meta_v1))
 
+    return block
+
+
+def _iso_date_block(ordinals: Any) -> Any:
+    """(n, 10) ASCII of the ISO dates of proleptic ordinals (years 1 to 9999, as isoformat)."""
+    days = (ordinals - _EPOCH_DAY).astype("datetime64[D]")
+    months = days.astype("datetime64[M]")
+    years = months.astype("datetime64[Y]")
+    fields = (
+        (years.astype(np.int64) + 1970, 4),
+        ((months - years).astype(np.int64) + 1, 2),
+        ((days - months).astype(np.int64) + 1, 2),
+    )
+    out = np.empty((len(ordinals), 10), np.uint8)
+    out[:, [4, 7]] = ord("-")
+    at = 0
+    for values, width in fields:
+        powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+        out[:, at : at + width] = np.frombuffer(_DIGITS, np.uint8)[values[:, None] // powers % 10]
+        at += width + 1
+    return out
+
+
+def _iso_instant_block(seconds: Any) -> Any:
+    """(n, 20) ASCII of whole-second UTC instants as _deceased writes them, for years 1000-9999
+    (deaths fall after as-of, at least 2010, less a look-back of at most 100 years)."""
+    days, rest = np.divmod(seconds, 86400)
+    out = np.empty((len(seconds), 20), np.uint8)
+    out[:, :10] = _iso_date_block(days + _EPOCH_DAY)
+    out[:, [10, 13, 16, 19]] = np.frombuffer(b"T::Z", np.uint8)
+    digits = np.frombuffer(_DIGITS, np.uint8)
+    for at, value in ((11, rest // 3600), (14, rest // 60 % 60), (17, rest % 60)):
+        out[:, at], out[:, at + 1] = digits[value // 10], digits[value % 10]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
+    """(lo, hi) -> patients #lo..#hi-1 as NDJSON (each line as json_renderer renders it), from
+    one _sample_block. Each record up to its address (ids, meta, MRN, gender, birth date and
+    death) is the start of a row of one uint8 matrix: the fixed part at the same place in every
+    row, then the gender, date and death bytes of the row's kind (gender x living or dead),
+    so per patient only a slice of it and three pre-serialised fragments (ZIP, language,
+    hospital) remain, the whole block in one join (the bulk path; tests/test_block.py compares
+    it with json_renderer)."""
+    f = _fragments(plan)
+    fixed = (f.head, 36, f.after_id + f.meta_v1 + f.after_meta, 13, f.after_mrn)
+    at = list(itertools.accumulate([0, *(p if isinstance(p, int) else len(p) for p in fixed)]))
+    genders = [f.genders[g] for g in ("male", "female", "other", "unknown")]
+    instant = b"\0" * 20
+    deaths = (f.alive, f.to_deceased + instant + f.to_address)
+    # a row's kind k = gender * 2 + dead: its bytes after the fixed part, with room for the
+    # birth date (and the death instant), which each row fills in
+    kinds = [g + b'"' + b"\0" * 10 + b'"' + d for g in genders for d in deaths]
+    width = at[-1] + max(map(len, kinds))
+    template = np.zeros(width, np.uint8)
+    for start, part in zip(at, fixed, strict=False):
+        if not isinstance(part, int):
+            template[start : start + len(part)] = np.frombuffer(part, np.uint8)
+    tails = np.zeros((len(kinds), width - at[-1]), np.uint8)
+    for k, tail in enumerate(kinds):
+        tails[k, : len(tail)] = np.frombuffer(tail, np.uint8)
+    lengths = np.array([at[-1] + len(tail) for tail in kinds], np.int64)
+    date_at = [at[-1] + len(g) + 1 for g in genders]  # the birth date's first digit, by gender
+    instant_at = [d + 11 + len(f.to_deceased) for d in date_at]
+    addresses, languages = f.addresses, f.languages
+    organizations = _Memo(lambda h: f.organizations[h] + b"\n")
+
+    def block(lo: int, hi: int) -> bytes:
+        b, n = _sample_block(plan, lo, hi), hi - lo
+        indexes = np.arange(lo, hi, dtype=np.uint64)
+        gender = np.where(b.gender == 0, b.female, b.gender + 1)
+        dead = b.died >= 0
+        kind = gender * 2 + dead
+        rows = np.empty((n, width), np.uint8)
+        rows[:] = template
+        rows[:, at[1] : at[2]] = _uuid_block(indexes, plan.uuid_add, plan.uuid_mul)
+        rows[:, at[3] : at[4]] = _mrn_block(indexes, plan.mrn_add, plan.mrn_mul)
+        rows[:, at[-1] :] = tails[kind]
+        born, died = _iso_date_block(b.birth), _iso_instant_block(b.died[dead])
+        died_kind = kind[dead]
+        for g, start in enumerate(date_at):  # the dates sit after the gender: by gender
+            of = gender == g
+            if of.any():
+                rows[of, start : start + 10] = born[of]
+                at_died = died_kind // 2 == g
+                rows[dead & of, instant_at[g] : instant_at[g] + 20] = died[at_died]
+        ends = (np.arange(0, n * width, width) + lengths[kind]).tolist()
+        flat = memoryview(rows.reshape(-1))  # sliced without a copy; join reads the views
+        parts: list[Any] = [b""] * (4 * n)
+        parts[0::4] = map(flat.__getitem__, map(slice, range(0, n * width, width), ends))
+        parts[1::4] = map(addresses.__getitem__, b.zip.tolist())
+        parts[2::4] = map(languages.__getitem__, b.language.tolist())
+        parts[3::4] = map(organizations.__getitem__, b.organization.tolist())
+        return b"".join(parts)
+
+    # a field the block misses (or places wrong) fails here, when the block is built
+    if block(0, 256) != b"".join(line + b"\n" for line in _rendered_block(plan)(0, 256)):
+        raise AssertionError("_ndjson_block's bytes differ from json_renderer's (#0..#255)")
     return block
 
 
@@ -4150,6 +4589,8 @@ def _patient_and_stays(plan: Plan, validate: bool) -> Callable[[int], bytes]:
 
 
 _BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
+_BLOCK_MIN = 10_000  # fewer patients render one by one: numpy and its tables would cost more
+_NUMPY_BLOCK = 2_000  # patients per numpy block (and chunk) on the bulk path: ~1.1 MB of NDJSON
 
 
 def _ndjson(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -4167,18 +4608,18 @@ def ndjson_chunks(
     validate: bool = False,
     tick: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
-    """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each)."""
-    if validate or not plan.profile.rendered:
-        line = _patient_line(plan, validate)
-        block = lambda a, b: [line(i) for i in range(a, b)]  # noqa: E731
+    """Patients #lo..#hi-1 as NDJSON, BATCH records per chunk (one join, one write each), or
+    NUMPY_BLOCK records per chunk sampled and rendered as one numpy block (_ndjson_block) when there
+    are BLOCK_MIN or more: the same bytes either way."""
+    if validate or not plan.profile.rendered or hi - lo < _BLOCK_MIN:
+        line, step = _patient_line(plan, validate), _BATCH
+        chunk = lambda a, b: b"".join([line(i) + b"\n" for i in range(a, b)])  # noqa: E731
     else:
         json_renderer(plan)  # its self-check, once
-        block = _rendered_block(plan)
-    for a in range(lo, hi, _BATCH):
-        b = min(a + _BATCH, hi)
-        lines = block(a, b)
-        lines.append(b"")
-        yield b"\n".join(lines)
+        chunk, step = _ndjson_block(plan), _NUMPY_BLOCK
+    for a in range(lo, hi, step):
+        b = min(a + step, hi)
+        yield chunk(a, b)
         if tick:
             tick(b - a)
 
@@ -4685,6 +5126,45 @@ def _organization_files(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
 #    relative to the layer root; every failure of a store is a BronzeError.
 
 
+class _Store(Protocol):
+    """Where a layer's bytes go: what the run, the resume logic and the batches call, and all a
+    new store implements (then one entry in STORES). Keys are relative to the layer root."""
+
+    def __init__(self, spec: Bronze) -> None: ...
+
+    @staticmethod
+    def check_root(root: str) -> None:
+        """ValueError (a usage error) unless root is a valid root for this store."""
+
+    def display(self) -> str: ...  # the root as the run's summary line shows it
+
+    def url(self, key: str) -> str: ...  # a key as an absolute URL (manifests list them)
+
+    def prepare(self) -> None: ...  # reach the root (create it, probe the bucket) before work
+
+    def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
+        """Write key whole (readers never see part of it); the bytes written."""
+
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """Write key only if it does not exist yet (the run's claim); False if it did."""
+
+    def read(self, key: str) -> bytes | None: ...  # None if the key does not exist
+
+    def size(self, key: str) -> int | None: ...  # None if the key does not exist
+
+    def list(self, folder: str) -> Iterator[str]: ...  # the keys under folder/
+
+    def delete(self, keys: Iterable[str]) -> None: ...
+
+    def remove_temp_files(self) -> None: ...  # dead writers' leftovers (local stores)
+
+    def remove_run_folder(self) -> None: ...  # the emptied _run/ bookkeeping folder
+
+    def drain(self) -> tuple[int, str | None]: ...  # wait for background writes: (bytes, error)
+
+    def close(self) -> None: ...
+
+
 class _UploadFailed(BronzeError):
     """A store's earlier background write failed: stop the unit, drain() reports it."""
 
@@ -5147,10 +5627,8 @@ class _S3Store:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-_Store = _LocalStore | _S3Store
-
 # The store registry: URL scheme -> store; a root without a scheme is a local directory.
-_STORES: Mapping[str, type[_LocalStore] | type[_S3Store]] = {"file": _LocalStore, "s3": _S3Store}
+_STORES: Mapping[str, type[_Store]] = {"file": _LocalStore, "s3": _S3Store}
 
 
 def _scheme(root: str) -> str:

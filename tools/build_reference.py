@@ -1,13 +1,15 @@
 """Build the derived tables of reference_data/: each ZIP's nearest hospitals and their weights
 (hospital_candidates.csv), who prefers which language (language_lep.csv) and the joint
-population's tables (state_age_sex.csv, state_mortality.csv, race_by_state_age.csv).
+population's tables (state_age_sex.csv, state_mortality.csv, race_by_state_age.csv), then the
+generator's parsed tables as reference.marshal (what a run loads at start-up instead of the CSVs).
 
     python tools/build_reference.py            # rewrite the files (deterministic, ~5 s)
     python tools/build_reference.py --check    # exit 1 if a file differs from a rebuild
 
 Offline, so a plan never pays for the nearest-hospital search (1.3 s for 33,187 ZIPs) or the
-fits. Reads only reference_data/; stdlib only. tests/test_places.py rebuilds both files with
-these functions and compares them with the committed ones.
+fits. Reads only reference_data/; stdlib and, for reference.marshal, the generator itself.
+tests/test_places.py rebuilds the files with these functions and compares them with the
+committed ones.
 
 Hospital model (docs and README "Places and hospitals"):
   * general hospitals = CMS "Acute Care Hospitals" and "Critical Access Hospitals"; "Childrens"
@@ -652,7 +654,26 @@ def main() -> int:
         else:
             target.write_text(text, encoding="utf-8")
             print(f"wrote {target} ({len(text):,} bytes)")
-    return status
+    return status | reference_cache(DATA, args.check)
+
+
+def reference_cache(data: Path, check: bool) -> int:
+    """reference.marshal: the generator's tables parsed from the CSVs (just written), as marshal
+    data keyed by the CSVs' hash, so a run loads them instead of parsing ~8 MB of CSV. --check
+    compares its content (marshal bytes are not canonical) with a fresh parse; 1 if it differs."""
+    sys.path.insert(0, str(data.parent))
+    import fhir_patient_generator as g  # noqa: PLC0415 (the generator reads the CSVs it wrote)
+
+    target = data / g._REFERENCE_CACHE
+    parsed = g._parse_reference(data)
+    if check:
+        same = g._cached_reference(data) == parsed
+        print(f"{target.name}: {'up to date' if same else 'differs from a rebuild'}")
+        return int(not same)
+    blob = g._reference_marshal(parsed, data)
+    target.write_bytes(blob)
+    print(f"wrote {target} ({len(blob):,} bytes)")
+    return 0
 
 
 if __name__ == "__main__":
