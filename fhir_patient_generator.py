@@ -3905,7 +3905,7 @@ _HAI_AT_RISK_SCALE = 1.45
 _HAI_EXTRA_DAYS = (16.14, 21.0, 6.5, 6.5, 2.3, 16.14)
 _HAI_DEATH_ODDS = (3.19, 1.99, 2.33, 2.33, 1.70, 3.19)
 # The share of all days at risk that fall in stays ending in death (2.8 %: seed 7, 60,000
-# patients of all ages; 3.3 % since ADMISSION_PROCESS_SHARE, a 0.1-0.4 % change in incidence
+# patients of all ages; 3.3 % since ADMISSION_PROCESS_SHARE, a 0.4-1.0 % change in incidence
 # left as is): the chance of the other stays is scaled by 1 / (1 - e + e x odds ratio) so that
 # raising it in the stays that end in death keeps each hospital's incidence
 _HAI_EXPIRED_RISK_SHARE = 0.028
