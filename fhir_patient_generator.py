@@ -4170,8 +4170,10 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         raise AssertionError("an admission tile may outgrow ADMISSION_SLOTS")
     t = _stay_tables(plan)
     top_draw = _StayDraws._make([0] * len(_StayDraws._fields))  # _los is monotone in the draw
+    longest_hais = sum(_hai_tables(plan).extra)  # infections lengthen a stay by at most this
     los_bound = tuple(
         max(_los(d, top_draw._replace(los=((j + 1) << _LOS_SHIFT) - 1)) for d in t.diagnoses)
+        + longest_hais
         for j in range(1 << (32 - _LOS_SHIFT))
     )
     return _AdmissionTables(
@@ -4179,7 +4181,7 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         poisson=poisson,
         accept={
             sex: tuple(
-                _cut(_admission_rate(rates, age, sex) / _ADMISSION_BOUND)
+                _cut(_admission_rate(rates, age, sex) * _process_share(age) / _ADMISSION_BOUND)
                 for age in range(_MAX_AGE + 1)
             )
             for sex in _SEXES
@@ -4187,6 +4189,12 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         los_bound=los_bound,
         readmit_cut=_cut(max((max(rates) for rates in t.readmit.values()), default=0.0)),
     )
+
+
+def _process_share(age: int) -> float:
+    """ADMISSION_PROCESS_SHARE at an age: the admissions process's part of the table's rate
+    (readmissions make the rest), as the look-back window's _cell_rates takes it."""
+    return next(x for first, x in reversed(_ADMISSION_PROCESS_SHARE) if age >= first)
 
 
 def _live_stay_number(year: int, slot: int) -> int:
@@ -4272,7 +4280,9 @@ def _readmit_at(
     u = _live_draws(plan, stay.index, _readmission_number(stay.k), chain)
     again, more = _readmission(plan, t, s, stay, u)
     later = _sample_at(versions, again.admitted)
-    return (again, more) if later is s else _readmission(plan, t, later, stay, u)
+    if later is not s:
+        again, more = _readmission(plan, t, later, stay, u)
+    return _infected(plan, again, stay.discharged + 3600), more  # lengthened (issue 19)
 
 
 def _admission_chain(
@@ -4305,6 +4315,7 @@ def _admission_chain(
             partial = _Stay(index, k, admitted, admitted, -1, -1, -1)
             s, u = _sample_at(versions, admitted), _live_draws(plan, index, k, chain)
             stay, more = _admitted_stay(plan, t, s, partial, u)
+            stay = _infected(plan, stay, versions[0].instant)  # lengthened (issue 19)
         if stay.discharged - start > _CHAIN_SPAN:
             continue
         kept.append(stay)
@@ -4328,6 +4339,9 @@ def _death_stays(plan: Plan, versions: list[Version], kept: list[_Stay]) -> list
     if found[1]:
         again, _ = _readmission(plan, t, s, found[0])
         if again.admitted < s.died <= again.discharged:
+            again = again._replace(discharged=s.died, disposition=-1)
+        again = _infected(plan, again, found[0].discharged + 3600)  # lengthened (issue 19)
+        if again.admitted < s.died < again.discharged:  # past the death: it ends there
             again = again._replace(discharged=s.died, disposition=-1)
         if again.admitted < s.died and again.discharged <= s.died and _fits(again, kept):
             out.append(again)
