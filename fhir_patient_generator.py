@@ -4127,8 +4127,8 @@ _ADMISSION_SLOTS = 256  # candidates per tile at most (the Poisson table ends be
 _CHAIN_DEPTH = 4  # a living stay number holds an index admission and up to 3 readmissions
 # A chain (an index stay and its readmissions) ends within this of its index admission: a stay
 # that would be discharged later is not made, so a batch looks back only this far for stays.
-# Of 15,884 chains of the look-back window (seed 3, 60,000 patients) 46 outlast 60 days, 3 90
-# days, none 120 days (stays last at most a year, but rarely more than weeks)
+# Of 13,521 chains of the look-back window (seed 3, 60,000 patients, infections lengthening
+# their stays) 43 outlast 60 days, 2 90 days, none 120 (stays last at most a year, rarely weeks)
 _CHAIN_SPAN = 120 * 86400
 _LOS_SHIFT = 22  # a batch's pre-check bounds a stay's length by its LOS draw's top 10 bits
 
@@ -4149,6 +4149,8 @@ class _AdmissionTables(NamedTuple):
     accept: Mapping[str, tuple[int, ...]]  # sex -> by whole age: 32-bit cut of rate / bound
     los_bound: tuple[int, ...]  # by StayDraws.los >> LOS_SHIFT: no diagnosis keeps one longer
     readmit_cut: int  # StayDraws.readmitted at or above this: no hospital readmits the stay
+    hai_top: tuple[float, ...]  # per HAI kind: the highest 32-bit cut per second at risk
+    hai_extra: tuple[int, ...]  # per HAI kind: the seconds it lengthens a stay (_infected)
 
 
 @functools.lru_cache(maxsize=8)
@@ -4170,12 +4172,11 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         raise AssertionError("an admission tile may outgrow ADMISSION_SLOTS")
     t = _stay_tables(plan)
     top_draw = _StayDraws._make([0] * len(_StayDraws._fields))  # _los is monotone in the draw
-    longest_hais = sum(_hai_tables(plan).extra)  # infections lengthen a stay by at most this
     los_bound = tuple(
         max(_los(d, top_draw._replace(los=((j + 1) << _LOS_SHIFT) - 1)) for d in t.diagnoses)
-        + longest_hais
         for j in range(1 << (32 - _LOS_SHIFT))
     )
+    hai = _hai_tables(plan)
     return _AdmissionTables(
         tile_hash=hashlib.shake_256(b"metriccare-admissions/1|" + plan.key),
         poisson=poisson,
@@ -4188,6 +4189,11 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         },
         los_bound=los_bound,
         readmit_cut=_cut(max((max(rates) for rates in t.readmit.values()), default=0.0)),
+        hai_top=tuple(
+            max(rates[j] for rates in hai.rates.values()) / 86400 * 4294967296.0
+            for j in range(len(hai.extra))
+        ),
+        hai_extra=hai.extra,
     )
 
 
@@ -4241,15 +4247,35 @@ def _admissions(a: _AdmissionTables, block: int, lo: int, hi: int) -> dict[int, 
     return out
 
 
-def _chain_reaches(a: _AdmissionTables, admitted: int, chain: tuple[int, ...], at: int) -> bool:
-    """Whether the chain of a candidate admission (admitted then, its tile's chain words) might
-    hold a stay discharged after `at`, from the tile alone: each stay at most los_bound long, a
-    readmission (possible while the draw is below readmit_cut) after _readmission's own gap."""
-    end = admitted
+def _hai_bound(plan: Plan, a: _AdmissionTables, index: int, k: int, longest: int) -> int:
+    """At most how much stay k's infections lengthen it (_infected), its length before them at
+    most `longest`: kind j can happen only while its draw is below the highest rate of any
+    hospital x the days at risk (fewer than the stay's), as _hai_draw has it (alive)."""
+    u: _HaiDraws = _stream(plan, _HaiDraws, index, k)
+    happens = (u.clabsi, u.cauti, u.ssi_colon, u.ssi_hyst, u.cdi, u.mrsa)  # _hai_draw's order
+    return sum(
+        extra
+        for draw, top, extra in zip(happens, a.hai_top, a.hai_extra, strict=True)
+        if draw < top * longest
+    )
+
+
+def _chain_reaches(
+    plan: Plan, a: _AdmissionTables, key: tuple[int, int, int], chain: tuple[int, ...], at: int
+) -> bool:
+    """Whether the chain of a candidate admission (key: index, stay number, admission; chain:
+    its tile's chain words) might hold a stay discharged after `at`: each stay at most
+    los_bound long (from the tile), plus what its infections might add (_hai_bound, hashed
+    only when that could matter), a readmission (possible while the draw is below
+    readmit_cut) after _readmission's own gap."""
+    index, k, end = key
     for r in range(0, 3 * _CHAIN_DEPTH, 3):
         if r:  # the readmission's gap, as _readmission computes it
             end += max(3600, round(30 * 86400 * (chain[r] / 4294967296.0) ** _READMIT_SKEW))
-        end += a.los_bound[chain[r + 1] >> _LOS_SHIFT]
+        longest = a.los_bound[chain[r + 1] >> _LOS_SHIFT]
+        end += longest
+        if end + sum(a.hai_extra) > at:  # its infections might carry it past `at`
+            end += _hai_bound(plan, a, index, k + r // 3, longest)
         if end > at:
             return True
         if chain[r + 2] >= a.readmit_cut:
@@ -4396,7 +4422,12 @@ def _window_suspects(
     tables, out = _admission_tables(plan), {}
     recent = _admissions(tables, block, max(dyn.start, since - _CHAIN_SPAN), until)
     for offset, found in recent.items():
-        reach = [c for c in found if c[0] > since or _chain_reaches(tables, c[0], c[3], since)]
+        i = block * _BLOCK + offset
+        reach = [
+            c
+            for c in found
+            if c[0] > since or _chain_reaches(plan, tables, (i, c[1], c[0]), c[3], since)
+        ]
         if reach:
             out[offset] = reach
     for offset, events in _candidates(dyn, block, since, until).items():
