@@ -15,7 +15,8 @@ import pytest
 import fhir_patient_generator as g
 
 # Private names used here (the two paths this file compares): _MAX_INDEX, _iso_date_block,
-# _mrn_block, _mrn_bytes, _ndjson_block, _sample_block, _sample_tuple, _uuid_block, _uuid_bytes
+# _mrn_block, _mrn_bytes, _ndjson_block, _sample_block, _sample_tuple, _uuid_block, _uuid_bytes,
+# _stays_line, _stays_block, _stays_batches, _BLOCK_MIN, _NUMPY_BLOCK, _BATCH
 
 PLANS = {
     "default": dict(seed=42, as_of="2025-10-13T02:22:22Z"),
@@ -81,6 +82,57 @@ def test_the_bulk_path_writes_what_the_renderer_renders(monkeypatch):
     assert b"".join(chunks) == b"".join(render(i) + b"\n" for i in range(995, hi))
     small = list(g.ndjson_chunks(plan, 0, g._BLOCK_MIN - 1))  # one by one: no block
     assert len(blocks) == len(chunks) and len(small) == -(-(g._BLOCK_MIN - 1) // g._BATCH)
+
+
+@pytest.fixture(scope="module", params=sorted(PLANS))
+def stays_plan(request):
+    return g.make_plan(**PLANS[request.param], encounters=True)
+
+
+def test_a_block_of_patients_with_stays_is_the_one_at_a_time_path_byte_for_byte(stays_plan):
+    # the block draws the stays' count for every patient at once and runs stays() only for
+    # those who can have one: the same patients, stays, ids, instants and HAIs as one by one
+    one, block = g._stays_line(stays_plan, False), g._stays_block(stays_plan)
+    seen = collections.Counter()
+    for lo in STARTS:
+        lines, pairs = block(lo, lo + 1500)
+        expected = [one(i) for i in range(lo, lo + 1500)]
+        assert lines == [patient for patient, _ in expected]
+        assert pairs == [pair for _, mine in expected for pair in mine]
+        seen["stays"] += len(pairs)
+        seen["hai"] += sum(b"\n" in condition for _, condition in pairs)
+        seen["expired"] += sum(b'"code":"exp"' in encounter for encounter, _ in pairs)
+    assert block(10, 10) == ([], [])
+    assert seen["stays"] > 100 and seen["expired"] > 0, seen  # the dead's stays are in the blocks
+
+
+def test_block_stays_include_infections_and_readmissions():
+    plan = g.make_plan(**PLANS["default"], encounters=True)
+    one, block = g._stays_line(plan, False), g._stays_block(plan)
+    pairs = block(0, 10_000)[1]
+    assert pairs == [pair for i in range(10_000) for pair in one(i)[1]]
+    assert any(b"\n" in condition for _, condition in pairs)  # a stay with HAI Conditions
+    assert any(b'-32"' in encounter for encounter, _ in pairs)  # a readmission (k = 31)
+
+
+def test_the_stays_bulk_path_writes_what_the_one_at_a_time_path_writes(monkeypatch):
+    plan = g.make_plan(**PLANS["default"], encounters=True)
+    blocks = []
+    block = g._stays_block(plan)
+    monkeypatch.setattr(g, "_stays_block", lambda p: lambda a, b: blocks.append(a) or block(a, b))
+    hi = 995 + g._BLOCK_MIN + 2015
+    batches = list(g._stays_batches(plan, 995, hi))
+    assert [a for a, *_ in batches] == blocks == list(range(995, hi, g._NUMPY_BLOCK))
+    one = g._stays_line(plan, False)
+    expected = [one(i) for i in range(995, hi)]
+    assert [line for _, lines, _ in batches for line in lines] == [p for p, _ in expected]
+    assert [pair for *_, pairs in batches for pair in pairs] == [
+        pair for _, mine in expected for pair in mine
+    ]
+    small = list(g._stays_batches(plan, 0, g._BLOCK_MIN - 1))  # one by one: no block
+    assert len(blocks) == len(batches) and len(small) == -(-(g._BLOCK_MIN - 1) // g._BATCH)
+    assert list(g._stays_batches(plan, 0, g._BLOCK_MIN, validate=True))[0][0] == 0
+    assert len(blocks) == len(batches)  # --validate renders one by one
 
 
 def test_block_ids_equal_the_one_at_a_time_uuids_and_mrns():
