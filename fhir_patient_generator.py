@@ -795,7 +795,10 @@ def _stream(plan: Plan, table: type[Any], index: int, *k: int) -> Any:
     stay, a version number...): an unbounded family of independent draws per patient, each
     one hash, computed only where asked for (the bulk path never asks)."""
     hasher = plan.hasher.copy()
-    hasher.update(b"|".join([table.tag, b"%d" % index, *(b"%d" % n for n in k)]))
+    if len(k) == 1:  # the common case (a stay's k), formatted at once: the same message
+        hasher.update(b"%s|%d|%d" % (table.tag, index, k[0]))
+    else:
+        hasher.update(b"|".join([table.tag, b"%d" % index, *(b"%d" % n for n in k)]))
     return table._make(_raw_draws(hasher.digest())[: len(table._fields)])
 
 
@@ -4695,49 +4698,49 @@ def _stays_json_block(plan: Plan) -> Callable[[list[_Stay]], _StayLines]:
 
 
 @functools.lru_cache(maxsize=8)
-def _stays_block(plan: Plan) -> Callable[[int, int], tuple[list[bytes], _StayLines]]:
-    """(lo, hi) -> (patients #lo..#hi-1's lines, their stays' JSON pairs in patient and time
+def _stays_block(plan: Plan) -> Callable[[int, int], tuple[bytes, _StayLines]]:
+    """(lo, hi) -> (patients #lo..#hi-1 as NDJSON, their stays' JSON pairs in patient and time
     order), as _stays_line gives them one by one: one _sample_block serves the patients and
     their stays; stays() runs for the patients with a candidate admission, or dead."""
     rows, write = _ndjson_rows(plan), _stays_json_block(plan)
     first = np.array([cdf[0] for cdf in _stay_tables(plan).count_cdf], np.uint64)
     make = _PatientStayDraws._make
 
-    def block(lo: int, hi: int) -> tuple[list[bytes], _StayLines]:
+    def block(lo: int, hi: int) -> tuple[bytes, _StayLines]:
         b, u = _sample_block(plan, lo, hi), _stay_count_block(plan, lo, hi)
-        lines = rows(b, lo).split(b"\n")[:-1]
         who = np.flatnonzero((b.died >= 0) | (u[:, 0] >= first[b.cell]))
         found: list[_Stay] = []
         samples = _block_samples(plan, b, who)
         for k, s, draws in zip(who.tolist(), samples, u[who].tolist(), strict=True):
             found += stays(plan, lo + k, s, make(draws))
-        return lines, write(found)
+        return rows(b, lo), write(found)
 
     return block
 
 
 def _stays_batches(
     plan: Plan, lo: int, hi: int, validate: bool = False
-) -> Iterator[tuple[int, list[bytes], _StayLines]]:
-    """Patients #lo..#hi-1 with their stays, a batch at a time: (its first index, the patients'
-    lines, their stays' JSON pairs). BATCH patients one by one (_stays_line), or NUMPY_BLOCK as
+) -> Iterator[tuple[range, bytes, _StayLines]]:
+    """Patients #lo..#hi-1 with their stays, a batch at a time: (its indexes, the patients as
+    NDJSON, their stays' JSON pairs). BATCH patients one by one (_stays_line), or NUMPY_BLOCK as
     one block (_stays_block) when there are BLOCK_MIN or more: the same bytes either way."""
     if validate or not plan.profile.rendered or hi - lo < _BLOCK_MIN:
         both, step = _stays_line(plan, validate), _BATCH
 
-        def chunk(a: int, b: int) -> tuple[list[bytes], _StayLines]:
+        def chunk(a: int, b: int) -> tuple[bytes, _StayLines]:
             lines, pairs = [], []
             for i in range(a, b):
                 patient, mine = both(i)
-                lines.append(patient)
+                lines.append(patient + b"\n")
                 pairs.extend(mine)
-            return lines, pairs
+            return b"".join(lines), pairs
 
     else:
         json_renderer(plan), _stay_writer(plan)  # their self-checks, once
         chunk, step = _stays_block(plan), _NUMPY_BLOCK
     for a in range(lo, hi, step):
-        yield a, *chunk(a, min(a + step, hi))
+        b = min(a + step, hi)
+        yield range(a, b), *chunk(a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4931,17 +4934,18 @@ def _stays_on(plan: Plan) -> bool:
 
 def _unit_with_stays(
     plan: Plan, spec: Bronze, indexes: range, tick: _Tick
-) -> tuple[Iterator[list[bytes]], _StayLines]:
-    """A unit's patient lines in batches of BATCH, and the list their stays fill as the
-    batches are consumed (one sample per patient serves both)."""
+) -> tuple[Iterator[tuple[Sequence[int], bytes]], _StayLines]:
+    """A unit's patients in batches, each (their indexes, their lines as an NDJSON chunk), and
+    the list their stays fill as the batches are consumed (one sample per patient serves both;
+    _stays_batches)."""
     pairs: _StayLines = []
 
-    def batches() -> Iterator[list[bytes]]:
-        for _, lines, mine in _stays_batches(plan, indexes.start, indexes.stop, spec.validate):
+    def batches() -> Iterator[tuple[Sequence[int], bytes]]:
+        for ids, chunk, mine in _stays_batches(plan, indexes.start, indexes.stop, spec.validate):
             pairs.extend(mine)
-            yield lines
+            yield ids, chunk
             if tick:
-                tick(len(lines))
+                tick(len(ids))
 
     return batches(), pairs
 
@@ -4952,7 +4956,7 @@ def _ndjson_stays_unit(
     """Unit u with stays: patient/Patient.<u+1>.ndjson, then encounter/Encounter.<u+1>.ndjson
     and condition/Condition.<u+1>.ndjson (written even when empty: the manifest lists them)."""
     batches, pairs = _unit_with_stays(plan, spec, _unit_range(spec, unit), tick)
-    chunks: Iterable[bytes] = (b"\n".join([*lines, b""]) for lines in batches)
+    chunks: Iterable[bytes] = (chunk for _, chunk in batches)
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
     size = store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
@@ -4971,13 +4975,11 @@ def _json_stays_unit(
     (encounter/encounter_<id>.json, condition/condition_<id>.json)."""
     batches, pairs = _unit_with_stays(plan, spec, _unit_range(spec, unit), tick)
     suffix, content_type, files, size = _suffix(spec), _content_type(spec), 0, 0
-    start = _unit_range(spec, unit).start
-    for lines in batches:
-        for i, line in enumerate(lines, start):
+    for indexes, chunk in batches:
+        for i, line in zip(indexes, chunk.split(b"\n")[:-1], strict=True):
             files += 1
             key = f"patient/{_patient_file_name(patient_id(plan, i))}{suffix}"
             size += store.write(key, _json_file(spec, line), content_type)
-        start += len(lines)
         for pair in pairs:
             for lines, folder in zip(pair, _STAY_FOLDERS, strict=True):
                 for data in lines.split(b"\n"):  # a Condition and its stay's HAIs

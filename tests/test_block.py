@@ -95,14 +95,14 @@ def test_a_block_of_patients_with_stays_is_the_one_at_a_time_path_byte_for_byte(
     one, block = g._stays_line(stays_plan, False), g._stays_block(stays_plan)
     seen = collections.Counter()
     for lo in STARTS:
-        lines, pairs = block(lo, lo + 1500)
+        chunk, pairs = block(lo, lo + 1500)
         expected = [one(i) for i in range(lo, lo + 1500)]
-        assert lines == [patient for patient, _ in expected]
+        assert chunk == b"".join(patient + b"\n" for patient, _ in expected)
         assert pairs == [pair for _, mine in expected for pair in mine]
         seen["stays"] += len(pairs)
         seen["hai"] += sum(b"\n" in condition for _, condition in pairs)
         seen["expired"] += sum(b'"code":"exp"' in encounter for encounter, _ in pairs)
-    assert block(10, 10) == ([], [])
+    assert block(10, 10) == (b"", [])
     assert seen["stays"] > 100 and seen["expired"] > 0, seen  # the dead's stays are in the blocks
 
 
@@ -122,16 +122,17 @@ def test_the_stays_bulk_path_writes_what_the_one_at_a_time_path_writes(monkeypat
     monkeypatch.setattr(g, "_stays_block", lambda p: lambda a, b: blocks.append(a) or block(a, b))
     hi = 995 + g._BLOCK_MIN + 2015
     batches = list(g._stays_batches(plan, 995, hi))
-    assert [a for a, *_ in batches] == blocks == list(range(995, hi, g._NUMPY_BLOCK))
+    assert [ids[0] for ids, *_ in batches] == blocks == list(range(995, hi, g._NUMPY_BLOCK))
+    assert [i for ids, *_ in batches for i in ids] == list(range(995, hi))
     one = g._stays_line(plan, False)
     expected = [one(i) for i in range(995, hi)]
-    assert [line for _, lines, _ in batches for line in lines] == [p for p, _ in expected]
+    assert b"".join(chunk for _, chunk, _ in batches) == b"".join(p + b"\n" for p, _ in expected)
     assert [pair for *_, pairs in batches for pair in pairs] == [
         pair for _, mine in expected for pair in mine
     ]
     small = list(g._stays_batches(plan, 0, g._BLOCK_MIN - 1))  # one by one: no block
     assert len(blocks) == len(batches) and len(small) == -(-(g._BLOCK_MIN - 1) // g._BATCH)
-    assert list(g._stays_batches(plan, 0, g._BLOCK_MIN, validate=True))[0][0] == 0
+    assert next(g._stays_batches(plan, 0, g._BLOCK_MIN, validate=True))[0] == range(g._BATCH)
     assert len(blocks) == len(batches)  # --validate renders one by one
 
 
@@ -176,3 +177,30 @@ def test_no_module_level_name_is_defined_twice():
             for target in targets:
                 names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
     assert [name for name, count in names.items() if count > 1] == []
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "json"])
+def test_a_layer_with_stays_is_the_same_written_by_blocks_or_one_by_one(tmp_path, monkeypatch, fmt):
+    # --encounters over BLOCK_MIN patients: the numpy blocks write every file byte for byte as
+    # the one-at-a-time path does (BLOCK_MIN raised past the run), in both formats
+    count = g._BLOCK_MIN + 500
+    args = ["--count", str(count), "--seed", "11", "--as-of", "2025-10-13T02:22:22Z"]
+    args += ["--format", fmt, "--encounters", "--quiet", "--gzip"]
+
+    def tree(root):
+        return {
+            p.relative_to(root).as_posix(): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and p.name != "_manifest.json"
+        }
+
+    blocks = []
+    block = g._stays_block(g.make_plan(11, "2025-10-13T02:22:22Z", encounters=True))
+    monkeypatch.setattr(g, "_stays_block", lambda p: lambda a, b: blocks.append(a) or block(a, b))
+    assert g.main([*args, "--output", str(tmp_path / "blocks")]) == 0
+    assert blocks
+    monkeypatch.setattr(g, "_BLOCK_MIN", count + 1)
+    assert g.main([*args, "--output", str(tmp_path / "one")]) == 0
+    fast, slow = tree(tmp_path / "blocks"), tree(tmp_path / "one")
+    assert fast == slow
+    assert any(name.startswith("encounter/") for name in fast)
