@@ -4545,6 +4545,9 @@ def _patient_and_stays(plan: Plan, validate: bool) -> Callable[[int], bytes]:
 _BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
 _BLOCK_MIN = 10_000  # fewer patients render one by one: numpy and its tables would cost more
 _NUMPY_BLOCK = 2_000  # patients per numpy block (and chunk) on the bulk path: ~1.1 MB of NDJSON
+# with --encounters: a block's ~3,000 stays keep numpy's per-call overhead small (callgrind:
+# 3.6 % fewer instructions than 2,000 patients a block), ~5.5 MB of patients' NDJSON a chunk
+_STAYS_BLOCK = 10_000
 
 
 def _ndjson(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -4722,7 +4725,7 @@ def _stays_batches(
     plan: Plan, lo: int, hi: int, validate: bool = False
 ) -> Iterator[tuple[range, bytes, _StayLines]]:
     """Patients #lo..#hi-1 with their stays, a batch at a time: (its indexes, the patients as
-    NDJSON, their stays' JSON pairs). BATCH patients one by one (_stays_line), or NUMPY_BLOCK as
+    NDJSON, their stays' JSON pairs). BATCH patients one by one (_stays_line), or STAYS_BLOCK as
     one block (_stays_block) when there are BLOCK_MIN or more: the same bytes either way."""
     if validate or not plan.profile.rendered or hi - lo < _BLOCK_MIN:
         both, step = _stays_line(plan, validate), _BATCH
@@ -4737,7 +4740,7 @@ def _stays_batches(
 
     else:
         json_renderer(plan), _stay_writer(plan)  # their self-checks, once
-        chunk, step = _stays_block(plan), _NUMPY_BLOCK
+        chunk, step = _stays_block(plan), _STAYS_BLOCK
     for a in range(lo, hi, step):
         b = min(a + step, hi)
         yield range(a, b), *chunk(a, b)
