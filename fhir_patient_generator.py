@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -399,7 +399,10 @@ def _hospitals(rows: list[dict[str, str]]) -> tuple[Mapping[str, str], ...]:
         ]
     if len(set(ids)) != len(ids):
         raise ValueError("hospitals.csv: organization ids are not unique")
-    return tuple({"id": i, **r} for i, r in zip(ids, rows, strict=True))
+    shared = {}.setdefault  # one str per distinct value (states, types, cities repeat)
+    return tuple(
+        {"id": i, **{k: shared(v, v) for k, v in r.items()}} for i, r in zip(ids, rows, strict=True)
+    )
 
 
 def _interleave(columns: list[list[int]]) -> list[int]:
@@ -1824,7 +1827,8 @@ def _end_to_end(tables: Sequence[Sequence[int]]) -> tuple[Any, Any, Any, Any]:
     shift per table, start per table, total per table). The grand total must fit 63 bits."""
     totals = [t[-1] for t in tables]
     shift = [0, *itertools.accumulate(totals)][:-1]
-    assert sum(totals) < 1 << 63, "the tables' totals overflow 64-bit searchsorted"
+    if sum(totals) >= 1 << 63:
+        raise ValueError("the weight tables' totals overflow the block's 64-bit searchsorted")
     flat = np.fromiter((v + b for t, b in zip(tables, shift, strict=True) for v in t), np.uint64)
     starts = [0, *itertools.accumulate(len(t) for t in tables)][:-1]
     return (
@@ -4285,7 +4289,8 @@ def _iso_date_block(ordinals: Any) -> Any:
 
 
 def _iso_instant_block(seconds: Any) -> Any:
-    """(n, 20) ASCII of whole-second UTC instants as _deceased writes them (years 1000-9999)."""
+    """(n, 20) ASCII of whole-second UTC instants as _deceased writes them, for years 1000-9999
+    (deaths fall after as-of, at least 2010, less a look-back of at most 100 years)."""
     days, rest = np.divmod(seconds, 86400)
     out = np.empty((len(seconds), 20), np.uint8)
     out[:, :10] = _iso_date_block(days + _EPOCH_DAY)
@@ -4294,14 +4299,6 @@ def _iso_instant_block(seconds: Any) -> Any:
     for at, value in ((11, rest // 3600), (14, rest // 60 % 60), (17, rest % 60)):
         out[:, at], out[:, at + 1] = digits[value // 10], digits[value % 10]
     return out
-
-
-@functools.lru_cache(maxsize=8)
-def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
-    """(lo, hi) -> patients #lo..#hi-1 as NDJSON (each line as json_renderer renders it), from
-    one _sample_block (_ndjson_rows renders it)."""
-    rows = _ndjson_rows(plan)
-    return lambda lo, hi: rows(_sample_block(plan, lo, hi), lo)
 
 
 @functools.lru_cache(maxsize=8)
@@ -4364,6 +4361,21 @@ def _ndjson_rows(plan: Plan) -> Callable[[_Block, int], bytes]:
         parts[3::4] = map(organizations.__getitem__, b.organization.tolist())
         return b"".join(parts)
 
+    return block
+
+
+@functools.lru_cache(maxsize=8)
+def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
+    """(lo, hi) -> patients #lo..#hi-1 as NDJSON (each line as json_renderer renders it), from
+    one _sample_block (_ndjson_rows renders it)."""
+    rows = _ndjson_rows(plan)
+
+    def block(lo: int, hi: int) -> bytes:
+        return rows(_sample_block(plan, lo, hi), lo)
+
+    # a field the block misses (or places wrong) fails here, when the block is built
+    if block(0, 256) != b"".join(line + b"\n" for line in _rendered_block(plan)(0, 256)):
+        raise AssertionError("_ndjson_block's bytes differ from json_renderer's (#0..#255)")
     return block
 
 
@@ -4705,6 +4717,7 @@ def _stays_block(plan: Plan) -> Callable[[int, int], tuple[bytes, _StayLines]]:
     """(lo, hi) -> (patients #lo..#hi-1 as NDJSON, their stays' JSON pairs in patient and time
     order), as _stays_line gives them one by one: one _sample_block serves the patients and
     their stays; stays() runs for the patients with a candidate admission, or dead."""
+    _ndjson_block(plan)  # its self-check, once
     rows, write = _ndjson_rows(plan), _stays_json_block(plan)
     first = np.array([cdf[0] for cdf in _stay_tables(plan).count_cdf], np.uint64)
     make = _PatientStayDraws._make
@@ -5242,6 +5255,45 @@ def _organization_files(plan: Plan, spec: Bronze) -> list[tuple[str, bytes]]:
 #    relative to the layer root; every failure of a store is a BronzeError.
 
 
+class _Store(Protocol):
+    """Where a layer's bytes go: what the run, the resume logic and the batches call, and all a
+    new store implements (then one entry in STORES). Keys are relative to the layer root."""
+
+    def __init__(self, spec: Bronze) -> None: ...
+
+    @staticmethod
+    def check_root(root: str) -> None:
+        """ValueError (a usage error) unless root is a valid root for this store."""
+
+    def display(self) -> str: ...  # the root as the run's summary line shows it
+
+    def url(self, key: str) -> str: ...  # a key as an absolute URL (manifests list them)
+
+    def prepare(self) -> None: ...  # reach the root (create it, probe the bucket) before work
+
+    def write(self, key: str, data: bytes | Iterable[bytes], content_type: str = "") -> int:
+        """Write key whole (readers never see part of it); the bytes written."""
+
+    def create(self, key: str, data: bytes, content_type: str = "") -> bool:
+        """Write key only if it does not exist yet (the run's claim); False if it did."""
+
+    def read(self, key: str) -> bytes | None: ...  # None if the key does not exist
+
+    def size(self, key: str) -> int | None: ...  # None if the key does not exist
+
+    def list(self, folder: str) -> Iterator[str]: ...  # the keys under folder/
+
+    def delete(self, keys: Iterable[str]) -> None: ...
+
+    def remove_temp_files(self) -> None: ...  # dead writers' leftovers (local stores)
+
+    def remove_run_folder(self) -> None: ...  # the emptied _run/ bookkeeping folder
+
+    def drain(self) -> tuple[int, str | None]: ...  # wait for background writes: (bytes, error)
+
+    def close(self) -> None: ...
+
+
 class _UploadFailed(BronzeError):
     """A store's earlier background write failed: stop the unit, drain() reports it."""
 
@@ -5704,10 +5756,8 @@ class _S3Store:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-_Store = _LocalStore | _S3Store
-
 # The store registry: URL scheme -> store; a root without a scheme is a local directory.
-_STORES: Mapping[str, type[_LocalStore] | type[_S3Store]] = {"file": _LocalStore, "s3": _S3Store}
+_STORES: Mapping[str, type[_Store]] = {"file": _LocalStore, "s3": _S3Store}
 
 
 def _scheme(root: str) -> str:

@@ -14,9 +14,10 @@ import pytest
 
 import fhir_patient_generator as g
 
-# Private names used here (the two paths this file compares): _MAX_INDEX, _iso_date_block,
-# _mrn_block, _mrn_bytes, _ndjson_block, _sample_block, _sample_tuple, _uuid_block, _uuid_bytes,
-# _stays_line, _stays_block, _stays_batches, _BLOCK_MIN, _NUMPY_BLOCK, _STAYS_BLOCK, _BATCH
+# Private names used here (the two paths this file compares): _BATCH, _BLOCK_MIN, _MAX_INDEX,
+# _NUMPY_BLOCK, _STAYS_BLOCK,
+# _iso_date_block, _mrn_block, _mrn_bytes, _ndjson_block, _rendered_block, _sample_block,
+# _sample_tuple, _stays_batches, _stays_block, _stays_line, _uuid_block, _uuid_bytes
 
 PLANS = {
     "default": dict(seed=42, as_of="2025-10-13T02:22:22Z"),
@@ -205,3 +206,15 @@ def test_a_layer_with_stays_is_the_same_written_by_blocks_or_one_by_one(tmp_path
     fast, slow = tree(tmp_path / "blocks"), tree(tmp_path / "one")
     assert fast == slow
     assert any(name.startswith("encounter/") for name in fast)
+
+
+def test_the_block_refuses_to_build_when_it_differs_from_the_renderer(monkeypatch):
+    plan = g.make_plan(**PLANS["default"])
+    one_by_one = g._rendered_block(plan)
+
+    def changed(p):
+        return lambda lo, hi: [line.replace(b'"male"', b'"MALE"') for line in one_by_one(lo, hi)]
+
+    monkeypatch.setattr(g, "_rendered_block", changed)
+    with pytest.raises(AssertionError, match="differ from json_renderer"):
+        g._ndjson_block.__wrapped__(plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import pty
 import signal
@@ -17,6 +18,8 @@ from bronze_util import AS_OF, BASE, SCRIPT, one_line, raw, records, run_cli, tr
 from fhir.resources.R4B.organization import Organization as OrganizationR4B
 
 import fhir_patient_generator as g
+
+# Private names used here (the store interface this file checks): _STORES, _Store
 
 PLAN = g.make_plan(7, AS_OF)
 
@@ -307,3 +310,14 @@ def test_progress_bar_only_on_a_terminal_and_quiet_silences_it(tmp_path):
     assert "\r[" not in quiet and quiet.startswith("wrote 5,000 patients")
     piped = run_cli("--count", "5000", "--format", "ndjson", "--output", str(tmp_path / "c"))
     assert "\r" not in piped.stderr and one_line(piped).startswith("wrote 5,000")
+
+
+def test_every_registered_store_implements_the_store_protocol():
+    # a new store is a class with _Store's members plus one _STORES entry (docs/architecture.md)
+    members = [n for n in vars(g._Store) if not n.startswith("_") or n == "__init__"]
+    assert {"write", "create", "read", "list", "delete", "drain", "check_root"} <= set(members)
+    for scheme, store in g._STORES.items():
+        for name in members:
+            want = inspect.signature(getattr(g._Store, name))
+            got = inspect.signature(getattr(store, name))
+            assert list(got.parameters) == list(want.parameters), (scheme, name)
