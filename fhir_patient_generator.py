@@ -3815,6 +3815,7 @@ class _StayParts(NamedTuple):
 
 @functools.lru_cache(maxsize=8)
 def _stay_parts(plan: Plan) -> _StayParts:
+    """The plan's StayParts, serialised once (_stay_writer and the stays' bulk path share them)."""
     dumps = orjson.dumps
     return _StayParts(
         dispositions={k: dumps(_disposition_json(k)) for k in range(-1, len(_DISPOSITIONS))},
@@ -4603,7 +4604,8 @@ def ndjson_chunks(
 def _stay_count_block(plan: Plan, lo: int, hi: int) -> Any:
     """PatientStayDraws of patients #lo..#hi-1 (as _stream draws them; _stay_count_draw's hash):
     an (hi - lo, fields) uint64 array, a column per field in its order."""
-    copy, digests, message = plan.hasher.copy, [], _PatientStayDraws.tag + b"|%d"  # type: ignore[attr-defined]
+    message = _PatientStayDraws.tag + b"|%d"  # type: ignore[attr-defined]  # _stream's, with k
+    copy, digests = plan.hasher.copy, []
     append = digests.append
     for index in range(lo, hi):
         h = copy()
@@ -4668,6 +4670,7 @@ def _stays_json_block(plan: Plan) -> Callable[[list[_Stay]], _StayLines]:
         if not found:
             return []
         index = np.array([stay.index for stay in found], np.uint64)
+        # what _stay_uuid maps: index x MAX_STAYS + k (k < MAX_STAYS in the look-back window)
         serial = index * np.uint64(_MAX_STAYS) + np.array([stay.k for stay in found], np.uint64)
         eids, cids = _uuid_block(serial, *t.encounter_keys), _uuid_block(serial, *t.condition_keys)
         pids = _uuid_block(index, plan.uuid_add, plan.uuid_mul)
@@ -4752,7 +4755,8 @@ def _stays_batches(
             return b"".join(lines), pairs
 
     else:
-        json_renderer(plan), _stay_writer(plan)  # their self-checks, once
+        json_renderer(plan)  # the self-checks, once
+        _stay_writer(plan)
         chunk, step = _stays_block(plan), _STAYS_BLOCK
     for a in range(lo, hi, step):
         b = min(a + step, hi)
