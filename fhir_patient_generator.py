@@ -3010,6 +3010,9 @@ class _Stay(NamedTuple):
     hospital: int  # position in plan.hospitals
     diagnosis: int  # position in StayTables.diagnoses
     disposition: int  # position in DISPOSITIONS, or -1: expired
+    # (issue 19) its infections as (kind, onset instant), drawn by _infected; None: not drawn
+    # (a stay made outside stays(): _hai_onsets draws them on its bounds, without their effects)
+    hais: tuple[tuple[int, int], ...] | None = None
 
 
 class _Diagnosis(NamedTuple):
@@ -3233,14 +3236,30 @@ def _cohort_shares(
     return {c: pooled[c] * scale for c in _COHORTS}
 
 
+# The share of all stays that the admissions process makes, by age band (first age, share):
+# inpatient_rates.csv counts every stay, and readmissions and the stays tied to a death come on
+# top of the process, so its rate is the table's x 1 / (1 + rho) - D / B, with rho the
+# readmissions per other stay and D / B the death-tied stays per admission of the band as the
+# generator made them at the table's rate (seed 7, 1,000,000 patients, main 9a8ddeb: rho 0.166,
+# 0.156, 0.155, 0.153, 0.143, 0.118; D / B 0.004, 0.007, 0.020, 0.052, 0.071, 0.144; shares
+# 0.853, 0.859, 0.846, 0.816, 0.804, 0.751), then from 18 on x the table's rate / the rate those
+# made (seed 7, 300,000 patients; a cell's rate is taken at its middle age, a stay counts at its
+# own): under 18 the table's newborn rate reaches the 1-year-olds too, so it stays as measured
+_ADMISSION_PROCESS_SHARE = ((0, 0.853), (18, 0.863), (45, 0.850), (65, 0.837), (75, 0.859),
+                            (85, 0.795))  # fmt: skip
+
+
 def _cell_rates(plan: Plan, rates: list[tuple[int, int, str, float]]) -> list[float]:
     """Admissions per person-year per registry cell, at the age the cell's people had in the
-    middle of their time in the window: the living L/2 years younger, the dead L/4."""
+    middle of their time in the window (the living L/2 years younger, the dead L/4): the
+    table's rate x ADMISSION_PROCESS_SHARE of that age, so that all stays match the table."""
     lookback = plan.options["lookback_years"]
-    return [
-        _admission_rate(rates, max(0, round(age - lookback / (4 if dead else 2))), sex)
-        for age, sex, dead in plan.cells
-    ]
+    out = []
+    for age, sex, dead in plan.cells:
+        at = max(0, round(age - lookback / (4 if dead else 2)))
+        share = next(x for first, x in reversed(_ADMISSION_PROCESS_SHARE) if at >= first)
+        out.append(_admission_rate(rates, at, sex) * share)
+    return out
 
 
 def _death_kind_cuts(
@@ -3439,6 +3458,7 @@ def _death_stay(
         stay = _Stay(index, _DEATH_STAY, admitted, admitted + los, hospital, diagnosis, disposition)
     if stay.admitted < lo:
         return None
+    stay = _infected(plan, stay, lo)  # lengthened backwards: it keeps its end
     return stay, stay.disposition >= 0 and _readmitted(t, s, stay, age, u)
 
 
@@ -3467,6 +3487,8 @@ def stays(
             readmitted.append(last[0])
     for k in range(min(n, _READMISSION)):
         found = _candidate_stay(plan, t, index, k, s, lo)
+        if found is not None:  # lengthened by its infections, if any (issue 19)
+            found = _infected(plan, found[0], lo), found[1]
         if found is None or found[0].discharged >= hi:
             continue  # before the window or birth; past the death or as-of
         if _fits(found[0], kept):  # unless it overlaps a stay of a lower number
@@ -3482,12 +3504,16 @@ def _add_readmissions(
 ) -> None:
     """Add the readmissions of the `readmitted` stays to `kept`, in time order; a readmission
     may be readmitted in turn (up to READMISSION_LIMIT). One that would end after the death
-    ends at it (the patient dies in it); one after the death or the as-of is not made."""
+    ends at it (the patient dies in it), also when its infections lengthen it past the death
+    (_infected); one after the death or the as-of is not made."""
     while readmitted:
         first = min(readmitted, key=lambda stay: stay.admitted)
         readmitted.remove(first)
         again, more = _readmission(plan, t, s, first)
         if s.died >= 0 and again.admitted < s.died <= again.discharged:
+            again, more = again._replace(discharged=s.died, disposition=-1), False
+        again = _infected(plan, again, first.discharged + 3600)
+        if s.died >= 0 and again.admitted < s.died < again.discharged:  # lengthened past it
             again, more = again._replace(discharged=s.died, disposition=-1), False
         if again.discharged <= hi and again.admitted < hi and _fits(again, kept):
             kept.append(again)
@@ -3888,8 +3914,9 @@ def stay_json(plan: Plan, stay: _Stay, refs: _StayRefs | None = None) -> tuple[b
 
 
 # Hospital-acquired infections (issue 19): NHSN events during a stay as more Conditions of its
-# Encounter, at each hospital's CMS incidence (docs/encounters.md). A stay without one keeps
-# every byte it had; an infection is recorded without changing its stay (a documented limit)
+# Encounter, at each hospital's CMS incidence (docs/encounters.md). An infection lengthens its
+# stay by the kind's attributable days, and stays that end in death have them more often, by the
+# kind's odds ratio of death (the Patient's death is fixed); a stay without one keeps its bytes
 
 _HAI_ONSET_DAY = 3  # NHSN's hospital-onset rule: day 1 is the admission day
 _HAI_KEYS = 8  # HAI Condition ids: a keyed bijection of (index x MAX_STAYS + k) x 8 + kind
@@ -3898,6 +3925,17 @@ _HAI_KEYS = 8  # HAI Condition ids: a keyed bijection of (index x MAX_STAYS + k)
 # at risk of the generator's own stays (1.43 at 80+, 1.47 at all ages, docs/encounters.md), so
 # the incidence per patient day is the hospital's
 _HAI_AT_RISK_SCALE = 1.45
+# Per kind, in hai_baselines.csv's row order (CLABSI, CAUTI, SSI colon, SSI hysterectomy, CDI,
+# MRSA bacteremia), from the literature (reference_data/SOURCES.md §C8): the mean extra days in
+# hospital of a stay with the infection, and the odds ratio of dying in hospital with it against
+# without it. MRSA bacteremia takes the bloodstream infections' figures (CLABSI's meta-analysis)
+_HAI_EXTRA_DAYS = (16.14, 21.0, 6.5, 6.5, 2.3, 16.14)
+_HAI_DEATH_ODDS = (3.19, 1.99, 2.33, 2.33, 1.70, 3.19)
+# The share of all days at risk that fall in stays ending in death (2.8 %: seed 7, 60,000
+# patients of all ages; 3.3 % since ADMISSION_PROCESS_SHARE, a 0.4-1.0 % change in incidence
+# left as is): the chance of the other stays is scaled by 1 / (1 - e + e x odds ratio) so that
+# raising it in the stays that end in death keeps each hospital's incidence
+_HAI_EXPIRED_RISK_SHARE = 0.028
 
 
 @_draw_table(b"hai-k")
@@ -3924,25 +3962,30 @@ class _HaiTables(NamedTuple):
 
     codes: tuple[dict[str, str], ...]  # per kind: the ICD-10-CM coding
     rates: Mapping[int, tuple[float, ...]]  # hospital position -> per kind: per day at risk
+    # of a stay discharged alive
     keys: tuple[int, tuple[int, int, int]]  # the HAI Conditions' id bijection
+    death_odds: tuple[float, ...]  # per kind: HAI_DEATH_ODDS
+    extra: tuple[int, ...]  # per kind: HAI_EXTRA_DAYS in seconds
 
 
 @functools.lru_cache(maxsize=8)
 def _hai_tables(plan: Plan) -> _HaiTables:
     """Per hospital and kind: incidence per patient day = hai_baselines.csv's national incidence
-    at an SIR of 1 x the hospital's SIR in hac_sir_fy2024.csv (blank or absent: 1.0)."""
+    at an SIR of 1 x the hospital's SIR in hac_sir_fy2024.csv (blank or absent: 1.0); per day
+    at risk of a stay discharged alive: x AT_RISK_SCALE / (1 - e + e x the death odds ratio)."""
     data_dir = Path(plan.identity[3] or _DATA_DIR).resolve()
     kinds = _csv_rows(data_dir, "hai_baselines.csv")
     sirs = {r["ccn"]: r for r in _csv_rows(data_dir, "hac_sir_fy2024.csv")}
+    e = _HAI_EXPIRED_RISK_SHARE
+    alive = [_HAI_AT_RISK_SCALE / (1 - e + e * odds) / 1000 for odds in _HAI_DEATH_ODDS]
     rates = {}
     for k, hospital in enumerate(plan.hospitals):
         row = sirs.get(hospital["ccn"], {})
         rates[k] = tuple(
             float(kind["per_1000_patient_days_sir1"])
             * float(row.get(kind["sir_column"]) or 1.0)
-            * _HAI_AT_RISK_SCALE
-            / 1000
-            for kind in kinds
+            * alive[j]
+            for j, kind in enumerate(kinds)
         )
     return _HaiTables(
         codes=tuple(
@@ -3950,27 +3993,57 @@ def _hai_tables(plan: Plan) -> _HaiTables:
         ),
         rates=rates,
         keys=_uuid_keys(plan.key, b"hai-condition"),
+        death_odds=_HAI_DEATH_ODDS,
+        extra=tuple(round(days * 86400) for days in _HAI_EXTRA_DAYS),
     )
 
 
-def _hai_onsets(plan: Plan, stay: _Stay) -> list[tuple[int, int]]:
-    """Stay's infections as (kind, onset instant): kind j happens with chance = incidence per
-    patient day x AT_RISK_SCALE x the days at risk (from the start of day 3 to the discharge),
-    its onset uniform over them; at most one of each kind per stay."""
+def _hai_draw(plan: Plan, stay: _Stay) -> tuple[tuple[int, int], ...]:
+    """The infections of a stay as built (before _infected lengthens it), as (kind, onset):
+    kind j happens with chance p = the hospital's rate per day at risk x the days at risk
+    (from the start of day 3 to the discharge), its onset uniform over them; at most one of
+    each kind. In a stay that ends in death the odds p / (1 - p) are the death odds ratio
+    times as high: by Bayes, odds(death | HAI) / odds(death | none) = odds(HAI | death) /
+    odds(HAI | alive), so the stays with the infection die in hospital with that odds ratio
+    against those without, while who dies (the Patient) never changes."""
     at_risk_from = (stay.admitted // 86400 + _HAI_ONSET_DAY - 1) * 86400
     risk = stay.discharged - at_risk_from
     if risk <= 0:
-        return []
+        return ()
+    t = _hai_tables(plan)
     u: _HaiDraws = _stream(plan, _HaiDraws, stay.index, stay.k)
     # by name, in hai_baselines.csv's row order (the rates' order): whether, then when
     happens = (u.clabsi, u.cauti, u.ssi_colon, u.ssi_hyst, u.cdi, u.mrsa)
     onsets = (u.clabsi_onset, u.cauti_onset, u.ssi_colon_onset, u.ssi_hyst_onset)
     onsets += (u.cdi_onset, u.mrsa_onset)
     found = []
-    for j, rate in enumerate(_hai_tables(plan).rates[stay.hospital]):
-        if happens[j] < rate * risk / 86400 * 4294967296.0:
+    for j, rate in enumerate(t.rates[stay.hospital]):
+        p = rate * risk / 86400
+        if stay.disposition < 0:
+            p = t.death_odds[j] * p / (1.0 + (t.death_odds[j] - 1.0) * p)
+        if happens[j] < p * 4294967296.0:
             found.append((j, at_risk_from + onsets[j] * risk // 4294967296))
-    return found
+    return tuple(found)
+
+
+def _infected(plan: Plan, stay: _Stay, lo: int) -> _Stay:
+    """The stay with its infections (_hai_draw), lengthened by their attributable days (the
+    sum over its kinds): discharged later, or, for a stay that ends in death or is tied to it
+    (k = DEATH_STAY), admitted earlier but not before `lo`, so it keeps its end. The onsets
+    stay where they were drawn: on day 3 or later and before the discharge still."""
+    hais = _hai_draw(plan, stay)
+    if not hais:
+        return stay._replace(hais=())
+    extra = sum(_hai_tables(plan).extra[j] for j, _ in hais)
+    if stay.disposition < 0 or stay.k == _DEATH_STAY:
+        return stay._replace(admitted=min(stay.admitted, max(lo, stay.admitted - extra)), hais=hais)
+    return stay._replace(discharged=stay.discharged + extra, hais=hais)
+
+
+def _hai_onsets(plan: Plan, stay: _Stay) -> list[tuple[int, int]]:
+    """Stay's infections as (kind, onset instant): as stays() drew them (_infected), or, for a
+    stay whose infections were never drawn, _hai_draw on its bounds as they are."""
+    return list(_hai_draw(plan, stay) if stay.hais is None else stay.hais)
 
 
 def _hai_id(plan: Plan, stay: _Stay, kind: int) -> str:

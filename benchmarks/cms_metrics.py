@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 import subprocess
 import sys
@@ -26,9 +27,14 @@ from pathlib import Path
 import duckdb
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import fhir_patient_generator as g  # noqa: E402 (the attributable days and odds ratios)
+
 DATA = ROOT / "reference_data"
 AS_OF = "2025-10-13T02:22:22Z"
 COHORTS = ("AMI", "HF", "PN", "COPD", "CABG", "HIP-KNEE")
+# hai_baselines.csv's rows (the generator's HAI kinds) -> the SQL's kinds (SSI: both rows)
+HAI_SQL_KINDS = ("CLABSI", "CAUTI", "SSI", "SSI", "CDI", "MRSA")
 
 
 def table(name: str) -> list[dict[str, str]]:
@@ -216,6 +222,38 @@ def hai_rates(con: duckdb.DuckDBPyConnection, named: dict[str, str]) -> list[tup
     return per_hospital
 
 
+def hai_outcomes(con: duckdb.DuckDBPyConnection, named: dict[str, str]) -> None:
+    """In-hospital mortality and ALOS of stays with each kind of HAI against stays with none:
+    the odds ratio and the mortality ratio beside the generator's death odds ratio, the ALOS
+    difference beside its attributable days (docs/encounters.md; the infected stays are longer
+    before their extra days too: the chance of an infection grows with the days at risk)."""
+    got = {hai: (n, died, alos) for hai, n, died, _pct, alos in rows(con, named["hai_outcomes"])}
+    if "none" not in got:
+        return
+    documented = dict(zip(HAI_SQL_KINDS, zip(g._HAI_DEATH_ODDS, g._HAI_EXTRA_DAYS, strict=True),
+                          strict=True))  # fmt: skip
+    n0, d0, alos0 = got["none"]
+    print("\nstays with a hospital-acquired infection vs without (in-hospital death, ALOS)")
+    line("kind (stays)", "ours", "model", "what")
+    line(f"none ({n0:,} stays)", f"{pct(d0 / n0)} / {alos0:.2f} d", "-",
+         "in-hospital mortality / ALOS")  # fmt: skip
+    for hai in ("CLABSI", "CAUTI", "SSI", "CDI", "MRSA", "any"):
+        if hai not in got:
+            continue
+        n, died, alos = got[hai]
+        odds = (died / (n - died)) / (d0 / (n0 - d0)) if 0 < died < n and d0 else None
+        se = (1 / died + 1 / (n - died) + 1 / d0 + 1 / (n0 - d0)) ** 0.5 if odds else None
+        model = documented.get(hai, ("-", "-"))
+        line(f"{hai} ({n:,} stays, {died:,} died)", f"{pct(died / n)} / {alos:.2f} d", "-",
+             "in-hospital mortality / ALOS")  # fmt: skip
+        line(f"  {hai} odds ratio of death (+-1 SE, log)",
+             f"{odds:.2f} x/ {math.exp(se):.2f}" if odds and se else "-", model[0],
+             f"mortality ratio {died / n / (d0 / n0):.2f}")  # fmt: skip
+        added = f"+{model[1]} d" if model[1] != "-" else "-"
+        line(f"  {hai} ALOS minus ALOS without", f"{alos - alos0:+.2f} d", added,
+             "model: attributable days added")  # fmt: skip
+
+
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> str:
     if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return "-"
@@ -249,32 +287,67 @@ def top_share(values: Sequence[float]) -> float | None:
     return sum(values[: len(values) // 10]) / sum(values) if values and sum(values) else None
 
 
+def hrrp_cohorts() -> dict[str, dict[str, tuple[int, int]]]:
+    """CCN -> cohort -> (readmissions, discharges) of HRRP FY2025 where not suppressed."""
+    out: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
+    for r in table("hrrp_fy2025.csv"):
+        if r["readmissions"] and r["discharges"]:
+            out[r["ccn"]][r["cohort"]] = (int(r["readmissions"]), int(r["discharges"]))
+    return out
+
+
 def hrrp_rates() -> dict[str, float]:
     """Each hospital's HRRP observed rate pooled over its published cohorts (readm / disch)."""
-    num: dict[str, int] = defaultdict(int)
-    den: dict[str, int] = defaultdict(int)
-    for r in table("hrrp_fy2025.csv"):
-        if r["readmissions"]:
-            num[r["ccn"]] += int(r["readmissions"])
-            den[r["ccn"]] += int(r["discharges"])
-    return {c: num[c] / den[c] for c in den}
+    return {
+        ccn: sum(k for k, _ in own.values()) / sum(n for _, n in own.values())
+        for ccn, own in hrrp_cohorts().items()
+    }
 
 
 def readmission_by_hospital(
     con: duckdb.DuckDBPyConnection, named: dict[str, str], least: int
 ) -> None:
-    """Synthetic vs HRRP readmission per hospital: Pearson (>= least index stays), thirds."""
-    ours: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for ccn, _cohort, n, k in rows(con, named["readmission_per_hospital"]):
-        ours[ccn][0] += n
-        ours[ccn][1] += k
+    """Synthetic vs HRRP readmission per hospital: Pearson (>= least, 100, 25 index stays) of
+    (a) the readmission rate of its 65+ index stays of the HRRP cohorts HRRP publishes for it
+    (not suppressed) against HRRP's observed rate pooled over the same cohorts (sum of
+    readmissions / sum of discharges); (b) its hospital-wide rate (every index stay, any age
+    and diagnosis) against HRRP's observed rate pooled over all its published cohorts. Then
+    readmission of the cohort index stays in HRRP's bottom and top thirds."""
+    published = hrrp_cohorts()
+    ours: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # cohorts HRRP publishes there
+    pooled_same: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for ccn, cohort, n, k in rows(con, named["readmission_per_hospital"]):
+        if cohort in published.get(ccn, {}):
+            ours[ccn][0] += n
+            ours[ccn][1] += k
+            pooled_same[ccn][0] += published[ccn][cohort][1]
+            pooled_same[ccn][1] += published[ccn][cohort][0]
+    wide = {ccn: (n, k) for ccn, n, k in rows(con, named["readmission_per_hospital_wide"])}
     hrrp = hrrp_rates()
-    both = [c for c in ours if c in hrrp]
     for at_least in sorted({least, 100, 25}, reverse=True):  # 250: issue 19, at 3 M patients
-        big = [c for c in both if ours[c][0] >= at_least]
-        line(f"Pearson readmission vs HRRP ({len(big):,} with >= {at_least})",
-             pearson([ours[c][1] / ours[c][0] for c in big], [hrrp[c] for c in big]), "-",
-             "hrrp_fy2025.csv observed, cohorts pooled")  # fmt: skip
+        big = [c for c in ours if ours[c][0] >= at_least]
+        line(f"Pearson cohort readmission vs HRRP ({len(big):,} >= {at_least})",
+             pearson([ours[c][1] / ours[c][0] for c in big],
+                     [pooled_same[c][1] / pooled_same[c][0] for c in big]), "-",
+             "65+ cohort index stays; HRRP observed, same cohorts")  # fmt: skip
+    for at_least in sorted({least, 100, 25}, reverse=True):
+        big = [c for c in wide if c in hrrp and wide[c][0] >= at_least]
+        line(f"Pearson hospital-wide readm. vs HRRP ({len(big):,} >= {at_least})",
+             pearson([wide[c][1] / wide[c][0] for c in big], [hrrp[c] for c in big]), "-",
+             "all index stays; HRRP observed, all cohorts")  # fmt: skip
+    # What bounds it: the model's rate for the non-cohort stays (CMS's 14.6 % x the hospital's
+    # mean excess readmission ratio) against HRRP's observed rates, and the synthetic rates
+    # against that model rate (the sampling noise of a few hundred index stays)
+    plan = g.make_plan(7, AS_OF, encounters=True)
+    model = {plan.hospitals[k]["ccn"]: r[-1] for k, r in g._stay_tables(plan).readmit.items()}
+    big = [c for c in wide if c in hrrp and c in model and wide[c][0] >= least]
+    line(f"  model hospital-wide rate vs HRRP ({len(big):,})",
+         pearson([model[c] for c in big], [hrrp[c] for c in big]), "-",
+         "14.6 % x mean ERR vs HRRP observed: the ceiling")  # fmt: skip
+    line(f"  hospital-wide readm. vs model rate ({len(big):,})",
+         pearson([wide[c][1] / wide[c][0] for c in big], [model[c] for c in big]), "-",
+         "sampling noise of the index stays")  # fmt: skip
+    both = [c for c in ours if c in hrrp]
     ranked = sorted(both, key=lambda c: hrrp[c])
     third = len(ranked) // 3
     if third:
@@ -326,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cohort_rates(con, named)
         diagnosis_los(con, named)
         per_hospital = hai_rates(con, named)
+        hai_outcomes(con, named)
         hospital_volumes(con, named)
         readmission_by_hospital(con, named, args.min_index)
         cdi_by_sir(per_hospital)

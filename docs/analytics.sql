@@ -249,6 +249,18 @@ WHERE cohort IS NOT NULL AND NOT died_in_hospital AND discharged <= data_end - I
 GROUP BY ALL
 ORDER BY ccn, cohort;
 
+-- name: readmission_per_hospital_wide
+-- Hospital-wide, per hospital: every stay (any age, any diagnosis) discharged alive at least 30
+-- days before the data end is an index stay, readmitted as in readmission_per_cohort.
+SELECT
+    ccn,
+    count(*) AS index_stays,
+    count(*) FILTER (next_admitted <= discharged + INTERVAL 30 DAY) AS readmitted
+FROM stay_next
+WHERE NOT died_in_hospital AND discharged <= data_end - INTERVAL 30 DAY
+GROUP BY ccn
+ORDER BY ccn;
+
 -- name: hai_per_hospital
 -- Hospital-acquired infections: Conditions of a stay with an NHSN-event ICD-10-CM code, counted per
 -- 1,000 patient days, and a SIR-like ratio = observed / (patient days / 1,000 x the incidence
@@ -278,6 +290,39 @@ CROSS JOIN baseline AS b
 LEFT JOIN hai AS h ON h.ccn = d.ccn AND h.hai = b.hai
 GROUP BY d.ccn, b.hai, d.patient_days, b.per_1000_sir1
 ORDER BY d.ccn, b.hai;
+
+-- name: hai_outcomes
+-- Stays with a hospital-acquired infection of each kind ('any': of at least one kind) against
+-- stays with none: stays, deaths in hospital, in-hospital mortality and ALOS in days (exact:
+-- discharge - admission), beside the attributable days and death odds ratios the generator
+-- uses (docs/encounters.md).
+WITH baseline(hai, pattern) AS (
+    VALUES ('CLABSI', '^T80\.21'), ('CAUTI', '^T83\.51'), ('SSI', '^T81\.4'), ('CDI', '^A04\.7'),
+        ('MRSA', '^(A41\.02|B95\.62)')
+), kinds AS (
+    SELECT s.id, list(DISTINCT b.hai) AS hais
+    FROM condition AS c
+    JOIN stay AS s ON c.encounter.reference = 'Encounter/' || s.id
+    JOIN baseline AS b ON regexp_matches(c.code.coding[1].code, b.pattern)
+    WHERE c.id <> s.condition_id
+    GROUP BY s.id
+), labelled AS (
+    SELECT
+        unnest(CASE WHEN k.hais IS NULL THEN ['none'] ELSE list_append(k.hais, 'any') END) AS hai,
+        s.died_in_hospital,
+        date_diff('second', s.admitted, s.discharged) / 86400 AS los
+    FROM stay AS s
+    LEFT JOIN kinds AS k USING (id)
+)
+SELECT
+    hai,
+    count(*) AS stays,
+    count(*) FILTER (died_in_hospital) AS died_in_hospital,
+    round(100.0 * count(*) FILTER (died_in_hospital) / count(*), 2) AS mortality_pct,
+    round(avg(los), 2) AS alos_days
+FROM labelled
+GROUP BY hai
+ORDER BY hai;
 
 -- name: hai_onset_check
 -- NHSN's hospital-onset rule: onset on day 3 or later (the admission day is day 1). Expect 0.

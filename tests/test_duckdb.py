@@ -164,6 +164,21 @@ def _readmissions(stays: list[dict], group: str = "cohort") -> Counter:
     return out
 
 
+def _check_issue_19_sections(run, expected: list[dict], wide: Counter) -> None:
+    """hai_outcomes: stays and deaths in hospital per HAI kind, 'any' and 'none', as the API's
+    stays have them; readmission_per_hospital_wide: the hospital-wide index stays, per CCN."""
+    outcomes = Counter()
+    for s in expected:
+        for kind in {*s["hais"], "any"} if s["hais"] else {"none"}:
+            outcomes[kind, s["died_in_hospital"]] += 1
+    assert {k: (n, d) for k, n, d, *_ in run("hai_outcomes")} == {
+        k: (outcomes[k, False] + outcomes[k, True], outcomes[k, True]) for k, _ in outcomes
+    }
+    per_hospital = run("readmission_per_hospital_wide")
+    assert sum(n for _, n, _ in per_hospital) == sum(wide.values())
+    assert sum(k for _, _, k in per_hospital) == wide[False, True] + wide[True, True]
+
+
 @pytest.mark.parametrize("fmt, gz, count", [("json", True, 600), ("ndjson", False, 12000)])
 def test_stay_queries_match_the_generated_stays(tmp_path, fmt, gz, count):
     """ALOS per hospital, readmissions and mortality per cohort, admissions by age band, HAI
@@ -231,6 +246,7 @@ def test_stay_queries_match_the_generated_stays(tmp_path, fmt, gz, count):
     assert {(c, kind): n for c, kind, _, n, *_ in hai if n} == infections
     assert fmt == "json" or sum(infections.values()) > 0  # 12,000 patients: some HAIs
     assert all(days == per_hospital[c, "days"] for c, _, days, *_ in hai)
+    _check_issue_19_sections(run, expected, wide)
     assert run("stay_dangling_references") == [(0, 0)]
     if fmt == "json":  # the check can fail: drop one Encounter file, rebuild the stay table
         next((tmp_path / "encounter").glob("encounter_*.json*")).unlink()
