@@ -799,7 +799,10 @@ def _stream(plan: Plan, table: type[Any], index: int, *k: int) -> Any:
     stay, a version number...): an unbounded family of independent draws per patient, each
     one hash, computed only where asked for (the bulk path never asks)."""
     hasher = plan.hasher.copy()
-    hasher.update(b"|".join([table.tag, b"%d" % index, *(b"%d" % n for n in k)]))
+    if len(k) == 1:  # the common case (a stay's k), formatted at once: the same message
+        hasher.update(b"%s|%d|%d" % (table.tag, index, k[0]))
+    else:
+        hasher.update(b"|".join([table.tag, b"%d" % index, *(b"%d" % n for n in k)]))
     return table._make(_raw_draws(hasher.digest())[: len(table._fields)])
 
 
@@ -1905,6 +1908,7 @@ class _Block(NamedTuple):
     organization: Any
     died: Any
     race: Any
+    draws: Any  # the (hi - lo, 16) uint64 raw draws (_block_draws): a _Sample's draws, by row
 
 
 def _block_draws(plan: Plan, lo: int, hi: int) -> Any:
@@ -1947,7 +1951,7 @@ def _sample_block(plan: Plan, lo: int, hi: int) -> _Block:
     gender = np.where(
         u.gender < plan.gender_other, 1, np.where(u.gender < plan.gender_unknown, 2, 0)
     )
-    return _Block(s, z, cell, t.sex_female[cell], birth, gender, language, org, died, race)
+    return _Block(s, z, cell, t.sex_female[cell], birth, gender, language, org, died, race, raw)
 
 
 class _Fields(NamedTuple):
@@ -3459,17 +3463,21 @@ def _death_stay(
     return stay, stay.disposition >= 0 and _readmitted(t, s, stay, age, u)
 
 
-def stays(plan: Plan, index: int, s: _Sample | None = None) -> list[_Stay]:
+def stays(
+    plan: Plan, index: int, s: _Sample | None = None, u: _PatientStayDraws | None = None
+) -> list[_Stay]:
     """Patient #index's inpatient stays in the look-back window, in time order: candidate
     admissions at the rate of its age and sex (Poisson over the window, kept while the patient
     lives there), plus the stay its death is tied to; no two overlap, none outlives the patient
-    or the window. `s` is the patient's sample (computed if not given)."""
+    or the window. `s` is the patient's sample and `u` its PatientStayDraws (computed if not
+    given: the bulk path draws both for a block at once)."""
     t = _stay_tables(plan)
     if s is None:
         s = _sample(plan, index)
-    if s.died < 0 and _stay_count_draw(plan, index) < t.count_cdf[s.cell][0]:
+    first = t.count_cdf[s.cell][0]
+    if s.died < 0 and (u.count if u else _stay_count_draw(plan, index)) < first:
         return []  # most patients: no candidate admission, no death
-    u: _PatientStayDraws = _stream(plan, _PatientStayDraws, index)
+    u = u or _stream(plan, _PatientStayDraws, index)
     n = bisect.bisect_right(t.count_cdf[s.cell], u.count)
     lo = max(plan.window_start, (s.birth - _EPOCH_DAY) * 86400)
     hi = plan.window_start + plan.window_span - 1 if s.died < 0 else s.died  # as-of or death
@@ -3858,25 +3866,44 @@ def _splicer(
     return splice
 
 
+class _StayParts(NamedTuple):
+    """A stay's pre-serialised JSON values that come from tables, not ids or instants."""
+
+    dispositions: Mapping[int, bytes]  # by Stay.disposition (-1: expired)
+    codes: list[bytes]  # by Stay.diagnosis: the ICD-10-CM coding
+    providers: Mapping[int, bytes]  # by hospital position: "Organization/<id>"
+    status: tuple[bytes, bytes]  # by disposition >= 0: clinicalStatus
+
+
+@functools.lru_cache(maxsize=8)
+def _stay_parts(plan: Plan) -> _StayParts:
+    """The plan's StayParts, serialised once (_stay_writer and the stays' bulk path share them)."""
+    dumps = orjson.dumps
+    return _StayParts(
+        dispositions={k: dumps(_disposition_json(k)) for k in range(-1, len(_DISPOSITIONS))},
+        codes=[
+            dumps({"system": _ICD10CM_SYSTEM, "code": d.code, "display": d.display})
+            for d in _stay_tables(plan).diagnoses
+        ],
+        providers={
+            k: b'"Organization/%s"' % plan.hospitals[k]["id"].encode()
+            for k in plan.organization_index
+        },
+        status=(b'"active"', b'"resolved"'),
+    )
+
+
 @functools.lru_cache(maxsize=8)
 def _stay_writer(plan: Plan) -> Callable[[_Stay, _StayRefs], tuple[bytes, bytes]]:
     """(stay, refs) -> the Encounter's and Condition's bytes, equal to orjson.dumps of
     encounter_record / condition_record, spliced from pre-serialised parts (the bulk path);
     checked against the dict path when built."""
-    t, dumps = _stay_tables(plan), orjson.dumps
+    dumps = orjson.dumps
     encounter, condition = (
         _splicer(_encounter, _EncounterFields, plan),
         _splicer(_condition, _ConditionFields, plan),
     )
-    dispositions = {k: dumps(_disposition_json(k)) for k in range(-1, len(_DISPOSITIONS))}
-    codes = [
-        dumps({"system": _ICD10CM_SYSTEM, "code": d.code, "display": d.display})
-        for d in t.diagnoses
-    ]
-    providers = {
-        k: b'"Organization/%s"' % plan.hospitals[k]["id"].encode() for k in plan.organization_index
-    }
-    status = (b'"active"', b'"resolved"')
+    dispositions, codes, providers, status = _stay_parts(plan)
 
     def write(stay: _Stay, refs: _StayRefs) -> tuple[bytes, bytes]:
         # ids, MRNs, org ids and instants are [-.:0-9A-Za-z] text: no escaping, fixed quotes
@@ -4763,14 +4790,14 @@ def _iso_instant_block(seconds: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
-    """(lo, hi) -> patients #lo..#hi-1 as NDJSON (each line as json_renderer renders it), from
-    one _sample_block. Each record up to its address (ids, meta, MRN, gender, birth date and
-    death) is the start of a row of one uint8 matrix: the fixed part at the same place in every
-    row, then the gender, date and death bytes of the row's kind (gender x living or dead),
-    so per patient only a slice of it and three pre-serialised fragments (ZIP, language,
-    hospital) remain, the whole block in one join (the bulk path; tests/test_block.py compares
-    it with json_renderer)."""
+def _ndjson_rows(plan: Plan) -> Callable[[_Block, int], bytes]:
+    """(block, lo) -> the block's patients (#lo on) as NDJSON, each line as json_renderer renders
+    it (the stays' bulk path samples the block itself: one sample serves both). Each record up
+    to its address (ids, meta, MRN, gender, birth date and death) is the start of a row of one
+    uint8 matrix: the fixed part at the same place in every row, then the gender, date and
+    death bytes of the row's kind (gender x living or dead), so per patient only a slice of it
+    and three pre-serialised fragments (ZIP, language, hospital) remain, the whole block in one
+    join (the bulk path; tests/test_block.py compares it with json_renderer)."""
     f = _fragments(plan)
     fixed = (f.head, 36, f.after_id + f.meta_v1 + f.after_meta, 13, f.after_mrn)
     at = list(itertools.accumulate([0, *(p if isinstance(p, int) else len(p) for p in fixed)]))
@@ -4794,9 +4821,9 @@ def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
     addresses, languages = f.addresses, f.languages
     organizations = _Memo(lambda h: f.organizations[h] + b"\n")
 
-    def block(lo: int, hi: int) -> bytes:
-        b, n = _sample_block(plan, lo, hi), hi - lo
-        indexes = np.arange(lo, hi, dtype=np.uint64)
+    def block(b: _Block, lo: int) -> bytes:
+        n = len(b.zip)
+        indexes = np.arange(lo, lo + n, dtype=np.uint64)
         gender = np.where(b.gender == 0, b.female, b.gender + 1)
         dead = b.died >= 0
         kind = gender * 2 + dead
@@ -4821,6 +4848,18 @@ def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
         parts[2::4] = map(languages.__getitem__, b.language.tolist())
         parts[3::4] = map(organizations.__getitem__, b.organization.tolist())
         return b"".join(parts)
+
+    return block
+
+
+@functools.lru_cache(maxsize=8)
+def _ndjson_block(plan: Plan) -> Callable[[int, int], bytes]:
+    """(lo, hi) -> patients #lo..#hi-1 as NDJSON (each line as json_renderer renders it), from
+    one _sample_block (_ndjson_rows renders it)."""
+    rows = _ndjson_rows(plan)
+
+    def block(lo: int, hi: int) -> bytes:
+        return rows(_sample_block(plan, lo, hi), lo)
 
     # a field the block misses (or places wrong) fails here, when the block is built
     if block(0, 256) != b"".join(line + b"\n" for line in _rendered_block(plan)(0, 256)):
@@ -5043,6 +5082,9 @@ def _living_stay_json(plan: Plan, found: _LiveStay) -> tuple[bytes, bytes]:
 _BATCH = 1_000  # records serialised by one b"\n".join and written by one write()
 _BLOCK_MIN = 10_000  # fewer patients render one by one: numpy and its tables would cost more
 _NUMPY_BLOCK = 2_000  # patients per numpy block (and chunk) on the bulk path: ~1.1 MB of NDJSON
+# with --encounters: a block's ~3,000 stays keep numpy's per-call overhead small (callgrind:
+# 3.6 % fewer instructions than 2,000 patients a block), ~5.5 MB of patients' NDJSON a chunk
+_STAYS_BLOCK = 10_000
 
 
 def _ndjson(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -5074,6 +5116,175 @@ def ndjson_chunks(
         yield chunk(a, b)
         if tick:
             tick(b - a)
+
+
+# -- the stays' bulk path (--encounters): a block's patients and their stays from one
+#    _sample_block. The stays' own draws (one hash per patient) come for the whole block; stays()
+#    runs only for the patients who can have one (a candidate admission, or dead); their ids,
+#    MRNs and instants are numpy matrices, each resource one bytes format of its template. The
+#    same bytes as the one-at-a-time path (tests/test_block.py compares them)
+
+
+def _stay_count_block(plan: Plan, lo: int, hi: int) -> Any:
+    """PatientStayDraws of patients #lo..#hi-1 (as _stream draws them; _stay_count_draw's hash):
+    an (hi - lo, fields) uint64 array, a column per field in its order."""
+    message = _PatientStayDraws.tag + b"|%d"  # type: ignore[attr-defined]  # _stream's, with k
+    copy, digests = plan.hasher.copy, []
+    append = digests.append
+    for index in range(lo, hi):
+        h = copy()
+        h.update(message % index)
+        append(h.digest())
+    raw = np.frombuffer(b"".join(digests), "<u4").reshape(hi - lo, len(_Draws._fields))
+    return raw[:, : len(_PatientStayDraws._fields)].astype(np.uint64)
+
+
+def _block_samples(plan: Plan, b: _Block, rows: Any) -> list[_Sample]:
+    """The block's patients at positions `rows` as _Sample (the values _sample gives them)."""
+    columns = (b.state, b.zip, b.cell, b.birth, b.gender, b.language, b.organization, b.died)
+    values = [c[rows].tolist() for c in (*columns, b.race)]
+    cells, out = plan.cells, []
+    for state, z, cell, birth, gender, language, org, died, race, draws in zip(
+        *values, b.draws[rows].tolist(), strict=True
+    ):
+        sex = cells[cell][1]
+        gender_text = (sex, "other", "unknown")[gender]
+        out.append(
+            _Sample(
+                state, z, cell, sex, birth, gender_text, language, org, died, race, tuple(draws)
+            )
+        )
+    return out
+
+
+def _stay_format(
+    record: Callable[[Plan, Any], dict[str, Any]], fields: Any, plan: Plan
+) -> tuple[bytes, Callable[[tuple[bytes, ...]], tuple[bytes, ...]]]:
+    """A stay resource's bytes as one %-format (_splicer's template, %s where each field's JSON
+    goes) and the getter that orders values given in `fields` order as the template needs."""
+    marks = fields._make("\x00" + n for n in fields._fields)
+    head, parts = _split_template(record(plan, marks), fields._fields)
+    escaped = [after.replace(b"%", b"%%") for _, after in parts]
+    fmt = head.replace(b"%", b"%%") + b"".join(b"%s" + after for after in escaped)
+    return fmt, operator.itemgetter(*(k for k, _ in parts))
+
+
+def _quoted(prefix: bytes, body: Any, suffix: bytes) -> list[bytes]:
+    """Each row of an (n, w) ASCII uint8 matrix between prefix and suffix, as bytes."""
+    n, w = body.shape
+    out = np.empty((n, len(prefix) + w + len(suffix)), np.uint8)
+    out[:, : len(prefix)] = np.frombuffer(prefix, np.uint8)
+    out[:, len(prefix) : len(prefix) + w] = body
+    out[:, len(prefix) + w :] = np.frombuffer(suffix, np.uint8)
+    return out.view(f"S{out.shape[1]}").ravel().tolist()  # no NUL in ASCII text: none stripped
+
+
+@functools.lru_cache(maxsize=8)
+def _stays_json_block(plan: Plan) -> Callable[[list[_Stay]], _StayLines]:
+    """stays (of any patients) -> their (Encounter, Condition and its HAIs) JSON pairs, as
+    _patient_stays_json writes them: the ids, MRNs and instants of all at once (numpy), then
+    per stay one bytes format a resource."""
+    t, parts = _stay_tables(plan), _stay_parts(plan)
+    encounter, in_encounter = _stay_format(_encounter, _EncounterFields, plan)
+    condition, in_condition = _stay_format(_condition, _ConditionFields, plan)
+    numbers = [b'-%02d"' % (k + 1) for k in range(_MAX_STAYS)]  # the identifier's <MRN>-<k + 1>
+    dispositions, codes, providers, status = parts
+
+    def write(found: list[_Stay]) -> _StayLines:
+        if not found:
+            return []
+        index = np.array([stay.index for stay in found], np.uint64)
+        # what _stay_uuid maps: index x MAX_STAYS + k (k < MAX_STAYS in the look-back window)
+        serial = index * np.uint64(_MAX_STAYS) + np.array([stay.k for stay in found], np.uint64)
+        eids, cids = _uuid_block(serial, *t.encounter_keys), _uuid_block(serial, *t.condition_keys)
+        pids = _uuid_block(index, plan.uuid_add, plan.uuid_mul)
+        mrns = _quoted(b'"', _mrn_block(index, plan.mrn_add, plan.mrn_mul), b"")
+        e_ids, c_ids = _quoted(b'"', eids, b'"'), _quoted(b'"', cids, b'"')
+        e_refs, c_refs = _quoted(b'"Encounter/', eids, b'"'), _quoted(b'"Condition/', cids, b'"')
+        subjects = _quoted(b'"Patient/', pids, b'"')
+        starts, ends = (
+            _quoted(b'"', _iso_instant_block(np.array(column, np.int64)), b'"')
+            for column in ([s.admitted for s in found], [s.discharged for s in found])
+        )
+        pairs = []
+        for j, stay in enumerate(found):
+            k, disposition = stay.k, stay.disposition
+            pair = (
+                encounter
+                % in_encounter(
+                    (
+                        e_ids[j],
+                        mrns[j] + numbers[k],
+                        subjects[j],
+                        starts[j],
+                        ends[j],
+                        c_refs[j],
+                        dispositions[disposition],
+                        providers[stay.hospital],
+                    )
+                ),
+                condition
+                % in_condition(
+                    (c_ids[j], status[disposition >= 0], codes[stay.diagnosis])
+                    + (subjects[j], e_refs[j], starts[j])
+                ),
+            )
+            if _hai_onsets(plan, stay):  # a few: their Conditions after the principal one
+                ids = (pids[j], mrns[j][1:], eids[j], cids[j])
+                refs = _StayRefs(*(bytes(x).decode() for x in ids))
+                pair = _with_hais(plan, stay, refs, pair)
+            pairs.append(pair)
+        return pairs
+
+    return write
+
+
+@functools.lru_cache(maxsize=8)
+def _stays_block(plan: Plan) -> Callable[[int, int], tuple[bytes, _StayLines]]:
+    """(lo, hi) -> (patients #lo..#hi-1 as NDJSON, their stays' JSON pairs in patient and time
+    order), as _stays_line gives them one by one: one _sample_block serves the patients and
+    their stays; stays() runs for the patients with a candidate admission, or dead."""
+    _ndjson_block(plan)  # its self-check, once
+    rows, write = _ndjson_rows(plan), _stays_json_block(plan)
+    first = np.array([cdf[0] for cdf in _stay_tables(plan).count_cdf], np.uint64)
+    make = _PatientStayDraws._make
+
+    def block(lo: int, hi: int) -> tuple[bytes, _StayLines]:
+        b, u = _sample_block(plan, lo, hi), _stay_count_block(plan, lo, hi)
+        who = np.flatnonzero((b.died >= 0) | (u[:, 0] >= first[b.cell]))
+        found: list[_Stay] = []
+        samples = _block_samples(plan, b, who)
+        for k, s, draws in zip(who.tolist(), samples, u[who].tolist(), strict=True):
+            found += stays(plan, lo + k, s, make(draws))
+        return rows(b, lo), write(found)
+
+    return block
+
+
+def _stays_batches(
+    plan: Plan, lo: int, hi: int, validate: bool = False
+) -> Iterator[tuple[range, bytes, _StayLines]]:
+    """Patients #lo..#hi-1 with their stays, a batch at a time: (its indexes, the patients as
+    NDJSON, their stays' JSON pairs). BATCH patients one by one (_stays_line), or STAYS_BLOCK as
+    one block (_stays_block) when there are BLOCK_MIN or more: the same bytes either way."""
+    if validate or not plan.profile.rendered or hi - lo < _BLOCK_MIN:
+        both, step = _stays_line(plan, validate), _BATCH
+
+        def chunk(a: int, b: int) -> tuple[bytes, _StayLines]:
+            lines, pairs = [], []
+            for i in range(a, b):
+                patient, mine = both(i)
+                lines.append(patient + b"\n")
+                pairs.extend(mine)
+            return b"".join(lines), pairs
+
+    else:
+        json_renderer(plan)  # the self-checks, once
+        _stay_writer(plan)
+        chunk, step = _stays_block(plan), _STAYS_BLOCK
+    for a in range(lo, hi, step):
+        b = min(a + step, hi)
+        yield range(a, b), *chunk(a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -5281,35 +5492,29 @@ def _window_patients_and_stays(
 
 def _unit_with_stays(
     plan: Plan, spec: Bronze, indexes: range, tick: _Tick
-) -> tuple[Iterator[list[tuple[int, bytes]]], _StayLines]:
-    """A unit's (index, patient line) in batches of BATCH, and the list their stays fill as
-    the batches are consumed (one sample per patient serves both); with a window, its
-    snapshot's patients and stays."""
+) -> tuple[Iterator[tuple[Sequence[int], bytes]], _StayLines]:
+    """A unit's patients in batches, each (their indexes, their lines as an NDJSON chunk), and
+    the list their stays fill as the batches are consumed (one sample per patient serves both;
+    _stays_batches); with a window, its snapshot's patients and stays."""
     pairs: _StayLines = []
     if spec.window is not None:
         found = _window_patients_and_stays(plan, spec.window, indexes, spec.validate)
 
-        def window_batches() -> Iterator[list[tuple[int, bytes]]]:
+        def window_batches() -> Iterator[tuple[Sequence[int], bytes]]:
             while chunk := list(itertools.islice(found, _BATCH)):
                 pairs.extend(itertools.chain.from_iterable(mine for *_, mine in chunk))
-                yield [(i, patient) for i, patient, _ in chunk]
+                yield [i for i, *_ in chunk], b"".join(line + b"\n" for _, line, _ in chunk)
             if tick:
                 tick(len(indexes))
 
         return window_batches(), pairs
-    both = _stays_line(plan, spec.validate)
 
-    def batches() -> Iterator[list[tuple[int, bytes]]]:
-        for a in range(indexes.start, indexes.stop, _BATCH):
-            b = min(a + _BATCH, indexes.stop)
-            lines = []
-            for i in range(a, b):
-                patient, mine = both(i)
-                lines.append((i, patient))
-                pairs.extend(mine)
-            yield lines
+    def batches() -> Iterator[tuple[Sequence[int], bytes]]:
+        for ids, chunk, mine in _stays_batches(plan, indexes.start, indexes.stop, spec.validate):
+            pairs.extend(mine)
+            yield ids, chunk
             if tick:
-                tick(b - a)
+                tick(len(ids))
 
     return batches(), pairs
 
@@ -5320,7 +5525,7 @@ def _ndjson_stays_unit(
     """Unit u with stays: patient/Patient.<u+1>.ndjson, then encounter/Encounter.<u+1>.ndjson
     and condition/Condition.<u+1>.ndjson (written even when empty: the manifest lists them)."""
     batches, pairs = _unit_with_stays(plan, spec, _unit_range(spec, unit), tick)
-    chunks: Iterable[bytes] = (b"\n".join([*(x for _, x in lines), b""]) for lines in batches)
+    chunks: Iterable[bytes] = (chunk for _, chunk in batches)
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
     size = store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
@@ -5339,8 +5544,8 @@ def _json_stays_unit(
     (encounter/encounter_<id>.json, condition/condition_<id>.json)."""
     batches, pairs = _unit_with_stays(plan, spec, _unit_range(spec, unit), tick)
     suffix, content_type, files, size = _suffix(spec), _content_type(spec), 0, 0
-    for lines in batches:
-        for i, line in lines:
+    for indexes, chunk in batches:
+        for i, line in zip(indexes, chunk.split(b"\n")[:-1], strict=True):
             files += 1
             key = f"patient/{_patient_file_name(patient_id(plan, i))}{suffix}"
             size += store.write(key, _json_file(spec, line), content_type)

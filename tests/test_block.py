@@ -15,9 +15,9 @@ import pytest
 import fhir_patient_generator as g
 
 # Private names used here (the two paths this file compares): _BATCH, _BLOCK_MIN, _MAX_INDEX,
-# _NUMPY_BLOCK,
+# _NUMPY_BLOCK, _STAYS_BLOCK,
 # _iso_date_block, _mrn_block, _mrn_bytes, _ndjson_block, _rendered_block, _sample_block,
-# _sample_tuple, _uuid_block, _uuid_bytes
+# _sample_tuple, _stays_batches, _stays_block, _stays_line, _uuid_block, _uuid_bytes
 
 PLANS = {
     "default": dict(seed=42, as_of="2025-10-13T02:22:22Z"),
@@ -85,6 +85,58 @@ def test_the_bulk_path_writes_what_the_renderer_renders(monkeypatch):
     assert len(blocks) == len(chunks) and len(small) == -(-(g._BLOCK_MIN - 1) // g._BATCH)
 
 
+@pytest.fixture(scope="module", params=sorted(PLANS))
+def stays_plan(request):
+    return g.make_plan(**PLANS[request.param], encounters=True)
+
+
+def test_a_block_of_patients_with_stays_is_the_one_at_a_time_path_byte_for_byte(stays_plan):
+    # the block draws the stays' count for every patient at once and runs stays() only for
+    # those who can have one: the same patients, stays, ids, instants and HAIs as one by one
+    one, block = g._stays_line(stays_plan, False), g._stays_block(stays_plan)
+    seen = collections.Counter()
+    for lo in STARTS:
+        chunk, pairs = block(lo, lo + 1500)
+        expected = [one(i) for i in range(lo, lo + 1500)]
+        assert chunk == b"".join(patient + b"\n" for patient, _ in expected)
+        assert pairs == [pair for _, mine in expected for pair in mine]
+        seen["stays"] += len(pairs)
+        seen["hai"] += sum(b"\n" in condition for _, condition in pairs)
+        seen["expired"] += sum(b'"code":"exp"' in encounter for encounter, _ in pairs)
+    assert block(10, 10) == (b"", [])
+    assert seen["stays"] > 100 and seen["expired"] > 0, seen  # the dead's stays are in the blocks
+
+
+def test_block_stays_include_infections_and_readmissions():
+    plan = g.make_plan(**PLANS["default"], encounters=True)
+    one, block = g._stays_line(plan, False), g._stays_block(plan)
+    pairs = block(0, 10_000)[1]
+    assert pairs == [pair for i in range(10_000) for pair in one(i)[1]]
+    assert any(b"\n" in condition for _, condition in pairs)  # a stay with HAI Conditions
+    assert any(b'-32"' in encounter for encounter, _ in pairs)  # a readmission (k = 31)
+
+
+def test_the_stays_bulk_path_writes_what_the_one_at_a_time_path_writes(monkeypatch):
+    plan = g.make_plan(**PLANS["default"], encounters=True)
+    blocks = []
+    block = g._stays_block(plan)
+    monkeypatch.setattr(g, "_stays_block", lambda p: lambda a, b: blocks.append(a) or block(a, b))
+    hi = 995 + g._BLOCK_MIN + 2015
+    batches = list(g._stays_batches(plan, 995, hi))
+    assert [ids[0] for ids, *_ in batches] == blocks == list(range(995, hi, g._STAYS_BLOCK))
+    assert [i for ids, *_ in batches for i in ids] == list(range(995, hi))
+    one = g._stays_line(plan, False)
+    expected = [one(i) for i in range(995, hi)]
+    assert b"".join(chunk for _, chunk, _ in batches) == b"".join(p + b"\n" for p, _ in expected)
+    assert [pair for *_, pairs in batches for pair in pairs] == [
+        pair for _, mine in expected for pair in mine
+    ]
+    small = list(g._stays_batches(plan, 0, g._BLOCK_MIN - 1))  # one by one: no block
+    assert len(blocks) == len(batches) and len(small) == -(-(g._BLOCK_MIN - 1) // g._BATCH)
+    assert next(g._stays_batches(plan, 0, g._BLOCK_MIN, validate=True))[0] == range(g._BATCH)
+    assert len(blocks) == len(batches)  # --validate renders one by one
+
+
 def test_block_ids_equal_the_one_at_a_time_uuids_and_mrns():
     plan = g.make_plan(**PLANS["default"])
     rng = random.Random(5)
@@ -126,6 +178,34 @@ def test_no_module_level_name_is_defined_twice():
             for target in targets:
                 names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
     assert [name for name, count in names.items() if count > 1] == []
+
+
+def test_a_layer_with_stays_is_the_same_written_by_blocks_or_one_by_one(tmp_path, monkeypatch):
+    # --encounters over BLOCK_MIN patients: the numpy blocks write every file byte for byte as
+    # the one-at-a-time path does (BLOCK_MIN raised past the run); the json format's consumer
+    # reads the same batches (tests/test_encounters.py writes it)
+    count = g._BLOCK_MIN + 500
+    args = ["--count", str(count), "--seed", "11", "--as-of", "2025-10-13T02:22:22Z"]
+    args += ["--format", "ndjson", "--encounters", "--quiet", "--gzip"]
+    args += ["--records-per-file", str(g._BLOCK_MIN)]  # a unit by blocks, one of 500 one by one
+
+    def tree(root):
+        return {
+            p.relative_to(root).as_posix(): p.read_bytes()
+            for p in root.rglob("*")
+            if p.is_file() and p.name != "_manifest.json"
+        }
+
+    blocks = []
+    block = g._stays_block(g.make_plan(11, "2025-10-13T02:22:22Z", encounters=True))
+    monkeypatch.setattr(g, "_stays_block", lambda p: lambda a, b: blocks.append(a) or block(a, b))
+    assert g.main([*args, "--output", str(tmp_path / "blocks")]) == 0
+    assert blocks
+    monkeypatch.setattr(g, "_BLOCK_MIN", count + 1)
+    assert g.main([*args, "--output", str(tmp_path / "one")]) == 0
+    fast, slow = tree(tmp_path / "blocks"), tree(tmp_path / "one")
+    assert fast == slow
+    assert any(name.startswith("encounter/") for name in fast)
 
 
 def test_the_block_refuses_to_build_when_it_differs_from_the_renderer(monkeypatch):
