@@ -30,21 +30,15 @@ import math
 import operator
 import os
 import re
-import secrets
 import signal
-import socket
-import statistics
 import struct
 import sys
-import tempfile
 import threading
 import time
 import unicodedata
-import urllib.parse
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -1022,6 +1016,8 @@ def _parse_as_of(value: datetime | str | None) -> datetime:
 
 def _draw_seed() -> int:
     """A fresh random seed (report it, so the run can be repeated)."""
+    import secrets  # only a run without --seed draws one
+
     return secrets.randbits(63)
 
 
@@ -3382,20 +3378,30 @@ def _stay_diagnosis(t: _StayTables, s: _Sample, hospital: int, age: int, u: _Sta
 
 _NORMAL_STEPS = 4096  # the standard normal's quantiles at j / 4096, interpolated between
 # (a stay's LOS quantile: the table costs 12 ms once, inv_cdf several microseconds per stay)
-_NORMAL_Z = tuple(
-    statistics.NormalDist().inv_cdf(j / _NORMAL_STEPS) for j in range(1, _NORMAL_STEPS)
-)
+
+
+@functools.cache
+def _normal_z() -> tuple[float, ...]:
+    """The quantile table, built on the first stay (a run without stays never pays for it)."""
+    import statistics  # stays only
+
+    return tuple(
+        statistics.NormalDist().inv_cdf(j / _NORMAL_STEPS) for j in range(1, _NORMAL_STEPS)
+    )
+
+
 _MAX_LOS = 365 * 86400  # a stay lasts at most a year
 _MIN_LOS = 3600  # and at least an hour
 
 
 def _los(d: _Diagnosis, u: _StayDraws) -> int:
     """Seconds in hospital: lognormal with the DRG's geometric mean (median) and arithmetic
-    mean (Table 5 GMLOS and AMLOS); the normal quantile interpolated in NORMAL_Z (the
+    mean (Table 5 GMLOS and AMLOS); the normal quantile interpolated in _normal_z() (the
     outermost 1/4096 on either side are held at its ends: +-3.4 standard deviations)."""
     x = min(max(u.los * _NORMAL_STEPS / 4294967296.0, 1.0), _NORMAL_STEPS - 1.0) - 1.0
     j = min(int(x), _NORMAL_STEPS - 3)
-    z = _NORMAL_Z[j] + (x - j) * (_NORMAL_Z[j + 1] - _NORMAL_Z[j])
+    table = _normal_z()
+    z = table[j] + (x - j) * (table[j + 1] - table[j])
     days = math.exp(d.mu + d.sigma * z)
     return max(_MIN_LOS, min(_MAX_LOS, round(days * 86400)))
 
@@ -5916,6 +5922,8 @@ class _LocalStore:
     def __init__(self, spec: Bronze) -> None:
         self.root = Path(spec.root)
         self.token = spec.token or str(os.getpid())
+        import socket  # here: a run that writes no layer never needs it
+
         self.host = socket.gethostname()
 
     @staticmethod
@@ -6113,6 +6121,8 @@ def _s3_endpoint(endpoint_url: str | None) -> str | None:
     name, url = next(((n, u) for n, u in given if u), ("", None))
     if url is None:
         return None
+    import urllib.parse  # S3 only
+
     parts = urllib.parse.urlsplit(url)
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -6171,6 +6181,8 @@ class _S3Store:
         self.endpoint_url = spec.endpoint_url
         self.endpoint = _s3_endpoint(spec.endpoint_url) or "AWS S3"  # ValueError if malformed
         self.client = _s3_client(spec.endpoint_url, spec.concurrency, _S3_MAX_ATTEMPTS)
+        from concurrent.futures import ThreadPoolExecutor  # S3 only: start-up of other runs
+
         self.pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix="s3-put")
         self.slots = threading.BoundedSemaphore(2 * spec.concurrency)  # bounds memory in flight
         self.lock = threading.Lock()
@@ -6251,6 +6263,8 @@ class _S3Store:
             body: Any = data
             size = len(data)
         else:
+            import tempfile  # S3 only
+
             body = tempfile.SpooledTemporaryFile(max_size=16 << 20)
             size = sum(body.write(chunk) for chunk in data)
             body.seek(0)
@@ -6813,7 +6827,7 @@ def _run_pool(
 ) -> None:
     """Units on `workers` spawned processes, a few queued each; done() False stops the run."""
     import multiprocessing  # imported here: multiprocessing costs start-up of every other run
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     pool = ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
