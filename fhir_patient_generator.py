@@ -6151,6 +6151,10 @@ def _s3_client(endpoint_url: str | None, pool: int, attempts: int) -> Any:
         connect_timeout=_S3_CONNECT_TIMEOUT,
         read_timeout=_S3_READ_TIMEOUT,
         s3={"addressing_style": "path"} if custom else {},  # S3-compatible stores want paths
+        # Validate response checksums only when asked (ChecksumMode): botocore 1.44 wraps a 5xx
+        # reply that carries a checksum header and then fails parsing it (AttributeError, not a
+        # ClientError: a traceback, not a retry), as rclone's replies to a racing read showed.
+        response_checksum_validation="when_required",
     )
     # endpoint_url=None lets boto3 read AWS_ENDPOINT_URL(_S3) itself.
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import multiprocessing
 import os
@@ -23,8 +24,8 @@ from test_s3 import objects
 
 import fhir_patient_generator as g
 
-# Private names used here (internals this file checks or drives directly): _bronze_from_args,
-# _build_parser, _identity_bytes, _open_store, _plan_from_args, _write_unit
+# Private names used here (internals this file checks or drives directly): _S3Store,
+# _bronze_from_args, _build_parser, _identity_bytes, _open_store, _plan_from_args, _write_unit
 
 RACE = ["--as-of", AS_OF, "--count", "40", "--format", "ndjson", "--records-per-file", "10"]
 
@@ -466,3 +467,40 @@ def test_ci_run_removes_its_throwaway_virtualenv_and_keeps_ci_venv(tmp_path, kee
     assert result.returncode == 0, result.stderr
     assert list(scratch.iterdir()) == []
     assert (tmp_path / "kept" / "bin" / "python").exists() == keep
+
+
+class _ChecksummedError(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that answers every GET with a 500 carrying a checksum header, as rclone
+    answered a read racing a write: botocore's default response validation failed parsing it
+    (AttributeError, a traceback) instead of raising a ClientError."""
+
+    def do_GET(self) -> None:
+        body = b"internal error"
+        self.send_response(500)
+        self.send_header("x-amz-checksum-crc32", "AAAAAA==")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_server_error_with_a_checksum_header_is_one_line_not_a_traceback(monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChecksummedError)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name, value in {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        spec = g.Bronze(root="s3://bucket/b", count=1, endpoint_url=server_url(server))
+        store = g._S3Store(spec)
+        with pytest.raises(g.BronzeError) as failed:
+            store.read("_run/identity.json")
+        assert "500" in str(failed.value) and "\n" not in str(failed.value)
+    finally:
+        server.shutdown()
+
+
+def server_url(server: http.server.HTTPServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
