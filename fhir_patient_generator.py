@@ -2279,6 +2279,17 @@ def _year_start(year: int) -> int:
     return (date(year, 1, 1).toordinal() - _EPOCH_DAY) * 86400
 
 
+def _tile_years(lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
+    """(year, its first second, its length in seconds) for every calendar year that the window
+    lo < instant <= hi touches (none when it is empty): the years whose tiles hold its events."""
+    if hi <= lo:
+        return
+    first = date.fromordinal((lo + 1) // 86400 + _EPOCH_DAY).year
+    last = date.fromordinal(hi // 86400 + _EPOCH_DAY).year
+    for year in range(first, last + 1):  # lengths from the calendar: no date(10000, 1, 1)
+        yield year, _year_start(year), (366 if calendar.isleap(year) else 365) * 86400
+
+
 _JOIN_FIELDS = (
     "join_at",
     "join_before",
@@ -2569,13 +2580,7 @@ def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[
     """Offset in the block -> its candidates (tuples in _Candidate's order) with lo < instant <=
     hi, in time order (ties: tile order)."""
     out: dict[int, list[tuple[int, ...]]] = {}
-    if hi <= lo:
-        return out
-    first = date.fromordinal((lo + 1) // 86400 + _EPOCH_DAY).year
-    last = date.fromordinal(hi // 86400 + _EPOCH_DAY).year
-    for year in range(first, last + 1):
-        start = _year_start(year)
-        length = (366 if calendar.isleap(year) else 365) * 86400  # no date(10000, 1, 1)
+    for year, start, length in _tile_years(lo, hi):
         w = _tile(dyn, block, year)
         for k in range(0, len(w), _TILE_WORDS):
             instant = start + (w[k + 1] * length >> 32)
@@ -4262,13 +4267,7 @@ def _admissions(a: _AdmissionTables, block: int, lo: int, hi: int) -> dict[int, 
     """Offset in the block -> its candidate admissions (instant, stay number, accept word, the
     chain's words) with lo < instant <= hi, in time order."""
     out: dict[int, list[_Admission]] = {}
-    if hi <= lo:
-        return out
-    first = date.fromordinal((lo + 1) // 86400 + _EPOCH_DAY).year
-    last = date.fromordinal(hi // 86400 + _EPOCH_DAY).year
-    for year in range(first, last + 1):
-        start = _year_start(year)
-        length = (366 if calendar.isleap(year) else 365) * 86400
+    for year, start, length in _tile_years(lo, hi):
         w = _admission_tile(a, block, year)
         for j in range(0, len(w), _ADMISSION_WORDS):
             instant = start + (w[j + 1] * length >> 32)
