@@ -5258,21 +5258,27 @@ def _age_block(birth: Any, instants: Any) -> Any:
     return year - born_year - (month * 32 + day < born_month * 32 + born_day)
 
 
-def _hospital_block(plan: Plan, c: _CandidateTables, b: _Block, rows: Any, age: Any, u: Any) -> Any:
-    """_stay_hospital for each candidate (block positions `rows`, StayDraws `u`): the managing
-    organization, or another of the ZIP's candidates by weight (_other_candidate; a draw of
-    position 0 or of none falls back to the organization, as its `or` does)."""
-    bt, org = _block_tables(plan), b.organization[rows].astype(np.int64)
-    cand = bt.hospital_cand[b.zip[rows]].astype(np.int64)
-    weights = np.diff(bt.hospital_cum[b.zip[rows]].astype(np.int64), axis=1, prepend=0)
+def _other_block(plan: Plan, c: _CandidateTables, z: Any, age: Any, u32: Any, exclude: Any) -> Any:
+    """_other_candidate(...) or exclude, for each candidate (z: its patient's ZIP): another of
+    the ZIP's candidates but `exclude`, by weight; `exclude` where none can be drawn or where
+    position 0 is (as the `or` of its callers does)."""
+    bt = _block_tables(plan)
+    cand = bt.hospital_cand[z].astype(np.int64)
+    weights = np.diff(bt.hospital_cum[z].astype(np.int64), axis=1, prepend=0)
     weights = np.rint(weights * c.factors[cand]).astype(np.int64)  # round(), half to even
-    weights[cand == org[:, None]] = 0
+    weights[cand == exclude[:, None]] = 0
     weights[age >= _CHILD_AGE, _CANDIDATES - 1] = 0  # the children's hospital's slot
     running = np.cumsum(weights, axis=1)
-    v = _scaled(u.hospital, running[:, -1].astype(np.uint64))
-    other = cand[np.arange(len(rows)), np.minimum(_bisect_rows(running, v), _CANDIDATES - 1)]
-    other = np.where((running[:, -1] > 0) & (other != 0), other, org)
-    return np.where(u.own < _stay_tables(plan).own_cut, org, other)
+    v = _scaled(u32, running[:, -1].astype(np.uint64))
+    other = cand[np.arange(len(z)), np.minimum(_bisect_rows(running, v), _CANDIDATES - 1)]
+    return np.where((running[:, -1] > 0) & (other != 0), other, exclude)
+
+
+def _mix_block(c: _CandidateTables, age: Any, female: Any, u: Any) -> Any:
+    """_stay_diagnosis from the national mix of the age band and sex, for each candidate."""
+    mix = 2 * (np.searchsorted(np.array(_AGE_BANDS), age, "right") - 1) + female
+    at = _bisect_rows(c.mix_cum[mix], _scaled(u.diagnosis, c.mix_total[mix]))
+    return c.mix_rows[mix, at]
 
 
 def _diagnosis_block(c: _CandidateTables, hospital: Any, age: Any, female: Any, u: Any) -> Any:
@@ -5281,9 +5287,7 @@ def _diagnosis_block(c: _CandidateTables, hospital: Any, age: Any, female: Any, 
     cuts = c.cohort_cuts[hospital]
     cohort = (age >= _MEDICARE_AGE) & (u.cohort < cuts[:, -1])
     in_cohort = c.cohort_dx[np.minimum(_bisect_rows(cuts, u.cohort), len(_COHORTS) - 1)]
-    mix = 2 * (np.searchsorted(np.array(_AGE_BANDS), age, "right") - 1) + female
-    at = _bisect_rows(c.mix_cum[mix], _scaled(u.diagnosis, c.mix_total[mix]))
-    return np.where(cohort, in_cohort, c.mix_rows[mix, at])
+    return np.where(cohort, in_cohort, _mix_block(c, age, female, u))
 
 
 def _los_block(c: _CandidateTables, diagnosis: Any, u: Any) -> Any:
@@ -5346,41 +5350,94 @@ def _candidate_columns(
     rows, k, admitted, d = rows[valid], k[valid], admitted[valid], d[valid]
     u = _StayDraws._make(d.T)
     age = _age_block(b.birth[rows], admitted)
-    hospital = _hospital_block(plan, c, b, rows, age, u)
+    org = b.organization[rows].astype(np.int64)
+    other = _other_block(plan, c, b.zip[rows], age, u.hospital, org)
+    hospital = np.where(u.own < _stay_tables(plan).own_cut, org, other)
     dx = _diagnosis_block(c, hospital, age, b.female[rows], u)
-    old = age >= _MEDICARE_AGE
-    stays = _Stay(
-        rows + lo,
-        k,
-        admitted,
-        admitted + _los_block(c, dx, u),
-        hospital,
-        dx,
-        _disposition_block(c, old, u),
+    return rows, *_stay_columns(
+        plan, c, b, rows, _Stay(rows + lo, k, admitted, -1, hospital, dx, -1), u
     )
-    changes = _readmitted_block(c, b.cell[rows], hospital, dx, old, u)
-    return rows, stays, changes | _infected_block(plan, c, stays)
+
+
+def _stay_columns(
+    plan: Plan, c: _CandidateTables, b: _Block, rows: Any, stays: _Stay, u: Any
+) -> tuple[_Stay, Any, Any]:
+    """Stays whose patient, number, admission, hospital and diagnosis are set (columns; rows:
+    block positions), completed as _admitted_stay does with the stays' draws `u`; with whether
+    each is readmitted, and whether it has an infection (_hai_draw)."""
+    age = _age_block(b.birth[rows], np.minimum(stays.admitted, _LAST_SECOND))
+    old = age >= _MEDICARE_AGE
+    stays = stays._replace(
+        discharged=stays.admitted + _los_block(c, stays.diagnosis, u),
+        disposition=_disposition_block(c, old, u),
+    )
+    readmitted = _readmitted_block(c, b.cell[rows], stays.hospital, stays.diagnosis, old, u)
+    return stays, readmitted, _infected_block(plan, c, stays)
+
+
+def _readmission_columns(
+    plan: Plan, c: _CandidateTables, b: _Block, rows: Any, first: _Stay
+) -> tuple[_Stay, Any, Any]:
+    """_readmission of each stay of `first` (columns of living patients' stays numbered below
+    DEATH_STAY; rows: block positions), with the same float operations in the same order: the
+    readmissions, whether each is readmitted in turn, and whether it has an infection."""
+    k = first.k + _READMISSION
+    u = _StayDraws._make(_stream_block(plan, _StayDraws, first.index.tolist(), k.tolist()).T)
+    gap = [round(30 * 86400 * (x / 4294967296.0) ** _READMIT_SKEW) for x in u.admitted.tolist()]
+    admitted = first.discharged + np.maximum(3600, np.array(gap, np.int64))
+    age = _age_block(b.birth[rows], np.minimum(admitted, _LAST_SECOND))
+    other = _other_block(plan, c, b.zip[rows], age, u.hospital, first.hospital)
+    hospital = np.where(u.own >= _cut(_READMIT_SAME_HOSPITAL), other, first.hospital)
+    same = (c.dx_cohort[first.diagnosis] >= 0) & (u.cohort < _cut(_READMIT_SAME_COHORT))
+    dx = np.where(same, first.diagnosis, _mix_block(c, age, b.female[rows], u))
+    return _stay_columns(plan, c, b, rows, _Stay(first.index, k, admitted, -1, hospital, dx, -1), u)
+
+
+def _take(stays: _Stay, which: Any) -> _Stay:
+    """The stays (columns) at `which` (a mask or positions)."""
+    return _Stay(*(column[which] for column in stays[:-1]))
 
 
 def _block_stays(plan: Plan, b: _Block, u: Any, lo: int) -> list[_Stay]:
     """The stays of a block's patients (#lo on; u: their PatientStayDraws), in patient and time
-    order, as stays() makes them: a patient whose stays are all candidate admissions that are
-    neither readmitted nor infected nor overlap, and whose death (if any) is tied to no stay,
-    from numpy columns (most); every other patient with a candidate or a death by stays()."""
+    order, as stays() makes them. From numpy columns for a patient whose death (if any) is tied
+    to no stay and whose stays are its candidate admissions and (alive) their readmissions, none
+    infected, no two overlapping: most; stays() for the others with a candidate or a death."""
     c = _candidate_tables(plan)
-    rows, found, changes = _candidate_columns(plan, c, b, u, lo)
+    rows, found, readmitted, infected = _candidate_columns(plan, c, b, u, lo)
     hi = np.where(b.died < 0, plan.window_start + plan.window_span - 1, b.died)
     kept = found.discharged < hi[rows]
     by_stays = (b.died >= 0) & (u[:, 1] < c.death_last[c.cell_old[b.cell]])
-    by_stays[rows[kept & changes]] = True  # (one past hi stays past it, infected or not)
-    order = np.lexsort((found.admitted[kept], rows[kept]))
-    at, start, end = rows[kept][order], found.admitted[kept][order], found.discharged[kept][order]
+    by_stays[rows[kept & (infected | (readmitted & (b.died[rows] >= 0)))]] = True
+    rows, found, readmitted = rows[kept], _take(found, kept), readmitted[kept]
+    parts = [(rows, found)]
+    chain = readmitted & ~by_stays[rows]
+    while chain.any():  # the readmissions of the living, up to READMISSION_LIMIT
+        rows, first = rows[chain], _take(found, chain)
+        found, readmitted, infected = _readmission_columns(plan, c, b, rows, first)
+        by_stays[rows[infected]] = True
+        kept = (found.discharged <= hi[rows]) & (found.admitted < hi[rows])
+        chain = kept & readmitted & (found.k < _READMISSION_LIMIT)
+        parts.append((rows[kept], _take(found, kept)))
+    rows = np.concatenate([r for r, _ in parts])
+    found = _Stay(
+        *(np.concatenate(columns) for columns in zip(*(f[:-1] for _, f in parts), strict=True))
+    )
+    order = np.lexsort((found.admitted, rows))
+    at, start, end = rows[order], found.admitted[order], found.discharged[order]
     by_stays[at[1:][(at[1:] == at[:-1]) & (start[1:] <= end[:-1])]] = True  # an overlap
-    mine = np.flatnonzero(kept)[order][~by_stays[at]]
-    columns = [column[mine].tolist() for column in found[:-1]]  # all but hais
-    numbered = list(zip(*columns, itertools.repeat(()), strict=False))
+    mine = order[~by_stays[at]]
+    return _merged(plan, b, u, lo, (rows[mine].tolist(), _take(found, mine)), by_stays)
+
+
+def _merged(
+    plan: Plan, b: _Block, u: Any, lo: int, mine: tuple[list[int], _Stay], by_stays: Any
+) -> list[_Stay]:
+    """The stays of `mine` (their block positions, and columns, in patient and time order)
+    with those of stays() for the block's patients marked in by_stays, in patient order."""
+    whose, found = mine
+    numbered = list(zip(*(column.tolist() for column in found[:-1]), itertools.repeat(())))
     out, done, make = [], 0, _PatientStayDraws._make
-    whose = rows[mine].tolist()
     others = np.flatnonzero(by_stays)
     for r, s, draws in zip(
         others.tolist(), _block_samples(plan, b, others), u[others].tolist(), strict=True
@@ -5758,11 +5815,11 @@ def _ndjson_stays_unit(
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
     size = store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
-    for n, kind in enumerate(_STAY_TYPES):
-        data = b"".join(pair[n] + b"\n" for pair in pairs)
+    for n, kind in enumerate(_STAY_TYPES):  # in chunks: no copy of the whole file at once
+        chunks = _ndjson(pair[n] for pair in pairs)
         if spec.gzip:
-            data = zlib.compress(data, spec.gzip_level, wbits=31)
-        size += store.write(_ndjson_key(spec, kind, unit + 1), data, _content_type(spec))
+            chunks = _gzip_chunks(chunks, spec.gzip_level)
+        size += store.write(_ndjson_key(spec, kind, unit + 1), chunks, _content_type(spec))
     return 1 + len(_STAY_TYPES), size
 
 
