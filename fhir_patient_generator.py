@@ -2569,11 +2569,18 @@ def _tile(dyn: _Dynamics, block: int, year: int) -> tuple[int, ...]:
     """The candidate events of indexes block*BLOCK .. +BLOCK-1 in a UTC calendar year: five
     32-bit words each (w0: offset = w0 % BLOCK and kind = w0 >> 6; w1: instant in the year; w2:
     accept; w3: place; w4: hospital). A function of (seed, block, year) only."""
+    w = _tile_words(dyn, block, year)
+    return struct.unpack(f"<{len(w) // 4}I", w)
+
+
+def _tile_words(dyn: _Dynamics, block: int, year: int) -> bytes:
+    """_tile's words as little-endian bytes (the living stays' pre-check reads them as numpy
+    columns)."""
     h = dyn.tile_hash.copy()
     h.update(block.to_bytes(8, "little") + year.to_bytes(2, "little"))
     days = 366 if calendar.isleap(year) else 365
     k = bisect.bisect_right(dyn.poisson[days], int.from_bytes(h.digest(4), "little"))
-    return struct.unpack(f"<{_TILE_WORDS * k}I", h.digest(4 + 4 * _TILE_WORDS * k)[4:])
+    return h.digest(4 + 4 * _TILE_WORDS * k)[4:]
 
 
 def _candidates(dyn: _Dynamics, block: int, lo: int, hi: int) -> dict[int, list[tuple[int, ...]]]:
@@ -4193,6 +4200,37 @@ class _AdmissionTables(NamedTuple):
     readmit_cut: int  # StayDraws.readmitted at or above this: no hospital readmits the stay
     hai_top: tuple[float, ...]  # per HAI kind: the highest 32-bit cut per second at risk
     hai_extra: tuple[int, ...]  # per HAI kind: the seconds it lengthens a stay (_infected)
+    # a window's pre-check (_window_suspects): what no patient, hospital or diagnosis exceeds
+    accept_rows: Any  # (2, MAX_AGE + 1) int64: accept by sex (SEXES order) and whole age
+    accept_top: int  # the highest accept cut of any sex and age
+    cohort_top: int  # StayDraws.cohort at or above this: no hospital makes a 65+ stay a cohort's
+    readmit_cells: Any  # (cells, 2) int64: StayDraws.readmitted at or above this, no hospital
+    # readmits a stay of a patient of the registry cell: [0] of no 65+ cohort, [1] any stay
+    los_range: tuple[Any, Any]  # (groups, 1024) int64 each: _los_range
+
+
+def _los_range(t: _StayTables) -> tuple[Any, Any]:
+    """(shortest, longest): by diagnosis group (the mix's rows of each (age band, sex), in
+    mix_cum's order, then the cohorts' diagnoses) and LOS draw >> LOS_SHIFT, how long (seconds)
+    any diagnosis of the group keeps a stay whose draw lies in that range, as _los computes it
+    (in numpy, 2 seconds wider either way: numpy's exp may differ from math's in the last bit,
+    and _los is monotone in the draw but for rounding where its normal table's steps meet)."""
+    low = np.arange(1 << (32 - _LOS_SHIFT), dtype=np.float64) * (1 << _LOS_SHIFT)
+    mu = np.array([d.mu for d in t.diagnoses])[:, None]
+    sigma = np.array([d.sigma for d in t.diagnoses])[:, None]
+    table = np.array(_normal_z())
+    out = []
+    for u in (low, low + ((1 << _LOS_SHIFT) - 1)):
+        x = np.minimum(np.maximum(u * _NORMAL_STEPS / 4294967296.0, 1.0), _NORMAL_STEPS - 1.0) - 1
+        j = np.minimum(x.astype(np.int64), _NORMAL_STEPS - 3)
+        z = table[j] + (x - j) * (table[j + 1] - table[j])
+        days = np.exp(mu + sigma * z[None, :])
+        out.append(np.clip(np.round(days * 86400), _MIN_LOS, _MAX_LOS).astype(np.int64))
+    groups = [*t.mix_rows, t.cohort_dx]
+    return (
+        np.array([out[0][list(rows)].min(axis=0) - 2 for rows in groups]),
+        np.array([out[1][list(rows)].max(axis=0) + 2 for rows in groups]),
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -4219,23 +4257,37 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         for j in range(1 << (32 - _LOS_SHIFT))
     )
     hai = _hai_tables(plan)
+    accept = {
+        sex: tuple(
+            _cut(_admission_rate(rates, age, sex) * _process_share(age) / _ADMISSION_BOUND)
+            for age in range(_MAX_AGE + 1)
+        )
+        for sex in _SEXES
+    }
+    readmit_top = max((max(rates) for rates in t.readmit.values()), default=0.0)
+    wide = max((rates[-1] for rates in t.readmit.values()), default=0.0)
     return _AdmissionTables(
         tile_hash=hashlib.shake_256(b"metriccare-admissions/1|" + plan.key),
         poisson=poisson,
-        accept={
-            sex: tuple(
-                _cut(_admission_rate(rates, age, sex) * _process_share(age) / _ADMISSION_BOUND)
-                for age in range(_MAX_AGE + 1)
-            )
-            for sex in _SEXES
-        },
+        accept=accept,
         los_bound=los_bound,
-        readmit_cut=_cut(max((max(rates) for rates in t.readmit.values()), default=0.0)),
+        readmit_cut=_cut(readmit_top),
         hai_top=tuple(
             max(rates[j] for rates in hai.rates.values()) / 86400 * 4294967296.0
             for j in range(len(hai.extra))
         ),
         hai_extra=hai.extra,
+        accept_rows=np.array([accept[sex] for sex in _SEXES], np.int64),
+        accept_top=max(max(cuts) for cuts in accept.values()),
+        cohort_top=max((cuts[-1] for cuts in t.cohort_cuts.values() if cuts), default=0),
+        readmit_cells=np.array(
+            [
+                [_cut(max(0.0, (rate - chance) / (1.0 - chance))) for rate in (wide, readmit_top)]
+                for chance in t.month_chance
+            ],
+            np.int64,
+        ).reshape(-1, 2),
+        los_range=_los_range(t),
     )
 
 
@@ -4256,11 +4308,17 @@ def _admission_tile(a: _AdmissionTables, block: int, year: int) -> tuple[int, ..
     ADMISSION_WORDS 32-bit words each (w0 % BLOCK: whose; w1: the instant in the year; w2:
     accept; then its chain's CHAIN_WORDS). A function of (seed, block, year) only, as the
     events' tiles (_tile)."""
+    w = _admission_words(a, block, year)
+    return struct.unpack(f"<{len(w) // 4}I", w)
+
+
+def _admission_words(a: _AdmissionTables, block: int, year: int) -> bytes:
+    """_admission_tile's words as little-endian bytes (read as numpy columns by a window)."""
     h = a.tile_hash.copy()
     h.update(block.to_bytes(8, "little") + year.to_bytes(2, "little"))
     days = 366 if calendar.isleap(year) else 365
     k = bisect.bisect_right(a.poisson[days], int.from_bytes(h.digest(4), "little"))
-    return struct.unpack(f"<{_ADMISSION_WORDS * k}I", h.digest(4 + 4 * _ADMISSION_WORDS * k)[4:])
+    return h.digest(4 + 4 * _ADMISSION_WORDS * k)[4:]
 
 
 _Admission = tuple[int, int, int, tuple[int, ...]]  # instant, stay number, accept, chain words
@@ -4296,25 +4354,75 @@ def _hai_bound(plan: Plan, a: _AdmissionTables, index: int, k: int, longest: int
     )
 
 
-def _chain_reaches(
-    plan: Plan, a: _AdmissionTables, key: tuple[int, int, int], chain: tuple[int, ...], at: int
+def _diagnosis_range(
+    t: _StayTables, a: _AdmissionTables, draws: tuple[int, range, _StayDraws], index_dx: Any
+) -> set[int]:
+    """The principal diagnoses a living stay can have at any hospital (draws: the patient is
+    female or not, its age at the admission is one of `ages`, u its StayDraws): the mix's row
+    of its age band and sex; an index stay (index_dx None) 65+ any cohort while its cohort
+    draw is below cohort_top (_stay_diagnosis); a readmission its index stay's diagnosis (one
+    of index_dx) again while that is a cohort's and the draw is below READMIT_SAME_COHORT
+    (_readmission)."""
+    female, ages, u = draws
+    out = set()
+    for age in ages:
+        mix = 2 * (bisect.bisect_right(_AGE_BANDS, age) - 1) + female
+        out.add(t.mix_rows[mix][_pick(t.mix_cum[mix], u.diagnosis)])
+    if index_dx is None:
+        if ages[-1] >= _MEDICARE_AGE and u.cohort < a.cohort_top:
+            out.update(t.cohort_dx)
+    elif u.cohort < _cut(_READMIT_SAME_COHORT):
+        out.update(d for d in index_dx if t.diagnoses[d].cohort)
+    return out
+
+
+def _readmit_top_cut(
+    t: _StayTables, a: _AdmissionTables, cell: int, dx: set[int], top_age: int
+) -> int:
+    """The readmitted draw at or above which no hospital readmits a stay of one of diagnoses
+    `dx`, aged at most top_age, of a patient of registry `cell` (_readmitted: its rate less
+    the month chance of the cell; monotone in the rate, so the highest rate gives the cut)."""
+    cohort = top_age >= _MEDICARE_AGE and any(t.diagnoses[d].cohort for d in dx)
+    return int(a.readmit_cells[cell, int(cohort)])
+
+
+def _chain_window(
+    plan: Plan,
+    who: tuple[int, int, int],
+    key: tuple[int, int, int],
+    chain: tuple[int, ...],
+    window: tuple[int, int],
 ) -> bool:
-    """Whether the chain of a candidate admission (key: index, stay number, admission; chain:
-    its tile's chain words) might hold a stay discharged after `at`: each stay at most
-    los_bound long (from the tile), plus what its infections might add (_hai_bound, hashed
-    only when that could matter), a readmission (possible while the draw is below
-    readmit_cut) after _readmission's own gap."""
-    index, k, end = key
-    for r in range(0, 3 * _CHAIN_DEPTH, 3):
+    """Whether the chain of an accepted candidate admission (who: the patient is female or not,
+    its birth ordinal and registry cell; key: index, stay number, admission; chain: its tile's
+    chain words) might hold a stay discharged in the window (since, until]: a necessary
+    condition, checked before the patient is replayed, that knows all but its hospital. Each
+    stay's admission lies in a range (exact for the index stay; a readmission's gap is its
+    tile's); its diagnosis is one _diagnosis_range allows, so its length lies between theirs,
+    plus at most _hai_bound for its infections; a readmission is possible while its draw is
+    below _readmit_top_cut. A stay that ends past `until` or CHAIN_SPAN after the index
+    admission ends the chain (those after it end later still)."""
+    a, t = _admission_tables(plan), _stay_tables(plan)
+    (female, birth, cell), (index, k, admitted), (since, until) = who, key, window
+    lo = hi = admitted
+    dx = None
+    for r in range(_CHAIN_DEPTH):
+        gap_draw, los_draw, again = chain[3 * r : 3 * r + 3]
         if r:  # the readmission's gap, as _readmission computes it
-            end += max(3600, round(30 * 86400 * (chain[r] / 4294967296.0) ** _READMIT_SKEW))
-        longest = a.los_bound[chain[r + 1] >> _LOS_SHIFT]
-        end += longest
-        if end + sum(a.hai_extra) > at:  # its infections might carry it past `at`
-            end += _hai_bound(plan, a, index, k + r // 3, longest)
-        if end > at:
+            gap = max(3600, round(30 * 86400 * (gap_draw / 4294967296.0) ** _READMIT_SKEW))
+            lo, hi = lo + gap, hi + gap
+        u = _stay_draws(plan, index, k + r)._replace(los=los_draw)
+        ages = range(_age(birth, min(lo, _LAST_SECOND)), _age(birth, min(hi, _LAST_SECOND)) + 1)
+        dx = _diagnosis_range(t, a, (female, ages, u), dx)
+        lengths = [_los(t.diagnoses[d], u) for d in dx]
+        lo, hi = lo + min(lengths), hi + max(lengths)
+        if lo > until or lo - admitted > _CHAIN_SPAN:
+            return False
+        if hi + sum(a.hai_extra) > since:  # its infections might carry it into the window
+            hi += _hai_bound(plan, a, index, k + r, max(lengths))
+        if hi > since:
             return True
-        if chain[r + 2] >= a.readmit_cut:
+        if again >= _readmit_top_cut(t, a, cell, dx, ages[-1]):
             return False
     return False
 
@@ -4448,34 +4556,297 @@ def _living_stays(plan: Plan, count: int, index: int, until: datetime | str) -> 
     return _window_stays(plan, w, index, index + 1).get(index, [])
 
 
+class _TileColumns(NamedTuple):
+    """Candidates of several blocks' tiles in a window, one row each (numpy columns)."""
+
+    block: Any  # int64: the tile's block
+    slot: Any  # int64: the candidate's place in its tile
+    year: Any  # int64: the tile's year
+    instant: Any  # int64 epoch seconds
+    words: Any  # (rows, words per candidate) int64: the candidate's words
+
+
+def _tile_columns(
+    read: Callable[[int, int], bytes], blocks: range, window: tuple[int, int], width: int
+) -> _TileColumns:
+    """The candidates with lo < instant <= hi (window) in the tiles of `blocks` (read(block,
+    year): a tile's words as bytes, `width` words a candidate): what _admissions and
+    _candidates find one block at a time, for many blocks at once."""
+    lo, hi = window
+    parts = []
+    for year, start, length in _tile_years(lo, hi):
+        raw = [read(block, year) for block in blocks]
+        counts = np.array([len(w) // (4 * width) for w in raw], np.int64)
+        words = np.frombuffer(b"".join(raw), "<u4").reshape(-1, width).astype(np.int64)
+        slot = np.arange(len(words)) - np.repeat(np.cumsum(counts) - counts, counts)
+        instant = start + (words[:, 1] * length >> 32)
+        keep = (lo < instant) & (instant <= hi)
+        block = np.repeat(np.arange(blocks.start, blocks.stop), counts)
+        year_column = np.full(int(keep.sum()), year, np.int64)
+        parts.append(_TileColumns(block[keep], slot[keep], year_column, instant[keep], words[keep]))
+    if not parts:
+        return _TileColumns(*(np.zeros(0, np.int64),) * 4, np.zeros((0, width), np.int64))
+    return _TileColumns(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+
+def _tile_rows(c: _TileColumns, keep: Any) -> _TileColumns:
+    """The candidates of `c` where `keep` (a boolean column) holds."""
+    return _TileColumns(*(column[keep] for column in c))
+
+
+def _tile_reader(plan: Plan, dyn: _Dynamics) -> Callable[[int, int, int], bytes]:
+    """read(kind, block, year): the words of an admission tile (kind 0, _admission_words) or
+    an event tile (kind 1, _tile_words), each hashed once per reader (a window's pre-check
+    and its replays read the same tiles)."""
+    a, cache = _admission_tables(plan), {}
+
+    def read(kind: int, block: int, year: int) -> bytes:
+        key = (kind, block, year)
+        found = cache.get(key)
+        if found is None:
+            found = _tile_words(dyn, block, year) if kind else _admission_words(a, block, year)
+            cache[key] = found
+        return found
+
+    return read
+
+
+def _chain_free(a: _AdmissionTables, c: _TileColumns, window: tuple[int, int]) -> Any:
+    """Per candidate admission (columns), whether its chain might hold a stay discharged in the
+    window (since, until] by its tile's words alone (no hash, no patient): each stay at least
+    MIN_LOS long and at most los_bound plus every infection's extra days (a readmission's gap
+    and los_bound's monotony given a second's margin either way), a readmission possible
+    below readmit_cut, nothing made past CHAIN_SPAN. Looser than _chain_window: a prefilter."""
+    since, until = window
+    lo = hi = c.instant
+    hit, alive = np.zeros(len(lo), bool), np.ones(len(lo), bool)
+    los_bound, extra = np.array(a.los_bound, np.int64), sum(a.hai_extra)
+    for r in range(3, 3 + 3 * _CHAIN_DEPTH, 3):
+        if r > 3:  # the readmission's gap (numpy's power may differ in the last bit)
+            gap = 30 * 86400 * (c.words[:, r] / 4294967296.0) ** _READMIT_SKEW
+            lo = lo + np.maximum(3600, np.floor(gap).astype(np.int64) - 1)
+            hi = hi + np.maximum(3600, np.ceil(gap).astype(np.int64) + 1)
+        lo = lo + _MIN_LOS
+        hi = hi + los_bound[c.words[:, r + 1] >> _LOS_SHIFT] + extra + 2
+        hi = np.minimum(hi, c.instant + _CHAIN_SPAN)
+        hit |= alive & (lo <= until) & (hi > since)
+        alive &= (lo <= until) & (c.words[:, r + 2] < a.readmit_cut)
+    return hit
+
+
+class _Who(NamedTuple):
+    """Patients a window's pre-check concerns, sorted by index (numpy columns): what never
+    changes after their first version."""
+
+    index: Any  # int64, sorted, unique
+    first: Any  # int64: the first version's instant (the epoch, or the join)
+    female: Any  # bool: the registry cell's sex
+    birth: Any  # int64: birth ordinal
+    cell: Any  # int64: registry cell
+    gone: Any  # bool: dead at the epoch or entered in error (no stays after the epoch)
+
+
+def _who(plan: Plan, dyn: _Dynamics, count: int, indexes: Any) -> _Who:
+    """_Who of these indexes (sorted, unique): an epoch patient's from its draws as
+    _sample_block maps them (one hash each, no record); a joiner's from _start."""
+    t, epoch = _block_tables(plan), int(np.searchsorted(indexes, count))
+    digests = []
+    for index in indexes[:epoch].tolist():
+        h = plan.hasher.copy()
+        h.update(index.to_bytes(8, "little"))
+        digests.append(h.digest())
+    raw = np.frombuffer(b"".join(digests), "<u4").reshape(epoch, len(_Draws._fields))
+    u = _Draws._make(raw.astype(np.uint64).T)
+    s = np.searchsorted(t.state_cum, _scaled(u.state, t.state_cum[-1]), "right")
+    x = t.cell_base[s] + _scaled(u.cell, t.cell_total[s])
+    cell = np.searchsorted(t.cell_flat, x, "right") - t.cell_start[s]
+    birth = t.birth_low[cell] + (u.birth * t.birth_span[cell] >> np.uint64(32)).astype(np.int64)
+    joiners = [_start(plan, dyn, count, i) for i in indexes[epoch:].tolist()]
+    return _Who(
+        index=indexes,
+        first=np.array([dyn.start] * epoch + [j.instant for j in joiners], np.int64),
+        female=np.append(t.sex_female[cell], [j.sample.sex == "female" for j in joiners]) > 0,
+        birth=np.append(birth, [j.sample.birth for j in joiners]).astype(np.int64),
+        cell=np.append(cell, [j.sample.cell for j in joiners]).astype(np.int64),
+        gone=np.append(t.dead[cell], [j.deleted is not None for j in joiners]) > 0,
+    )
+
+
+def _age_column(birth: Any, instants: Any) -> Any:
+    """_age for each (birth ordinal, epoch-seconds instant) pair (int64 columns)."""
+
+    def ymd(days: Any) -> tuple[Any, Any, Any]:  # year - 1970, month - 1, day - 1
+        d = days.astype("datetime64[D]")
+        m = d.astype("datetime64[M]")
+        y = m.astype("datetime64[Y]")
+        return y.astype(np.int64), (m - y).astype(np.int64), (d - m).astype(np.int64)
+
+    year, month, day = ymd(instants // 86400)
+    born_year, born_month, born_day = ymd(birth - _EPOCH_DAY)
+    return year - born_year - (month * 32 + day < born_month * 32 + born_day)
+
+
+def _chain_known(plan: Plan, who: _Who, c: _TileColumns, window: tuple[int, int]) -> Any:
+    """Per accepted candidate admission (columns c, its patient's row of `who`), whether its
+    chain might hold a stay discharged in the window by what is known without its stays'
+    draws: the patient's sex, age (one more at most for a readmission: a chain ends within
+    CHAIN_SPAN) and cell; so each stay's length lies in los_range of its mix rows (and of the
+    cohorts' from 65), a readmission is possible below the cell's readmit_cells, infections
+    add at most _hai_bound (hashed only where that decides). Looser than _chain_window (a
+    prefilter), tighter than _chain_free."""
+    a, (since, until) = _admission_tables(plan), window
+    index = c.block * _BLOCK + c.words[:, 0] % _BLOCK
+    k = (c.year * _ADMISSION_SLOTS + c.slot) * _CHAIN_DEPTH + _MAX_STAYS  # _live_stay_number
+    rows = np.searchsorted(who.index, index)
+    age, female = _age_column(who.birth[rows], c.instant), who.female[rows].astype(np.int64)
+    mixes = [2 * (np.searchsorted(_AGE_BANDS, x, "right") - 1) + female for x in (age, age + 1)]
+    senior = age + 1 >= _MEDICARE_AGE
+    cohorts = len(a.los_range[0]) - 1
+    readmit = a.readmit_cells[who.cell[rows], senior.astype(np.int64)]
+    lo = hi = c.instant
+    hit, alive = np.zeros(len(lo), bool), np.ones(len(lo), bool)
+    extra = sum(a.hai_extra)
+    for r in range(_CHAIN_DEPTH):
+        w = c.words[:, 3 + 3 * r : 6 + 3 * r]
+        if r:  # the readmission's gap (numpy's power may differ in the last bit)
+            gap = 30 * 86400 * (w[:, 0] / 4294967296.0) ** _READMIT_SKEW
+            lo = lo + np.maximum(3600, np.floor(gap).astype(np.int64) - 1)
+            hi = hi + np.maximum(3600, np.ceil(gap).astype(np.int64) + 1)
+        j = w[:, 1] >> _LOS_SHIFT
+        shortest = np.minimum(a.los_range[0][mixes[0], j], a.los_range[0][mixes[1], j])
+        longest = np.maximum(a.los_range[1][mixes[0], j], a.los_range[1][mixes[1], j])
+        shortest = np.where(senior, np.minimum(shortest, a.los_range[0][cohorts, j]), shortest)
+        longest = np.where(senior, np.maximum(longest, a.los_range[1][cohorts, j]), longest)
+        lo, hi = lo + shortest, hi + longest
+        alive &= (lo <= until) & (lo - c.instant <= _CHAIN_SPAN)
+        for n in np.flatnonzero(alive & (hi <= since) & (hi + extra > since)).tolist():
+            hi[n] += _hai_bound(plan, a, int(index[n]), int(k[n]) + r, int(longest[n]))
+        hit |= alive & (hi > since)
+        alive &= w[:, 2] < readmit
+    return hit
+
+
+def _admission_suspects(
+    plan: Plan, who: _Who, c: _TileColumns, window: tuple[int, int]
+) -> set[int]:
+    """The indexes with a candidate admission (columns c) that thinning accepts (by the sex
+    and the age at its instant, after the first version, as _admission_chain takes it) and
+    whose chain might reach the window (_chain_window)."""
+    a, index = _admission_tables(plan), c.block * _BLOCK + c.words[:, 0] % _BLOCK
+    rows = np.searchsorted(who.index, index)
+    age = np.clip(_age_column(who.birth[rows], c.instant), 0, _MAX_AGE)
+    cut = a.accept_rows[who.female[rows].astype(np.int64), age]
+    accepted = ~who.gone[rows] & (c.instant > who.first[rows]) & (c.words[:, 2] < cut)
+    c = _tile_rows(c, accepted)
+    c = _tile_rows(c, _chain_known(plan, who, c, window))
+    index = c.block * _BLOCK + c.words[:, 0] % _BLOCK
+    rows = np.searchsorted(who.index, index)
+    out: set[int] = set()
+    for j in range(len(index)):
+        i, r = int(index[j]), int(rows[j])
+        if i in out:
+            continue
+        key = (i, _live_stay_number(int(c.year[j]), int(c.slot[j])), int(c.instant[j]))
+        patient = (int(who.female[r]), int(who.birth[r]), int(who.cell[r]))
+        if _chain_window(plan, patient, key, tuple(c.words[j, 3:].tolist()), window):
+            out.add(i)
+    return out
+
+
+def _death_suspects(dyn: _Dynamics, who: _Who, c: _TileColumns) -> set[int]:
+    """The indexes with a death candidate (columns c, kind 0) that thinning might accept: by
+    the sex and age at its instant in state -1 (the highest of the states' rates: the patient
+    may move), after the first version, as _window_events checks a patient's events."""
+    kind, cuts, index = _EVENT_KINDS[0], dyn.cuts[0], c.block * _BLOCK + c.words[:, 0] % _BLOCK
+    out: set[int] = set()
+    for j, r in enumerate(np.searchsorted(who.index, index).tolist()):
+        i, instant = int(index[j]), int(c.instant[j])
+        if i in out or who.gone[r] or instant <= who.first[r]:
+            continue
+        sex, birth = _SEXES[int(who.female[r])], int(who.birth[r])
+        probe = _Sample(-1, -1, int(who.cell[r]), sex, birth, "", -1, -1, -1, -1, ())
+        if c.words[j, 2] < kind.accept(cuts, probe, instant):
+            out.add(i)
+    return out
+
+
+class _WindowScope(NamedTuple):
+    """What a window's stays are asked for: the epoch population, the indexes [lo, hi) and the
+    window (since, until] in epoch seconds."""
+
+    count: int
+    lo: int
+    hi: int
+    since: int
+    until: int
+
+
 def _window_suspects(
-    plan: Plan, dyn: _Dynamics, block: int, since: int, until: int
-) -> tuple[dict[int, list[_Admission] | None], dict[int, list[_Admission]]]:
-    """Offset in the block -> the candidate admissions whose chains might reach (since, until]
-    (admitted in it, or since CHAIN_SPAN before it and _chain_reaches), or None for a death
-    candidate in the window (a stay may be tied to it): the patients a window may concern;
-    and the block's candidate admissions read for it (from CHAIN_SPAN before the window)."""
-    tables, out = _admission_tables(plan), {}
-    recent = _admissions(tables, block, max(dyn.start, since - _CHAIN_SPAN), until)
-    for offset, found in recent.items():
-        i = block * _BLOCK + offset
-        reach = [
-            c
-            for c in found
-            if c[0] > since or _chain_reaches(plan, tables, (i, c[1], c[0]), c[3], since)
-        ]
-        if reach:
-            out[offset] = reach
-    for offset, events in _candidates(dyn, block, since, until).items():
-        if any(kind < dyn.kind_cut[0] for _, _, kind, *_ in events):  # kind 0: death
-            out[offset] = None
-    return out, recent
+    plan: Plan, dyn: _Dynamics, scope: _WindowScope, blocks: range, read: Any
+) -> list[int]:
+    """The indexes of `blocks` whose stays the window may hold, sorted (necessary conditions
+    only, cheapest first, so the replay finds exactly the stays it would find replaying all):
+    a candidate admission since CHAIN_SPAN before the window that thinning might accept
+    (accept_top, then the patient's sex and age) and whose chain might reach the window
+    (_chain_free, then _chain_window); or a death candidate in the window that thinning might
+    accept (a stay may be tied to it, or end in it). Read as numpy columns (read: _tile_reader)."""
+    a, window = _admission_tables(plan), (scope.since, scope.until)
+    since = max(dyn.start, scope.since - _CHAIN_SPAN)
+    adm = _tile_columns(functools.partial(read, 0), blocks, (since, scope.until), _ADMISSION_WORDS)
+    index = adm.block * _BLOCK + adm.words[:, 0] % _BLOCK
+    keep = (scope.lo <= index) & (index < scope.hi) & (adm.words[:, 2] < a.accept_top)
+    adm = _tile_rows(adm, keep & _chain_free(a, adm, window))
+    events = _tile_columns(functools.partial(read, 1), blocks, window, _TILE_WORDS)
+    index = events.block * _BLOCK + events.words[:, 0] % _BLOCK
+    death = (events.words[:, 0] >> 6) < dyn.kind_cut[0]  # kind 0: death
+    events = _tile_rows(events, death & (scope.lo <= index) & (index < scope.hi))
+    indexes = [c.block * _BLOCK + c.words[:, 0] % _BLOCK for c in (adm, events)]
+    who = _who(plan, dyn, scope.count, np.unique(np.concatenate(indexes)))
+    found = _admission_suspects(plan, who, adm, window) | _death_suspects(dyn, who, events)
+    return sorted(found)
 
 
-def _accepts_any(plan: Plan, s: _Sample, found: list[_Admission]) -> bool:
-    """Whether thinning accepts any of these candidate admissions (sex and birth never change)."""
-    cut = _admission_tables(plan).accept[s.sex]
-    return any(accept < cut[min(_age(s.birth, when), _MAX_AGE)] for when, _, accept, _ in found)
+def _offset_rows(
+    read: Callable[[int, int], bytes], key: tuple[int, int], window: tuple[int, int], width: int
+) -> list[tuple[int, int, int, list[int]]]:
+    """(instant, year, place in the tile, words) of the candidates of patient `offset` of
+    `block` (key) with lo < instant <= hi (window), from its block's tiles (read(block, year))."""
+    (block, offset), (lo, hi) = key, window
+    out = []
+    for year, start, length in _tile_years(lo, hi):
+        w = np.frombuffer(read(block, year), "<u4").reshape(-1, width)
+        for j in np.flatnonzero(w[:, 0] % _BLOCK == offset).tolist():
+            words = w[j].tolist()
+            instant = start + (words[1] * length >> 32)
+            if lo < instant <= hi:
+                out.append((instant, year, j, words))
+    return out
+
+
+def _replayed_stays(
+    plan: Plan, dyn: _Dynamics, scope: _WindowScope, index: int, read: Any
+) -> list[_LiveStay]:
+    """Patient #index's stays delivered in the window, from its history since the epoch: its
+    events (as _candidates(...)[offset]) and candidate admissions (as _admissions(...)[offset])
+    read from its block's tiles (read: _tile_reader)."""
+    start, key = _start(plan, dyn, scope.count, index), divmod(index, _BLOCK)
+    history = (dyn.start, scope.until)
+    events = sorted(
+        (instant, j * _TILE_WORDS, w[0] >> 6, w[2], w[3], w[4])
+        for instant, _, j, w in _offset_rows(functools.partial(read, 1), key, history, _TILE_WORDS)
+    )
+    admissions = sorted(
+        (instant, _live_stay_number(year, j), w[2], tuple(w[3:]))
+        for instant, year, j, w in _offset_rows(
+            functools.partial(read, 0), key, history, _ADMISSION_WORDS
+        )
+    )
+    versions = _evolve(plan, dyn, index, start, events, scope.until)
+    found = _live_stays(plan, start, versions, admissions, scope.until)
+    return [ls for ls in found if scope.since < ls.delivered]
+
+
+_SCAN_BLOCKS = 1024  # blocks a window's pre-check reads as numpy columns at once
 
 
 def _window_stays(
@@ -4483,38 +4854,21 @@ def _window_stays(
 ) -> dict[int, list[_LiveStay]]:
     """Index in [lo, hi) -> its stays after the epoch in the window, in time order: a batch's
     delivered in (since, until], a snapshot's delivered by until. Only the patients of
-    _window_suspects are replayed, and of those with no death candidate only the ones thinning
-    accepts a suspect admission of: a one-day batch replays about 1 % of the population."""
+    _window_suspects are replayed (necessary conditions: the same stays as replaying all), a
+    few hundred a day in a million."""
     _check_window(plan, w.since, w.until)
     dyn, until = _dynamics(plan), _seconds(w.until)
     since = dyn.start if w.since is None else _seconds(w.since)
-    count, tables = w.epoch_count, _admission_tables(plan)
+    count = w.epoch_count
     n = count + _joiners_by(plan, dyn, count, until)
-    hi = n if hi is None else min(hi, n)
+    scope = _WindowScope(count, lo, n if hi is None else min(hi, n), since, until)
+    last = -(-scope.hi // _BLOCK)
     out: dict[int, list[_LiveStay]] = {}
-    for block in range(lo // _BLOCK, -(-hi // _BLOCK)):
-        history: tuple[dict[int, Any], dict[int, Any]] | None = None
-        suspects, recent = _window_suspects(plan, dyn, block, since, until)
-        for offset, found in sorted(suspects.items()):
-            i = block * _BLOCK + offset
-            if not lo <= i < hi:
-                continue
-            start = _start(plan, dyn, count, i)
-            if found is not None and not _accepts_any(plan, start.sample, found):
-                continue
-            if history is None:  # the block's candidates since the epoch, once
-                history = (
-                    recent
-                    if since - _CHAIN_SPAN <= dyn.start  # read from the epoch already
-                    else _admissions(tables, block, dyn.start, until),
-                    _candidates(dyn, block, dyn.start, until),
-                )
-            versions = _evolve(plan, dyn, i, start, history[1].get(offset, []), until)
-            mine = [
-                ls
-                for ls in _live_stays(plan, start, versions, history[0].get(offset, []), until)
-                if since < ls.delivered
-            ]
+    for first in range(lo // _BLOCK, last, _SCAN_BLOCKS):
+        read = _tile_reader(plan, dyn)  # one chunk's tiles, then let go
+        blocks = range(first, min(first + _SCAN_BLOCKS, last))
+        for i in _window_suspects(plan, dyn, scope, blocks, read):
+            mine = _replayed_stays(plan, dyn, scope, i, read)
             if mine:
                 out[i] = mine
     return out
