@@ -4354,6 +4354,24 @@ def _hai_bound(plan: Plan, a: _AdmissionTables, index: int, k: int, longest: int
     )
 
 
+def _hai_bound_column(plan: Plan, a: _AdmissionTables, stays: tuple[Any, Any], longest: Any) -> Any:
+    """_hai_bound for each stay (stays: index and stay number columns) and longest (a column):
+    one hash each, then the comparisons at once (the same float products)."""
+    digests = []
+    for index, k in zip(*(column.tolist() for column in stays), strict=True):
+        h = plan.hasher.copy()
+        h.update(b"%s|%d|%d" % (_HaiDraws.tag, index, k))  # type: ignore[attr-defined]
+        digests.append(h.digest())
+    draws = np.frombuffer(b"".join(digests), "<u4").reshape(-1, _DRAW_BYTES.size // 4)
+    happens = draws[:, : len(a.hai_top)]  # HaiDraws' first fields: whether, per kind
+    possible = happens < np.array(a.hai_top)[None, :] * longest[:, None].astype(np.float64)
+    return (possible * np.array(a.hai_extra, np.int64)).sum(axis=1)
+
+
+_HAI_HAPPENS = ("clabsi", "cauti", "ssi_colon", "ssi_hyst", "cdi", "mrsa")  # _hai_draw's order
+assert _HaiDraws._fields[: len(_HAI_HAPPENS)] == _HAI_HAPPENS, "_hai_bound_column reads them"
+
+
 def _diagnosis_range(
     t: _StayTables, a: _AdmissionTables, draws: tuple[int, range, _StayDraws], index_dx: Any
 ) -> set[int]:
@@ -4386,6 +4404,20 @@ def _readmit_top_cut(
     return int(a.readmit_cells[cell, int(cohort)])
 
 
+def _los_between(
+    t: _StayTables, a: _AdmissionTables, dx: set[int], u: _StayDraws
+) -> tuple[int, int]:
+    """The shortest and longest stay (before infections) any of diagnoses `dx` gives LOS draw
+    u.los: _los of each, but the cohorts' (65+, any of them at some hospital) by los_range."""
+    lengths = [_los(t.diagnoses[d], u) for d in dx if d not in t.cohort_dx]
+    shortest, longest = min(lengths, default=_MAX_LOS), max(lengths, default=_MIN_LOS)
+    if len(lengths) < len(dx):
+        j = u.los >> _LOS_SHIFT
+        shortest = min(shortest, int(a.los_range[0][-1, j]))
+        longest = max(longest, int(a.los_range[1][-1, j]))
+    return shortest, longest
+
+
 def _chain_window(
     plan: Plan,
     who: tuple[int, int, int],
@@ -4414,12 +4446,12 @@ def _chain_window(
         u = _stay_draws(plan, index, k + r)._replace(los=los_draw)
         ages = range(_age(birth, min(lo, _LAST_SECOND)), _age(birth, min(hi, _LAST_SECOND)) + 1)
         dx = _diagnosis_range(t, a, (female, ages, u), dx)
-        lengths = [_los(t.diagnoses[d], u) for d in dx]
-        lo, hi = lo + min(lengths), hi + max(lengths)
+        shortest, longest = _los_between(t, a, dx, u)
+        lo, hi = lo + shortest, hi + longest
         if lo > until or lo - admitted > _CHAIN_SPAN:
             return False
         if hi + sum(a.hai_extra) > since:  # its infections might carry it into the window
-            hi += _hai_bound(plan, a, index, k + r, max(lengths))
+            hi += _hai_bound(plan, a, index, k + r, longest)
         if hi > since:
             return True
         if again >= _readmit_top_cut(t, a, cell, dx, ages[-1]):
@@ -4594,21 +4626,39 @@ def _tile_rows(c: _TileColumns, keep: Any) -> _TileColumns:
     return _TileColumns(*(column[keep] for column in c))
 
 
-def _tile_reader(plan: Plan, dyn: _Dynamics) -> Callable[[int, int, int], bytes]:
-    """read(kind, block, year): the words of an admission tile (kind 0, _admission_words) or
-    an event tile (kind 1, _tile_words), each hashed once per reader (a window's pre-check
-    and its replays read the same tiles)."""
-    a, cache = _admission_tables(plan), {}
+class _Tiles:
+    """A window's tiles (kind 0: admission tiles, _admission_words; kind 1: event tiles,
+    _tile_words), each hashed once and, for the replays, split by patient once: the pre-check
+    and the replays of a chunk of blocks read the same tiles."""
 
-    def read(kind: int, block: int, year: int) -> bytes:
+    def __init__(self, plan: Plan, dyn: _Dynamics) -> None:
+        self.admissions, self.dyn = _admission_tables(plan), dyn
+        self.raw: dict[tuple[int, int, int], bytes] = {}
+        self.split: dict[tuple[int, int, int], tuple[tuple[int, ...], bytes]] = {}
+
+    def words(self, kind: int, block: int, year: int) -> bytes:
+        """The tile's words as little-endian bytes."""
         key = (kind, block, year)
-        found = cache.get(key)
+        found = self.raw.get(key)
         if found is None:
-            found = _tile_words(dyn, block, year) if kind else _admission_words(a, block, year)
-            cache[key] = found
+            if kind:
+                found = _tile_words(self.dyn, block, year)
+            else:
+                found = _admission_words(self.admissions, block, year)
+            self.raw[key] = found
         return found
 
-    return read
+    def by_offset(self, kind: int, block: int, year: int) -> tuple[tuple[int, ...], bytes]:
+        """The tile's words (a tuple of ints) and each candidate's offset in the block (one
+        byte each, in tile order: bytes.find finds a patient's)."""
+        key = (kind, block, year)
+        found = self.split.get(key)
+        if found is None:
+            raw = self.words(kind, block, year)
+            w = struct.unpack(f"<{len(raw) // 4}I", raw)
+            offsets = bytes(x % _BLOCK for x in w[:: _TILE_WORDS if kind else _ADMISSION_WORDS])
+            found = self.split[key] = (w, offsets)
+        return found
 
 
 def _chain_free(a: _AdmissionTables, c: _TileColumns, window: tuple[int, int]) -> Any:
@@ -4719,8 +4769,8 @@ def _chain_known(plan: Plan, who: _Who, c: _TileColumns, window: tuple[int, int]
         longest = np.where(senior, np.maximum(longest, a.los_range[1][cohorts, j]), longest)
         lo, hi = lo + shortest, hi + longest
         alive &= (lo <= until) & (lo - c.instant <= _CHAIN_SPAN)
-        for n in np.flatnonzero(alive & (hi <= since) & (hi + extra > since)).tolist():
-            hi[n] += _hai_bound(plan, a, int(index[n]), int(k[n]) + r, int(longest[n]))
+        n = np.flatnonzero(alive & (hi <= since) & (hi + extra > since))
+        hi[n] += _hai_bound_column(plan, a, (index[n], k[n] + r), longest[n])
         hit |= alive & (hi > since)
         alive &= w[:, 2] < readmit
     return hit
@@ -4782,21 +4832,22 @@ class _WindowScope(NamedTuple):
 
 
 def _window_suspects(
-    plan: Plan, dyn: _Dynamics, scope: _WindowScope, blocks: range, read: Any
+    plan: Plan, dyn: _Dynamics, scope: _WindowScope, blocks: range, tiles: _Tiles
 ) -> list[int]:
     """The indexes of `blocks` whose stays the window may hold, sorted (necessary conditions
     only, cheapest first, so the replay finds exactly the stays it would find replaying all):
     a candidate admission since CHAIN_SPAN before the window that thinning might accept
     (accept_top, then the patient's sex and age) and whose chain might reach the window
     (_chain_free, then _chain_window); or a death candidate in the window that thinning might
-    accept (a stay may be tied to it, or end in it). Read as numpy columns (read: _tile_reader)."""
+    accept (a stay may be tied to it, or end in it). Read as numpy columns."""
     a, window = _admission_tables(plan), (scope.since, scope.until)
     since = max(dyn.start, scope.since - _CHAIN_SPAN)
-    adm = _tile_columns(functools.partial(read, 0), blocks, (since, scope.until), _ADMISSION_WORDS)
+    read = functools.partial(tiles.words, 0)
+    adm = _tile_columns(read, blocks, (since, scope.until), _ADMISSION_WORDS)
     index = adm.block * _BLOCK + adm.words[:, 0] % _BLOCK
     keep = (scope.lo <= index) & (index < scope.hi) & (adm.words[:, 2] < a.accept_top)
     adm = _tile_rows(adm, keep & _chain_free(a, adm, window))
-    events = _tile_columns(functools.partial(read, 1), blocks, window, _TILE_WORDS)
+    events = _tile_columns(functools.partial(tiles.words, 1), blocks, window, _TILE_WORDS)
     index = events.block * _BLOCK + events.words[:, 0] % _BLOCK
     death = (events.words[:, 0] >> 6) < dyn.kind_cut[0]  # kind 0: death
     events = _tile_rows(events, death & (scope.lo <= index) & (index < scope.hi))
@@ -4807,39 +4858,40 @@ def _window_suspects(
 
 
 def _offset_rows(
-    read: Callable[[int, int], bytes], key: tuple[int, int], window: tuple[int, int], width: int
-) -> list[tuple[int, int, int, list[int]]]:
-    """(instant, year, place in the tile, words) of the candidates of patient `offset` of
-    `block` (key) with lo < instant <= hi (window), from its block's tiles (read(block, year))."""
+    tiles: _Tiles, kind: int, key: tuple[int, int], window: tuple[int, int]
+) -> list[tuple[int, int, int, tuple[int, ...]]]:
+    """(instant, year, where its words start in the tile, its words) of the candidates of
+    patient `offset` of `block` (key) in tiles of `kind` with lo < instant <= hi (window)."""
     (block, offset), (lo, hi) = key, window
+    width, mine = (_TILE_WORDS if kind else _ADMISSION_WORDS), bytes((offset,))
     out = []
     for year, start, length in _tile_years(lo, hi):
-        w = np.frombuffer(read(block, year), "<u4").reshape(-1, width)
-        for j in np.flatnonzero(w[:, 0] % _BLOCK == offset).tolist():
-            words = w[j].tolist()
-            instant = start + (words[1] * length >> 32)
+        w, offsets = tiles.by_offset(kind, block, year)
+        n = offsets.find(mine)
+        while n >= 0:
+            j = n * width
+            instant = start + (w[j + 1] * length >> 32)
             if lo < instant <= hi:
-                out.append((instant, year, j, words))
+                out.append((instant, year, j, w[j : j + width]))
+            n = offsets.find(mine, n + 1)
     return out
 
 
 def _replayed_stays(
-    plan: Plan, dyn: _Dynamics, scope: _WindowScope, index: int, read: Any
+    plan: Plan, dyn: _Dynamics, scope: _WindowScope, index: int, tiles: _Tiles
 ) -> list[_LiveStay]:
     """Patient #index's stays delivered in the window, from its history since the epoch: its
     events (as _candidates(...)[offset]) and candidate admissions (as _admissions(...)[offset])
-    read from its block's tiles (read: _tile_reader)."""
+    read from its block's tiles."""
     start, key = _start(plan, dyn, scope.count, index), divmod(index, _BLOCK)
     history = (dyn.start, scope.until)
     events = sorted(
-        (instant, j * _TILE_WORDS, w[0] >> 6, w[2], w[3], w[4])
-        for instant, _, j, w in _offset_rows(functools.partial(read, 1), key, history, _TILE_WORDS)
+        (instant, j, w[0] >> 6, w[2], w[3], w[4])
+        for instant, _, j, w in _offset_rows(tiles, 1, key, history)
     )
     admissions = sorted(
-        (instant, _live_stay_number(year, j), w[2], tuple(w[3:]))
-        for instant, year, j, w in _offset_rows(
-            functools.partial(read, 0), key, history, _ADMISSION_WORDS
-        )
+        (instant, _live_stay_number(year, j // _ADMISSION_WORDS), w[2], w[3:])
+        for instant, year, j, w in _offset_rows(tiles, 0, key, history)
     )
     versions = _evolve(plan, dyn, index, start, events, scope.until)
     found = _live_stays(plan, start, versions, admissions, scope.until)
@@ -4865,10 +4917,10 @@ def _window_stays(
     last = -(-scope.hi // _BLOCK)
     out: dict[int, list[_LiveStay]] = {}
     for first in range(lo // _BLOCK, last, _SCAN_BLOCKS):
-        read = _tile_reader(plan, dyn)  # one chunk's tiles, then let go
+        tiles = _Tiles(plan, dyn)  # one chunk's tiles, then let go
         blocks = range(first, min(first + _SCAN_BLOCKS, last))
-        for i in _window_suspects(plan, dyn, scope, blocks, read):
-            mine = _replayed_stays(plan, dyn, scope, i, read)
+        for i in _window_suspects(plan, dyn, scope, blocks, tiles):
+            mine = _replayed_stays(plan, dyn, scope, i, tiles)
             if mine:
                 out[i] = mine
     return out

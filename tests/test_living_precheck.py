@@ -16,10 +16,10 @@ import pytest
 import fhir_patient_generator as g
 
 # Private names used here (internals this file checks or drives directly): _BLOCK,
-# _LOS_SHIFT, _MAX_STAYS, _admission_tables, _admission_words, _admissions, _age,
-# _age_column, _candidates, _dynamics, _evolve, _joiners_by, _live_stays, _los, _seconds,
-# _stay_tables, _start, _StayDraws, _tile_columns, _tile_reader, _tile_words, _who,
-# _window_stays, _window_suspects, _WindowScope
+# _LOS_SHIFT, _MAX_STAYS, _StayDraws, _Tiles, _WindowScope, _admission_tables,
+# _admission_words, _admissions, _age, _age_column, _candidates, _dynamics, _evolve,
+# _hai_bound, _hai_bound_column, _joiners_by, _live_stays, _los, _seconds, _stay_tables,
+# _start, _tile_columns, _tile_words, _who, _window_stays, _window_suspects
 
 EPOCH = "2026-01-01T00:00:00Z"
 DAY = 86400
@@ -109,7 +109,7 @@ def test_a_one_day_window_replays_few_patients():
     n = count + g._joiners_by(plan, dyn, count, until)
     scope = g._WindowScope(count, 0, n, since, until)
     blocks = range(-(-n // g._BLOCK))
-    suspects = g._window_suspects(plan, dyn, scope, blocks, g._tile_reader(plan, dyn))
+    suspects = g._window_suspects(plan, dyn, scope, blocks, g._Tiles(plan, dyn))
     found = brute(plan, count, since, until)
     assert set(found) <= set(suspects)
     assert len(suspects) < n / 100
@@ -174,3 +174,17 @@ def test_los_range_holds_every_diagnosis_of_its_group():
         for n, rows in enumerate(groups):
             for d in rows:
                 assert shortest[n, j] <= g._los(t.diagnoses[d], u) <= longest[n, j]
+
+
+def test_hai_bound_column_is_hai_bound():
+    """_hai_bound_column gives _hai_bound for each stay and longest, over many stays and
+    lengths (short to long: the kinds' cuts are crossed both ways)."""
+    plan = g.make_plan(5, EPOCH, encounters=True)
+    a = g._admission_tables(plan)
+    rng = random.Random(8)
+    stays = [(rng.randrange(10**6), g._MAX_STAYS + rng.randrange(10**7)) for _ in range(3000)]
+    longest = [rng.choice((3600, DAY, 10 * DAY, 60 * DAY, 365 * DAY)) for _ in stays]
+    columns = (np.array([i for i, _ in stays]), np.array([k for _, k in stays]))
+    got = g._hai_bound_column(plan, a, columns, np.array(longest, np.int64)).tolist()
+    expected = [g._hai_bound(plan, a, i, k, n) for (i, k), n in zip(stays, longest, strict=True)]
+    assert got == expected and sum(map(bool, expected)) > 300
