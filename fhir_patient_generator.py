@@ -5626,8 +5626,10 @@ def _padded(rows: Sequence[Sequence[int]], fill: int, dtype: Any) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _candidate_tables(plan: Plan) -> _CandidateTables:
+    """The plan's CandidateTables (built once per plan, on the stays' bulk path only)."""
     t, hai, hospitals = _stay_tables(plan), _hai_tables(plan), len(plan.hospitals)
-    cuts, readmit = np.zeros((hospitals, len(_COHORTS)), np.uint64), np.zeros((hospitals, 7))
+    cuts = np.zeros((hospitals, len(_COHORTS)), np.uint64)
+    readmit = np.zeros((hospitals, len(_COHORTS) + 1))
     for k, row in t.cohort_cuts.items():
         cuts[k, : len(row)] = row
     for k, rates in t.readmit.items():
@@ -5739,6 +5741,12 @@ def _infected_block(plan: Plan, c: _CandidateTables, stays: _Stay) -> Any:
     return (risk > 0) & (happens < p * 4294967296.0).any(axis=1)
 
 
+def _tied(c: _CandidateTables, b: _Block, u: Any) -> Any:
+    """Which of a block's patients (u: their PatientStayDraws) die with a stay tied to the
+    death (in hospital, or after a cohort stay: _death_stay's kinds below the last cut)."""
+    return (b.died >= 0) & (u[:, 1] < c.death_last[c.cell_old[b.cell]])
+
+
 def _candidate_columns(
     plan: Plan, c: _CandidateTables, b: _Block, u: Any, lo: int
 ) -> tuple[Any, _Stay, Any]:
@@ -5746,7 +5754,7 @@ def _candidate_columns(
     whose death is tied to no stay, as stays() draws them: (their block positions, the stays as
     columns, and which of them may change in stays(): readmitted, or infected)."""
     n = np.minimum(_bisect_rows(c.count_cdf[b.cell], u[:, 0]), _READMISSION)
-    n[(b.died >= 0) & (u[:, 1] < c.death_last[c.cell_old[b.cell]])] = 0  # tied: stays() only
+    n[_tied(c, b, u)] = 0  # their stays come from stays()
     rows = np.repeat(np.arange(len(n)), n)
     k = np.arange(len(rows)) - np.repeat(np.cumsum(n) - n, n)
     d = _stream_block(plan, _StayDraws, (rows + lo).tolist(), k.tolist())
@@ -5813,7 +5821,7 @@ def _block_stays(plan: Plan, b: _Block, u: Any, lo: int) -> list[_Stay]:
     rows, found, readmitted, infected = _candidate_columns(plan, c, b, u, lo)
     hi = np.where(b.died < 0, plan.window_start + plan.window_span - 1, b.died)
     kept = found.discharged < hi[rows]
-    by_stays = (b.died >= 0) & (u[:, 1] < c.death_last[c.cell_old[b.cell]])
+    by_stays = _tied(c, b, u)
     by_stays[rows[kept & (infected | (readmitted & (b.died[rows] >= 0)))]] = True
     rows, found, readmitted = rows[kept], _take(found, kept), readmitted[kept]
     parts = [(rows, found)]
