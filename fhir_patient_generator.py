@@ -4197,6 +4197,7 @@ class _AdmissionTables(NamedTuple):
     poisson: Mapping[int, tuple[int, ...]]  # year length in days -> inverse CDF of candidates
     accept: Mapping[str, tuple[int, ...]]  # sex -> by whole age: 32-bit cut of rate / bound
     los_bound: tuple[int, ...]  # by StayDraws.los >> LOS_SHIFT: no diagnosis keeps one longer
+    # (the longest of los_range's groups: every diagnosis a stay can have is in one)
     readmit_cut: int  # StayDraws.readmitted at or above this: no hospital readmits the stay
     hai_top: tuple[float, ...]  # per HAI kind: the highest 32-bit cut per second at risk
     hai_extra: tuple[int, ...]  # per HAI kind: the seconds it lengthens a stay (_infected)
@@ -4251,11 +4252,7 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
     if max(map(len, poisson.values())) > _ADMISSION_SLOTS:
         raise AssertionError("an admission tile may outgrow ADMISSION_SLOTS")
     t = _stay_tables(plan)
-    top_draw = _StayDraws._make([0] * len(_StayDraws._fields))  # _los is monotone in the draw
-    los_bound = tuple(
-        max(_los(d, top_draw._replace(los=((j + 1) << _LOS_SHIFT) - 1)) for d in t.diagnoses)
-        for j in range(1 << (32 - _LOS_SHIFT))
-    )
+    los_range = _los_range(t)
     hai = _hai_tables(plan)
     accept = {
         sex: tuple(
@@ -4270,7 +4267,7 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         tile_hash=hashlib.shake_256(b"metriccare-admissions/1|" + plan.key),
         poisson=poisson,
         accept=accept,
-        los_bound=los_bound,
+        los_bound=tuple(los_range[1].max(axis=0).tolist()),
         readmit_cut=_cut(readmit_top),
         hai_top=tuple(
             max(rates[j] for rates in hai.rates.values()) / 86400 * 4294967296.0
@@ -4287,7 +4284,7 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
             ],
             np.int64,
         ).reshape(-1, 2),
-        los_range=_los_range(t),
+        los_range=los_range,
     )
 
 
@@ -4665,7 +4662,7 @@ def _chain_free(a: _AdmissionTables, c: _TileColumns, window: tuple[int, int]) -
     """Per candidate admission (columns), whether its chain might hold a stay discharged in the
     window (since, until] by its tile's words alone (no hash, no patient): each stay at least
     MIN_LOS long and at most los_bound plus every infection's extra days (a readmission's gap
-    and los_bound's monotony given a second's margin either way), a readmission possible
+    given a second's margin either way, as numpy's power may differ), a readmission possible
     below readmit_cut, nothing made past CHAIN_SPAN. Looser than _chain_window: a prefilter."""
     since, until = window
     lo = hi = c.instant
@@ -4677,7 +4674,7 @@ def _chain_free(a: _AdmissionTables, c: _TileColumns, window: tuple[int, int]) -
             lo = lo + np.maximum(3600, np.floor(gap).astype(np.int64) - 1)
             hi = hi + np.maximum(3600, np.ceil(gap).astype(np.int64) + 1)
         lo = lo + _MIN_LOS
-        hi = hi + los_bound[c.words[:, r + 1] >> _LOS_SHIFT] + extra + 2
+        hi = hi + los_bound[c.words[:, r + 1] >> _LOS_SHIFT] + extra
         hi = np.minimum(hi, c.instant + _CHAIN_SPAN)
         hit |= alive & (lo <= until) & (hi > since)
         alive &= (lo <= until) & (c.words[:, r + 2] < a.readmit_cut)
