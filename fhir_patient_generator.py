@@ -4631,7 +4631,7 @@ class _Tiles:
     def __init__(self, plan: Plan, dyn: _Dynamics) -> None:
         self.admissions, self.dyn = _admission_tables(plan), dyn
         self.raw: dict[tuple[int, int, int], bytes] = {}
-        self.split: dict[tuple[int, int, int], tuple[tuple[int, ...], bytes]] = {}
+        self.split: dict[tuple[int, int, int], bytes] = {}
 
     def words(self, kind: int, block: int, year: int) -> bytes:
         """The tile's words as little-endian bytes."""
@@ -4645,16 +4645,15 @@ class _Tiles:
             self.raw[key] = found
         return found
 
-    def by_offset(self, kind: int, block: int, year: int) -> tuple[tuple[int, ...], bytes]:
-        """The tile's words (a tuple of ints) and each candidate's offset in the block (one
-        byte each, in tile order: bytes.find finds a patient's)."""
+    def offsets(self, kind: int, block: int, year: int) -> bytes:
+        """Each candidate's offset in the block, one byte each in tile order (bytes.find finds
+        a patient's candidates)."""
         key = (kind, block, year)
         found = self.split.get(key)
         if found is None:
-            raw = self.words(kind, block, year)
-            w = struct.unpack(f"<{len(raw) // 4}I", raw)
-            offsets = bytes(x % _BLOCK for x in w[:: _TILE_WORDS if kind else _ADMISSION_WORDS])
-            found = self.split[key] = (w, offsets)
+            w = np.frombuffer(self.words(kind, block, year), "<u4")
+            found = (w[:: _TILE_WORDS if kind else _ADMISSION_WORDS] % _BLOCK).astype(np.uint8)
+            found = self.split[key] = found.tobytes()
         return found
 
 
@@ -4861,15 +4860,16 @@ def _offset_rows(
     patient `offset` of `block` (key) in tiles of `kind` with lo < instant <= hi (window)."""
     (block, offset), (lo, hi) = key, window
     width, mine = (_TILE_WORDS if kind else _ADMISSION_WORDS), bytes((offset,))
+    unpack = struct.Struct(f"<{width}I").unpack_from
     out = []
     for year, start, length in _tile_years(lo, hi):
-        w, offsets = tiles.by_offset(kind, block, year)
+        raw, offsets = tiles.words(kind, block, year), tiles.offsets(kind, block, year)
         n = offsets.find(mine)
         while n >= 0:
-            j = n * width
-            instant = start + (w[j + 1] * length >> 32)
+            w = unpack(raw, 4 * width * n)
+            instant = start + (w[1] * length >> 32)
             if lo < instant <= hi:
-                out.append((instant, year, j, w[j : j + width]))
+                out.append((instant, year, n * width, w))
             n = offsets.find(mine, n + 1)
     return out
 
