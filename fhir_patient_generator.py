@@ -2658,15 +2658,12 @@ class _Start(NamedTuple):
     deleted: int | None  # the instant a record entered in error is deleted
 
 
-def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
-    """Version 1 of patient #index: an epoch patient as sample() has it; a joiner (index >=
-    count) drawn from its own hash: a birth (age 0 on its join day) or an arrival (a living
-    registry cell), living in the ZIP its draws give, at the hospital its age there allows."""
-    s = _sample(plan, index)
-    if index < count:
-        return _Start(s, "epoch", dyn.start, None)
-    u = _Draws._make(s.draws)
-    instant = _join_instant(plan, dyn, count, index)
+def _joiner_cell(
+    plan: Plan, dyn: _Dynamics, u: _Draws, instant: int
+) -> tuple[str, str, int, int, int]:
+    """A joiner's change (birth or arrival), sex, registry cell, birth ordinal and state
+    position, from its draws and join instant: a birth is age 0 on its join day; an arrival
+    takes a living registry cell of its state (the living stays' pre-check needs no more)."""
     segment = bisect.bisect_right(dyn.join_at, instant - dyn.start) - 1
     if u.joiner_kind < dyn.birth_cut[segment]:
         change, sex = "birth", "male" if u.cell < dyn.male_cut else "female"
@@ -2680,6 +2677,19 @@ def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
             plan.cells[cell][1],
             plan.birth_low[cell] + (u.birth * plan.birth_span[cell] >> 32),
         )
+    return change, sex, cell, birth, state
+
+
+def _start(plan: Plan, dyn: _Dynamics, count: int, index: int) -> _Start:
+    """Version 1 of patient #index: an epoch patient as sample() has it; a joiner (index >=
+    count) drawn from its own hash: a birth (age 0 on its join day) or an arrival (a living
+    registry cell), living in the ZIP its draws give, at the hospital its age there allows."""
+    s = _sample(plan, index)
+    if index < count:
+        return _Start(s, "epoch", dyn.start, None)
+    u = _Draws._make(s.draws)
+    instant = _join_instant(plan, dyn, count, index)
+    change, sex, cell, birth, state = _joiner_cell(plan, dyn, u, instant)
     z = plan.zip_index[state][_pick(plan.zip_cum[state], u.zip)]
     gender = _gender(plan, u.gender, sex)
     org = _hospital_at(plan, z, _age(birth, instant), u.organization)
@@ -4707,15 +4717,25 @@ def _who(plan: Plan, dyn: _Dynamics, count: int, indexes: Any) -> _Who:
     x = t.cell_base[s] + _scaled(u.cell, t.cell_total[s])
     cell = np.searchsorted(t.cell_flat, x, "right") - t.cell_start[s]
     birth = t.birth_low[cell] + (u.birth * t.birth_span[cell] >> np.uint64(32)).astype(np.int64)
-    joiners = [_start(plan, dyn, count, i) for i in indexes[epoch:].tolist()]
+    joiners = [_joiner_who(plan, dyn, count, i) for i in indexes[epoch:].tolist()]
+    first, female, born, cells, gone = zip(*joiners, strict=True) if joiners else ((),) * 5
     return _Who(
         index=indexes,
-        first=np.array([dyn.start] * epoch + [j.instant for j in joiners], np.int64),
-        female=np.append(t.sex_female[cell], [j.sample.sex == "female" for j in joiners]) > 0,
-        birth=np.append(birth, [j.sample.birth for j in joiners]).astype(np.int64),
-        cell=np.append(cell, [j.sample.cell for j in joiners]).astype(np.int64),
-        gone=np.append(t.dead[cell], [j.deleted is not None for j in joiners]) > 0,
+        first=np.array([dyn.start] * epoch + list(first), np.int64),
+        female=np.append(t.sex_female[cell], female) > 0,
+        birth=np.append(birth, born).astype(np.int64),
+        cell=np.append(cell, cells).astype(np.int64),
+        gone=np.append(t.dead[cell], gone) > 0,
     )
+
+
+def _joiner_who(plan: Plan, dyn: _Dynamics, count: int, index: int) -> tuple[int, ...]:
+    """Joiner #index's row of _Who (first instant, female, birth, cell, entered in error) as
+    _start makes them (_joiner_cell), without the rest of its record."""
+    u = _Draws._make(_raw_draws(_digest(plan, index)))
+    instant = _join_instant(plan, dyn, count, index)
+    _, sex, cell, birth, _ = _joiner_cell(plan, dyn, u, instant)
+    return instant, sex == "female", birth, cell, u.entered_in_error < dyn.error_cut
 
 
 def _age_column(birth: Any, instants: Any) -> Any:
