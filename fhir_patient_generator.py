@@ -4312,9 +4312,13 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         raise AssertionError("an admission tile may outgrow ADMISSION_SLOTS")
     t = _stay_tables(plan)
     top_draw = _StayDraws._make([0] * len(_StayDraws._fields))  # _los is monotone in the draw
+    shapes = {(d.mu, d.sigma): d for d in t.diagnoses}.values()  # _los reads only these two
     los_bound = tuple(
-        max(_los(d, top_draw._replace(los=((j + 1) << _LOS_SHIFT) - 1)) for d in t.diagnoses)
-        for j in range(1 << (32 - _LOS_SHIFT))
+        max(_los(d, u) for d in shapes)
+        for u in (
+            top_draw._replace(los=((j + 1) << _LOS_SHIFT) - 1)
+            for j in range(1 << (32 - _LOS_SHIFT))
+        )
     )
     hai = _hai_tables(plan)
     return _AdmissionTables(
