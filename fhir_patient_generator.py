@@ -3709,6 +3709,9 @@ def _readmission_number(k: int) -> int:
     return k + _READMISSION if k < _DEATH_STAY else _DEATH_STAY - 1
 
 
+_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last instant dates can hold
+
+
 def _readmission(
     plan: Plan, t: _StayTables, s: _Sample, first: _Stay, u: _StayDraws | None = None
 ) -> tuple[_Stay, bool]:
@@ -3721,7 +3724,7 @@ def _readmission(
     u = u or _stay_draws(plan, first.index, k)
     gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** _READMIT_SKEW)
     admitted = first.discharged + max(3600, gap)
-    age = _age(s.birth, admitted)
+    age = _age(s.birth, min(admitted, _LAST_SECOND))  # one past year 9999 is never kept
     hospital = first.hospital
     if u.own >= _cut(_READMIT_SAME_HOSPITAL):
         hospital = _other_candidate(plan, t, s, age, u.hospital, first.hospital) or hospital
@@ -4881,16 +4884,21 @@ def _rendered_block(plan: Plan) -> Callable[[int, int], list[bytes]]:
     return block
 
 
-def _iso_date_block(ordinals: Any) -> Any:
-    """(n, 10) ASCII of the ISO dates of proleptic ordinals (years 1 to 9999, as isoformat)."""
+def _ymd_block(ordinals: Any) -> tuple[Any, Any, Any]:
+    """Year, month and day (int64 arrays) of proleptic ordinals, as date.fromordinal gives them."""
     days = (ordinals - _EPOCH_DAY).astype("datetime64[D]")
     months = days.astype("datetime64[M]")
     years = months.astype("datetime64[Y]")
-    fields = (
-        (years.astype(np.int64) + 1970, 4),
-        ((months - years).astype(np.int64) + 1, 2),
-        ((days - months).astype(np.int64) + 1, 2),
+    return (
+        years.astype(np.int64) + 1970,
+        (months - years).astype(np.int64) + 1,
+        (days - months).astype(np.int64) + 1,
     )
+
+
+def _iso_date_block(ordinals: Any) -> Any:
+    """(n, 10) ASCII of the ISO dates of proleptic ordinals (years 1 to 9999, as isoformat)."""
+    fields = zip(_ymd_block(ordinals), (4, 2, 2), strict=True)
     out = np.empty((len(ordinals), 10), np.uint8)
     out[:, [4, 7]] = ord("-")
     at = 0
@@ -5250,18 +5258,33 @@ def ndjson_chunks(
 #    same bytes as the one-at-a-time path (tests/test_block.py compares them)
 
 
+def _stream_block(
+    plan: Plan, table: type[Any], indexes: Iterable[int], ks: Iterable[int] | None = None
+) -> Any:
+    """_stream(plan, table, i) for each index, or _stream(plan, table, i, k) for each (index,
+    k) pair: an (n, fields) uint64 array, a column per field in its order."""
+    copy, digests = plan.hasher.copy, []
+    append = digests.append
+    if ks is None:
+        message = table.tag + b"|%d"
+        for index in indexes:
+            h = copy()
+            h.update(message % index)
+            append(h.digest())
+    else:
+        message = table.tag + b"|%d|%d"  # _stream's message for one k
+        for pair in zip(indexes, ks, strict=True):
+            h = copy()
+            h.update(message % pair)
+            append(h.digest())
+    raw = np.frombuffer(b"".join(digests), "<u4").reshape(len(digests), len(_Draws._fields))
+    return raw[:, : len(table._fields)].astype(np.uint64)
+
+
 def _stay_count_block(plan: Plan, lo: int, hi: int) -> Any:
     """PatientStayDraws of patients #lo..#hi-1 (as _stream draws them; _stay_count_draw's hash):
     an (hi - lo, fields) uint64 array, a column per field in its order."""
-    message = _PatientStayDraws.tag + b"|%d"  # type: ignore[attr-defined]  # _stream's, with k
-    copy, digests = plan.hasher.copy, []
-    append = digests.append
-    for index in range(lo, hi):
-        h = copy()
-        h.update(message % index)
-        append(h.digest())
-    raw = np.frombuffer(b"".join(digests), "<u4").reshape(hi - lo, len(_Draws._fields))
-    return raw[:, : len(_PatientStayDraws._fields)].astype(np.uint64)
+    return _stream_block(plan, _PatientStayDraws, range(lo, hi))
 
 
 def _block_samples(plan: Plan, b: _Block, rows: Any) -> list[_Sample]:
@@ -5279,6 +5302,278 @@ def _block_samples(plan: Plan, b: _Block, rows: Any) -> list[_Sample]:
                 state, z, cell, sex, birth, gender_text, language, org, died, race, tuple(draws)
             )
         )
+    return out
+
+
+class _CandidateTables(NamedTuple):
+    """The stay and HAI tables as numpy arrays, for a block's candidate admissions at once."""
+
+    count_cdf: Any  # (cells, longest) uint64: StayTables.count_cdf, padded above every draw
+    death_last: Any  # (2,) uint64, under 65 and 65+: a death draw below it is tied to a stay
+    cell_old: Any  # per cell: its age is 65+ (the row of death_last)
+    factors: Any  # per hospital: StayTables.factors
+    cohort_cuts: Any  # (hospitals, COHORTS) uint64: StayTables.cohort_cuts, 0 where none
+    cohort_dx: Any
+    mix_cum: Any  # (mixes, longest) uint64: StayTables.mix_cum, padded above every total
+    mix_total: Any
+    mix_rows: Any  # (mixes, longest) int64
+    mu: Any  # per diagnosis
+    sigma: Any
+    dx_cohort: Any  # per diagnosis: its position in COHORTS, -1 for none
+    normal_z: Any  # _normal_z()
+    post_acute: Any  # (2,) uint64
+    post_acute_cum: Any
+    readmit: Any  # (hospitals, COHORTS + 1) float64: StayTables.readmit, 0 where none
+    has_readmit: Any  # per hospital
+    month_chance: Any  # per cell
+    hai_rates: Any  # (hospitals, HAI kinds) float64: HaiTables.rates
+
+
+def _padded(rows: Sequence[Sequence[int]], fill: int, dtype: Any) -> Any:
+    """Rows of different lengths as one matrix, each row filled out with `fill`."""
+    out = np.full((len(rows), max(map(len, rows))), fill, dtype)
+    for k, row in enumerate(rows):
+        out[k, : len(row)] = row
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _candidate_tables(plan: Plan) -> _CandidateTables:
+    """The plan's CandidateTables (built once per plan, on the stays' bulk path only)."""
+    t, hai, hospitals = _stay_tables(plan), _hai_tables(plan), len(plan.hospitals)
+    cuts = np.zeros((hospitals, len(_COHORTS)), np.uint64)
+    readmit = np.zeros((hospitals, len(_COHORTS) + 1))
+    for k, row in t.cohort_cuts.items():
+        cuts[k, : len(row)] = row
+    for k, rates in t.readmit.items():
+        readmit[k] = rates
+    has_readmit = np.zeros(hospitals, bool)
+    has_readmit[list(t.readmit)] = True
+    return _CandidateTables(
+        count_cdf=_padded(t.count_cdf, 1 << 32, np.uint64),
+        death_last=np.array([cuts[-1] for cuts in t.death_cuts], np.uint64),
+        cell_old=np.array([age >= _MEDICARE_AGE for age, _, _ in plan.cells], np.intp),
+        factors=np.array(t.factors),
+        cohort_cuts=cuts,
+        cohort_dx=np.array(t.cohort_dx, np.int64),
+        mix_cum=_padded(t.mix_cum, 1 << 63, np.uint64),
+        mix_total=np.array([cum[-1] for cum in t.mix_cum], np.uint64),
+        mix_rows=_padded(t.mix_rows, 0, np.int64),
+        mu=np.array([d.mu for d in t.diagnoses]),
+        sigma=np.array([d.sigma for d in t.diagnoses]),
+        dx_cohort=np.array([_COHORTS.index(d.cohort) if d.cohort else -1 for d in t.diagnoses]),
+        normal_z=np.array(_normal_z()),
+        post_acute=np.array(t.post_acute, np.uint64),
+        post_acute_cum=np.array(t.post_acute_cum, np.uint64),
+        readmit=readmit,
+        has_readmit=has_readmit,
+        month_chance=np.array(t.month_chance),
+        hai_rates=np.array([hai.rates[k] for k in range(hospitals)]),
+    )
+
+
+def _age_block(birth: Any, instants: Any) -> Any:
+    """_age for each (birth ordinal, epoch-seconds instant) pair."""
+    year, month, day = _ymd_block(instants // 86400 + _EPOCH_DAY)
+    born_year, born_month, born_day = _ymd_block(birth)
+    return year - born_year - (month * 32 + day < born_month * 32 + born_day)
+
+
+def _other_block(plan: Plan, c: _CandidateTables, z: Any, age: Any, u32: Any, exclude: Any) -> Any:
+    """_other_candidate(...) or exclude, for each candidate (z: its patient's ZIP): another of
+    the ZIP's candidates but `exclude`, by weight; `exclude` where none can be drawn or where
+    position 0 is (as the `or` of its callers does)."""
+    bt = _block_tables(plan)
+    cand = bt.hospital_cand[z].astype(np.int64)
+    weights = np.diff(bt.hospital_cum[z].astype(np.int64), axis=1, prepend=0)
+    weights = np.rint(weights * c.factors[cand]).astype(np.int64)  # round(), half to even
+    weights[cand == exclude[:, None]] = 0
+    weights[age >= _CHILD_AGE, _CANDIDATES - 1] = 0  # the children's hospital's slot
+    running = np.cumsum(weights, axis=1)
+    v = _scaled(u32, running[:, -1].astype(np.uint64))
+    other = cand[np.arange(len(z)), np.minimum(_bisect_rows(running, v), _CANDIDATES - 1)]
+    return np.where((running[:, -1] > 0) & (other != 0), other, exclude)
+
+
+def _mix_block(c: _CandidateTables, age: Any, female: Any, u: Any) -> Any:
+    """_stay_diagnosis from the national mix of the age band and sex, for each candidate."""
+    mix = 2 * (np.searchsorted(np.array(_AGE_BANDS), age, "right") - 1) + female
+    at = _bisect_rows(c.mix_cum[mix], _scaled(u.diagnosis, c.mix_total[mix]))
+    return c.mix_rows[mix, at]
+
+
+def _diagnosis_block(c: _CandidateTables, hospital: Any, age: Any, female: Any, u: Any) -> Any:
+    """_stay_diagnosis for each candidate: an HRRP cohort at the hospital's cuts (65+), else a
+    row of the national mix of the age band and sex."""
+    cuts = c.cohort_cuts[hospital]
+    cohort = (age >= _MEDICARE_AGE) & (u.cohort < cuts[:, -1])
+    in_cohort = c.cohort_dx[np.minimum(_bisect_rows(cuts, u.cohort), len(_COHORTS) - 1)]
+    return np.where(cohort, in_cohort, _mix_block(c, age, female, u))
+
+
+def _los_block(c: _CandidateTables, diagnosis: Any, u: Any) -> Any:
+    """_los for each candidate: the same float operations in the same order (math.exp itself,
+    whose last bit numpy's exp need not share)."""
+    x = np.minimum(np.maximum(u.los * _NORMAL_STEPS / 4294967296.0, 1.0), _NORMAL_STEPS - 1.0)
+    x -= 1.0
+    j = np.minimum(x.astype(np.int64), _NORMAL_STEPS - 3)
+    z = c.normal_z[j] + (x - j) * (c.normal_z[j + 1] - c.normal_z[j])
+    exponent = c.mu[diagnosis] + c.sigma[diagnosis] * z
+    days = np.array([math.exp(e) for e in exponent.tolist()])
+    return np.clip(np.rint(days * 86400), _MIN_LOS, _MAX_LOS).astype(np.int64)
+
+
+def _disposition_block(c: _CandidateTables, old: Any, u: Any) -> Any:
+    """_disposition for each candidate (old: 65+)."""
+    cut = c.post_acute[old.astype(np.intp)]
+    below = u.disposition < cut
+    again = np.where(below, (u.disposition << np.uint64(32)) // np.maximum(cut, 1), 0)
+    at = np.searchsorted(c.post_acute_cum, _scaled(again, c.post_acute_cum[-1]), "right")
+    return np.where(below, 1 + at, 0)
+
+
+def _readmitted_block(
+    c: _CandidateTables, cell: Any, hospital: Any, dx: Any, old: Any, u: Any
+) -> Any:
+    """_readmitted for each candidate: the same float operations in the same order."""
+    cohort = c.dx_cohort[dx]
+    rate = c.readmit[hospital, np.where((cohort >= 0) & old, cohort, len(_COHORTS))]
+    chance = c.month_chance[cell]
+    p = np.maximum(0.0, (rate - chance) / (1.0 - chance))
+    return c.has_readmit[hospital] & (u.readmitted < np.minimum(np.rint(p * 4294967296.0), 1 << 32))
+
+
+def _infected_block(plan: Plan, c: _CandidateTables, stays: _Stay) -> Any:
+    """Whether _hai_draw finds an infection in each candidate stay (`stays`: columns, all
+    discharged alive), with the same float operations in the same order."""
+    at_risk_from = (stays.admitted // 86400 + _HAI_ONSET_DAY - 1) * 86400
+    risk = stays.discharged - at_risk_from
+    kinds = c.hai_rates.shape[1]
+    happens = _stream_block(plan, _HaiDraws, stays.index.tolist(), stays.k.tolist())[:, :kinds]
+    p = c.hai_rates[stays.hospital] * risk[:, None] / 86400
+    return (risk > 0) & (happens < p * 4294967296.0).any(axis=1)
+
+
+def _tied(c: _CandidateTables, b: _Block, u: Any) -> Any:
+    """Which of a block's patients (u: their PatientStayDraws) die with a stay tied to the
+    death (in hospital, or after a cohort stay: _death_stay's kinds below the last cut)."""
+    return (b.died >= 0) & (u[:, 1] < c.death_last[c.cell_old[b.cell]])
+
+
+def _candidate_columns(
+    plan: Plan, c: _CandidateTables, b: _Block, u: Any, lo: int
+) -> tuple[Any, _Stay, Any]:
+    """The candidate admissions in the window (from the birth) of a block's patients (#lo on)
+    whose death is tied to no stay, as stays() draws them: (their block positions, the stays as
+    columns, and which of them may change in stays(): readmitted, or infected)."""
+    n = np.minimum(_bisect_rows(c.count_cdf[b.cell], u[:, 0]), _READMISSION)
+    n[_tied(c, b, u)] = 0  # their stays come from stays()
+    rows = np.repeat(np.arange(len(n)), n)
+    k = np.arange(len(rows)) - np.repeat(np.cumsum(n) - n, n)
+    d = _stream_block(plan, _StayDraws, (rows + lo).tolist(), k.tolist())
+    span = (d[:, 0] * np.uint64(plan.window_span) >> np.uint64(32)).astype(np.int64)
+    admitted = plan.window_start + span
+    valid = admitted >= np.maximum(plan.window_start, (b.birth[rows] - _EPOCH_DAY) * 86400)
+    rows, k, admitted, d = rows[valid], k[valid], admitted[valid], d[valid]
+    u = _StayDraws._make(d.T)
+    age = _age_block(b.birth[rows], admitted)
+    org = b.organization[rows].astype(np.int64)
+    other = _other_block(plan, c, b.zip[rows], age, u.hospital, org)
+    hospital = np.where(u.own < _stay_tables(plan).own_cut, org, other)
+    dx = _diagnosis_block(c, hospital, age, b.female[rows], u)
+    return rows, *_stay_columns(
+        plan, c, b, rows, _Stay(rows + lo, k, admitted, -1, hospital, dx, -1), u
+    )
+
+
+def _stay_columns(
+    plan: Plan, c: _CandidateTables, b: _Block, rows: Any, stays: _Stay, u: Any
+) -> tuple[_Stay, Any, Any]:
+    """Stays whose patient, number, admission, hospital and diagnosis are set (columns; rows:
+    block positions), completed as _admitted_stay does with the stays' draws `u`; with whether
+    each is readmitted, and whether it has an infection (_hai_draw)."""
+    age = _age_block(b.birth[rows], np.minimum(stays.admitted, _LAST_SECOND))
+    old = age >= _MEDICARE_AGE
+    stays = stays._replace(
+        discharged=stays.admitted + _los_block(c, stays.diagnosis, u),
+        disposition=_disposition_block(c, old, u),
+    )
+    readmitted = _readmitted_block(c, b.cell[rows], stays.hospital, stays.diagnosis, old, u)
+    return stays, readmitted, _infected_block(plan, c, stays)
+
+
+def _readmission_columns(
+    plan: Plan, c: _CandidateTables, b: _Block, rows: Any, first: _Stay
+) -> tuple[_Stay, Any, Any]:
+    """_readmission of each stay of `first` (columns of living patients' stays numbered below
+    DEATH_STAY; rows: block positions), with the same float operations in the same order: the
+    readmissions, whether each is readmitted in turn, and whether it has an infection."""
+    k = first.k + _READMISSION
+    u = _StayDraws._make(_stream_block(plan, _StayDraws, first.index.tolist(), k.tolist()).T)
+    gap = [round(30 * 86400 * (x / 4294967296.0) ** _READMIT_SKEW) for x in u.admitted.tolist()]
+    admitted = first.discharged + np.maximum(3600, np.array(gap, np.int64))
+    age = _age_block(b.birth[rows], np.minimum(admitted, _LAST_SECOND))
+    other = _other_block(plan, c, b.zip[rows], age, u.hospital, first.hospital)
+    hospital = np.where(u.own >= _cut(_READMIT_SAME_HOSPITAL), other, first.hospital)
+    same = (c.dx_cohort[first.diagnosis] >= 0) & (u.cohort < _cut(_READMIT_SAME_COHORT))
+    dx = np.where(same, first.diagnosis, _mix_block(c, age, b.female[rows], u))
+    return _stay_columns(plan, c, b, rows, _Stay(first.index, k, admitted, -1, hospital, dx, -1), u)
+
+
+def _take(stays: _Stay, which: Any) -> _Stay:
+    """The stays (columns) at `which` (a mask or positions)."""
+    return _Stay(*(column[which] for column in stays[:-1]))
+
+
+def _block_stays(plan: Plan, b: _Block, u: Any, lo: int) -> list[_Stay]:
+    """The stays of a block's patients (#lo on; u: their PatientStayDraws), in patient and time
+    order, as stays() makes them. From numpy columns for a patient whose death (if any) is tied
+    to no stay and whose stays are its candidate admissions and (alive) their readmissions, none
+    infected, no two overlapping: most; stays() for the others with a candidate or a death."""
+    c = _candidate_tables(plan)
+    rows, found, readmitted, infected = _candidate_columns(plan, c, b, u, lo)
+    hi = np.where(b.died < 0, plan.window_start + plan.window_span - 1, b.died)
+    kept = found.discharged < hi[rows]
+    by_stays = _tied(c, b, u)
+    by_stays[rows[kept & (infected | (readmitted & (b.died[rows] >= 0)))]] = True
+    rows, found, readmitted = rows[kept], _take(found, kept), readmitted[kept]
+    parts = [(rows, found)]
+    chain = readmitted & ~by_stays[rows]
+    while chain.any():  # the readmissions of the living, up to READMISSION_LIMIT
+        rows, first = rows[chain], _take(found, chain)
+        found, readmitted, infected = _readmission_columns(plan, c, b, rows, first)
+        by_stays[rows[infected]] = True
+        kept = (found.discharged <= hi[rows]) & (found.admitted < hi[rows])
+        chain = kept & readmitted & (found.k < _READMISSION_LIMIT)
+        parts.append((rows[kept], _take(found, kept)))
+    rows = np.concatenate([r for r, _ in parts])
+    found = _Stay(
+        *(np.concatenate(columns) for columns in zip(*(f[:-1] for _, f in parts), strict=True))
+    )
+    order = np.lexsort((found.admitted, rows))
+    at, start, end = rows[order], found.admitted[order], found.discharged[order]
+    by_stays[at[1:][(at[1:] == at[:-1]) & (start[1:] <= end[:-1])]] = True  # an overlap
+    mine = order[~by_stays[at]]
+    return _merged(plan, b, u, lo, (rows[mine].tolist(), _take(found, mine)), by_stays)
+
+
+def _merged(
+    plan: Plan, b: _Block, u: Any, lo: int, mine: tuple[list[int], _Stay], by_stays: Any
+) -> list[_Stay]:
+    """The stays of `mine` (their block positions, and columns, in patient and time order)
+    with those of stays() for the block's patients marked in by_stays, in patient order."""
+    whose, found = mine
+    numbered = list(zip(*(column.tolist() for column in found[:-1]), itertools.repeat(())))
+    out, done, make = [], 0, _PatientStayDraws._make
+    others = np.flatnonzero(by_stays)
+    for r, s, draws in zip(
+        others.tolist(), _block_samples(plan, b, others), u[others].tolist(), strict=True
+    ):
+        while done < len(whose) and whose[done] < r:
+            out.append(_Stay._make(numbered[done]))
+            done += 1
+        out += stays(plan, lo + r, s, make(draws))
+    out += map(_Stay._make, numbered[done:])
     return out
 
 
@@ -5371,17 +5666,10 @@ def _stays_block(plan: Plan) -> Callable[[int, int], tuple[bytes, _StayLines]]:
     their stays; stays() runs for the patients with a candidate admission, or dead."""
     _ndjson_block(plan)  # its self-check, once
     rows, write = _ndjson_rows(plan), _stays_json_block(plan)
-    first = np.array([cdf[0] for cdf in _stay_tables(plan).count_cdf], np.uint64)
-    make = _PatientStayDraws._make
 
     def block(lo: int, hi: int) -> tuple[bytes, _StayLines]:
         b, u = _sample_block(plan, lo, hi), _stay_count_block(plan, lo, hi)
-        who = np.flatnonzero((b.died >= 0) | (u[:, 0] >= first[b.cell]))
-        found: list[_Stay] = []
-        samples = _block_samples(plan, b, who)
-        for k, s, draws in zip(who.tolist(), samples, u[who].tolist(), strict=True):
-            found += stays(plan, lo + k, s, make(draws))
-        return rows(b, lo), write(found)
+        return rows(b, lo), write(_block_stays(plan, b, u, lo))
 
     return block
 
@@ -5654,11 +5942,11 @@ def _ndjson_stays_unit(
     if spec.gzip:
         chunks = _gzip_chunks(chunks, spec.gzip_level)
     size = store.write(_ndjson_key(spec, "Patient", unit + 1), chunks, _content_type(spec))
-    for n, kind in enumerate(_STAY_TYPES):
-        data = b"".join(pair[n] + b"\n" for pair in pairs)
+    for n, kind in enumerate(_STAY_TYPES):  # in chunks: no copy of the whole file at once
+        chunks = _ndjson(pair[n] for pair in pairs)
         if spec.gzip:
-            data = zlib.compress(data, spec.gzip_level, wbits=31)
-        size += store.write(_ndjson_key(spec, kind, unit + 1), data, _content_type(spec))
+            chunks = _gzip_chunks(chunks, spec.gzip_level)
+        size += store.write(_ndjson_key(spec, kind, unit + 1), chunks, _content_type(spec))
     return 1 + len(_STAY_TYPES), size
 
 

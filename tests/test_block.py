@@ -116,6 +116,32 @@ def test_block_stays_include_infections_and_readmissions():
     assert any(b'-32"' in encounter for encounter, _ in pairs)  # a readmission (k = 31)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(PLANS["default"]),
+        # old patients over 20 years: several admissions each, overlaps, readmission chains
+        dict(seed=9, as_of="2024-03-01T00:00:00Z", min_age=70, lookback_years=20),
+        dict(seed=4, as_of="2025-10-13T02:22:22Z", mortality_rate=0.08, lookback_years=2),
+    ],
+)
+def test_block_stays_are_the_stays_of_each_patient(monkeypatch, options):
+    # _block_stays takes most patients' stays from numpy columns (candidates, readmission
+    # chains) and calls stays() for the rest (a death tied to a stay, an infection, an
+    # overlap): the same stays, in the same order, either way
+    plan = g.make_plan(**options, encounters=True)
+    asked = []
+    stays = g.stays
+    monkeypatch.setattr(g, "stays", lambda plan, i, *a: asked.append(i) or stays(plan, i, *a))
+    lo, hi = 20_000, 26_000
+    b, u = g._sample_block(plan, lo, hi), g._stay_count_block(plan, lo, hi)
+    got = g._block_stays(plan, b, u, lo)
+    by_block = set(asked)
+    assert got == [stay for i in range(lo, hi) for stay in stays(plan, i)]
+    assert 0 < len(by_block) < len({stay.index for stay in got}) / 2  # columns for most
+    assert {stay.k // g._READMISSION for stay in got if stay.index not in by_block} >= {0, 1, 2}
+
+
 def test_the_stays_bulk_path_writes_what_the_one_at_a_time_path_writes(monkeypatch):
     plan = g.make_plan(**PLANS["default"], encounters=True)
     blocks = []

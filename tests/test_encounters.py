@@ -648,3 +648,18 @@ def test_stays_that_end_in_death_have_infections_more_often(monkeypatch):
         se = math.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
         assert _within(math.log(a * d / (b * c)), math.log(odds), se), (j, a, b, c, d)
     assert checked >= 2
+
+
+def test_a_readmission_past_year_9999_is_not_made():
+    # as-of late in 9999: a stay near its end may be followed by a readmission in year 10000,
+    # whose age at admission date() cannot compute (a ValueError and a traceback before the
+    # fix); such a readmission lies past the as-of and is never kept
+    plan = g.make_plan(0, "9999-12-31T00:00:00Z", encounters=True)
+    end = plan.window_start + plan.window_span
+    for index in (4633, 5831, 6118):  # each had one
+        found = g.stays(plan, index)
+        assert found and all(stay.discharged < end for stay in found)
+    late = ("--seed", "0", "--as-of", "9999-12-31T00:00:00Z", "--start", "4633", "--count", "1")
+    result = run_cli(*late, "--encounters")  # the later flags win over run_cli's
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('"resourceType":"Encounter"') == len(g.stays(plan, 4633))
