@@ -3324,9 +3324,28 @@ class _StayBase(NamedTuple):
     readmit: dict[int, tuple[float, ...]]  # every hospital position: _readmission_rates
     factors: dict[tuple[str, ...], tuple[float, ...]]  # the default states -> _hospital_factors
     hai_codes: tuple[tuple[str, str], ...]  # per HAI kind (hai_baselines.csv): ICD-10-CM, text
-    # per hospital position, per HAI kind: the national incidence per 1,000 patient days at an
-    # SIR of 1 (hai_baselines.csv) x the hospital's SIR (hac_sir_fy2024.csv; blank or absent: 1)
-    hai_incidence: tuple[tuple[float, ...], ...]
+    hai_rows: tuple[tuple[float, ...], ...]  # the distinct rows of _hai_incidence
+    hai_row: tuple[int, ...]  # per hospital position: its row in hai_rows
+
+
+def _hai_incidence(
+    data_dir: Path, hospitals: Sequence[Mapping[str, str]]
+) -> tuple[tuple[tuple[float, ...], ...], tuple[int, ...]]:
+    """Per hospital, per HAI kind: the national incidence per 1,000 patient days at an SIR of 1
+    (hai_baselines.csv) x the hospital's SIR (hac_sir_fy2024.csv; blank or absent: 1), as the
+    distinct rows (equal to the bit: over half the hospitals have no SIR) and each one's row."""
+    kinds = _csv_rows(data_dir, "hai_baselines.csv")
+    sirs = {r["ccn"]: r for r in _csv_rows(data_dir, "hac_sir_fy2024.csv")}
+    rows: dict[bytes, tuple[int, tuple[float, ...]]] = {}  # marshal bytes -> (position, row)
+    row_of = []
+    for h in hospitals:
+        row = tuple(
+            float(kind["per_1000_patient_days_sir1"])
+            * float(sirs.get(h["ccn"], {}).get(kind["sir_column"]) or 1.0)
+            for kind in kinds
+        )
+        row_of.append(rows.setdefault(marshal.dumps(row), (len(rows), row))[0])
+    return tuple(row for _, row in rows.values()), tuple(row_of)
 
 
 def _parse_stay_base(data_dir: Path) -> _StayBase:
@@ -3337,8 +3356,7 @@ def _parse_stay_base(data_dir: Path) -> _StayBase:
     shares = _cohort_shares(ref, reference.age_sex)
     discharges = _discharges(hospitals, ref["volumes"])
     states = _normalise_states(None, reference)
-    kinds = _csv_rows(data_dir, "hai_baselines.csv")
-    sirs = {r["ccn"]: r for r in _csv_rows(data_dir, "hac_sir_fy2024.csv")}
+    hai_rows, hai_row = _hai_incidence(data_dir, hospitals)
     return _StayBase(
         rates=ref["rates"],
         national=ref["national"],
@@ -3348,15 +3366,11 @@ def _parse_stay_base(data_dir: Path) -> _StayBase:
         cohort_cuts=_cohort_cuts(hospitals, ref, discharges, shares),
         readmit=_readmission_rates(hospitals, ref),
         factors={states: _hospital_factors(reference, states, discharges)},
-        hai_codes=tuple((r["icd10"], r["display"]) for r in kinds),
-        hai_incidence=tuple(
-            tuple(
-                float(kind["per_1000_patient_days_sir1"])
-                * float(sirs.get(h["ccn"], {}).get(kind["sir_column"]) or 1.0)
-                for kind in kinds
-            )
-            for h in hospitals
+        hai_codes=tuple(
+            (r["icd10"], r["display"]) for r in _csv_rows(data_dir, "hai_baselines.csv")
         ),
+        hai_rows=hai_rows,
+        hai_row=hai_row,
     )
 
 
@@ -4147,11 +4161,8 @@ def _hai_tables(plan: Plan) -> _HaiTables:
     base = _stay_base(Path(plan.identity[3] or _DATA_DIR).resolve())
     e = _HAI_EXPIRED_RISK_SHARE
     alive = [_HAI_AT_RISK_SCALE / (1 - e + e * odds) / 1000 for odds in _HAI_DEATH_ODDS]
-    scaled = {  # hospitals without SIRs share the national incidences: once per distinct row
-        row: tuple(x * a for x, a in zip(row, alive, strict=True))
-        for row in set(base.hai_incidence)
-    }
-    rates = {k: scaled[row] for k, row in enumerate(base.hai_incidence)}
+    scaled = [tuple(x * a for x, a in zip(row, alive, strict=True)) for row in base.hai_rows]
+    rates = dict(enumerate(map(scaled.__getitem__, base.hai_row)))
     return _HaiTables(
         codes=tuple(
             {"system": _ICD10CM_SYSTEM, "code": code, "display": display}
