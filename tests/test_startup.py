@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+from test_places import tool as build_reference  # tools/build_reference.py as a module
+
 import fhir_patient_generator as g
 
 # Private names used here (the start-up caches this file checks): _DATA_DIR, _REFERENCE_CACHE,
@@ -65,6 +67,17 @@ def test_the_committed_stays_cache_holds_exactly_the_built_tables():
     (states, factors), (again, rebuilt) = *cached.factors.items(), *built.factors.items()
     assert states == again == g.make_plan(1).state_codes  # the default states
     assert [x.hex() for x in factors] == [x.hex() for x in rebuilt]  # bit for bit
+
+
+def test_build_reference_check_compares_the_stays_cache(tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(g._DATA_DIR, data)
+    assert build_reference().stay_cache(data, check=True) == 0
+    (data / g._STAY_CACHE).write_bytes(b"")
+    assert build_reference().stay_cache(data, check=True) == 1
+    assert build_reference().stay_cache(data, check=False) == 0  # rewrites it
+    assert g._cached_stay_base(data) == g._cached_stay_base(g._DATA_DIR)
+    assert "stays.marshal: differs from a rebuild" in capsys.readouterr().out
 
 
 def test_an_edited_csv_or_a_broken_stays_cache_is_built_from_the_csvs(tmp_path):
