@@ -4321,20 +4321,6 @@ class _AdmissionTables(NamedTuple):
     hai_extra: tuple[int, ...]  # per HAI kind: the seconds it lengthens a stay (_infected)
 
 
-def _longest_shapes(diagnoses: Iterable[_Diagnosis]) -> list[_Diagnosis]:
-    """The diagnoses that can hold the longest stay for some LOS draw, one per (mu, sigma), the
-    only fields _los reads: it is exp(mu + sigma z) at the draw's z, which lies between the
-    quantile table's ends, so a line mu + sigma z below another at both ends (by far more than
-    rounding) is below it for every draw and never gives a larger _los."""
-    lines = list({(d.mu, d.sigma): d for d in diagnoses}.values())
-    ends = (_normal_z()[0], _normal_z()[-1])
-    return [
-        d
-        for d in lines
-        if not any(all(e.mu + e.sigma * z > d.mu + d.sigma * z + 1e-9 for z in ends) for e in lines)
-    ]
-
-
 @functools.lru_cache(maxsize=8)
 def _admission_tables(plan: Plan) -> _AdmissionTables:
     """The admission tiles' Poisson tables and the thinning cuts by sex and age."""
@@ -4354,13 +4340,9 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         raise AssertionError("an admission tile may outgrow ADMISSION_SLOTS")
     t = _stay_tables(plan)
     top_draw = _StayDraws._make([0] * len(_StayDraws._fields))  # _los is monotone in the draw
-    shapes = _longest_shapes(t.diagnoses)
     los_bound = tuple(
-        max(_los(d, u) for d in shapes)
-        for u in (
-            top_draw._replace(los=((j + 1) << _LOS_SHIFT) - 1)
-            for j in range(1 << (32 - _LOS_SHIFT))
-        )
+        max(_los(d, top_draw._replace(los=((j + 1) << _LOS_SHIFT) - 1)) for d in t.diagnoses)
+        for j in range(1 << (32 - _LOS_SHIFT))
     )
     hai = _hai_tables(plan)
     return _AdmissionTables(
