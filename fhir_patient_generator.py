@@ -3139,13 +3139,16 @@ def _median(values: list[float]) -> float:
     return (v[(n - 1) // 2] + v[n // 2]) / 2 if n else 0.0
 
 
-def _hospital_factors(plan: Plan, discharges: list[float]) -> tuple[float, ...]:
+def _hospital_factors(
+    ref: _Reference, states: tuple[str, ...], discharges: list[float]
+) -> tuple[float, ...]:
     """Per hospital: its HCRIS discharges / the population the gravity weights send it (over
-    the run's ZIPs), so a stay drawn among a ZIP's candidates with weights gravity x factor
-    lands at each hospital in proportion to its discharges (within what its ZIPs allow)."""
-    cand, cum = plan.hospital_cand, plan.hospital_cum
-    pull = [0.0] * len(plan.hospitals)
-    for positions, zcum in zip(plan.zip_index, plan.zip_cum, strict=True):
+    the ZIPs of the run's states, in their order), so a stay drawn among a ZIP's candidates
+    with weights gravity x factor lands at each hospital in proportion to its discharges
+    (within what its ZIPs allow)."""
+    cand, cum = ref.hospital_cand, ref.hospital_cum
+    pull = [0.0] * len(ref.hospitals)
+    for positions, zcum in (ref.state_zips[state] for state in states):
         for z, c, before in zip(positions, zcum, (0, *zcum), strict=False):
             lo = z * _CANDIDATES
             share = (c - before) / cum[lo + _CANDIDATES - 1]
@@ -3156,7 +3159,9 @@ def _hospital_factors(plan: Plan, discharges: list[float]) -> tuple[float, ...]:
     return tuple(d / p if p else 0.0 for d, p in zip(discharges, pull, strict=True))
 
 
-def _readmission_rates(plan: Plan, ref: Mapping[str, Any]) -> dict[int, tuple[float, ...]]:
+def _readmission_rates(
+    hospitals: Sequence[Mapping[str, str]], ref: Mapping[str, Any]
+) -> dict[int, tuple[float, ...]]:
     """Hospital position -> its 30-day readmission rate per HRRP cohort (the observed rate of
     HRRP FY2025, readmissions / discharges; where suppressed its predicted rate; else the
     national pooled rate), then its hospital-wide rate: CMS's national 14.6 % x the mean of its
@@ -3165,8 +3170,8 @@ def _readmission_rates(plan: Plan, ref: Mapping[str, Any]) -> dict[int, tuple[fl
     pooled = [national[f"hrrp_pooled_observed_{c.lower().replace('-', '_')}"] for c in _COHORTS]
     wide = national["readm30_hosp_wide"]
     out = {}
-    for k in plan.organization_index:
-        own = ref["readmissions"].get(plan.hospitals[k]["ccn"], {})
+    for k, hospital in enumerate(hospitals):
+        own = ref["readmissions"].get(hospital["ccn"], {})
         rates = [
             next((x for x in own.get(c, (None, None))[:2] if x is not None), pooled[n])
             for n, c in enumerate(_COHORTS)
@@ -3177,20 +3182,22 @@ def _readmission_rates(plan: Plan, ref: Mapping[str, Any]) -> dict[int, tuple[fl
 
 
 def _cohort_cuts(
-    plan: Plan, ref: Mapping[str, Any], discharges: list[float], shares: Mapping[str, float]
+    hospitals: Sequence[Mapping[str, str]],
+    ref: Mapping[str, Any],
+    discharges: list[float],
+    shares: Mapping[str, float],
 ) -> dict[int, tuple[int, ...]]:
     """Hospital position -> cumulative 32-bit cuts over COHORTS for a 65+ stay there: the
     cohort's national 65+ share (inpatient_dx.csv) x the hospital's HRRP discharges per HCRIS
     discharge relative to all HRRP hospitals'. Hospitals outside HRRP (critical access,
     Maryland) take the national shares; children's hospitals none."""
     hrrp = ref["hrrp"]
-    positions = {h["ccn"]: k for k, h in enumerate(plan.hospitals)}
+    positions = {h["ccn"]: k for k, h in enumerate(hospitals)}
     in_hrrp = [positions[c] for c in hrrp if c in positions]
     total = sum(discharges[k] for k in in_hrrp)
-    pooled = {c: sum(hrrp[plan.hospitals[k]["ccn"]].get(c, 0) for k in in_hrrp) for c in _COHORTS}
+    pooled = {c: sum(hrrp[hospitals[k]["ccn"]].get(c, 0) for k in in_hrrp) for c in _COHORTS}
     out = {}
-    for k in plan.organization_index:
-        h = plan.hospitals[k]
+    for k, h in enumerate(hospitals):
         if h["hospital_type"] == _CHILDREN_HOSPITAL_TYPE:
             share = [0.0] * len(_COHORTS)
         elif h["ccn"] in hrrp and discharges[k] > 0:
@@ -3295,10 +3302,12 @@ def _death_kind_cuts(
     30 days before a death by chance, and m_c the rate, the deaths tied to a cohort-c stay are
     F_c = (m_c O_c - C_c) / (1 - m_c), split IN_STAY_OF_30_DAY_DEATHS in the stay."""
     lookback, month = plan.options["lookback_years"], 30 * 86400 / _SECONDS_PER_YEAR
-    weights = [0] * len(plan.cells)  # the run's cell weights: the states' tables summed
-    for cum in plan.cell_cum:
-        for k, (c, b) in enumerate(zip(cum, (0, *cum), strict=False)):
-            weights[k] += c - b
+    weights = [  # the run's cell weights: the states' tables summed
+        sum(column)
+        for column in zip(
+            *(map(operator.sub, cum, (0, *cum)) for cum in plan.cell_cum), strict=True
+        )
+    ]
     old = [k for k, (age, _, _) in enumerate(plan.cells) if age >= _MEDICARE_AGE]
     deaths = sum(weights[k] for k in old if plan.cells[k][2])
     stays = sum(weights[k] * rates[k] * lookback / (2 if plan.cells[k][2] else 1) for k in old)
@@ -3319,34 +3328,160 @@ def _death_kind_cuts(
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _stay_tables(plan: Plan) -> _StayTables:
-    """The plan's stay tables (about a second, once per plan and process)."""
-    data_dir = plan.identity[3]
-    ref = _stay_reference(Path(data_dir or _DATA_DIR).resolve())
-    shares = _cohort_shares(ref, _load_reference(data_dir).age_sex)
-    diagnoses = _diagnoses(ref["dx"])
-    mix_rows, mix_cum = _mixes(ref["dx"])
-    rates = _cell_rates(plan, ref["rates"])
-    lookback = Decimal(repr(plan.options["lookback_years"]))
+class _StayBase(NamedTuple):
+    """The stays' tables that depend on the reference data only, not on a run's options (every
+    plan's hospitals are the reference's): built from the CSVs, or loaded from STAY_CACHE."""
+
+    rates: list[tuple[int, int, str, float]]  # inpatient_rates.csv (see _stay_reference)
+    national: dict[str, float]  # cms_national.csv
+    dx: list[dict[str, str]]  # inpatient_dx.csv's rows
+    shares: dict[str, float]  # _cohort_shares
+    discharges: list[float]  # per hospital position: _discharges
+    cohort_cuts: dict[int, tuple[int, ...]]  # every hospital position: _cohort_cuts
+    readmit: dict[int, tuple[float, ...]]  # every hospital position: _readmission_rates
+    factors: dict[tuple[str, ...], tuple[float, ...]]  # the default states -> _hospital_factors
+    hai_codes: tuple[tuple[str, str], ...]  # per HAI kind (hai_baselines.csv): ICD-10-CM, text
+    hai_rows: tuple[tuple[float, ...], ...]  # the distinct rows of _hai_incidence
+    hai_row: tuple[int, ...]  # per hospital position: its row in hai_rows
+
+
+def _hai_incidence(
+    data_dir: Path, hospitals: Sequence[Mapping[str, str]]
+) -> tuple[tuple[tuple[float, ...], ...], tuple[int, ...]]:
+    """Per hospital, per HAI kind: the national incidence per 1,000 patient days at an SIR of 1
+    (hai_baselines.csv) x the hospital's SIR (hac_sir_fy2024.csv; blank or absent: 1), as the
+    distinct rows (equal to the bit: over half the hospitals have no SIR) and each one's row."""
+    kinds = _csv_rows(data_dir, "hai_baselines.csv")
+    sirs = {r["ccn"]: r for r in _csv_rows(data_dir, "hac_sir_fy2024.csv")}
+    rows: dict[bytes, tuple[int, tuple[float, ...]]] = {}  # marshal bytes -> (position, row)
+    row_of = []
+    for h in hospitals:
+        row = tuple(
+            float(kind["per_1000_patient_days_sir1"])
+            * float(sirs.get(h["ccn"], {}).get(kind["sir_column"]) or 1.0)
+            for kind in kinds
+        )
+        row_of.append(rows.setdefault(marshal.dumps(row), (len(rows), row))[0])
+    return tuple(row for _, row in rows.values()), tuple(row_of)
+
+
+def _parse_stay_base(data_dir: Path) -> _StayBase:
+    """The StayBase of data_dir from its CSVs (~0.4 s: the hospital factors of the default
+    states are a loop over every ZIP's candidates)."""
+    ref, reference = _stay_reference(data_dir), _read_reference(data_dir)
+    hospitals = reference.hospitals
+    shares = _cohort_shares(ref, reference.age_sex)
+    discharges = _discharges(hospitals, ref["volumes"])
+    states = _normalise_states(None, reference)
+    hai_rows, hai_row = _hai_incidence(data_dir, hospitals)
+    return _StayBase(
+        rates=ref["rates"],
+        national=ref["national"],
+        dx=ref["dx"],
+        shares=shares,
+        discharges=discharges,
+        cohort_cuts=_cohort_cuts(hospitals, ref, discharges, shares),
+        readmit=_readmission_rates(hospitals, ref),
+        factors={states: _hospital_factors(reference, states, discharges)},
+        hai_codes=tuple(
+            (r["icd10"], r["display"]) for r in _csv_rows(data_dir, "hai_baselines.csv")
+        ),
+        hai_rows=hai_rows,
+        hai_row=hai_row,
+    )
+
+
+# The StayBase as marshal data (a run with stays loads it in milliseconds instead of ~0.4 s),
+# written by tools/build_reference.py beside reference.marshal and used only while its key, the
+# StayBase's field names and the hash of every CSV beside it, holds; tests/test_startup.py
+# rebuilds it from the CSVs and compares
+_STAY_CACHE = "stays.marshal"
+
+
+def _stay_cache_key(data_dir: Path) -> bytes:
+    """StayBase's field names and data_dir's reference key (every CSV's name, size, CRC-32)."""
+    names = ",".join(_StayBase._fields).encode()
+    return hashlib.blake2b(names + _reference_key(data_dir), digest_size=32).digest()
+
+
+def _stay_marshal(base: _StayBase, data_dir: Path) -> bytes:
+    """base as marshal data under data_dir's key, each distinct tuple and float written once
+    (marshal refers back to an object it has written: half the bytes and the load time)."""
+    seen: dict[bytes, Any] = {}
+
+    def shared(value: Any) -> Any:  # value with equal tuples and floats made one object
+        if isinstance(value, dict):
+            return {k: shared(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shared(v) for v in value]
+        if isinstance(value, tuple):
+            value = tuple(shared(v) for v in value)
+        elif not isinstance(value, float):
+            return value
+        return seen.setdefault(marshal.dumps(value), value)  # the exact bytes: -0.0 is not 0.0
+
+    fields = {name: shared(value) for name, value in base._asdict().items()}
+    return marshal.dumps({"key": _stay_cache_key(data_dir), "fields": fields})
+
+
+def _cached_stay_base(data_dir: Path) -> _StayBase | None:
+    """The StayBase from data_dir's marshal file, or None if it is missing, unreadable or stale."""
+    try:
+        blob = marshal.loads((data_dir / _STAY_CACHE).read_bytes())
+        if blob["key"] != _stay_cache_key(data_dir):
+            return None
+        return _StayBase(**blob["fields"])
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
+
+
+@functools.cache
+def _stay_base(data_dir: Path) -> _StayBase:
+    """data_dir's StayBase (a resolved path), read once per process."""
+    return _cached_stay_base(data_dir) or _parse_stay_base(data_dir)
+
+
+def _count_cdfs(rates: list[float], lookback: float) -> tuple[tuple[int, ...], ...]:
+    """By cell: the Poisson CDF of its candidate admissions over the window (the rate x the
+    look-back years, in 40-digit decimals), computed once per distinct rate (the cells of an
+    age band share one)."""
+    years = Decimal(repr(lookback))
+    by_rate: dict[float, tuple[int, ...]] = {}
     with localcontext() as ctx:
         ctx.prec = 40
-        count_cdf = tuple(_poisson_cdf(Decimal(repr(rate)) * lookback) for rate in rates)
-    discharges = _discharges(plan.hospitals, ref["volumes"])
+        for rate in rates:
+            if rate not in by_rate:
+                by_rate[rate] = _poisson_cdf(Decimal(repr(rate)) * years)
+    return tuple(by_rate[rate] for rate in rates)
+
+
+@functools.lru_cache(maxsize=8)
+def _stay_tables(plan: Plan) -> _StayTables:
+    """The plan's stay tables, once per plan and process: from the data's StayBase (its
+    hospital factors computed here for states other than the default ones) and the plan's
+    registry cells."""
+    data_dir = Path(plan.identity[3] or _DATA_DIR).resolve()
+    base = _stay_base(data_dir)
+    factors = base.factors.get(plan.state_codes)
+    if factors is None:
+        factors = _hospital_factors(_read_reference(data_dir), plan.state_codes, base.discharges)
+    diagnoses = _diagnoses(base.dx)
+    mix_rows, mix_cum = _mixes(base.dx)
+    rates = _cell_rates(plan, base.rates)
     key = plan.key
     return _StayTables(
-        count_cdf=count_cdf,
+        count_cdf=_count_cdfs(rates, plan.options["lookback_years"]),
         diagnoses=diagnoses,
         mix_cum=tuple(mix_cum),
         mix_rows=tuple(mix_rows),
         cohort_dx=tuple(
             next(k for k, d in enumerate(diagnoses) if d.cohort == c) for c in _COHORTS
         ),
-        cohort_cuts=_cohort_cuts(plan, ref, discharges, shares),
-        factors=_hospital_factors(plan, discharges),
-        readmit=_readmission_rates(plan, ref),
+        cohort_cuts={k: base.cohort_cuts[k] for k in plan.organization_index},
+        factors=factors,
+        readmit={k: base.readmit[k] for k in plan.organization_index},
         month_chance=tuple(1.0 - math.exp(-r * 30 * 86400 / _SECONDS_PER_YEAR) for r in rates),
-        death_cuts=_death_kind_cuts(plan, rates, shares, ref["national"]),
+        death_cuts=_death_kind_cuts(plan, rates, base.shares, base.national),
         post_acute=tuple(_cut(p) for p in _POST_ACUTE_SHARE),
         post_acute_cum=_cumulative(round(share * 1000) for *_, share in _DISPOSITIONS[1:]),
         own_cut=_cut(_OWN_HOSPITAL_SHARE),
@@ -3400,7 +3535,7 @@ def _stay_diagnosis(t: _StayTables, s: _Sample, hospital: int, age: int, u: _Sta
 
 
 _NORMAL_STEPS = 4096  # the standard normal's quantiles at j / 4096, interpolated between
-# (a stay's LOS quantile: the table costs 12 ms once, inv_cdf several microseconds per stay)
+# (a stay's LOS quantile: the table costs ~1.5 ms once, inv_cdf several microseconds per stay)
 
 
 @functools.cache
@@ -3408,9 +3543,8 @@ def _normal_z() -> tuple[float, ...]:
     """The quantile table, built on the first stay (a run without stays never pays for it)."""
     import statistics  # stays only
 
-    return tuple(
-        statistics.NormalDist().inv_cdf(j / _NORMAL_STEPS) for j in range(1, _NORMAL_STEPS)
-    )
+    quantile = statistics.NormalDist().inv_cdf
+    return tuple(quantile(j / _NORMAL_STEPS) for j in range(1, _NORMAL_STEPS))
 
 
 _MAX_LOS = 365 * 86400  # a stay lasts at most a year
@@ -4041,23 +4175,15 @@ def _hai_tables(plan: Plan) -> _HaiTables:
     """Per hospital and kind: incidence per patient day = hai_baselines.csv's national incidence
     at an SIR of 1 x the hospital's SIR in hac_sir_fy2024.csv (blank or absent: 1.0); per day
     at risk of a stay discharged alive: x AT_RISK_SCALE / (1 - e + e x the death odds ratio)."""
-    data_dir = Path(plan.identity[3] or _DATA_DIR).resolve()
-    kinds = _csv_rows(data_dir, "hai_baselines.csv")
-    sirs = {r["ccn"]: r for r in _csv_rows(data_dir, "hac_sir_fy2024.csv")}
+    base = _stay_base(Path(plan.identity[3] or _DATA_DIR).resolve())
     e = _HAI_EXPIRED_RISK_SHARE
     alive = [_HAI_AT_RISK_SCALE / (1 - e + e * odds) / 1000 for odds in _HAI_DEATH_ODDS]
-    rates = {}
-    for k, hospital in enumerate(plan.hospitals):
-        row = sirs.get(hospital["ccn"], {})
-        rates[k] = tuple(
-            float(kind["per_1000_patient_days_sir1"])
-            * float(row.get(kind["sir_column"]) or 1.0)
-            * alive[j]
-            for j, kind in enumerate(kinds)
-        )
+    scaled = [tuple(x * a for x, a in zip(row, alive, strict=True)) for row in base.hai_rows]
+    rates = dict(enumerate(map(scaled.__getitem__, base.hai_row)))
     return _HaiTables(
         codes=tuple(
-            {"system": _ICD10CM_SYSTEM, "code": r["icd10"], "display": r["display"]} for r in kinds
+            {"system": _ICD10CM_SYSTEM, "code": code, "display": display}
+            for code, display in base.hai_codes
         ),
         rates=rates,
         keys=_uuid_keys(plan.key, b"hai-condition"),
@@ -4247,7 +4373,7 @@ def _los_range(t: _StayTables) -> tuple[Any, Any]:
 @functools.lru_cache(maxsize=8)
 def _admission_tables(plan: Plan) -> _AdmissionTables:
     """The admission tiles' Poisson tables and the thinning cuts by sex and age."""
-    rates = _stay_reference(Path(plan.identity[3] or _DATA_DIR).resolve())["rates"]
+    rates = _stay_base(Path(plan.identity[3] or _DATA_DIR).resolve()).rates
     top = max(rate for *_, rate in rates)
     if top >= _ADMISSION_BOUND:
         raise ValueError(f"an admission rate reaches {top}: raise ADMISSION_BOUND above it")

@@ -1,13 +1,14 @@
 """Build the derived tables of reference_data/: each ZIP's nearest hospitals and their weights
 (hospital_candidates.csv), who prefers which language (language_lep.csv) and the joint
 population's tables (state_age_sex.csv, state_mortality.csv, race_by_state_age.csv), then the
-generator's parsed tables as reference.marshal (what a run loads at start-up instead of the CSVs).
+generator's parsed tables as reference.marshal (what a run loads at start-up instead of the CSVs)
+and the stays' tables as stays.marshal (what a run with --encounters loads instead of computing).
 
     python tools/build_reference.py            # rewrite the files (deterministic, ~5 s)
     python tools/build_reference.py --check    # exit 1 if a file differs from a rebuild
 
 Offline, so a plan never pays for the nearest-hospital search (1.3 s for 33,187 ZIPs) or the
-fits. Reads only reference_data/; stdlib and, for reference.marshal, the generator itself.
+fits. Reads only reference_data/; stdlib and, for the two .marshal files, the generator itself.
 tests/test_places.py rebuilds the files with these functions and compares them with the
 committed ones.
 
@@ -654,7 +655,7 @@ def main() -> int:
         else:
             target.write_text(text, encoding="utf-8")
             print(f"wrote {target} ({len(text):,} bytes)")
-    return status | reference_cache(DATA, args.check)
+    return status | reference_cache(DATA, args.check) | stay_cache(DATA, args.check)
 
 
 def reference_cache(data: Path, check: bool) -> int:
@@ -671,6 +672,26 @@ def reference_cache(data: Path, check: bool) -> int:
         print(f"{target.name}: {'up to date' if same else 'differs from a rebuild'}")
         return int(not same)
     blob = g._reference_marshal(parsed, data)
+    target.write_bytes(blob)
+    print(f"wrote {target} ({len(blob):,} bytes)")
+    return 0
+
+
+def stay_cache(data: Path, check: bool) -> int:
+    """stays.marshal: the stays' tables that depend on the reference data only (the generator's
+    StayBase: parsed CMS tables, per-hospital cuts and rates, the default states' hospital
+    factors), keyed like reference.marshal, so a run with --encounters loads them instead of
+    computing them (~0.4 s). --check compares its content with a fresh build; 1 if it differs."""
+    sys.path.insert(0, str(data.parent))
+    import fhir_patient_generator as g  # noqa: PLC0415 (the generator reads the CSVs it wrote)
+
+    target = data / g._STAY_CACHE
+    built = g._parse_stay_base(data)
+    if check:
+        same = g._cached_stay_base(data) == built
+        print(f"{target.name}: {'up to date' if same else 'differs from a rebuild'}")
+        return int(not same)
+    blob = g._stay_marshal(built, data)
     target.write_bytes(blob)
     print(f"wrote {target} ({len(blob):,} bytes)")
     return 0
