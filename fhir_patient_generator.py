@@ -4397,8 +4397,8 @@ def _admission_tables(plan: Plan) -> _AdmissionTables:
         )
         for sex in _SEXES
     }
-    readmit_top = max((max(rates) for rates in t.readmit.values()), default=0.0)
-    wide = max((rates[-1] for rates in t.readmit.values()), default=0.0)
+    readmit_top = max((max(by_cohort) for by_cohort in t.readmit.values()), default=0.0)
+    wide = max((by_cohort[-1] for by_cohort in t.readmit.values()), default=0.0)
     return _AdmissionTables(
         tile_hash=hashlib.shake_256(b"metriccare-admissions/1|" + plan.key),
         poisson=poisson,
