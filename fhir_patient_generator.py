@@ -1892,6 +1892,18 @@ def _bisect_rows(rows: Any, x: Any) -> Any:
     return (rows <= x[:, None]).sum(axis=1)
 
 
+def _ymd_block(ordinals: Any) -> tuple[Any, Any, Any]:
+    """Year, month and day (int64 arrays) of proleptic ordinals, as date.fromordinal gives them."""
+    days = (ordinals - _EPOCH_DAY).astype("datetime64[D]")
+    months = days.astype("datetime64[M]")
+    years = months.astype("datetime64[Y]")
+    return (
+        years.astype(np.int64) + 1970,
+        (months - years).astype(np.int64) + 1,
+        (days - months).astype(np.int64) + 1,
+    )
+
+
 class _Block(NamedTuple):
     """Patients #lo..#hi-1 as _Sample's columns (numpy arrays; `died` -1 for the living)."""
 
@@ -4866,15 +4878,8 @@ def _joiner_who(plan: Plan, dyn: _Dynamics, count: int, index: int) -> tuple[int
 
 def _age_column(birth: Any, instants: Any) -> Any:
     """_age for each (birth ordinal, epoch-seconds instant) pair (int64 columns)."""
-
-    def ymd(days: Any) -> tuple[Any, Any, Any]:  # year - 1970, month - 1, day - 1
-        d = days.astype("datetime64[D]")
-        m = d.astype("datetime64[M]")
-        y = m.astype("datetime64[Y]")
-        return y.astype(np.int64), (m - y).astype(np.int64), (d - m).astype(np.int64)
-
-    year, month, day = ymd(instants // 86400)
-    born_year, born_month, born_day = ymd(birth - _EPOCH_DAY)
+    year, month, day = _ymd_block(instants // 86400 + _EPOCH_DAY)
+    born_year, born_month, born_day = _ymd_block(birth)
     return year - born_year - (month * 32 + day < born_month * 32 + born_day)
 
 
@@ -5312,18 +5317,6 @@ def _rendered_block(plan: Plan) -> Callable[[int, int], list[bytes]]:
         return write(indexes, map(sample_of, indexes), itertools.repeat(meta_v1))
 
     return block
-
-
-def _ymd_block(ordinals: Any) -> tuple[Any, Any, Any]:
-    """Year, month and day (int64 arrays) of proleptic ordinals, as date.fromordinal gives them."""
-    days = (ordinals - _EPOCH_DAY).astype("datetime64[D]")
-    months = days.astype("datetime64[M]")
-    years = months.astype("datetime64[Y]")
-    return (
-        years.astype(np.int64) + 1970,
-        (months - years).astype(np.int64) + 1,
-        (days - months).astype(np.int64) + 1,
-    )
 
 
 def _iso_date_block(ordinals: Any) -> Any:
@@ -5802,13 +5795,6 @@ def _candidate_tables(plan: Plan) -> _CandidateTables:
     )
 
 
-def _age_block(birth: Any, instants: Any) -> Any:
-    """_age for each (birth ordinal, epoch-seconds instant) pair."""
-    year, month, day = _ymd_block(instants // 86400 + _EPOCH_DAY)
-    born_year, born_month, born_day = _ymd_block(birth)
-    return year - born_year - (month * 32 + day < born_month * 32 + born_day)
-
-
 def _other_block(plan: Plan, c: _CandidateTables, z: Any, age: Any, u32: Any, exclude: Any) -> Any:
     """_other_candidate(...) or exclude, for each candidate (z: its patient's ZIP): another of
     the ZIP's candidates but `exclude`, by weight; `exclude` where none can be drawn or where
@@ -5906,7 +5892,7 @@ def _candidate_columns(
     valid = admitted >= np.maximum(plan.window_start, (b.birth[rows] - _EPOCH_DAY) * 86400)
     rows, k, admitted, d = rows[valid], k[valid], admitted[valid], d[valid]
     u = _StayDraws._make(d.T)
-    age = _age_block(b.birth[rows], admitted)
+    age = _age_column(b.birth[rows], admitted)
     org = b.organization[rows].astype(np.int64)
     other = _other_block(plan, c, b.zip[rows], age, u.hospital, org)
     hospital = np.where(u.own < _stay_tables(plan).own_cut, org, other)
@@ -5922,7 +5908,7 @@ def _stay_columns(
     """Stays whose patient, number, admission, hospital and diagnosis are set (columns; rows:
     block positions), completed as _admitted_stay does with the stays' draws `u`; with whether
     each is readmitted, and whether it has an infection (_hai_draw)."""
-    age = _age_block(b.birth[rows], np.minimum(stays.admitted, _LAST_SECOND))
+    age = _age_column(b.birth[rows], np.minimum(stays.admitted, _LAST_SECOND))
     old = age >= _MEDICARE_AGE
     stays = stays._replace(
         discharged=stays.admitted + _los_block(c, stays.diagnosis, u),
@@ -5942,7 +5928,7 @@ def _readmission_columns(
     u = _StayDraws._make(_stream_block(plan, _StayDraws, first.index.tolist(), k.tolist()).T)
     gap = [round(30 * 86400 * (x / 4294967296.0) ** _READMIT_SKEW) for x in u.admitted.tolist()]
     admitted = first.discharged + np.maximum(3600, np.array(gap, np.int64))
-    age = _age_block(b.birth[rows], np.minimum(admitted, _LAST_SECOND))
+    age = _age_column(b.birth[rows], np.minimum(admitted, _LAST_SECOND))
     other = _other_block(plan, c, b.zip[rows], age, u.hospital, first.hospital)
     hospital = np.where(u.own >= _cut(_READMIT_SAME_HOSPITAL), other, first.hospital)
     same = (c.dx_cohort[first.diagnosis] >= 0) & (u.cohort < _cut(_READMIT_SAME_COHORT))

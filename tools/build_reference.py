@@ -660,38 +660,35 @@ def main() -> int:
 
 def reference_cache(data: Path, check: bool) -> int:
     """reference.marshal: the generator's tables parsed from the CSVs (just written), as marshal
-    data keyed by the CSVs' hash, so a run loads them instead of parsing ~8 MB of CSV. --check
-    compares its content (marshal bytes are not canonical) with a fresh parse; 1 if it differs."""
-    sys.path.insert(0, str(data.parent))
-    import fhir_patient_generator as g  # noqa: PLC0415 (the generator reads the CSVs it wrote)
-
-    target = data / g._REFERENCE_CACHE
-    parsed = g._parse_reference(data)
-    if check:
-        same = g._cached_reference(data) == parsed
-        print(f"{target.name}: {'up to date' if same else 'differs from a rebuild'}")
-        return int(not same)
-    blob = g._reference_marshal(parsed, data)
-    target.write_bytes(blob)
-    print(f"wrote {target} ({len(blob):,} bytes)")
-    return 0
+    data keyed by the CSVs' hash, so a run loads them instead of parsing ~8 MB of CSV."""
+    names = ("_REFERENCE_CACHE", "_parse_reference", "_cached_reference", "_reference_marshal")
+    return marshal_cache(data, check, names)
 
 
 def stay_cache(data: Path, check: bool) -> int:
     """stays.marshal: the stays' tables that depend on the reference data only (the generator's
     StayBase: parsed CMS tables, per-hospital cuts and rates, the default states' hospital
     factors), keyed like reference.marshal, so a run with --encounters loads them instead of
-    computing them (~0.4 s). --check compares its content with a fresh build; 1 if it differs."""
+    computing them (~0.4 s)."""
+    names = ("_STAY_CACHE", "_parse_stay_base", "_cached_stay_base", "_stay_marshal")
+    return marshal_cache(data, check, names)
+
+
+def marshal_cache(data: Path, check: bool, names: tuple[str, str, str, str]) -> int:
+    """Write one of the generator's marshal caches from a fresh build, or with --check compare
+    its content (marshal bytes are not canonical) with one; 1 if it differs. names: the
+    generator's file-name constant, then its build, load-from-cache and marshal functions."""
     sys.path.insert(0, str(data.parent))
     import fhir_patient_generator as g  # noqa: PLC0415 (the generator reads the CSVs it wrote)
 
-    target = data / g._STAY_CACHE
-    built = g._parse_stay_base(data)
+    file_name, build, cached, dump = (getattr(g, name) for name in names)
+    target = data / file_name
+    built = build(data)
     if check:
-        same = g._cached_stay_base(data) == built
+        same = cached(data) == built
         print(f"{target.name}: {'up to date' if same else 'differs from a rebuild'}")
         return int(not same)
-    blob = g._stay_marshal(built, data)
+    blob = dump(built, data)
     target.write_bytes(blob)
     print(f"wrote {target} ({len(blob):,} bytes)")
     return 0
