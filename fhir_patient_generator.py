@@ -1920,18 +1920,47 @@ class _Block(NamedTuple):
     draws: Any  # the (hi - lo, 16) uint64 raw draws (_block_draws): a _Sample's draws, by row
 
 
+def _index_draws(plan: Plan, indexes: Iterable[int]) -> Any:
+    """The sixteen raw draws of each patient of `indexes` (_digest's hash): an (n, 16) uint64
+    array, a row per patient."""
+    copy, digests = plan.hasher.copy, []
+    append = digests.append
+    for index in indexes:
+        h = copy()
+        h.update(index.to_bytes(8, "little"))
+        append(h.digest())
+    raw = np.frombuffer(b"".join(digests), "<u4").reshape(len(digests), len(_Draws._fields))
+    return raw.astype(np.uint64)
+
+
 def _block_draws(plan: Plan, lo: int, hi: int) -> Any:
     """The sixteen raw draws of patients #lo..#hi-1: a (hi - lo, 16) uint64 array."""
     if not 0 <= lo <= hi <= _MAX_INDEX + 1:
         raise ValueError(f"patient indexes must be from 0 to {_MAX_INDEX}, not {lo}..{hi - 1}")
+    return _index_draws(plan, range(lo, hi))
+
+
+def _stream_block(
+    plan: Plan, table: type[Any], indexes: Iterable[int], ks: Iterable[int] | None = None
+) -> Any:
+    """_stream(plan, table, i) for each index, or _stream(plan, table, i, k) for each (index,
+    k) pair: an (n, fields) uint64 array, a column per field in its order."""
     copy, digests = plan.hasher.copy, []
     append = digests.append
-    for index in range(lo, hi):
-        h = copy()
-        h.update(index.to_bytes(8, "little"))
-        append(h.digest())
-    raw = np.frombuffer(b"".join(digests), "<u4").reshape(hi - lo, len(_Draws._fields))
-    return raw.astype(np.uint64)
+    if ks is None:
+        message = table.tag + b"|%d"
+        for index in indexes:
+            h = copy()
+            h.update(message % index)
+            append(h.digest())
+    else:
+        message = table.tag + b"|%d|%d"  # _stream's message for one k
+        for pair in zip(indexes, ks, strict=True):
+            h = copy()
+            h.update(message % pair)
+            append(h.digest())
+    raw = np.frombuffer(b"".join(digests), "<u4").reshape(len(digests), len(_Draws._fields))
+    return raw[:, : len(table._fields)].astype(np.uint64)
 
 
 def _sample_block(plan: Plan, lo: int, hi: int) -> _Block:
@@ -4502,12 +4531,7 @@ def _hai_bound(plan: Plan, a: _AdmissionTables, index: int, k: int, longest: int
 def _hai_bound_column(plan: Plan, a: _AdmissionTables, stays: tuple[Any, Any], longest: Any) -> Any:
     """_hai_bound for each stay (stays: index and stay number columns) and longest (a column):
     one hash each, then the comparisons at once (the same float products)."""
-    digests = []
-    for index, k in zip(*(column.tolist() for column in stays), strict=True):
-        h = plan.hasher.copy()
-        h.update(b"%s|%d|%d" % (_HaiDraws.tag, index, k))  # type: ignore[attr-defined]
-        digests.append(h.digest())
-    draws = np.frombuffer(b"".join(digests), "<u4").reshape(-1, _DRAW_BYTES.size // 4)
+    draws = _stream_block(plan, _HaiDraws, *(column.tolist() for column in stays))
     happens = draws[:, : len(a.hai_top)]  # HaiDraws' first fields: whether, per kind
     possible = happens < np.array(a.hai_top)[None, :] * longest[:, None].astype(np.float64)
     return (possible * np.array(a.hai_extra, np.int64)).sum(axis=1)
@@ -4844,13 +4868,7 @@ def _who(plan: Plan, dyn: _Dynamics, count: int, indexes: Any) -> _Who:
     """_Who of these indexes (sorted, unique): an epoch patient's from its draws as
     _sample_block maps them (one hash each, no record); a joiner's from _start."""
     t, epoch = _block_tables(plan), int(np.searchsorted(indexes, count))
-    digests = []
-    for index in indexes[:epoch].tolist():
-        h = plan.hasher.copy()
-        h.update(index.to_bytes(8, "little"))
-        digests.append(h.digest())
-    raw = np.frombuffer(b"".join(digests), "<u4").reshape(epoch, len(_Draws._fields))
-    u = _Draws._make(raw.astype(np.uint64).T)
+    u = _Draws._make(_index_draws(plan, indexes[:epoch].tolist()).T)
     s = np.searchsorted(t.state_cum, _scaled(u.state, t.state_cum[-1]), "right")
     x = t.cell_base[s] + _scaled(u.cell, t.cell_total[s])
     cell = np.searchsorted(t.cell_flat, x, "right") - t.cell_start[s]
@@ -5679,29 +5697,6 @@ def ndjson_chunks(
 #    runs only for the patients who can have one (a candidate admission, or dead); their ids,
 #    MRNs and instants are numpy matrices, each resource one bytes format of its template. The
 #    same bytes as the one-at-a-time path (tests/test_block.py compares them)
-
-
-def _stream_block(
-    plan: Plan, table: type[Any], indexes: Iterable[int], ks: Iterable[int] | None = None
-) -> Any:
-    """_stream(plan, table, i) for each index, or _stream(plan, table, i, k) for each (index,
-    k) pair: an (n, fields) uint64 array, a column per field in its order."""
-    copy, digests = plan.hasher.copy, []
-    append = digests.append
-    if ks is None:
-        message = table.tag + b"|%d"
-        for index in indexes:
-            h = copy()
-            h.update(message % index)
-            append(h.digest())
-    else:
-        message = table.tag + b"|%d|%d"  # _stream's message for one k
-        for pair in zip(indexes, ks, strict=True):
-            h = copy()
-            h.update(message % pair)
-            append(h.digest())
-    raw = np.frombuffer(b"".join(digests), "<u4").reshape(len(digests), len(_Draws._fields))
-    return raw[:, : len(table._fields)].astype(np.uint64)
 
 
 def _stay_count_block(plan: Plan, lo: int, hi: int) -> Any:
