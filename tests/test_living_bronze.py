@@ -46,6 +46,18 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stderr
 
 
+def one_pool_shards(tmp_path: Path, common: tuple[str, ...], workers: int) -> dict[str, str]:
+    """The layer of `common` written by one process, by `workers` processes and as two shards:
+    the three trees must be equal; the first of them."""
+    ok(cli(*common, "--output", str(tmp_path / "one")))
+    ok(cli(*common, "--workers", str(workers), "--output", str(tmp_path / "pool")))
+    for k in range(2):
+        ok(cli(*common, "--shard", f"{k}/2", "--output", str(tmp_path / "shards")))
+    one = tree(tmp_path / "one")
+    assert one == tree(tmp_path / "pool") == tree(tmp_path / "shards")
+    return one
+
+
 def lines(root: Path, pattern: str) -> list[bytes]:
     """Every line of the files under root matching pattern (gunzipped)."""
     out = []
@@ -147,13 +159,8 @@ FAULTS = ("--late", "0.1", "--duplicate", "0.1", "--out-of-order", "0.2")
 def test_batch_bytes_do_not_depend_on_workers_or_shards(tmp_path, fmt):
     common = (*POPULATION[:2], "--count", "6000", *BATCH, *FAULTS, "--format", fmt, "--gzip",
               "--records-per-file", "1500")  # fmt: skip
-    ok(cli(*common, "--output", str(tmp_path / "one")))
-    ok(cli(*common, "--workers", "3", "--output", str(tmp_path / "pool")))
-    for k in range(2):
-        ok(cli(*common, "--shard", f"{k}/2", "--output", str(tmp_path / "shards")))
-    one = tree(tmp_path / "one")
+    one = one_pool_shards(tmp_path, common, workers=3)
     assert any(k.startswith("cdc/patient/ingest_date=2026-04-01/") for k in one)
-    assert one == tree(tmp_path / "pool") == tree(tmp_path / "shards")
 
 
 def test_stdout_batch_matches_the_api_and_deletions_are_bulk_data_bundles():

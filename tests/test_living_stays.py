@@ -17,7 +17,7 @@ import duckdb
 import orjson
 import pytest
 from bronze_util import ROOT, one_line, tree
-from test_living_bronze import cli, ok
+from test_living_bronze import cli, ok, one_pool_shards
 
 import fhir_patient_generator as g
 
@@ -184,14 +184,9 @@ def test_batches_with_stays_do_not_depend_on_workers_or_shards(tmp_path, fmt):
     common = ("--seed", "7", "--count", "3000", "--encounters", "--epoch", EPOCH, "--since",
               EPOCH, "--as-of", "2026-04-01T00:00:00Z", "--format", fmt, "--gzip",
               "--records-per-file", "700")  # fmt: skip
-    ok(cli(*common, "--output", str(tmp_path / "one")))
-    ok(cli(*common, "--workers", "2", "--output", str(tmp_path / "pool")))
-    for k in range(2):
-        ok(cli(*common, "--shard", f"{k}/2", "--output", str(tmp_path / "shards")))
-    one = tree(tmp_path / "one")
+    one = one_pool_shards(tmp_path, common, workers=2)
     assert any(k.startswith("cdc/encounter/ingest_date=2026-04-01/") for k in one)
     assert any(k.startswith("cdc/condition/ingest_date=2026-04-01/") for k in one)
-    assert one == tree(tmp_path / "pool") == tree(tmp_path / "shards")
 
 
 def test_stdout_batch_prints_the_stays_after_the_versions():
