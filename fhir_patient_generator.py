@@ -274,18 +274,26 @@ def _reference_marshal(ref: _Reference, data_dir: Path) -> bytes:
     return marshal.dumps({"key": _reference_key(data_dir), "fields": fields})
 
 
-def _cached_reference(data_dir: Path) -> _Reference | None:
-    """The tables from data_dir's marshal file, or None if it is missing, unreadable or stale."""
+def _cached(path: Path, key: bytes, make: Callable[[dict[str, Any]], Any]) -> Any:
+    """make(fields) of a marshal cache file written under `key` (the reference tables', the
+    stays'), or None if the file is missing, unreadable or stale."""
     try:
-        blob = marshal.loads((data_dir / _REFERENCE_CACHE).read_bytes())
-        if blob["key"] != _reference_key(data_dir):
-            return None
-        fields = blob["fields"]
-        for name in ("hospital_cand", "hospital_cum"):
-            fields[name] = array(*fields[name])
-        return _Reference(**fields)
+        blob = marshal.loads(path.read_bytes())
+        return make(blob["fields"]) if blob["key"] == key else None
     except (OSError, EOFError, ValueError, TypeError, KeyError):
         return None
+
+
+def _reference_of(fields: dict[str, Any]) -> _Reference:
+    """_Reference from _reference_marshal's fields (its arrays as (typecode, bytes))."""
+    for name in ("hospital_cand", "hospital_cum"):
+        fields[name] = array(*fields[name])
+    return _Reference(**fields)
+
+
+def _cached_reference(data_dir: Path) -> _Reference | None:
+    """The tables from data_dir's marshal file, or None if it is missing, unreadable or stale."""
+    return _cached(data_dir / _REFERENCE_CACHE, _reference_key(data_dir), _reference_of)
 
 
 @functools.cache
@@ -3467,13 +3475,7 @@ def _stay_marshal(base: _StayBase, data_dir: Path) -> bytes:
 
 def _cached_stay_base(data_dir: Path) -> _StayBase | None:
     """The StayBase from data_dir's marshal file, or None if it is missing, unreadable or stale."""
-    try:
-        blob = marshal.loads((data_dir / _STAY_CACHE).read_bytes())
-        if blob["key"] != _stay_cache_key(data_dir):
-            return None
-        return _StayBase(**blob["fields"])
-    except (OSError, EOFError, ValueError, TypeError, KeyError):
-        return None
+    return _cached(data_dir / _STAY_CACHE, _stay_cache_key(data_dir), lambda f: _StayBase(**f))
 
 
 @functools.cache
