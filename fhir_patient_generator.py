@@ -3606,6 +3606,21 @@ def _los(d: _Diagnosis, u: _StayDraws) -> int:
     return max(_MIN_LOS, min(_MAX_LOS, round(days * 86400)))
 
 
+@functools.cache
+def _normal_z_array() -> Any:
+    """_normal_z() as a numpy array (the block paths' copy)."""
+    return np.array(_normal_z())
+
+
+def _los_z_block(u: Any) -> Any:
+    """_los's normal quantile z for each LOS draw of `u` (a numpy column), with the same float
+    operations in the same order (the bulk path's LOS and the living stays' LOS bounds)."""
+    table = _normal_z_array()
+    x = np.minimum(np.maximum(u * _NORMAL_STEPS / 4294967296.0, 1.0), _NORMAL_STEPS - 1.0) - 1.0
+    j = np.minimum(x.astype(np.int64), _NORMAL_STEPS - 3)
+    return table[j] + (x - j) * (table[j + 1] - table[j])
+
+
 def _disposition(t: _StayTables, age: int, u: _StayDraws) -> int:
     """Where a patient discharged alive goes (DISPOSITIONS), by the post-acute share of the age."""
     cut = t.post_acute[age >= _MEDICARE_AGE]
@@ -4398,13 +4413,9 @@ def _los_range(t: _StayTables) -> tuple[Any, Any]:
     low = np.arange(1 << (32 - _LOS_SHIFT), dtype=np.float64) * (1 << _LOS_SHIFT)
     mu = np.array([d.mu for d in t.diagnoses])[:, None]
     sigma = np.array([d.sigma for d in t.diagnoses])[:, None]
-    table = np.array(_normal_z())
     out = []
     for u in (low, low + ((1 << _LOS_SHIFT) - 1)):
-        x = np.minimum(np.maximum(u * _NORMAL_STEPS / 4294967296.0, 1.0), _NORMAL_STEPS - 1.0) - 1
-        j = np.minimum(x.astype(np.int64), _NORMAL_STEPS - 3)
-        z = table[j] + (x - j) * (table[j + 1] - table[j])
-        days = np.exp(mu + sigma * z[None, :])
+        days = np.exp(mu + sigma * _los_z_block(u)[None, :])
         out.append(np.clip(np.round(days * 86400), _MIN_LOS, _MAX_LOS).astype(np.int64))
     groups = [*t.mix_rows, t.cohort_dx]
     return (
@@ -5740,7 +5751,6 @@ class _CandidateTables(NamedTuple):
     mu: Any  # per diagnosis
     sigma: Any
     dx_cohort: Any  # per diagnosis: its position in COHORTS, -1 for none
-    normal_z: Any  # _normal_z()
     post_acute: Any  # (2,) uint64
     post_acute_cum: Any
     readmit: Any  # (hospitals, COHORTS + 1) float64: StayTables.readmit, 0 where none
@@ -5782,7 +5792,6 @@ def _candidate_tables(plan: Plan) -> _CandidateTables:
         mu=np.array([d.mu for d in t.diagnoses]),
         sigma=np.array([d.sigma for d in t.diagnoses]),
         dx_cohort=np.array([_COHORTS.index(d.cohort) if d.cohort else -1 for d in t.diagnoses]),
-        normal_z=np.array(_normal_z()),
         post_acute=np.array(t.post_acute, np.uint64),
         post_acute_cum=np.array(t.post_acute_cum, np.uint64),
         readmit=readmit,
@@ -5827,11 +5836,7 @@ def _diagnosis_block(c: _CandidateTables, hospital: Any, age: Any, female: Any, 
 def _los_block(c: _CandidateTables, diagnosis: Any, u: Any) -> Any:
     """_los for each candidate: the same float operations in the same order (math.exp itself,
     whose last bit numpy's exp need not share)."""
-    x = np.minimum(np.maximum(u.los * _NORMAL_STEPS / 4294967296.0, 1.0), _NORMAL_STEPS - 1.0)
-    x -= 1.0
-    j = np.minimum(x.astype(np.int64), _NORMAL_STEPS - 3)
-    z = c.normal_z[j] + (x - j) * (c.normal_z[j + 1] - c.normal_z[j])
-    exponent = c.mu[diagnosis] + c.sigma[diagnosis] * z
+    exponent = c.mu[diagnosis] + c.sigma[diagnosis] * _los_z_block(u.los)
     days = np.array([math.exp(e) for e in exponent.tolist()])
     return np.clip(np.rint(days * 86400), _MIN_LOS, _MAX_LOS).astype(np.int64)
 
