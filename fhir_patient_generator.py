@@ -775,6 +775,7 @@ assert _DRAW_BYTES.size == 64, "one 512-bit BLAKE2b digest holds the draws"
 
 _raw_draws = _DRAW_BYTES.unpack  # a 64-byte digest as sixteen 32-bit draws, in Draws order
 _EPOCH_DAY = 719163  # date(1970, 1, 1).toordinal(): epoch seconds // 86400 + this = an ordinal
+_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last instant a date can hold
 _DRAW_TABLES: dict[bytes, type] = {}  # tag -> its table: filled by @_draw_table at import only
 
 
@@ -2381,8 +2382,10 @@ def _join_clock(plan: Plan, rates: _YearRates, start: int) -> dict[str, tuple[An
 
 
 def _age(birth: int, instant: int) -> int:
-    """Whole years of age at an instant, for a birth date given as an ordinal."""
-    day, born = date.fromordinal(instant // 86400 + _EPOCH_DAY), date.fromordinal(birth)
+    """Whole years of age at an instant, for a birth date given as an ordinal. An instant past
+    the last date (a readmission after an as-of late in 9999: never kept) counts as that date."""
+    day = date.fromordinal(min(instant, _LAST_SECOND) // 86400 + _EPOCH_DAY)
+    born = date.fromordinal(birth)
     return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
 
 
@@ -3798,9 +3801,6 @@ def _readmission_number(k: int) -> int:
     return k + _READMISSION if k < _DEATH_STAY else _DEATH_STAY - 1
 
 
-_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last instant dates can hold
-
-
 def _readmission(
     plan: Plan, t: _StayTables, s: _Sample, first: _Stay, u: _StayDraws | None = None
 ) -> tuple[_Stay, bool]:
@@ -3813,7 +3813,7 @@ def _readmission(
     u = u or _stay_draws(plan, first.index, k)
     gap = round(30 * 86400 * (u.admitted / 4294967296.0) ** _READMIT_SKEW)
     admitted = first.discharged + max(3600, gap)
-    age = _age(s.birth, min(admitted, _LAST_SECOND))  # one past year 9999 is never kept
+    age = _age(s.birth, admitted)
     hospital = first.hospital
     if u.own >= _cut(_READMIT_SAME_HOSPITAL):
         hospital = _other_candidate(plan, t, s, age, u.hospital, first.hospital) or hospital
@@ -4626,7 +4626,7 @@ def _chain_window(
             gap = max(3600, round(30 * 86400 * (gap_draw / 4294967296.0) ** _READMIT_SKEW))
             lo, hi = lo + gap, hi + gap
         u = _stay_draws(plan, index, k + r)._replace(los=los_draw)
-        ages = range(_age(birth, min(lo, _LAST_SECOND)), _age(birth, min(hi, _LAST_SECOND)) + 1)
+        ages = range(_age(birth, lo), _age(birth, hi) + 1)
         dx = _diagnosis_range(t, a, (female, ages, u), dx)
         shortest, longest = _los_between(t, a, dx, u)
         lo, hi = lo + shortest, hi + longest
@@ -4909,7 +4909,7 @@ def _joiner_who(plan: Plan, dyn: _Dynamics, count: int, index: int) -> tuple[int
 
 def _age_column(birth: Any, instants: Any) -> Any:
     """_age for each (birth ordinal, epoch-seconds instant) pair (int64 columns)."""
-    year, month, day = _ymd_block(instants // 86400 + _EPOCH_DAY)
+    year, month, day = _ymd_block(np.minimum(instants, _LAST_SECOND) // 86400 + _EPOCH_DAY)
     born_year, born_month, born_day = _ymd_block(birth)
     return year - born_year - (month * 32 + day < born_month * 32 + born_day)
 
@@ -5910,7 +5910,7 @@ def _stay_columns(
     """Stays whose patient, number, admission, hospital and diagnosis are set (columns; rows:
     block positions), completed as _admitted_stay does with the stays' draws `u`; with whether
     each is readmitted, and whether it has an infection (_hai_draw)."""
-    age = _age_column(b.birth[rows], np.minimum(stays.admitted, _LAST_SECOND))
+    age = _age_column(b.birth[rows], stays.admitted)
     old = age >= _MEDICARE_AGE
     stays = stays._replace(
         discharged=stays.admitted + _los_block(c, stays.diagnosis, u),
@@ -5930,7 +5930,7 @@ def _readmission_columns(
     u = _StayDraws._make(_stream_block(plan, _StayDraws, first.index.tolist(), k.tolist()).T)
     gap = [round(30 * 86400 * (x / 4294967296.0) ** _READMIT_SKEW) for x in u.admitted.tolist()]
     admitted = first.discharged + np.maximum(3600, np.array(gap, np.int64))
-    age = _age_column(b.birth[rows], np.minimum(admitted, _LAST_SECOND))
+    age = _age_column(b.birth[rows], admitted)
     other = _other_block(plan, c, b.zip[rows], age, u.hospital, first.hospital)
     hospital = np.where(u.own >= _cut(_READMIT_SAME_HOSPITAL), other, first.hospital)
     same = (c.dx_cohort[first.diagnosis] >= 0) & (u.cohort < _cut(_READMIT_SAME_COHORT))
